@@ -1,0 +1,4 @@
+"""Allow `python -m fastproxy`."""
+from fastproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""Fail loudly when a compiled module did not build or does not load.
+
+`python -m fastproxy.selfcheck` exits 1 naming each missing module; CI and the
+wheel tests run it so that a package which silently lost its compiled core
+cannot pass.
+"""
+import importlib
+import sys
+
+COMPILED = ("fastproxy._http", "fastproxy._hashing", "fastproxy._ringcache")
+
+
+def missing_modules() -> list[str]:
+    """Return 'module: error' for each compiled module that fails to import."""
+    problems = []
+    for name in COMPILED:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if not (getattr(mod, "__file__", "") or "").endswith((".so", ".pyd")):
+            problems.append(f"{name}: not a compiled extension ({mod.__file__})")
+    return problems
+
+
+def main() -> int:
+    problems = missing_modules()
+    for line in problems:
+        print(f"fastproxy selfcheck: {line}", file=sys.stderr)
+    if not problems:
+        import fastproxy
+
+        print(f"fastproxy {fastproxy.__version__}: {len(COMPILED)} compiled modules load")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Upstream servers and the groups (pools) they form.
+
+A `Server` is one origin address with the live counters that balancing,
+health checking and circuit breaking read and write. An `UpstreamGroup` is a
+named set of servers with one balancing policy.
+"""
+from __future__ import annotations
+
+
+class Server:
+    """One upstream server and its live state."""
+
+    __slots__ = (
+        "host", "port", "weight", "name", "scheme",
+        "active",          # requests in flight to this server (balancers read it)
+        "healthy",         # verdict of the active health check
+        "ejected_until",   # loop time until which passive detection keeps it out
+        "ejections",       # consecutive ejections, for the growing back-off
+        "failures",        # consecutive connect failures / 5xx seen
+        "conns",           # open upstream connections (breaker limit)
+    )
+
+    def __init__(self, host: str, port: int, weight: int = 1, scheme: str = "http") -> None:
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.scheme = scheme
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.active = 0
+        self.healthy = True
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.failures = 0
+        self.conns = 0
+
+    def __repr__(self) -> str:
+        return f"Server({self.name}, weight={self.weight})"
