@@ -560,7 +560,11 @@ cdef class Random2(Core):
                 b = i
                 break
         if b < 0:
-            return self._least_loaded(has_excluded)
+            # One weight dwarfs the rest or almost everything is excluded: compare the one
+            # drawn server with the least loaded (ties keep the draw, so weights still rule).
+            b = self._least_loaded(has_excluded)
+            if a < 0 or b < 0:
+                return b
         if self.active[b] * self.weight[a] < self.active[a] * self.weight[b]:
             return b
         return a
