@@ -12,17 +12,21 @@ read C arrays, not Python attributes:
 - `SmoothWeightedRoundRobin`, `LeastConn`, `Random2`: the loops of nginx's smooth weighted
   round robin, nginx's least_conn and the power of two random choices.
 
-The key is a 64-bit hash computed by the caller (xxh3 from the `xxhash` package, see
-fastproxy.balance.keys). Server objects are duck-typed: `.name` (str), `.weight` (int),
-`.active` (int).
+- `RequestKey`: the request's hash key (uri, path, client_ip, header, cookie) found with
+  memchr and hashed with xxh3 (64 bits) from the `xxhash` package; fastproxy.balance.keys
+  validates the spec and documents the choices.
+
+Server objects are duck-typed: `.name` (str), `.weight` (int), `.active` (int).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.unicode cimport PyUnicode_AsUTF8String
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memchr, memcmp, memset
 
 from hashing cimport FACTOR_SCALE, slot_t, splitmix64, under_cap
 
@@ -41,6 +45,8 @@ MAX_TABLE_SIZE = 4194301
 MIN_ENTRIES_PER_SERVER = 100
 
 cdef slot_t EMPTY = <slot_t>0xFFFF
+# Looked up once: the per-request key hash is a C-level call to this object.
+cdef object _xxh3 = xxh3_64_intdigest
 
 
 def is_prime(Py_ssize_t m):
@@ -568,3 +574,113 @@ cdef class Random2(Core):
         if self.active[b] * self.weight[a] < self.active[a] * self.weight[b]:
             return b
         return a
+
+
+# --- request hash keys ------------------------------------------------------------------
+
+KEY_URI, KEY_PATH, KEY_CLIENT_IP, KEY_HEADER, KEY_COOKIE = range(5)
+
+
+cpdef bytes origin_form(bytes target):
+    """Return the path and query of a request target in any form (RFC 9112 section 3.2)."""
+    cdef const char *p = PyBytes_AS_STRING(target)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(target), i
+    if n == 0 or p[0] == b'/' or (n == 1 and p[0] == b'*'):
+        return target
+    cdef const char *sep = <const char *>memchr(p, b':', n)
+    if sep == NULL or sep == p or sep - p + 3 > n or sep[1] != b'/' or sep[2] != b'/':
+        # authority-form (CONNECT) has no path: the authority itself is the resource.
+        return target
+    for i in range(sep - p):
+        # RFC 3986 section 3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+        if not (b'a' <= (p[i] | 0x20) <= b'z' or (i > 0 and (b'0' <= p[i] <= b'9'
+                                                          or p[i] in b'+-.'))):
+            return target
+    for i in range(sep - p + 3, n):
+        if p[i] == b'/':
+            return PyBytes_FromStringAndSize(p + i, n - i)
+        if p[i] == b'?':
+            # RFC 9110 section 4.2.3: an empty path is equivalent to "/".
+            return b"/" + PyBytes_FromStringAndSize(p + i, n - i)
+    return b"/"
+
+
+cpdef object cookie_value(bytes header, bytes name):
+    """Return the value of cookie `name` in a Cookie header value, or None (RFC 6265 5.4)."""
+    cdef const char *p = PyBytes_AS_STRING(header)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(header), k = PyBytes_GET_SIZE(name)
+    cdef Py_ssize_t start = 0, end, i
+    cdef const char *key = PyBytes_AS_STRING(name)
+    # RFC 6265 section 4.2.1: cookie-string = cookie-pair *( ";" SP cookie-pair ); be lenient
+    # about the spaces, strict about the name (case-sensitive, whole name).
+    while start < n:
+        end = start
+        while end < n and p[end] != b';':
+            end += 1
+        i = start
+        while i < end and (p[i] == b' ' or p[i] == b'\t'):
+            i += 1
+        if end - i > k and p[i + k] == b'=' and memcmp(p + i, key, k) == 0:
+            i += k + 1
+            while i < end and (p[i] == b' ' or p[i] == b'\t'):
+                i += 1
+            while end > i and (p[end - 1] == b' ' or p[end - 1] == b'\t'):
+                end -= 1
+            return PyBytes_FromStringAndSize(p + i, end - i)
+        start = end + 1
+    return None
+
+
+cdef class RequestKey:
+    """Computes a request's 64-bit hash key; `key_of(request, client_ip)` is the hot call.
+
+    `request` is duck-typed: `.target` (bytes) and `.get(lowercase_name) -> bytes | None`.
+    A missing or empty header or cookie uses `fallback` (another RequestKey).
+    """
+
+    cdef readonly int kind
+    cdef readonly bytes name
+    cdef readonly RequestKey fallback
+
+    def __init__(self, int kind, bytes name=b"", RequestKey fallback=None):
+        if not KEY_URI <= kind <= KEY_COOKIE:
+            raise ValueError(f"hash_key: unknown key kind {kind}")
+        if kind in (KEY_HEADER, KEY_COOKIE) and (not name or fallback is None):
+            raise ValueError("hash_key: header and cookie keys need a name and a fallback")
+        self.kind = kind
+        self.name = name.lower() if kind == KEY_HEADER else name
+        self.fallback = fallback
+
+    def key_of(self, request, client_ip):
+        """Return the 64-bit xxh3 hash of this request's key."""
+        return self._key(request, client_ip)
+
+    cdef object _key(self, request, client_ip):
+        cdef bytes target, value
+        cdef const char *p
+        cdef const char *q
+        if self.kind == KEY_URI or self.kind == KEY_PATH:
+            target = request.target
+            if PyBytes_GET_SIZE(target) == 0 or PyBytes_AS_STRING(target)[0] != b'/':
+                target = origin_form(target)
+            if self.kind == KEY_PATH:
+                p = PyBytes_AS_STRING(target)
+                q = <const char *>memchr(p, b'?', PyBytes_GET_SIZE(target))
+                if q != NULL:
+                    target = PyBytes_FromStringAndSize(p, q - p)
+            return _xxh3(target)
+        if self.kind == KEY_CLIENT_IP:
+            if isinstance(client_ip, bytes):
+                return _xxh3(client_ip)
+            return _xxh3(PyUnicode_AsUTF8String(client_ip))
+        if self.kind == KEY_HEADER:
+            found = request.get(self.name)
+            if found:
+                return _xxh3(found)
+        else:
+            found = request.get(b"cookie")
+            if found:
+                found = cookie_value(found, self.name)
+                if found:
+                    return _xxh3(found)
+        return self.fallback._key(request, client_ip)

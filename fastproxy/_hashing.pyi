@@ -41,3 +41,19 @@ class LeastConn(Core): ...
 
 class Random2(Core):
     def __init__(self, servers: Sequence[Any] = (), seed: int | None = None) -> None: ...
+
+KEY_URI: int
+KEY_PATH: int
+KEY_CLIENT_IP: int
+KEY_HEADER: int
+KEY_COOKIE: int
+
+def origin_form(target: bytes) -> bytes: ...
+def cookie_value(header: bytes, name: bytes) -> bytes | None: ...
+
+class RequestKey:
+    kind: int
+    name: bytes
+    fallback: RequestKey | None
+    def __init__(self, kind: int, name: bytes = b"", fallback: RequestKey | None = None) -> None: ...
+    def key_of(self, request: Any, client_ip: str | bytes) -> int: ...

@@ -188,6 +188,9 @@ class OutlierDetector:
         if timer is not None:
             timer.cancel()
         server.failures = 0
+        # Loop timers may fire a little before their time (clock resolution): end the
+        # ejection now, so eligible_servers() agrees with the callback.
+        server.ejected_until = min(server.ejected_until, now)
         self._returned_at[server] = now
         log.info("upstream %s back from ejection", server.name)
         self._notify(server, True)

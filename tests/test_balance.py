@@ -1,4 +1,5 @@
 """Balancing policies behind one interface, the factory, and hash-key extraction."""
+import re
 from collections import Counter
 
 import pytest
@@ -284,3 +285,59 @@ def test_fallback_must_always_exist():
     with pytest.raises(ValueError, match="hash_key_fallback"):
         make_key_fn("header:x", fallback="cookie:y")
     assert parse_key_spec(" Header:X-Id") == ("header", "X-Id")
+
+
+# --- the compiled key helpers against plain-Python references ---------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def reference_cookie(header, name):
+    for pair in header.split(b";"):
+        key, eq, value = pair.strip(b" \t").partition(b"=")
+        if eq and key == name:
+            return value.strip(b" \t")
+    return None
+
+
+def reference_origin(target):
+    if target[:1] == b"/" or target == b"*" or b"://" not in target:
+        return target
+    scheme, _, rest = target.partition(b":")
+    if not rest.startswith(b"//") or not re.fullmatch(rb"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return target
+    rest = rest[2:]
+    for i, byte in enumerate(rest):
+        if byte in b"/?":
+            return rest[i:] if byte == 0x2F else b"/" + rest[i:]
+    return b"/"
+
+
+cookie_bytes = st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b""))
+piece = st.sampled_from([b"a", b"sid", b"=", b";", b" ", b"\t", b"x", b"sidx", b"1", b'"'])
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(piece, max_size=25), name=st.sampled_from([b"sid", b"a", b"x"]))
+def test_cookie_value_matches_reference(parts, name):
+    header = b"".join(parts)
+    assert cookie_value(header, name) == reference_cookie(header, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=cookie_bytes, name=st.binary(min_size=1, max_size=5))
+def test_cookie_value_survives_any_bytes(header, name):
+    got = cookie_value(header, name)
+    assert got is None or got in header
+
+
+@settings(max_examples=400, deadline=None)
+@given(target=st.lists(st.sampled_from([b"http", b"://", b":", b"/", b"?", b"h", b"*", b"q=1", b"+", b"1"]),
+                       max_size=8).map(b"".join))
+def test_origin_form_matches_reference(target):
+    assert origin_form(target) == reference_origin(target)
+
+
+def test_client_ip_may_be_bytes():
+    assert make_key_fn("client_ip")(Request(b"/"), b"192.0.2.7") == H(b"192.0.2.7")
