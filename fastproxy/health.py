@@ -162,8 +162,13 @@ class HealthChecker:
 
     async def _run(self, server: Any) -> None:
         interval = self.config.interval
-        while True:
+        task = asyncio.current_task()
+        while self._tasks.get(server) is task:
             ok, error = await self.probe(server)
+            if task.cancelling():
+                # A cancel that landed in the middle of a probe came out as a probe error
+                # (a racing timeout or a transport error): honour it, or stop() never ends.
+                raise asyncio.CancelledError
             self._record(server, ok, error)
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
 
