@@ -141,7 +141,10 @@ class Worker:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
         try:
             return await self.loop.create_server(
-                factory, lcfg.host, lcfg.port, reuse_port=True, backlog=2048,
+                # SO_REUSEPORT only when our own workers share the port: otherwise a
+                # second proxy started by mistake would silently share it too.
+                factory, lcfg.host, lcfg.port, reuse_port=self.config.workers > 1,
+                backlog=2048,
                 ssl=_tls_context(lcfg))
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {lcfg.address}: "
