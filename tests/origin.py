@@ -159,7 +159,8 @@ class Origin:
             send(200, json.dumps(info).encode(), b"Content-Type: application/json\r\n")
         elif parts[1:2] == [b"size"]:
             n = int(parts[2])
-            body = (b"0123456789abcdef" * (n // 16 + 1))[:n]
+            streamed = n > (1 << 20) and b"chunked=1" not in query and b"close=1" not in query
+            body = b"" if streamed else (b"0123456789abcdef" * (n // 16 + 1))[:n]
             if b"chunked=1" in query:
                 t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + conn_hdr + b"\r\n")
                 if not head_only:
@@ -173,6 +174,19 @@ class Origin:
                 t.write(body)
                 t.close()
                 return
+            elif streamed:
+                # Large bodies stream in 1 MiB blocks, waiting while the proxy is slow,
+                # so the origin's own memory stays flat too.
+                t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % n + conn_hdr + b"\r\n")
+                if not head_only:
+                    block = b"0123456789abcdef" * 65536
+                    left = n
+                    while left > 0 and conn.transport is not None:
+                        piece = block if left >= len(block) else block[:left]
+                        t.write(piece)
+                        left -= len(piece)
+                        while conn.transport is not None and t.get_write_buffer_size() > (4 << 20):
+                            await asyncio.sleep(0.001)
             else:
                 send(200, body)
         elif parts[1:2] == [b"status"]:
