@@ -70,7 +70,7 @@ cdef class RingCache:
 
     def __cinit__(self, Py_ssize_t capacity, Py_ssize_t segment_size=0,
                   double max_item_share=0.5, double small_ratio=0.1,
-                  Py_ssize_t max_entries=0, int promote_threshold=1):
+                  Py_ssize_t max_entries=0, int promote_threshold=1, bint prefault=False):
         cdef uint32_t s
         cdef int q
         if segment_size == 0:
@@ -124,6 +124,10 @@ cdef class RingCache:
                 or self.seg_pins == NULL or self.seg_queue == NULL or self.seg_next == NULL
                 or self.slots == NULL or self.ghost_ring == NULL or self.gslots == NULL):
             raise MemoryError()
+        if prefault:
+            # Touch every page now: resident memory is the arena from the start
+            # and no first-write page fault lands on a request.
+            memset(self.arena, 0, self.capacity)
         # 0xFF bytes make every slot's seg EMPTY_SEG.
         memset(self.slots, 0xFF, (self.slot_mask + 1) * sizeof(Slot))
         for q in range(3):

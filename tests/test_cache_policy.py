@@ -44,7 +44,7 @@ def field(raw: bytes, name: bytes):
 
 @pytest.fixture
 def cache():
-    return HttpCache(CacheConfig(size=4 << 20))
+    return HttpCache(CacheConfig(size=4 << 20, max_object_size=256 << 10))
 
 
 # ---------------------------------------------------------------- storing and hits
@@ -122,7 +122,7 @@ def test_authorization_needs_explicit_shared_permission(cache, allow):
 
 
 def test_set_cookie_stored_without_the_cookie_when_configured():
-    cache = HttpCache(CacheConfig(size=4 << 20, store_set_cookie=True))
+    cache = HttpCache(CacheConfig(size=4 << 20, max_object_size=256 << 10, store_set_cookie=True))
     assert put(cache, "Cache-Control: max-age=60\nSet-Cookie: sid=secret")
     raw = wire(cache.lookup(get(), KEY, T))
     assert b"secret" not in raw and field(raw, b"set-cookie") is None
@@ -211,11 +211,11 @@ def test_freshness_lifetime_precedence(cache, headers, lifetime):
 
 
 def test_heuristic_freshness_from_last_modified():
-    cache = HttpCache(CacheConfig(size=4 << 20, heuristic_fraction=0.1, heuristic_max=1e9))
+    cache = HttpCache(CacheConfig(size=4 << 20, max_object_size=256 << 10, heuristic_fraction=0.1, heuristic_max=1e9))
     lm = format_http_date(T - 1000).decode()
     put(cache, f"Last-Modified: {lm}")
     assert cache.lookup(get(), KEY, T).ttl == 100            # 10% of Date - Last-Modified
-    capped = HttpCache(CacheConfig(size=4 << 20, heuristic_max=50))
+    capped = HttpCache(CacheConfig(size=4 << 20, max_object_size=256 << 10, heuristic_max=50))
     put(capped, f"Last-Modified: {lm}")
     assert capped.lookup(get(), KEY, T).ttl == 50
 
@@ -377,7 +377,7 @@ def test_stale_while_revalidate(cache):
 
 
 def test_default_stale_while_revalidate_from_config():
-    cache = HttpCache(CacheConfig(size=4 << 20, default_stale_while_revalidate=60))
+    cache = HttpCache(CacheConfig(size=4 << 20, max_object_size=256 << 10, default_stale_while_revalidate=60))
     put(cache, "Cache-Control: max-age=10")
     assert cache.lookup(get(), KEY, T + 30).kind == STALE
 
@@ -458,3 +458,28 @@ def test_config_errors_name_the_key():
         CacheConfig(heuristic_fraction=2)
     with pytest.raises(ValueError, match="cache.cache_name"):
         CacheConfig(cache_name="a b")
+
+
+def test_max_object_size_must_fit_the_arena():
+    with pytest.raises(ValueError, match="cache.max_object_size"):
+        CacheConfig(size=4 << 20, max_object_size=4 << 20)
+
+
+def test_large_bodies_are_served_from_pinned_views_that_survive_churn():
+    cache = HttpCache(CacheConfig(size=8 << 20, max_object_size=512 << 10, zero_copy_min=64 << 10))
+    big = bytes(range(256)) * 1024                      # 256 KiB
+    put(cache, 'Cache-Control: max-age=10\nETag: "big"', body=big)
+    hit = cache.lookup(get(), KEY, T + 1)
+    assert hit.kind == HIT and isinstance(hit.buffers[2], memoryview)
+    assert cache.ring.stats()["pinned_segments"] == 1
+    for i in range(100):                                # 25 MiB through an 8 MiB arena
+        put(cache, "Cache-Control: max-age=60", key=b"http://origin.test/churn/%d" % i,
+            body=b"\xee" * (250 << 10))
+    assert wire(hit).endswith(big)
+    # Revalidation of a large entry rewrites it from the pinned copy.
+    lk = cache.lookup(get(), KEY, T + 20)
+    if lk.kind == REVALIDATE:                           # still stored (it was pinned)
+        r304 = response(f'HTTP/1.1 304 Not Modified\nDate: {DATE}\nETag: "big"'.encode())
+        assert wire(cache.refresh(lk, get(), r304, T + 20, T + 20)).endswith(big)
+    del hit, lk
+    assert cache.ring.stats()["pinned_segments"] == 0

@@ -29,6 +29,8 @@ class CacheConfig:
     keep_stale: float = 0.0              # keep stale entries without validators this long
     cache_name: str = "fastproxy"        # the Cache-Status member name (RFC 9211 2)
     coalesce_timeout: float = 5.0        # waiters give up and go upstream after this
+    zero_copy_min: int = 64 << 10        # values this large are served from pinned views
+    prefault: bool = True                # touch the arena at start (fixed RSS, no page faults later)
     heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
 
     def __post_init__(self) -> None:
@@ -45,5 +47,17 @@ class CacheConfig:
                 problems.append(f"cache.{name}: must not be negative")
         if not self.cache_name or any(c in self.cache_name for c in ' ,;="\r\n'):
             problems.append("cache.cache_name: must be a non-empty token")
+        if not problems and self.size // self.arena_segment_size() < 4:
+            problems.append(
+                f"cache.max_object_size: {self.max_object_size} needs segments of "
+                f"{self.arena_segment_size()} bytes and cache.size {self.size} holds fewer than 4")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def arena_segment_size(self) -> int:
+        """Segment size of the arena: the configured one, or size/100 (4 KiB..4 MiB)
+        grown so that a max_object_size body plus its head fits in half a segment."""
+        if self.segment_size:
+            return self.segment_size
+        seg = max(4096, min(self.size // 100, 4 << 20))
+        return max(seg, 2 * (self.max_object_size + (64 << 10))) & ~7

@@ -83,18 +83,19 @@ class Stored:
          self.ims_basis) = META.unpack_from(value)
         self.value = value
         p = META.size
-        self.etag = value[p:p + etag_len]
+        self.etag = bytes(value[p:p + etag_len])
         p += etag_len
-        self.last_modified = value[p:p + lm_len]
+        self.last_modified = bytes(value[p:p + lm_len])
         self.head_start = p + lm_len
         self.body_start = self.head_start + head_len
 
     @property
     def head(self) -> bytes:
-        return self.value[self.head_start:self.body_start]
+        return bytes(self.value[self.head_start:self.body_start])
 
     @property
-    def body(self) -> bytes:
+    def body(self):
+        """The body: bytes, or a memoryview of a pinned arena slice for large values."""
         return self.value[self.body_start:]
 
     def age(self, now: float) -> float:
@@ -111,5 +112,5 @@ def encode_stub(names: tuple[bytes, ...], epoch: int) -> bytes:
 def decode_stub(value: bytes) -> tuple[tuple[bytes, ...], int]:
     """Return (names, epoch) of a stub value."""
     _, _, _, n, epoch = STUB.unpack_from(value)
-    joined = value[STUB.size:STUB.size + n]
+    joined = bytes(value[STUB.size:STUB.size + n])
     return (tuple(joined.split(b",")) if joined else ()), epoch

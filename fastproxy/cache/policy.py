@@ -60,6 +60,8 @@ _NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"con
                                    b"content-type", b"age", b"set-cookie"}
 
 _DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+_unpack_meta = entry.META.unpack_from
+_META_SIZE = entry.META.size
 
 
 def cache_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
@@ -82,20 +84,19 @@ def cache_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
 class Lookup:
     """What the cache can do for one request."""
 
-    __slots__ = ("kind", "buffers", "conditional", "key", "fwd", "detail", "ttl",
-                 "stale_if_error", "stored", "client_304")
+    # Class-level defaults: the hit path sets only what differs.
+    buffers: list = []                  # HIT / STALE / GATEWAY_TIMEOUT: write these (in order)
+    conditional = b""                   # REVALIDATE / STALE: field lines to add upstream
+    key = b""                           # store key of the entry found (refresh target)
+    ttl = 0                             # seconds of freshness left (negative: stale)
+    stale_if_error = False              # serve_stale() allowed if upstream fails
+    stored: entry.Stored | None = None  # the entry (non-HIT kinds)
+    client_304 = False                  # buffers are a 304 for the client's conditional
 
     def __init__(self, kind: str, fwd: str = "", detail: str = "") -> None:
         self.kind = kind
-        self.buffers: list = []            # HIT / STALE / GATEWAY_TIMEOUT: write these
-        self.conditional = b""             # REVALIDATE / STALE: field lines to add upstream
-        self.key = b""                     # store key of the entry found (refresh target)
         self.fwd = fwd                     # Cache-Status fwd= when going upstream
         self.detail = detail
-        self.ttl = 0
-        self.stale_if_error = False        # serve_stale() allowed if upstream fails
-        self.stored: entry.Stored | None = None
-        self.client_304 = False            # buffers are a 304 for the client's conditional
 
     def __repr__(self) -> str:
         return f"Lookup({self.kind}, fwd={self.fwd!r}, detail={self.detail!r}, ttl={self.ttl})"
@@ -119,15 +120,26 @@ class Decision:
         return f"Decision({self.store}, {self.detail!r})"
 
 
+_EMPTY: dict = {}
+_PRAGMA_NO_CACHE = {b"no-cache": None}
+_cc_memo: dict[bytes, dict] = {}
+
+
 def _request_cc(request) -> dict:
-    values = request.get_all(b"cache-control")
-    if values:
-        return parse_cache_control(b",".join(values))
-    # RFC 9111 5.4: Pragma: no-cache counts only when Cache-Control is absent.
-    pragma = request.get(b"pragma")
-    if pragma and b"no-cache" in pragma.lower():
-        return {b"no-cache": None}
-    return {}
+    """The request's Cache-Control directives (parsed values memoised: few distinct ones recur)."""
+    value = request.cache_control          # all lines joined by the parser
+    if value is None:
+        # RFC 9111 5.4: Pragma: no-cache counts only when Cache-Control is absent.
+        pragma = request.get(b"pragma")
+        if pragma is not None and b"no-cache" in pragma.lower():
+            return _PRAGMA_NO_CACHE
+        return _EMPTY
+    cc = _cc_memo.get(value)
+    if cc is None:
+        if len(_cc_memo) >= 1024:
+            _cc_memo.clear()
+        cc = _cc_memo[value] = parse_cache_control(value)
+    return cc
 
 
 def _normalise_vary_value(name: bytes, values: list[bytes]) -> bytes:
@@ -156,10 +168,20 @@ class HttpCache:
     def __init__(self, config: CacheConfig | None = None) -> None:
         self.config = config or CacheConfig()
         c = self.config
-        self.ring = RingCache(c.size, segment_size=c.segment_size, max_entries=c.max_entries,
-                               max_item_share=0.5)
+        self.ring = RingCache(c.size, segment_size=c.arena_segment_size(), max_entries=c.max_entries,
+                              max_item_share=0.5, prefault=c.prefault)
         self._name = c.cache_name.encode()
         self._hit_status = b"Cache-Status: " + self._name + b"; hit"
+        self._zero_copy_min = c.zero_copy_min
+
+    def _get(self, key: bytes, now: float):
+        # Small values are copied (always safe, and as cheap as a view below a
+        # few KiB); large ones are served from a pinned view of the arena, kept
+        # from eviction until the transport has written and released them.
+        view = self.ring.get_view(key, now)
+        if view is None or len(view) >= self._zero_copy_min:
+            return view if view is None else memoryview(view)
+        return bytes(view)
 
     # ------------------------------------------------------------------ lookup
 
@@ -172,19 +194,38 @@ class HttpCache:
         if (request.get(b"if-match") is not None or request.get(b"if-unmodified-since") is not None):
             # Preconditions other than 4.3.2's are the origin's to evaluate.
             return self._miss(rcc, "request", "precondition")
-        value = self.ring.get(key_base, now)
+        value = self._get(key_base, now)
         if value is None:
             return self._miss(rcc, "uri-miss")
         key = key_base
         if value[0] == entry.KIND_STUB:
             names, epoch = entry.decode_stub(value)
             key = _variant_key(key_base, epoch, names, request)
-            value = self.ring.get(key, now)
+            value = self._get(key, now)
             if value is None:
                 return self._miss(rcc, "vary-miss")
+        (_, flags, _, head_len, etag_len, lm_len, response_time, corrected_initial_age,
+         lifetime, _, _, _) = _unpack_meta(value)
+        # RFC 9111 4.2.3 current_age; 4.2 fresh while lifetime > age.
+        age = corrected_initial_age + (now - response_time if now > response_time else 0.0)
+        ttl = lifetime - age
+        if (ttl > 0 and not rcc and not (flags & entry.NO_CACHE)
+                and request.get(b"if-none-match") is None
+                and request.get(b"if-modified-since") is None):
+            # The common case, kept short: fresh, no request directives, not conditional.
+            out = Lookup(HIT)
+            out.key = key
+            out.ttl = t = int(ttl)
+            hs = _META_SIZE + etag_len + lm_len
+            bs = hs + head_len
+            mv = memoryview(value)
+            tail = b"Age: %d\r\n%s%s; ttl=%d\r\n\r\n" % (age, extra, self._hit_status, t)
+            if method == b"HEAD":
+                out.buffers = [mv[hs:bs], tail]
+            else:
+                out.buffers = [mv[hs:bs], tail, mv[bs:]]
+            return out
         st = entry.Stored(value)
-        age = st.age(now)
-        ttl = st.lifetime - age
         # Freshness as the request sees it (RFC 9111 5.2.1.1 max-age, 5.2.1.3 min-fresh).
         fresh = ttl > 0
         if fresh and rcc:
