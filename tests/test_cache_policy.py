@@ -355,6 +355,18 @@ def test_304_refreshes_stored_headers_and_freshness(cache):
     assert field(wire(later), b"age") == b"59"
 
 
+def test_client_validators_are_forwarded_instead_of_the_caches(cache):
+    put(cache, 'Cache-Control: max-age=10\nETag: "mine"')
+    lk = cache.lookup(get('If-None-Match: "theirs"'), KEY, T + 20)
+    assert lk.kind == REVALIDATE and lk.conditional == b""
+    r304 = response(f'HTTP/1.1 304 Not Modified\nDate: {DATE}\nETag: "theirs"'.encode())
+    assert cache.refresh(lk, get('If-None-Match: "theirs"'), r304, T + 20, T + 20) is None
+    lk = cache.lookup(get('If-None-Match: "mine"'), KEY, T + 20)
+    r304 = response(f'HTTP/1.1 304 Not Modified\nDate: {DATE}\nETag: "mine"'.encode())
+    out = cache.refresh(lk, get('If-None-Match: "mine"'), r304, T + 20, T + 20)
+    assert out.client_304 and wire(out).startswith(b"HTTP/1.1 304 ")
+
+
 def test_304_with_another_validator_does_not_select_the_entry(cache):
     put(cache, 'Cache-Control: max-age=10\nETag: "v1"')
     lk = cache.lookup(get(), KEY, T + 20)

@@ -248,7 +248,7 @@ class HttpCache:
             if staleness <= st.swr and b"only-if-cached" not in rcc:
                 hit = self._hit(st, key, request, age, ttl, extra, "stale-while-revalidate")
                 hit.kind = STALE
-                hit.conditional = self._conditional(st)
+                hit.conditional = self._conditional(st, request)
                 return hit
         if b"only-if-cached" in rcc:
             return self._gateway_timeout(extra)
@@ -259,7 +259,7 @@ class HttpCache:
         out.key = key
         out.stored = st
         out.ttl = int(ttl) if ttl > 0 else -int(staleness)
-        out.conditional = self._conditional(st)
+        out.conditional = self._conditional(st, request)
         # RFC 5861 4 / RFC 9111 5.2.2.2: stale-if-error unless must-revalidate.
         out.stale_if_error = not must_revalidate and staleness <= st.sie
         return out
@@ -279,8 +279,13 @@ class HttpCache:
         return out
 
     @staticmethod
-    def _conditional(st: entry.Stored) -> bytes:
-        # RFC 9111 4.3.1: send every validator the stored response has.
+    def _conditional(st: entry.Stored, request) -> bytes:
+        # RFC 9111 4.3.1: send every validator the stored response has, unless
+        # the client sent its own preconditions: those are forwarded as they
+        # are (If-Modified-Since is a singleton), and refresh() only updates
+        # the entry if the 304 carries the entry's validator.
+        if request.get(b"if-none-match") is not None or request.get(b"if-modified-since") is not None:
+            return b""
         out = b""
         if st.etag:
             out += b"If-None-Match: " + st.etag + b"\r\n"
@@ -478,9 +483,11 @@ class HttpCache:
                 response_time: float, extra: bytes = b"") -> Lookup | None:
         """Apply a 304 to the entry lookup revalidated (RFC 9111 4.3.3, 4.3.4).
 
-        Returns a HIT lookup to serve (Cache-Status fwd=stale; fwd-status=304),
-        or None when the 304 does not select the stored response: the relay
-        must then repeat the request without the conditional fields.
+        Returns a HIT lookup to serve (Cache-Status fwd=stale; fwd-status=304;
+        a 304 again if the client's own conditional matches the refreshed
+        entry), or None when the 304 does not select the stored response: the
+        relay then passes the 304 on if the client's request was conditional,
+        else repeats the request without the conditional fields.
         """
         st = lookup.stored
         if st is None or response.status != 304:
