@@ -2,6 +2,7 @@
 import asyncio
 import io
 import math
+import os
 import random
 import resource
 import socket
@@ -124,7 +125,8 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# FASTPROXY_MODEL_EXAMPLES=5000 for a longer soak than the default run.
+@settings(max_examples=int(os.environ.get("FASTPROXY_MODEL_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, geometry=st.sampled_from([
     dict(capacity=8 * 1024, segment_size=1024),
     dict(capacity=6 * 512, segment_size=512, max_item_share=1.0),
