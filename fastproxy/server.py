@@ -19,8 +19,7 @@ import time
 
 from fastproxy.accesslog import AccessLog
 from fastproxy.config import Config, ConfigError, format_address
-from fastproxy.frontend import ClientConnection
-from fastproxy.pool import ConnectionPool
+from fastproxy._relay import ClientConnection, ConnectionPool
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
 from fastproxy.timers import Deadlines
