@@ -1,0 +1,200 @@
+"""Per-client limits: open connections, and request rate by token bucket (429 + Retry-After).
+
+`ConnectionLimiter` counts open connections per client address; the server asks `open()`
+on accept and calls `close()` when the connection ends (refused connections get a 429 and
+are closed). Memory is one entry per client with open connections.
+
+`RequestRateLimiter` is a token bucket per key: `rate` tokens per second up to `burst`;
+each request takes one. `check(key)` answers 0 (go ahead) or the Retry-After in whole
+seconds (RFC 9110 10.2.3 delay-seconds, rounded up so a client that waits that long
+finds a token; RFC 6585 4 for 429). Buckets are kept in least-recently-used order; a
+bucket idle long enough to be full again is the same as no bucket, so it is dropped, and
+at most `max_keys` buckets exist (the least recently used goes first), so memory stays
+bounded whatever the number of clients. The clock is injectable for tests.
+
+Keys: the client IP by default, or a request header (`key = "header:X-Api-Key"`) in reverse
+mode behind a trusted balancer. For `header:X-Forwarded-For` the last address is used: it
+is the one the trusted hop appended, the earlier ones are the client's say-so. A request
+without the header is keyed by its client IP. Connection limits are always per client IP
+(no header exists yet when a connection opens).
+
+Configuration (the lead maps it from TOML; 0 disables a limit, the default, because a
+reverse proxy behind a balancer sees every client as one address)::
+
+    [forward.limits]
+    max_connections = 64      # open connections per client IP
+    rate = 20.0               # requests per second per key
+    burst = 40                # requests allowed at once (default: the rate, at least 1)
+    key = "client_ip"         # or "header:NAME"
+    max_keys = 100000         # buckets kept at most
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+__all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 5.6.2 field-name
+
+
+def _number(value, name: str, minimum: float = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
+            or value != value or value == math.inf:
+        raise ValueError(f"{name}: expected a number >= {minimum:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Per-client connection and request-rate limits; 0 disables each."""
+
+    max_connections: int = 0
+    rate: float = 0.0
+    burst: int = 0
+    key: str = "client_ip"
+    max_keys: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "burst"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        _number(self.rate, "rate")
+        if isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int) \
+                or self.max_keys < 1:
+            raise ValueError(f"max_keys: expected an integer >= 1, got {self.max_keys!r}")
+        if self.burst and not self.rate:
+            raise ValueError("burst: needs rate (requests per second) to be set")
+        if not isinstance(self.key, str) or not (
+                self.key == "client_ip" or
+                self.key.startswith("header:") and _TOKEN.match(self.key[7:])):
+            raise ValueError(f"key: expected \"client_ip\" or \"header:NAME\", got {self.key!r}")
+
+    @property
+    def effective_burst(self) -> int:
+        """The bucket size: `burst`, or the rate rounded up (at least 1) when burst is 0."""
+        return self.burst or max(1, math.ceil(self.rate))
+
+
+class ConnectionLimiter:
+    """Open connections per key, refusing beyond `limit` (0: unlimited)."""
+
+    __slots__ = ("limit", "_open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[Hashable, int] = {}
+
+    def open(self, key: Hashable) -> bool:
+        """Count a new connection for key; False (and not counted) when over the limit."""
+        n = self._open.get(key, 0)
+        if self.limit and n >= self.limit:
+            return False
+        self._open[key] = n + 1
+        return True
+
+    def close(self, key: Hashable) -> None:
+        """Forget one connection counted by open()."""
+        n = self._open.get(key, 0)
+        if n <= 1:
+            self._open.pop(key, None)
+        else:
+            self._open[key] = n - 1
+
+    def count(self, key: Hashable) -> int:
+        """Connections currently open for key."""
+        return self._open.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class RequestRateLimiter:
+    """Token buckets per key: `rate` requests/second sustained, `burst` at once."""
+
+    __slots__ = ("rate", "burst", "max_keys", "_clock", "_buckets", "_full_after", "_calls")
+
+    def __init__(self, rate: float, burst: int | None = None, *, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate: expected requests per second > 0, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst or max(1, math.ceil(rate)))
+        self.max_keys = max_keys
+        self._clock = clock
+        # key -> (tokens, last update); dict order is least recently used first.
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self._full_after = self.burst / self.rate  # idle seconds after which a bucket is full
+        self._calls = 0
+
+    def check(self, key: Hashable) -> int:
+        """Take a token for key: 0 when the request may go, else the Retry-After seconds (>= 1)."""
+        now = self._clock()
+        buckets = self._buckets
+        entry = buckets.pop(key, None)
+        if entry is None:
+            tokens = self.burst
+        else:
+            tokens = entry[0] + (now - entry[1]) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0
+        else:
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+        buckets[key] = (tokens, now)
+        self._calls += 1
+        if self._calls & 63 == 0 or len(buckets) > self.max_keys:
+            self._expire(now)
+        return wait
+
+    def _expire(self, now: float) -> None:
+        buckets = self._buckets
+        horizon = now - self._full_after
+        # Oldest first: stop at the first bucket used recently enough to still matter.
+        while buckets:
+            key = next(iter(buckets))
+            if buckets[key][1] > horizon:
+                break
+            del buckets[key]
+        while len(buckets) > self.max_keys:
+            del buckets[next(iter(buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RateLimits:
+    """The configured limits together, with the key a request is counted under."""
+
+    def __init__(self, config: RateLimitConfig = RateLimitConfig(), *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.connections = ConnectionLimiter(config.max_connections)
+        self.requests = RequestRateLimiter(config.rate, config.effective_burst,
+                                           max_keys=config.max_keys, clock=clock) \
+            if config.rate else None
+        header = config.key[7:].lower().encode() if config.key.startswith("header:") else None
+        self._header = header
+        self._last_hop = header == b"x-forwarded-for"
+
+    def key(self, request, client_ip: str) -> Hashable:
+        """The key a request is limited under: its client IP, or the configured header's value."""
+        if self._header is None:
+            return client_ip
+        value = request.get(self._header)
+        if not value:
+            return client_ip
+        if self._last_hop:
+            value = value.rpartition(b",")[2].strip() or client_ip
+        return value
+
+    def check_request(self, request, client_ip: str) -> int:
+        """0 when the request may go, else the Retry-After seconds for a 429."""
+        if self.requests is None:
+            return 0
+        return self.requests.check(self.key(request, client_ip))
