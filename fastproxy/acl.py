@@ -65,7 +65,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, fields
 from typing import Iterable
 
-from fastproxy.resolver import HostError, normalize_host
+from fastproxy.resolver import HostError, is_ip_literal, normalize_host
 
 __all__ = [
     "AclRule", "AclConfig", "Acl", "Decision", "HostPatterns", "CidrSet", "PortSet",
@@ -251,7 +251,8 @@ class HostPatterns:
             where = f"[{i}]"
             if not isinstance(pattern, str) or not pattern:
                 raise ValueError(f"{where}: expected a host pattern string, got {pattern!r}")
-            if _WILD & set(pattern):
+            ipv6 = ":" in pattern  # an IPv6 literal, bracketed or not: exact, never a glob
+            if _WILD & set(pattern) and not ipv6:
                 if any(c.isspace() for c in pattern):
                     raise ValueError(f"{where}: whitespace in host pattern {pattern!r}")
                 wild.append(fnmatch.translate(pattern.lower().rstrip(".")))
@@ -260,7 +261,7 @@ class HostPatterns:
                     name = normalize_host(pattern[1:])
                 except HostError as exc:
                     raise ValueError(f"{where}: {exc}") from None
-                if name != pattern[1:].lower().rstrip(".") or ":" in name:
+                if name != pattern[1:].lower().rstrip(".") or is_ip_literal(name):
                     raise ValueError(f"{where}: suffix pattern {pattern!r} must be a domain name")
                 suffixes.add(name)
             else:
