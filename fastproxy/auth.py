@@ -191,9 +191,15 @@ def parse_basic(value: bytes | str | None) -> tuple[str, str] | AuthResult:
     if not _TOKEN68.match(rest):
         return MALFORMED
     try:
-        decoded = base64.b64decode(rest, validate=True).decode("utf-8")
+        raw = base64.b64decode(rest, validate=True)
     except (binascii.Error, ValueError):
         return MALFORMED
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Before RFC 7617 the charset was unspecified and many clients (Python requests
+        # among them) send ISO-8859-1; every byte string decodes as that.
+        decoded = raw.decode("latin-1")
     user, colon, password = decoded.partition(":")
     # RFC 7617 2: the user-id cannot contain a colon, and neither part control characters.
     if not colon or not user or any(ord(c) < 32 or ord(c) == 127 for c in decoded):
