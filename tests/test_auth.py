@@ -292,19 +292,25 @@ class AuthListener:
     def __init__(self, auth: Authenticator):
         self.auth = auth
         self.seen: list = []
-        self.loop = uvloop.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.ready.wait(10)
 
     def _run(self):
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
+        # Runner.close() cancels what is left, stops the executor threads verify_async used
+        # and closes the loop: nothing is left for the garbage collector to finalise later.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._main())
+
+    async def _main(self):
+        self.loop = asyncio.get_running_loop()
+        self.stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
         self.ready.set()
-        self.loop.run_forever()
+        async with server:
+            await self.stop.wait()
 
     async def _handle(self, reader, writer):
         try:
@@ -332,9 +338,9 @@ class AuthListener:
             writer.close()
 
     def close(self):
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(10)
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
