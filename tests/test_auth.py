@@ -376,6 +376,7 @@ def test_urllib_client(listener):
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.build_opener(bad).open("http://origin.example/", timeout=10)
     assert exc.value.code == 407
+    exc.value.close()  # the error carries the open response
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
