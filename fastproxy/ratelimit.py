@@ -141,8 +141,8 @@ class RequestRateLimiter:
             tokens = entry[0] + (now - entry[1]) * self.rate
             if tokens > self.burst:
                 tokens = self.burst
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= 0.999999999:  # tolerate float rounding: waiting Retry-After must admit
+            tokens = max(0.0, tokens - 1.0)
             wait = 0
         else:
             wait = max(1, math.ceil((1.0 - tokens) / self.rate))
