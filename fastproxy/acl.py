@@ -291,22 +291,21 @@ class HostPatterns:
 
 
 class PortSet:
-    """TCP ports from numbers, "a-b" ranges and "*"; membership is one bitmap lookup."""
+    """TCP ports from numbers, "a-b" ranges and "*"; membership is one byte lookup."""
 
-    __slots__ = ("spec", "_bits")
+    __slots__ = ("spec", "table")
 
     def __init__(self, spec: Iterable[int | str]) -> None:
         self.spec = tuple(spec)
-        bits = bytearray(8192)
+        table = bytearray(65536)
         for i, item in enumerate(self.spec):
             lo, hi = _port_range(item, f"[{i}]")
-            for p in range(lo, hi + 1):
-                bits[p >> 3] |= 1 << (p & 7)
-        self._bits = bytes(bits)
+            table[lo:hi + 1] = b"\x01" * (hi - lo + 1)
+        self.table = bytes(table)  # 64 KiB: indexing beats bit twiddling in Python
 
     def has(self, port: int) -> bool:
         """True when `port` is in the set."""
-        return 0 <= port <= 65535 and (self._bits[port >> 3] >> (port & 7)) & 1 == 1
+        return 0 <= port <= 65535 and self.table[port] == 1
 
 
 def _port_range(item, where: str) -> tuple[int, int]:
@@ -516,8 +515,17 @@ def _method(method) -> str:
     return m
 
 
+_CACHE_MAX = 4096
+
+
 class Acl:
-    """Compiled ACL; check_request before resolution, check_address for each address connected."""
+    """Compiled ACL; check_request before resolution, check_address for each address connected.
+
+    Each request dimension (client, host, port, method) maps, through a small cache, to a
+    bitmask of the rules whose condition on it holds; their AND gives the matching rules
+    in one step, so the cost hardly grows with the number of rules. Only URL regexes and
+    destination sets are evaluated per request, and only for rules still in the mask.
+    """
 
     def __init__(self, config: AclConfig = AclConfig()) -> None:
         self.config = config
@@ -533,10 +541,19 @@ class Acl:
                 url=re.compile(r.url) if r.url else None,
             ))
         self._rules = tuple(rules)
+        self._all = (1 << len(rules)) - 1
         self._default = _Rule(-1, DEFAULT, config.default_action == "allow")
         self._allow_private = config.allow_private
-        self._connect_ports = PortSet(config.connect_ports)
-        self._http_ports = PortSet(config.http_ports)
+        self._connect_ports = PortSet(config.connect_ports).table
+        self._http_ports = PortSet(config.http_ports).table
+        self._any_hosts = any(r.hosts is not None for r in rules)
+        self._any_ports = any(r.ports is not None for r in rules)
+        self._any_methods = any(r.methods is not None for r in rules)
+        self._client_cache: dict = {}
+        self._host_cache: dict = {}
+        self._port_cache: dict = {}
+        self._method_cache: dict = {}
+        self._pending_cache: dict = {}
         self._deny_clients = Decision(
             False, True, DEFAULT_CLIENTS, -1,
             "denied: only loopback and private-network clients are served by default")
@@ -544,6 +561,32 @@ class Acl:
             False, True, DEFAULT_CONNECT_PORTS, -1, "denied: CONNECT to this port is not allowed")
         self._deny_http = Decision(
             False, True, DEFAULT_HTTP_PORTS, -1, "denied: requests to this port are not allowed")
+
+    def _mask(self, cache: dict, value, attr: str, test) -> int:
+        """Bitmask of the rules without condition `attr` or whose condition holds for value."""
+        mask = 0
+        for rule in self._rules:
+            cond = getattr(rule, attr)
+            if cond is None or test(cond, value):
+                mask |= 1 << rule.index
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[value] = mask
+        return mask
+
+    def _client(self, client) -> tuple[bool, int]:
+        found = self._client_cache.get(client)
+        if found is None:
+            key = client_key(client)
+            mask = 0
+            for rule in self._rules:
+                if rule.clients is None or rule.clients.contains(key):
+                    mask |= 1 << rule.index
+            found = (_DEFAULT_CLIENTS.contains(key), mask)
+            if len(self._client_cache) >= _CACHE_MAX:
+                self._client_cache.clear()
+            self._client_cache[client] = found
+        return found
 
     def check_request(self, client: str, host, port: int, method, url="") -> Decision:
         """Phase one (before DNS): deny now, or a provisional allow to confirm per address.
@@ -553,23 +596,34 @@ class Acl:
         """
         host = normalize_host(host)
         m = _method(method)
+        if not 0 <= port <= 65535:
+            return self._deny_connect if m == "CONNECT" else self._deny_http
         if m == "CONNECT":
-            if not self._connect_ports.has(port):
+            if not self._connect_ports[port]:
                 return self._deny_connect
-        elif not self._http_ports.has(port):
+        elif not self._http_ports[port]:
             return self._deny_http
-        ckey = client_key(client)
-        candidates = None
+        client_ok, mask = self._client(client)
+        if self._any_hosts:
+            hm = self._host_cache.get(host)
+            mask &= hm if hm is not None else self._mask(
+                self._host_cache, host, "hosts", HostPatterns.match)
+        if self._any_ports:
+            pm = self._port_cache.get(port)
+            mask &= pm if pm is not None else self._mask(
+                self._port_cache, port, "ports", PortSet.has)
+        if self._any_methods:
+            mm = self._method_cache.get(m)
+            mask &= mm if mm is not None else self._mask(
+                self._method_cache, m, "methods", frozenset.__contains__)
+        rules = self._rules
+        candidates = 0
         text_url = None
-        for rule in self._rules:
-            if rule.clients is not None and not rule.clients.contains(ckey):
-                continue
-            if rule.hosts is not None and not rule.hosts.match(host):
-                continue
-            if rule.ports is not None and not rule.ports.has(port):
-                continue
-            if rule.methods is not None and m not in rule.methods:
-                continue
+        terminal = self._default
+        while mask:
+            low = mask & -mask  # the first rule still matching, in configured order
+            mask ^= low
+            rule = rules[low.bit_length() - 1]
             if rule.url is not None:
                 if text_url is None:
                     text_url = url if isinstance(url, str) else bytes(url).decode("latin-1")
@@ -578,28 +632,32 @@ class Acl:
             if rule.dest is None:
                 terminal = rule
                 break
-            # Depends on the address: decided in check_address, in order.
-            if candidates is None:
-                candidates = [rule]
-            else:
-                candidates.append(rule)
-        else:
-            terminal = self._default
-        client_ok = _DEFAULT_CLIENTS.contains(ckey)
-        if candidates is None:
+            candidates |= low  # depends on the address: decided in check_address, in order
+        if not candidates:
             if not terminal.allow:
                 return terminal.denied
             if not client_ok and terminal.clients is None:
                 return self._deny_clients
             return terminal.provisional
-        if not terminal.allow and not any(r.allow for r in candidates):
+        key = (candidates, terminal.index, client_ok)
+        decision = self._pending_cache.get(key)
+        if decision is None:
+            decision = self._pending(candidates, terminal, client_ok)
+            if len(self._pending_cache) >= _CACHE_MAX:
+                self._pending_cache.clear()
+            self._pending_cache[key] = decision
+        return decision
+
+    def _pending(self, candidates: int, terminal: _Rule, client_ok: bool) -> Decision:
+        cands = tuple(r for r in self._rules if candidates >> r.index & 1)
+        if not terminal.allow and not any(r.allow for r in cands):
             # Whatever the address, some deny rule decides; the terminal one always does.
             return terminal.denied
-        if not client_ok and not any(r.allow and r.clients is not None for r in candidates) \
+        if not client_ok and not any(r.allow and r.clients is not None for r in cands) \
                 and not (terminal.allow and terminal.clients is not None):
             return self._deny_clients
         return Decision(True, False, terminal.name, terminal.index, terminal.final.reason,
-                        tuple(candidates), terminal, client_ok)
+                        cands, terminal, client_ok)
 
     def check_address(self, decision: Decision, addr) -> Decision:
         """Phase two: the final decision for connecting to `addr` (an IP string from the resolver)."""
