@@ -409,3 +409,120 @@ def test_config_from_toml_tables():
               url="http://wiki.corp:8080/public/x")
     assert decide(a, **ok).rule == "intranet"
     assert decide(a, **{**ok, "method": "POST"}).rule == DEFAULT
+
+
+# --- the compiled ACL against a plain reference evaluation -------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+import ipaddress  # noqa: E402
+import fnmatch  # noqa: E402
+import re  # noqa: E402
+
+from fastproxy.acl import _within_special  # noqa: E402
+
+CLIENTS = ["10.0.0.1", "8.8.8.8", "::1", "2001:db8::1", "192.168.1.1", "::ffff:8.8.8.8"]
+HOSTS = ["a.example", "b.a.example", "c.example", "bee.example", "10.0.0.5", "x.test"]
+ADDRS = ["93.184.215.14", "10.0.0.5", "169.254.169.254", "::1", "2001:db8::1",
+         "::ffff:10.0.0.5", "8.8.4.4"]
+URLS = ["http://a.example/", "http://a.example/x.exe", "a.example:443", "/relative"]
+
+rule_st = st.builds(
+    dict,
+    action=st.sampled_from(["allow", "deny"]),
+    clients=st.lists(st.sampled_from(["10.0.0.0/8", "8.8.8.0/24", "::/0", "0.0.0.0/0",
+                                      "::ffff:0:0/96"]), max_size=2),
+    hosts=st.lists(st.sampled_from([".a.example", "c.example", "*.example", "b*", "10.0.0.5"]),
+                   max_size=2),
+    dest=st.lists(st.sampled_from(["10.0.0.0/8", "169.254.169.254/32", "0.0.0.0/0",
+                                   "2001:db8::/32", "93.184.0.0/16", "::1/128"]), max_size=2),
+    ports=st.lists(st.sampled_from([80, "443-8080", 22]), max_size=2),
+    methods=st.lists(st.sampled_from(["GET", "CONNECT", "POST"]), max_size=2),
+    url=st.sampled_from(["", "", r"\.exe$", "^http://"]),
+)
+
+
+def reference(cfg, client, host, port, method, url, addr):
+    """First match over all conditions at once, then the guards: the documented semantics."""
+    host = normalize_host(host)
+    ports = cfg.connect_ports if method == "CONNECT" else cfg.http_ports
+    if not PortSet(ports).has(port):
+        return False, None
+    ip = ipaddress.ip_address(addr)
+    v4 = (ip.ipv4_mapped or ip.sixtofour) if ip.version == 6 else None
+    if ip.version == 6 and ip in ipaddress.ip_network("64:ff9b::/96"):
+        v4 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    cip = ipaddress.ip_address(client)
+    cv4 = cip.ipv4_mapped if cip.version == 6 else None
+
+    def in_nets(nets, a, a4):
+        return any(a in n for n in nets if n.version == a.version) or \
+            (a4 is not None and any(a4 in n for n in nets if n.version == 4))
+
+    matched = None
+    for i, r in enumerate(cfg.rules):
+        if r.clients and not in_nets([ipaddress.ip_network(c) for c in r.clients], cip, cv4):
+            continue
+        if r.hosts and not any(
+                (p.startswith(".") and (host == p[1:] or host.endswith(p))) or
+                (not p.startswith(".") and ("*" in p and fnmatch.fnmatchcase(host, p) or host == p))
+                for p in r.hosts):
+            continue
+        if r.ports and not PortSet(r.ports).has(port):
+            continue
+        if r.methods and method.upper() not in r.methods:
+            continue
+        if r.url and not re.search(r.url, url):
+            continue
+        if r.dest and not in_nets([ipaddress.ip_network(d) for d in r.dest], ip, v4):
+            continue
+        matched = (r, r.name or f"rules[{i}]")
+        break
+    if matched is None:
+        rule, name = AclRule(cfg.default_action), DEFAULT
+    else:
+        rule, name = matched
+    if rule.action == "deny":
+        return False, None
+    private_clients = [ipaddress.ip_network(n) for n in
+                       ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128",
+                        "fc00::/7")]
+    if not in_nets(private_clients, cip, cv4) and not rule.clients:
+        return False, None
+    if special_range(addr) and not cfg.allow_private:
+        opened = [n for n in (ipaddress.ip_network(d) for d in rule.dest) if _within_special(n)]
+        if not in_nets(opened, ip, v4):
+            return False, None
+    return True, name
+
+
+@settings(max_examples=400, deadline=None)
+@given(rules=st.lists(rule_st, max_size=6), default=st.sampled_from(["allow", "deny"]),
+       allow_private=st.booleans(), client=st.sampled_from(CLIENTS),
+       host=st.sampled_from(HOSTS), port=st.sampled_from([80, 443, 22, 8080]),
+       method=st.sampled_from(["GET", "CONNECT", "post"]), url=st.sampled_from(URLS),
+       addr=st.sampled_from(ADDRS))
+def test_compiled_acl_agrees_with_reference(rules, default, allow_private, client, host, port,
+                                            method, url, addr):
+    cfg = AclConfig(rules=tuple(rules), default_action=default, allow_private=allow_private,
+                    connect_ports=(443, 8080))
+    a = Acl(cfg)
+    got = a.check(client, host, port, method, addr, url)
+    allow, name = reference(cfg, client, host, port, method, url, addr)
+    assert got.allow == allow, (got, got.reason)
+    if allow:
+        assert got.rule == name and got.final
+
+
+def test_decisions_stay_right_when_the_caches_roll_over():
+    a = acl(AclRule("deny", name="bad", hosts=(".bad.example",)),
+            AclRule("allow", name="net", dest=("10.20.0.0/16",)))
+    for i in range(10_000):
+        host = f"h{i}.bad.example" if i % 2 else f"h{i}.good.example"
+        client = f"10.{i >> 8 & 255}.{i & 255}.1"
+        d = a.check(client, host, 80 + (i % 3) * 1000 if i % 3 else 80, "GET",
+                    "10.20.0.1" if i % 5 == 0 else PUBLIC)
+        if i % 2:
+            assert d.rule == "bad"
+        else:
+            assert d.allow and d.rule == ("net" if i % 5 == 0 else DEFAULT)
+    assert len(a._host_cache) <= 4096 and len(a._client_cache) <= 4096
