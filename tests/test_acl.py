@@ -526,3 +526,13 @@ def test_decisions_stay_right_when_the_caches_roll_over():
         else:
             assert d.allow and d.rule == ("net" if i % 5 == 0 else DEFAULT)
     assert len(a._host_cache) <= 4096 and len(a._client_cache) <= 4096
+
+
+def test_module_doc_toml_example_builds_the_config():
+    import textwrap
+    import tomllib
+    import fastproxy.acl as module
+    doc = module.__doc__
+    snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
+    config = AclConfig(**tomllib.loads(snippet)["forward"]["acl"])
+    assert config.rules[1].name == "intranet"

@@ -337,3 +337,13 @@ def test_header_rule_objects_and_toml():
     drop, extra = Anonymizer(cfg).plan(StandIn(SITE.replace(b"\n", b"\r\n")), CLIENT, "a.tracker.example")
     assert b"cookie" in drop and b"user-agent" in drop
     assert re.fullmatch(rb"User-Agent: Mozilla/5\.0 \(compatible\)\r\n", extra)
+
+
+def test_module_doc_toml_example_builds_the_config():
+    import textwrap
+    import tomllib
+    import fastproxy.anonymity as module
+    doc = module.__doc__
+    snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
+    config = AnonymityConfig(**tomllib.loads(snippet)["forward"]["anonymity"])
+    assert config.level == "anonymous" and len(config.rules) == 2

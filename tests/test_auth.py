@@ -390,3 +390,13 @@ def test_curl_client(listener):
     assert curl("--proxy-user", "bob:pässwörd") == "200"   # UTF-8 bytes from the command line
     assert curl("--proxy-user", "alice:wrong") == "407"
     assert curl() == "407"
+
+
+def test_module_doc_toml_example_builds_the_config():
+    import textwrap
+    import tomllib
+    import fastproxy.auth as module
+    doc = module.__doc__
+    snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
+    config = AuthConfig(**tomllib.loads(snippet)["forward"]["auth"])
+    assert verify_password("change me", dict(config.users)["alice"])

@@ -284,3 +284,13 @@ def test_loopback_listener_answers_429():
         c3.close()
     finally:
         listener.close()
+
+
+def test_module_doc_toml_example_builds_the_config():
+    import textwrap
+    import tomllib
+    import fastproxy.ratelimit as module
+    doc = module.__doc__
+    snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
+    config = RateLimitConfig(**tomllib.loads(snippet)["forward"]["limits"])
+    assert config.effective_burst == 40

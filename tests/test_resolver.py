@@ -258,3 +258,13 @@ def test_gai_error_codes_have_reasons():
     assert _GAI_REASONS[socket.EAI_NONAME] == "name not found"
     assert "temporary" in _GAI_REASONS[socket.EAI_AGAIN]
 
+
+
+def test_module_doc_toml_example_builds_the_config():
+    import textwrap
+    import tomllib
+    import fastproxy.resolver as module
+    doc = module.__doc__
+    snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
+    config = ResolverConfig(**tomllib.loads(snippet)["forward"]["resolver"])
+    assert config == ResolverConfig()  # the example shows the defaults
