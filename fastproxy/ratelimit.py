@@ -1,8 +1,9 @@
 """Per-client limits: open connections, and request rate by token bucket (429 + Retry-After).
 
-`ConnectionLimiter` counts open connections per client address; the server asks `open()`
-on accept and calls `close()` when the connection ends (refused connections get a 429 and
-are closed). Memory is one entry per client with open connections.
+`ConnectionLimiter` counts open connections per client; the server asks
+`RateLimits.open_connection(ip)` on accept and calls `close_connection(ip)` when the
+connection ends (a refused connection gets a 429 and is closed). Memory is one entry per
+client with open connections.
 
 `RequestRateLimiter` is a token bucket per key: `rate` tokens per second up to `burst`;
 each request takes one. `check(key)` answers 0 (go ahead) or the Retry-After in whole
@@ -12,11 +13,13 @@ bucket idle long enough to be full again is the same as no bucket, so it is drop
 at most `max_keys` buckets exist (the least recently used goes first), so memory stays
 bounded whatever the number of clients. The clock is injectable for tests.
 
-Keys: the client IP by default, or a request header (`key = "header:X-Api-Key"`) in reverse
+Keys: the client IP by default (IPv6 clients by their /64, since one host commonly owns a
+whole /64 and could otherwise rotate addresses past any per-address limit; IPv4-mapped
+peers by their IPv4 address), or a request header (`key = "header:X-Api-Key"`) in reverse
 mode behind a trusted balancer. For `header:X-Forwarded-For` the last address is used: it
 is the one the trusted hop appended, the earlier ones are the client's say-so. A request
-without the header is keyed by its client IP. Connection limits are always per client IP
-(no header exists yet when a connection opens).
+without the header is keyed by its client. Connection limits are always per client
+address (no header exists yet when a connection opens).
 
 Configuration (the lead maps it from TOML; 0 disables a limit, the default, because a
 reverse proxy behind a balancer sees every client as one address)::
@@ -26,10 +29,12 @@ reverse proxy behind a balancer sees every client as one address)::
     rate = 20.0               # requests per second per key
     burst = 40                # requests allowed at once (default: the rate, at least 1)
     key = "client_ip"         # or "header:NAME"
+    ipv6_prefix = 64          # IPv6 clients are counted per /64 (one host usually owns one)
     max_keys = 100000         # buckets kept at most
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import time
@@ -55,6 +60,7 @@ class RateLimitConfig:
     rate: float = 0.0
     burst: int = 0
     key: str = "client_ip"
+    ipv6_prefix: int = 64
     max_keys: int = 100_000
 
     def __post_init__(self) -> None:
@@ -66,6 +72,9 @@ class RateLimitConfig:
         if isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int) \
                 or self.max_keys < 1:
             raise ValueError(f"max_keys: expected an integer >= 1, got {self.max_keys!r}")
+        if isinstance(self.ipv6_prefix, bool) or not isinstance(self.ipv6_prefix, int) \
+                or not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix: expected a prefix length 1-128, got {self.ipv6_prefix!r}")
         if self.burst and not self.rate:
             raise ValueError("burst: needs rate (requests per second) to be set")
         if not isinstance(self.key, str) or not (
@@ -181,16 +190,43 @@ class RateLimits:
         header = config.key[7:].lower().encode() if config.key.startswith("header:") else None
         self._header = header
         self._last_hop = header == b"x-forwarded-for"
+        self._client_keys: dict[str, str] = {}
+
+    def client_key(self, client_ip: str) -> str:
+        """The key for a peer address: IPv4 as is (unmapped), IPv6 as its configured prefix."""
+        found = self._client_keys.get(client_ip)
+        if found is None:
+            found = client_ip
+            if ":" in client_ip:
+                ip = ipaddress.IPv6Address(client_ip.split("%", 1)[0])
+                if ip.ipv4_mapped is not None:
+                    found = str(ip.ipv4_mapped)
+                else:
+                    found = str(ipaddress.IPv6Network((ip, self.config.ipv6_prefix), strict=False))
+            if len(self._client_keys) >= 8192:
+                self._client_keys.clear()
+            self._client_keys[client_ip] = found
+        return found
+
+    def open_connection(self, client_ip: str) -> bool:
+        """Count a connection from a peer; False when it is over max_connections."""
+        return self.connections.open(self.client_key(client_ip))
+
+    def close_connection(self, client_ip: str) -> None:
+        """Forget a connection counted by open_connection()."""
+        self.connections.close(self.client_key(client_ip))
 
     def key(self, request, client_ip: str) -> Hashable:
-        """The key a request is limited under: its client IP, or the configured header's value."""
+        """The key a request is limited under: its client key, or the configured header's value."""
         if self._header is None:
-            return client_ip
+            return self.client_key(client_ip)
         value = request.get(self._header)
         if not value:
-            return client_ip
+            return self.client_key(client_ip)
         if self._last_hop:
-            value = value.rpartition(b",")[2].strip() or client_ip
+            value = value.rpartition(b",")[2].strip()
+            if not value:
+                return self.client_key(client_ip)
         return value
 
     def check_request(self, request, client_ip: str) -> int:

@@ -162,6 +162,23 @@ def test_keys():
     assert xff.key(Req(x_forwarded_for=b"1.1.1.1, "), "10.0.0.1") == "10.0.0.1"
 
 
+def test_ipv6_clients_are_counted_per_prefix():
+    clock = Clock()
+    limits = RateLimits(RateLimitConfig(rate=1, burst=1, max_connections=1), clock=clock)
+    assert limits.client_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert limits.client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert limits.client_key("192.0.2.1") == "192.0.2.1"
+    assert limits.check_request(Req(), "2001:db8:1:2::1") == 0
+    assert limits.check_request(Req(), "2001:db8:1:2::2") == 1        # same /64: same bucket
+    assert limits.check_request(Req(), "2001:db8:1:3::1") == 0        # another /64
+    assert limits.open_connection("2001:db8:1:2::7")
+    assert not limits.open_connection("2001:db8:1:2:ffff::9")
+    limits.close_connection("2001:db8:1:2::7")
+    assert limits.open_connection("2001:db8:1:2::8")
+    wide = RateLimits(RateLimitConfig(rate=1, ipv6_prefix=128))
+    assert wide.client_key("2001:db8::1") == "2001:db8::1/128"
+
+
 def test_check_request_uses_the_key_and_can_be_off():
     clock = Clock()
     limits = RateLimits(RateLimitConfig(rate=1, burst=1, key="header:X-Api-Key"), clock=clock)
@@ -187,6 +204,8 @@ def test_check_request_uses_the_key_and_can_be_off():
     (dict(key="header:"), r"^key: "),
     (dict(key="header:Bad Name"), r"^key: "),
     (dict(max_keys=0), r"^max_keys: "),
+    (dict(ipv6_prefix=0), r"^ipv6_prefix: "),
+    (dict(ipv6_prefix=129), r"^ipv6_prefix: "),
 ])
 def test_config_errors_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -226,7 +245,7 @@ class LimitedListener:
 
     async def _handle(self, reader, writer):
         ip = writer.get_extra_info("peername")[0]
-        if not self.limits.connections.open(ip):
+        if not self.limits.open_connection(ip):
             writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n"
                          b"Connection: close\r\nContent-Length: 0\r\n\r\n")
             writer.close()
@@ -244,7 +263,7 @@ class LimitedListener:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            self.limits.connections.close(ip)
+            self.limits.close_connection(ip)
             writer.close()
 
     def close(self):
