@@ -26,7 +26,8 @@ Configuration (the lead maps it from TOML)::
     realm = "fastproxy"
     cache_ttl = 30.0          # seconds a verified header value is trusted without scrypt
     [forward.auth.users]
-    alice = "scrypt$32768$8$1$3xj0...$Yb1c..."   # from `fastproxy hash-password`
+    # from `fastproxy hash-password`; this one is the password "change me"
+    alice = "scrypt$32768$8$1$eGfOCao6pbr20FIbcW9c5w==$1O2Au4u+8pN2Xr+AL/BzCpykTQ+A6PcUq3V7PZ01UkQ="
 """
 from __future__ import annotations
 
