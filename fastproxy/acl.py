@@ -39,7 +39,7 @@ Safe defaults (the guards), applied whatever the rules say unless lifted as desc
   the proxy a spam relay); other requests only to `http_ports` (80, 443 and 1025-65535, as
   Squid's Safe_ports, to stop cross-protocol requests to mail, SSH and other services).
 
-Configuration (the lead maps it from TOML)::
+Configuration (`AclConfig.from_table` reads it from TOML)::
 
     [forward.acl]
     default_action = "allow"        # when no rule matches (the guards still apply)
@@ -449,6 +449,17 @@ class AclConfig:
                 PortSet(value)
             except ValueError as exc:
                 raise ValueError(f"{f}{exc}") from None
+
+    @classmethod
+    def from_table(cls, raw) -> "AclConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        return cls(**raw)
 
 
 # ---------------------------------------------------------------------------------------

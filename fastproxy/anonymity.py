@@ -31,7 +31,7 @@ lowercase names to drop (tuple of bytes) and the header lines to add (bytes of
 `Name: value\\r\\n`), which go straight into the parser's `forward_head(start_line, extra,
 drop)`.
 
-Configuration (the lead maps it from TOML)::
+Configuration (`AnonymityConfig.from_table` reads it from TOML)::
 
     [forward.anonymity]
     level = "anonymous"          # transparent | anonymous | elite
@@ -176,6 +176,17 @@ class AnonymityConfig:
                 raise ValueError(f"rules[{i}]: expected a table, got {rule!r}")
             rules.append(rule)
         object.__setattr__(self, "rules", tuple(rules))
+
+    @classmethod
+    def from_table(cls, raw) -> "AnonymityConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        return cls(**raw)
 
 
 def _unmapped(ip: str) -> str:

@@ -20,11 +20,12 @@ Use from the request path::
     if not result.ok: 407 with auth.challenge (a ready header line)
     # and never forward Proxy-Authorization (anonymity.py drops it at every level)
 
-Configuration (the lead maps it from TOML)::
+Configuration (`AuthConfig.from_table` reads it from TOML)::
 
     [forward.auth]
     realm = "fastproxy"
-    cache_ttl = 30.0          # seconds a verified header value is trusted without scrypt
+    cache_ttl = "30s"         # how long a verified header value is trusted without scrypt
+    fail_ttl = "5s"           # how long a failed one is answered without scrypt
     [forward.auth.users]
     # from `fastproxy hash-password`; this one is the password "change me"
     alice = "scrypt$32768$8$1$eGfOCao6pbr20FIbcW9c5w==$1O2Au4u+8pN2Xr+AL/BzCpykTQ+A6PcUq3V7PZ01UkQ="
@@ -40,7 +41,7 @@ import os
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
 __all__ = [
@@ -252,6 +253,27 @@ class AuthConfig:
     def enabled(self) -> bool:
         """True when users are configured (requests then need credentials)."""
         return bool(self.users)
+
+    @classmethod
+    def from_table(cls, raw) -> "AuthConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        durations = ('cache_ttl', 'fail_ttl')
+        if any(isinstance(raw.get(k), str) for k in durations):
+            from fastproxy.config import parse_duration  # "5s", "250ms": the file's usual form
+            raw = dict(raw)
+            for k in durations:
+                if isinstance(raw.get(k), str):
+                    try:
+                        raw[k] = parse_duration(raw[k])
+                    except ValueError as exc:
+                        raise ValueError(f"{k}: {exc}") from None
+        return cls(**raw)
 
 
 class Authenticator:

@@ -21,8 +21,8 @@ is the one the trusted hop appended, the earlier ones are the client's say-so. A
 without the header is keyed by its client. Connection limits are always per client
 address (no header exists yet when a connection opens).
 
-Configuration (the lead maps it from TOML; 0 disables a limit, the default, because a
-reverse proxy behind a balancer sees every client as one address)::
+Configuration (`RateLimitConfig.from_table` reads it from TOML; 0 disables a limit, the
+default, because a reverse proxy behind a balancer sees every client as one address)::
 
     [forward.limits]
     max_connections = 64      # open connections per client IP
@@ -38,7 +38,7 @@ import ipaddress
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Hashable
 
 __all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
@@ -86,6 +86,17 @@ class RateLimitConfig:
     def effective_burst(self) -> int:
         """The bucket size: `burst`, or the rate rounded up (at least 1) when burst is 0."""
         return self.burst or max(1, math.ceil(self.rate))
+
+    @classmethod
+    def from_table(cls, raw) -> "RateLimitConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        return cls(**raw)
 
 
 class ConnectionLimiter:

@@ -10,12 +10,12 @@ concurrent lookups of one name, and answers literal addresses without a lookup.
 The cache TTL is fixed rather than taken from DNS (getaddrinfo does not expose it); this
 is safe because the ACL checks the address actually connected, not the name (see acl.py).
 
-Configuration (the lead maps it from TOML)::
+Configuration (`ResolverConfig.from_table` reads it from TOML)::
 
     [forward.resolver]
-    positive_ttl = 30.0     # seconds an answer is reused
-    negative_ttl = 5.0      # seconds a failure is reused (spares the DNS server a retry storm)
-    timeout = 5.0           # seconds before a lookup fails with 504
+    positive_ttl = "30s"    # how long an answer is reused (a duration or seconds)
+    negative_ttl = "5s"     # how long a failure is reused (spares the DNS server a retry storm)
+    timeout = "5s"          # a lookup slower than this fails with 504
     max_entries = 4096      # cache bound; the oldest entries go first
     family = "any"          # "any", "ipv4" or "ipv6"
 """
@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 __all__ = [
@@ -206,6 +206,27 @@ class ResolverConfig:
             raise ValueError(f"max_entries: expected an integer >= 1, got {self.max_entries!r}")
         if self.family not in _FAMILIES:
             raise ValueError(f"family: expected one of any, ipv4, ipv6, got {self.family!r}")
+
+    @classmethod
+    def from_table(cls, raw) -> "ResolverConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        durations = ('positive_ttl', 'negative_ttl', 'timeout')
+        if any(isinstance(raw.get(k), str) for k in durations):
+            from fastproxy.config import parse_duration  # "5s", "250ms": the file's usual form
+            raw = dict(raw)
+            for k in durations:
+                if isinstance(raw.get(k), str):
+                    try:
+                        raw[k] = parse_duration(raw[k])
+                    except ValueError as exc:
+                        raise ValueError(f"{k}: {exc}") from None
+        return cls(**raw)
 
 
 # ---------------------------------------------------------------------------------------

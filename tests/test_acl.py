@@ -534,5 +534,11 @@ def test_module_doc_toml_example_builds_the_config():
     import fastproxy.acl as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
-    config = AclConfig(**tomllib.loads(snippet)["forward"]["acl"])
+    config = AclConfig.from_table(tomllib.loads(snippet)["forward"]["acl"])
     assert config.rules[1].name == "intranet"
+
+
+def test_from_table_names_unknown_keys():
+    assert AclConfig.from_table({"allow_private": True}).allow_private
+    with pytest.raises(ValueError, match=r"^rulez: unknown key"):
+        AclConfig.from_table({"rulez": []})

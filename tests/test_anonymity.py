@@ -345,5 +345,11 @@ def test_module_doc_toml_example_builds_the_config():
     import fastproxy.anonymity as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
-    config = AnonymityConfig(**tomllib.loads(snippet)["forward"]["anonymity"])
+    config = AnonymityConfig.from_table(tomllib.loads(snippet)["forward"]["anonymity"])
     assert config.level == "anonymous" and len(config.rules) == 2
+
+
+def test_from_table_names_unknown_keys():
+    assert AnonymityConfig.from_table({"level": "elite"}).level == "elite"
+    with pytest.raises(ValueError, match=r"^mode: unknown key"):
+        AnonymityConfig.from_table({"mode": "elite"})

@@ -398,5 +398,12 @@ def test_module_doc_toml_example_builds_the_config():
     import fastproxy.auth as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
-    config = AuthConfig(**tomllib.loads(snippet)["forward"]["auth"])
+    config = AuthConfig.from_table(tomllib.loads(snippet)["forward"]["auth"])
     assert verify_password("change me", dict(config.users)["alice"])
+
+
+def test_from_table_reads_durations_and_names_unknown_keys():
+    c = AuthConfig.from_table({"cache_ttl": "2m", "fail_ttl": "500ms"})
+    assert (c.cache_ttl, c.fail_ttl) == (120.0, 0.5)
+    with pytest.raises(ValueError, match=r"^password: unknown key"):
+        AuthConfig.from_table({"password": "x"})

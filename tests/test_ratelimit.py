@@ -311,5 +311,11 @@ def test_module_doc_toml_example_builds_the_config():
     import fastproxy.ratelimit as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
-    config = RateLimitConfig(**tomllib.loads(snippet)["forward"]["limits"])
+    config = RateLimitConfig.from_table(tomllib.loads(snippet)["forward"]["limits"])
     assert config.effective_burst == 40
+
+
+def test_from_table_names_unknown_keys():
+    assert RateLimitConfig.from_table({"rate": 5}).rate == 5
+    with pytest.raises(ValueError, match=r"^rps: unknown key"):
+        RateLimitConfig.from_table({"rps": 5})

@@ -266,5 +266,16 @@ def test_module_doc_toml_example_builds_the_config():
     import fastproxy.resolver as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
-    config = ResolverConfig(**tomllib.loads(snippet)["forward"]["resolver"])
+    config = ResolverConfig.from_table(tomllib.loads(snippet)["forward"]["resolver"])
     assert config == ResolverConfig()  # the example shows the defaults
+
+
+def test_from_table_reads_durations_and_names_unknown_keys():
+    c = ResolverConfig.from_table({"positive_ttl": "1m", "negative_ttl": 2, "timeout": "250ms"})
+    assert (c.positive_ttl, c.negative_ttl, c.timeout) == (60.0, 2, 0.25)
+    with pytest.raises(ValueError, match=r"^timeout: expected a duration"):
+        ResolverConfig.from_table({"timeout": "soon"})
+    with pytest.raises(ValueError, match=r"^ttl: unknown key"):
+        ResolverConfig.from_table({"ttl": 5})
+    with pytest.raises(ValueError, match=r"^expected a table"):
+        ResolverConfig.from_table(["x"])
