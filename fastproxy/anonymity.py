@@ -22,7 +22,8 @@ Levels:
 (RFC 9110 11.7.2) and must never reach the destination.
 
 Header rules then remove or set fields towards matching destinations (all matching rules
-apply, in order; a later `set` of the same field wins). Framing and routing fields (Host,
+apply, in order; a later `set` of the same field wins), and override the level: a rule that
+removes or sets Via or X-Forwarded-For replaces what the level would add. Framing and routing fields (Host,
 Content-Length, Transfer-Encoding, Connection and the other hop-by-hop fields) cannot be
 touched by rules.
 
@@ -218,7 +219,7 @@ class Anonymizer:
         self._per_host: dict[str, tuple[tuple[bytes, ...], bytes, frozenset]] = {}
 
     def _for_host(self, host: str) -> tuple[tuple[bytes, ...], bytes, frozenset]:
-        """(drop, extra, names set by rules) from the header rules matching `host`, cached."""
+        """(drop, extra, names rules removed or set) from the rules matching `host`, cached."""
         found = self._per_host.get(host)
         if found is not None:
             return found
@@ -235,7 +236,8 @@ class Anonymizer:
                 lines[name] = line
                 if name not in drop:
                     drop.append(name)
-        found = (tuple(drop), b"".join(lines.values()), frozenset(lines))
+        # Every name a rule touched overrides the level: `remove = ["Via"]` means no Via.
+        found = (tuple(drop), b"".join(lines.values()), frozenset(drop))
         if len(self._per_host) >= 4096:
             self._per_host.clear()
         self._per_host[host] = found

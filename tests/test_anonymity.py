@@ -295,6 +295,15 @@ def test_rule_can_replace_via_and_xff(origin, parse):
     assert [v for n, v in fields if n == "x-forwarded-for"] == ["hidden"]
 
 
+def test_rule_removing_via_suppresses_the_level(origin, parse):
+    cfg = AnonymityConfig(level="transparent", rules=({"hosts": ["quiet.example"],
+                                                       "remove": ["Via", "X-Forwarded-For"]},))
+    _, fields = relay(origin, parse, Anonymizer(cfg), BROWSER, host="quiet.example")
+    assert "via" not in dict(fields) and "x-forwarded-for" not in dict(fields)
+    _, loud = relay(origin, parse, Anonymizer(cfg), BROWSER, host="loud.example")
+    assert dict(loud)["x-forwarded-for"] == "192.0.2.1, 10.0.0.7"
+
+
 def test_later_remove_undoes_an_earlier_set():
     cfg = AnonymityConfig(rules=({"set": {"X-A": "1"}}, {"hosts": ["h.example"], "remove": ["x-a"]}))
     a = Anonymizer(cfg)
