@@ -217,7 +217,9 @@ def run(opts: dict) -> dict:
 
     workdir = Path(tempfile.mkdtemp(prefix="fastproxy-bench-"))
     pidlog = out / "processes.log"
-    pidlog.write_text("")
+    # Every started process is appended here ("PID name"), so a caller can check they are gone.
+    pidlog.write_text(f"# workdir {workdir}\n")
+    doc["workdir"] = str(workdir)
     try:
         with Supervisor(workdir, pidlog=pidlog) as sup:
             _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent)
