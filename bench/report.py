@@ -167,6 +167,10 @@ def markdown(doc: dict) -> str:
             if e.get("error_share") and e["error_share"] > ERROR_SHARE_FLAG:
                 lines.append(f"- ⚠ **{e['row']}** {e['size']}: {e['errors']} failed requests "
                              f"({100 * e['error_share']:.1f}%): its numbers are not comparable")
+            if (group != "cache" and e["row"] != "direct" and e.get("origin_share") is not None
+                    and e["origin_share"] < 0.9):
+                lines.append(f"- **{e['row']}** {e['size']}: only {100 * e['origin_share']:.0f}% of requests reached "
+                             f"the origin: it answered from a cache, so it is not comparable with this group")
             if e.get("close_share") and e["close_share"] > 0.5:
                 lines.append(f"- **{e['row']}** {e['size']}: closed the client connection after "
                              f"{100 * e['close_share']:.0f}% of responses (no keep-alive): wrk reconnected each time")
@@ -181,7 +185,7 @@ def markdown(doc: dict) -> str:
 
 
 def chart(doc: dict, path: Path) -> Path | None:
-    """Draw req/s and req per proxy CPU-second per row and size as a PNG; None without matplotlib."""
+    """Draw req/s and req per proxy CPU-second per row and size (and tunnel MB/s) as a PNG."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -189,32 +193,54 @@ def chart(doc: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     entries = [e for e in doc.get("summary", []) if e["group"] != "tunnel" and e["rps"]]
+    tunnels = [e for e in doc.get("summary", []) if e["group"] == "tunnel" and e.get("mb_s")]
     rows = list(dict.fromkeys(e["row"] for e in entries))
     sizes = [s for s in doc["options"]["sizes"] if any(e["size"] == s for e in entries)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) + 4), 4.8), constrained_layout=True)
+    panels = 2 + bool(tunnels)
+    fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.0 * len(rows) + 4) + 2.5 * bool(tunnels), 5),
+                             constrained_layout=True, gridspec_kw={"width_ratios": [3, 3, 1.6][:panels]})
     width = 0.8 / max(1, len(sizes))
     c = doc["options"]["connections"]
-    for ax, key, lo, hi, title in (
-        (axes[0], "rps", "rps_min", "rps_max", f"requests/s (wrk -c{c})"),
-        (axes[1], "req_per_cpu_s", None, None, "requests per proxy CPU-second"),
-    ):
+    colors = ["#4c72b0", "#55a868", "#c44e52"]
+    for ax, key, title in ((axes[0], "rps", f"requests/s (wrk -c{c})"),
+                           (axes[1], "req_per_cpu_s", "requests per proxy CPU-second")):
         for i, size in enumerate(sizes):
             xs, ys, errs = [], [], [[], []]
             for j, row in enumerate(rows):
                 e = next((x for x in entries if x["row"] == row and x["size"] == size), None)
                 if not e or e[key] is None:
                     continue
+                samples = [r[key] for r in doc["rows"][row]["runs"]
+                           if r.get("size") == size and r.get("connections") == c and r.get(key) is not None]
                 xs.append(j + (i - (len(sizes) - 1) / 2) * width)
                 ys.append(e[key])
-                errs[0].append(e[key] - e[lo] if lo else 0)
-                errs[1].append(e[hi] - e[key] if hi else 0)
-            ax.bar(xs, ys, width, label=size, yerr=errs if lo else None, capsize=3)
+                errs[0].append(e[key] - min(samples, default=e[key]))
+                errs[1].append(max(samples, default=e[key]) - e[key])
+            ax.bar(xs, ys, width, label=size, yerr=errs, capsize=3, color=colors[i % len(colors)])
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(rows, rotation=35, ha="right")
+        for label in ax.get_xticklabels():
+            if label.get_text().startswith("fastproxy"):
+                label.set_fontweight("bold")
+        # Thin separators between the groups (reverse | cache | forward).
+        groups = [doc["rows"][n]["group"] for n in rows]
+        for j in range(1, len(rows)):
+            if groups[j] != groups[j - 1]:
+                ax.axvline(j - 0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(title="response")
-    fig.suptitle(f"fastproxy vs peers, one core each — {doc['date'][:10]}", fontsize=11)
+    if tunnels:
+        ax = axes[2]
+        names = [e["row"].removeprefix("tunnel-") for e in tunnels]
+        ax.bar(range(len(tunnels)), [e["mb_s"] for e in tunnels], 0.6, color="#8172b2",
+               yerr=[[e["mb_s"] - e["mb_s_min"] for e in tunnels], [e["mb_s_max"] - e["mb_s"] for e in tunnels]],
+               capsize=3)
+        ax.set_xticks(range(len(tunnels)))
+        ax.set_xticklabels(names, rotation=35, ha="right")
+        ax.set_title("CONNECT tunnel MB/s")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"fastproxy vs peers, proxy on one core — {doc['date'][:10]}", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
