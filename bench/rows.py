@@ -164,6 +164,30 @@ def start_fastproxy_forward(ctx: Context, name: str) -> Endpoint:
     return ep
 
 
+# pproxy 2.7 calls asyncio.get_event_loop() after uvloop.install(); current uvloop raises there
+# unless a loop is set, so the launcher installs uvloop and sets a loop itself, then runs pproxy.
+PPROXY_LAUNCHER = """
+import asyncio, sys, uvloop
+def _install():
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+uvloop.install = _install
+from pproxy.server import main
+sys.argv[0] = "pproxy"
+main()
+"""
+
+
+def start_pproxy(ctx: Context, name: str) -> Endpoint:
+    """pproxy, a pure-Python forward proxy on uvloop (the Python peer named in issue 7)."""
+    if importlib.util.find_spec("pproxy") is None:
+        raise StartError("pproxy not installed (pip install pproxy)")
+    port = free_port()
+    ep = _listen(ctx, name, [sys.executable, "-c", PPROXY_LAUNCHER, "-l", f"http://127.0.0.1:{port}"], port)
+    ep.forward = True
+    return ep
+
+
 def start_tunnel_direct(ctx: Context, name: str) -> Endpoint:
     """The download without a proxy."""
     return Endpoint(ctx.tunnel_port, None, forward=False)
@@ -179,11 +203,13 @@ ROWS: tuple[Row, ...] = (
     Row("fastproxy-cache", "cache", (), start_fastproxy_cache, "fastproxy --cache 64MiB"),
     Row("squid", "forward", ("squid",), start_squid, "Squid 1 worker, no cache"),
     Row("tinyproxy", "forward", ("tinyproxy",), start_tinyproxy, "tinyproxy"),
+    Row("pproxy", "forward", (), start_pproxy, "pproxy (Python, uvloop), optional: pip install pproxy"),
     Row("fastproxy-forward", "forward", (), start_fastproxy_forward, "fastproxy --mode forward"),
     Row("tunnel-direct", "tunnel", ("curl",), start_tunnel_direct, "curl straight to the origin"),
     Row("tunnel-squid", "tunnel", ("curl", "squid"), start_squid, "curl -p through Squid"),
     Row("tunnel-tinyproxy", "tunnel", ("curl", "tinyproxy"), start_tinyproxy,
         "curl -p through tinyproxy"),
+    Row("tunnel-pproxy", "tunnel", ("curl",), start_pproxy, "curl -p through pproxy"),
     Row("tunnel-fastproxy", "tunnel", ("curl",), start_fastproxy_forward,
         "curl -p through fastproxy forward"),
 )
