@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import configs, report
 from bench.procs import StartError, Supervisor, cpu_count, free_port, pinned, system_busy_seconds, tree_cpu_seconds
 from bench.rows import (GROUPS, ROW_NAMES, ROWS, Context, Endpoint, check_serves, curl_download,
-                        fastproxy_command, origin_requests)
+                        fastproxy_command, fetch, origin_requests)
 from bench.tools import apt_install, can_install, missing, version, which
 from bench.wrk import WrkError, run_wrk
 
@@ -169,7 +169,7 @@ def _measure(ep: Endpoint, origin_proc, ctx: Context, size: str, connections: in
     served0 = origin_requests(ctx.origin_port)
     res = run_wrk(url, connections, duration, core, absolute_target=target,
                   host=f"127.0.0.1:{ctx.origin_port}")
-    served = origin_requests(ctx.origin_port) - served0
+    served = origin_requests(ctx.origin_port) - served0 - 1
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy = system_busy_seconds() - busy0
     res["proxy_cpu_s"] = (tree_cpu_seconds(ep.proc.pid) - proxy0) if ep.proc else None
@@ -264,6 +264,8 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
                 _check_tunnel(ep, ctx, load_core)
             else:
                 check_serves(ep, origin_port, opts["sizes"], r.name)
+            if r.group == "cache":
+                _check_hits(ep, origin_port, opts["sizes"], r.name)
         except (StartError, OSError) as exc:
             _skip(doc, r.name, str(exc))
             continue
@@ -297,6 +299,17 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
             res["repeat"] = rep
             doc["rows"][r.name]["runs"].append(res)
             _say(f"bench: {r.name} #{rep + 1}: " + (f"{res['mb_s']:,.0f} MB/s" if "mb_s" in res else res["failed"]))
+
+
+def _check_hits(ep: Endpoint, origin_port: int, sizes: list[str], name: str) -> None:
+    """A cache row must answer a repeated GET without the origin; else it measures no cache."""
+    before = origin_requests(origin_port)
+    for size in sizes:
+        fetch(ep, origin_port, f"/{size}")
+    reached = origin_requests(origin_port) - before - 1
+    if reached:
+        raise StartError(f"{name}: not answering from its cache ({reached} of {len(sizes)} repeated GETs of a "
+                         f"response with max-age={configs.CACHE_MAX_AGE} reached the origin)")
 
 
 def _check_tunnel(ep: Endpoint, ctx: Context, core) -> None:

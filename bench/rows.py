@@ -261,16 +261,18 @@ def check_serves(ep: Endpoint, origin_port: int, sizes: list[str], proc_name: st
 
 
 def origin_requests(origin_port: int) -> int:
-    """Return the number of requests the origin has served so far (nginx stub_status)."""
+    """Return the origin's request counter (nginx stub_status), which counts this request too.
+
+    Requests served between two readings are `second - first - 1`.
+    """
     conn = http.client.HTTPConnection("127.0.0.1", origin_port, timeout=5)
     try:
         conn.request("GET", "/__origin_status")
         text = conn.getresponse().read().decode()
     finally:
         conn.close()
-    # "server accepts handled requests\n A H R" -- the third number; minus this request.
-    nums = text.splitlines()[2].split()
-    return int(nums[2]) - 1
+    # "server accepts handled requests\n A H R": the third number.
+    return int(text.splitlines()[2].split()[2])
 
 
 def curl_download(ep: Endpoint, host: str, port: int, core: int | None, timeout: float) -> dict:
