@@ -249,7 +249,12 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
     if not runnable:
         return
     tunnel = _tunnel_address()
-    origin_port = _origin(sup, workdir, load_core, tunnel, opts["tunnel_bytes"])
+    try:
+        origin_port = _origin(sup, workdir, load_core, tunnel, opts["tunnel_bytes"])
+    except (StartError, OSError) as exc:
+        for r in runnable:
+            _skip(doc, r.name, f"the origin (nginx) did not start: {exc}")
+        return
     origin_proc = next(p for p in sup.procs if p.name == "origin")
     fp_cmd, fp_env = fastproxy_command(opts["fastproxy"])
     ctx = Context(sup, workdir, origin_port, tunnel[0], tunnel[1], proxy_core, fp_cmd, fp_env,

@@ -240,7 +240,9 @@ def chart(doc: dict, path: Path) -> Path | None:
         ax.set_xticklabels(names, rotation=35, ha="right")
         ax.set_title("CONNECT tunnel MB/s")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"fastproxy vs peers, proxy on one core — {doc['date'][:10]}", fontsize=11)
+    busy = doc.get("busy", {}).get("other_cores_median")
+    note = f" (busy machine: others used {busy:.1f} cores)" if busy and busy > 0.05 else ""
+    fig.suptitle(f"fastproxy vs peers, proxy on one core — {doc['date'][:10]}{note}", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
