@@ -248,6 +248,10 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
     runnable = [r for r in selected if not doc["rows"][r.name]["skipped"]]
     if not runnable:
         return
+    n_load = sum(r.group != "tunnel" for r in runnable)
+    per_row = opts["duration"] * (2 if opts["c1"] else 1) * len(opts["sizes"])
+    _say(f"bench: {len(runnable)} rows, about {(n_load * per_row * opts['repeats']) / 60:.1f} minutes of load "
+         f"plus start-up and downloads")
     tunnel = _tunnel_address()
     try:
         origin_port = _origin(sup, workdir, load_core, tunnel, opts["tunnel_bytes"])
@@ -352,7 +356,12 @@ def _download(ep: Endpoint, ctx: Context, core, size: int) -> dict:
 
 def main(argv: list[str]) -> int:
     """Entry point of `python -m bench load`; returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m bench load", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench load",
+        description="Load-test fastproxy side by side with nginx, HAProxy, Varnish, Squid, tinyproxy "
+                    "(and pproxy if installed) on this machine, loopback only. When run as root on "
+                    "Debian/Ubuntu, missing tools are installed with apt-get first (without starting "
+                    "their system services); --no-install prevents that.")
     add_arguments(p)
     a = p.parse_args(argv)
     try:
