@@ -382,10 +382,9 @@ def _positive_int(value: Any) -> int:
 def _workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
-    v = _INT(value)
-    if not 1 <= v <= 256:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
         raise ValueError(f'expected an integer 1-256 or "auto", got {value!r}')
-    return v
+    return value
 
 
 def _hash_key(value: Any) -> str:

@@ -108,6 +108,7 @@ class Worker:
         self.runtime: Runtime | None = None
         self.old_runtimes: list[Runtime] = []
         self.stopping: asyncio.Event | None = None
+        self.bound: list = []   # (listener config, port actually bound)
 
     async def start(self) -> None:
         """Bind every listener; raise OSError naming the address on failure."""
@@ -121,6 +122,7 @@ class Worker:
             self.listener_rts.append(lrt)
             sock = server.sockets[0]
             addr = sock.getsockname()
+            self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
 
     def _listener_runtime(self, lcfg) -> ListenerRuntime:
@@ -139,7 +141,10 @@ class Worker:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
         try:
             return await self.loop.create_server(
-                factory, lcfg.host, lcfg.port, reuse_port=True, backlog=2048,
+                # SO_REUSEPORT only when our own workers share the port: otherwise a
+                # second proxy started by mistake would silently share it too.
+                factory, lcfg.host, lcfg.port, reuse_port=self.config.workers > 1,
+                backlog=2048,
                 ssl=_tls_context(lcfg))
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {lcfg.address}: "
@@ -149,8 +154,12 @@ class Worker:
         """Switch new connections to config; open connections finish on the old one."""
         old = self.runtime
         new_rt = Runtime(config, self.loop)
-        same = [(a.host, a.port, a.mode, a.tls_cert) for a in self.config.listeners] == \
-            [(b.host, b.port, b.mode, b.tls_cert) for b in config.listeners]
+        # Listening sockets stay as they are: a listener matches when its host, mode and
+        # TLS are the same and its port is the bound one (or 0, "whatever it is now").
+        same = len(self.bound) == len(config.listeners) and all(
+            (b.host, b.mode, b.tls_cert) == (a.host, a.mode, a.tls_cert)
+            and b.port in (0, port)
+            for (a, port), b in zip(self.bound, config.listeners))
         if not same:
             new_rt.close()
             log("reload: listener addresses or modes changed; restart to apply them")
