@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
@@ -45,9 +46,31 @@ class ReverseHandler:
         self.fwd = hp.forwarded in ("forwarded", "both")
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
+        limits = rt.listener.extra("rate_limits")
+        self.limits = RateLimits(limits) if limits is not None else None
+        self.limit_conns = limits is not None and limits.max_connections > 0
+        self.limit_rate = limits is not None and limits.rate > 0
+
+    # -- connection-level hooks (called by the relay) -------------------------------
+
+    def connection_made(self, conn) -> None:
+        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        if self.limit_conns and conn.client_port != -1:
+            self.limits.close_connection(conn.client_ip)
 
     def dispatch(self, conn, req) -> None:
         """Route req, pick a server and start sending it."""
+        if self.limit_rate:
+            wait = self.limits.check_request(req, conn.client_ip)
+            if wait:
+                conn.log_extra = {"limit": "rate"}
+                conn.respond_error(429, "request rate limit reached",
+                                   b"Retry-After: %d\r\n" % wait)
+                return
         form = req.target_form
         host = req.host
         target = req.target

@@ -107,7 +107,10 @@ class _Conn(asyncio.Protocol):
 class Origin:
     """The origin server; start() binds 127.0.0.1:0 and returns once it listens."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.ssl_context = ssl_context
+        self.host = host
+        self.want_port = port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.connections = 0
@@ -122,12 +125,14 @@ class Origin:
         return self
 
     async def _start(self) -> None:
-        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", 0)
+        self._server = await self.loop.create_server(lambda: _Conn(self), self.host,
+                                                     self.want_port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
         async def _stop():
@@ -139,6 +144,7 @@ class Origin:
         asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
     async def respond(self, conn: _Conn, method: bytes, url: bytes, info: dict,
                       keep: bool) -> None:
