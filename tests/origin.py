@@ -14,6 +14,7 @@ checking itself) and answers by path:
     /count           200 with the number of connections accepted so far
     /early           answer 413 at once without reading the body, then close
     /interim         send a 103 Early Hints before the 200
+    /page.html       an HTML page loading /script.js and /img.png (browser tests)
     ?idle_close=S    on any path: close the connection S seconds after answering
 """
 from __future__ import annotations
@@ -24,6 +25,18 @@ import json
 import threading
 
 import httptools
+
+
+# A page whose script and image must come through the same proxy (browser tests).
+PAGE = (b"<!doctype html><html><head><title>start</title><script src='/script.js'></script>"
+        b"</head><body><img id='i' src='/img.png' onload='window.imgOk=1'>"
+        b"<p id='out'>waiting</p></body></html>")
+SCRIPT = (b"window.addEventListener('load', function () {"
+          b" document.getElementById('out').textContent ="
+          b" 'script ran; image ' + (window.imgOk ? 'loaded' : 'missing'); });")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
 class _Conn(asyncio.Protocol):
@@ -218,6 +231,12 @@ class Origin:
             return
         elif path == b"/count":
             send(200, str(self.connections).encode())
+        elif path == b"/page.html":
+            send(200, PAGE, b"Content-Type: text/html\r\n")
+        elif path == b"/script.js":
+            send(200, SCRIPT, b"Content-Type: application/javascript\r\n")
+        elif path == b"/img.png":
+            send(200, PNG, b"Content-Type: image/png\r\n")
         elif path == b"/interim":
             t.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
             send(200, b"after hints\n")
