@@ -132,8 +132,10 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
         doc.setdefault("access_log", {})["path"] = args.access_log
     if args.log_format is not None:
         doc.setdefault("access_log", {})["format"] = args.log_format
-    forward_listeners = [lst for lst in doc.get("listeners", [])
-                         if isinstance(lst, dict) and lst.get("mode") == "forward"]
+    all_listeners = doc.get("listeners")
+    forward_listeners = [lst for lst in all_listeners if isinstance(lst, dict)
+                         and lst.get("mode") == "forward"] \
+        if isinstance(all_listeners, list) else []
     if (args.allow_private or args.connect_ports) and not forward_listeners:
         flag = "--allow-private" if args.allow_private else "--connect-ports"
         problems.append(f"{flag}: applies to forward listeners and there is none")

@@ -303,7 +303,8 @@ class _Table:
     def __init__(self, data: Any, path: str, problems: list[str]) -> None:
         self.path = path
         self.problems = problems
-        if not isinstance(data, dict):
+        self.bad = not isinstance(data, dict)
+        if self.bad:
             self.problem("", f"expected a table, got {type(data).__name__}")
             data = {}
         self.data = data
@@ -443,6 +444,8 @@ def _extras(table: _Table, names: tuple[str, ...], scope: str) -> tuple[tuple[st
 
 
 def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
+    if table.bad:
+        return None
     servers = []
     raw_servers = table.raw("servers")
     if raw_servers is None:
@@ -551,6 +554,8 @@ def _canary_key(value: Any) -> str:
 
 
 def _read_listener(table: _Table) -> ListenerConfig | None:
+    if table.bad:
+        return None
     addr = table.get("listen", parse_address, None)
     if addr is None and not table.has("listen"):
         table.problem("listen", 'required: an address like "127.0.0.1:8000"')

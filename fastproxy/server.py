@@ -223,6 +223,9 @@ class Worker:
             for line in exc.problems:
                 log(f"reload refused: {line}")
             return
+        except Exception as exc:  # never let a bad file take the running proxy down
+            log(f"reload refused: {exc.__class__.__name__}: {exc}")
+            return
         self.reload(config)
 
 
