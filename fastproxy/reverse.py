@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.intermediary import max_forwards
 from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -71,6 +72,9 @@ class ReverseHandler:
                 conn.respond_error(429, "request rate limit reached",
                                    b"Retry-After: %d\r\n" % wait)
                 return
+        mf = max_forwards(conn, req)
+        if mf is None:
+            return  # answered here (Max-Forwards: 0) or refused
         form = req.target_form
         host = req.host
         target = req.target
@@ -145,6 +149,9 @@ class ReverseHandler:
         keep_upgrade = req.upgrade is not None
         if keep_upgrade:
             extra += b"Connection: upgrade\r\n"
+        if mf[1]:
+            drop += mf[0]
+            extra += mf[1]
         head = req.forward_head(start_line, extra, drop, keep_upgrade)
         conn.replay = head
         self.start(conn, group, server, head)
