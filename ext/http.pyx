@@ -159,6 +159,65 @@ cdef inline bint _ieq2(const uchar* a, const uchar* b, Py_ssize_t n) noexcept:
     return True
 
 
+# Word-at-a-time checks (portable SWAR, no SIMD flags needed for release wheels):
+# a 64-bit word is tested for "some byte needs a closer look"; only then are its
+# eight bytes checked one by one against the class table.
+cdef extern from *:
+    # Typed C constants: a bare 64-bit literal would be a Python int to Cython.
+    """
+    #define FP_ONES ((uint64_t)0x0101010101010101ULL)
+    #define FP_HIGHS ((uint64_t)0x8080808080808080ULL)
+    """
+    const uint64_t FP_ONES
+    const uint64_t FP_HIGHS
+
+
+cdef inline uint64_t _has_less(uint64_t x, uint64_t n) noexcept:
+    # Nonzero iff some byte of x is < n (exact for n <= 128, bytes >= 0x80 never match).
+    return (x - FP_ONES * n) & ~x & FP_HIGHS
+
+
+cdef inline uint64_t _has_byte(uint64_t x, uint64_t b) noexcept:
+    return _has_less(x ^ (FP_ONES * b), 1)
+
+
+cdef inline Py_ssize_t _bad_value_byte(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
+    """Index of the first byte of p[i:e] not allowed in a field value, else e."""
+    cdef uint64_t x
+    cdef Py_ssize_t k
+    while i + 8 <= e:
+        memcpy(&x, p + i, 8)
+        if _has_less(x, 0x20) | _has_byte(x, 0x7f):
+            for k in range(i, i + 8):
+                if not (CLS[p[k]] & C_VALUE):
+                    return k
+        i += 8
+    while i < e:
+        if not (CLS[p[i]] & C_VALUE):
+            return i
+        i += 1
+    return e
+
+
+cdef inline Py_ssize_t _target_end(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
+    """Index of the first byte of p[i:e] that cannot be in a request-target, else e."""
+    cdef uint64_t x
+    cdef Py_ssize_t k
+    while i + 8 <= e:
+        memcpy(&x, p + i, 8)
+        if (_has_less(x, 0x21) | _has_byte(x, 0x7f) | _has_byte(x, 0x23)
+                | (x & FP_HIGHS)):
+            for k in range(i, i + 8):
+                if not (CLS[p[k]] & C_TARGET):
+                    return k
+        i += 8
+    while i < e:
+        if not (CLS[p[i]] & C_TARGET):
+            return i
+        i += 1
+    return e
+
+
 # ---------------------------------------------------------------------------
 # Header fields as offsets
 
@@ -379,42 +438,54 @@ def split_authority(target, long default_port=-1):
             PyBuffer_Release(&view)
 
 
+cdef int _absolute(const uchar* s, Py_ssize_t n, Py_ssize_t* scheme_len, Py_ssize_t* a0,
+                   Py_ssize_t* a1, Py_ssize_t* hs, Py_ssize_t* hl, long* port) except -1:
+    """Check an absolute-form target scheme://authority[path][?query] (RFC 9112 3.2.2)
+    and locate its parts; raise ParseError(400) when malformed."""
+    cdef Py_ssize_t i = 0, j
+    if n == 0 or not (97 <= LOWER[s[0]] <= 122):
+        _fail(_BadSyntax, 400, "bad_target", "absolute-form needs a scheme")
+    while i < n and CLS[s[i]] & C_SCHEME:
+        i += 1
+    # Only hierarchical URIs with an authority make sense to a proxy (RFC 9110 4.2).
+    if i + 2 >= n or s[i] != b':' or s[i + 1] != b'/' or s[i + 2] != b'/':
+        _fail(_BadSyntax, 400, "bad_target", "absolute-form needs scheme://authority")
+    scheme_len[0] = i
+    j = i + 3
+    a0[0] = j
+    while j < n and s[j] != b'/' and s[j] != b'?':
+        if s[j] == b'@':
+            # RFC 9110 4.2.4: userinfo in an http(s) URI is to be treated as an error.
+            _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
+        j += 1
+    a1[0] = j
+    if _target_end(s, j, n) < n:
+        if memchr(s + j, b'#', n - j) != NULL:
+            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
+        _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+    if _authority(s + a0[0], j - a0[0], hs, hl, port) < 0:
+        _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
+    if port[0] == 0:
+        _fail(_BadSyntax, 400, "bad_port", "port 0")
+    return 0
+
+
 def split_absolute(target):
     """Split an absolute-form target into (scheme, host, port, path); path starts with '/'."""
     cdef Py_buffer view
     cdef const uchar* s
-    cdef Py_ssize_t n, i = 0, a0, a1, hs = 0, hl = 0
+    cdef Py_ssize_t n, sl = 0, a0 = 0, a1 = 0, hs = 0, hl = 0
     cdef long port = -1
     cdef bytes scheme, path
     cdef int release = _acquire(target, &view, &s, &n)
     try:
-        if n == 0 or not (97 <= LOWER[s[0]] <= 122):
-            _fail(_BadSyntax, 400, "bad_target", "absolute-form needs a scheme")
-        while i < n and CLS[s[i]] & C_SCHEME:
-            i += 1
-        if i + 2 >= n or s[i] != b':' or s[i + 1] != b'/' or s[i + 2] != b'/':
-            _fail(_BadSyntax, 400, "bad_target", "absolute-form needs scheme://authority")
-        scheme = _lower_bytes(s, i)
-        a0 = i + 3
-        a1 = a0
-        while a1 < n and s[a1] != b'/' and s[a1] != b'?' and s[a1] != b'#':
-            if s[a1] == b'@':
-                # RFC 9110 4.2.4: userinfo in an http(s) URI is an error.
-                _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
-            a1 += 1
-        if a1 < n and s[a1] == b'#':
-            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
-        if _authority(s + a0, a1 - a0, &hs, &hl, &port) < 0:
-            _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
+        _absolute(s, n, &sl, &a0, &a1, &hs, &hl, &port)
+        scheme = _lower_bytes(s, sl)
         if port < 0:
             if scheme == b"http" or scheme == b"ws":
                 port = 80
             elif scheme == b"https" or scheme == b"wss":
                 port = 443
-        elif port == 0:
-            _fail(_BadSyntax, 400, "bad_port", "port 0")
-        if memchr(s + a1, b'#', n - a1) != NULL:
-            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
         if a1 == n:
             path = b"/"
         elif s[a1] == b'?':
@@ -939,9 +1010,12 @@ cdef class _HeadParser:
             e -= 1
         c = p[ls]
         if c == 32 or c == 9:
-            # RFC 9112 5.2: obs-fold is refused (a proxy must not pass it on),
-            # and so is whitespace before the first field (RFC 9112 2.2).
-            _fail(_BadSyntax, st, "obs_fold", "line folding or leading whitespace")
+            if self._nf == 0:
+                # RFC 9112 2.2: whitespace between the start line and the first
+                # field is refused (it could hide a field from another parser).
+                _fail(_BadSyntax, st, "ws_after_start_line", "whitespace before the first field")
+            # RFC 9112 5.2: obs-fold is refused; a proxy must not pass it on.
+            _fail(_BadSyntax, st, "obs_fold", "obsolete line folding")
         while i < e and CLS[p[i]] & C_TCHAR:
             i += 1
         if i >= e or p[i] != b':':
@@ -965,18 +1039,17 @@ cdef class _HeadParser:
         while i < e and (p[i] == 32 or p[i] == 9):
             i += 1
         vs = i
-        ve = i
-        while i < e:
+        i = _bad_value_byte(p, i, e)
+        if i < e:
             c = p[i]
-            if not (CLS[c] & C_VALUE):
-                if c == 13:
-                    _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
-                if c == 0:
-                    _fail(_BadSyntax, st, "nul_in_field", "NUL in field value")
-                _fail(_BadSyntax, st, "bad_field_value", "control character in field value")
-            i += 1
-            if c != 32 and c != 9:
-                ve = i
+            if c == 13:
+                _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
+            if c == 0:
+                _fail(_BadSyntax, st, "nul_in_field", "NUL in field value")
+            _fail(_BadSyntax, st, "bad_field_value", "control character in field value")
+        ve = e
+        while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+            ve -= 1
         f.value_off = <uint32_t>(vs - self._skip)
         f.value_len = <uint32_t>(ve - vs)
         f.kind = _classify(p + ls, f.name_len)
@@ -1012,7 +1085,7 @@ cdef class _HeadParser:
             if lf == NULL:
                 self._pos = pos
                 self._scan = n
-                self._check_partial_line(n - pos)
+                self._partial_start_line(p + pos, n - pos)
                 if n - self._skip > self.max_head:
                     _fail(_TooLarge, 502 if self._response else 431, "head_too_large",
                           f"head longer than {self.max_head} bytes")
@@ -1052,7 +1125,8 @@ cdef class _HeadParser:
                   f"head longer than {self.max_head} bytes")
         return -1
 
-    cdef int _check_partial_line(self, Py_ssize_t length) except -1:
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished start line early when its prefix is already bad."""
         return 0
 
     cdef Py_ssize_t _finish(self, Py_ssize_t end) except -2:
@@ -1090,6 +1164,9 @@ cdef class RequestParser(_HeadParser):
     """Incremental, strict HTTP/1.1 request-head parser (RFC 9112 3, 5, 6)."""
 
     cdef readonly Py_ssize_t max_line
+    cdef Py_ssize_t _pv        # how far an unfinished request line was checked
+    cdef Py_ssize_t _pt0       # where its target starts
+    cdef int _pphase           # 0 method, 1 target, 2 version
     cdef bytes _method
     cdef int _version
     cdef int _form
@@ -1105,10 +1182,42 @@ cdef class RequestParser(_HeadParser):
         self._response = False
         self._alloc(max_head, max_fields)
 
-    cdef int _check_partial_line(self, Py_ssize_t length) except -1:
-        if length > self.max_line:
+    def reset(self):
+        """Forget any partially parsed head."""
+        _HeadParser.reset(self)
+        self._pv = 0
+        self._pt0 = 0
+        self._pphase = 0
+
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished request line early when its prefix is already bad,
+        so garbage (a TLS hello on a plain port) is answered at once.  The codes
+        are those the complete line would get."""
+        cdef Py_ssize_t i = self._pv
+        if n > self.max_line:
             _fail(_TooLarge, 414, "request_line_too_long",
                   f"request line longer than {self.max_line} bytes")
+        if self._pphase == 0:
+            while i < n and CLS[h[i]] & C_TCHAR:
+                i += 1
+            if i < n:
+                if i == 0 or h[i] != 32:
+                    _fail(_BadSyntax, 400, "bad_method",
+                          "request line must start with a method token and SP")
+                i += 1
+                self._pt0 = i
+                self._pphase = 1
+        if self._pphase == 1:
+            i = _target_end(h, i, n)
+            # A CR in the last byte may be the start of CRLF: wait for more.
+            if i < n and not (h[i] == 13 and i == n - 1):
+                if h[i] != 32 or i == self._pt0:
+                    if h[i] == b'#':
+                        _fail(_BadSyntax, 400, "fragment_in_target",
+                              "a request-target has no fragment")
+                    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+                self._pphase = 2
+        self._pv = i
         return 0
 
     cdef int _start_line(self, const uchar* h, Py_ssize_t e) except -1:
@@ -1128,8 +1237,7 @@ cdef class RequestParser(_HeadParser):
         m_len = i
         i += 1
         t0 = i
-        while i < e and CLS[h[i]] & C_TARGET:
-            i += 1
+        i = _target_end(h, i, e)
         if i == t0:
             _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
         if i >= e or h[i] != 32:
@@ -1151,13 +1259,16 @@ cdef class RequestParser(_HeadParser):
         # RFC 9110 6.2: a higher 1.x minor is handled as the highest we know.
         self._version = 10 if minor == 0 else 11
         self._method = _method(h, m_len)
+        self._pv = 0
+        self._pt0 = 0
+        self._pphase = 0
         self._sl = sl
         self._form = self._target_form(h + t0, self._t_len)
         return 0
 
     cdef int _target_form(self, const uchar* t, Py_ssize_t n) except -1:
         """Classify the request-target and check it fits the method (RFC 9112 3.2)."""
-        cdef Py_ssize_t hs, hl, i
+        cdef Py_ssize_t hs, hl, sl, a0, a1
         cdef long port
         if self._method is M_CONNECT:
             if _authority(t, n, &hs, &hl, &port) < 0 or port <= 0:
@@ -1169,14 +1280,8 @@ cdef class RequestParser(_HeadParser):
             if self._method is not M_OPTIONS:
                 _fail(_BadSyntax, 400, "bad_target", "asterisk-form is only for OPTIONS")
             return 3
-        i = 0
-        if 97 <= LOWER[t[0]] <= 122:
-            while i < n and CLS[t[i]] & C_SCHEME:
-                i += 1
-            if i < n and t[i] == b':':
-                return 1
-        _fail(_BadSyntax, 400, "bad_target", "request-target is not origin, absolute, authority or asterisk form")
-        return -1
+        _absolute(t, n, &sl, &a0, &a1, &hs, &hl, &port)
+        return 1
 
     def feed(self, data, Py_ssize_t start=0):
         """Parse the request head at data[start:]; None while incomplete."""
@@ -1224,6 +1329,12 @@ cdef class ResponseParser(_HeadParser):
     def __init__(self, *, Py_ssize_t max_head=65536, int max_fields=100):
         self._response = True
         self._alloc(max_head, max_fields)
+
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished status line that does not start with "HTTP/"."""
+        if memcmp(h, b"HTTP/", n if n < 5 else 5) != 0:
+            _fail(_BadSyntax, 502, "bad_status_line", "malformed HTTP-version in status line")
+        return 0
 
     cdef int _start_line(self, const uchar* h, Py_ssize_t e) except -1:
         """Parse HTTP-version SP status-code SP [reason-phrase] (RFC 9112 4)."""
@@ -1287,6 +1398,7 @@ cdef class ResponseParser(_HeadParser):
             if (head_request or r.status < 200 or r.status == 204 or r.status == 304
                     or (connect_request and r.status < 300)):
                 r.body = _BODY_NONE
+                r.chunked = False
             elif r.body == _BODY_NONE and r.content_length < 0:
                 # RFC 9112 6.3 (8): no length means the body runs to close.
                 r.body = _BODY_CLOSE
@@ -1304,7 +1416,14 @@ cdef enum:
     S_SIZE_START = 0
     S_SIZE
     S_SIZE_WS
-    S_EXT
+    S_EXT             # BWS after ';', before the extension name
+    S_EXT_NAME
+    S_EXT_POST_NAME   # BWS after the name: '=' ';' or CR
+    S_EXT_PRE_VAL     # BWS after '='
+    S_EXT_TOKEN
+    S_EXT_QUOTED
+    S_EXT_ESCAPE
+    S_EXT_POST_VAL    # BWS after the value: ';' or CR
     S_SIZE_LF
     S_DATA
     S_DATA_CR
@@ -1428,17 +1547,46 @@ cdef class ChunkedDecoder:
                         st = S_EXT
                     elif c != 32 and c != 9:
                         _fail(_BadFraming, 400, "bad_chunk_ext", "whitespace after chunk size")
-                elif st == S_EXT:
-                    if c == 13:
+                elif st >= S_EXT and st <= S_EXT_POST_VAL:
+                    # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+                    # value = token / quoted-string.  Checked exactly: another parser
+                    # must not be able to find a different end of this line.
+                    self._ext_len += 1
+                    if self._ext_len > self.max_ext:
+                        _fail(_BadFraming, 400, "chunk_ext_too_long", "chunk extension too long")
+                    if st == S_EXT_QUOTED:
+                        if c == b'"':
+                            st = S_EXT_POST_VAL
+                        elif c == b'\\':
+                            st = S_EXT_ESCAPE
+                        elif not (CLS[c] & C_VALUE):
+                            _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                    elif st == S_EXT_ESCAPE:
+                        if not (CLS[c] & C_VALUE):
+                            _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                        st = S_EXT_QUOTED
+                    elif CLS[c] & C_TCHAR and st != S_EXT_POST_NAME and st != S_EXT_POST_VAL:
+                        if st == S_EXT:
+                            st = S_EXT_NAME
+                        elif st == S_EXT_PRE_VAL:
+                            st = S_EXT_TOKEN
+                    elif c == 32 or c == 9:
+                        if st == S_EXT_NAME:
+                            st = S_EXT_POST_NAME
+                        elif st == S_EXT_TOKEN:
+                            st = S_EXT_POST_VAL
+                    elif c == b';' and st != S_EXT and st != S_EXT_PRE_VAL:
+                        st = S_EXT
+                    elif c == b'=' and (st == S_EXT_NAME or st == S_EXT_POST_NAME):
+                        st = S_EXT_PRE_VAL
+                    elif c == b'"' and st == S_EXT_PRE_VAL:
+                        st = S_EXT_QUOTED
+                    elif c == 13 and st != S_EXT and st != S_EXT_PRE_VAL:
                         st = S_SIZE_LF
-                    elif CLS[c] & C_VALUE:
-                        self._ext_len += 1
-                        if self._ext_len > self.max_ext:
-                            _fail(_BadFraming, 400, "chunk_ext_too_long", "chunk extension too long")
                     elif c == 10:
                         _fail(_BadFraming, 400, "bare_lf", "LF without CR in chunk framing")
                     else:
-                        _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                        _fail(_BadFraming, 400, "bad_chunk_ext", "malformed chunk extension")
                 elif st == S_SIZE_LF:
                     if c != 10:
                         _fail(_BadFraming, 400, "bare_cr", "CR not followed by LF in chunk framing")
@@ -1471,11 +1619,15 @@ cdef class ChunkedDecoder:
                 elif st == S_TRAILER_NAME:
                     if c == b':':
                         st = S_TRAILER_VALUE
+                    elif c == 10:
+                        _fail(_BadFraming, 400, "bare_lf", "LF without CR in trailer section")
                     elif not (CLS[c] & C_TCHAR):
                         _fail(_BadFraming, 400, "bad_trailer", "invalid trailer field name")
                 elif st == S_TRAILER_VALUE:
                     if c == 13:
                         st = S_TRAILER_LF
+                    elif c == 10:
+                        _fail(_BadFraming, 400, "bare_lf", "LF without CR in trailer section")
                     elif not (CLS[c] & C_VALUE):
                         _fail(_BadFraming, 400, "bad_trailer", "control character in trailer value")
                 elif st == S_TRAILER_LF:
