@@ -1020,8 +1020,15 @@ cdef class _HeadParser:
             i += 1
         if i >= e or p[i] != b':':
             if i < e and (p[i] == 32 or p[i] == 9) and i > ls:
-                # RFC 9112 5.1: whitespace before the colon must be rejected.
-                _fail(_BadSyntax, st, "ws_before_colon", "whitespace between field name and colon")
+                vs = i
+                while vs < e and (p[vs] == 32 or p[vs] == 9):
+                    vs += 1
+                if vs < e and p[vs] == b':':
+                    # RFC 9112 5.1: whitespace before the colon must be rejected.
+                    _fail(_BadSyntax, st, "ws_before_colon", "whitespace between field name and colon")
+                if memchr(p + vs, b':', e - vs) != NULL:
+                    _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
+                _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
             if i < e and p[i] == 13:
                 _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
             if i >= e:
