@@ -1077,7 +1077,10 @@ cdef class _HeadParser:
                         pos += 1
                     elif p[pos] == 13:
                         if pos + 1 >= n:
-                            break
+                            # Maybe CRLF of an empty line: wait for the next byte.
+                            self._pos = pos
+                            self._skip = pos
+                            return -1
                         if p[pos + 1] != 10:
                             _fail(_BadSyntax, 400, "bare_cr", "CR not followed by LF")
                         pos += 2
