@@ -1248,11 +1248,13 @@ cdef class RequestParser(_HeadParser):
         i += 1
         t0 = i
         i = _target_end(h, i, e)
-        if i == t0:
-            _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
-        if i >= e or h[i] != 32:
+        if i >= e or h[i] != 32 or i == t0:
+            # Same order as _partial_start_line, so the code does not depend on
+            # how the line arrived.
             if i < e and h[i] == b'#':
                 _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
+            if i == t0:
+                _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
             if i >= e:
                 _fail(_BadSyntax, 400, "bad_request_line", "request line without an HTTP version")
             _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")

@@ -91,6 +91,7 @@ BAD_REQUESTS: list[Bad] = [
     Bad(b"GET /a\x7f HTTP/1.1\r\n" + _H + b"\r\n", 400, "bad_target", "9112 3.2"),
     Bad(b"GET /caf\xc3\xa9 HTTP/1.1\r\n" + _H + b"\r\n", 400, "bad_target", "9112 3.2 / 3986"),
     Bad(b"GET /a#frag HTTP/1.1\r\n" + _H + b"\r\n", 400, "fragment_in_target", "9112 3.2"),
+    Bad(b"GET # HTTP/1.1\r\n" + _H + b"\r\n", 400, "fragment_in_target", "9112 3.2 (found by fuzzing)"),
     Bad(b"GET /a\rb HTTP/1.1\r\n" + _H + b"\r\n", 400, "bad_target", "9112 2.2 bare CR"),
     Bad(b"GET / HTTP/1.1\r\r\n" + _H + b"\r\n", 400, "bad_version", "9112 2.2 bare CR"),
     Bad(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "bad_method", "9112 3 (TLS on plain port)"),
