@@ -982,6 +982,7 @@ cdef class _HeadParser:
             raise ValueError("max_head must fit in 31 bits")
         self.max_head = max_head
         self.max_fields = max_fields
+        free(self._fields)  # __init__ may run twice
         self._fields = <Field*>malloc(sizeof(Field) * max_fields)
         if self._fields == NULL:
             raise MemoryError()

@@ -25,6 +25,22 @@ Decisions a reader of the proxy needs to know:
   CONNECT needs authority-form with a port; '*' only with OPTIONS.
 * `body` is BODY_NONE when no body bytes follow (including Content-Length: 0, HEAD,
   1xx/204/304, 2xx to CONNECT); `content_length` still reports the field (-1 if absent).
+
+Error codes (`ParseError.code`; request status shown, every ResponseParser error is 502):
+  start line   bad_method, bad_target, fragment_in_target, bad_request_line, bad_version,
+               unsupported_version (505), request_line_too_long (414), bad_connect_target,
+               bad_authority, bad_port, userinfo_in_target; responses: bad_status_line,
+               bad_status, bad_reason, unsupported_version
+  field lines  ws_after_start_line, obs_fold, ws_before_colon, missing_colon, bad_field_name,
+               bad_field_value, nul_in_field, bare_cr, too_many_fields (431), head_too_large (431)
+  host         missing_host, duplicate_host, bad_host
+  framing      te_and_cl, te_in_http10, bad_content_length, conflicting_content_length,
+               content_length_too_large (413), bad_transfer_encoding, chunked_not_final,
+               chunked_twice, unsupported_transfer_coding (501), bad_connection
+  chunked body bad_chunk_size, chunk_size_overflow, bad_chunk_ext, chunk_ext_too_long, bare_lf,
+               bare_cr, missing_crlf, obs_fold, bad_trailer, trailers_too_large (431)
+  split_*      bad_target, bad_authority, bad_port, missing_port, userinfo_in_target,
+               fragment_in_target
 """
 from typing import Final
 
