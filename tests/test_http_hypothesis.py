@@ -207,6 +207,8 @@ def test_mutated_requests_parse_or_refuse_consistently(m, data):
     cuts = data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=4))
     split = _outcome(h.RequestParser, raw, cuts)
     assert split == whole
+    if whole[0] == "ok":
+        _roundtrip(h.RequestParser().feed(raw))
     if whole[0] == "ok" and whole[2] != h.BODY_CHUNKED:
         try:
             theirs = oracle_request(raw[:whole[1] + max(whole[3], 0)])
@@ -245,3 +247,37 @@ def test_chunked_roundtrip(chunks, data):
         last = cut
     assert d.done
     assert b"".join(bytes(m) for m in out) == b"".join(chunks)
+
+
+def _roundtrip(r, cls=h.RequestParser):
+    """forward_head output must be read back by our own parser the same way."""
+    out = r.forward_head(extra=b"Via: 1.1 t\r\n")
+    again = cls(max_head=1 << 20, max_fields=10000).feed(out)
+    assert again is not None and again.head_length == len(out)
+    kept = again.headers()[:-1]
+    assert again.headers()[-1] == (b"Via", b"1.1 t")
+    original = r.headers()
+    assert all(f in original for f in kept)
+    hop = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+           b"transfer-encoding", b"upgrade"} | set(r.connection)
+    expect = [f for f in original if f[0].lower() not in hop or f[0].lower() in (b"host", b"content-length")]
+    seen_cl = False
+    deduped = []
+    for f in expect:
+        if f[0].lower() == b"content-length":
+            if seen_cl:
+                continue
+            seen_cl = True
+        deduped.append(f)
+    assert kept == deduped
+
+
+@SETTINGS
+@given(requests(), st.lists(st.sampled_from([b"Connection: close", b"Connection: x-a, keep-alive",
+                                              b"X-A: 1", b"Keep-Alive: 5", b"TE: trailers",
+                                              b"Upgrade: h2c", b"Proxy-Connection: x"]), max_size=4))
+def test_forward_head_roundtrip(m, hop_lines):
+    head_end = m.raw.index(b"\r\n\r\n") + 2
+    raw = m.raw[:head_end] + b"".join(l + b"\r\n" for l in hop_lines) + m.raw[head_end:]
+    r = h.RequestParser().feed(raw)
+    _roundtrip(r)
