@@ -234,6 +234,7 @@ cdef enum:
     K_PROXY_CONNECTION
     K_TE
     K_TRAILER
+    K_LOOKALIKE      # Content_Length / Transfer_Encoding: refused, see _analyze
 
 cdef enum:
     F_HOP = 1        # hop-by-hop (RFC 9110 7.6.1): never forwarded
@@ -250,6 +251,15 @@ cdef struct Field:
     uint8_t flags
 
 
+cdef bint _ieq_us(const uchar* a, const char* lower, Py_ssize_t n) noexcept:
+    """Like _ieq, but '_' in a also matches '-'."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if LOWER[a[i]] != <uchar>lower[i] and not (a[i] == b'_' and lower[i] == b'-'):
+            return False
+    return True
+
+
 cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     # Dispatch on length first: most names are rejected by one comparison.
     if k == 4:
@@ -258,6 +268,8 @@ cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     elif k == 14:
         if _ieq(n, b"content-length", 14):
             return K_CONTENT_LENGTH
+        if _ieq_us(n, b"content-length", 14):
+            return K_LOOKALIKE
     elif k == 10:
         if _ieq(n, b"connection", 10):
             return K_CONNECTION
@@ -266,6 +278,8 @@ cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     elif k == 17:
         if _ieq(n, b"transfer-encoding", 17):
             return K_TRANSFER_ENCODING
+        if _ieq_us(n, b"transfer-encoding", 17):
+            return K_LOOKALIKE
     elif k == 13:
         if _ieq(n, b"cache-control", 13):
             return K_CACHE_CONTROL
@@ -847,6 +861,13 @@ cdef class _Message:
                 self._cc_n += 1
                 if self._cc_i < 0:
                     self._cc_i = i
+            elif f.kind == K_LOOKALIKE:
+                # Content_Length / Transfer_Encoding mean nothing to us but become the
+                # real field behind a gateway that maps '_' to '-' (CGI, WSGI): the
+                # two hops would frame the body differently.  Refused, as no client
+                # has a reason to send them.
+                _fail(_BadFraming, 502 if response else 400, "framing_field_lookalike",
+                      "Content_Length or Transfer_Encoding field name")
             else:
                 # Keep-Alive, Proxy-Connection, TE, Trailer (RFC 9110 7.6.1).
                 f.flags |= F_HOP

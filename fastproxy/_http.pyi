@@ -36,7 +36,9 @@ Error codes (`ParseError.code`; request status shown, every ResponseParser error
   host         missing_host, duplicate_host, bad_host
   framing      te_and_cl, te_in_http10, bad_content_length, conflicting_content_length,
                content_length_too_large (413), bad_transfer_encoding, chunked_not_final,
-               chunked_twice, unsupported_transfer_coding (501), bad_connection
+               chunked_twice, unsupported_transfer_coding (501), bad_connection,
+               framing_field_lookalike (Content_Length / Transfer_Encoding: a gateway that
+               maps '_' to '-' would frame the message differently)
   chunked body bad_chunk_size, chunk_size_overflow, bad_chunk_ext, chunk_ext_too_long, bare_lf,
                bare_cr, missing_crlf, obs_fold, bad_trailer, trailers_too_large (431)
   split_*      bad_target, bad_authority, bad_port, missing_port, userinfo_in_target,

@@ -176,6 +176,10 @@ BAD_REQUESTS: list[Bad] = [
     Bad(crlf(b"POST / HTTP/1.1\nHost: a\nTransfer-Encoding: \"chunked\"\n\n"), 400, "bad_transfer_encoding", "9112 6.1"),
     Bad(crlf(b"POST / HTTP/1.0\nTransfer-Encoding: chunked\n\n"), 400, "te_in_http10", "9112 6.1"),
     Bad(crlf(b"GET / HTTP/1.1\nHost: a\nConnection: close;\n\n"), 400, "bad_connection", "9110 7.6.1"),
+    Bad(crlf(b"POST / HTTP/1.1\nHost: a\nContent-Length: 5\nTransfer_Encoding: chunked\n\n"),
+        400, "framing_field_lookalike", "9112 6.3 (smuggling via '_' to '-' mapping, RFC 3875 4.1.18)"),
+    Bad(crlf(b"POST / HTTP/1.1\nHost: a\ncontent_length: 5\n\n"),
+        400, "framing_field_lookalike", "9112 6.3 (smuggling via '_' to '-' mapping)"),
 ]
 
 # ---------------------------------------------------------------------------
