@@ -1022,7 +1022,7 @@ cdef class _HeadParser:
 
     cdef int _field_line(self, const uchar* p, Py_ssize_t ls, Py_ssize_t le) except -1:
         """Parse the field line p[ls:le] (le is the LF) into the next Field (RFC 9112 5)."""
-        cdef Py_ssize_t e = le, i = ls, vs, ve
+        cdef Py_ssize_t e = le, i = ls, vs, ve, ne
         cdef uchar c
         cdef Field* f
         cdef int st = 502 if self._response else 400
@@ -1038,22 +1038,29 @@ cdef class _HeadParser:
             _fail(_BadSyntax, st, "obs_fold", "obsolete line folding")
         while i < e and CLS[p[i]] & C_TCHAR:
             i += 1
+        ne = i
         if i >= e or p[i] != b':':
             if i < e and (p[i] == 32 or p[i] == 9) and i > ls:
                 vs = i
                 while vs < e and (p[vs] == 32 or p[vs] == 9):
                     vs += 1
-                if vs < e and p[vs] == b':':
-                    # RFC 9112 5.1: whitespace before the colon must be rejected.
+                if vs < e and p[vs] == b':' and self._response:
+                    # RFC 9112 5.1: a proxy removes whitespace before the colon of a
+                    # response field (forward_head emits "Name: value").
+                    i = vs
+                elif vs < e and p[vs] == b':':
+                    # RFC 9112 5.1: in a request it must be rejected with 400.
                     _fail(_BadSyntax, st, "ws_before_colon", "whitespace between field name and colon")
-                if memchr(p + vs, b':', e - vs) != NULL:
+                elif memchr(p + vs, b':', e - vs) != NULL:
                     _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
-                _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
-            if i < e and p[i] == 13:
+                else:
+                    _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
+            elif i < e and p[i] == 13:
                 _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
-            if i >= e:
+            elif i >= e:
                 _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
-            _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
+            else:
+                _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
         if i == ls:
             _fail(_BadSyntax, st, "bad_field_name", "empty field name")
         if self._nf >= self.max_fields:
@@ -1061,7 +1068,7 @@ cdef class _HeadParser:
                   f"more than {self.max_fields} header fields")
         f = &self._fields[self._nf]
         f.name_off = <uint32_t>(ls - self._skip)
-        f.name_len = <uint32_t>(i - ls)
+        f.name_len = <uint32_t>(ne - ls)
         i += 1
         while i < e and (p[i] == 32 or p[i] == 9):
             i += 1

@@ -17,6 +17,9 @@ Decisions a reader of the proxy needs to know:
   request (a request whose final coding is not chunked is 400, RFC 9112 6.3).  A
   response with any coding other than chunked is refused, because the proxy removes
   Transfer-Encoding (hop-by-hop) and could not pass the coding on.
+* Whitespace between a field name and its colon: 400 in a request; removed from a
+  response (RFC 9112 5.1 asks a proxy to do exactly that; forward_head emits "Name: value").
+  Obs-fold is refused in both (RFC 9112 5.2 allows a proxy to answer 502).
 * Every ParseError from ResponseParser has status 502 (the proxy's answer to a bad
   upstream); `.code` still names the rule.
 * A Connection token never makes `forward_head` drop Host or Content-Length: a

@@ -153,7 +153,7 @@ def write_seeds(directory: str) -> int:
     seeds = []
     seeds += [b"\x00\x80" + raw for raw in c.VALID_REQUESTS + c.VALID_NOT_ORACLE]
     seeds += [b"\x00\x40" + b.raw[:2000] for b in c.BAD_REQUESTS]
-    seeds += [b"\x01\x80" + raw for raw, _ in c.VALID_RESPONSES]
+    seeds += [b"\x01\x80" + raw for raw, _ in c.VALID_RESPONSES + c.VALID_RESPONSES_NOT_ORACLE]
     seeds += [b"\x01\x40" + b.raw for b in c.BAD_RESPONSES]
     seeds += [b"\x02\x80" + body for body, _, _ in c.VALID_CHUNKED]
     seeds += [b"\x02\x40" + b.raw[:2000] for b in c.BAD_CHUNKED]

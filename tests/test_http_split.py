@@ -8,7 +8,8 @@ import pytest
 
 from fastproxy import _http as h
 from http_cases import (BAD_CHUNKED, BAD_REQUESTS, BAD_RESPONSES, VALID_CHUNKED,
-                        VALID_NOT_ORACLE, VALID_REQUESTS, VALID_RESPONSES)
+                        VALID_NOT_ORACLE, VALID_REQUESTS, VALID_RESPONSES,
+                        VALID_RESPONSES_NOT_ORACLE)
 
 PAD = b"xyz"  # a prefix before `start`, so offsets from `start` are exercised
 
@@ -66,7 +67,7 @@ def test_bad_request_splits(case):
     assert check_splits(h.RequestParser, case.raw)[2:] == (case.status, case.code)
 
 
-@pytest.mark.parametrize("raw,flags", VALID_RESPONSES)
+@pytest.mark.parametrize("raw,flags", VALID_RESPONSES + VALID_RESPONSES_NOT_ORACLE)
 def test_valid_response_splits(raw, flags):
     assert check_splits(h.ResponseParser, raw, **flags)[0] != "error"
 

@@ -210,6 +210,16 @@ def test_garbage_refused_before_line_end():
     assert h.ResponseParser().feed(b"HTT") is None
 
 
+def test_response_ws_before_colon_is_removed():
+    """RFC 9112 5.1: refused in a request, removed by a proxy from a response."""
+    r = h.ResponseParser().feed(b"HTTP/1.1 200 OK\r\nX-Odd : a\r\nContent-Length\t: 2\r\n\r\nok")
+    assert r.headers() == [(b"X-Odd", b"a"), (b"Content-Length", b"2")]
+    assert r.content_length == 2 and r.body == h.BODY_LENGTH
+    assert r.forward_head() == b"HTTP/1.1 200 OK\r\nX-Odd: a\r\nContent-Length: 2\r\n\r\n"
+    with pytest.raises(h.BadSyntax):
+        h.ResponseParser().feed(b"HTTP/1.1 200 OK\r\nX Odd: a\r\n\r\n")
+
+
 def test_response_te_and_cl_refused():
     """RFC 9112 6.3 (3) lets a recipient treat TE + CL as an error: we do, for
     responses too (the proxy answers 502)."""
