@@ -413,8 +413,14 @@ def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], A
 # know every knob of every feature.
 TOP_EXTRAS = ("cache", "rate_limit")
 GROUP_EXTRAS = ("health", "outlier", "breaker", "retry")
-LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "connect_ports", "allow_private",
-                   "header_rules", "cache")
+LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "resolver", "connect_ports",
+                   "allow_private", "header_rules")
+# Which of those each mode accepts (others are an error naming the key).
+MODE_EXTRAS = {
+    "forward": set(LISTENER_EXTRAS),
+    "reverse": {"rate_limit"},
+    "tcp": set(),
+}
 
 # name -> callable(raw_value) raising ValueError; feature modules register here.
 validators: dict[str, Callable[[Any], Any]] = {}
@@ -514,6 +520,29 @@ def _read_route(table: _Table) -> RouteConfig | None:
     return route if upstream else None
 
 
+def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
+    """Validate a listener's feature tables once, keeping the built settings in extras."""
+    raw = dict(extras)
+    try:
+        if mode == "forward":
+            from fastproxy.forward import build_settings
+            return extras + (("forward", build_settings(raw)),)
+        if mode == "reverse" and "rate_limit" in raw:
+            from fastproxy.ratelimit import RateLimitConfig
+            try:
+                limits = RateLimitConfig.from_table(raw["rate_limit"])
+            except ValueError as exc:
+                raise ValueError(f"rate_limit.{exc}") from None
+            return extras + (("rate_limits", limits),)
+    except ValueError as exc:
+        key, sep, text = str(exc).partition(": ")
+        if sep and " " not in key:
+            table.problem(key, text)
+        else:
+            table.problem("", str(exc))
+    return extras
+
+
 def _canary_key(value: Any) -> str:
     v = _STR(value)
     if v == "random":
@@ -546,6 +575,11 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
             elif not os.path.isfile(v):
                 tt.problem(k, f"no such file: {v}")
         tt.finish()
+    extras = _extras(table, LISTENER_EXTRAS, f"listener.{mode}")
+    for name, _ in extras:
+        if name not in MODE_EXTRAS[mode]:
+            table.problem(name, f"not used by a {mode} listener")
+    extras = _mode_settings(table, mode, extras)
     listener = ListenerConfig(
         host=addr[0] if addr else "127.0.0.1",
         port=addr[1] if addr else 0,
@@ -555,7 +589,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         routes=tuple(routes),
         tls_cert=tls_cert,
         tls_key=tls_key,
-        extras=_extras(table, LISTENER_EXTRAS, f"listener.{mode}"),
+        extras=extras,
     )
     table.finish()
     return listener if addr else None

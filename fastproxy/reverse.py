@@ -10,7 +10,8 @@ that is safe (`upstream_failed`).
 from __future__ import annotations
 
 from fastproxy import _http
-from fastproxy.frontend import BODY_NONE, IDEMPOTENT, P_CONNECTING, S_BODY, S_CLOSED
+from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
@@ -45,9 +46,31 @@ class ReverseHandler:
         self.fwd = hp.forwarded in ("forwarded", "both")
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
+        limits = rt.listener.extra("rate_limits")
+        self.limits = RateLimits(limits) if limits is not None else None
+        self.limit_conns = limits is not None and limits.max_connections > 0
+        self.limit_rate = limits is not None and limits.rate > 0
+
+    # -- connection-level hooks (called by the relay) -------------------------------
+
+    def connection_made(self, conn) -> None:
+        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        if self.limit_conns and conn.client_port != -1:
+            self.limits.close_connection(conn.client_ip)
 
     def dispatch(self, conn, req) -> None:
         """Route req, pick a server and start sending it."""
+        if self.limit_rate:
+            wait = self.limits.check_request(req, conn.client_ip)
+            if wait:
+                conn.log_extra = {"limit": "rate"}
+                conn.respond_error(429, "request rate limit reached",
+                                   b"Retry-After: %d\r\n" % wait)
+                return
         form = req.target_form
         host = req.host
         target = req.target
@@ -137,25 +160,13 @@ class ReverseHandler:
 
     def start(self, conn, group, server, head: bytes, pending=None, fresh=False) -> None:
         """Send head (and any queued body bytes) to server over a pooled connection."""
-        conn.server = server
-        pool = group.pools[server]
-        up = pool.connect_new() if fresh else pool.acquire()
-        conn.upstream = up
-        up.begin(conn, head)
-        if pending:
-            for piece in pending:
-                up.write(piece)
-        if up.transport is None and conn.state == S_BODY:
-            # Hold the client's body until the upstream is connected.
-            conn.pause_reading(P_CONNECTING)
-        if conn.body_done:
-            up.request_sent()
+        conn.send_upstream(group.pools[server], head, pending, fresh)
 
     def upstream_failed(self, conn, up, status: int, detail: str, replayable: bool,
                         pending) -> None:
         """The upstream failed before answering: retry where safe, else 502/504."""
         req = conn.req
-        if req is None or conn.state == S_CLOSED:
+        if req is None or conn.state == STATE_CLOSED:
             return
         group = conn.group
         if replayable and not conn.resp_started:
@@ -172,15 +183,15 @@ class ReverseHandler:
                         self.start(conn, group, server, pending[0], pending[1:])
                         return
             elif (up.reused and conn.retries < MAX_STALE_RETRIES
-                  and conn.body_kind == BODY_NONE and req.method in IDEMPOTENT):
+                  and conn.body_kind == _http.BODY_NONE and req.method in IDEMPOTENT):
                 # RFC 9112 9.3.1: the server closed a kept-alive connection as we sent on
                 # it; an idempotent request without a body is safely sent again, on a
                 # fresh connection to the same server.
                 conn.retries += 1
                 self.start(conn, group, up.server, conn.replay, fresh=True)
                 return
-        conn.resume_reading(P_CONNECTING)
+        conn.resume_reading(PAUSE_CONNECTING)
         if conn.resp_started:
-            conn._abort(detail)
+            conn.abort(detail)
         else:
             conn.respond_error(status, detail)

@@ -19,8 +19,7 @@ import time
 
 from fastproxy.accesslog import AccessLog
 from fastproxy.config import Config, ConfigError, format_address
-from fastproxy.frontend import ClientConnection
-from fastproxy.pool import ConnectionPool
+from fastproxy._relay import ClientConnection, ConnectionPool
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
 from fastproxy.timers import Deadlines
@@ -255,13 +254,6 @@ def run_worker(config: Config, reload_fn=None) -> int:
 
 def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers."""
-    try:
-        import fastproxy.forward  # noqa: F401
-    except ImportError:
-        missing = [f"listeners[{i}].mode: forward mode is not available in this build yet"
-                   for i, lc in enumerate(config.listeners) if lc.mode == "forward"]
-        if missing:
-            raise ConfigError(missing) from None
     if config.workers <= 1:
         return run_worker(config, reload_fn)
     return _master(config, reload_fn)

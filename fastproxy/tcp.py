@@ -9,7 +9,7 @@ import asyncio
 
 import xxhash
 
-from fastproxy.tunnel import splice
+from fastproxy._relay import splice
 
 EARLY_LIMIT = 256 * 1024   # bytes a client may send before the upstream is connected
 
