@@ -26,7 +26,6 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 
-ctypedef unsigned char uchar
 
 # ---------------------------------------------------------------------------
 # Public constants
@@ -240,15 +239,6 @@ cdef enum:
     F_HOP = 1        # hop-by-hop (RFC 9110 7.6.1): never forwarded
     F_DUP_CL = 2     # a repeated, identical Content-Length: forwarded once
     F_UPGRADE = 4    # the Upgrade field: forwarded only with keep_upgrade
-
-
-cdef struct Field:
-    uint32_t name_off
-    uint32_t name_len
-    uint32_t value_off
-    uint32_t value_len
-    uint8_t kind
-    uint8_t flags
 
 
 cdef bint _ieq_us(const uchar* a, const char* lower, Py_ssize_t n) noexcept:
@@ -520,30 +510,6 @@ def split_absolute(target):
 cdef class _Message:
     """Common part of Request and Response: the head and its field offsets."""
 
-    cdef Field* _fields        # points into _fields_mem
-    cdef bytes _fields_mem     # small-object allocation, freed with the message
-    cdef int _nf
-    cdef readonly bytes head
-    cdef readonly Py_ssize_t head_length
-    cdef readonly int version
-    cdef readonly long long content_length
-    cdef readonly int body
-    cdef readonly bint chunked
-    cdef readonly bint keep_alive
-    cdef Py_ssize_t _sl_len
-    cdef int _host_i
-    cdef int _upgrade_i
-    cdef int _cc_i
-    cdef int _cc_n
-    cdef int _conn_n
-    cdef bint _conn_upgrade
-    cdef bint _conn_close
-    cdef bint _conn_keep_alive
-    cdef bint _expect_continue
-    cdef object _connection
-
-    cdef inline const uchar* _h(self):
-        return <const uchar*>PyBytes_AS_STRING(self.head)
 
     cdef bytes _value(self, int i):
         cdef Field* f = &self._fields[i]
@@ -649,7 +615,7 @@ cdef class _Message:
             self._connection = tuple(toks)
         return self._connection
 
-    cdef bytes _forward(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
+    cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
         cdef const uchar* h = self._h()
         cdef Py_ssize_t size, sl_len, ex_len, k
         cdef const uchar* sl
@@ -908,6 +874,8 @@ cdef class _Message:
         else:
             self.keep_alive = self._conn_keep_alive
         if not response:
+            # RFC 9110 10.1.1: ignore 100-continue in an HTTP/1.0 request.
+            (<Request>self).expect_continue = self._expect_continue and self.version == 11
             # RFC 9112 3.2: exactly one Host in HTTP/1.1, never two.
             if host_n > 1:
                 _fail(_BadSyntax, 400, "duplicate_host", "more than one Host field")
@@ -924,11 +892,6 @@ cdef class _Message:
 cdef class Request(_Message):
     """A parsed request head: offsets into `head`, Python objects made on demand."""
 
-    cdef readonly bytes method
-    cdef readonly int target_form
-    cdef Py_ssize_t _t_off
-    cdef Py_ssize_t _t_len
-    cdef object _target
 
     @property
     def target(self):
@@ -938,15 +901,9 @@ cdef class Request(_Message):
                 <const char*>self._h() + self._t_off, self._t_len)
         return self._target
 
-    @property
-    def expect_continue(self):
-        """True when an HTTP/1.1 request carries Expect: 100-continue."""
-        # RFC 9110 10.1.1: ignore 100-continue in an HTTP/1.0 request.
-        return self._expect_continue and self.version == 11
-
     def forward_head(self, bytes start_line=None, bytes extra not None=b"", tuple drop=(), bint keep_upgrade=False):
         """The head to send onward: hop-by-hop fields removed, `extra` lines added."""
-        return self._forward(start_line, extra, drop, keep_upgrade)
+        return self.forward_c(start_line, extra, drop, keep_upgrade)
 
     def __repr__(self):
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.version // 10}.{self.version % 10}>"
@@ -956,9 +913,6 @@ cdef class Request(_Message):
 cdef class Response(_Message):
     """A parsed response head."""
 
-    cdef readonly int status
-    cdef Py_ssize_t _r_off
-    cdef Py_ssize_t _r_len
 
     @property
     def reason(self):
@@ -967,7 +921,7 @@ cdef class Response(_Message):
 
     def forward_head(self, bytes status_line=None, bytes extra not None=b"", tuple drop=(), bint keep_upgrade=False):
         """The head to send onward: hop-by-hop fields removed, `extra` lines added."""
-        return self._forward(status_line, extra, drop, keep_upgrade)
+        return self.forward_c(status_line, extra, drop, keep_upgrade)
 
     def __repr__(self):
         return f"<Response {self.status} HTTP/{self.version // 10}.{self.version % 10}>"
@@ -980,15 +934,6 @@ cdef class Response(_Message):
 cdef class _HeadParser:
     """Incremental head scanner shared by the request and response parsers."""
 
-    cdef readonly Py_ssize_t max_head
-    cdef readonly int max_fields
-    cdef Field* _fields
-    cdef int _nf
-    cdef Py_ssize_t _skip      # empty lines before the start line
-    cdef Py_ssize_t _pos       # start of the first unfinished line (from start)
-    cdef Py_ssize_t _scan      # how far that line was searched for LF
-    cdef bint _have_line       # the start line is parsed
-    cdef bint _response
 
     def __cinit__(self, *args, **kwargs):
         self._fields = NULL
@@ -1201,16 +1146,6 @@ cdef class _HeadParser:
 cdef class RequestParser(_HeadParser):
     """Incremental, strict HTTP/1.1 request-head parser (RFC 9112 3, 5, 6)."""
 
-    cdef readonly Py_ssize_t max_line
-    cdef Py_ssize_t _pv        # how far an unfinished request line was checked
-    cdef Py_ssize_t _pt0       # where its target starts
-    cdef int _pphase           # 0 method, 1 target, 2 version
-    cdef bytes _method
-    cdef int _version
-    cdef int _form
-    cdef Py_ssize_t _t_off
-    cdef Py_ssize_t _t_len
-    cdef Py_ssize_t _sl
 
     def __init__(self, *, Py_ssize_t max_line=8192, Py_ssize_t max_head=65536,
                  int max_fields=100):
@@ -1325,6 +1260,9 @@ cdef class RequestParser(_HeadParser):
 
     def feed(self, data, Py_ssize_t start=0):
         """Parse the request head at data[start:]; None while incomplete."""
+        return self.feed_c(data, start)
+
+    cdef Request feed_c(self, object data, Py_ssize_t start):
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n, end
@@ -1360,11 +1298,6 @@ cdef class RequestParser(_HeadParser):
 cdef class ResponseParser(_HeadParser):
     """Incremental, strict HTTP/1.1 response-head parser (RFC 9112 4, 5, 6)."""
 
-    cdef int _version
-    cdef int _status
-    cdef Py_ssize_t _r_off
-    cdef Py_ssize_t _r_len
-    cdef Py_ssize_t _sl
 
     def __init__(self, *, Py_ssize_t max_head=65536, int max_fields=100):
         self._response = True
@@ -1411,6 +1344,10 @@ cdef class ResponseParser(_HeadParser):
     def feed(self, data, Py_ssize_t start=0, bint head_request=False,
              bint connect_request=False):
         """Parse the response head at data[start:]; None while incomplete."""
+        return self.feed_c(data, start, head_request, connect_request)
+
+    cdef Response feed_c(self, object data, Py_ssize_t start, bint head_request,
+                         bint connect_request):
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n, end
@@ -1480,14 +1417,6 @@ cdef enum:
 cdef class ChunkedDecoder:
     """Validate (and optionally de-chunk) a chunked body fed in arbitrary pieces."""
 
-    cdef readonly Py_ssize_t max_trailer
-    cdef readonly Py_ssize_t max_ext
-    cdef int _state
-    cdef uint64_t _size
-    cdef int _digits
-    cdef Py_ssize_t _ext_len
-    cdef Py_ssize_t _trailer_len
-    cdef bytearray _trailers
 
     def __init__(self, *, Py_ssize_t max_trailer=16384, Py_ssize_t max_ext=4096):
         self.max_trailer = max_trailer
@@ -1515,6 +1444,9 @@ cdef class ChunkedDecoder:
 
     def feed(self, data, Py_ssize_t start=0, list out=None):
         """Consume chunked-body bytes from data[start:]; return how many belong to it."""
+        return self.feed_c(data, start, out)
+
+    cdef Py_ssize_t feed_c(self, object data, Py_ssize_t start, list out) except -1:
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n

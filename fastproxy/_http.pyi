@@ -29,6 +29,10 @@ Decisions a reader of the proxy needs to know:
 * `body` is BODY_NONE when no body bytes follow (including Content-Length: 0, HEAD,
   1xx/204/304, 2xx to CONNECT); `content_length` still reports the field (-1 if absent).
 
+Compiled callers (the relay) can `from fastproxy._http cimport RequestParser, Request, ...`
+(declarations in ext/fastproxy/_http.pxd) and use feed_c / forward_c and the readonly
+fields as C, without a Python call per access.
+
 Error codes (`ParseError.code`; request status shown, every ResponseParser error is 502):
   start line   bad_method, bad_target, fragment_in_target, bad_request_line, bad_version,
                unsupported_version (505), request_line_too_long (414), bad_connect_target,
@@ -109,11 +113,9 @@ class _Message:
 class Request(_Message):
     method: bytes  # common methods are shared objects
     target_form: int  # TARGET_*
+    expect_continue: bool  # Expect: 100-continue on HTTP/1.1 (ignored in 1.0, RFC 9110 10.1.1)
     @property
     def target(self) -> bytes: ...
-    @property
-    def expect_continue(self) -> bool:
-        """Expect: 100-continue on an HTTP/1.1 request (ignored in 1.0, RFC 9110 10.1.1)."""
     def forward_head(
         self,
         start_line: bytes | None = None,
