@@ -1,0 +1,1 @@
+"""Benchmarks: load tests against nginx/HAProxy/Varnish/Squid and micro-benchmarks of ext/."""

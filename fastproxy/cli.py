@@ -1,22 +1,169 @@
-"""Command line: `fastproxy serve | check | version`."""
+"""Command line: `fastproxy serve | check | version | hash-password`.
+
+Flags and the TOML file meet as one TOML-shaped document (flags override the
+file), which `config.from_dict` validates; so a flag and the key it stands for
+are checked by the same code. Problems print one line each and exit 2.
+"""
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 from fastproxy import __version__
+from fastproxy import config as cfgmod
+from fastproxy.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+DEFAULT_DOCUMENT = {
+    "listeners": [{"listen": "127.0.0.1:8080", "mode": "forward", "name": "forward"}],
+    "cache": {"size": "64MiB"},
+    "access_log": {"path": "-"},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for the whole command line."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastproxy",
         description="High-performance HTTP forward and reverse proxy (Cython hot path on uvloop).",
+        epilog="With no arguments, `fastproxy serve` runs a forward proxy on 127.0.0.1:8080.",
     )
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)")
+    _listener_flags(serve)
+    check = sub.add_parser("check", help="validate a configuration and exit 0, or print the "
+                                         "problems and exit 2")
+    _listener_flags(check)
     sub.add_parser("version", help="print the version and exit")
+    hp = sub.add_parser("hash-password", help="print a salted hash for a proxy user's password")
+    hp.add_argument("password", nargs="?",
+                    help="the password (prompted for, or read from stdin, if omitted)")
     return parser
+
+
+def _listener_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--mode", choices=cfgmod.MODES, help="mode of the (first) listener")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener")
+    p.add_argument("--upstream", action="append", metavar="URL",
+                   help="upstream server, repeatable: http://host:port[#weight=N], tcp://host:port")
+    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES, help="balancing policy")
+    p.add_argument("--hash-key", metavar="KEY",
+                   help="maglev key: path, uri, client_ip, header:NAME or cookie:NAME")
+    p.add_argument("--cache", metavar="SIZE", help='response cache size, e.g. "256MiB" (0 = off)')
+    p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core)')
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
+    p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
+    p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
+    p.add_argument("--allow-private", action="store_true",
+                   help="forward mode: allow private, loopback and link-local destinations")
+    p.add_argument("--connect-ports", metavar="LIST",
+                   help='forward mode: ports CONNECT may reach, e.g. "443,8443" (default 443)')
+
+
+def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
+    """The TOML-shaped document: the file (or the built-in default) with flags applied."""
+    if args.config:
+        try:
+            with open(args.config, "rb") as fh:
+                doc = cfgmod.tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError([f"{args.config}: cannot read: {exc.strerror or exc}"]) from None
+        except cfgmod.tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{args.config}: invalid TOML: {exc}"]) from None
+        source = args.config
+    elif args.mode or args.listen or args.upstream:
+        doc, source = {}, "<command line>"
+    else:
+        doc, source = copy.deepcopy(DEFAULT_DOCUMENT), "<built-in default>"
+
+    problems = []
+    listeners = doc.get("listeners")
+    if args.mode or args.listen or args.upstream:
+        if not isinstance(listeners, list) or not listeners:
+            listeners = doc["listeners"] = [{}]
+        first = listeners[0]
+        if not isinstance(first, dict):
+            raise ConfigError(["listeners[0]: expected a table"])
+        mode = args.mode
+        if mode is None and "mode" not in first:
+            if args.upstream:
+                mode = "tcp" if all(u.startswith("tcp://") for u in args.upstream) else "reverse"
+            else:
+                mode = "forward"
+        if mode:
+            first["mode"] = mode
+        if args.listen:
+            first["listen"] = args.listen
+        elif "listen" not in first:
+            first["listen"] = "127.0.0.1:8080"
+        if args.upstream:
+            group = first.get("upstream") or "default"
+            first["upstream"] = group
+            ups = doc.setdefault("upstreams", {})
+            ups.setdefault(group, {})["servers"] = list(args.upstream)
+    group_name = listeners[0].get("upstream") if isinstance(listeners, list) and listeners \
+        and isinstance(listeners[0], dict) else None
+    for flag, key in (("balance", "balance"), ("hash_key", "hash_key")):
+        value = getattr(args, flag)
+        if value is not None:
+            if group_name is None or group_name not in doc.get("upstreams", {}):
+                problems.append(f"--{flag.replace('_', '-')}: needs an upstream group "
+                                "(give --upstream or a config with one)")
+            else:
+                doc["upstreams"][group_name][key] = value
+    if args.cache is not None:
+        doc.setdefault("cache", {})["size"] = args.cache
+    if args.workers is not None:
+        doc["workers"] = int(args.workers) if args.workers.isdigit() else args.workers
+    if args.admin is not None:
+        doc["admin"] = args.admin
+    if args.access_log is not None:
+        doc.setdefault("access_log", {})["path"] = args.access_log
+    if args.log_format is not None:
+        doc.setdefault("access_log", {})["format"] = args.log_format
+    all_listeners = doc.get("listeners")
+    forward_listeners = [lst for lst in all_listeners if isinstance(lst, dict)
+                         and lst.get("mode") == "forward"] \
+        if isinstance(all_listeners, list) else []
+    if (args.allow_private or args.connect_ports) and not forward_listeners:
+        flag = "--allow-private" if args.allow_private else "--connect-ports"
+        problems.append(f"{flag}: applies to forward listeners and there is none")
+    for lst in forward_listeners:
+        if args.allow_private:
+            lst["allow_private"] = True
+        if args.connect_ports:
+            ports = []
+            for part in args.connect_ports.split(","):
+                part = part.strip()
+                ports.append(int(part) if part.isdigit() else part)
+            lst["connect_ports"] = ports
+    if problems:
+        raise ConfigError(problems)
+    return doc, source
+
+
+def load_config(args: argparse.Namespace) -> cfgmod.Config:
+    """Validated configuration from the file and flags; raises ConfigError."""
+    doc, source = document_from_args(args)
+    return cfgmod.from_dict(doc, source=source)
+
+
+def _report(exc: ConfigError) -> int:
+    for line in exc.problems:
+        print(f"fastproxy: {line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +173,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"fastproxy {__version__}")
         return 0
-    parser.print_help()
-    return 0 if args.command is None else 2
+    if args.command == "hash-password":
+        return _hash_password(args)
+    if args.command not in ("serve", "check"):
+        parser.print_help()
+        return 0 if args.command is None else EXIT_BAD_INPUT
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        return _report(exc)
+    if args.command == "check":
+        modes = ", ".join(f"{lc.address} ({lc.mode})" for lc in config.listeners)
+        print(f"fastproxy: {config.source}: ok: {modes}")
+        return 0
+    from fastproxy import server
+
+    def reload_fn() -> cfgmod.Config:
+        return load_config(args)
+
+    try:
+        return server.serve(config, reload_fn)
+    except ConfigError as exc:
+        return _report(exc)
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    try:
+        from fastproxy.auth import hash_password
+    except ImportError:
+        print("fastproxy: hash-password: proxy authentication is not available in this build",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    password = args.password
+    if password is None:
+        # Prompt without echo on a terminal (a password on the command line shows in `ps`
+        # and shell history); read a line from a pipe otherwise.
+        if sys.stdin.isatty():
+            import getpass
+            password = getpass.getpass("password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("fastproxy: hash-password: empty password", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(hash_password(password))
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,3 +37,34 @@ class Server:
 
     def __repr__(self) -> str:
         return f"Server({self.name}, weight={self.weight})"
+
+
+class UpstreamGroup:
+    """A named pool of servers, its balancer and its connection pools."""
+
+    def __init__(self, config, pool_factory) -> None:
+        self.config = config
+        self.name = config.name
+        self.servers = [Server(s.host, s.port, s.weight, s.scheme) for s in config.servers]
+        self.pools = {server: pool_factory(self, server) for server in self.servers}
+        self._rr = 0
+        self.eligible = list(self.servers)
+        self.key_fn = None          # set when the policy hashes a request key
+        # A connect failure moves on to each other server once (nginx's proxy_next_upstream).
+        self.max_retries = max(0, len(self.servers) - 1)
+
+    def pick(self, key: int = 0, exclude=()) -> Server | None:
+        """The server for the next request, or None when no server is eligible."""
+        eligible = self.eligible
+        n = len(eligible)
+        for _ in range(n):
+            self._rr += 1
+            server = eligible[self._rr % n]
+            if server not in exclude:
+                return server
+        return None
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        for pool in self.pools.values():
+            pool.close()

@@ -1,0 +1,31 @@
+"""`python -m bench load [options]` and `python -m bench micro [names]`."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m bench load [--quick] [--duration S] [--connections N] [--rows R,...]
+                          [--sizes 100b,4k,64k] [--repeats N] [--out DIR] ...
+       python -m bench micro [--quick] [NAME ...]
+
+  load   every proxy side by side on this machine (nginx, HAProxy, Varnish, Squid, tinyproxy,
+         fastproxy); `python -m bench load --help` for the options
+  micro  the micro-benchmarks of the compiled modules (bench/micro_*.py), each against its peer"""
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to the load or micro benchmark; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "load":
+        from bench import load
+        return load.main(rest)
+    if cmd == "micro":
+        from bench import micro
+        return micro.main(rest)
+    print(f"bench: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,242 @@
+"""Micro-benchmark: the per-request cost of the forward-mode policy modules.
+
+What the request path pays per request for each decision (ACL both phases, host
+normalisation, cached authentication, anonymity plan, rate limit, cached DNS answer),
+and, where a natural peer exists, the same work done the obvious way in the same run:
+stdlib `ipaddress` membership for the special-range check, an `fnmatch` loop for host
+patterns, and the uncached work the caches avoid (scrypt, getaddrinfo).
+
+    python -m bench.micro_forward [--quick]
+
+ratio = peer ns / ours ns (higher is better for us).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import fnmatch
+import gc
+import ipaddress
+import socket
+import sys
+import time
+
+from fastproxy.acl import Acl, AclConfig, AclRule, HostPatterns, _SPECIAL_SET, address_key
+from fastproxy.anonymity import AnonymityConfig, Anonymizer
+from fastproxy.auth import AuthConfig, Authenticator, hash_password
+from fastproxy.ratelimit import RequestRateLimiter
+from fastproxy.resolver import Resolver, normalize_host
+
+GET = (
+    b"GET http://en.wikipedia.org/wiki/Special:Search?search=proxy HTTP/1.1\r\n"
+    b"Host: en.wikipedia.org\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br\r\n"
+    b"Proxy-Connection: keep-alive\r\n"
+    b"Proxy-Authorization: Basic YWxpY2U6d29uZGVybGFuZA==\r\n"
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"\r\n"
+)
+
+
+class _Request:
+    """The parser Request surface the anonymizer reads, when fastproxy._http is absent."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        self.version = 11
+        self._fields = [tuple(v.strip() for v in line.split(b":", 1))
+                        for line in head.split(b"\r\n")[1:] if line]
+
+    def get(self, name, default=None):
+        return next((v for n, v in self._fields if n.lower() == name), default)
+
+    def get_all(self, name):
+        return [v for n, v in self._fields if n.lower() == name]
+
+
+def _request():
+    try:
+        from fastproxy._http import RequestParser
+        return RequestParser().feed(GET), "fastproxy._http"
+    except ImportError:
+        return _Request(GET), "stand-in"
+
+
+def _best_ns(fn, loops: int, repeats: int) -> float:
+    """Best per-call time of `fn(loops)` over repeats, in ns (GC off while timing)."""
+    best = float("inf")
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            fn(loops)
+            best = min(best, (time.perf_counter_ns() - t0) / loops)
+    finally:
+        gc.enable()
+    return best
+
+
+RULES = (
+    AclRule("deny", name="ads", hosts=(".doubleclick.net", ".ads.example", "tracker*.example")),
+    AclRule("deny", name="exe", url=r"\.exe$"),
+    AclRule("deny", name="smtp", ports=(25, 465, 587)),
+    AclRule("deny", name="writes", methods=("DELETE",), hosts=(".corp.example",)),
+    AclRule("allow", name="partners", clients=("198.51.100.0/24",)),
+    AclRule("deny", name="blocked", hosts=("evil.example", "malware.example", "phish.example")),
+    AclRule("deny", name="net", dest=("203.0.113.0/24",)),
+    AclRule("allow", name="lan", clients=("10.0.0.0/8", "192.168.0.0/16")),
+)
+
+PATTERNS = [".doubleclick.net", ".ads.example", "tracker*.example", "evil.example",
+            "malware.example", "phish.example", ".corp.example", "cdn?.example",
+            ".googlesyndication.com", "*.adnxs.com"]
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows of ns per call (ours and, where there is one, the peer)."""
+    loops = 2_000 if quick else 50_000
+    repeats = 3 if quick else 7
+    rows: list[dict] = []
+
+    def row(name, ours, peer=None, peer_fn=None, peer_loops=None, **extra):
+        ns = _best_ns(ours, loops, repeats)
+        r = dict(name=name, ours_ns=round(ns), peer=peer, peer_ns=None, ratio=None, **extra)
+        if peer_fn is not None:
+            pns = _best_ns(peer_fn, peer_loops or loops, repeats if peer_loops is None else 1)
+            r.update(peer_ns=round(pns), ratio=round(pns / ns, 2))
+        rows.append(r)
+
+    # Special-range check for one address (the destination guard).
+    addr = "93.184.215.14"
+    nets = [n for n, _ in __import__("fastproxy.acl", fromlist=["_SPECIAL_NETS"])._SPECIAL_NETS]
+
+    def ours_special(n):
+        for _ in range(n):
+            _SPECIAL_SET.contains(address_key(addr))
+
+    def peer_special(n):
+        for _ in range(n):
+            a = ipaddress.ip_address(addr)
+            any(a in net for net in nets)
+
+    row("special-range check (public IPv4)", ours_special, "stdlib ipaddress", peer_special)
+
+    hp = HostPatterns(PATTERNS)
+    host = "upload.wikimedia.org"
+
+    def ours_hosts(n):
+        for _ in range(n):
+            hp.match(host)
+
+    def peer_hosts(n):
+        for _ in range(n):
+            any(fnmatch.fnmatchcase(host, p if not p.startswith(".") else "*" + p) or
+                host == p[1:] for p in PATTERNS)
+
+    row("host patterns, 10, no match", ours_hosts, "fnmatch loop", peer_hosts)
+
+    plain = Acl(AclConfig())
+    ruled = Acl(AclConfig(rules=RULES))
+
+    def acl_fn(acl, method=b"GET", port=80):
+        def fn(n):
+            for _ in range(n):
+                d = acl.check_request("192.168.1.20", b"en.wikipedia.org", port, method,
+                                      b"http://en.wikipedia.org/wiki/Special:Search")
+                acl.check_address(d, addr)
+        return fn
+
+    row("acl both phases, no rules", acl_fn(plain))
+    row("acl both phases, 8 rules (dest rule pending)", acl_fn(ruled))
+    row("acl both phases, CONNECT, 8 rules", acl_fn(ruled, b"CONNECT", 443))
+
+    def norm(n):
+        for _ in range(n):
+            normalize_host(b"en.wikipedia.org")
+
+    row("normalize_host (seen before)", norm)
+
+    users = {"alice": hash_password("wonderland")}
+    auth = Authenticator(AuthConfig(users=users))
+    value = b"Basic " + base64.b64encode(b"alice:wonderland")
+    auth.verify(value)
+
+    def auth_hit(n):
+        for _ in range(n):
+            auth.check_cached(value)
+
+    def auth_miss(n):
+        for _ in range(n):
+            auth._compute(value)
+
+    row("auth check_cached (hit)", auth_hit, "scrypt verify (N=2^15)", auth_miss,
+        peer_loops=3)
+
+    req, source = _request()
+    for level in ("anonymous", "transparent", "elite"):
+        anon = Anonymizer(AnonymityConfig(level=level))
+
+        def plan(n, anon=anon):
+            for _ in range(n):
+                anon.plan(req, "192.168.1.20", "en.wikipedia.org")
+
+        row(f"anonymity plan, {level}", plan, request=source)
+
+    rules = Anonymizer(AnonymityConfig(rules=(
+        {"hosts": [".tracker.example"], "remove": ["Cookie"]},
+        {"set": {"User-Agent": "Mozilla/5.0 (compatible)"}})))
+
+    def plan_rules(n):
+        for _ in range(n):
+            rules.plan(req, "192.168.1.20", "en.wikipedia.org")
+
+    row("anonymity plan, anonymous + 2 rules", plan_rules, request=source)
+
+    rl = RequestRateLimiter(rate=1e9, burst=10 ** 9)
+
+    def limit(n):
+        for _ in range(n):
+            rl.check("192.168.1.20")
+
+    row("rate limit check", limit)
+
+    resolver = Resolver()
+    asyncio.run(resolver.resolve("localhost"))
+
+    def cached(n):
+        for _ in range(n):
+            resolver.cached("localhost")
+
+    def gai(n):
+        for _ in range(n):
+            socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
+
+    row("resolver cached answer", cached, "getaddrinfo(localhost)", gai, peer_loops=200)
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| what | ours ns | peer | peer ns | ratio |", "|---|---:|---|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['ours_ns']} | {r['peer'] or ''} | "
+                   f"{r['peer_ns'] if r['peer_ns'] is not None else ''} | "
+                   f"{r['ratio'] if r['ratio'] is not None else ''} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer loops (a smoke run)")
+    args = parser.parse_args(argv)
+    print(_table(run(args.quick)))
+    print(f"\nratio = peer ns / ours ns (higher is better for us); python {sys.version.split()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

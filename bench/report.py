@@ -1,0 +1,260 @@
+"""Turn the raw runs of `bench load` into medians, a markdown table, JSON and a PNG chart."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench.rows import GROUPS
+
+ERROR_SHARE_FLAG = 0.01  # over 1% failed requests, a row's speed means nothing
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _spread_pct(xs):
+    # Half the min-max range relative to the median: "17.1k ±2%".
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return None
+    m = statistics.median(xs)
+    return 100.0 * (max(xs) - min(xs)) / 2 / m if m else None
+
+
+def summarize(doc: dict) -> None:
+    """Add doc['summary'] (one entry per row and size) and doc['busy'] from doc['rows']."""
+    conns = doc["options"]["connections"]
+    summary = []
+    others = []
+    for name, row in doc["rows"].items():
+        runs = [r for r in row["runs"] if "failed" not in r]
+        failed = [r for r in row["runs"] if "failed" in r]
+        if row["group"] == "tunnel":
+            if runs or failed:
+                mbs = [r["mb_s"] for r in runs]
+                summary.append({"row": name, "group": "tunnel", "size": "big", "samples": len(runs),
+                                "mb_s": _median(mbs), "mb_s_min": min(mbs, default=None),
+                                "mb_s_max": max(mbs, default=None), "mb_s_spread_pct": _spread_pct(mbs),
+                                "proxy_cpu_s": _median([r["proxy_cpu_s"] for r in runs]),
+                                "failures": [r["failed"] for r in failed]})
+            continue
+        for size in doc["options"]["sizes"]:
+            hi = [r for r in runs if r["size"] == size and r["connections"] == conns]
+            lo = [r for r in runs if r["size"] == size and r["connections"] == 1]
+            bad = [r["failed"] for r in failed if r["size"] == size]
+            if not hi and not bad:
+                continue
+            others += [r["other_cpu_s"] / (r["duration_us"] / 1e6) for r in hi + lo]
+            rps = [r["rps"] for r in hi]
+            eff = [r["req_per_cpu_s"] for r in hi]
+            total = sum(r["requests"] for r in hi + lo)
+            errors = sum(r["errors"] for r in hi + lo)
+            closes = sum(r["closes"] for r in hi + lo)
+            entry = {
+                "row": name, "group": row["group"], "size": size, "samples": len(hi),
+                "rps": _median(rps), "rps_min": min(rps, default=None), "rps_max": max(rps, default=None),
+                "rps_spread_pct": _spread_pct(rps),
+                "p50_ms": _ms(_median([r["p50_us"] for r in hi])), "p99_ms": _ms(_median([r["p99_us"] for r in hi])),
+                "rps_c1": _median([r["rps"] for r in lo]),
+                "p50_c1_ms": _ms(_median([r["p50_us"] for r in lo])),
+                "p99_c1_ms": _ms(_median([r["p99_us"] for r in lo])),
+                "proxy_cpu_s": _median([r["proxy_cpu_s"] for r in hi]),
+                "req_per_cpu_s": _median(eff), "req_per_cpu_s_spread_pct": _spread_pct(eff),
+                "errors": errors, "error_share": errors / total if total else None,
+                "closes": closes, "close_share": closes / total if total else None,
+                "origin_share": (sum(r["origin_requests"] for r in hi + lo) / total) if total else None,
+                "failures": bad,
+            }
+            summary.append(entry)
+    # Ratios against the reference row of each group (nginx, nginx-cache, squid, direct download).
+    for e in summary:
+        ref_name = GROUPS[e["group"]][1]
+        ref = next((x for x in summary if x["row"] == ref_name and x["size"] == e["size"]), None)
+        if e["group"] == "tunnel":
+            e["ratio"] = e["mb_s"] / ref["mb_s"] if ref and ref.get("mb_s") and e.get("mb_s") else None
+            continue
+        e["ratio_rps"] = e["rps"] / ref["rps"] if ref and ref["rps"] and e["rps"] else None
+        e["ratio_eff"] = (e["req_per_cpu_s"] / ref["req_per_cpu_s"]
+                          if ref and ref["req_per_cpu_s"] and e["req_per_cpu_s"] else None)
+    doc["summary"] = summary
+    doc["busy"] = {"other_cores_median": _median(others), "other_cores_max": max(others, default=None)}
+
+
+def _ms(us):
+    return None if us is None else us / 1000.0
+
+
+def _num(x, unit=""):
+    if x is None:
+        return "–"
+    if x >= 100000:
+        return f"{x / 1000:,.0f}k{unit}"
+    if x >= 10000:
+        return f"{x / 1000:,.1f}k{unit}"
+    return f"{x:,.0f}{unit}"
+
+
+def _pm(x, spread):
+    s = _num(x)
+    return s if spread is None or x is None else f"{s} ±{spread:.0f}%"
+
+
+def _lat(a, b):
+    if a is None:
+        return "–"
+    return f"{a:.2f} / {b:.2f}"
+
+
+def _ratio(x):
+    return "–" if x is None else f"{x:.2f}x"
+
+
+def markdown(doc: dict) -> str:
+    """Render the results as markdown: a header, one table per group, then the notes."""
+    o = doc["options"]
+    m = doc["machine"]
+    lines = [
+        f"## fastproxy load benchmark, {doc['date'][:10]}",
+        "",
+        f"Machine: {m['cpu'] or 'unknown CPU'}, {m['cores']} cores, {m['memory']}, Linux {m['kernel']}, "
+        f"Python {m['python']}. Proxy pinned to core {doc['pinning']['proxy']}, wrk and the origin "
+        f"(nginx, 1 worker) to core {doc['pinning']['wrk_and_origin']}.",
+        f"Each row: `wrk -t1 -c{o['connections']} -d{o['duration']}s`"
+        + (f" and `wrk -t1 -c1 -d{o['duration']}s`" if o["c1"] else "")
+        + f", {o['repeats']} interleaved repeat(s), median ± half the min–max range.",
+        f"Command: `{doc['command']}`",
+    ]
+    busy = doc.get("busy", {}).get("other_cores_median")
+    if busy is not None and busy > 0.05:
+        lines.append(f"**Busy machine:** other processes used {busy:.2f} cores on average during the runs "
+                     f"(max {doc['busy']['other_cores_max']:.2f}); treat the numbers as indicative.")
+    c = o["connections"]
+    for group, (title, ref) in GROUPS.items():
+        entries = [e for e in doc.get("summary", []) if e["group"] == group]
+        rows = [n for n, r in doc["rows"].items() if r["group"] == group]
+        if not rows:
+            continue
+        lines += ["", f"### {title}", ""]
+        if group == "tunnel":
+            lines += ["| row | MB/s | proxy CPU s | vs direct |", "|---|---:|---:|---:|"]
+            for e in entries:
+                lines.append(f"| {e['row']} | {_pm(e['mb_s'], e['mb_s_spread_pct'])} | "
+                             f"{'–' if e['proxy_cpu_s'] is None else format(e['proxy_cpu_s'], '.2f')} | "
+                             f"{_ratio(e['ratio'])} |")
+        else:
+            extra = " origin share |" if group == "cache" else ""
+            lines += [f"| row | size | req/s c{c} | p50 / p99 ms c{c} | req/s c1 | p50 / p99 ms c1 | proxy CPU s "
+                      f"| req per CPU-s | req/s vs {ref} | req/CPU-s vs {ref} |{extra}",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+            for e in entries:
+                flag = " ⚠" if e["error_share"] and e["error_share"] > ERROR_SHARE_FLAG else ""
+                cells = [f"{e['row']}{flag}", e["size"], _pm(e["rps"], e["rps_spread_pct"]),
+                         _lat(e["p50_ms"], e["p99_ms"]), _num(e["rps_c1"]), _lat(e["p50_c1_ms"], e["p99_c1_ms"]),
+                         "–" if e["proxy_cpu_s"] is None else f"{e['proxy_cpu_s']:.2f}",
+                         _pm(e["req_per_cpu_s"], e["req_per_cpu_s_spread_pct"]),
+                         _ratio(e["ratio_rps"]), _ratio(e["ratio_eff"])]
+                if extra:
+                    cells.append("–" if e["origin_share"] is None else f"{100 * e['origin_share']:.1f}%")
+                lines.append("| " + " | ".join(cells) + " |")
+        for n in rows:
+            r = doc["rows"][n]
+            if r["skipped"]:
+                lines.append(f"- **{n}** skipped: {r['skipped']}")
+        for e in entries:
+            if e.get("error_share") and e["error_share"] > ERROR_SHARE_FLAG:
+                lines.append(f"- ⚠ **{e['row']}** {e['size']}: {e['errors']} failed requests "
+                             f"({100 * e['error_share']:.1f}%): its numbers are not comparable")
+            if (group != "cache" and e["row"] != "direct" and e.get("origin_share") is not None
+                    and e["origin_share"] < 0.9):
+                lines.append(f"- **{e['row']}** {e['size']}: only {100 * e['origin_share']:.0f}% of requests reached "
+                             f"the origin: it answered from a cache, so it is not comparable with this group")
+            if e.get("close_share") and e["close_share"] > 0.5:
+                lines.append(f"- **{e['row']}** {e['size']}: closed the client connection after "
+                             f"{100 * e['close_share']:.0f}% of responses (no keep-alive): wrk reconnected each time")
+            for f in e.get("failures", []):
+                lines.append(f"- **{e['row']}** {e['size']}: a run failed: {f}")
+    lines += ["", "Rows: " + "; ".join(f"{n}: {r['doc']}" for n, r in doc["rows"].items()) + "."]
+    if any(r["group"] == "cache" for r in doc["rows"].values()):
+        lines.append("Origin share: requests that reached the origin per request sent (0% = all hits).")
+    for note in doc.get("notes", []):
+        lines.append(f"Note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict, path: Path) -> Path | None:
+    """Draw req/s and req per proxy CPU-second per row and size (and tunnel MB/s) as a PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    entries = [e for e in doc.get("summary", []) if e["group"] != "tunnel" and e["rps"]]
+    tunnels = [e for e in doc.get("summary", []) if e["group"] == "tunnel" and e.get("mb_s")]
+    rows = list(dict.fromkeys(e["row"] for e in entries))
+    sizes = [s for s in doc["options"]["sizes"] if any(e["size"] == s for e in entries)]
+    panels = 2 + bool(tunnels)
+    fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.0 * len(rows) + 4) + 2.5 * bool(tunnels), 5),
+                             constrained_layout=True, gridspec_kw={"width_ratios": [3, 3, 1.6][:panels]})
+    width = 0.8 / max(1, len(sizes))
+    c = doc["options"]["connections"]
+    colors = ["#4c72b0", "#55a868", "#c44e52"]
+    for ax, key, title in ((axes[0], "rps", f"requests/s (wrk -c{c})"),
+                           (axes[1], "req_per_cpu_s", "requests per proxy CPU-second")):
+        for i, size in enumerate(sizes):
+            xs, ys, errs = [], [], [[], []]
+            for j, row in enumerate(rows):
+                e = next((x for x in entries if x["row"] == row and x["size"] == size), None)
+                if not e or e[key] is None:
+                    continue
+                samples = [r[key] for r in doc["rows"][row]["runs"]
+                           if r.get("size") == size and r.get("connections") == c and r.get(key) is not None]
+                xs.append(j + (i - (len(sizes) - 1) / 2) * width)
+                ys.append(e[key])
+                errs[0].append(e[key] - min(samples, default=e[key]))
+                errs[1].append(max(samples, default=e[key]) - e[key])
+            ax.bar(xs, ys, width, label=size, yerr=errs, capsize=3, color=colors[i % len(colors)])
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(rows, rotation=35, ha="right")
+        for label in ax.get_xticklabels():
+            if label.get_text().startswith("fastproxy"):
+                label.set_fontweight("bold")
+        # Thin separators between the groups (reverse | cache | forward).
+        groups = [doc["rows"][n]["group"] for n in rows]
+        for j in range(1, len(rows)):
+            if groups[j] != groups[j - 1]:
+                ax.axvline(j - 0.5, color="grey", lw=0.8, ls=":")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(title="response")
+    if tunnels:
+        ax = axes[2]
+        names = [e["row"].removeprefix("tunnel-") for e in tunnels]
+        ax.bar(range(len(tunnels)), [e["mb_s"] for e in tunnels], 0.6, color="#8172b2",
+               yerr=[[e["mb_s"] - e["mb_s_min"] for e in tunnels], [e["mb_s_max"] - e["mb_s"] for e in tunnels]],
+               capsize=3)
+        ax.set_xticks(range(len(tunnels)))
+        ax.set_xticklabels(names, rotation=35, ha="right")
+        ax.set_title("CONNECT tunnel MB/s")
+        ax.grid(axis="y", alpha=0.3)
+    busy = doc.get("busy", {}).get("other_cores_median")
+    note = f" (busy machine: others used {busy:.1f} cores)" if busy and busy > 0.05 else ""
+    fig.suptitle(f"fastproxy vs peers, proxy on one core — {doc['date'][:10]}{note}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_all(doc: dict, out: Path) -> list[Path]:
+    """Write results.json, results.md and chart.png into out; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md"]
+    paths[0].write_text(json.dumps(doc, indent=1, default=str))
+    paths[1].write_text(markdown(doc))
+    png = chart(doc, out / "chart.png")
+    if png:
+        paths.append(png)
+    return paths

@@ -1,0 +1,128 @@
+"""Access log: one line per request, in a combined-like text format or JSON lines.
+
+Lines are buffered and written at most every 0.2 s (or when 64 KiB are waiting),
+so logging costs a string format per request, not a system call per request.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+FLUSH_INTERVAL = 0.2
+FLUSH_BYTES = 65536
+
+
+class AccessLog:
+    """Formats finished exchanges and writes them to a file or stdout."""
+
+    def __init__(self, path: str, fmt: str, loop) -> None:
+        self.path = path
+        self.json = fmt == "json"
+        self.loop = loop
+        if path == "-":
+            self.fd = sys.stdout.fileno()
+            self.own_fd = False
+        else:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self.own_fd = True
+        self.lines: list[str] = []
+        self.size = 0
+        self.handle = None
+        self._stamp_second = -1
+        self._stamp = ""
+
+    def _timestamp(self, t: float) -> str:
+        sec = int(t)
+        if sec != self._stamp_second:
+            self._stamp_second = sec
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(sec))
+        return self._stamp
+
+    def write(self, conn) -> None:
+        """Record the exchange conn just finished (its fields are still set)."""
+        req = conn.req
+        now = time.time()
+        duration = now - conn.t_start
+        server = conn.server
+        upstream = server.name if server is not None else "-"
+        if req is not None:
+            method = req.method.decode("latin-1")
+            target = req.target.decode("latin-1")
+            version = "HTTP/1.1" if req.version == 11 else "HTTP/1.0"
+        else:
+            method = target = version = "-"
+        extra = conn.log_extra
+        if self.json:
+            record = {
+                "time": round(now, 3), "client": conn.client_ip, "method": method,
+                "target": target, "version": version, "status": conn.status,
+                "bytes_sent": conn.sent, "bytes_received": conn.received,
+                "duration_ms": round(duration * 1000, 3), "upstream": upstream,
+                "upstream_ms": round(conn.upstream_time * 1000, 3)
+                if conn.upstream_time >= 0 else None,
+            }
+            if conn.detail:
+                record["detail"] = conn.detail
+            if extra:
+                record.update(extra)
+            line = json.dumps(record, separators=(",", ":")) + "\n"
+        else:
+            referer = ua = "-"
+            if req is not None:
+                r = req.get(b"referer")
+                u = req.get(b"user-agent")
+                referer = r.decode("latin-1") if r else "-"
+                ua = u.decode("latin-1") if u else "-"
+            ut = f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-"
+            line = (f'{conn.client_ip} - - [{self._timestamp(now)}] "{method} {target} '
+                    f'{version}" {conn.status} {conn.sent} "{referer}" "{ua}" '
+                    f'rt={duration:.3f} ua={upstream} ut={ut}')
+            if extra:
+                line += "".join(f" {k}={v}" for k, v in extra.items())
+            if conn.detail:
+                line += f' err="{conn.detail}"'
+            line += "\n"
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= FLUSH_BYTES:
+            self.flush()
+        elif self.handle is None:
+            self.handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def write_record(self, record: dict) -> None:
+        """Log an event that is not an HTTP exchange (a tunnel, a TCP session)."""
+        if self.json:
+            line = json.dumps({"time": round(time.time(), 3), **record},
+                              separators=(",", ":")) + "\n"
+        else:
+            line = f"{record.get('client', '-')} - - [{self._timestamp(time.time())}] " + \
+                " ".join(f"{k}={v}" for k, v in record.items() if k != "client") + "\n"
+        self.lines.append(line)
+        self.size += len(line)
+        if self.handle is None:
+            self.handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Write everything buffered."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if not self.lines:
+            return
+        data = "".join(self.lines).encode("utf-8", "replace")
+        self.lines.clear()
+        self.size = 0
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+        except OSError as exc:
+            print(f"fastproxy: access log {self.path}: {exc.strerror}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.flush()
+        if self.own_fd:
+            os.close(self.fd)
+            self.own_fd = False

@@ -1,0 +1,63 @@
+"""Settings of the HTTP cache; the configuration loader maps TOML onto `CacheConfig`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# RFC 9110 15.1: status codes heuristically cacheable by default. 206 is left
+# out because the store keeps whole representations only (no range merging).
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+# Status codes whose caching rules this cache implements (RFC 9111 3 and
+# 5.2.2.3 must-understand). 206 and 304 are never stored as such.
+UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | frozenset(
+    {302, 303, 307, 400, 401, 403, 406, 408, 409, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How big the cache is and which optional behaviours are on."""
+
+    size: int = 64 << 20                 # arena bytes (fixed memory)
+    max_object_size: int = 1 << 20       # larger bodies are relayed, not stored
+    segment_size: int = 0                # 0: size / 100, clamped to 4 KiB..4 MiB
+    max_entries: int = 0                 # 0: size / 1024 (index + ghost budget)
+    store_set_cookie: bool = False       # store such responses with Set-Cookie removed
+    heuristic_fraction: float = 0.1      # RFC 9111 4.2.2: of (Date - Last-Modified)
+    heuristic_max: float = 86400.0       # cap on a heuristic lifetime, seconds
+    default_stale_while_revalidate: float = 0.0
+    default_stale_if_error: float = 0.0
+    keep_stale: float = 0.0              # keep stale entries without validators this long
+    cache_name: str = "fastproxy"        # the Cache-Status member name (RFC 9211 2)
+    coalesce_timeout: float = 5.0        # waiters give up and go upstream after this
+    zero_copy_min: int = 64 << 10        # values this large are served from pinned views
+    prefault: bool = True                # touch the arena at start (fixed RSS, no page faults later)
+    heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.size < 4 * 4096:
+            problems.append(f"cache.size: {self.size} is below the minimum of 16384 bytes")
+        if self.max_object_size <= 0:
+            problems.append("cache.max_object_size: must be positive")
+        if not (0.0 <= self.heuristic_fraction <= 1.0):
+            problems.append("cache.heuristic_fraction: must be between 0 and 1")
+        for name in ("heuristic_max", "default_stale_while_revalidate",
+                     "default_stale_if_error", "keep_stale", "coalesce_timeout"):
+            if getattr(self, name) < 0:
+                problems.append(f"cache.{name}: must not be negative")
+        if not self.cache_name or any(c in self.cache_name for c in ' ,;="\r\n'):
+            problems.append("cache.cache_name: must be a non-empty token")
+        if not problems and self.size // self.arena_segment_size() < 4:
+            problems.append(
+                f"cache.max_object_size: {self.max_object_size} needs segments of "
+                f"{self.arena_segment_size()} bytes and cache.size {self.size} holds fewer than 4")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def arena_segment_size(self) -> int:
+        """Segment size of the arena: the configured one, or size/100 (4 KiB..4 MiB)
+        grown so that a max_object_size body plus its head fits in half a segment."""
+        if self.segment_size:
+            return self.segment_size
+        seg = max(4096, min(self.size // 100, 4 << 20))
+        return max(seg, 2 * (self.max_object_size + (64 << 10))) & ~7

@@ -1,0 +1,144 @@
+"""Field-value grammar the cache policy reads: Cache-Control, HTTP-date, delta-seconds, Vary, ETag.
+
+Everything here is a pure function of bytes, so the rules can be tested one by one.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+import time
+
+# RFC 9111 1.2.2: a delta-seconds too large to represent is 2^31.
+DELTA_MAX = 2147483648
+
+# RFC 9110 5.6.2 token, 5.6.4 quoted-string; RFC 9111 5.2: directives accept both forms.
+_DIRECTIVE = re.compile(
+    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*'
+    rb'(?:=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^,"\s]*)))?[ \t]*(?:,|$)')
+_QUOTED_PAIR = re.compile(rb"\\(.)")
+
+
+def parse_cache_control(value: bytes | None) -> dict[bytes, bytes | None]:
+    """Map lowercase directive names to their argument (None when absent); first occurrence wins.
+
+    RFC 9111 4.2.1: with several values for one directive "either the first
+    occurrence should be used or the response should be considered stale".
+    A malformed member is skipped up to the next comma.
+    """
+    out: dict[bytes, bytes | None] = {}
+    if not value:
+        return out
+    pos, end = 0, len(value)
+    while pos < end:
+        m = _DIRECTIVE.match(value, pos)
+        if m is None or m.end() == pos:
+            comma = value.find(b",", pos)
+            if comma < 0:
+                break
+            pos = comma + 1
+            continue
+        name = m.group(1).lower()
+        if m.group(2) is not None:
+            arg: bytes | None = _QUOTED_PAIR.sub(rb"\1", m.group(2))
+        else:
+            arg = m.group(3)
+        if name not in out:
+            out[name] = arg
+        pos = m.end()
+    return out
+
+
+def delta_seconds(arg: bytes | None) -> int | None:
+    """Parse delta-seconds (RFC 9111 1.2.2); None when absent or invalid."""
+    if not arg or not arg.isdigit():
+        return None
+    n = int(arg)
+    return DELTA_MAX if n > DELTA_MAX else n
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun",
+     b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"), 1)}
+_IMF = re.compile(rb"^[A-Za-z]{3}, (\d\d) ([A-Za-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT$")
+_RFC850 = re.compile(rb"^[A-Za-z]{6,9}, (\d\d)-([A-Za-z]{3})-(\d\d) (\d\d):(\d\d):(\d\d) GMT$")
+_ASCTIME = re.compile(rb"^[A-Za-z]{3} ([A-Za-z]{3}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{4})$")
+
+
+def _timestamp(year: int, month: bytes, day: int, hh: int, mm: int, ss: int) -> float | None:
+    mon = _MONTHS.get(month.lower())
+    if mon is None or not (1 <= day <= 31 and hh < 24 and mm < 60 and ss < 61):
+        return None
+    try:
+        return float(calendar.timegm((year, mon, day, hh, mm, min(ss, 59), 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_http_date(value: bytes | None, now: float | None = None) -> float | None:
+    """Parse an HTTP-date in any of the three formats of RFC 9110 5.6.7; None if invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    m = _IMF.match(value)
+    if m:
+        return _timestamp(int(m[3]), m[2], int(m[1]), int(m[4]), int(m[5]), int(m[6]))
+    m = _RFC850.match(value)
+    if m:
+        yy = int(m[3])
+        # RFC 9110 5.6.7: a two-digit year more than 50 years in the future
+        # means the most recent past year with those digits.
+        this_year = time.gmtime(now if now is not None else time.time()).tm_year
+        year = (this_year // 100) * 100 + yy
+        if year > this_year + 50:
+            year -= 100
+        return _timestamp(year, m[2], int(m[1]), int(m[4]), int(m[5]), int(m[6]))
+    m = _ASCTIME.match(value)
+    if m:
+        return _timestamp(int(m[6]), m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5]))
+    return None
+
+
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MON_NAMES = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+              b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+
+
+def format_http_date(ts: float) -> bytes:
+    """Format a timestamp as IMF-fixdate (RFC 9110 5.6.7), the only form senders may generate."""
+    t = time.gmtime(int(ts))
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday], t.tm_mday, _MON_NAMES[t.tm_mon - 1], t.tm_year,
+        t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def split_list(values: list[bytes]) -> list[bytes]:
+    """Split comma-separated list field lines into trimmed, non-empty members (RFC 9110 5.6.1)."""
+    out = []
+    for v in values:
+        for part in v.split(b","):
+            part = part.strip(b" \t")
+            if part:
+                out.append(part)
+    return out
+
+
+def parse_etags(value: bytes) -> list[bytes] | None:
+    """Entity-tags of an If-None-Match / If-Match value; None means "*" (RFC 9110 13.1.2)."""
+    value = value.strip(b" \t")
+    if value == b"*":
+        return None
+    return re.findall(rb'(?:W/)?"[^"]*"', value)
+
+
+def weak_match(a: bytes, b: bytes) -> bool:
+    """Weak comparison of two entity-tags (RFC 9110 8.8.3.2): opaque-tags equal, W/ ignored."""
+    if a.startswith(b"W/"):
+        a = a[2:]
+    if b.startswith(b"W/"):
+        b = b[2:]
+    return a == b
+
+
+def strong_match(a: bytes, b: bytes) -> bool:
+    """Strong comparison (RFC 9110 8.8.3.2): both strong and identical."""
+    return a == b and not a.startswith(b"W/")

@@ -1,0 +1,660 @@
+"""RFC 9111 shared-cache policy around the ring-buffer store.
+
+The relay calls, per request and response (duck-typed on the parser's
+`Request` / `Response`: `method`, `target`, `status`, `reason`, `headers()`,
+`get()`, `get_all()`):
+
+* `lookup(request, key_base, now)` before going upstream: a `Lookup` saying
+  HIT (buffers to write), STALE (buffers to write now, revalidate in the
+  background), REVALIDATE (conditional fields to add upstream), MISS, or
+  GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
+* `storable(request, response, now)` when the response head arrives, then
+  `store(...)` with the whole dechunked body;
+* `refresh(lookup, response, ...)` when a revalidation answers 304;
+* `serve_stale(lookup, now, fwd_status)` when upstream fails and the lookup
+  allowed stale-if-error;
+* `invalidate(request, status, key_base, location, content_location)` after
+  any response (it acts on unsafe methods only);
+* `purge(url)`, `purge_prefix(prefix)` for the admin interface.
+
+Times are wall-clock seconds (`time.time()`), because Date and Expires are.
+"""
+from __future__ import annotations
+
+import math
+import os
+from urllib.parse import urljoin, urlsplit
+
+from fastproxy._ringcache import RingCache
+
+from . import entry
+from .config import UNDERSTOOD_STATUSES, CacheConfig
+from .directives import (
+    delta_seconds,
+    format_http_date,
+    parse_cache_control,
+    parse_etags,
+    parse_http_date,
+    split_list,
+    strong_match,
+    weak_match,
+)
+
+# Lookup kinds
+HIT = "hit"
+STALE = "stale"                  # served stale (stale-while-revalidate); refresh in background
+REVALIDATE = "revalidate"        # send upstream with `conditional` added
+MISS = "miss"
+GATEWAY_TIMEOUT = "gateway-timeout"   # only-if-cached and nothing usable (RFC 9111 5.2.1.7)
+
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})   # RFC 9110 9.2.1
+_INF = math.inf
+
+# RFC 9110 15.4.5: the fields a 304 carries from the selected representation.
+_NOT_MODIFIED_FIELDS = frozenset({
+    b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"})
+
+# RFC 9111 3.2: never replaced by a 304's fields. Content-Length by the rule,
+# the others because the stored body depends on them.
+_NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"content-range",
+                                   b"content-type", b"age", b"set-cookie"}
+
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+_unpack_meta = entry.META.unpack_from
+_META_SIZE = entry.META.size
+
+
+def cache_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
+    """Build the primary cache key scheme://host/target with scheme and host lowercased.
+
+    RFC 9111 2: the key is at least the method and target URI; only GET is
+    stored, so the URI alone. A default port is dropped so both spellings of
+    one origin share entries (RFC 9110 4.2.3).
+    """
+    scheme = scheme.lower()
+    host = host.lower()
+    port = _DEFAULT_PORTS.get(scheme)
+    if port and host.endswith(port):
+        host = host[:-len(port)]
+    if not target.startswith(b"/"):
+        target = b"/" + target if target != b"*" else target
+    return b"%s://%s%s" % (scheme, host, target)
+
+
+class Lookup:
+    """What the cache can do for one request."""
+
+    # Class-level defaults: the hit path sets only what differs.
+    buffers: list = []                  # HIT / STALE / GATEWAY_TIMEOUT: write these (in order)
+    conditional = b""                   # REVALIDATE / STALE: field lines to add upstream
+    key = b""                           # store key of the entry found (refresh target)
+    ttl = 0                             # seconds of freshness left (negative: stale)
+    stale_if_error = False              # serve_stale() allowed if upstream fails
+    stored: entry.Stored | None = None  # the entry (non-HIT kinds)
+    client_304 = False                  # buffers are a 304 for the client's conditional
+
+    def __init__(self, kind: str, fwd: str = "", detail: str = "") -> None:
+        self.kind = kind
+        self.fwd = fwd                     # Cache-Status fwd= when going upstream
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Lookup({self.kind}, fwd={self.fwd!r}, detail={self.detail!r}, ttl={self.ttl})"
+
+
+class Decision:
+    """Whether a response may be stored, and why not (the Cache-Status detail)."""
+
+    __slots__ = ("store", "detail", "cc", "vary")
+
+    def __init__(self, store: bool, detail: str = "", cc=None, vary=()) -> None:
+        self.store = store
+        self.detail = detail
+        self.cc = cc
+        self.vary = vary
+
+    def __bool__(self) -> bool:
+        return self.store
+
+    def __repr__(self) -> str:
+        return f"Decision({self.store}, {self.detail!r})"
+
+
+_EMPTY: dict = {}
+_PRAGMA_NO_CACHE = {b"no-cache": None}
+_cc_memo: dict[bytes, dict] = {}
+
+
+def _request_cc(request) -> dict:
+    """The request's Cache-Control directives (parsed values memoised: few distinct ones recur)."""
+    value = request.cache_control          # all lines joined by the parser
+    if value is None:
+        # RFC 9111 5.4: Pragma: no-cache counts only when Cache-Control is absent.
+        pragma = request.get(b"pragma")
+        if pragma is not None and b"no-cache" in pragma.lower():
+            return _PRAGMA_NO_CACHE
+        return _EMPTY
+    cc = _cc_memo.get(value)
+    if cc is None:
+        if len(_cc_memo) >= 1024:
+            _cc_memo.clear()
+        cc = _cc_memo[value] = parse_cache_control(value)
+    return cc
+
+
+def _normalise_vary_value(name: bytes, values: list[bytes]) -> bytes:
+    # RFC 9111 4.1: values may be normalised in ways the field's definition
+    # makes equivalent: list members trimmed and re-joined; Accept-Encoding's
+    # codings are case-insensitive and unordered (RFC 9110 12.5.3).
+    members = split_list(values)
+    if name == b"accept-encoding":
+        members = sorted(m.lower().replace(b" ", b"").replace(b"\t", b"") for m in members)
+    return b",".join(members)
+
+
+def _variant_key(key_base: bytes, epoch: int, names: tuple[bytes, ...], request) -> bytes:
+    parts = [key_base, b"%016x" % epoch]
+    for name in names:
+        values = request.get_all(name)
+        # NUL never occurs in a field value (RFC 9110 5.5), so it separates;
+        # "-" and "=" tell an absent field from an empty one.
+        parts.append(b"=" + _normalise_vary_value(name, values) if values else b"-")
+    return b"\x00".join(parts)
+
+
+class HttpCache:
+    """The shared HTTP cache of one worker: policy decisions over one RingCache."""
+
+    def __init__(self, config: CacheConfig | None = None) -> None:
+        self.config = config or CacheConfig()
+        c = self.config
+        self.ring = RingCache(c.size, segment_size=c.arena_segment_size(), max_entries=c.max_entries,
+                              max_item_share=0.5, prefault=c.prefault)
+        self._name = c.cache_name.encode()
+        self._hit_status = b"Cache-Status: " + self._name + b"; hit"
+        self._zero_copy_min = c.zero_copy_min
+
+    def _get(self, key: bytes, now: float):
+        # Small values are copied (always safe, and as cheap as a view below a
+        # few KiB); large ones are served from a pinned view of the arena, kept
+        # from eviction until the transport has written and released them.
+        view = self.ring.get_view(key, now)
+        if view is None or len(view) >= self._zero_copy_min:
+            return view if view is None else memoryview(view)
+        return bytes(view)
+
+    # ------------------------------------------------------------------ lookup
+
+    def lookup(self, request, key_base: bytes, now: float, extra: bytes = b"") -> Lookup:
+        """Decide how to answer request from the cache; `extra` lines go into served heads."""
+        method = request.method
+        if method != b"GET" and method != b"HEAD":
+            return Lookup(MISS, "method")
+        rcc = _request_cc(request)
+        if (request.get(b"if-match") is not None or request.get(b"if-unmodified-since") is not None):
+            # Preconditions other than 4.3.2's are the origin's to evaluate.
+            return self._miss(rcc, "request", "precondition")
+        value = self._get(key_base, now)
+        if value is None:
+            return self._miss(rcc, "uri-miss")
+        key = key_base
+        if value[0] == entry.KIND_STUB:
+            names, epoch = entry.decode_stub(value)
+            key = _variant_key(key_base, epoch, names, request)
+            value = self._get(key, now)
+            if value is None:
+                return self._miss(rcc, "vary-miss")
+        (_, flags, _, head_len, etag_len, lm_len, response_time, corrected_initial_age,
+         lifetime, _, _, _) = _unpack_meta(value)
+        # RFC 9111 4.2.3 current_age; 4.2 fresh while lifetime > age.
+        age = corrected_initial_age + (now - response_time if now > response_time else 0.0)
+        ttl = lifetime - age
+        if (ttl > 0 and not rcc and not (flags & entry.NO_CACHE)
+                and request.get(b"if-none-match") is None
+                and request.get(b"if-modified-since") is None):
+            # The common case, kept short: fresh, no request directives, not conditional.
+            out = Lookup(HIT)
+            out.key = key
+            out.ttl = t = int(ttl)
+            hs = _META_SIZE + etag_len + lm_len
+            bs = hs + head_len
+            mv = memoryview(value)
+            tail = b"Age: %d\r\n%s%s; ttl=%d\r\n\r\n" % (age, extra, self._hit_status, t)
+            if method == b"HEAD":
+                out.buffers = [mv[hs:bs], tail]
+            else:
+                out.buffers = [mv[hs:bs], tail, mv[bs:]]
+            return out
+        st = entry.Stored(value)
+        # Freshness as the request sees it (RFC 9111 5.2.1.1 max-age, 5.2.1.3 min-fresh).
+        fresh = ttl > 0
+        if fresh and rcc:
+            max_age = delta_seconds(rcc.get(b"max-age")) if b"max-age" in rcc else None
+            min_fresh = delta_seconds(rcc.get(b"min-fresh")) if b"min-fresh" in rcc else None
+            if (max_age is not None and age > max_age) or (min_fresh is not None and ttl < min_fresh):
+                fresh = False
+        must_validate = (st.flags & entry.NO_CACHE) or b"no-cache" in rcc
+        if fresh and not must_validate:
+            return self._hit(st, key, request, age, ttl, extra)
+        must_revalidate = st.flags & entry.MUST_REVALIDATE
+        staleness = -ttl
+        if not must_validate and not must_revalidate and staleness > 0:
+            # RFC 9111 4.2.4: stale reuse only where the request or response allows it.
+            if b"max-stale" in rcc:
+                limit = rcc[b"max-stale"]
+                allowed = _INF if limit is None else delta_seconds(limit)
+                if allowed is not None and staleness <= allowed:
+                    return self._hit(st, key, request, age, ttl, extra, "max-stale")
+            if staleness <= st.swr and b"only-if-cached" not in rcc:
+                hit = self._hit(st, key, request, age, ttl, extra, "stale-while-revalidate")
+                hit.kind = STALE
+                hit.conditional = self._conditional(st, request)
+                return hit
+        if b"only-if-cached" in rcc:
+            return self._gateway_timeout(extra)
+        # RFC 9211 2.2: "request" when a fresh response was refused by the
+        # request's directives, "stale" when it needed validation.
+        fwd = "request" if ttl > 0 and not (st.flags & entry.NO_CACHE) else "stale"
+        out = Lookup(REVALIDATE if (st.etag or st.last_modified) else MISS, fwd)
+        out.key = key
+        out.stored = st
+        out.ttl = int(ttl) if ttl > 0 else -int(staleness)
+        out.conditional = self._conditional(st, request)
+        # RFC 5861 4 / RFC 9111 5.2.2.2: stale-if-error unless must-revalidate.
+        out.stale_if_error = not must_revalidate and staleness <= st.sie
+        return out
+
+    def _miss(self, rcc: dict, fwd: str, detail: str = "") -> Lookup:
+        if b"only-if-cached" in rcc:
+            return self._gateway_timeout(b"")
+        return Lookup(MISS, fwd, detail)
+
+    def _gateway_timeout(self, extra: bytes) -> Lookup:
+        out = Lookup(GATEWAY_TIMEOUT, "", "only-if-cached")
+        body = b"not in cache (only-if-cached)\n"
+        out.buffers = [
+            b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n%s%s; fwd=miss; detail=only-if-cached\r\n\r\n"
+            % (len(body), extra, b"Cache-Status: " + self._name), body]
+        return out
+
+    @staticmethod
+    def _conditional(st: entry.Stored, request) -> bytes:
+        # RFC 9111 4.3.1: send every validator the stored response has, unless
+        # the client sent its own preconditions: those are forwarded as they
+        # are (If-Modified-Since is a singleton), and refresh() only updates
+        # the entry if the 304 carries the entry's validator.
+        if request.get(b"if-none-match") is not None or request.get(b"if-modified-since") is not None:
+            return b""
+        out = b""
+        if st.etag:
+            out += b"If-None-Match: " + st.etag + b"\r\n"
+        if st.last_modified:
+            out += b"If-Modified-Since: " + st.last_modified + b"\r\n"
+        return out
+
+    def _hit(self, st: entry.Stored, key: bytes, request, age: float, ttl: float,
+             extra: bytes, detail: str = "", status: bytes = b"") -> Lookup:
+        out = Lookup(HIT, "", detail)
+        out.key = key
+        out.stored = st
+        out.ttl = int(ttl) if ttl >= 0 else -int(-ttl)
+        if not status:
+            status = b"%s; ttl=%d" % (self._hit_status, out.ttl)
+            if detail:
+                status += b"; detail=" + detail.encode()
+        else:
+            status = b"Cache-Status: " + self._name + status % out.ttl
+        if self._client_not_modified(st, request):
+            out.client_304 = True
+            out.buffers = [self._not_modified_head(st, age, extra, status)]
+            return out
+        mv = memoryview(st.value)
+        tail = b"Age: %d\r\n%s%s\r\n\r\n" % (int(age), extra, status)
+        if request.method == b"HEAD":
+            out.buffers = [mv[st.head_start:st.body_start], tail]
+        else:
+            out.buffers = [mv[st.head_start:st.body_start], tail, mv[st.body_start:]]
+        return out
+
+    @staticmethod
+    def _client_not_modified(st: entry.Stored, request) -> bool:
+        # RFC 9111 4.3.2 with RFC 9110 13.1.2 / 13.1.3 and the order of 13.2.2.
+        inm = request.get(b"if-none-match")
+        if inm is not None:
+            if not 200 <= st.status < 300:     # RFC 9110 13.2.1
+                return False
+            tags = parse_etags(b",".join(request.get_all(b"if-none-match")))
+            if tags is None:
+                return True
+            return bool(st.etag) and any(weak_match(t, st.etag) for t in tags)
+        ims = request.get(b"if-modified-since")
+        if ims is not None and 200 <= st.status < 300:
+            t = parse_http_date(ims)
+            return t is not None and st.ims_basis <= t
+        return False
+
+    def _not_modified_head(self, st: entry.Stored, age: float, extra: bytes, status: bytes) -> bytes:
+        _, fields = entry.parse_head(st.head)
+        keep = [(n, v) for n, v in fields if n.lower() in _NOT_MODIFIED_FIELDS]
+        return (entry.build_head(b"HTTP/1.1 304 Not Modified", keep)
+                + b"Age: %d\r\n%s%s\r\n\r\n" % (int(age), extra, status))
+
+    # ------------------------------------------------------------------ storing
+
+    def storable(self, request, response, now: float | None = None) -> Decision:
+        """Decide whether response (to request) may be stored (RFC 9111 3)."""
+        if request.method != b"GET":
+            return Decision(False, "method")
+        status = response.status
+        if status < 200 or status in (206, 304):
+            return Decision(False, "status")
+        rcc = _request_cc(request)
+        if b"no-store" in rcc:                                 # 5.2.1.5
+            return Decision(False, "request-no-store")
+        cc_values = response.get_all(b"cache-control")
+        cc = parse_cache_control(b",".join(cc_values)) if cc_values else {}
+        if b"must-understand" in cc:                           # 5.2.2.3
+            if status not in UNDERSTOOD_STATUSES:
+                return Decision(False, "must-understand")
+        elif b"no-store" in cc:                                # 5.2.2.5
+            return Decision(False, "no-store")
+        if b"private" in cc:                                   # 5.2.2.7, qualified or not
+            return Decision(False, "private")
+        if (request.get(b"authorization") is not None          # 3.5
+                and not (b"public" in cc or b"s-maxage" in cc or b"must-revalidate" in cc)):
+            return Decision(False, "authorization")
+        if response.get(b"set-cookie") is not None and not self.config.store_set_cookie:
+            return Decision(False, "set-cookie")
+        vary_values = response.get_all(b"vary")
+        vary = tuple(sorted({v.lower() for v in split_list(vary_values)})) if vary_values else ()
+        if b"*" in vary:                                       # 4.1: never matches
+            return Decision(False, "vary-star")
+        explicit = (b"max-age" in cc or b"s-maxage" in cc
+                    or response.get(b"expires") is not None)
+        if not (explicit or b"public" in cc or status in self.config.heuristic_statuses):
+            return Decision(False, "status")
+        length = getattr(response, "content_length", -1)
+        if length is not None and length > self.config.max_object_size:
+            return Decision(False, "too-large")
+        return Decision(True, "", cc, vary)
+
+    def store(self, request, key_base: bytes, response, body: bytes,
+              request_time: float, response_time: float,
+              decision: Decision | None = None) -> bool:
+        """Store a complete response (body dechunked); return True if it was stored."""
+        if decision is None:
+            decision = self.storable(request, response, response_time)
+        if not decision.store or len(body) > self.config.max_object_size:
+            return False
+        cc = decision.cc
+        fields = response.headers()
+        # Age and Date (RFC 9111 4.2.3, RFC 9110 6.6.1 for a missing Date).
+        date_value = parse_http_date(response.get(b"date"))
+        age_value = delta_seconds(response.get(b"age")) or 0
+        if date_value is None:
+            date_value = response_time
+        apparent_age = max(0.0, response_time - date_value)
+        corrected_age_value = age_value + max(0.0, response_time - request_time)
+        corrected_initial_age = max(apparent_age, corrected_age_value)
+
+        lm_raw = response.get(b"last-modified") or b""
+        last_modified = parse_http_date(lm_raw) if lm_raw else None
+        if lm_raw and last_modified is None:
+            lm_raw = b""     # an invalid validator cannot be sent back
+        etag = response.get(b"etag") or b""
+        lifetime = self._lifetime(response, cc, date_value, last_modified)
+        flags = 0
+        if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
+            flags |= entry.MUST_REVALIDATE
+        if b"no-cache" in cc:
+            flags |= entry.NO_CACHE
+        swr = sie = 0.0
+        if not flags & entry.MUST_REVALIDATE:
+            swr = _directive_seconds(cc, b"stale-while-revalidate",
+                                     self.config.default_stale_while_revalidate)
+            sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
+        if not (etag or lm_raw) and (lifetime <= 0 or flags & entry.NO_CACHE) and not sie:
+            return False     # it could never be reused
+
+        head = self._stored_head(response, fields, len(body), date_value)
+        ims_basis = last_modified if last_modified is not None else date_value
+        parts = entry.encode(response.status, flags, head, body, etag, lm_raw, response_time,
+                             corrected_initial_age, lifetime, swr, sie, ims_basis)
+        if etag or lm_raw:
+            expires = _INF     # worth keeping for revalidation until evicted
+        else:
+            expires = (response_time - corrected_initial_age + lifetime
+                       + max(swr, sie, self.config.keep_stale))
+        key = self._key_for_store(request, key_base, decision.vary, response_time)
+        if key is None:
+            return False
+        return self.ring.set(key, parts, expires=expires, now=response_time)
+
+    def _key_for_store(self, request, key_base: bytes, vary: tuple, now: float) -> bytes | None:
+        if not vary:
+            return key_base
+        current = self.ring.get(key_base, now)
+        if current is not None and current[0] == entry.KIND_STUB:
+            names, epoch = entry.decode_stub(current)
+            if names != vary:
+                epoch = int.from_bytes(os.urandom(8), "little")
+                if not self.ring.set(key_base, entry.encode_stub(vary, epoch), now=now):
+                    return None
+        else:
+            epoch = int.from_bytes(os.urandom(8), "little")
+            if not self.ring.set(key_base, entry.encode_stub(vary, epoch), now=now):
+                return None
+        return _variant_key(key_base, epoch, vary, request)
+
+    def _lifetime(self, response, cc: dict, date_value: float, last_modified: float | None) -> float:
+        # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
+        if b"s-maxage" in cc:
+            v = delta_seconds(cc[b"s-maxage"])
+            return float(v) if v is not None else 0.0   # invalid: stale
+        if b"max-age" in cc:
+            v = delta_seconds(cc[b"max-age"])
+            return float(v) if v is not None else 0.0
+        expires_values = response.get_all(b"expires")
+        if expires_values:
+            # 5.3: an invalid Expires (e.g. "0") is a time in the past.
+            exp = parse_http_date(expires_values[0])
+            return max(0.0, exp - date_value) if exp is not None else 0.0
+        if last_modified is not None and (response.status in self.config.heuristic_statuses
+                                          or b"public" in cc):
+            return min(self.config.heuristic_max,
+                       max(0.0, (date_value - last_modified) * self.config.heuristic_fraction))
+        return 0.0
+
+    def _stored_head(self, response, fields, body_len: int, date_value: float) -> bytes:
+        drop = entry.HOP_BY_HOP | entry.connection_listed(fields) | {b"age", b"content-length"}
+        if self.config.store_set_cookie:
+            drop = drop | {b"set-cookie", b"set-cookie2"}
+        kept = [(n, v) for n, v in fields if n.lower() not in drop]
+        if response.get(b"date") is None:
+            kept.append((b"Date", format_http_date(date_value)))
+        kept.append((b"Content-Length", b"%d" % body_len))
+        reason = getattr(response, "reason", b"") or b""
+        return entry.build_head(b"HTTP/1.1 %d %s" % (response.status, reason), kept)
+
+    # ------------------------------------------------------------------ revalidation
+
+    def refresh(self, lookup: Lookup, request, response, request_time: float,
+                response_time: float, extra: bytes = b"") -> Lookup | None:
+        """Apply a 304 to the entry lookup revalidated (RFC 9111 4.3.3, 4.3.4).
+
+        Returns a HIT lookup to serve (Cache-Status fwd=stale; fwd-status=304;
+        a 304 again if the client's own conditional matches the refreshed
+        entry), or None when the 304 does not select the stored response: the
+        relay then passes the 304 on if the client's request was conditional,
+        else repeats the request without the conditional fields.
+        """
+        st = lookup.stored
+        if st is None or response.status != 304:
+            return None
+        new_etag = response.get(b"etag")
+        new_lm = response.get(b"last-modified")
+        if new_etag is not None:
+            if new_etag.startswith(b"W/") or st.etag.startswith(b"W/"):
+                if not (st.etag and weak_match(new_etag, st.etag)):
+                    return None
+            elif not strong_match(new_etag, st.etag):
+                return None
+        elif new_lm is not None:
+            if new_lm != st.last_modified:
+                return None
+        status_line, old_fields = entry.parse_head(st.head)
+        new_fields = response.headers()
+        conn = entry.connection_listed(new_fields)
+        replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
+        merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
+        merged += [(n, v) for n, v in new_fields if n.lower() in replace]
+        cc = parse_cache_control(b",".join(v for n, v in merged if n.lower() == b"cache-control"))
+
+        view = _Fields(merged, st.status)
+        date_value = parse_http_date(view.get(b"date")) or response_time
+        age_value = delta_seconds(response.get(b"age")) or 0
+        corrected_initial_age = max(max(0.0, response_time - date_value),
+                                    age_value + max(0.0, response_time - request_time))
+        lm_raw = view.get(b"last-modified") or b""
+        last_modified = parse_http_date(lm_raw) if lm_raw else None
+        lifetime = self._lifetime(view, cc, date_value, last_modified)
+        flags = 0
+        if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
+            flags |= entry.MUST_REVALIDATE
+        if b"no-cache" in cc:
+            flags |= entry.NO_CACHE
+        swr = sie = 0.0
+        if not flags & entry.MUST_REVALIDATE:
+            swr = _directive_seconds(cc, b"stale-while-revalidate",
+                                     self.config.default_stale_while_revalidate)
+            sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
+        head = entry.build_head(status_line, merged)
+        etag = view.get(b"etag") or b""
+        parts = entry.encode(st.status, flags, head, st.body, etag, lm_raw, response_time,
+                             corrected_initial_age, lifetime, swr, sie,
+                             last_modified if last_modified is not None else date_value)
+        value = b"".join(parts)
+        self.ring.set(lookup.key, value, expires=_INF if (etag or lm_raw) else
+                       response_time - corrected_initial_age + lifetime
+                       + max(swr, sie, self.config.keep_stale), now=response_time)
+        fresh = entry.Stored(value)
+        age = fresh.age(response_time)
+        return self._hit(fresh, lookup.key, request, age, lifetime - age, extra,
+                         status=b"; fwd=stale; fwd-status=304; ttl=%d")
+
+    def serve_stale(self, lookup: Lookup, request, now: float, fwd_status: int = 0,
+                    extra: bytes = b"") -> Lookup | None:
+        """Buffers of the stale entry after an upstream error, if stale-if-error allows it."""
+        st = lookup.stored
+        if st is None or not lookup.stale_if_error:
+            return None
+        age = st.age(now)
+        if -(st.lifetime - age) > st.sie:
+            return None
+        fwd = b"; fwd=stale; fwd-status=%d" % fwd_status if fwd_status else b"; fwd=stale"
+        return self._hit(st, lookup.key, request, age, st.lifetime - age, extra, "stale-if-error",
+                         status=fwd + b"; ttl=%d; detail=stale-if-error")
+
+    # ------------------------------------------------------------------ Cache-Status
+
+    def status_field(self, lookup: Lookup | None, decision: Decision | None = None,
+                     fwd_status: int = 0, stored: bool = False, collapsed: bool = False) -> bytes:
+        """The Cache-Status field line (RFC 9211) for a response that went upstream."""
+        fwd = (lookup.fwd if lookup is not None and lookup.fwd else "uri-miss")
+        out = b"Cache-Status: " + self._name + b"; fwd=" + fwd.encode()
+        if fwd_status:
+            out += b"; fwd-status=%d" % fwd_status
+        if stored:
+            out += b"; stored"
+        if collapsed:
+            out += b"; collapsed"
+        detail = (decision.detail if decision is not None and not decision.store and decision.detail
+                  else (lookup.detail if lookup is not None else ""))
+        if detail:
+            out += b"; detail=" + detail.encode()
+        return out + b"\r\n"
+
+    # ------------------------------------------------------------------ invalidation
+
+    def invalidate(self, request, status: int, key_base: bytes,
+                   location: bytes | None = None, content_location: bytes | None = None) -> int:
+        """After a response to an unsafe method, drop the URIs it may have changed (RFC 9111 4.4).
+
+        Returns how many stored keys were removed.
+        """
+        if request.method in SAFE_METHODS or not (200 <= status < 400):
+            return 0
+        removed = self.purge(key_base)
+        origin = _origin(key_base)
+        for ref in (location, content_location):
+            if not ref:
+                continue
+            target = _resolve(key_base, ref)
+            # Only the same origin: another origin's entries are not this
+            # server's to invalidate (a denial-of-service vector otherwise).
+            if target is not None and _origin(target) == origin:
+                removed += self.purge(target)
+        return removed
+
+    def purge(self, url: bytes) -> int:
+        """Remove the stored response(s) for one URL, all Vary variants included."""
+        value = self.ring.get(url, now=0.0)    # 0: expired entries are purged too
+        if value is None:
+            return 0
+        self.ring.delete(url)
+        if value[0] == entry.KIND_STUB:
+            # Variants become unreachable with their stub; delete them too so the
+            # space is reported free right away.
+            return 1 + self.ring.delete_prefix(url + b"\x00")
+        return 1
+
+    def purge_prefix(self, prefix: bytes) -> int:
+        """Remove every stored key starting with prefix (variants included)."""
+        return self.ring.delete_prefix(prefix)
+
+    def stats(self) -> dict:
+        """Store counters (hits, misses, inserts, evictions, bytes, ...)."""
+        return self.ring.stats()
+
+
+class _Fields:
+    """Just enough of the Response interface over a list of fields (for 304 merging)."""
+
+    def __init__(self, fields, status):
+        self.fields = fields
+        self.status = status
+
+    def get(self, name):
+        for n, v in self.fields:
+            if n.lower() == name:
+                return v
+        return None
+
+    def get_all(self, name):
+        return [v for n, v in self.fields if n.lower() == name]
+
+
+def _directive_seconds(cc: dict, name: bytes, default: float) -> float:
+    if name in cc:
+        v = delta_seconds(cc[name])
+        return float(v) if v is not None else 0.0
+    return default
+
+
+def _origin(url: bytes) -> tuple:
+    parts = urlsplit(url.decode("latin-1"))
+    return (parts.scheme, parts.hostname, parts.port)
+
+
+def _resolve(base: bytes, ref: bytes) -> bytes | None:
+    try:
+        joined = urljoin(base.decode("latin-1"), ref.strip().decode("latin-1"))
+        p = urlsplit(joined)
+    except ValueError:
+        return None
+    if not p.scheme or not p.netloc:
+        return None
+    target = (p.path or "/") + ("?" + p.query if p.query else "")
+    return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
+                     target.encode("latin-1"))

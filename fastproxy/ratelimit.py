@@ -1,0 +1,247 @@
+"""Per-client limits: open connections, and request rate by token bucket (429 + Retry-After).
+
+`ConnectionLimiter` counts open connections per client; the server asks
+`RateLimits.open_connection(ip)` on accept and calls `close_connection(ip)` when the
+connection ends (a refused connection gets a 429 and is closed). Memory is one entry per
+client with open connections.
+
+`RequestRateLimiter` is a token bucket per key: `rate` tokens per second up to `burst`;
+each request takes one. `check(key)` answers 0 (go ahead) or the Retry-After in whole
+seconds (RFC 9110 10.2.3 delay-seconds, rounded up so a client that waits that long
+finds a token; RFC 6585 4 for 429). Buckets are kept in least-recently-used order; a
+bucket idle long enough to be full again is the same as no bucket, so it is dropped, and
+at most `max_keys` buckets exist (the least recently used goes first), so memory stays
+bounded whatever the number of clients. The clock is injectable for tests.
+
+Keys: the client IP by default (IPv6 clients by their /64, since one host commonly owns a
+whole /64 and could otherwise rotate addresses past any per-address limit; IPv4-mapped
+peers by their IPv4 address), or a request header (`key = "header:X-Api-Key"`) in reverse
+mode behind a trusted balancer. For `header:X-Forwarded-For` the last address is used: it
+is the one the trusted hop appended, the earlier ones are the client's say-so. A request
+without the header is keyed by its client. Connection limits are always per client
+address (no header exists yet when a connection opens).
+
+Configuration (`RateLimitConfig.from_table` reads it from TOML; 0 disables a limit, the
+default, because a reverse proxy behind a balancer sees every client as one address)::
+
+    [forward.limits]
+    max_connections = 64      # open connections per client IP
+    rate = 20.0               # requests per second per key
+    burst = 40                # requests allowed at once (default: the rate, at least 1)
+    key = "client_ip"         # or "header:NAME"
+    ipv6_prefix = 64          # IPv6 clients are counted per /64 (one host usually owns one)
+    max_keys = 100000         # buckets kept at most
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, Hashable
+
+__all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 5.6.2 field-name
+
+
+def _number(value, name: str, minimum: float = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
+            or value != value or value == math.inf:
+        raise ValueError(f"{name}: expected a number >= {minimum:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Per-client connection and request-rate limits; 0 disables each."""
+
+    max_connections: int = 0
+    rate: float = 0.0
+    burst: int = 0
+    key: str = "client_ip"
+    ipv6_prefix: int = 64
+    max_keys: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "burst"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        _number(self.rate, "rate")
+        if isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int) \
+                or self.max_keys < 1:
+            raise ValueError(f"max_keys: expected an integer >= 1, got {self.max_keys!r}")
+        if isinstance(self.ipv6_prefix, bool) or not isinstance(self.ipv6_prefix, int) \
+                or not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix: expected a prefix length 1-128, got {self.ipv6_prefix!r}")
+        if self.burst and not self.rate:
+            raise ValueError("burst: needs rate (requests per second) to be set")
+        if not isinstance(self.key, str) or not (
+                self.key == "client_ip" or
+                self.key.startswith("header:") and _TOKEN.match(self.key[7:])):
+            raise ValueError(f"key: expected \"client_ip\" or \"header:NAME\", got {self.key!r}")
+
+    @property
+    def effective_burst(self) -> int:
+        """The bucket size: `burst`, or the rate rounded up (at least 1) when burst is 0."""
+        return self.burst or max(1, math.ceil(self.rate))
+
+    @classmethod
+    def from_table(cls, raw) -> "RateLimitConfig":
+        """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a table, got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        return cls(**raw)
+
+
+class ConnectionLimiter:
+    """Open connections per key, refusing beyond `limit` (0: unlimited)."""
+
+    __slots__ = ("limit", "_open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[Hashable, int] = {}
+
+    def open(self, key: Hashable) -> bool:
+        """Count a new connection for key; False (and not counted) when over the limit."""
+        n = self._open.get(key, 0)
+        if self.limit and n >= self.limit:
+            return False
+        self._open[key] = n + 1
+        return True
+
+    def close(self, key: Hashable) -> None:
+        """Forget one connection counted by open()."""
+        n = self._open.get(key, 0)
+        if n <= 1:
+            self._open.pop(key, None)
+        else:
+            self._open[key] = n - 1
+
+    def count(self, key: Hashable) -> int:
+        """Connections currently open for key."""
+        return self._open.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class RequestRateLimiter:
+    """Token buckets per key: `rate` requests/second sustained, `burst` at once."""
+
+    __slots__ = ("rate", "burst", "max_keys", "_clock", "_buckets", "_full_after", "_calls")
+
+    def __init__(self, rate: float, burst: int | None = None, *, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate: expected requests per second > 0, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst or max(1, math.ceil(rate)))
+        self.max_keys = max_keys
+        self._clock = clock
+        # key -> (tokens, last update); dict order is least recently used first.
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self._full_after = self.burst / self.rate  # idle seconds after which a bucket is full
+        self._calls = 0
+
+    def check(self, key: Hashable) -> int:
+        """Take a token for key: 0 when the request may go, else the Retry-After seconds (>= 1)."""
+        now = self._clock()
+        buckets = self._buckets
+        entry = buckets.pop(key, None)
+        if entry is None:
+            tokens = self.burst
+        else:
+            tokens = entry[0] + (now - entry[1]) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+        if tokens >= 0.999999999:  # tolerate float rounding: waiting Retry-After must admit
+            tokens = max(0.0, tokens - 1.0)
+            wait = 0
+        else:
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+        buckets[key] = (tokens, now)
+        self._calls += 1
+        if self._calls & 63 == 0 or len(buckets) > self.max_keys:
+            self._expire(now)
+        return wait
+
+    def _expire(self, now: float) -> None:
+        buckets = self._buckets
+        horizon = now - self._full_after
+        # Oldest first: stop at the first bucket used recently enough to still matter.
+        while buckets:
+            key = next(iter(buckets))
+            if buckets[key][1] > horizon:
+                break
+            del buckets[key]
+        while len(buckets) > self.max_keys:
+            del buckets[next(iter(buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RateLimits:
+    """The configured limits together, with the key a request is counted under."""
+
+    def __init__(self, config: RateLimitConfig = RateLimitConfig(), *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.connections = ConnectionLimiter(config.max_connections)
+        self.requests = RequestRateLimiter(config.rate, config.effective_burst,
+                                           max_keys=config.max_keys, clock=clock) \
+            if config.rate else None
+        header = config.key[7:].lower().encode() if config.key.startswith("header:") else None
+        self._header = header
+        self._last_hop = header == b"x-forwarded-for"
+        self._client_keys: dict[str, str] = {}
+
+    def client_key(self, client_ip: str) -> str:
+        """The key for a peer address: IPv4 as is (unmapped), IPv6 as its configured prefix."""
+        found = self._client_keys.get(client_ip)
+        if found is None:
+            found = client_ip
+            if ":" in client_ip:
+                ip = ipaddress.IPv6Address(client_ip.split("%", 1)[0])
+                if ip.ipv4_mapped is not None:
+                    found = str(ip.ipv4_mapped)
+                else:
+                    found = str(ipaddress.IPv6Network((ip, self.config.ipv6_prefix), strict=False))
+            if len(self._client_keys) >= 8192:
+                self._client_keys.clear()
+            self._client_keys[client_ip] = found
+        return found
+
+    def open_connection(self, client_ip: str) -> bool:
+        """Count a connection from a peer; False when it is over max_connections."""
+        return self.connections.open(self.client_key(client_ip))
+
+    def close_connection(self, client_ip: str) -> None:
+        """Forget a connection counted by open_connection()."""
+        self.connections.close(self.client_key(client_ip))
+
+    def key(self, request, client_ip: str) -> Hashable:
+        """The key a request is limited under: its client key, or the configured header's value."""
+        if self._header is None:
+            return self.client_key(client_ip)
+        value = request.get(self._header)
+        if not value:
+            return self.client_key(client_ip)
+        if self._last_hop:
+            value = value.rpartition(b",")[2].strip()
+            if not value:
+                return self.client_key(client_ip)
+        return value
+
+    def check_request(self, request, client_ip: str) -> int:
+        """0 when the request may go, else the Retry-After seconds for a 429."""
+        if self.requests is None:
+            return 0
+        return self.requests.check(self.key(request, client_ip))

@@ -1,0 +1,204 @@
+"""Reverse mode: route a request to an upstream group, pick a server, build the head it gets.
+
+The route step (`router`) names a group, the balancer in the group picks a server,
+and the server's pool gives a connection. The forwarded head is the client's head
+as received, minus hop-by-hop fields (done in the compiled `forward_head`), plus
+`Via` and the X-Forwarded-* or Forwarded fields (RFC 9110 7.6.3, RFC 7239).
+When a connection fails before any response byte, the request is retried where
+that is safe (`upstream_failed`).
+"""
+from __future__ import annotations
+
+from fastproxy import _http
+from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.intermediary import max_forwards
+from fastproxy.ratelimit import RateLimits
+
+TARGET_ORIGIN = _http.TARGET_ORIGIN
+TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
+TARGET_ASTERISK = _http.TARGET_ASTERISK
+split_absolute = _http.split_absolute
+
+CRLF = b"\r\n"
+# Client-supplied forwarding fields are replaced, never trusted: otherwise a client
+# could claim any address or scheme to the upstream.
+DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+DROP_XF_EXPECT = DROP_XF + (b"expect",)
+DROP_XF_HOST = DROP_XF + (b"host",)
+DROP_XF_HOST_EXPECT = DROP_XF + (b"host", b"expect")
+DROP_EXPECT = (b"expect",)
+DROP_HOST = (b"host",)
+DROP_HOST_EXPECT = (b"host", b"expect")
+# Retries on a stale keep-alive connection use a fresh connection to the same server.
+MAX_STALE_RETRIES = 2
+
+
+class ReverseHandler:
+    """Dispatches requests of one reverse listener."""
+
+    def __init__(self, rt, router, tls: bool) -> None:
+        self.rt = rt
+        self.router = router
+        hp = rt.config.headers
+        self.via = hp.via
+        self.via_11 = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
+        self.via_10 = f"Via: 1.0 {hp.via_name}\r\n".encode() if hp.via else b""
+        self.xf = hp.forwarded in ("x-forwarded", "both")
+        self.fwd = hp.forwarded in ("forwarded", "both")
+        self.preserve_host = hp.preserve_host
+        self.proto = b"https" if tls else b"http"
+        limits = rt.listener.extra("rate_limits")
+        self.limits = RateLimits(limits) if limits is not None else None
+        self.limit_conns = limits is not None and limits.max_connections > 0
+        self.limit_rate = limits is not None and limits.rate > 0
+
+    # -- connection-level hooks (called by the relay) -------------------------------
+
+    def connection_made(self, conn) -> None:
+        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        if self.limit_conns and conn.client_port != -1:
+            self.limits.close_connection(conn.client_ip)
+
+    def dispatch(self, conn, req) -> None:
+        """Route req, pick a server and start sending it."""
+        if self.limit_rate:
+            wait = self.limits.check_request(req, conn.client_ip)
+            if wait:
+                conn.log_extra = {"limit": "rate"}
+                conn.respond_error(429, "request rate limit reached",
+                                   b"Retry-After: %d\r\n" % wait)
+                return
+        mf = max_forwards(conn, req)
+        if mf is None:
+            return  # answered here (Max-Forwards: 0) or refused
+        form = req.target_form
+        host = req.host
+        target = req.target
+        start_line = None
+        if form == TARGET_ORIGIN:
+            path = target
+            if req.version != 11:
+                start_line = req.method + b" " + target + b" HTTP/1.1"
+        elif form == TARGET_ABSOLUTE:
+            # RFC 9112 3.2.2: a server accepts absolute-form; its authority wins over Host.
+            try:
+                _scheme, a_host, a_port, path = split_absolute(target)
+            except _http.ParseError as exc:
+                conn.respond_error(400, f"bad request target: {exc}")
+                return
+            host = a_host if a_port in (80, 443) else a_host + b":%d" % a_port
+            start_line = req.method + b" " + path + b" HTTP/1.1"
+        elif form == TARGET_ASTERISK:
+            path = b"*"
+            if req.version != 11:
+                start_line = req.method + b" * HTTP/1.1"
+        else:
+            conn.respond_error(405, "CONNECT is not served by a reverse proxy listener",
+                               b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
+            return
+        route = self.router.match(host, path)
+        if route is None:
+            conn.respond_error(404, "no route for this host and path")
+            return
+        group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
+        if route.strip and path.startswith(route.prefix):
+            path = path[len(route.prefix):]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            start_line = req.method + b" " + path + b" HTTP/1.1"
+        key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
+        server = group.pick(key)
+        if server is None:
+            conn.respond_error(503, f"no available server in upstream {group.name!r}")
+            return
+        conn.group = group
+        conn.hash_key = key
+
+        # The forwarded head.
+        extra = self.via_11 if req.version == 11 else self.via_10
+        set_host = None
+        if host is None or not self.preserve_host or form == TARGET_ABSOLUTE:
+            set_host = host if (host is not None and self.preserve_host) else \
+                server.name.encode()
+        expect = req.expect_continue
+        if self.xf:
+            ip = conn.client_ip_b
+            xff = req.get(b"x-forwarded-for")
+            extra += b"X-Forwarded-For: " + (xff + b", " + ip if xff else ip) + \
+                b"\r\nX-Forwarded-Proto: " + self.proto + CRLF
+            if host is not None:
+                extra += b"X-Forwarded-Host: " + host + CRLF
+            if set_host is not None:
+                drop = DROP_XF_HOST_EXPECT if expect else DROP_XF_HOST
+            else:
+                drop = DROP_XF_EXPECT if expect else DROP_XF
+        elif set_host is not None:
+            drop = DROP_HOST_EXPECT if expect else DROP_HOST
+        else:
+            drop = DROP_EXPECT if expect else ()
+        if self.fwd:
+            extra += self._forwarded(conn, host)
+        if set_host is not None:
+            extra += b"Host: " + set_host + CRLF
+        if conn.body_kind == _http.BODY_CHUNKED:
+            extra += b"Transfer-Encoding: chunked\r\n"
+        keep_upgrade = req.upgrade is not None
+        if keep_upgrade:
+            extra += b"Connection: upgrade\r\n"
+        if mf[1]:
+            drop += mf[0]
+            extra += mf[1]
+        head = req.forward_head(start_line, extra, drop, keep_upgrade)
+        conn.replay = head
+        self.start(conn, group, server, head)
+
+    def _forwarded(self, conn, host: bytes | None) -> bytes:
+        """One RFC 7239 Forwarded element for this hop (existing ones are kept)."""
+        ip = conn.client_ip
+        node = f'"[{ip}]"' if ":" in ip else ip
+        value = f"for={node};proto={self.proto.decode()}"
+        if host is not None:
+            value += ';host="' + host.decode("latin-1").replace('"', "") + '"'
+        return f"Forwarded: {value}\r\n".encode("latin-1")
+
+    def start(self, conn, group, server, head: bytes, pending=None, fresh=False) -> None:
+        """Send head (and any queued body bytes) to server over a pooled connection."""
+        conn.send_upstream(group.pools[server], head, pending, fresh)
+
+    def upstream_failed(self, conn, up, status: int, detail: str, replayable: bool,
+                        pending) -> None:
+        """The upstream failed before answering: retry where safe, else 502/504."""
+        req = conn.req
+        if req is None or conn.state == STATE_CLOSED:
+            return
+        group = conn.group
+        if replayable and not conn.resp_started:
+            if pending is not None:
+                # Connect failure: nothing reached any server, so any method may go
+                # elsewhere, with the bytes we were holding for it.
+                tried = conn.tried or []
+                tried.append(up.server)
+                conn.tried = tried
+                if conn.retries < group.max_retries:
+                    server = group.pick(conn.hash_key, tried)
+                    if server is not None:
+                        conn.retries += 1
+                        self.start(conn, group, server, pending[0], pending[1:])
+                        return
+            elif (up.reused and conn.retries < MAX_STALE_RETRIES
+                  and conn.body_kind == _http.BODY_NONE and req.method in IDEMPOTENT):
+                # RFC 9112 9.3.1: the server closed a kept-alive connection as we sent on
+                # it; an idempotent request without a body is safely sent again, on a
+                # fresh connection to the same server.
+                conn.retries += 1
+                self.start(conn, group, up.server, conn.replay, fresh=True)
+                return
+        conn.resume_reading(PAUSE_CONNECTING)
+        if conn.resp_started:
+            conn.abort(detail)
+        else:
+            conn.respond_error(status, detail)

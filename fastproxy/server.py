@@ -1,0 +1,338 @@
+"""Listeners, workers, signals: the process around the data path.
+
+One worker = one process = one uvloop event loop with its own listeners, pools,
+and caches. With `workers > 1` the master forks that many workers; each binds the
+same addresses with SO_REUSEPORT, so the kernel spreads connections among them.
+SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, then exit 0);
+SIGHUP reloads the configuration: new connections use the new configuration,
+connections already open finish on the old one.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+from fastproxy.accesslog import AccessLog
+from fastproxy.config import Config, ConfigError, format_address
+from fastproxy._relay import ClientConnection, ConnectionPool
+from fastproxy.reverse import ReverseHandler
+from fastproxy.router import Router
+from fastproxy.timers import Deadlines
+from fastproxy.upstream import UpstreamGroup
+
+
+def log(msg: str) -> None:
+    """A line on stderr for the operator."""
+    print(f"fastproxy[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+class Runtime:
+    """One configuration generation inside one worker: groups, pools, logs, deadlines."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        shortest = min(v for v in vars(config.timeouts).values() if v > 0) \
+            if any(v > 0 for v in vars(config.timeouts).values()) else 1.0
+        self.deadlines = Deadlines(loop, shortest)
+        self.deadlines.start()
+        al = config.access_log
+        self.access_log = AccessLog(al.path, al.format, loop) if al.path else None
+        hp = config.headers
+        self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
+        self.groups = {
+            name: UpstreamGroup(gcfg, lambda group, server, gcfg=gcfg:
+                                ConnectionPool(self, gcfg, server))
+            for name, gcfg in config.upstreams.items()
+        }
+
+    def close(self) -> None:
+        """Release what this generation holds once no connection uses it."""
+        for group in self.groups.values():
+            group.close()
+        self.deadlines.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+class ListenerRuntime:
+    """What the connections of one listener share (flat attributes for the hot path)."""
+
+    def __init__(self, rt: Runtime, lcfg, connections: set) -> None:
+        self.rt = rt
+        self.config = rt.config
+        self.listener = lcfg
+        self.loop = rt.loop
+        self.timeouts = rt.timeouts
+        self.limits = rt.limits
+        self.deadlines = rt.deadlines
+        self.access_log = rt.access_log
+        self.response_via = rt.response_via
+        self.connections = connections
+        self.draining = False
+        if lcfg.mode == "reverse":
+            self.handler = ReverseHandler(self, Router(lcfg, rt.groups), lcfg.tls_cert is not None)
+        elif lcfg.mode == "forward":
+            from fastproxy.forward import ForwardHandler  # lands with forward mode
+            self.handler = ForwardHandler(self, lcfg)
+        else:
+            self.handler = None
+
+
+def _tls_context(lcfg) -> ssl.SSLContext | None:
+    if not lcfg.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
+    return ctx
+
+
+class Worker:
+    """Runs the listeners of one configuration in the current process."""
+
+    def __init__(self, config: Config, reload_fn=None) -> None:
+        self.config = config
+        self.reload_fn = reload_fn
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.listener_rts: list[ListenerRuntime] = []
+        self.connections: set = set()
+        self.runtime: Runtime | None = None
+        self.old_runtimes: list[Runtime] = []
+        self.stopping: asyncio.Event | None = None
+        self.bound: list = []   # (listener config, port actually bound)
+
+    async def start(self) -> None:
+        """Bind every listener; raise OSError naming the address on failure."""
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.runtime = Runtime(self.config, self.loop)
+        for lcfg in self.config.listeners:
+            lrt = self._listener_runtime(lcfg)
+            server = await self._bind(lcfg, lrt)
+            self.servers.append(server)
+            self.listener_rts.append(lrt)
+            sock = server.sockets[0]
+            addr = sock.getsockname()
+            self.bound.append((lcfg, addr[1]))
+            log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
+
+    def _listener_runtime(self, lcfg) -> ListenerRuntime:
+        if lcfg.mode == "tcp":
+            from fastproxy.tcp import TcpRuntime
+            return TcpRuntime(self.runtime, lcfg, self.connections)
+        return ListenerRuntime(self.runtime, lcfg, self.connections)
+
+    async def _bind(self, lcfg, lrt):
+        holder = _Holder(lrt)
+        lrt.holder = holder
+        if lcfg.mode == "tcp":
+            from fastproxy.tcp import TcpClient
+            factory = lambda: TcpClient(holder.current)  # noqa: E731
+        else:
+            factory = lambda: ClientConnection(holder.current)  # noqa: E731
+        try:
+            return await self.loop.create_server(
+                # SO_REUSEPORT only when our own workers share the port: otherwise a
+                # second proxy started by mistake would silently share it too.
+                factory, lcfg.host, lcfg.port, reuse_port=self.config.workers > 1,
+                backlog=2048,
+                ssl=_tls_context(lcfg))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {lcfg.address}: "
+                                     f"{exc.strerror or exc}") from None
+
+    def reload(self, config: Config) -> None:
+        """Switch new connections to config; open connections finish on the old one."""
+        old = self.runtime
+        new_rt = Runtime(config, self.loop)
+        # Listening sockets stay as they are: a listener matches when its host, mode and
+        # TLS are the same and its port is the bound one (or 0, "whatever it is now").
+        same = len(self.bound) == len(config.listeners) and all(
+            (b.host, b.mode, b.tls_cert) == (a.host, a.mode, a.tls_cert)
+            and b.port in (0, port)
+            for (a, port), b in zip(self.bound, config.listeners))
+        if not same:
+            new_rt.close()
+            log("reload: listener addresses or modes changed; restart to apply them")
+            return
+        self.runtime = new_rt
+        for lrt_old, lcfg in zip(self.listener_rts, config.listeners):
+            if lcfg.mode == "tcp":
+                from fastproxy.tcp import TcpRuntime
+                new = TcpRuntime(new_rt, lcfg, self.connections)
+            else:
+                new = ListenerRuntime(new_rt, lcfg, self.connections)
+            lrt_old.holder.current = new
+            new.holder = lrt_old.holder
+        self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
+        self.config = config
+        if old is not None:
+            self.old_runtimes.append(old)
+            self.loop.call_later(config.timeouts.drain, self._retire, old)
+        log(f"reloaded configuration from {config.source}")
+
+    def _retire(self, rt: Runtime) -> None:
+        if rt in self.old_runtimes:
+            self.old_runtimes.remove(rt)
+            rt.close()
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
+        for server in self.servers:
+            server.close()
+        for lrt in self.listener_rts:
+            lrt.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = time.monotonic() + self.config.timeouts.drain
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for rt in [self.runtime, *self.old_runtimes]:
+            if rt is not None:
+                rt.close()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; reload on SIGHUP."""
+        await self.start()
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        if self.reload_fn is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        await self.stopping.wait()
+        log("draining")
+        await self.drain()
+        log("stopped")
+        return 0
+
+    def _on_hup(self) -> None:
+        try:
+            config = self.reload_fn()
+        except ConfigError as exc:
+            for line in exc.problems:
+                log(f"reload refused: {line}")
+            return
+        except Exception as exc:  # never let a bad file take the running proxy down
+            log(f"reload refused: {exc.__class__.__name__}: {exc}")
+            return
+        self.reload(config)
+
+
+class _Holder:
+    """The listener runtime new connections get; swapped on reload."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, lrt) -> None:
+        self.current = lrt
+
+
+def _install_loop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_worker(config: Config, reload_fn=None) -> int:
+    """Run one worker in this process until it is told to stop."""
+    _install_loop()
+    worker = Worker(config, reload_fn)
+    try:
+        return asyncio.run(worker.run())
+    except OSError as exc:
+        log(str(exc.strerror or exc))
+        return 1
+
+
+def serve(config: Config, reload_fn=None) -> int:
+    """Run the configuration: in-process for one worker, else a master with forked workers."""
+    if config.workers <= 1:
+        return run_worker(config, reload_fn)
+    return _master(config, reload_fn)
+
+
+def _master(config: Config, reload_fn) -> int:
+    # Port 0 would give each worker its own port: fix one port first.
+    listeners = []
+    for lcfg in config.listeners:
+        if lcfg.port == 0:
+            family = socket.AF_INET6 if ":" in lcfg.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((lcfg.host, 0))
+                port = s.getsockname()[1]
+            from dataclasses import replace
+            lcfg = replace(lcfg, port=port)
+        listeners.append(lcfg)
+    from dataclasses import replace
+    config = replace(config, listeners=tuple(listeners))
+    children: dict[int, int] = {}
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_worker(config, reload_fn)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    stopping = False
+
+    def on_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def on_hup(signum, frame):
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    for i in range(config.workers):
+        spawn(i)
+    log(f"master: {config.workers} workers")
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if not stopping and index is not None:
+            if code == 1 and time.monotonic() < _START + 2:
+                # Dying at start (cannot bind): do not loop; stop everything.
+                on_stop(None, None)
+                exit_code = 1
+                continue
+            log(f"worker {pid} exited with {code}; starting a new one")
+            spawn(index)
+    return exit_code
+
+
+_START = time.monotonic()
