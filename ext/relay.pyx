@@ -131,8 +131,8 @@ cdef bytes EXPECT = b"expect"
 cdef bytes DATE = b"date"
 
 
-def _tunnel_ended(server, long long up_bytes, long long down_bytes):
-    server.active -= 1
+def _tunnel_ended(ConnectionPool pool, long long up_bytes, long long down_bytes):
+    pool.release_server()
 
 
 cdef inline object _piece(object data, Py_ssize_t pos, Py_ssize_t n):
@@ -593,14 +593,19 @@ cdef class ClientConnection:
 
     def tunnel(self, transport, bytes to_upstream, bytes to_client, double idle,
                  on_close=None):
-        """Make this connection and transport a byte tunnel (after 101 or CONNECT 200)."""
+        """Make this connection and `transport` (or a Holding's) a byte tunnel (after a
+        101 or a CONNECT 200)."""
         self.state = S_TUNNEL
         self.deadline = 0.0
         self.rt.deadlines.discard(self)
         if self.paused:
             self.paused = 0
+        closed = partial(self._tunnel_closed, on_close)
+        if isinstance(transport, Holding):
+            return splice_held(self.transport, transport, to_upstream, idle,
+                               self.rt.deadlines, closed)
         return splice(self.transport, transport, to_upstream, to_client, idle,
-                      self.rt.deadlines, partial(self._tunnel_closed, on_close))
+                      self.rt.deadlines, closed)
 
     def _tunnel_closed(self, on_close, long long up_bytes, long long down_bytes):
         self.state = S_CLOSED
@@ -688,7 +693,7 @@ cdef class UpstreamConnection:
         self.reusable = True
         self.buf = None
         self.sent_continue = client.req.expect_continue
-        self.pool.server.active += 1
+        self.pool.acquire_server()
         if self.state == U_IDLE:
             self.state = U_SENDING
         self.write(head)
@@ -716,7 +721,7 @@ cdef class UpstreamConnection:
         """The client side gave up on this exchange: the connection cannot be reused."""
         if self.client is not None:
             self.client = None
-            self.pool.server.active -= 1
+            self.pool.release_server()
         self.close()
 
     cpdef pause_reading(self):
@@ -752,6 +757,14 @@ cdef class UpstreamConnection:
         self.deadline = _now() + self.pool.connect_timeout
 
     async def _connect(self):
+        server = self.server
+        pool = self.pool
+        try:
+            await self._open()
+        finally:
+            pool.pending_change(-1)
+
+    async def _open(self):
         server = self.server
         pool = self.pool
         try:
@@ -1031,7 +1044,7 @@ cdef class UpstreamConnection:
             self.via + CONNECTION_UPGRADE, (), True))
         to_client = bytes(data[pos:]) if pos < len(data) else b""
         to_upstream = client.take_buffered()
-        server = self.pool.server
+        pool = self.pool
         self.pool.forget(self)
         self.state = U_CLOSED
         self.deadline = 0.0
@@ -1039,7 +1052,7 @@ cdef class UpstreamConnection:
         client.upstream = None
         client.log()
         client.tunnel(self.transport, to_upstream, to_client, client.rt.timeouts.tunnel_idle,
-                      partial(_tunnel_ended, server))
+                      partial(_tunnel_ended, pool))
 
     # -- ending an exchange -----------------------------------------------------
 
@@ -1049,12 +1062,15 @@ cdef class UpstreamConnection:
         self.client = None
         self.state = U_IDLE
         self.deadline = 0.0
-        self.pool.server.active -= 1
+        self.pool.release_server()
         if self.paused:
             self.paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
-        if self.pool.on_response is not None:
+        if self.pool.on_response is not None and (client.status >= 500 or
+                                                  self.pool.server.failures):
+            # Passive health: a 5xx counts against the server; a good answer clears its
+            # count (only worth a call when there is one to clear).
             self.pool.on_response(self.pool.server, client.status)
         if self.reusable and client.body_done:
             self.pool.release(self)
@@ -1066,7 +1082,7 @@ cdef class UpstreamConnection:
         """The response broke after it started: the client connection must be cut."""
         cdef ClientConnection client = self.client
         self.client = None
-        self.pool.server.active -= 1
+        self.pool.release_server()
         self.close()
         if client is not None:
             client.upstream = None
@@ -1076,11 +1092,11 @@ cdef class UpstreamConnection:
         """No usable response: let the handler retry elsewhere or answer 502/504."""
         cdef ClientConnection client = self.client
         self.client = None
-        replayable = connect or (self.reused and not self.got_bytes)
+        replayable = connect or not self.got_bytes
         pending = self.pending
         self.pending = None
         if client is not None:
-            self.pool.server.active -= 1
+            self.pool.release_server()
             self.pool.record_failure(self, connect)
         self.close()
         if client is not None and client.upstream is self:
@@ -1114,7 +1130,7 @@ cdef class UpstreamConnection:
 
     cdef _finish_closed(self, ClientConnection client):
         self.client = None
-        self.pool.server.active -= 1
+        self.pool.release_server()
         client.exchange_done(client.keep_alive)
 
     def eof_received(self):
@@ -1160,6 +1176,7 @@ cdef class ConnectionPool:
     """
 
     cdef public object loop, server, deadlines, timeouts, ssl, on_failure, on_response
+    cdef public object balancer, group   # the group's balancer counts in-flight requests
     cdef public str connect_host
     cdef public bytes via
     cdef public Py_ssize_t max_head
@@ -1189,6 +1206,8 @@ cdef class ConnectionPool:
         self.open = 0
         self.opened_total = 0
         self.closed = False
+        self.balancer = None
+        self.group = None        # the UpstreamGroup (pending count), set by the group
         self.on_failure = None   # passive health: fn(server, connect_failure)
         self.on_response = None  # passive health: fn(server, status)
 
@@ -1210,8 +1229,29 @@ cdef class ConnectionPool:
         """A new connection, bypassing idle ones (a retry after a stale keep-alive)."""
         cdef UpstreamConnection up = UpstreamConnection(self, self.server)
         self.deadlines.add(up)
+        self.pending_change(1)
         up.connect()
         return up
+
+    cdef void pending_change(self, int delta):
+        """Requests waiting for a new connection (circuit breaker's pending limit)."""
+        self.server.pending += delta
+        if self.group is not None:
+            self.group.pending += delta
+
+    cpdef acquire_server(self):
+        """One more request in flight to this server (the balancer keeps its totals)."""
+        if self.balancer is not None:
+            self.balancer.acquire(self.server)
+        else:
+            self.server.active += 1
+
+    cpdef release_server(self):
+        """One request to this server finished."""
+        if self.balancer is not None:
+            self.balancer.release(self.server)
+        else:
+            self.server.active -= 1
 
     cpdef release(self, UpstreamConnection up):
         """Take a connection back after a complete exchange, or close it."""
@@ -1325,8 +1365,10 @@ cdef class TunnelEnd:
     def eof_received(self):
         self.eof = True
         peer_t = self.peer.transport
-        if self.peer.eof or self.peer.lost:
-            peer_t.close()
+        if self.peer.eof or self.peer.lost or peer_t.is_closing():
+            # Both directions are finished (or the peer is already going): close.
+            if not peer_t.is_closing():
+                peer_t.close()
             return False
         if peer_t.can_write_eof():
             peer_t.write_eof()
@@ -1354,6 +1396,51 @@ cdef class TunnelEnd:
             peer_t.close()
         if peer.lost:
             self.tunnel.end()
+
+
+cdef class Holding:
+    """The protocol of a freshly connected server socket until a tunnel takes it over.
+
+    A server may speak first (a banner) or even close at once: reading pauses as soon as
+    the connection is made, and whatever happened before the tunnel starts (bytes, EOF,
+    loss) is kept and replayed by `splice_held`.
+    """
+
+    cdef public list early
+    cdef public bint eof, lost
+    cdef public object transport
+
+    def __init__(self):
+        self.early = []
+        self.eof = False
+        self.lost = False
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.pause_reading()
+
+    def data_received(self, data):
+        self.early.append(data)
+
+    def eof_received(self):
+        self.eof = True
+        return True  # keep the socket: the tunnel decides
+
+    def connection_lost(self, exc):
+        self.lost = True
+
+
+cpdef Tunnel splice_held(client, Holding held, bytes to_server, double idle, deadlines,
+                         on_close=None):
+    """Join a client transport and a held server connection into a tunnel."""
+    cdef Tunnel tunnel = splice(client, held.transport, to_server, b"".join(held.early),
+                                idle, deadlines, on_close)
+    if held.lost:
+        tunnel.b.connection_lost(None)
+    elif held.eof:
+        tunnel.b.eof_received()
+    return tunnel
 
 
 cpdef Tunnel splice(a, b, bytes to_b, bytes to_a, double idle, deadlines, on_close=None):

@@ -385,6 +385,13 @@ class RetryBudget:
         self._requests[self._advance(now)] += 1
         self.requests += 1
 
+    def record_requests(self, n: int, now: float | None = None) -> None:
+        """Count n first attempts at once (the proxy folds a plain counter in once a tick,
+        so a request costs an integer increment, not a clock read)."""
+        if n:
+            self._requests[self._advance(now)] += n
+            self.requests += n
+
     def can_retry(self, now: float | None = None) -> bool:
         """Return True when one more retry fits in the budget."""
         self._advance(now)

@@ -458,21 +458,40 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
                 servers.append(parse_server_url(item))
             except ValueError as exc:
                 table.problem(f"servers[{i}]", str(exc))
+    tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
     group = UpstreamGroupConfig(
         name=name,
         servers=tuple(servers),
-        balance=table.get("balance", _choice(BALANCE_POLICIES), "round_robin"),
-        hash_key=table.get("hash_key", _hash_key, "path"),
+        # TCP pools hash the client address by default (a client keeps its server).
+        balance=table.get("balance", _choice(BALANCE_POLICIES),
+                          "maglev" if tcp else "round_robin"),
+        hash_key=table.get("hash_key", _hash_key, "client_ip" if tcp else "path"),
         hash_balance_factor=table.get("hash_balance_factor", _factor, 1.25),
         keepalive=table.get("keepalive", _nonneg_int, 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
         keepalive_requests=table.get("keepalive_requests", _positive_int, 10000),
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
-        extras=_extras(table, GROUP_EXTRAS, "upstream"),
+        extras=_group_settings(table, _extras(table, GROUP_EXTRAS, "upstream"), servers),
     )
     table.finish()
     return group if servers else None
+
+
+def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
+    """Validate a group's health/outlier/breaker/retry tables once; keep the result."""
+    from fastproxy.upstream import group_settings
+
+    tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
+    found: list[str] = []
+    settings = group_settings(dict(extras), tcp, found)
+    for text in found:
+        key, sep, rest = text.partition(": ")
+        if sep and " " not in key:
+            table.problem(key, rest)
+        else:
+            table.problem("", text)
+    return extras if found else extras + (("settings", settings),)
 
 
 def _nonneg_int(value: Any) -> int:

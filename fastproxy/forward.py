@@ -17,7 +17,8 @@ import asyncio
 from dataclasses import dataclass, replace
 
 from fastproxy import _http
-from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool)
+from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool,
+                              Holding)
 from fastproxy.acl import Acl, AclConfig
 from fastproxy.anonymity import Anonymizer, AnonymityConfig
 from fastproxy.auth import Authenticator, AuthConfig
@@ -334,8 +335,8 @@ class ForwardHandler:
         status = 502
         for addr, _final in allowed:
             try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(_Pending, addr, port), timeout)
+                transport, pending = await asyncio.wait_for(
+                    loop.create_connection(Holding, addr, port), timeout)
             except asyncio.TimeoutError:
                 last, status = f"connect to {host}:{port} ({addr}) timed out", 504
                 continue
@@ -352,7 +353,7 @@ class ForwardHandler:
             conn.transport.write(CONNECT_OK)
             early = conn.take_buffered()
             started = loop.time()
-            conn.tunnel(transport, early, b"", self.rt.timeouts.tunnel_idle,
+            conn.tunnel(pending, early, b"", self.rt.timeouts.tunnel_idle,
                         lambda up, down: self._tunnel_closed(conn, req, up, down, started))
             return
         if conn.state != STATE_CLOSED and conn.req is req:
@@ -367,22 +368,6 @@ class ForwardHandler:
         conn.upstream_time = -1.0
         conn.log()
         conn.req = None
-
-
-class _Pending:
-    """Protocol of a CONNECT destination until the tunnel takes it over."""
-
-    def connection_made(self, transport) -> None:
-        transport.pause_reading()
-
-    def data_received(self, data) -> None:  # pragma: no cover - paused until spliced
-        pass
-
-    def eof_received(self):
-        return True
-
-    def connection_lost(self, exc) -> None:
-        pass
 
 
 class _Addr:

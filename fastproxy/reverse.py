@@ -115,6 +115,11 @@ class ReverseHandler:
         if server is None:
             conn.respond_error(503, f"no available server in upstream {group.name!r}")
             return
+        limit = group.admit(server)
+        if limit is not None:
+            conn.respond_error(503, group.describe_limit(limit, server))
+            return
+        group.requests_seen += 1
         conn.group = group
         conn.hash_key = key
 
@@ -183,7 +188,7 @@ class ReverseHandler:
                 tried = conn.tried or []
                 tried.append(up.server)
                 conn.tried = tried
-                if conn.retries < group.max_retries:
+                if group.may_retry(req.method, conn.retries + 1, True):
                     server = group.pick(conn.hash_key, tried)
                     if server is not None:
                         conn.retries += 1
@@ -197,6 +202,18 @@ class ReverseHandler:
                 conn.retries += 1
                 self.start(conn, group, up.server, conn.replay, fresh=True)
                 return
+            elif conn.body_kind == _http.BODY_NONE and \
+                    group.may_retry(req.method, conn.retries + 1, False):
+                # Reset before any response byte on a fresh connection: an idempotent
+                # request (or a configured method) goes to another server.
+                tried = conn.tried or []
+                tried.append(up.server)
+                conn.tried = tried
+                server = group.pick(conn.hash_key, tried)
+                if server is not None:
+                    conn.retries += 1
+                    self.start(conn, group, server, conn.replay)
+                    return
         conn.resume_reading(PAUSE_CONNECTING)
         if conn.resp_started:
             conn.abort(detail)

@@ -49,12 +49,20 @@ class Runtime:
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
         self.groups = {
             name: UpstreamGroup(gcfg, lambda group, server, gcfg=gcfg:
-                                ConnectionPool(self, gcfg, server))
+                                ConnectionPool(self, gcfg, server), loop)
             for name, gcfg in config.upstreams.items()
         }
+        for group in self.groups.values():
+            group.start()  # active health checks
 
-    def close(self) -> None:
+    async def stop_checks(self) -> None:
+        """Stop health checks and ejection timers (a newer generation took over)."""
+        for group in self.groups.values():
+            await group.stop_checks()
+
+    async def aclose(self) -> None:
         """Release what this generation holds once no connection uses it."""
+        await self.stop_checks()
         for group in self.groups.values():
             group.close()
         self.deadlines.stop()
@@ -160,7 +168,7 @@ class Worker:
             and b.port in (0, port)
             for (a, port), b in zip(self.bound, config.listeners))
         if not same:
-            new_rt.close()
+            self.loop.create_task(new_rt.aclose())
             log("reload: listener addresses or modes changed; restart to apply them")
             return
         self.runtime = new_rt
@@ -176,13 +184,14 @@ class Worker:
         self.config = config
         if old is not None:
             self.old_runtimes.append(old)
+            self.loop.create_task(old.stop_checks())
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
 
     def _retire(self, rt: Runtime) -> None:
         if rt in self.old_runtimes:
             self.old_runtimes.remove(rt)
-            rt.close()
+            self.loop.create_task(rt.aclose())
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
@@ -200,7 +209,7 @@ class Worker:
                 conn.transport.abort()
         for rt in [self.runtime, *self.old_runtimes]:
             if rt is not None:
-                rt.close()
+                await rt.aclose()
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP."""

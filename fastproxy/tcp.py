@@ -9,7 +9,7 @@ import asyncio
 
 import xxhash
 
-from fastproxy._relay import splice
+from fastproxy._relay import Holding, splice_held
 
 EARLY_LIMIT = 256 * 1024   # bytes a client may send before the upstream is connected
 
@@ -27,13 +27,6 @@ class TcpRuntime:
         self.group = rt.groups[lcfg.upstream]
         self.connections = connections
         self.draining = False
-
-
-class _Upstream(asyncio.Protocol):
-    """Placeholder protocol until the tunnel takes the transport over."""
-
-    def data_received(self, data) -> None:  # pragma: no cover - splice replaces us first
-        raise RuntimeError("TCP upstream data before the tunnel was set up")
 
 
 class TcpClient(asyncio.Protocol):
@@ -74,14 +67,13 @@ class TcpClient(asyncio.Protocol):
     async def _connect(self, server) -> None:
         loop = self.rt.loop
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(_Upstream, server.host, server.port),
+            transport, upstream = await asyncio.wait_for(
+                loop.create_connection(Holding, server.host, server.port),
                 self.rt.timeouts.upstream_connect)
         except (OSError, asyncio.TimeoutError) as exc:
             if self.closed:
                 return
-            self.rt.group.record_failure(server, True) \
-                if hasattr(self.rt.group, "record_failure") else None
+            self.rt.group.record_failure(server, True)
             self._log(server, 0, 0, f"connect failed: {exc.__class__.__name__}")
             self._next()
             return
@@ -90,14 +82,15 @@ class TcpClient(asyncio.Protocol):
             return
         early = b"".join(self.early)
         self.early = []
-        server.active += 1
-        tunnel = splice(self.transport, transport, early, b"", self.rt.timeouts.tunnel_idle,
-                        self.rt.deadlines, on_close=lambda a, b: self._ended(server, a, b))
+        group = self.rt.group
+        group.balancer.acquire(server)
+        tunnel = splice_held(self.transport, upstream, early, self.rt.timeouts.tunnel_idle,
+                             self.rt.deadlines, lambda a, b: self._ended(server, a, b))
         if self.got_eof:
             tunnel.a.eof_received()  # the client half-closed before we were connected
 
     def _ended(self, server, up_bytes: int, down_bytes: int) -> None:
-        server.active -= 1
+        self.rt.group.balancer.release(server)
         self.rt.connections.discard(self)
         self._log(server, up_bytes, down_bytes, "")
 

@@ -6,6 +6,15 @@ named set of servers with one balancing policy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from fastproxy.balance import eligible_servers, make_balancer, make_key_fn
+from fastproxy.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
+                               RetryPolicy)
+from fastproxy.config import parse_duration
+from fastproxy.health import HealthCheckConfig, HealthChecker
+
 
 class Server:
     """One upstream server and its live state."""
@@ -39,30 +48,192 @@ class Server:
         return f"Server({self.name}, weight={self.weight})"
 
 
-class UpstreamGroup:
-    """A named pool of servers, its balancer and its connection pools."""
+def _table_to(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
+    """A feature dataclass from a TOML table: unknown keys and bad values name the key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a table, got {raw!r}")
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        if key in durations and not isinstance(value, bool):
+            try:
+                value = parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        if isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
 
-    def __init__(self, config, pool_factory) -> None:
+
+def group_settings(raw_extras: dict, tcp: bool, problems: list | None = None) -> "GroupSettings":
+    """Validated health/outlier/breaker/retry settings of one group.
+
+    Each problem is "section.key: text"; they are appended to `problems` when given (so
+    every section is checked), else the first one is raised as ValueError.
+    """
+    def section(name, cls, durations=()):
+        if name not in raw_extras:
+            return None
+        try:
+            return _table_to(cls, raw_extras[name], durations)
+        except ValueError as exc:
+            if problems is None:
+                raise ValueError(f"{name}.{exc}") from None
+            problems.append(f"{name}.{exc}")
+            return None
+
+    health = section("health", HealthCheckConfig, ("interval", "timeout"))
+    if health is not None and tcp and health.mode == "http" and \
+            "mode" not in raw_extras.get("health", {}):
+        health = replace(health, mode="tcp")  # a TCP pool is checked by connecting
+    return GroupSettings(
+        health=health,
+        outlier=section("outlier", OutlierConfig, ("base_ejection", "max_ejection"))
+        or OutlierConfig(),
+        breaker=section("breaker", BreakerConfig) or BreakerConfig(),
+        retry=section("retry", RetryConfig, ("budget_window",)) or RetryConfig(),
+    )
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """The failure-handling knobs of a group (each section's defaults as documented)."""
+
+    health: HealthCheckConfig | None
+    outlier: OutlierConfig
+    breaker: BreakerConfig
+    retry: RetryConfig
+
+
+class UpstreamGroup:
+    """A named pool of servers: its balancer, connection pools, health and failure handling.
+
+    Eligible servers are those healthy (active checks) and not ejected (passive outlier
+    detection); the balancer only ever sees those, so an ejected server leaves the Maglev
+    table and gets exactly its own keys back when it returns.
+    """
+
+    def __init__(self, config, pool_factory, loop) -> None:
         self.config = config
         self.name = config.name
+        self.loop = loop
         self.servers = [Server(s.host, s.port, s.weight, s.scheme) for s in config.servers]
-        self.pools = {server: pool_factory(self, server) for server in self.servers}
-        self._rr = 0
-        self.eligible = list(self.servers)
-        self.key_fn = None          # set when the policy hashes a request key
-        # A connect failure moves on to each other server once (nginx's proxy_next_upstream).
-        self.max_retries = max(0, len(self.servers) - 1)
+        tcp = all(s.scheme == "tcp" for s in self.servers)
+        settings = config.extra("settings") or group_settings(dict(config.extras), tcp)
+        self.settings = settings
+        opts = {"balance_factor": config.hash_balance_factor} \
+            if config.balance == "maglev" else {}
+        self.balancer = make_balancer(config.balance, self.servers, **opts)
+        # The key is computed per request only for policies that read it.
+        self.key_fn = make_key_fn(config.hash_key) if self.balancer.uses_key else None
+        self.limits = settings.breaker
+        self.retry = RetryPolicy(settings.retry)
+        self.max_retries = settings.retry.retries
+        self.outliers = OutlierDetector(self.servers, settings.outlier, self._changed, loop)
+        self.health = HealthChecker(self.servers, settings.health, self._changed) \
+            if settings.health is not None else None
+        self.pools = {}
+        for server in self.servers:
+            pool = pool_factory(self, server)
+            pool.balancer = self.balancer
+            pool.group = self
+            pool.on_failure = self.record_failure
+            pool.on_response = self._on_response
+            self.pools[server] = pool
+        self.pending = 0  # requests of this group waiting for a new connection
+        # First attempts since the last tick, folded into the retry budget once a tick.
+        self.requests_seen = 0
+        self._tick = None
+
+    # -- picking ----------------------------------------------------------------
 
     def pick(self, key: int = 0, exclude=()) -> Server | None:
         """The server for the next request, or None when no server is eligible."""
-        eligible = self.eligible
-        n = len(eligible)
-        for _ in range(n):
-            self._rr += 1
-            server = eligible[self._rr % n]
-            if server not in exclude:
-                return server
+        return self.balancer.pick(key, exclude)
+
+    def admit(self, server: Server) -> str | None:
+        """The circuit-breaker limit a new request to server would exceed, else None."""
+        b = self.limits
+        if b.max_requests and self.balancer.total_active >= b.max_requests:
+            return "max_requests"
+        if b.per_server_max_requests and server.active >= b.per_server_max_requests:
+            return "per_server_max_requests"
+        if self.pools[server].idle:
+            return None  # a kept-alive connection is waiting: no new connection needed
+        if b.max_connections and sum(s.conns for s in self.servers) >= b.max_connections:
+            return "max_connections"
+        if b.per_server_max_connections and server.conns >= b.per_server_max_connections:
+            return "per_server_max_connections"
+        if b.max_pending and self.pending >= b.max_pending:
+            return "max_pending"
+        if b.per_server_max_pending and server.pending >= b.per_server_max_pending:
+            return "per_server_max_pending"
         return None
+
+    def describe_limit(self, limit: str, server: Server) -> str:
+        """The 503 body line for a full limit."""
+        value = getattr(self.limits, limit)
+        where = f"server {server.name}" if limit.startswith("per_server_") else \
+            f"upstream {self.name!r}"
+        return f"circuit breaker open: {limit} ({value}) reached for {where}"
+
+    # -- failure handling ---------------------------------------------------------
+
+    def record_failure(self, server: Server, connect: bool) -> None:
+        """A connect failure or a reset before any response byte (passive detection)."""
+        self.outliers.record_failure(server)
+
+    def may_retry(self, method: bytes, attempts: int, any_method: bool) -> bool:
+        """Whether a failed attempt may go to another server (counts the retry).
+
+        `any_method`: nothing reached the server (connect failure), so even a
+        non-idempotent request is safe to send elsewhere.
+        """
+        if attempts > self.max_retries or self.max_retries == 0:
+            return False
+        self._fold()
+        if not any_method and method not in self.retry.methods:
+            return False
+        return self.retry.budget.try_retry()
+
+    def _fold(self) -> None:
+        n = self.requests_seen
+        if n:
+            self.requests_seen = 0
+            self.retry.budget.record_requests(n)
+
+    def _on_tick(self) -> None:
+        self._fold()
+        self._tick = self.loop.call_later(self.retry.budget.width, self._on_tick)
+
+    def _on_response(self, server: Server, status: int) -> None:
+        """A complete response: 5xx counts against the server, anything else clears it."""
+        self.outliers.record_status(server, status)
+
+    def _changed(self, server: Server, eligible: bool) -> None:
+        """Health or ejection changed: rebuild the eligible set (Maglev keeps each key's
+        owner among the survivors)."""
+        self.balancer.update(eligible_servers(self.servers, self.loop.time()))
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the active health checks and the retry budget's clock (in the loop)."""
+        if self.health is not None:
+            self.health.start()
+        if self._tick is None:
+            self._tick = self.loop.call_later(self.retry.budget.width, self._on_tick)
+
+    async def stop_checks(self) -> None:
+        """Stop health checks and ejection timers (idempotent)."""
+        if self.health is not None and self.health.running:
+            await self.health.stop()
+        self.outliers.close()
+        if self._tick is not None:
+            self._tick.cancel()
 
     def close(self) -> None:
         """Close every pooled connection."""

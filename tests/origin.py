@@ -12,6 +12,8 @@ checking itself) and answers by path:
     /drop            close the connection without answering
     /ws              WebSocket-like upgrade: 101, then echo bytes back
     /count           200 with the number of connections accepted so far
+    /health          origin.health_status (200 unless a test changes it)
+Responses built by send() carry `X-Origin: <port>` so balancing tests see who answered.
     /early           answer 413 at once without reading the body, then close
     /interim         send a 103 Early Hints before the 200
     /page.html       an HTML page loading /script.js and /img.png (browser tests)
@@ -57,6 +59,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server.connections += 1
+        self.server.live.add(self)
 
     def data_received(self, data) -> None:
         if self.upgraded:
@@ -115,6 +118,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.transport = None
+        self.server.live.discard(self)
 
 
 class Origin:
@@ -129,6 +133,9 @@ class Origin:
         self.connections = 0
         self.requests: list = []
         self.port = 0
+        self.ident = b""          # "X-Origin: <port>" once bound (on responses built by send)
+        self.live: set = set()    # open connections (closed on stop, like a killed process)
+        self.health_status = 200  # what /health answers
         self._server = None
 
     def start(self) -> "Origin":
@@ -141,6 +148,7 @@ class Origin:
         self._server = await self.loop.create_server(lambda: _Conn(self), self.host,
                                                      self.want_port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.ident = b"X-Origin: %d\r\n" % self.port
 
     @property
     def url(self) -> str:
@@ -148,8 +156,14 @@ class Origin:
         return f"{scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # already stopped
+
         async def _stop():
             self._server.close()
+            for conn in list(self.live):
+                if conn.transport is not None:
+                    conn.transport.abort()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
@@ -171,7 +185,7 @@ class Origin:
 
         def send(status: int, body: bytes, extra: bytes = b"") -> None:
             head = (b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n" % (status, len(body)) + extra +
-                    conn_hdr + b"\r\n")
+                    self.ident + conn_hdr + b"\r\n")
             t.write(head if head_only else head + body)
 
         if path == b"/echo":
@@ -229,6 +243,8 @@ class Origin:
         elif path == b"/drop":
             t.close()
             return
+        elif path == b"/health":
+            send(self.health_status, b"health\n")
         elif path == b"/count":
             send(200, str(self.connections).encode())
         elif path == b"/page.html":
