@@ -31,12 +31,27 @@ DROP_HOST_EXPECT = (b"host", b"expect")
 MAX_STALE_RETRIES = 2
 
 
+class _Refused(Exception):
+    """The request cannot be routed: answer status (with detail and extra field lines)."""
+
+    def __init__(self, status: int, detail: str, extra: bytes = b"") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
 class ReverseHandler:
     """Dispatches requests of one reverse listener."""
 
-    def __init__(self, rt, router, tls: bool) -> None:
+    def __init__(self, rt, router, tls: bool, cache=None) -> None:
         self.rt = rt
         self.router = router
+        # With a cache every request goes through it first; without one, dispatch is
+        # forward itself (no extra call on the hot path).
+        self.cache = cache
+        if cache is None:
+            self.dispatch = self.forward
         hp = rt.config.headers
         self.via = hp.via
         self.via_11 = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
@@ -47,7 +62,35 @@ class ReverseHandler:
         self.proto = b"https" if tls else b"http"
 
     def dispatch(self, conn, req) -> None:
-        """Route req, pick a server and start sending it."""
+        """Answer req from the listener's cache, or route it upstream (see caching.py)."""
+        self.cache.handle(conn, req)
+
+    def forward(self, conn, req, more: bytes = b"") -> None:
+        """Route req, pick a server and start sending it; `more`: field lines to add."""
+        try:
+            group, server, key, head = self._plan(conn, req, more)
+        except _Refused as r:
+            observer = conn.observer
+            extra = r.extra + observer.status_line() if observer is not None else r.extra
+            conn.respond_error(r.status, r.detail, extra)
+            return
+        conn.group = group
+        conn.hash_key = key
+        conn.replay = head
+        self.start(conn, group, server, head)
+
+    def refresh_target(self, conn, req, more: bytes):
+        """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
+        try:
+            group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n")
+        except _Refused:
+            return None
+        pool = group.pools[server]
+        return (pool.connect_host, server.port, pool.ssl,
+                server.host if pool.ssl is not None else None, head)
+
+    def _plan(self, conn, req, more: bytes):
+        """(group, server, hash key, forwarded head) for req; raise _Refused to answer."""
         form = req.target_form
         host = req.host
         target = req.target
@@ -61,8 +104,7 @@ class ReverseHandler:
             try:
                 _scheme, a_host, a_port, path = split_absolute(target)
             except _http.ParseError as exc:
-                conn.respond_error(400, f"bad request target: {exc}")
-                return
+                raise _Refused(400, f"bad request target: {exc}") from None
             host = a_host if a_port in (80, 443) else a_host + b":%d" % a_port
             start_line = req.method + b" " + path + b" HTTP/1.1"
         elif form == TARGET_ASTERISK:
@@ -70,13 +112,11 @@ class ReverseHandler:
             if req.version != 11:
                 start_line = req.method + b" * HTTP/1.1"
         else:
-            conn.respond_error(405, "CONNECT is not served by a reverse proxy listener",
-                               b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
-            return
+            raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
+                           b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
         route = self.router.match(host, path)
         if route is None:
-            conn.respond_error(404, "no route for this host and path")
-            return
+            raise _Refused(404, "no route for this host and path")
         group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
         if route.strip and path.startswith(route.prefix):
             path = path[len(route.prefix):]
@@ -86,10 +126,7 @@ class ReverseHandler:
         key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
         server = group.pick(key)
         if server is None:
-            conn.respond_error(503, f"no available server in upstream {group.name!r}")
-            return
-        conn.group = group
-        conn.hash_key = key
+            raise _Refused(503, f"no available server in upstream {group.name!r}")
 
         # The forwarded head.
         extra = self.via_11 if req.version == 11 else self.via_10
@@ -122,9 +159,9 @@ class ReverseHandler:
         keep_upgrade = req.upgrade is not None
         if keep_upgrade:
             extra += b"Connection: upgrade\r\n"
-        head = req.forward_head(start_line, extra, drop, keep_upgrade)
-        conn.replay = head
-        self.start(conn, group, server, head)
+        if more:
+            extra += more
+        return group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade)
 
     def _forwarded(self, conn, host: bytes | None) -> bytes:
         """One RFC 7239 Forwarded element for this hop (existing ones are kept)."""
@@ -170,5 +207,8 @@ class ReverseHandler:
         conn.resume_reading(PAUSE_CONNECTING)
         if conn.resp_started:
             conn.abort(detail)
-        else:
-            conn.respond_error(status, detail)
+            return
+        observer = conn.observer
+        if observer is not None and observer.upstream_failed(conn, status, detail):
+            return   # the cache answered (stale-if-error, or the error with Cache-Status)
+        conn.respond_error(status, detail)

@@ -18,8 +18,10 @@ import sys
 import time
 
 from fastproxy.accesslog import AccessLog
+from fastproxy.cache import CacheConfig
+from fastproxy.caching import CacheLayer, WorkerCache
 from fastproxy.config import Config, ConfigError, format_address
-from fastproxy._relay import ClientConnection, ConnectionPool
+from fastproxy._relay import ClientConnection, ConnectionPool, Counters
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
 from fastproxy.timers import Deadlines
@@ -34,9 +36,12 @@ def log(msg: str) -> None:
 class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
+                 counters=None) -> None:
         self.config = config
         self.loop = loop
+        self.cache = cache          # the worker's WorkerCache (kept across reloads), or None
+        self.counters = counters    # the worker's relay Counters (for the admin interface)
         self.timeouts = config.timeouts
         self.limits = config.limits
         shortest = min(v for v in vars(config.timeouts).values() if v > 0) \
@@ -75,10 +80,20 @@ class ListenerRuntime:
         self.deadlines = rt.deadlines
         self.access_log = rt.access_log
         self.response_via = rt.response_via
+        self.counters = rt.counters
         self.connections = connections
         self.draining = False
+        # A listener uses the worker's cache unless its `cache = false`.
+        self.cache = rt.cache if lcfg.extra("cache", True) is not False else None
         if lcfg.mode == "reverse":
-            self.handler = ReverseHandler(self, Router(lcfg, rt.groups), lcfg.tls_cert is not None)
+            tls = lcfg.tls_cert is not None
+            layer = None
+            if self.cache is not None:
+                layer = CacheLayer(self.cache, None, b"https" if tls else b"http",
+                                   rt.response_via, rt.loop, rt.timeouts, rt.limits)
+            self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
+            if layer is not None:
+                layer.handler = self.handler
         elif lcfg.mode == "forward":
             from fastproxy.forward import ForwardHandler  # lands with forward mode
             self.handler = ForwardHandler(self, lcfg)
@@ -108,12 +123,30 @@ class Worker:
         self.old_runtimes: list[Runtime] = []
         self.stopping: asyncio.Event | None = None
         self.bound: list = []   # (listener config, port actually bound)
+        self.started = time.time()
+        self.counters = Counters()
+        self.cache: WorkerCache | None = None
+        self.admin = None
+        self.index = 0          # worker number (0 .. workers-1)
+        self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
+
+    def _cache_for(self, config: Config) -> WorkerCache | None:
+        """The worker cache for config: the current one when its settings did not change."""
+        cc = config.extra("cache")
+        if cc is None and config.cache_size:
+            cc = CacheConfig(size=config.cache_size)
+        if cc is None:
+            return None
+        if self.cache is not None and self.cache.config == cc:
+            return self.cache
+        return WorkerCache(cc)
 
     async def start(self) -> None:
         """Bind every listener; raise OSError naming the address on failure."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.runtime = Runtime(self.config, self.loop)
+        self.cache = self._cache_for(self.config)
+        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
         for lcfg in self.config.listeners:
             lrt = self._listener_runtime(lcfg)
             server = await self._bind(lcfg, lrt)
@@ -123,6 +156,10 @@ class Worker:
             addr = sock.getsockname()
             self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
+        if self.config.admin is not None:
+            from fastproxy.admin import AdminServer
+            self.admin = AdminServer(self)
+            await self.admin.start(*self.config.admin)
 
     def _listener_runtime(self, lcfg) -> ListenerRuntime:
         if lcfg.mode == "tcp":
@@ -152,7 +189,8 @@ class Worker:
     def reload(self, config: Config) -> None:
         """Switch new connections to config; open connections finish on the old one."""
         old = self.runtime
-        new_rt = Runtime(config, self.loop)
+        cache = self._cache_for(config)
+        new_rt = Runtime(config, self.loop, cache, self.counters)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
@@ -174,6 +212,9 @@ class Worker:
             new.holder = lrt_old.holder
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        if cache is not self.cache and self.cache is not None:
+            self.cache.close()   # settings changed: the new generation starts empty
+        self.cache = cache
         if old is not None:
             self.old_runtimes.append(old)
             self.loop.call_later(config.timeouts.drain, self._retire, old)
@@ -188,6 +229,10 @@ class Worker:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
         for server in self.servers:
             server.close()
+        if self.admin is not None:
+            self.admin.close()
+        if self.cache is not None:
+            self.cache.close()
         for lrt in self.listener_rts:
             lrt.draining = True
         for conn in list(self.connections):
@@ -241,10 +286,13 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run_worker(config: Config, reload_fn=None) -> int:
+def run_worker(config: Config, reload_fn=None, index: int = 0,
+               peers_dir: str | None = None) -> int:
     """Run one worker in this process until it is told to stop."""
     _install_loop()
     worker = Worker(config, reload_fn)
+    worker.index = index
+    worker.peers_dir = peers_dir
     try:
         return asyncio.run(worker.run())
     except OSError as exc:
@@ -280,6 +328,19 @@ def _master(config: Config, reload_fn) -> int:
         listeners.append(lcfg)
     from dataclasses import replace
     config = replace(config, listeners=tuple(listeners))
+    peers_dir = None
+    if config.admin is not None:
+        host, port = config.admin
+        if port == 0:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            config = replace(config, admin=(host, port))
+        # Each worker's admin also listens here, so the one a request reaches can ask
+        # the others (a purge must reach every worker's cache).
+        import tempfile
+        peers_dir = tempfile.mkdtemp(prefix="fastproxy-admin-")
     children: dict[int, int] = {}
 
     def spawn(index: int) -> None:
@@ -289,7 +350,7 @@ def _master(config: Config, reload_fn) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker(config, reload_fn)
+                code = run_worker(config, reload_fn, index, peers_dir)
             finally:
                 os._exit(code)
         children[pid] = index
@@ -336,6 +397,9 @@ def _master(config: Config, reload_fn) -> int:
                 continue
             log(f"worker {pid} exited with {code}; starting a new one")
             spawn(index)
+    if peers_dir is not None:
+        import shutil
+        shutil.rmtree(peers_dir, ignore_errors=True)
     return exit_code
 
 
