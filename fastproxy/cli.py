@@ -67,6 +67,8 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
+    p.add_argument("--connect-ports", metavar="LIST",
+                   help='forward mode: ports CONNECT may reach, e.g. "443,8443" (default 443)')
 
 
 def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
@@ -130,10 +132,22 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
         doc.setdefault("access_log", {})["path"] = args.access_log
     if args.log_format is not None:
         doc.setdefault("access_log", {})["format"] = args.log_format
-    if args.allow_private:
-        for lst in doc.get("listeners", []):
-            if isinstance(lst, dict) and lst.get("mode") == "forward":
-                lst["allow_private"] = True
+    all_listeners = doc.get("listeners")
+    forward_listeners = [lst for lst in all_listeners if isinstance(lst, dict)
+                         and lst.get("mode") == "forward"] \
+        if isinstance(all_listeners, list) else []
+    if (args.allow_private or args.connect_ports) and not forward_listeners:
+        flag = "--allow-private" if args.allow_private else "--connect-ports"
+        problems.append(f"{flag}: applies to forward listeners and there is none")
+    for lst in forward_listeners:
+        if args.allow_private:
+            lst["allow_private"] = True
+        if args.connect_ports:
+            ports = []
+            for part in args.connect_ports.split(","):
+                part = part.strip()
+                ports.append(int(part) if part.isdigit() else part)
+            lst["connect_ports"] = ports
     if problems:
         raise ConfigError(problems)
     return doc, source

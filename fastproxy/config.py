@@ -303,7 +303,8 @@ class _Table:
     def __init__(self, data: Any, path: str, problems: list[str]) -> None:
         self.path = path
         self.problems = problems
-        if not isinstance(data, dict):
+        self.bad = not isinstance(data, dict)
+        if self.bad:
             self.problem("", f"expected a table, got {type(data).__name__}")
             data = {}
         self.data = data
@@ -413,8 +414,14 @@ def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], A
 # know every knob of every feature.
 TOP_EXTRAS = ("cache", "rate_limit")
 GROUP_EXTRAS = ("health", "outlier", "breaker", "retry")
-LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "connect_ports", "allow_private",
-                   "header_rules", "cache")
+LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "resolver", "connect_ports",
+                   "allow_private", "header_rules", "cache")
+# Which of those each mode accepts (others are an error naming the key).
+MODE_EXTRAS = {
+    "forward": set(LISTENER_EXTRAS),
+    "reverse": {"rate_limit", "cache"},
+    "tcp": set(),
+}
 
 # name -> callable(raw_value) raising ValueError; feature modules register here.
 validators: dict[str, Callable[[Any], Any]] = {}
@@ -457,6 +464,8 @@ def _extras(table: _Table, names: tuple[str, ...], scope: str) -> tuple[tuple[st
 
 
 def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
+    if table.bad:
+        return None
     servers = []
     raw_servers = table.raw("servers")
     if raw_servers is None:
@@ -534,6 +543,29 @@ def _read_route(table: _Table) -> RouteConfig | None:
     return route if upstream else None
 
 
+def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
+    """Validate a listener's feature tables once, keeping the built settings in extras."""
+    raw = dict(extras)
+    try:
+        if mode == "forward":
+            from fastproxy.forward import build_settings
+            return extras + (("forward", build_settings(raw)),)
+        if mode == "reverse" and "rate_limit" in raw:
+            from fastproxy.ratelimit import RateLimitConfig
+            try:
+                limits = RateLimitConfig.from_table(raw["rate_limit"])
+            except ValueError as exc:
+                raise ValueError(f"rate_limit.{exc}") from None
+            return extras + (("rate_limits", limits),)
+    except ValueError as exc:
+        key, sep, text = str(exc).partition(": ")
+        if sep and " " not in key:
+            table.problem(key, text)
+        else:
+            table.problem("", str(exc))
+    return extras
+
+
 def _canary_key(value: Any) -> str:
     v = _STR(value)
     if v == "random":
@@ -542,6 +574,8 @@ def _canary_key(value: Any) -> str:
 
 
 def _read_listener(table: _Table) -> ListenerConfig | None:
+    if table.bad:
+        return None
     addr = table.get("listen", parse_address, None)
     if addr is None and not table.has("listen"):
         table.problem("listen", 'required: an address like "127.0.0.1:8000"')
@@ -566,6 +600,11 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
             elif not os.path.isfile(v):
                 tt.problem(k, f"no such file: {v}")
         tt.finish()
+    extras = _extras(table, LISTENER_EXTRAS, f"listener.{mode}")
+    for name, _ in extras:
+        if name not in MODE_EXTRAS[mode]:
+            table.problem(name, f"not used by a {mode} listener")
+    extras = _mode_settings(table, mode, extras)
     listener = ListenerConfig(
         host=addr[0] if addr else "127.0.0.1",
         port=addr[1] if addr else 0,
@@ -575,7 +614,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         routes=tuple(routes),
         tls_cert=tls_cert,
         tls_key=tls_key,
-        extras=_extras(table, LISTENER_EXTRAS, f"listener.{mode}"),
+        extras=extras,
     )
     table.finish()
     return listener if addr else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
@@ -47,11 +48,7 @@ class ReverseHandler:
     def __init__(self, rt, router, tls: bool, cache=None) -> None:
         self.rt = rt
         self.router = router
-        # With a cache every request goes through it first; without one, dispatch is
-        # forward itself (no extra call on the hot path).
         self.cache = cache
-        if cache is None:
-            self.dispatch = self.forward
         hp = rt.config.headers
         self.via = hp.via
         self.via_11 = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
@@ -60,10 +57,38 @@ class ReverseHandler:
         self.fwd = hp.forwarded in ("forwarded", "both")
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
+        limits = rt.listener.extra("rate_limits")
+        self.limits = RateLimits(limits) if limits is not None else None
+        self.limit_conns = limits is not None and limits.max_connections > 0
+        self.limit_rate = limits is not None and limits.rate > 0
+        if cache is None and not self.limit_rate:
+            # Nothing to do before routing: dispatch is forward itself (no extra call).
+            self.dispatch = self.forward
+
+    # -- connection-level hooks (called by the relay) -------------------------------
+
+    def connection_made(self, conn) -> None:
+        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        if self.limit_conns and conn.client_port != -1:
+            self.limits.close_connection(conn.client_ip)
 
     def dispatch(self, conn, req) -> None:
-        """Answer req from the listener's cache, or route it upstream (see caching.py)."""
-        self.cache.handle(conn, req)
+        """Rate limits, then the listener's cache (caching.py), then upstream."""
+        if self.limit_rate:
+            wait = self.limits.check_request(req, conn.client_ip)
+            if wait:
+                conn.log_extra = {"limit": "rate"}
+                conn.respond_error(429, "request rate limit reached",
+                                   b"Retry-After: %d\r\n" % wait)
+                return
+        if self.cache is not None:
+            self.cache.handle(conn, req)
+        else:
+            self.forward(conn, req)
 
     def forward(self, conn, req, more: bytes = b"") -> None:
         """Route req, pick a server and start sending it; `more`: field lines to add."""

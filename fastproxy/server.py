@@ -268,6 +268,9 @@ class Worker:
             for line in exc.problems:
                 log(f"reload refused: {line}")
             return
+        except Exception as exc:  # never let a bad file take the running proxy down
+            log(f"reload refused: {exc.__class__.__name__}: {exc}")
+            return
         self.reload(config)
 
 
@@ -302,13 +305,6 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
 
 def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers."""
-    try:
-        import fastproxy.forward  # noqa: F401
-    except ImportError:
-        missing = [f"listeners[{i}].mode: forward mode is not available in this build yet"
-                   for i, lc in enumerate(config.listeners) if lc.mode == "forward"]
-        if missing:
-            raise ConfigError(missing) from None
     if config.workers <= 1:
         return run_worker(config, reload_fn)
     return _master(config, reload_fn)

@@ -11,6 +11,7 @@ error on any timeout stays within 25% of it (and never above one second).
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 class Deadlines:
@@ -40,7 +41,7 @@ class Deadlines:
         self.members.discard(obj)
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        now = time.monotonic()  # the relay's deadlines use CLOCK_MONOTONIC too
         expired = [m for m in self.members if 0.0 < m.deadline <= now]
         for m in expired:
             m.deadline = 0.0

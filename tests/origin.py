@@ -14,6 +14,7 @@ checking itself) and answers by path:
     /count           200 with the number of connections accepted so far
     /early           answer 413 at once without reading the body, then close
     /interim         send a 103 Early Hints before the 200
+    /page.html       an HTML page loading /script.js and /img.png (browser tests)
     ?idle_close=S    on any path: close the connection S seconds after answering
     /c/NAME          cacheable responses for the cache tests, shaped by query parameters
                      (percent-encoded): cc=Cache-Control, etag=ETag value (answers 304
@@ -38,6 +39,18 @@ from collections import Counter
 from urllib.parse import parse_qsl
 
 import httptools
+
+
+# A page whose script and image must come through the same proxy (browser tests).
+PAGE = (b"<!doctype html><html><head><title>start</title><script src='/script.js'></script>"
+        b"</head><body><img id='i' src='/img.png' onload='window.imgOk=1'>"
+        b"<p id='out'>waiting</p></body></html>")
+SCRIPT = (b"window.addEventListener('load', function () {"
+          b" document.getElementById('out').textContent ="
+          b" 'script ran; image ' + (window.imgOk ? 'loaded' : 'missing'); });")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
 class _Conn(asyncio.Protocol):
@@ -123,7 +136,10 @@ class _Conn(asyncio.Protocol):
 class Origin:
     """The origin server; start() binds 127.0.0.1:0 and returns once it listens."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.ssl_context = ssl_context
+        self.host = host
+        self.want_port = port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.connections = 0
@@ -151,12 +167,14 @@ class Origin:
         return self
 
     async def _start(self) -> None:
-        self._server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", 0)
+        self._server = await self.loop.create_server(lambda: _Conn(self), self.host,
+                                                     self.want_port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
         if self._stopped:
@@ -176,6 +194,7 @@ class Origin:
         asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
     async def _cacheable(self, conn, t, url, path, query, info, conn_hdr, head_only) -> None:
         nth = self.counts[url.decode("latin-1")]      # before any delay: this request's number
@@ -324,6 +343,12 @@ class Origin:
             return
         elif path == b"/count":
             send(200, str(self.connections).encode())
+        elif path == b"/page.html":
+            send(200, PAGE, b"Content-Type: text/html\r\n")
+        elif path == b"/script.js":
+            send(200, SCRIPT, b"Content-Type: application/javascript\r\n")
+        elif path == b"/img.png":
+            send(200, PNG, b"Content-Type: image/png\r\n")
         elif path == b"/interim":
             t.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
             send(200, b"after hints\n")

@@ -124,6 +124,8 @@ def test_check_command_bad_file(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     ("this is = = not toml", "invalid TOML"),
     (None, "cannot read"),
+    ("listeners = 5", "listeners: expected a non-empty list"),
+    ("listeners = [5]", "listeners[0]: expected a table"),
 ])
 def test_check_command_unreadable(tmp_path, content, needle):
     path = tmp_path / "c.toml"

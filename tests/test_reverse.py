@@ -583,9 +583,11 @@ servers = ["{url}"]
     # A broken file is refused and the old configuration stays.
     cfg.write_text("listeners = 5")
     p.signal(sig.SIGHUP)
-    time.sleep(0.5)
-    assert request(p.port, crlf("GET /size/1 HTTP/1.1\nHost: x\n\n")).status == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("reload refused" in x for x in p.stderr_lines):
+        time.sleep(0.05)
     assert any("reload refused" in line for line in p.stderr_lines)
+    assert request(p.port, crlf("GET /size/1 HTTP/1.1\nHost: x\n\n")).status == 200
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

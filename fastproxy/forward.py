@@ -1,0 +1,393 @@
+"""Forward mode: fetch on a client's behalf (absolute-form) or open a CONNECT tunnel.
+
+The data path's "route" step becomes: rate limit -> authenticate (Proxy-Authorization)
+-> take the destination from the target (RFC 9112 3.2.2 absolute-form, 3.2.3
+authority-form) -> ACL phase one -> resolve (cached, coalesced) -> ACL phase two for
+each address, in order -> connect to the first allowed address. The address checked
+is the address connected, so a name that re-resolves elsewhere (DNS rebinding) cannot
+slip past a destination rule. Plain HTTP reuses the relay's keep-alive pools, one pool
+per destination address; CONNECT hands both sockets to a byte tunnel after the 200.
+
+Authentication and DNS may need to wait; the request then waits off the hot path (a
+task per such request; a request whose answers are cached is dispatched at once).
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+
+from fastproxy import _http
+from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool)
+from fastproxy.acl import Acl, AclConfig
+from fastproxy.anonymity import Anonymizer, AnonymityConfig
+from fastproxy.auth import Authenticator, AuthConfig
+from fastproxy.config import UpstreamGroupConfig
+from fastproxy.ratelimit import RateLimitConfig, RateLimits
+from fastproxy.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
+    normalize_host
+from fastproxy.upstream import Server
+
+TARGET_ORIGIN = _http.TARGET_ORIGIN
+TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
+TARGET_AUTHORITY = _http.TARGET_AUTHORITY
+split_absolute = _http.split_absolute
+split_authority = _http.split_authority
+
+CONNECT_OK = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+CRLF = b"\r\n"
+# Fields that never go to the destination: the proxy's own credentials (RFC 9110 11.7.2)
+# and Host, which the target's authority replaces (RFC 9112 3.2.2).
+DROP_ALWAYS = (b"proxy-authorization", b"host")
+MAX_POOLS = 1024
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """Everything a forward listener needs, validated at configuration time."""
+
+    acl: AclConfig
+    auth: AuthConfig
+    anonymity: AnonymityConfig
+    rate_limit: RateLimitConfig
+    resolver: ResolverConfig
+    deny_detail: bool = True     # name the rule in 403 bodies
+
+
+def build_settings(extras: dict) -> ForwardSettings:
+    """ForwardSettings from a forward listener's tables; ValueError names the key."""
+    def section(name, cls):
+        raw = extras.get(name, {})
+        try:
+            return cls.from_table(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name}.{exc}") from None
+
+    acl_raw = dict(extras.get("acl", {})) if isinstance(extras.get("acl", {}), dict) else None
+    if acl_raw is None:
+        raise ValueError("acl: expected a table")
+    # Listener-level shorthands (also flags): allow_private, connect_ports.
+    for key in ("allow_private", "connect_ports"):
+        if key in extras:
+            if key in acl_raw:
+                raise ValueError(f"{key}: given twice (here and in acl.{key})")
+            acl_raw[key] = extras[key]
+    deny_detail = acl_raw.pop("deny_detail", True)
+    if not isinstance(deny_detail, bool):
+        raise ValueError(f"acl.deny_detail: expected true or false, got {deny_detail!r}")
+    try:
+        acl = AclConfig.from_table(acl_raw)
+    except ValueError as exc:
+        raise ValueError(f"acl.{exc}") from None
+    anon_raw = extras.get("anonymity", {})
+    if "header_rules" in extras:
+        if not isinstance(anon_raw, dict) or "rules" in anon_raw:
+            raise ValueError("header_rules: given twice (here and in anonymity.rules)")
+        anon_raw = dict(anon_raw, rules=extras["header_rules"])
+    try:
+        anonymity = AnonymityConfig.from_table(anon_raw)
+    except ValueError as exc:
+        raise ValueError(f"anonymity.{exc}") from None
+    return ForwardSettings(
+        acl=acl,
+        auth=section("auth", AuthConfig),
+        anonymity=anonymity,
+        rate_limit=section("rate_limit", RateLimitConfig),
+        resolver=section("resolver", ResolverConfig),
+        deny_detail=deny_detail,
+    )
+
+
+class ForwardHandler:
+    """Dispatches requests of one forward listener."""
+
+    def __init__(self, rt, lcfg) -> None:
+        self.rt = rt
+        settings = lcfg.extra("forward")
+        if settings is None:
+            settings = build_settings(dict(lcfg.extras))
+        self.settings = settings
+        self.acl = Acl(settings.acl)
+        self.auth = Authenticator(settings.auth) if settings.auth.enabled else None
+        self.anonymizer = Anonymizer(settings.anonymity)
+        self.limits = RateLimits(settings.rate_limit)
+        self.limit_conns = settings.rate_limit.max_connections > 0
+        self.limit_rate = settings.rate_limit.rate > 0
+        self.resolver = Resolver(settings.resolver)
+        self.tls = lcfg.tls_cert is not None
+        # A pool per destination (address, port, scheme, TLS name); created on demand.
+        self.pools: dict[tuple, ConnectionPool] = {}
+        self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
+
+    # -- connection-level hooks (called by the relay) -------------------------------
+
+    def connection_made(self, conn) -> None:
+        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
+            conn.log_extra = {"limit": "connections"}
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        if self.limit_conns and conn.client_port != -1:
+            self.limits.close_connection(conn.client_ip)
+
+    # -- per request ----------------------------------------------------------------
+
+    def dispatch(self, conn, req) -> None:
+        """Admit req, then fetch it or open its tunnel (now, or after DNS/auth)."""
+        if self.limit_rate:
+            wait = self.limits.check_request(req, conn.client_ip)
+            if wait:
+                conn.log_extra = {"limit": "rate"}
+                conn.respond_error(429, "request rate limit reached",
+                                   b"Retry-After: %d\r\n" % wait)
+                return
+        if self.auth is not None:
+            value = req.get(b"proxy-authorization")
+            result = self.auth.check_cached(value)
+            if result is None:
+                conn.pause_reading(PAUSE_CONNECTING)
+                self.rt.loop.create_task(self._verify_then(conn, req, value))
+                return
+            if not result.ok:
+                self._challenge(conn, result.reason)
+                return
+            conn.log_extra = {"user": result.user}
+        self._admitted(conn, req)
+
+    async def _verify_then(self, conn, req, value) -> None:
+        result = await self.auth.verify_async(value)
+        if conn.state == STATE_CLOSED or conn.req is not req:
+            return
+        conn.resume_reading(PAUSE_CONNECTING)
+        if not result.ok:
+            self._challenge(conn, result.reason)
+            return
+        conn.log_extra = {"user": result.user}
+        self._admitted(conn, req)
+
+    def _challenge(self, conn, reason: str) -> None:
+        # RFC 9110 11.7.1: 407 with Proxy-Authenticate. The body says why, not who exists.
+        conn.respond_error(407, reason or "proxy authentication required",
+                           self.auth.challenge)
+
+    def _admitted(self, conn, req) -> None:
+        form = req.target_form
+        try:
+            if form == TARGET_AUTHORITY:
+                host_b, port = split_authority(req.target)
+                scheme = b"tcp"
+                path = b""
+            elif form == TARGET_ABSOLUTE:
+                scheme, host_b, port, path = split_absolute(req.target)
+            else:
+                conn.respond_error(400, "a forward proxy needs an absolute URL "
+                                        "(http://host/path) or CONNECT host:port")
+                return
+            host = normalize_host(host_b)
+        except (_http.ParseError, HostError) as exc:
+            conn.respond_error(400, f"bad request target: {exc}")
+            return
+        if scheme not in (b"http", b"https", b"tcp"):
+            conn.respond_error(400, f"unsupported URL scheme {scheme.decode('latin-1')!r}")
+            return
+        decision = self.acl.check_request(conn.client_ip, host, port, req.method, req.target)
+        if not decision.allow:
+            self._deny(conn, decision)
+            return
+        try:
+            addrs = self.resolver.cached(host)
+        except ResolveError as exc:
+            conn.respond_error(exc.status, exc.reason)
+            return
+        target = (scheme, host, host_b, port, path, decision)
+        if addrs is None:
+            conn.pause_reading(PAUSE_CONNECTING)
+            self.rt.loop.create_task(self._resolve_then(conn, req, target))
+            return
+        self._connect(conn, req, target, addrs)
+
+    async def _resolve_then(self, conn, req, target) -> None:
+        try:
+            addrs = await self.resolver.resolve(target[1])
+        except ResolveError as exc:
+            if conn.state != STATE_CLOSED and conn.req is req:
+                conn.resume_reading(PAUSE_CONNECTING)
+                conn.respond_error(exc.status, exc.reason)
+            return
+        if conn.state == STATE_CLOSED or conn.req is not req:
+            return
+        conn.resume_reading(PAUSE_CONNECTING)
+        self._connect(conn, req, target, addrs)
+
+    def _deny(self, conn, decision) -> None:
+        conn.log_extra = {**(conn.log_extra or {}), "acl": decision.rule}
+        detail = decision.reason if self.settings.deny_detail else "denied by policy"
+        conn.respond_error(403, detail)
+
+    def _allowed_addresses(self, conn, decision, addrs) -> tuple[list, object]:
+        """The addresses the ACL allows connecting to, in order, and the last refusal."""
+        allowed = []
+        refusal = None
+        for addr in addrs:
+            final = self.acl.check_address(decision, addr)
+            if final.allow:
+                allowed.append((addr, final))
+            elif refusal is None:
+                refusal = final
+        return allowed, refusal
+
+    def _connect(self, conn, req, target, addrs) -> None:
+        scheme, host, host_b, port, path, decision = target
+        allowed, refusal = self._allowed_addresses(conn, decision, addrs)
+        if not allowed:
+            self._deny(conn, refusal)
+            return
+        conn.log_extra = {**(conn.log_extra or {}), "acl": allowed[0][1].rule}
+        if scheme == b"tcp":
+            self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
+            return
+        head = self._head(conn, req, scheme, host, host_b, port, path)
+        conn.replay = head
+        conn.tried = [a for a, _ in allowed[1:]]  # addresses left to try on connect failure
+        conn.group = (scheme, host, port)
+        self._send(conn, allowed[0][0], scheme, host, port, head)
+
+    def _head(self, conn, req, scheme, host, host_b, port, path) -> bytes:
+        drop, extra = self.anonymizer.plan(req, conn.client_ip, host)
+        drop = drop + DROP_ALWAYS
+        default_port = 443 if scheme == b"https" else 80
+        authority = host_b if port == default_port else host_b + b":%d" % port
+        extra += b"Host: " + authority + CRLF
+        if req.expect_continue:
+            drop += (b"expect",)
+        if conn.body_kind == _http.BODY_CHUNKED:
+            extra += b"Transfer-Encoding: chunked\r\n"
+        keep_upgrade = req.upgrade is not None
+        if keep_upgrade:
+            extra += b"Connection: upgrade\r\n"
+        start_line = req.method + b" " + path + b" HTTP/1.1"
+        return req.forward_head(start_line, extra, drop, keep_upgrade)
+
+    def _pool(self, addr: str, scheme: bytes, host: str, port: int) -> ConnectionPool:
+        key = (addr, port, scheme, host)
+        pool = self.pools.get(key)
+        if pool is None:
+            if len(self.pools) >= MAX_POOLS:
+                self._trim_pools()
+            server = Server(host, port, scheme="https" if scheme == b"https" else "http")
+            pool = ConnectionPool(self.rt, self.pool_cfg, server, addr)
+            self.pools[key] = pool
+        return pool
+
+    def _trim_pools(self) -> None:
+        """Drop pools with no connection in use (their idle connections close)."""
+        for key, pool in list(self.pools.items()):
+            if pool.server.active == 0:
+                pool.close()
+                del self.pools[key]
+
+    def _send(self, conn, addr, scheme, host, port, head, fresh=False) -> None:
+        conn.send_upstream(self._pool(addr, scheme, host, port), head, None, fresh)
+
+    def upstream_failed(self, conn, up, status: int, detail: str, replayable: bool,
+                        pending) -> None:
+        """The destination failed before answering: next address, fresh connection, or error."""
+        req = conn.req
+        if req is None or conn.state == STATE_CLOSED:
+            return
+        scheme, host, port = conn.group
+        if replayable and not conn.resp_started:
+            if pending is not None and conn.tried:
+                # Connect failure: try the next allowed address (happy-eyeballs-lite).
+                addr = conn.tried.pop(0)
+                conn.retries += 1
+                conn.send_upstream(self._pool(addr, scheme, host, port), pending[0],
+                                   pending[1:], False)
+                return
+            if pending is None and up.reused and conn.retries < 2 and \
+                    conn.body_kind == _http.BODY_NONE and req.method in IDEMPOTENT:
+                # The destination closed a kept-alive connection as we reused it.
+                conn.retries += 1
+                self._send(conn, up.pool.connect_host, scheme, host, port, conn.replay, True)
+                return
+        conn.resume_reading(PAUSE_CONNECTING)
+        if conn.resp_started:
+            conn.abort(detail)
+        else:
+            conn.respond_error(status, detail)
+
+    # -- CONNECT ------------------------------------------------------------------
+
+    async def _tunnel(self, conn, req, host: str, port: int, allowed) -> None:
+        """RFC 9110 9.3.6: connect, answer 200, then relay bytes both ways."""
+        loop = self.rt.loop
+        timeout = self.rt.timeouts.upstream_connect
+        last = "no address"
+        status = 502
+        for addr, _final in allowed:
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(_Pending, addr, port), timeout)
+            except asyncio.TimeoutError:
+                last, status = f"connect to {host}:{port} ({addr}) timed out", 504
+                continue
+            except OSError as exc:
+                last, status = (f"connect to {host}:{port} ({addr}) failed: "
+                                f"{exc.strerror or exc.__class__.__name__}", 502)
+                continue
+            if conn.state == STATE_CLOSED or conn.req is not req:
+                transport.close()
+                return
+            conn.status = 200
+            conn.resp_started = True
+            conn.server = _Addr(f"{host}:{port}" if ":" not in addr else f"[{addr}]:{port}")
+            conn.transport.write(CONNECT_OK)
+            early = conn.take_buffered()
+            started = loop.time()
+            conn.tunnel(transport, early, b"", self.rt.timeouts.tunnel_idle,
+                        lambda up, down: self._tunnel_closed(conn, req, up, down, started))
+            return
+        if conn.state != STATE_CLOSED and conn.req is req:
+            conn.respond_error(status, last)
+
+    def _tunnel_closed(self, conn, req, up: int, down: int, started: float) -> None:
+        # The access log line of a CONNECT is written when the tunnel ends, with bytes
+        # both ways (the client's upload as received, the download as sent).
+        conn.req = req
+        conn.received = up
+        conn.sent = down
+        conn.upstream_time = -1.0
+        conn.log()
+        conn.req = None
+
+
+class _Pending:
+    """Protocol of a CONNECT destination until the tunnel takes it over."""
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+
+    def data_received(self, data) -> None:  # pragma: no cover - paused until spliced
+        pass
+
+    def eof_received(self):
+        return True
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+
+class _Addr:
+    """What the access log prints as the upstream of a tunnel."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def with_cli_overrides(settings: ForwardSettings, allow_private: bool) -> ForwardSettings:
+    """Settings with --allow-private applied."""
+    if not allow_private:
+        return settings
+    return replace(settings, acl=replace(settings.acl, allow_private=True))
