@@ -26,7 +26,6 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 
-ctypedef unsigned char uchar
 
 # ---------------------------------------------------------------------------
 # Public constants
@@ -159,6 +158,65 @@ cdef inline bint _ieq2(const uchar* a, const uchar* b, Py_ssize_t n) noexcept:
     return True
 
 
+# Word-at-a-time checks (portable SWAR, no SIMD flags needed for release wheels):
+# a 64-bit word is tested for "some byte needs a closer look"; only then are its
+# eight bytes checked one by one against the class table.
+cdef extern from *:
+    # Typed C constants: a bare 64-bit literal would be a Python int to Cython.
+    """
+    #define FP_ONES ((uint64_t)0x0101010101010101ULL)
+    #define FP_HIGHS ((uint64_t)0x8080808080808080ULL)
+    """
+    const uint64_t FP_ONES
+    const uint64_t FP_HIGHS
+
+
+cdef inline uint64_t _has_less(uint64_t x, uint64_t n) noexcept:
+    # Nonzero iff some byte of x is < n (exact for n <= 128, bytes >= 0x80 never match).
+    return (x - FP_ONES * n) & ~x & FP_HIGHS
+
+
+cdef inline uint64_t _has_byte(uint64_t x, uint64_t b) noexcept:
+    return _has_less(x ^ (FP_ONES * b), 1)
+
+
+cdef inline Py_ssize_t _bad_value_byte(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
+    """Index of the first byte of p[i:e] not allowed in a field value, else e."""
+    cdef uint64_t x
+    cdef Py_ssize_t k
+    while i + 8 <= e:
+        memcpy(&x, p + i, 8)
+        if _has_less(x, 0x20) | _has_byte(x, 0x7f):
+            for k in range(i, i + 8):
+                if not (CLS[p[k]] & C_VALUE):
+                    return k
+        i += 8
+    while i < e:
+        if not (CLS[p[i]] & C_VALUE):
+            return i
+        i += 1
+    return e
+
+
+cdef inline Py_ssize_t _target_end(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
+    """Index of the first byte of p[i:e] that cannot be in a request-target, else e."""
+    cdef uint64_t x
+    cdef Py_ssize_t k
+    while i + 8 <= e:
+        memcpy(&x, p + i, 8)
+        if (_has_less(x, 0x21) | _has_byte(x, 0x7f) | _has_byte(x, 0x23)
+                | (x & FP_HIGHS)):
+            for k in range(i, i + 8):
+                if not (CLS[p[k]] & C_TARGET):
+                    return k
+        i += 8
+    while i < e:
+        if not (CLS[p[i]] & C_TARGET):
+            return i
+        i += 1
+    return e
+
+
 # ---------------------------------------------------------------------------
 # Header fields as offsets
 
@@ -175,6 +233,7 @@ cdef enum:
     K_PROXY_CONNECTION
     K_TE
     K_TRAILER
+    K_LOOKALIKE      # Content_Length / Transfer_Encoding: refused, see _analyze
 
 cdef enum:
     F_HOP = 1        # hop-by-hop (RFC 9110 7.6.1): never forwarded
@@ -182,13 +241,13 @@ cdef enum:
     F_UPGRADE = 4    # the Upgrade field: forwarded only with keep_upgrade
 
 
-cdef struct Field:
-    uint32_t name_off
-    uint32_t name_len
-    uint32_t value_off
-    uint32_t value_len
-    uint8_t kind
-    uint8_t flags
+cdef bint _ieq_us(const uchar* a, const char* lower, Py_ssize_t n) noexcept:
+    """Like _ieq, but '_' in a also matches '-'."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if LOWER[a[i]] != <uchar>lower[i] and not (a[i] == b'_' and lower[i] == b'-'):
+            return False
+    return True
 
 
 cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
@@ -199,6 +258,8 @@ cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     elif k == 14:
         if _ieq(n, b"content-length", 14):
             return K_CONTENT_LENGTH
+        if _ieq_us(n, b"content-length", 14):
+            return K_LOOKALIKE
     elif k == 10:
         if _ieq(n, b"connection", 10):
             return K_CONNECTION
@@ -207,6 +268,8 @@ cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     elif k == 17:
         if _ieq(n, b"transfer-encoding", 17):
             return K_TRANSFER_ENCODING
+        if _ieq_us(n, b"transfer-encoding", 17):
+            return K_LOOKALIKE
     elif k == 13:
         if _ieq(n, b"cache-control", 13):
             return K_CACHE_CONTROL
@@ -379,42 +442,54 @@ def split_authority(target, long default_port=-1):
             PyBuffer_Release(&view)
 
 
+cdef int _absolute(const uchar* s, Py_ssize_t n, Py_ssize_t* scheme_len, Py_ssize_t* a0,
+                   Py_ssize_t* a1, Py_ssize_t* hs, Py_ssize_t* hl, long* port) except -1:
+    """Check an absolute-form target scheme://authority[path][?query] (RFC 9112 3.2.2)
+    and locate its parts; raise ParseError(400) when malformed."""
+    cdef Py_ssize_t i = 0, j
+    if n == 0 or not (97 <= LOWER[s[0]] <= 122):
+        _fail(_BadSyntax, 400, "bad_target", "absolute-form needs a scheme")
+    while i < n and CLS[s[i]] & C_SCHEME:
+        i += 1
+    # Only hierarchical URIs with an authority make sense to a proxy (RFC 9110 4.2).
+    if i + 2 >= n or s[i] != b':' or s[i + 1] != b'/' or s[i + 2] != b'/':
+        _fail(_BadSyntax, 400, "bad_target", "absolute-form needs scheme://authority")
+    scheme_len[0] = i
+    j = i + 3
+    a0[0] = j
+    while j < n and s[j] != b'/' and s[j] != b'?':
+        if s[j] == b'@':
+            # RFC 9110 4.2.4: userinfo in an http(s) URI is to be treated as an error.
+            _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
+        j += 1
+    a1[0] = j
+    if _target_end(s, j, n) < n:
+        if memchr(s + j, b'#', n - j) != NULL:
+            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
+        _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+    if _authority(s + a0[0], j - a0[0], hs, hl, port) < 0:
+        _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
+    if port[0] == 0:
+        _fail(_BadSyntax, 400, "bad_port", "port 0")
+    return 0
+
+
 def split_absolute(target):
     """Split an absolute-form target into (scheme, host, port, path); path starts with '/'."""
     cdef Py_buffer view
     cdef const uchar* s
-    cdef Py_ssize_t n, i = 0, a0, a1, hs = 0, hl = 0
+    cdef Py_ssize_t n, sl = 0, a0 = 0, a1 = 0, hs = 0, hl = 0
     cdef long port = -1
     cdef bytes scheme, path
     cdef int release = _acquire(target, &view, &s, &n)
     try:
-        if n == 0 or not (97 <= LOWER[s[0]] <= 122):
-            _fail(_BadSyntax, 400, "bad_target", "absolute-form needs a scheme")
-        while i < n and CLS[s[i]] & C_SCHEME:
-            i += 1
-        if i + 2 >= n or s[i] != b':' or s[i + 1] != b'/' or s[i + 2] != b'/':
-            _fail(_BadSyntax, 400, "bad_target", "absolute-form needs scheme://authority")
-        scheme = _lower_bytes(s, i)
-        a0 = i + 3
-        a1 = a0
-        while a1 < n and s[a1] != b'/' and s[a1] != b'?' and s[a1] != b'#':
-            if s[a1] == b'@':
-                # RFC 9110 4.2.4: userinfo in an http(s) URI is an error.
-                _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
-            a1 += 1
-        if a1 < n and s[a1] == b'#':
-            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
-        if _authority(s + a0, a1 - a0, &hs, &hl, &port) < 0:
-            _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
+        _absolute(s, n, &sl, &a0, &a1, &hs, &hl, &port)
+        scheme = _lower_bytes(s, sl)
         if port < 0:
             if scheme == b"http" or scheme == b"ws":
                 port = 80
             elif scheme == b"https" or scheme == b"wss":
                 port = 443
-        elif port == 0:
-            _fail(_BadSyntax, 400, "bad_port", "port 0")
-        if memchr(s + a1, b'#', n - a1) != NULL:
-            _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
         if a1 == n:
             path = b"/"
         elif s[a1] == b'?':
@@ -435,32 +510,6 @@ def split_absolute(target):
 cdef class _Message:
     """Common part of Request and Response: the head and its field offsets."""
 
-    cdef Field* _fields
-    cdef int _nf
-    cdef readonly bytes head
-    cdef readonly Py_ssize_t head_length
-    cdef readonly int version
-    cdef readonly long long content_length
-    cdef readonly int body
-    cdef readonly bint chunked
-    cdef readonly bint keep_alive
-    cdef Py_ssize_t _sl_len
-    cdef int _host_i
-    cdef int _upgrade_i
-    cdef int _cc_i
-    cdef int _cc_n
-    cdef int _conn_n
-    cdef bint _conn_upgrade
-    cdef bint _conn_close
-    cdef bint _conn_keep_alive
-    cdef bint _expect_continue
-    cdef object _connection
-
-    def __dealloc__(self):
-        free(self._fields)
-
-    cdef inline const uchar* _h(self):
-        return <const uchar*>PyBytes_AS_STRING(self.head)
 
     cdef bytes _value(self, int i):
         cdef Field* f = &self._fields[i]
@@ -566,7 +615,7 @@ cdef class _Message:
             self._connection = tuple(toks)
         return self._connection
 
-    cdef bytes _forward(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
+    cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
         cdef const uchar* h = self._h()
         cdef Py_ssize_t size, sl_len, ex_len, k
         cdef const uchar* sl
@@ -778,6 +827,13 @@ cdef class _Message:
                 self._cc_n += 1
                 if self._cc_i < 0:
                     self._cc_i = i
+            elif f.kind == K_LOOKALIKE:
+                # Content_Length / Transfer_Encoding mean nothing to us but become the
+                # real field behind a gateway that maps '_' to '-' (CGI, WSGI): the
+                # two hops would frame the body differently.  Refused, as no client
+                # has a reason to send them.
+                _fail(_BadFraming, 502 if response else 400, "framing_field_lookalike",
+                      "Content_Length or Transfer_Encoding field name")
             else:
                 # Keep-Alive, Proxy-Connection, TE, Trailer (RFC 9110 7.6.1).
                 f.flags |= F_HOP
@@ -818,6 +874,8 @@ cdef class _Message:
         else:
             self.keep_alive = self._conn_keep_alive
         if not response:
+            # RFC 9110 10.1.1: ignore 100-continue in an HTTP/1.0 request.
+            (<Request>self).expect_continue = self._expect_continue and self.version == 11
             # RFC 9112 3.2: exactly one Host in HTTP/1.1, never two.
             if host_n > 1:
                 _fail(_BadSyntax, 400, "duplicate_host", "more than one Host field")
@@ -834,11 +892,6 @@ cdef class _Message:
 cdef class Request(_Message):
     """A parsed request head: offsets into `head`, Python objects made on demand."""
 
-    cdef readonly bytes method
-    cdef readonly int target_form
-    cdef Py_ssize_t _t_off
-    cdef Py_ssize_t _t_len
-    cdef object _target
 
     @property
     def target(self):
@@ -848,15 +901,9 @@ cdef class Request(_Message):
                 <const char*>self._h() + self._t_off, self._t_len)
         return self._target
 
-    @property
-    def expect_continue(self):
-        """True when an HTTP/1.1 request carries Expect: 100-continue."""
-        # RFC 9110 10.1.1: ignore 100-continue in an HTTP/1.0 request.
-        return self._expect_continue and self.version == 11
-
     def forward_head(self, bytes start_line=None, bytes extra not None=b"", tuple drop=(), bint keep_upgrade=False):
         """The head to send onward: hop-by-hop fields removed, `extra` lines added."""
-        return self._forward(start_line, extra, drop, keep_upgrade)
+        return self.forward_c(start_line, extra, drop, keep_upgrade)
 
     def __repr__(self):
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.version // 10}.{self.version % 10}>"
@@ -866,9 +913,6 @@ cdef class Request(_Message):
 cdef class Response(_Message):
     """A parsed response head."""
 
-    cdef readonly int status
-    cdef Py_ssize_t _r_off
-    cdef Py_ssize_t _r_len
 
     @property
     def reason(self):
@@ -877,7 +921,7 @@ cdef class Response(_Message):
 
     def forward_head(self, bytes status_line=None, bytes extra not None=b"", tuple drop=(), bint keep_upgrade=False):
         """The head to send onward: hop-by-hop fields removed, `extra` lines added."""
-        return self._forward(status_line, extra, drop, keep_upgrade)
+        return self.forward_c(status_line, extra, drop, keep_upgrade)
 
     def __repr__(self):
         return f"<Response {self.status} HTTP/{self.version // 10}.{self.version % 10}>"
@@ -890,15 +934,6 @@ cdef class Response(_Message):
 cdef class _HeadParser:
     """Incremental head scanner shared by the request and response parsers."""
 
-    cdef readonly Py_ssize_t max_head
-    cdef readonly int max_fields
-    cdef Field* _fields
-    cdef int _nf
-    cdef Py_ssize_t _skip      # empty lines before the start line
-    cdef Py_ssize_t _pos       # start of the first unfinished line (from start)
-    cdef Py_ssize_t _scan      # how far that line was searched for LF
-    cdef bint _have_line       # the start line is parsed
-    cdef bint _response
 
     def __cinit__(self, *args, **kwargs):
         self._fields = NULL
@@ -913,6 +948,7 @@ cdef class _HeadParser:
             raise ValueError("max_head must fit in 31 bits")
         self.max_head = max_head
         self.max_fields = max_fields
+        free(self._fields)  # __init__ may run twice
         self._fields = <Field*>malloc(sizeof(Field) * max_fields)
         if self._fields == NULL:
             raise MemoryError()
@@ -931,7 +967,7 @@ cdef class _HeadParser:
 
     cdef int _field_line(self, const uchar* p, Py_ssize_t ls, Py_ssize_t le) except -1:
         """Parse the field line p[ls:le] (le is the LF) into the next Field (RFC 9112 5)."""
-        cdef Py_ssize_t e = le, i = ls, vs, ve
+        cdef Py_ssize_t e = le, i = ls, vs, ve, ne
         cdef uchar c
         cdef Field* f
         cdef int st = 502 if self._response else 400
@@ -939,20 +975,37 @@ cdef class _HeadParser:
             e -= 1
         c = p[ls]
         if c == 32 or c == 9:
-            # RFC 9112 5.2: obs-fold is refused (a proxy must not pass it on),
-            # and so is whitespace before the first field (RFC 9112 2.2).
-            _fail(_BadSyntax, st, "obs_fold", "line folding or leading whitespace")
+            if self._nf == 0:
+                # RFC 9112 2.2: whitespace between the start line and the first
+                # field is refused (it could hide a field from another parser).
+                _fail(_BadSyntax, st, "ws_after_start_line", "whitespace before the first field")
+            # RFC 9112 5.2: obs-fold is refused; a proxy must not pass it on.
+            _fail(_BadSyntax, st, "obs_fold", "obsolete line folding")
         while i < e and CLS[p[i]] & C_TCHAR:
             i += 1
+        ne = i
         if i >= e or p[i] != b':':
             if i < e and (p[i] == 32 or p[i] == 9) and i > ls:
-                # RFC 9112 5.1: whitespace before the colon must be rejected.
-                _fail(_BadSyntax, st, "ws_before_colon", "whitespace between field name and colon")
-            if i < e and p[i] == 13:
+                vs = i
+                while vs < e and (p[vs] == 32 or p[vs] == 9):
+                    vs += 1
+                if vs < e and p[vs] == b':' and self._response:
+                    # RFC 9112 5.1: a proxy removes whitespace before the colon of a
+                    # response field (forward_head emits "Name: value").
+                    i = vs
+                elif vs < e and p[vs] == b':':
+                    # RFC 9112 5.1: in a request it must be rejected with 400.
+                    _fail(_BadSyntax, st, "ws_before_colon", "whitespace between field name and colon")
+                elif memchr(p + vs, b':', e - vs) != NULL:
+                    _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
+                else:
+                    _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
+            elif i < e and p[i] == 13:
                 _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
-            if i >= e:
+            elif i >= e:
                 _fail(_BadSyntax, st, "missing_colon", "field line without a colon")
-            _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
+            else:
+                _fail(_BadSyntax, st, "bad_field_name", "invalid character in field name")
         if i == ls:
             _fail(_BadSyntax, st, "bad_field_name", "empty field name")
         if self._nf >= self.max_fields:
@@ -960,23 +1013,22 @@ cdef class _HeadParser:
                   f"more than {self.max_fields} header fields")
         f = &self._fields[self._nf]
         f.name_off = <uint32_t>(ls - self._skip)
-        f.name_len = <uint32_t>(i - ls)
+        f.name_len = <uint32_t>(ne - ls)
         i += 1
         while i < e and (p[i] == 32 or p[i] == 9):
             i += 1
         vs = i
-        ve = i
-        while i < e:
+        i = _bad_value_byte(p, i, e)
+        if i < e:
             c = p[i]
-            if not (CLS[c] & C_VALUE):
-                if c == 13:
-                    _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
-                if c == 0:
-                    _fail(_BadSyntax, st, "nul_in_field", "NUL in field value")
-                _fail(_BadSyntax, st, "bad_field_value", "control character in field value")
-            i += 1
-            if c != 32 and c != 9:
-                ve = i
+            if c == 13:
+                _fail(_BadSyntax, st, "bare_cr", "CR not followed by LF")
+            if c == 0:
+                _fail(_BadSyntax, st, "nul_in_field", "NUL in field value")
+            _fail(_BadSyntax, st, "bad_field_value", "control character in field value")
+        ve = e
+        while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
+            ve -= 1
         f.value_off = <uint32_t>(vs - self._skip)
         f.value_len = <uint32_t>(ve - vs)
         f.kind = _classify(p + ls, f.name_len)
@@ -997,7 +1049,10 @@ cdef class _HeadParser:
                         pos += 1
                     elif p[pos] == 13:
                         if pos + 1 >= n:
-                            break
+                            # Maybe CRLF of an empty line: wait for the next byte.
+                            self._pos = pos
+                            self._skip = pos
+                            return -1
                         if p[pos + 1] != 10:
                             _fail(_BadSyntax, 400, "bare_cr", "CR not followed by LF")
                         pos += 2
@@ -1012,7 +1067,7 @@ cdef class _HeadParser:
             if lf == NULL:
                 self._pos = pos
                 self._scan = n
-                self._check_partial_line(n - pos)
+                self._partial_start_line(p + pos, n - pos)
                 if n - self._skip > self.max_head:
                     _fail(_TooLarge, 502 if self._response else 431, "head_too_large",
                           f"head longer than {self.max_head} bytes")
@@ -1052,7 +1107,8 @@ cdef class _HeadParser:
                   f"head longer than {self.max_head} bytes")
         return -1
 
-    cdef int _check_partial_line(self, Py_ssize_t length) except -1:
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished start line early when its prefix is already bad."""
         return 0
 
     cdef Py_ssize_t _finish(self, Py_ssize_t end) except -2:
@@ -1073,10 +1129,11 @@ cdef class _HeadParser:
         m.head_length = end
         m._nf = self._nf
         if self._nf:
-            m._fields = <Field*>malloc(sizeof(Field) * self._nf)
-            if m._fields == NULL:
-                raise MemoryError()
-            memcpy(m._fields, self._fields, sizeof(Field) * self._nf)
+            # A bytes object as the buffer: pymalloc is faster than malloc for a
+            # few hundred bytes, and it is freed with the message.
+            m._fields_mem = PyBytes_FromStringAndSize(<const char*>self._fields,
+                                                      sizeof(Field) * self._nf)
+            m._fields = <Field*>PyBytes_AS_STRING(m._fields_mem)
         self._nf = 0
         self._skip = 0
         self._pos = 0
@@ -1089,13 +1146,6 @@ cdef class _HeadParser:
 cdef class RequestParser(_HeadParser):
     """Incremental, strict HTTP/1.1 request-head parser (RFC 9112 3, 5, 6)."""
 
-    cdef readonly Py_ssize_t max_line
-    cdef bytes _method
-    cdef int _version
-    cdef int _form
-    cdef Py_ssize_t _t_off
-    cdef Py_ssize_t _t_len
-    cdef Py_ssize_t _sl
 
     def __init__(self, *, Py_ssize_t max_line=8192, Py_ssize_t max_head=65536,
                  int max_fields=100):
@@ -1105,10 +1155,42 @@ cdef class RequestParser(_HeadParser):
         self._response = False
         self._alloc(max_head, max_fields)
 
-    cdef int _check_partial_line(self, Py_ssize_t length) except -1:
-        if length > self.max_line:
+    def reset(self):
+        """Forget any partially parsed head."""
+        _HeadParser.reset(self)
+        self._pv = 0
+        self._pt0 = 0
+        self._pphase = 0
+
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished request line early when its prefix is already bad,
+        so garbage (a TLS hello on a plain port) is answered at once.  The codes
+        are those the complete line would get."""
+        cdef Py_ssize_t i = self._pv
+        if n > self.max_line:
             _fail(_TooLarge, 414, "request_line_too_long",
                   f"request line longer than {self.max_line} bytes")
+        if self._pphase == 0:
+            while i < n and CLS[h[i]] & C_TCHAR:
+                i += 1
+            if i < n:
+                if i == 0 or h[i] != 32:
+                    _fail(_BadSyntax, 400, "bad_method",
+                          "request line must start with a method token and SP")
+                i += 1
+                self._pt0 = i
+                self._pphase = 1
+        if self._pphase == 1:
+            i = _target_end(h, i, n)
+            # A CR in the last byte may be the start of CRLF: wait for more.
+            if i < n and not (h[i] == 13 and i == n - 1):
+                if h[i] != 32 or i == self._pt0:
+                    if h[i] == b'#':
+                        _fail(_BadSyntax, 400, "fragment_in_target",
+                              "a request-target has no fragment")
+                    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+                self._pphase = 2
+        self._pv = i
         return 0
 
     cdef int _start_line(self, const uchar* h, Py_ssize_t e) except -1:
@@ -1128,13 +1210,14 @@ cdef class RequestParser(_HeadParser):
         m_len = i
         i += 1
         t0 = i
-        while i < e and CLS[h[i]] & C_TARGET:
-            i += 1
-        if i == t0:
-            _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
-        if i >= e or h[i] != 32:
+        i = _target_end(h, i, e)
+        if i >= e or h[i] != 32 or i == t0:
+            # Same order as _partial_start_line, so the code does not depend on
+            # how the line arrived.
             if i < e and h[i] == b'#':
                 _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
+            if i == t0:
+                _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
             if i >= e:
                 _fail(_BadSyntax, 400, "bad_request_line", "request line without an HTTP version")
             _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
@@ -1151,13 +1234,16 @@ cdef class RequestParser(_HeadParser):
         # RFC 9110 6.2: a higher 1.x minor is handled as the highest we know.
         self._version = 10 if minor == 0 else 11
         self._method = _method(h, m_len)
+        self._pv = 0
+        self._pt0 = 0
+        self._pphase = 0
         self._sl = sl
         self._form = self._target_form(h + t0, self._t_len)
         return 0
 
     cdef int _target_form(self, const uchar* t, Py_ssize_t n) except -1:
         """Classify the request-target and check it fits the method (RFC 9112 3.2)."""
-        cdef Py_ssize_t hs, hl, i
+        cdef Py_ssize_t hs, hl, sl, a0, a1
         cdef long port
         if self._method is M_CONNECT:
             if _authority(t, n, &hs, &hl, &port) < 0 or port <= 0:
@@ -1169,17 +1255,14 @@ cdef class RequestParser(_HeadParser):
             if self._method is not M_OPTIONS:
                 _fail(_BadSyntax, 400, "bad_target", "asterisk-form is only for OPTIONS")
             return 3
-        i = 0
-        if 97 <= LOWER[t[0]] <= 122:
-            while i < n and CLS[t[i]] & C_SCHEME:
-                i += 1
-            if i < n and t[i] == b':':
-                return 1
-        _fail(_BadSyntax, 400, "bad_target", "request-target is not origin, absolute, authority or asterisk form")
-        return -1
+        _absolute(t, n, &sl, &a0, &a1, &hs, &hl, &port)
+        return 1
 
     def feed(self, data, Py_ssize_t start=0):
         """Parse the request head at data[start:]; None while incomplete."""
+        return self.feed_c(data, start)
+
+    cdef Request feed_c(self, object data, Py_ssize_t start):
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n, end
@@ -1215,15 +1298,16 @@ cdef class RequestParser(_HeadParser):
 cdef class ResponseParser(_HeadParser):
     """Incremental, strict HTTP/1.1 response-head parser (RFC 9112 4, 5, 6)."""
 
-    cdef int _version
-    cdef int _status
-    cdef Py_ssize_t _r_off
-    cdef Py_ssize_t _r_len
-    cdef Py_ssize_t _sl
 
     def __init__(self, *, Py_ssize_t max_head=65536, int max_fields=100):
         self._response = True
         self._alloc(max_head, max_fields)
+
+    cdef int _partial_start_line(self, const uchar* h, Py_ssize_t n) except -1:
+        """Refuse an unfinished status line that does not start with "HTTP/"."""
+        if memcmp(h, b"HTTP/", n if n < 5 else 5) != 0:
+            _fail(_BadSyntax, 502, "bad_status_line", "malformed HTTP-version in status line")
+        return 0
 
     cdef int _start_line(self, const uchar* h, Py_ssize_t e) except -1:
         """Parse HTTP-version SP status-code SP [reason-phrase] (RFC 9112 4)."""
@@ -1260,6 +1344,10 @@ cdef class ResponseParser(_HeadParser):
     def feed(self, data, Py_ssize_t start=0, bint head_request=False,
              bint connect_request=False):
         """Parse the response head at data[start:]; None while incomplete."""
+        return self.feed_c(data, start, head_request, connect_request)
+
+    cdef Response feed_c(self, object data, Py_ssize_t start, bint head_request,
+                         bint connect_request):
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n, end
@@ -1287,6 +1375,7 @@ cdef class ResponseParser(_HeadParser):
             if (head_request or r.status < 200 or r.status == 204 or r.status == 304
                     or (connect_request and r.status < 300)):
                 r.body = _BODY_NONE
+                r.chunked = False
             elif r.body == _BODY_NONE and r.content_length < 0:
                 # RFC 9112 6.3 (8): no length means the body runs to close.
                 r.body = _BODY_CLOSE
@@ -1304,7 +1393,14 @@ cdef enum:
     S_SIZE_START = 0
     S_SIZE
     S_SIZE_WS
-    S_EXT
+    S_EXT             # BWS after ';', before the extension name
+    S_EXT_NAME
+    S_EXT_POST_NAME   # BWS after the name: '=' ';' or CR
+    S_EXT_PRE_VAL     # BWS after '='
+    S_EXT_TOKEN
+    S_EXT_QUOTED
+    S_EXT_ESCAPE
+    S_EXT_POST_VAL    # BWS after the value: ';' or CR
     S_SIZE_LF
     S_DATA
     S_DATA_CR
@@ -1321,14 +1417,6 @@ cdef enum:
 cdef class ChunkedDecoder:
     """Validate (and optionally de-chunk) a chunked body fed in arbitrary pieces."""
 
-    cdef readonly Py_ssize_t max_trailer
-    cdef readonly Py_ssize_t max_ext
-    cdef int _state
-    cdef uint64_t _size
-    cdef int _digits
-    cdef Py_ssize_t _ext_len
-    cdef Py_ssize_t _trailer_len
-    cdef bytearray _trailers
 
     def __init__(self, *, Py_ssize_t max_trailer=16384, Py_ssize_t max_ext=4096):
         self.max_trailer = max_trailer
@@ -1356,6 +1444,9 @@ cdef class ChunkedDecoder:
 
     def feed(self, data, Py_ssize_t start=0, list out=None):
         """Consume chunked-body bytes from data[start:]; return how many belong to it."""
+        return self.feed_c(data, start, out)
+
+    cdef Py_ssize_t feed_c(self, object data, Py_ssize_t start, list out) except -1:
         cdef Py_buffer view
         cdef const uchar* buf
         cdef Py_ssize_t n
@@ -1428,17 +1519,46 @@ cdef class ChunkedDecoder:
                         st = S_EXT
                     elif c != 32 and c != 9:
                         _fail(_BadFraming, 400, "bad_chunk_ext", "whitespace after chunk size")
-                elif st == S_EXT:
-                    if c == 13:
+                elif st >= S_EXT and st <= S_EXT_POST_VAL:
+                    # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+                    # value = token / quoted-string.  Checked exactly: another parser
+                    # must not be able to find a different end of this line.
+                    self._ext_len += 1
+                    if self._ext_len > self.max_ext:
+                        _fail(_BadFraming, 400, "chunk_ext_too_long", "chunk extension too long")
+                    if st == S_EXT_QUOTED:
+                        if c == b'"':
+                            st = S_EXT_POST_VAL
+                        elif c == b'\\':
+                            st = S_EXT_ESCAPE
+                        elif not (CLS[c] & C_VALUE):
+                            _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                    elif st == S_EXT_ESCAPE:
+                        if not (CLS[c] & C_VALUE):
+                            _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                        st = S_EXT_QUOTED
+                    elif CLS[c] & C_TCHAR and st != S_EXT_POST_NAME and st != S_EXT_POST_VAL:
+                        if st == S_EXT:
+                            st = S_EXT_NAME
+                        elif st == S_EXT_PRE_VAL:
+                            st = S_EXT_TOKEN
+                    elif c == 32 or c == 9:
+                        if st == S_EXT_NAME:
+                            st = S_EXT_POST_NAME
+                        elif st == S_EXT_TOKEN:
+                            st = S_EXT_POST_VAL
+                    elif c == b';' and st != S_EXT and st != S_EXT_PRE_VAL:
+                        st = S_EXT
+                    elif c == b'=' and (st == S_EXT_NAME or st == S_EXT_POST_NAME):
+                        st = S_EXT_PRE_VAL
+                    elif c == b'"' and st == S_EXT_PRE_VAL:
+                        st = S_EXT_QUOTED
+                    elif c == 13 and st != S_EXT and st != S_EXT_PRE_VAL:
                         st = S_SIZE_LF
-                    elif CLS[c] & C_VALUE:
-                        self._ext_len += 1
-                        if self._ext_len > self.max_ext:
-                            _fail(_BadFraming, 400, "chunk_ext_too_long", "chunk extension too long")
                     elif c == 10:
                         _fail(_BadFraming, 400, "bare_lf", "LF without CR in chunk framing")
                     else:
-                        _fail(_BadFraming, 400, "bad_chunk_ext", "control character in chunk extension")
+                        _fail(_BadFraming, 400, "bad_chunk_ext", "malformed chunk extension")
                 elif st == S_SIZE_LF:
                     if c != 10:
                         _fail(_BadFraming, 400, "bare_cr", "CR not followed by LF in chunk framing")
@@ -1471,11 +1591,15 @@ cdef class ChunkedDecoder:
                 elif st == S_TRAILER_NAME:
                     if c == b':':
                         st = S_TRAILER_VALUE
+                    elif c == 10:
+                        _fail(_BadFraming, 400, "bare_lf", "LF without CR in trailer section")
                     elif not (CLS[c] & C_TCHAR):
                         _fail(_BadFraming, 400, "bad_trailer", "invalid trailer field name")
                 elif st == S_TRAILER_VALUE:
                     if c == 13:
                         st = S_TRAILER_LF
+                    elif c == 10:
+                        _fail(_BadFraming, 400, "bare_lf", "LF without CR in trailer section")
                     elif not (CLS[c] & C_VALUE):
                         _fail(_BadFraming, 400, "bad_trailer", "control character in trailer value")
                 elif st == S_TRAILER_LF:

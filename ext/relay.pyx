@@ -34,7 +34,7 @@ from functools import partial
 from fastproxy import _http
 from fastproxy.errors import CONTINUE_100, error_response
 
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 
 cdef inline double _now() noexcept nogil:
@@ -43,6 +43,22 @@ cdef inline double _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef long _date_second = -1
+cdef bytes _date_field = b""
+
+
+cdef bytes _date_line():
+    """`Date: <IMF-fixdate>` for now, formatted once per second."""
+    global _date_second, _date_field
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    if ts.tv_sec != _date_second:
+        _date_second = ts.tv_sec
+        _date_field = time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n",
+                                    time.gmtime(ts.tv_sec)).encode()
+    return _date_field
 
 
 cdef object ParseError = _http.ParseError
@@ -113,6 +129,7 @@ cdef bytes CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
 cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 cdef bytes METHOD_HEAD = b"HEAD"
 cdef bytes EXPECT = b"expect"
+cdef bytes DATE = b"date"
 
 
 def _tunnel_ended(server, long long up_bytes, long long down_bytes):
@@ -962,6 +979,10 @@ cdef class UpstreamConnection:
                 return
             if more:
                 extra += more
+        if resp.get(DATE) is None:
+            # RFC 9110 6.6.1: a recipient with a clock that forwards a response without
+            # Date MUST add one (the time it was received).
+            extra += _date_line()
         if not client.keep_alive:
             extra += CONNECTION_CLOSE
         elif not http11:

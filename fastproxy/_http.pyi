@@ -17,6 +17,9 @@ Decisions a reader of the proxy needs to know:
   request (a request whose final coding is not chunked is 400, RFC 9112 6.3).  A
   response with any coding other than chunked is refused, because the proxy removes
   Transfer-Encoding (hop-by-hop) and could not pass the coding on.
+* Whitespace between a field name and its colon: 400 in a request; removed from a
+  response (RFC 9112 5.1 asks a proxy to do exactly that; forward_head emits "Name: value").
+  Obs-fold is refused in both (RFC 9112 5.2 allows a proxy to answer 502).
 * Every ParseError from ResponseParser has status 502 (the proxy's answer to a bad
   upstream); `.code` still names the rule.
 * A Connection token never makes `forward_head` drop Host or Content-Length: a
@@ -25,6 +28,28 @@ Decisions a reader of the proxy needs to know:
   CONNECT needs authority-form with a port; '*' only with OPTIONS.
 * `body` is BODY_NONE when no body bytes follow (including Content-Length: 0, HEAD,
   1xx/204/304, 2xx to CONNECT); `content_length` still reports the field (-1 if absent).
+
+Compiled callers (the relay) can `from fastproxy._http cimport RequestParser, Request, ...`
+(declarations in ext/fastproxy/_http.pxd) and use feed_c / forward_c and the readonly
+fields as C, without a Python call per access.
+
+Error codes (`ParseError.code`; request status shown, every ResponseParser error is 502):
+  start line   bad_method, bad_target, fragment_in_target, bad_request_line, bad_version,
+               unsupported_version (505), request_line_too_long (414), bad_connect_target,
+               bad_authority, bad_port, userinfo_in_target; responses: bad_status_line,
+               bad_status, bad_reason, unsupported_version
+  field lines  ws_after_start_line, obs_fold, ws_before_colon, missing_colon, bad_field_name,
+               bad_field_value, nul_in_field, bare_cr, too_many_fields (431), head_too_large (431)
+  host         missing_host, duplicate_host, bad_host
+  framing      te_and_cl, te_in_http10, bad_content_length, conflicting_content_length,
+               content_length_too_large (413), bad_transfer_encoding, chunked_not_final,
+               chunked_twice, unsupported_transfer_coding (501), bad_connection,
+               framing_field_lookalike (Content_Length / Transfer_Encoding: a gateway that
+               maps '_' to '-' would frame the message differently)
+  chunked body bad_chunk_size, chunk_size_overflow, bad_chunk_ext, chunk_ext_too_long, bare_lf,
+               bare_cr, missing_crlf, obs_fold, bad_trailer, trailers_too_large (431)
+  split_*      bad_target, bad_authority, bad_port, missing_port, userinfo_in_target,
+               fragment_in_target
 """
 from typing import Final
 
@@ -88,11 +113,9 @@ class _Message:
 class Request(_Message):
     method: bytes  # common methods are shared objects
     target_form: int  # TARGET_*
+    expect_continue: bool  # Expect: 100-continue on HTTP/1.1 (ignored in 1.0, RFC 9110 10.1.1)
     @property
     def target(self) -> bytes: ...
-    @property
-    def expect_continue(self) -> bool:
-        """Expect: 100-continue on an HTTP/1.1 request (ignored in 1.0, RFC 9110 10.1.1)."""
     def forward_head(
         self,
         start_line: bytes | None = None,

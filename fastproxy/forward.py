@@ -22,6 +22,7 @@ from fastproxy.acl import Acl, AclConfig
 from fastproxy.anonymity import Anonymizer, AnonymityConfig
 from fastproxy.auth import Authenticator, AuthConfig
 from fastproxy.config import UpstreamGroupConfig
+from fastproxy.intermediary import max_forwards, max_forwards_plan
 from fastproxy.ratelimit import RateLimitConfig, RateLimits
 from fastproxy.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
     normalize_host
@@ -171,6 +172,9 @@ class ForwardHandler:
                            self.auth.challenge)
 
     def _admitted(self, conn, req) -> None:
+        mf = max_forwards(conn, req)
+        if mf is None:
+            return  # answered here (Max-Forwards: 0) or refused
         form = req.target_form
         try:
             if form == TARGET_AUTHORITY:
@@ -265,6 +269,10 @@ class ForwardHandler:
         keep_upgrade = req.upgrade is not None
         if keep_upgrade:
             extra += b"Connection: upgrade\r\n"
+        mf_drop, mf_extra = max_forwards_plan(req)
+        if mf_extra:
+            drop += mf_drop
+            extra += mf_extra
         start_line = req.method + b" " + path + b" HTTP/1.1"
         return req.forward_head(start_line, extra, drop, keep_upgrade)
 

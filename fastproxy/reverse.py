@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy.intermediary import max_forwards
 from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -30,6 +31,9 @@ DROP_HOST = (b"host",)
 DROP_HOST_EXPECT = (b"host", b"expect")
 # Retries on a stale keep-alive connection use a fresh connection to the same server.
 MAX_STALE_RETRIES = 2
+
+
+NO_MAX_FORWARDS = ((), b"")
 
 
 class _Refused(Exception):
@@ -92,8 +96,11 @@ class ReverseHandler:
 
     def forward(self, conn, req, more: bytes = b"") -> None:
         """Route req, pick a server and start sending it; `more`: field lines to add."""
+        mf = max_forwards(conn, req)
+        if mf is None:
+            return  # answered here (Max-Forwards: 0) or refused
         try:
-            group, server, key, head = self._plan(conn, req, more)
+            group, server, key, head = self._plan(conn, req, more, mf)
         except _Refused as r:
             observer = conn.observer
             extra = r.extra + observer.status_line() if observer is not None else r.extra
@@ -107,14 +114,15 @@ class ReverseHandler:
     def refresh_target(self, conn, req, more: bytes):
         """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
         try:
-            group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n")
+            group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n",
+                                                   NO_MAX_FORWARDS)
         except _Refused:
             return None
         pool = group.pools[server]
         return (pool.connect_host, server.port, pool.ssl,
                 server.host if pool.ssl is not None else None, head)
 
-    def _plan(self, conn, req, more: bytes):
+    def _plan(self, conn, req, more: bytes, mf):
         """(group, server, hash key, forwarded head) for req; raise _Refused to answer."""
         form = req.target_form
         host = req.host
@@ -184,6 +192,9 @@ class ReverseHandler:
         keep_upgrade = req.upgrade is not None
         if keep_upgrade:
             extra += b"Connection: upgrade\r\n"
+        if mf[1]:
+            drop += mf[0]
+            extra += mf[1]
         if more:
             extra += more
         return group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade)

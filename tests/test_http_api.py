@@ -206,3 +206,101 @@ def test_split_absolute():
     assert h.split_absolute(b"HTTPS://h:8443") == (b"https", b"h", 8443, b"/")
     assert h.split_absolute(b"http://h?x=1") == (b"http", b"h", 80, b"/?x=1")
     assert h.split_absolute(b"http://[2001:db8::1]:81/") == (b"http", b"2001:db8::1", 81, b"/")
+
+
+def test_forward_head_roundtrip_reparses():
+    """What forward_head emits is a head our own strict parser reads back the same,
+    minus what was dropped (RFC 9110 7.6.1)."""
+    raw = (b"POST /f HTTP/1.1\r\nHost: a\r\nConnection: X-Drop, close\r\nX-Drop: 1\r\n"
+           b"X-Keep:\t1 2 \r\nX-Empty:\r\nTransfer-Encoding: chunked\r\n\r\n")
+    r = h.RequestParser().feed(raw)
+    out = r.forward_head(extra=b"Transfer-Encoding: chunked\r\nVia: 1.1 p\r\n")
+    again = h.RequestParser().feed(out)
+    assert again.head_length == len(out)
+    assert again.headers() == [(b"Host", b"a"), (b"X-Keep", b"1 2"), (b"X-Empty", b""),
+                               (b"Transfer-Encoding", b"chunked"), (b"Via", b"1.1 p")]
+    assert again.body == h.BODY_CHUNKED and again.keep_alive
+
+
+def test_forward_head_argument_types():
+    r = h.RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    with pytest.raises(TypeError):
+        r.forward_head(extra="Via: x\r\n")
+    with pytest.raises(TypeError):
+        r.forward_head(drop=("host",))
+    with pytest.raises(TypeError):
+        r.forward_head(start_line="GET / HTTP/1.1")
+    with pytest.raises(TypeError):
+        r.get("host")
+    assert r.forward_head(drop=(b"host",)) == b"GET / HTTP/1.1\r\n\r\n"
+    assert r.forward_head(drop=(b"HOST",)) == b"GET / HTTP/1.1\r\n\r\n"
+
+
+def test_forward_head_many_fields():
+    """Over 128 fields the skip mask moves from the stack to the heap."""
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(300)) + b"\r\n"
+    r = h.RequestParser(max_fields=400).feed(raw)
+    out = r.forward_head(drop=(b"x-7",))
+    assert out.count(b"\r\n") == 1 + 300 + 1
+    assert b"X-7:" not in out and b"X-299: 299\r\n" in out
+
+
+def test_get_all_and_repeated_fields():
+    r = h.RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nx: 2\r\nY: 3\r\nX:  3 \r\n\r\n")
+    assert r.get_all(b"x") == [b"1", b"2", b"3"]
+    assert r.get(b"x") == b"1"
+    assert r.get_all(b"z") == []
+
+
+def test_reset_forgets_partial_head():
+    p = h.RequestParser()
+    assert p.feed(b"GET /a HTTP/1.1\r\nHo") is None
+    p.reset()
+    r = p.feed(b"PUT /b HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n")
+    assert (r.method, r.target, r.host) == (b"PUT", b"/b", b"b")
+
+
+def test_interim_then_final_response_in_one_buffer():
+    """RFC 9110 15.2: 1xx responses come before the final one, possibly together."""
+    data = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    p = h.ResponseParser()
+    pos = 0
+    statuses = []
+    while True:
+        r = p.feed(data, pos)
+        pos += r.head_length
+        statuses.append((r.status, r.body))
+        if r.status >= 200:
+            break
+    assert statuses == [(100, h.BODY_NONE), (103, h.BODY_NONE), (200, h.BODY_LENGTH)]
+    assert data[pos:] == b"ok"
+
+
+def test_switching_protocols():
+    r = h.ResponseParser().feed(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                                b"Upgrade: websocket\r\n\r\n")
+    assert r.body == h.BODY_NONE and r.upgrade == b"websocket"
+    assert r.forward_head(keep_upgrade=True, extra=b"Connection: upgrade\r\n") == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+
+
+def test_parser_init_twice_and_bad_limits():
+    p = h.RequestParser()
+    p.__init__(max_fields=2)
+    assert p.max_fields == 2
+    with pytest.raises(ValueError):
+        h.ResponseParser(max_head=10)
+    with pytest.raises(ValueError):
+        h.RequestParser(max_line=1)
+    with pytest.raises(ValueError):
+        h.RequestParser().feed(b"GET", 5)
+
+
+def test_messages_outlive_buffers():
+    """A message keeps its own head: the caller's buffer may be reused at once."""
+    p = h.RequestParser()
+    buf = bytearray(b"xxGET /keep HTTP/1.1\r\nHost: k\r\nX-V: 1\r\n\r\n")
+    r = p.feed(buf, 2)
+    buf[:] = b"\0" * len(buf)
+    assert r.target == b"/keep" and r.get(b"x-v") == b"1" and r.host == b"k"

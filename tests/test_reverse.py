@@ -616,3 +616,29 @@ def test_access_log_line(start_proxy, origin, tmp_path):
     assert ok["upstream"] == f"127.0.0.1:{origin.port}" and ok["upstream_ms"] >= 0
     bad = [x for x in lines if x["status"] == 400][0]
     assert bad["detail"]
+
+
+# -- RFC 9110 intermediary duties ------------------------------------------------
+
+
+def test_date_added_when_upstream_sends_none(reverse_proxy):
+    # RFC 9110 6.6.1: the test origin sends no Date; the proxy must add one.
+    r = request(reverse_proxy.port, crlf("GET /size/1 HTTP/1.1\nHost: x\n\n"))
+    from email.utils import parsedate_to_datetime
+
+    date = parsedate_to_datetime(r.getheader("Date"))
+    assert abs(date.timestamp() - time.time()) < 5
+
+
+def test_max_forwards(reverse_proxy, origin):
+    # RFC 9110 7.6.2: 0 -> the proxy answers itself; n > 0 -> forwarded as n - 1.
+    r = request(reverse_proxy.port, crlf("OPTIONS * HTTP/1.1\nHost: x\nMax-Forwards: 0\n\n"))
+    assert r.status == 200 and "GET" in r.getheader("Allow")
+    r = request(reverse_proxy.port, crlf("TRACE /t HTTP/1.1\nHost: x\nMax-Forwards: 0\n"
+                                         "Cookie: secret\nX-Probe: 1\n\n"))
+    assert r.status == 200 and r.getheader("Content-Type") == "message/http"
+    assert r.body.startswith(b"TRACE /t HTTP/1.1\r\n") and b"X-Probe: 1" in r.body
+    assert b"secret" not in r.body
+    assert origin.requests == []
+    r = request(reverse_proxy.port, crlf("OPTIONS /echo HTTP/1.1\nHost: x\nMax-Forwards: 3\n\n"))
+    assert hdrs(echo(r))["max-forwards"] == "2"

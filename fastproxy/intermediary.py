@@ -1,0 +1,53 @@
+"""Rules every HTTP intermediary follows whatever its mode (RFC 9110 section 7.6).
+
+`max_forwards` implements 7.6.2: TRACE and OPTIONS carrying Max-Forwards are answered
+by the proxy itself when the value is 0, and forwarded with the value decremented
+otherwise, so a client can probe the chain hop by hop.
+"""
+from __future__ import annotations
+
+MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
+DROP_MAX_FORWARDS = (b"max-forwards",)
+# Fields never echoed by TRACE: credentials and cookies (RFC 9110 9.3.8).
+_TRACE_HIDDEN = frozenset((b"authorization", b"proxy-authorization", b"cookie"))
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT"
+
+
+def max_forwards(conn, req) -> tuple[tuple[bytes, ...], bytes] | None:
+    """For TRACE/OPTIONS with Max-Forwards: answer (returns None) or the (drop, extra) to
+    forward with the value decremented. Other requests: ((), b"") at once."""
+    if req.method not in MAX_FORWARDS_METHODS:
+        return (), b""
+    raw = req.get(b"max-forwards")
+    if raw is None:
+        return (), b""
+    raw = raw.strip()
+    if not raw.isdigit():
+        conn.respond_error(400, "Max-Forwards must be a non-negative integer")
+        return None
+    value = int(raw)
+    if value > 0:
+        return DROP_MAX_FORWARDS, b"Max-Forwards: %d\r\n" % (value - 1)
+    if req.method == b"OPTIONS":
+        head = (b"HTTP/1.1 200 OK\r\nAllow: " + ALLOW + b"\r\nContent-Length: 0\r\n" +
+                (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
+        conn.respond(head, 200, 0)
+        return None
+    # TRACE with Max-Forwards: 0 is for us: echo the request as received (9.3.8).
+    lines = [req.head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]]
+    lines += [n + b": " + v for n, v in req.headers() if n.lower() not in _TRACE_HIDDEN]
+    body = b"\r\n".join(lines) + b"\r\n\r\n"
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n"
+            % len(body) + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
+    conn.respond(head + body, 200, len(body))
+    return None
+
+
+def max_forwards_plan(req) -> tuple[tuple[bytes, ...], bytes]:
+    """The (drop, extra) that decrements a positive Max-Forwards (after max_forwards said go)."""
+    if req.method not in MAX_FORWARDS_METHODS:
+        return (), b""
+    raw = req.get(b"max-forwards")
+    if raw is None or not raw.strip().isdigit() or int(raw) <= 0:
+        return (), b""
+    return DROP_MAX_FORWARDS, b"Max-Forwards: %d\r\n" % (int(raw) - 1)
