@@ -35,6 +35,8 @@ from fastproxy import _http
 from fastproxy.errors import CONTINUE_100, error_response
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+from fastproxy._http cimport Request
+from fastproxy._hitpath cimport FreshHits
 
 
 cdef inline double _now() noexcept nogil:
@@ -196,6 +198,7 @@ cdef class ClientConnection:
     cdef public object rt, loop, transport, parser, buf, handler, req, chunks
     cdef public UpstreamConnection upstream
     cdef public Counters counters
+    cdef public FreshHits fast_hits
     cdef public object server, replay, tried, group, log_extra, observer
     cdef public list held      # request body bytes read before an upstream was chosen
     cdef public int state, paused, body_kind, status, retries, client_port
@@ -227,6 +230,7 @@ cdef class ClientConnection:
         self.client_body = t.client_body
         self.handler = rt.handler
         self.counters = getattr(rt, "counters", None)
+        self.fast_hits = getattr(rt, "fast_hits", None)
         self.access_log = rt.access_log
         self.buf = None
         self.state = S_HEAD
@@ -409,6 +413,14 @@ cdef class ClientConnection:
             self.reject(417, "only 100-continue is supported in Expect")
             return
         self.state = S_BODY if kind != BODY_NONE else S_WAIT
+        cdef FreshHits hits = self.fast_hits
+        if hits is not None and kind == BODY_NONE:
+            # A fresh cache hit is answered here, without a Python call (hitpath.pyx).
+            out = hits.serve(<Request>req, self.keep_alive)
+            if out is not None:
+                self.log_extra = hits.log_hit
+                self.respond(out, hits.status, hits.body_len)
+                return
         self.handler.dispatch(self, req)
         if (req.expect_continue and kind != BODY_NONE and self.state == S_BODY
                 and req.version >= 11 and not self.resp_started):

@@ -32,6 +32,7 @@ import ipaddress
 import time
 
 from fastproxy import _http
+from fastproxy._hitpath import FreshHits
 from fastproxy._relay import STATE_CLOSED
 from fastproxy.acl import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
@@ -83,6 +84,7 @@ class WorkerCache:
         self.purge_allow = CidrSet(ipaddress.ip_network(n) for n in config.purge_allow)
         self.refreshing: set[bytes] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.fast: list[FreshHits] = []     # the relay's fast paths over this cache
         self.hits = 0             # answered from a fresh entry
         self.stale = 0            # answered from a stale entry (swr, max-stale, stale-if-error)
         self.misses = 0           # GET/HEAD that went upstream
@@ -99,7 +101,7 @@ class WorkerCache:
         """Counters of this worker's cache: the layer's and the store's."""
         ring = self.http.stats()
         return {
-            "hits": self.hits, "stale": self.stale, "misses": self.misses,
+            "hits": self.hits + sum(f.hits for f in self.fast), "stale": self.stale, "misses": self.misses,
             "revalidated": self.revalidated, "stores": self.stores,
             "store_failures": self.store_failures, "collapsed": self.collapsed,
             "invalidations": self.invalidations, "purges": self.purges,
@@ -147,6 +149,13 @@ class CacheLayer:
         self.refresh_timeout = timeouts.upstream_connect + timeouts.upstream_header
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
+
+    def fresh_hits(self) -> FreshHits:
+        """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
+        fast = FreshHits(self.cache.ring, self.scheme, self.name, self.x_keep, LOG_HIT,
+                         self.wc.config.zero_copy_min - 1)
+        self.wc.fast.append(fast)
+        return fast
 
     # -- keys -------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ import importlib
 import sys
 
 # One entry per ext/NAME.pyx; each module adds itself here when it lands.
-COMPILED: tuple[str, ...] = ("fastproxy._http", "fastproxy._ringcache", "fastproxy._relay")
+COMPILED: tuple[str, ...] = ("fastproxy._http", "fastproxy._ringcache", "fastproxy._relay",
+                              "fastproxy._hitpath")
 
 
 def missing_modules() -> list[str]:

@@ -83,6 +83,7 @@ class ListenerRuntime:
         self.counters = rt.counters
         self.connections = connections
         self.draining = False
+        self.fast_hits = None
         # A listener uses the worker's cache unless its `cache = false`.
         self.cache = rt.cache if lcfg.extra("cache", True) is not False else None
         if lcfg.mode == "reverse":
@@ -94,6 +95,10 @@ class ListenerRuntime:
             self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
             if layer is not None:
                 layer.handler = self.handler
+                if not self.handler.limit_rate:
+                    # Fresh hits answered by the relay itself (hitpath.pyx); with rate
+                    # limits every request must reach the handler first.
+                    self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
             from fastproxy.forward import ForwardHandler  # lands with forward mode
             self.handler = ForwardHandler(self, lcfg)
