@@ -536,6 +536,19 @@ cdef class _Message:
                         PyBytes_FromStringAndSize(<const char*>h + f.value_off, f.value_len)))
         return out
 
+    cdef bint has_c(self, bytes name):
+        """Whether a field called `name` (given in lowercase) is present; no allocation."""
+        cdef const uchar* h = self._h()
+        cdef const uchar* nm = <const uchar*>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t k = PyBytes_GET_SIZE(name)
+        cdef Field* f
+        cdef int i
+        for i in range(self._nf):
+            f = &self._fields[i]
+            if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+                return True
+        return False
+
     def get(self, bytes name not None, default=None):
         """Value of the first field called `name` (case-insensitive), else default."""
         cdef const uchar* h = self._h()

@@ -32,6 +32,8 @@ import time
 from functools import partial
 
 from fastproxy import _http
+from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
+                              ResponseParser)
 from fastproxy.errors import CONTINUE_100, error_response
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
@@ -64,9 +66,6 @@ cdef bytes _date_line():
 
 
 cdef object ParseError = _http.ParseError
-cdef object RequestParser = _http.RequestParser
-cdef object ResponseParser = _http.ResponseParser
-cdef object ChunkedDecoder = _http.ChunkedDecoder
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
 cdef object _time = time.time
@@ -195,7 +194,10 @@ cdef class TunnelEnd
 cdef class ClientConnection:
     """One client socket: requests in, responses out, in order."""
 
-    cdef public object rt, loop, transport, parser, buf, handler, req, chunks
+    cdef public object rt, loop, transport, buf, handler
+    cdef public RequestParser parser
+    cdef public Request req
+    cdef public ChunkedDecoder chunks
     cdef public UpstreamConnection upstream
     cdef public Counters counters
     cdef public FreshHits fast_hits
@@ -353,8 +355,9 @@ cdef class ClientConnection:
     cdef _on_input(self, data):
         """Parse a request head at the start of data and start its exchange."""
         cdef Py_ssize_t pos
+        cdef Request req
         try:
-            req = self.parser.feed(data)
+            req = self.parser.feed_c(data, 0)
         except ParseError as exc:
             self.buf = None
             self.reject(exc.status, f"{exc.code}: {exc}")
@@ -388,7 +391,7 @@ cdef class ClientConnection:
         if len(self.buf) > self.stash_limit:
             self.pause_reading(P_BUFFER_FULL)
 
-    cdef _begin(self, req):
+    cdef _begin(self, Request req):
         """A complete head arrived: check framing limits, then let the handler decide."""
         cdef int kind = req.body
         self.req = req
@@ -409,7 +412,7 @@ cdef class ClientConnection:
             self.reject(413, f"request body of {self.body_left} bytes is over the "
                              f"{self.max_body}-byte limit")
             return
-        if not req.expect_continue and req.get(EXPECT) is not None:
+        if not req.expect_continue and req.has_c(EXPECT):
             self.reject(417, "only 100-continue is supported in Expect")
             return
         self.state = S_BODY if kind != BODY_NONE else S_WAIT
@@ -452,7 +455,7 @@ cdef class ClientConnection:
         if kind == BODY_CHUNKED:
             dec = self.chunks
             try:
-                n = dec.feed(data, pos)
+                n = dec.feed_c(data, pos, None)
             except ParseError as exc:
                 self._body_error(exc.status, f"{exc.code}: {exc}")
                 return avail
@@ -702,7 +705,9 @@ cdef class UpstreamConnection:
     """One connection to an upstream server, reused across exchanges."""
 
     cdef public ConnectionPool pool
-    cdef public object server, loop, transport, parser, chunks, buf, connect_task
+    cdef public object server, loop, transport, buf, connect_task
+    cdef public ResponseParser parser
+    cdef public ChunkedDecoder chunks
     cdef public list pending
     cdef public ClientConnection client
     cdef public int state, mode
@@ -913,9 +918,10 @@ cdef class UpstreamConnection:
         cdef Py_ssize_t pos = 0, rest, n
         cdef int status, kind, mode
         cdef bint http11
+        cdef Response resp
         while True:
             try:
-                resp = self.parser.feed(data, pos, client.head_request, False)
+                resp = self.parser.feed_c(data, pos, client.head_request, False)
             except ParseError as exc:
                 self._failed(502, f"invalid response from {self.server.name}: "
                                   f"{exc.code}: {exc}", False)
@@ -937,7 +943,7 @@ cdef class UpstreamConnection:
             # RFC 9110 15.2: forward interim responses to HTTP/1.1 clients; the 100
             # we already sent ourselves for Expect is not repeated.
             if client.req.version >= 11 and not (status == 100 and self.sent_continue):
-                client.twrite(resp.forward_head(None, self.via))
+                client.twrite(resp.forward_c(None, self.via, (), False))
             if pos >= len(data):
                 return
         if status == 101:
@@ -991,7 +997,7 @@ cdef class UpstreamConnection:
                 return
             if more:
                 extra += more
-        if resp.get(DATE) is None:
+        if not resp.has_c(DATE):
             # RFC 9110 6.6.1: a recipient with a clock that forwards a response without
             # Date MUST add one (the time it was received).
             extra += _date_line()
@@ -999,8 +1005,8 @@ cdef class UpstreamConnection:
             extra += CONNECTION_CLOSE
         elif not http11:
             extra += CONNECTION_KEEP_ALIVE
-        head = resp.forward_head(None if resp.version == 11 else
-                                 b"HTTP/1.1 %d %s" % (status, resp.reason), extra)
+        head = resp.forward_c(None if resp.version == 11 else
+                              b"HTTP/1.1 %d %s" % (status, resp.reason), extra, (), False)
         client_t = client.twrite
         rest = len(data) - pos
         if mode == M_LENGTH and rest >= self.left:
@@ -1048,7 +1054,7 @@ cdef class UpstreamConnection:
             dec = self.chunks
             out = [] if (mode == M_DECHUNK or observer is not None) else None
             try:
-                n = dec.feed(data, pos, out)
+                n = dec.feed_c(data, pos, out)
             except ParseError as exc:
                 self._broken(f"bad chunked body from {self.server.name}: {exc.code}")
                 return

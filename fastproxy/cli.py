@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _listener_flags(check)
     sub.add_parser("version", help="print the version and exit")
     hp = sub.add_parser("hash-password", help="print a salted hash for a proxy user's password")
-    hp.add_argument("password", nargs="?", help="the password (read from stdin if omitted)")
+    hp.add_argument("password", nargs="?",
+                    help="the password (prompted for, or read from stdin, if omitted)")
     return parser
 
 
@@ -205,7 +206,13 @@ def _hash_password(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     password = args.password
     if password is None:
-        password = sys.stdin.readline().rstrip("\n")
+        # Prompt without echo on a terminal (a password on the command line shows in `ps`
+        # and shell history); read a line from a pipe otherwise.
+        if sys.stdin.isatty():
+            import getpass
+            password = getpass.getpass("password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
     if not password:
         print("fastproxy: hash-password: empty password", file=sys.stderr)
         return EXIT_BAD_INPUT
