@@ -37,7 +37,6 @@ from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
 from fastproxy.errors import CONTINUE_100, error_response
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
-from fastproxy._http cimport Request
 from fastproxy._hitpath cimport FreshHits
 
 
@@ -419,7 +418,7 @@ cdef class ClientConnection:
         cdef FreshHits hits = self.fast_hits
         if hits is not None and kind == BODY_NONE:
             # A fresh cache hit is answered here, without a Python call (hitpath.pyx).
-            out = hits.serve(<Request>req, self.keep_alive)
+            out = hits.serve(req, self.keep_alive)
             if out is not None:
                 self.log_extra = hits.log_hit
                 self.respond(out, hits.status, hits.body_len)
