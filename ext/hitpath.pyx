@@ -12,7 +12,8 @@ branch would, or returns None and the request goes the Python way
   Upgrade, no Cache-Control or Pragma (request directives, RFC 9111 5.2.1, 5.4) and no
   conditional field (If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since,
   If-Range: 304s and preconditions are Python's);
-* the key scheme://host/target (as `CacheLayer.key` builds it) holds a response, not a
+* the key namespace + scheme://host/target (as `CacheLayer.key` builds it) holds a
+  response, not a
   Vary stub, that has not expired in the store;
 * it is fresh (RFC 9111 4.2: freshness_lifetime > current_age, 4.2.3) and not
   `no-cache` (which needs validation before each use, 5.2.2.4);
@@ -101,9 +102,10 @@ cdef inline uint16_t read_u16(const unsigned char* p) noexcept nogil:
 cdef class FreshHits:
     """The fresh-hit fast path of one listener over the worker's store."""
 
-    def __init__(self, RingCache ring not None, bytes scheme not None, bytes name not None,
-                 bytes via not None, log_hit, Py_ssize_t max_value):
+    def __init__(self, RingCache ring not None, bytes ns not None, bytes scheme not None,
+                 bytes name not None, bytes via not None, log_hit, Py_ssize_t max_value):
         self.ring = ring
+        self.ns = ns
         self.scheme = scheme.lower()
         self.status_prefix = b"Cache-Status: " + name + b"; hit; ttl="
         self.x_keep = via
@@ -125,7 +127,7 @@ cdef class FreshHits:
         cdef const unsigned char* v
         cdef const unsigned char* m
         cdef Py_ssize_t host_len = 0, tlen, klen, slen, i, mlen, hs, head_len, blen, vlen
-        cdef Py_ssize_t tail_len, total, xlen, plen
+        cdef Py_ssize_t tail_len, total, xlen, plen, nslen
         cdef Field* f
         cdef bint is_head
         cdef bytes key, out, extra
@@ -168,19 +170,23 @@ cdef class FreshHits:
                     and host[host_len - 1] == b'3':
                 host_len -= 4
 
-        # The key: scheme "://" host(lowercase) target, as CacheLayer.key builds it.
+        # The key: namespace scheme "://" host(lowercase) target, as CacheLayer.key builds it.
         slen = PyBytes_GET_SIZE(self.scheme)
+        nslen = PyBytes_GET_SIZE(self.ns)
         tlen = req._t_len
-        klen = slen + 3 + host_len + tlen
+        klen = nslen + slen + 3 + host_len + tlen
         key = PyBytes_FromStringAndSize(NULL, klen)
         o = PyBytes_AS_STRING(key)
+        memcpy(o, PyBytes_AS_STRING(self.ns), nslen)
+        o += nslen
         memcpy(o, PyBytes_AS_STRING(self.scheme), slen)
         memcpy(o + slen, b"://", 3)
         for i in range(host_len):
             o[slen + 3 + i] = <char>lower(host[i])
         memcpy(o + slen + 3 + host_len, h + req._t_off, tlen)
 
-        slot = ring.find(ring.key_hash(key, None), <const unsigned char*>o, klen)
+        slot = ring.find(ring.key_hash(key, None),
+                         <const unsigned char*>PyBytes_AS_STRING(key), klen)
         if slot < 0:
             return None            # the Python way counts the miss
         e = ring.entry_at(ring.slots[slot].seg, ring.slots[slot].off)

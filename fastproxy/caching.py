@@ -19,11 +19,16 @@ Concurrent GET misses for one URL are coalesced: the first goes upstream, the ot
 it stored nothing. Every response of a caching listener carries `Cache-Status` (RFC 9211);
 the access log gets `cache=HIT|MISS|...`.
 
-The handler the layer serves must offer `forward(conn, req, more=b"")` (route and send
-upstream with `more` field lines added) and `refresh_target(conn, req, more)` (where a
-background request would go: (host, port, ssl, server_hostname, head) or None).
+The handler the layer serves calls `handle(conn, req, ctx)` and must offer
+`forward(conn, req, more, ctx)` (route and send upstream with `more` field lines added)
+and `refresh_target(conn, req, more, ctx)` (where a background request would go: (host,
+port, ssl, server_hostname, head) or None); `ctx` is the handler's own, passed through
+(the forward handler's resolved target, None in reverse mode).
 
-Each worker has its own cache (`WorkerCache`); listeners of that worker share it.
+Each worker has its own cache (`WorkerCache`); its listeners share the store but each
+keys its entries under its own namespace ("L<index> "), so two listeners that route the
+same Host and path to different servers (or a forward and a reverse listener) never
+answer with each other's responses. Purge by URL reaches every namespace.
 """
 from __future__ import annotations
 
@@ -70,6 +75,15 @@ def _body_len(buffers) -> int:
     return len(buffers[2]) if len(buffers) == 3 else 0
 
 
+def _log(conn, fields: dict) -> None:
+    """Set the access log's cache field, keeping what the handler logged (user, acl)."""
+    extra = conn.log_extra
+    if extra is None or extra is fields or "cache" in extra and len(extra) == 1:
+        conn.log_extra = fields
+    else:
+        conn.log_extra = {**extra, **fields}
+
+
 def _conditional(req) -> bool:
     return req.get(b"if-none-match") is not None or req.get(b"if-modified-since") is not None
 
@@ -85,6 +99,7 @@ class WorkerCache:
         self.refreshing: set[bytes] = set()
         self.tasks: set[asyncio.Task] = set()
         self.fast: list[FreshHits] = []     # the relay's fast paths over this cache
+        self.namespaces: set[bytes] = set()  # key prefixes of the listeners using it
         self.hits = 0             # answered from a fresh entry
         self.stale = 0            # answered from a stale entry (swr, max-stale, stale-if-error)
         self.misses = 0           # GET/HEAD that went upstream
@@ -110,15 +125,15 @@ class WorkerCache:
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
         }
 
-    def purge(self, url: bytes) -> int:
-        """Remove one URL (all its variants); return the entries removed."""
-        n = self.http.purge(url)
+    def purge(self, url: bytes, namespaces=None) -> int:
+        """Remove one URL (all its variants) in every listener's namespace (or those given)."""
+        n = sum(self.http.purge(ns + url) for ns in (namespaces or self.namespaces))
         self.purges += n
         return n
 
-    def purge_prefix(self, prefix: bytes) -> int:
-        """Remove every URL starting with prefix; return the entries removed."""
-        n = self.http.purge_prefix(prefix)
+    def purge_prefix(self, prefix: bytes, namespaces=None) -> int:
+        """Remove every URL starting with prefix, in every namespace (or those given)."""
+        n = sum(self.http.purge_prefix(ns + prefix) for ns in (namespaces or self.namespaces))
         self.purges += n
         return n
 
@@ -132,11 +147,14 @@ class CacheLayer:
     """The cache step of one listener: lookup, coalescing, PURGE; `_Exchange` does the rest."""
 
     def __init__(self, wc: WorkerCache, handler, scheme: bytes, via: bytes, loop,
-                 timeouts, limits) -> None:
+                 timeouts, limits, index: int = 0) -> None:
         self.wc = wc
         self.cache = wc.http
         self.handler = handler
         self.scheme = scheme
+        self.ns = b"L%d " % index        # this listener's key namespace
+        self.namespaces = (self.ns,)
+        wc.namespaces.add(self.ns)
         self.loop = loop
         self.coalesce = wc.config.coalesce
         self.max_object_size = wc.config.max_object_size
@@ -152,7 +170,7 @@ class CacheLayer:
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
-        fast = FreshHits(self.cache.ring, self.scheme, self.name, self.x_keep, LOG_HIT,
+        fast = FreshHits(self.cache.ring, self.ns, self.scheme, self.name, self.x_keep, LOG_HIT,
                          self.wc.config.zero_copy_min - 1)
         self.wc.fast.append(fast)
         return fast
@@ -160,7 +178,7 @@ class CacheLayer:
     # -- keys -------------------------------------------------------------------
 
     def key(self, req) -> bytes | None:
-        """The primary cache key of req: scheme://host/target, normalised (None: unusable)."""
+        """The store key of req: namespace + scheme://host/target, normalised (None: unusable)."""
         if req.target_form == TARGET_ORIGIN:
             host = req.host
             prefix = self._prefixes.get(host)
@@ -168,7 +186,8 @@ class CacheLayer:
                 # Host is the client's to choose: the memo is bounded.
                 if len(self._prefixes) >= 256:
                     self._prefixes.clear()
-                prefix = self._prefixes[host] = cache_key(self.scheme, host or b"", b"")[:-1]
+                prefix = self._prefixes[host] = (
+                    self.ns + cache_key(self.scheme, host or b"", b"")[:-1])
             return prefix + req.target
         if req.target_form == TARGET_ABSOLUTE:
             try:
@@ -179,7 +198,7 @@ class CacheLayer:
                 host = b"[" + host + b"]"
             if port >= 0:
                 host += b":%d" % port
-            return cache_key(scheme, host, path)
+            return self.ns + cache_key(scheme, host, path)
         return None
 
     def extra(self, conn, req) -> bytes:
@@ -190,7 +209,7 @@ class CacheLayer:
 
     # -- the request ------------------------------------------------------------
 
-    def handle(self, conn, req) -> None:
+    def handle(self, conn, req, ctx=None) -> None:
         """Answer req from the cache, wait for a coalesced request, or send it upstream."""
         method = req.method
         if method == PURGE:
@@ -202,26 +221,26 @@ class CacheLayer:
                 conn.body_kind != BODY_NONE and (is_get or method == HEAD)):
             # A GET with a body has no defined semantics (RFC 9110 9.3.1); an Upgrade is
             # a tunnel request: neither is answered from nor stored in the cache.
-            self.go(conn, req, key, None, False, LOG_BYPASS)
+            self.go(conn, req, key, None, False, LOG_BYPASS, ctx)
             return
         now = _time()
         lk = self.cache.lookup(req, key, now, self.extra(conn, req))
         kind = lk.kind
         if kind is HIT:
             self.wc.hits += 1
-            conn.log_extra = LOG_HIT
+            _log(conn, LOG_HIT)
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
         if kind is STALE:
             self.wc.stale += 1
-            conn.log_extra = LOG_STALE
-            self.refresh_later(conn, req, key, lk)
+            _log(conn, LOG_STALE)
+            self.refresh_later(conn, req, key, lk, ctx)
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
         if kind is GATEWAY_TIMEOUT:
-            conn.log_extra = LOG_ONLY_IF_CACHED
+            _log(conn, LOG_ONLY_IF_CACHED)
             buffers = lk.buffers
             conn.respond(buffers, 504, len(buffers[1]))
             return
@@ -235,45 +254,49 @@ class CacheLayer:
                 else:
                     fut = coalescer.pending(key)   # a HEAD never leads: it stores nothing
                 if not leader and fut is not None:
-                    _Follower(self, conn, req, key, fut)
+                    _Follower(self, conn, req, key, fut, ctx)
                     return
         else:
-            self.go(conn, req, key, lk, False, LOG_BYPASS)
+            self.go(conn, req, key, lk, False, LOG_BYPASS, ctx)
             return
-        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS)
+        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
+                ctx)
 
-    def go(self, conn, req, key, lk, leader: bool, log: dict) -> None:
+    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx) -> None:
         """Send req upstream with an observer that stores, refreshes or invalidates."""
-        conn.observer = _Exchange(self, req, key, lk, leader)
-        conn.log_extra = log
-        self.handler.forward(conn, req, lk.conditional if lk is not None else b"")
+        conn.observer = _Exchange(self, req, key, lk, leader, ctx)
+        _log(conn, log)
+        self.handler.forward(conn, req, lk.conditional if lk is not None else b"", ctx)
 
-    def after_wait(self, conn, req, key, shared) -> None:
+    def after_wait(self, conn, req, key, shared, ctx) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
         lk = self.cache.lookup(req, key, _time(), self.extra(conn, req))
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
-            conn.log_extra = LOG_COLLAPSED
+            _log(conn, LOG_COLLAPSED)
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
         if lk.kind is HIT or lk.kind is STALE:
             # Stored by someone else in the meantime (or still servable stale).
-            self.wc.hits += 1
-            conn.log_extra = LOG_HIT if lk.kind is HIT else LOG_STALE
+            if lk.kind is HIT:
+                self.wc.hits += 1
+            else:
+                self.wc.stale += 1
+            _log(conn, LOG_HIT if lk.kind is HIT else LOG_STALE)
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
-        self.go(conn, req, key, lk, False, LOG_MISS)
+        self.go(conn, req, key, lk, False, LOG_MISS, ctx)
 
     # -- stale-while-revalidate ------------------------------------------------
 
-    def refresh_later(self, conn, req, key: bytes, lk) -> None:
+    def refresh_later(self, conn, req, key: bytes, lk, ctx) -> None:
         """Start one background revalidation of the stale entry lk, unless one runs."""
         wc = self.wc
         if key in wc.refreshing:
             return
-        target = self.handler.refresh_target(conn, req, lk.conditional)
+        target = self.handler.refresh_target(conn, req, lk.conditional, ctx)
         if target is None:
             return
         wc.refreshing.add(key)
@@ -314,7 +337,7 @@ class CacheLayer:
 
     def purge(self, conn, req) -> None:
         """PURGE on the data path: drop the target URL (or prefix, with a trailing "*")."""
-        conn.log_extra = LOG_PURGE
+        _log(conn, LOG_PURGE)
         status_line = b"Cache-Status: " + self.name + b"; detail=purge\r\n"
         try:
             allowed = self.wc.purge_allow.contains(client_key(conn.client_ip))
@@ -328,10 +351,12 @@ class CacheLayer:
             conn.respond_error(400, "PURGE needs an origin-form or absolute-form target",
                                status_line)
             return
-        if key.endswith(b"*"):
-            n = self.wc.purge_prefix(key[:-1])
+        # This listener's entries only: the request names a URL as this listener sees it.
+        url = key[len(self.ns):]
+        if url.endswith(b"*"):
+            n = self.wc.purge_prefix(url[:-1], self.namespaces)
         else:
-            n = self.wc.purge(key)
+            n = self.wc.purge(url, self.namespaces)
         body = b'{"purged": %d}\n' % n
         status = 200 if n else 404
         head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
@@ -344,13 +369,14 @@ class CacheLayer:
 class _Follower:
     """A request waiting for a coalesced leader's response."""
 
-    __slots__ = ("layer", "conn", "req", "key", "timer", "fired")
+    __slots__ = ("layer", "conn", "req", "key", "timer", "fired", "ctx")
 
-    def __init__(self, layer: CacheLayer, conn, req, key: bytes, fut) -> None:
+    def __init__(self, layer: CacheLayer, conn, req, key: bytes, fut, ctx) -> None:
         self.layer = layer
         self.conn = conn
         self.req = req
         self.key = key
+        self.ctx = ctx
         self.fired = False
         self.timer = layer.loop.call_later(layer.wc.coalescer.timeout, self.timed_out)
         fut.add_done_callback(self.done)
@@ -371,7 +397,7 @@ class _Follower:
         conn = self.conn
         if conn.req is not self.req or conn.state == STATE_CLOSED:
             return   # the client left while waiting
-        self.layer.after_wait(conn, self.req, self.key, shared)
+        self.layer.after_wait(conn, self.req, self.key, shared, self.ctx)
 
 
 class _Exchange:
@@ -379,10 +405,11 @@ class _Exchange:
 
     __slots__ = ("layer", "req", "key", "lookup", "leader", "t_request", "t_response",
                  "resp", "decision", "parts", "size", "location", "content_location",
-                 "replayed", "shared")
+                 "replayed", "shared", "ctx")
 
-    def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool) -> None:
+    def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool, ctx) -> None:
         self.layer = layer
+        self.ctx = ctx
         self.req = req
         self.key = key
         self.lookup = lookup
@@ -420,7 +447,7 @@ class _Exchange:
                 if hit is not None:
                     layer.wc.revalidated += 1
                     self.shared = True
-                    conn.log_extra = LOG_REVALIDATED
+                    _log(conn, LOG_REVALIDATED)
                     return self._answer(conn, hit)
                 if not _conditional(req) and conn.body_done:
                     # RFC 9111 4.3.3: a 304 that selects no stored response cannot answer
@@ -431,7 +458,7 @@ class _Exchange:
                 hit = cache.serve_stale(lk, req, now, status, layer.extra(conn, req))
                 if hit is not None:
                     layer.wc.stale += 1
-                    conn.log_extra = LOG_STALE_ERROR
+                    _log(conn, LOG_STALE_ERROR)
                     return self._answer(conn, hit)
         decision = None
         method = req.method
@@ -480,8 +507,9 @@ class _Exchange:
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:
-            n = layer.cache.invalidate(self.req, conn.status, self.key, self.location,
-                                       self.content_location)
+            ns = layer.ns
+            n = layer.cache.invalidate(self.req, conn.status, self.key[len(ns):], self.location,
+                                       self.content_location, ns)
             layer.wc.invalidations += n
         if self.leader:
             self.leader = False
@@ -497,8 +525,8 @@ class _Exchange:
     def replay(self, conn) -> None:
         """Send the request again without the cache's validators (after a stray 304)."""
         self.parts = None
-        conn.log_extra = LOG_MISS
-        self.layer.handler.forward(conn, self.req, b"")
+        _log(conn, LOG_MISS)
+        self.layer.handler.forward(conn, self.req, b"", self.ctx)
 
     def upstream_failed(self, conn, status: int, detail: str) -> bool:
         """No response from upstream: answer with the stale entry if allowed, else the error."""
@@ -508,7 +536,7 @@ class _Exchange:
             hit = layer.cache.serve_stale(lk, self.req, _time(), 0, layer.extra(conn, self.req))
             if hit is not None:
                 layer.wc.stale += 1
-                conn.log_extra = LOG_STALE_ERROR
+                _log(conn, LOG_STALE_ERROR)
                 buffers = hit.buffers
                 conn.respond(buffers, hit.status, _body_len(buffers))
                 return True

@@ -94,7 +94,7 @@ class ReverseHandler:
         else:
             self.forward(conn, req)
 
-    def forward(self, conn, req, more: bytes = b"") -> None:
+    def forward(self, conn, req, more: bytes = b"", ctx=None) -> None:
         """Route req, pick a server and start sending it; `more`: field lines to add."""
         mf = max_forwards(conn, req)
         if mf is None:
@@ -111,7 +111,7 @@ class ReverseHandler:
         conn.replay = head
         self.start(conn, group, server, head)
 
-    def refresh_target(self, conn, req, more: bytes):
+    def refresh_target(self, conn, req, more: bytes, ctx=None):
         """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
         try:
             group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n",

@@ -70,7 +70,7 @@ class Runtime:
 class ListenerRuntime:
     """What the connections of one listener share (flat attributes for the hot path)."""
 
-    def __init__(self, rt: Runtime, lcfg, connections: set) -> None:
+    def __init__(self, rt: Runtime, lcfg, connections: set, index: int = 0) -> None:
         self.rt = rt
         self.config = rt.config
         self.listener = lcfg
@@ -91,7 +91,7 @@ class ListenerRuntime:
             layer = None
             if self.cache is not None:
                 layer = CacheLayer(self.cache, None, b"https" if tls else b"http",
-                                   rt.response_via, rt.loop, rt.timeouts, rt.limits)
+                                   rt.response_via, rt.loop, rt.timeouts, rt.limits, index)
             self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
             if layer is not None:
                 layer.handler = self.handler
@@ -102,6 +102,11 @@ class ListenerRuntime:
         elif lcfg.mode == "forward":
             from fastproxy.forward import ForwardHandler  # lands with forward mode
             self.handler = ForwardHandler(self, lcfg)
+            if self.cache is not None:
+                # Hits need the forward checks (auth, ACL) first: no fast path here.
+                self.handler.cache = CacheLayer(self.cache, self.handler, b"http",
+                                                rt.response_via, rt.loop, rt.timeouts,
+                                                rt.limits, index)
         else:
             self.handler = None
 
@@ -152,8 +157,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.cache = self._cache_for(self.config)
         self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
-        for lcfg in self.config.listeners:
-            lrt = self._listener_runtime(lcfg)
+        for index, lcfg in enumerate(self.config.listeners):
+            lrt = self._listener_runtime(lcfg, index)
             server = await self._bind(lcfg, lrt)
             self.servers.append(server)
             self.listener_rts.append(lrt)
@@ -166,11 +171,11 @@ class Worker:
             self.admin = AdminServer(self)
             await self.admin.start(*self.config.admin)
 
-    def _listener_runtime(self, lcfg) -> ListenerRuntime:
+    def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpRuntime
             return TcpRuntime(self.runtime, lcfg, self.connections)
-        return ListenerRuntime(self.runtime, lcfg, self.connections)
+        return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
     async def _bind(self, lcfg, lrt):
         holder = _Holder(lrt)
@@ -207,12 +212,12 @@ class Worker:
             log("reload: listener addresses or modes changed; restart to apply them")
             return
         self.runtime = new_rt
-        for lrt_old, lcfg in zip(self.listener_rts, config.listeners):
+        for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
             if lcfg.mode == "tcp":
                 from fastproxy.tcp import TcpRuntime
                 new = TcpRuntime(new_rt, lcfg, self.connections)
             else:
-                new = ListenerRuntime(new_rt, lcfg, self.connections)
+                new = ListenerRuntime(new_rt, lcfg, self.connections, index)
             lrt_old.holder.current = new
             new.holder = lrt_old.holder
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]

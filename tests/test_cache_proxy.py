@@ -607,3 +607,95 @@ def test_cache_flag_size_error(tmp_path):
                          timeout=30)
     assert out.returncode == 2
     assert out.stderr.strip() == "fastproxy: cache.size: 1024 is below the minimum of 16384 bytes"
+
+
+# -- forward mode and listener namespaces -------------------------------------------
+
+
+def _proxy_get(proxy, url: str, headers: dict | None = None):
+    """GET url through a forward proxy (absolute-form target)."""
+    c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        c.request("GET", url, headers=headers or {})
+        r = c.getresponse()
+        return r, r.read()
+    finally:
+        c.close()
+
+
+def test_forward_proxy_caches_after_admission(start_proxy, origin, tmp_path):
+    cfg = tmp_path / "fwd.toml"
+    cfg.write_text(f"""
+[cache]
+size = "16MiB"
+[access_log]
+path = "{tmp_path / 'access.log'}"
+format = "json"
+[[listeners]]
+listen = "127.0.0.1:0"
+mode = "forward"
+allow_private = true
+[listeners.acl]
+default_action = "allow"
+[[listeners.acl.rules]]
+name = "no-secret"
+action = "deny"
+url = "/c/secret"
+""")
+    proxy = start_proxy("serve", "--config", str(cfg))
+    url = f"{origin.url}/c/fwd?cc=max-age%3D60"
+    r1, b1 = _proxy_get(proxy, url)
+    assert r1.status == 200 and "stored" in status_of(r1)
+    r2, b2 = _proxy_get(proxy, url)
+    assert is_hit(r2) and b2 == b1 and origin.count("/c/fwd?cc=max-age%3D60") == 1
+    # The ACL still runs before the cache: a denied URL is never answered from it.
+    r, _ = _proxy_get(proxy, f"{origin.url}/c/secret?cc=max-age%3D60")
+    assert r.status == 403
+    deadline = time.monotonic() + 3
+    lines = []
+    while time.monotonic() < deadline and len(lines) < 3:
+        path = tmp_path / "access.log"
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        time.sleep(0.05)
+    assert [x.get("cache") for x in lines[:2]] == ["MISS", "HIT"]
+    assert lines[0]["acl"] == "default"
+
+
+def test_listeners_do_not_share_entries(start_proxy, origin, tmp_path):
+    # Two reverse listeners, two origins, the same Host and path: a response stored for
+    # one listener must never answer the other (namespaces), and an admin purge by URL
+    # reaches both.
+    other = __import__("origin").Origin().start()
+    try:
+        cfg = tmp_path / "two.toml"
+        cfg.write_text(f"""
+admin = "127.0.0.1:0"
+[cache]
+size = "16MiB"
+[upstreams.a]
+servers = ["{origin.url}"]
+[upstreams.b]
+servers = ["{other.url}"]
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "a"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "b"
+""")
+        proxy = start_proxy("serve", "--config", str(cfg), listeners=3)
+        a_port, b_port = proxy.ports[0], proxy.ports[1]
+        for server in (origin, other):
+            server.override["/c/shared"] = {"cc": "max-age=60"}
+        hdr = {"Host": "site.example"}
+        for port in (a_port, b_port, a_port, b_port):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/c/shared", headers=hdr)
+            c.getresponse().read()
+            c.close()
+        assert origin.count("/c/shared") == 1 and other.count("/c/shared") == 1
+        r, body = admin(admin_port(proxy), "POST",
+                        "/cache/purge?url=" + quote("http://site.example/c/shared", safe=""))
+        assert json.loads(body)["purged"] == 2
+    finally:
+        other.stop()

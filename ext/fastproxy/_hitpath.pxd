@@ -6,6 +6,7 @@ from fastproxy._ringcache cimport RingCache
 
 cdef class FreshHits:
     cdef RingCache ring
+    cdef bytes ns                   # the listener's key namespace (caching.py)
     cdef bytes scheme               # b"http" or b"https" (the key's scheme)
     cdef bytes status_prefix        # b"Cache-Status: NAME; hit; ttl="
     cdef bytes x_keep               # lines after Age: Via (HTTP/1.1 keep-alive)

@@ -603,14 +603,17 @@ class HttpCache:
     # ------------------------------------------------------------------ invalidation
 
     def invalidate(self, request, status: int, key_base: bytes,
-                   location: bytes | None = None, content_location: bytes | None = None) -> int:
+                   location: bytes | None = None, content_location: bytes | None = None,
+                   ns: bytes = b"") -> int:
         """After a response to an unsafe method, drop the URIs it may have changed (RFC 9111 4.4).
+
+        key_base is the target URI; `ns` prefixes every stored key (a listener's namespace).
 
         Returns how many stored keys were removed.
         """
         if request.method in SAFE_METHODS or not (200 <= status < 400):
             return 0
-        removed = self.purge(key_base)
+        removed = self.purge(ns + key_base)
         origin = _origin(key_base)
         for ref in (location, content_location):
             if not ref:
@@ -619,7 +622,7 @@ class HttpCache:
             # Only the same origin: another origin's entries are not this
             # server's to invalidate (a denial-of-service vector otherwise).
             if target is not None and _origin(target) == origin:
-                removed += self.purge(target)
+                removed += self.purge(ns + target)
         return removed
 
     def purge(self, url: bytes) -> int:
