@@ -102,7 +102,7 @@ class WorkerCache:
         self.namespaces: set[bytes] = set()  # key prefixes of the listeners using it
         self.hits = 0             # answered from a fresh entry
         self.stale = 0            # answered from a stale entry (swr, max-stale, stale-if-error)
-        self.misses = 0           # GET/HEAD that went upstream
+        self.misses = 0           # GET/HEAD sent upstream (coalesced waiters are not)
         self.revalidated = 0      # 304s that refreshed an entry
         self.stores = 0
         self.store_failures = 0   # storable, but the store refused it (too big, all pinned)
@@ -246,7 +246,6 @@ class CacheLayer:
             return
         leader = False
         if is_get or method == HEAD:
-            self.wc.misses += 1
             if self.coalesce and req.cache_control is None:
                 coalescer = self.wc.coalescer
                 if is_get:
@@ -259,6 +258,7 @@ class CacheLayer:
         else:
             self.go(conn, req, key, lk, False, LOG_BYPASS, ctx)
             return
+        self.wc.misses += 1
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx)
 
@@ -287,6 +287,7 @@ class CacheLayer:
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
+        self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx)
 
     # -- stale-while-revalidate ------------------------------------------------
@@ -294,8 +295,8 @@ class CacheLayer:
     def refresh_later(self, conn, req, key: bytes, lk, ctx) -> None:
         """Start one background revalidation of the stale entry lk, unless one runs."""
         wc = self.wc
-        if key in wc.refreshing:
-            return
+        if key in wc.refreshing or req.method != GET:
+            return   # a HEAD would bring no body to store: the next GET refreshes it
         target = self.handler.refresh_target(conn, req, lk.conditional, ctx)
         if target is None:
             return
