@@ -307,6 +307,19 @@ def test_changed_resource_replaces_the_entry(cache_proxy, origin):
     assert is_hit(r3) and b3 == b2
 
 
+def test_304_for_another_validator_is_not_used_and_the_request_is_repeated(cache_proxy, origin):
+    # RFC 9111 4.3.3: a 304 that selects no stored response cannot answer an
+    # unconditional request: the proxy asks again without validators.
+    t = u("stray304", cc="max-age=0", etag='"v1"')
+    get(cache_proxy, t)
+    origin.override["/c/stray304"] = {"etag": '"zz"', "force304": "1", "cc": "max-age=60"}
+    r, body = get(cache_proxy, t)
+    assert r.status == 200 and body == b"/c/stray304 #3\n" and r.getheader("ETag") == '"zz"'
+    assert origin.count(t) == 3
+    assert "if-none-match" not in origin.headers_of(t)
+    assert is_hit(get(cache_proxy, t)[0])
+
+
 def test_no_cache_response_is_validated_before_every_use(cache_proxy, origin):
     t = u("nocache", cc="no-cache", etag='"n"')
     get(cache_proxy, t)
