@@ -30,7 +30,10 @@ from fastproxy.upstream import UpstreamGroup
 
 def log(msg: str) -> None:
     """A line on stderr for the operator."""
-    print(f"fastproxy[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+    # One write per line: print() writes the text and the newline separately, so with
+    # several workers (and unbuffered stderr) their lines could interleave.
+    sys.stderr.write(f"fastproxy[{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
 
 
 class Runtime:

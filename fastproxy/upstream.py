@@ -18,6 +18,7 @@ class Server:
         "ejections",       # consecutive ejections, for the growing back-off
         "failures",        # consecutive connect failures / 5xx seen
         "conns",           # open upstream connections (breaker limit)
+        "pending",         # requests waiting for a connection to it (breaker limit)
     )
 
     def __init__(self, host: str, port: int, weight: int = 1, scheme: str = "http") -> None:
@@ -32,6 +33,7 @@ class Server:
         self.ejections = 0
         self.failures = 0
         self.conns = 0
+        self.pending = 0
 
     def __repr__(self) -> str:
         return f"Server({self.name}, weight={self.weight})"

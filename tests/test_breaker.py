@@ -1,0 +1,302 @@
+"""Outlier ejection (on the loop's clock), breaker limits, retry rules and the retry budget."""
+import asyncio
+
+import pytest
+
+from fastproxy.balance import eligible_servers, make_balancer
+from fastproxy.breaker import (
+    BreakerConfig, CircuitBreaker, OutlierConfig, OutlierDetector, RetryBudget, RetryConfig,
+    RetryPolicy, is_idempotent,
+)
+from fastproxy.upstream import Server
+
+
+def pool(n):
+    return [Server(f"10.1.0.{i}", 80) for i in range(n)]
+
+
+# --- outlier ejection -------------------------------------------------------------------
+
+
+def test_consecutive_failures_eject_and_a_success_resets_the_count():
+    servers = pool(10)
+    s = servers[0]
+    detector = OutlierDetector(servers, OutlierConfig(consecutive_failures=3))
+    assert not detector.record_failure(s, now=0.0)
+    assert not detector.record_status(s, 502, now=0.0)
+    assert not detector.record_status(s, 404, now=0.0)  # a 4xx is the client's problem
+    assert s.failures == 0
+    assert not detector.record_failure(s, now=0.0)
+    assert not detector.record_failure(s, now=0.0)
+    assert detector.record_status(s, 503, now=1.0)
+    assert s.ejected_until == 31.0 and s.ejections == 1
+    assert detector.ejected() == [s]
+    assert eligible_servers(servers, 30.9) == servers[1:]
+    assert not detector.record_failure(s, now=2.0)  # already out
+
+
+def test_back_off_doubles_and_is_capped():
+    servers = pool(10)
+    s = servers[0]
+    config = OutlierConfig(consecutive_failures=1, base_ejection=10, max_ejection=35)
+    detector = OutlierDetector(servers, config)
+    now = 0.0
+    durations = []
+    for _ in range(4):
+        assert detector.record_failure(s, now=now)
+        durations.append(s.ejected_until - now)
+        now = s.ejected_until
+        assert detector.expire(now) == [s]
+        now += 1.0  # fails again soon after coming back
+    assert durations == [10, 20, 35, 35]
+    # Behaving for a whole max_ejection resets the back-off.
+    now += 35.0
+    assert detector.record_failure(s, now=now)
+    assert s.ejected_until - now == 10
+
+
+def test_at_most_the_configured_share_is_ejected():
+    servers = pool(10)
+    detector = OutlierDetector(servers, OutlierConfig(consecutive_failures=1,
+                                                      max_ejection_percent=20))
+    assert detector.max_ejected() == 2
+    results = [detector.record_failure(s, now=0.0) for s in servers]
+    assert results == [True, True] + [False] * 8
+    # When one returns, the next failing server may go.
+    assert detector.expire(30.0) == servers[:2]
+    assert detector.record_failure(servers[5], now=30.0)
+
+
+@pytest.mark.parametrize("n, pct, allowed", [
+    (10, 10, 1), (30, 10, 3), (3, 10, 1), (2, 50, 1), (2, 100, 1), (1, 100, 0), (5, 0, 0), (0, 10, 0),
+])
+def test_share_limit_never_empties_the_pool(n, pct, allowed):
+    detector = OutlierDetector(pool(n), OutlierConfig(max_ejection_percent=pct))
+    assert detector.max_ejected() == allowed
+
+
+def test_disabled_ejection():
+    servers = pool(5)
+    detector = OutlierDetector(servers, OutlierConfig(consecutive_failures=0))
+    assert not any(detector.record_failure(servers[0], now=0.0) for _ in range(100))
+
+
+def test_update_forgets_removed_servers():
+    servers = pool(4)
+    detector = OutlierDetector(servers, OutlierConfig(consecutive_failures=1,
+                                                      max_ejection_percent=25))
+    assert detector.record_failure(servers[0], now=0.0)
+    detector.update(servers[1:])
+    assert detector.ejected() == []
+    assert detector.next_expiry() is None
+
+
+def test_ejection_timing_follows_the_loop_clock():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        servers = pool(4)
+        balancer = make_balancer("round_robin", servers)
+        log = []
+
+        def on_change(server, eligible):
+            log.append((server, eligible, loop.time()))
+            balancer.update(eligible_servers(servers, loop.time()))
+
+        config = OutlierConfig(consecutive_failures=2, base_ejection=0.05, max_ejection=0.2,
+                               max_ejection_percent=25)
+        detector = OutlierDetector(servers, config, on_change, loop)
+        bad = servers[2]
+        detector.record_failure(bad)
+        start = loop.time()
+        assert detector.record_failure(bad)
+        assert bad not in balancer.servers and len(balancer.servers) == 3
+        assert detector.next_expiry() == pytest.approx(start + 0.05, abs=0.01)
+        while len(log) < 2:
+            await asyncio.sleep(0.01)
+        (_, out, t_out), (_, back, t_back) = log
+        assert (out, back) == (False, True)
+        assert t_back - t_out >= 0.05 - 1e-3
+        assert bad in balancer.servers and bad.failures == 0
+        # second ejection lasts twice as long
+        detector.record_failure(bad)
+        assert detector.record_failure(bad)
+        assert bad.ejected_until - loop.time() == pytest.approx(0.1, abs=0.01)
+        detector.close()  # timers cancelled: nothing fires after this
+        await asyncio.sleep(0.15)
+        assert len(log) == 3 and bad in detector.ejected()
+
+    asyncio.run(scenario())
+
+
+def test_failing_on_change_does_not_break_detection(caplog):
+    servers = pool(2)
+
+    def broken(server, eligible):
+        raise RuntimeError("boom")
+
+    detector = OutlierDetector(servers, OutlierConfig(consecutive_failures=1), broken)
+    assert detector.record_failure(servers[0], now=0.0)
+    assert "on_change callback failed" in caplog.text
+    assert detector.expire(100.0) == [servers[0]]
+
+
+@pytest.mark.parametrize("bad, key", [
+    (dict(consecutive_failures=-1), "consecutive_failures"),
+    (dict(base_ejection=0), "base_ejection"),
+    (dict(max_ejection=float("inf")), "max_ejection"),
+    (dict(base_ejection=60, max_ejection=30), "max_ejection"),
+    (dict(max_ejection_percent=101), "max_ejection_percent"),
+    (dict(max_ejection_percent="10%"), "max_ejection_percent"),
+])
+def test_outlier_config_errors_name_the_key(bad, key):
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        OutlierConfig(**bad)
+
+
+# --- circuit breaker limits -------------------------------------------------------------
+
+
+def test_pool_request_limit_opens_and_closes():
+    a, b = pool(2)
+    breaker = CircuitBreaker(BreakerConfig(max_requests=3))
+    assert [breaker.try_acquire(s) for s in (a, b, a)] == [None, None, None]
+    assert breaker.try_acquire(b) == "max_requests"
+    assert breaker.requests == 3
+    breaker.release(a)
+    assert breaker.try_acquire(b) is None
+    assert breaker.describe("max_requests") == (
+        "upstream circuit breaker open: max_requests (3) reached for pool\n"
+    )
+
+
+def test_per_server_request_limit_reads_the_balancers_count():
+    servers = pool(2)
+    a, b = servers
+    balancer = make_balancer("least_conn", servers)
+    breaker = CircuitBreaker(BreakerConfig(per_server_max_requests=2))
+    for _ in range(2):
+        assert breaker.try_acquire(a) is None
+        balancer.acquire(a)
+    assert breaker.try_acquire(a) == "per_server_max_requests"
+    assert breaker.try_acquire(b) is None
+    assert "for server 10.1.0.0:80" in breaker.describe("per_server_max_requests", a)
+    balancer.release(a)
+    breaker.release(a)
+    assert breaker.try_acquire(a) is None
+
+
+@pytest.mark.parametrize("kind, field", [("connections", "conns"), ("pending", "pending")])
+def test_connection_and_pending_limits_count_per_server(kind, field):
+    a, b = pool(2)
+    config = BreakerConfig(**{f"max_{kind}": 3, f"per_server_max_{kind}": 2})
+    breaker = CircuitBreaker(config)
+    assert breaker.try_acquire(a, kind) is None
+    assert breaker.try_acquire(a, kind) is None
+    assert getattr(a, field) == 2
+    assert breaker.try_acquire(a, kind) == f"per_server_max_{kind}"
+    assert breaker.try_acquire(b, kind) is None
+    assert breaker.try_acquire(b, kind) == f"max_{kind}"
+    breaker.release(a, kind)
+    assert getattr(a, field) == 1 and getattr(breaker, kind) == 2
+    assert breaker.try_acquire(b, kind) is None
+    for _ in range(5):
+        breaker.release(a, kind)  # extra releases never go below zero
+    assert getattr(a, field) == 0
+
+
+def test_zero_means_no_limit():
+    (a,) = pool(1)
+    breaker = CircuitBreaker(BreakerConfig(max_requests=0, max_connections=0, max_pending=0))
+    for kind in ("requests", "connections", "pending"):
+        assert all(breaker.try_acquire(a, kind) is None for _ in range(5000))
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(ValueError, match="kind"):
+        CircuitBreaker().try_acquire(pool(1)[0], "sockets")
+
+
+@pytest.mark.parametrize("key", ["max_requests", "per_server_max_pending", "max_connections"])
+def test_breaker_config_errors_name_the_key(key):
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        BreakerConfig(**{key: -1})
+
+
+# --- retries ----------------------------------------------------------------------------
+
+
+def test_idempotent_methods_per_rfc_9110():
+    assert all(is_idempotent(m) for m in (b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+    assert not any(is_idempotent(m) for m in (b"POST", b"PATCH", b"CONNECT", b"get"))
+
+
+def test_retry_policy_rules():
+    policy = RetryPolicy(RetryConfig(retries=2, min_retries_per_second=100), clock=lambda: 0.0)
+    assert policy.may_retry(b"GET", attempts=1)
+    assert policy.may_retry(b"PUT", attempts=2)
+    assert not policy.may_retry(b"GET", attempts=3)  # retries exhausted
+    assert not policy.may_retry(b"POST", attempts=1)
+    assert not policy.may_retry(b"GET", attempts=1, response_started=True)
+    assert not policy.may_retry(b"PUT", attempts=1, body_replayable=False)
+    post = RetryPolicy(RetryConfig(extra_methods=("POST",)), clock=lambda: 0.0)
+    assert post.retryable(b"POST") and post.may_retry(b"POST", attempts=1)
+    assert not RetryPolicy(RetryConfig(retries=0)).retryable(b"GET")
+
+
+def test_budget_caps_retries_at_a_share_of_requests():
+    now = [100.0]
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, window=10.0, clock=lambda: now[0])
+    # The floor alone: 1 per second over 10 s.
+    assert sum(budget.try_retry() for _ in range(50)) == 10
+    for _ in range(100):
+        budget.record_request()
+    # 100 requests allow 20 more.
+    assert sum(budget.try_retry() for _ in range(50)) == 20
+    assert not budget.can_retry()
+    # Ten seconds later the window has moved on: the old counts are gone.
+    now[0] += 10.0
+    assert budget.requests == 100 and budget.can_retry()
+    assert budget.requests == 0 and budget.retries == 0
+
+
+def test_budget_window_slides_bucket_by_bucket():
+    budget = RetryBudget(ratio=1.0, min_per_second=0.0, window=10.0)
+    for t in range(10):
+        budget.record_request(now=float(t))
+    assert budget.requests == 10
+    budget.record_retry(now=9.5)
+    budget.can_retry(now=12.0)  # buckets of t=0, 1, 2 leave the window
+    assert budget.requests == 7 and budget.retries == 1
+    budget.can_retry(now=1000.0)
+    assert budget.requests == 0 and budget.retries == 0
+    budget.record_request(now=999.0)  # a clock that steps back lands in the current bucket
+    assert budget.requests == 1
+
+
+def test_budget_stops_a_retry_storm_during_an_outage():
+    # Every first attempt fails during an outage: retries stay near the ratio, not 3x.
+    now = [0.0]
+    policy = RetryPolicy(RetryConfig(retries=3, budget_ratio=0.2, min_retries_per_second=1.0),
+                         clock=lambda: now[0])
+    sent = retried = 0
+    for i in range(2000):
+        now[0] = i * 0.01  # 100 requests per second for 20 s
+        policy.record_request()
+        sent += 1
+        attempts = 1
+        while policy.may_retry(b"GET", attempts):
+            retried += 1
+            attempts += 1
+    assert retried / sent <= 0.2 + 10 / 1000 + 0.01
+
+
+@pytest.mark.parametrize("bad, key", [
+    (dict(retries=-1), "retries"), (dict(retries=11), "retries"),
+    (dict(extra_methods="POST"), "extra_methods"), (dict(extra_methods=("post",)), "extra_methods"),
+    (dict(budget_ratio=-0.1), "budget_ratio"), (dict(min_retries_per_second=float("nan")),
+                                                 "min_retries_per_second"),
+    (dict(budget_window=0), "budget_window"),
+])
+def test_retry_config_errors_name_the_key(bad, key):
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        RetryConfig(**bad)
