@@ -167,13 +167,16 @@ class AdminServer:
             servers = {}
             for server in group.servers:
                 pool = group.pools.get(server)
+                ejected = server.ejected_until > w.loop.time()
                 servers[server.name] = {
                     "active": server.active,
+                    "pending": server.pending,
                     "open": getattr(pool, "open", 0),
                     "idle": len(getattr(pool, "idle", ())),
                     "opened": getattr(pool, "opened_total", 0),
                     "failures": server.failures,
-                    "healthy": 1 if server.healthy else 0,
+                    "ejections": server.ejections,
+                    "healthy": 1 if server.healthy and not ejected else 0,
                 }
             upstreams[name] = servers
         snap = {
@@ -288,7 +291,12 @@ def render_metrics(snap: dict) -> str:
             ("opened", "upstream_connections_opened_total", "counter",
              "Connections opened to the server."),
             ("active", "upstream_active_requests", "gauge", "Requests in flight to the server."),
-            ("healthy", "upstream_healthy", "gauge", "1 when the server is eligible.")):
+            ("pending", "upstream_pending_requests", "gauge",
+             "Requests waiting for a connection to the server."),
+            ("ejections", "upstream_ejections", "gauge",
+             "Consecutive passive-health ejections of the server."),
+            ("healthy", "upstream_healthy", "gauge",
+             "1 when the server passes health checks and is not ejected.")):
         metric(name, kind, help_text,
                [({"group": g, "server": s}, v.get(key, 0)) for g, s, v in ups])
     cache = snap.get("cache")
