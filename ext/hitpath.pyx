@@ -30,7 +30,6 @@ head (CRLF-ended lines, no blank line), body.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport INFINITY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
-from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
@@ -83,6 +82,22 @@ cdef inline bint defers_to_python(const unsigned char* p, Py_ssize_t n) noexcept
     if c == b'p':
         return name_is(p, n, "pragma", 6)
     return False
+
+
+cdef inline int put_uint(char* out, long long v) noexcept nogil:
+    """Decimal digits of v >= 0 into out (at most 20); return how many."""
+    cdef char tmp[24]
+    cdef int n = 0, i
+    if v <= 0:
+        out[0] = b'0'
+        return 1
+    while v:
+        tmp[n] = <char>(48 + v % 10)
+        v //= 10
+        n += 1
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
 
 
 cdef inline double read_f64(const unsigned char* p) noexcept nogil:
@@ -213,8 +228,8 @@ cdef class FreshHits:
 
         extra = self.x_close if not keep else (self.x_keep if req.version == 11 else
                                                self.x_keep10)
-        age_n = snprintf(age_s, 32, "%lld", <long long>age)
-        ttl_n = snprintf(ttl_s, 32, "%lld", <long long>ttl)
+        age_n = put_uint(age_s, <long long>age)
+        ttl_n = put_uint(ttl_s, <long long>ttl)
         xlen = PyBytes_GET_SIZE(extra)
         plen = PyBytes_GET_SIZE(self.status_prefix)
         tail_len = 5 + age_n + 2 + xlen + plen + ttl_n + 4
