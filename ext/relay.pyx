@@ -37,6 +37,7 @@ from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
 from fastproxy.errors import CONTINUE_100, error_response
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
+from fastproxy._hitpath cimport FreshHits
 
 
 cdef inline double _now() noexcept nogil:
@@ -145,6 +146,42 @@ cdef inline object _piece(object data, Py_ssize_t pos, Py_ssize_t n):
 
 cdef class UpstreamConnection
 cdef class ConnectionPool
+
+
+cdef class Counters:
+    """Exchange counters of one worker (the admin interface's /metrics reads them)."""
+
+    cdef public long long requests, s1xx, s2xx, s3xx, s4xx, s5xx, other
+    cdef public long long bytes_sent, bytes_received
+
+    def __init__(self):
+        self.requests = self.s1xx = self.s2xx = self.s3xx = self.s4xx = self.s5xx = 0
+        self.other = self.bytes_sent = self.bytes_received = 0
+
+    cdef inline void count(self, int status, long long sent, long long received) noexcept:
+        self.requests += 1
+        self.bytes_sent += sent
+        self.bytes_received += received
+        if status < 200:
+            if status >= 100:
+                self.s1xx += 1
+            else:
+                self.other += 1
+        elif status < 300:
+            self.s2xx += 1
+        elif status < 400:
+            self.s3xx += 1
+        elif status < 500:
+            self.s4xx += 1
+        elif status < 600:
+            self.s5xx += 1
+        else:
+            self.other += 1
+
+    def by_class(self):
+        """{"1xx": n, ..., "5xx": n} of the exchanges counted so far."""
+        return {"1xx": self.s1xx, "2xx": self.s2xx, "3xx": self.s3xx, "4xx": self.s4xx,
+                "5xx": self.s5xx}
 cdef class Tunnel
 cdef class TunnelEnd
 
@@ -161,6 +198,8 @@ cdef class ClientConnection:
     cdef public Request req
     cdef public ChunkedDecoder chunks
     cdef public UpstreamConnection upstream
+    cdef public Counters counters
+    cdef public FreshHits fast_hits
     cdef public object server, replay, tried, group, log_extra, observer
     cdef public list held      # request body bytes read before an upstream was chosen
     cdef public int state, paused, body_kind, status, retries, client_port
@@ -191,6 +230,8 @@ cdef class ClientConnection:
         self.client_idle = t.client_idle
         self.client_body = t.client_body
         self.handler = rt.handler
+        self.counters = getattr(rt, "counters", None)
+        self.fast_hits = getattr(rt, "fast_hits", None)
         self.access_log = rt.access_log
         self.buf = None
         self.state = S_HEAD
@@ -267,6 +308,7 @@ cdef class ClientConnection:
             self.detail = "client closed connection"
             self.log()
         self.req = None
+        self._observer_failed()
         cb = getattr(self.handler, "connection_lost", None)
         if cb is not None:
             cb(self)
@@ -333,6 +375,10 @@ cdef class ClientConnection:
             pos += self._feed_body(data, pos)
         if pos < len(data) and self.state != S_CLOSED:
             self._stash(data, pos)
+            if self.state == S_HEAD:
+                # The handler answered inside dispatch (a cache hit, an error) before
+                # these pipelined bytes were kept: start on them now.
+                self.loop.call_soon(self._resume_pipeline)
 
     cdef _stash(self, data, Py_ssize_t pos):
         """Keep bytes that arrived early (pipelined, or while the upstream connects)."""
@@ -369,6 +415,14 @@ cdef class ClientConnection:
             self.reject(417, "only 100-continue is supported in Expect")
             return
         self.state = S_BODY if kind != BODY_NONE else S_WAIT
+        cdef FreshHits hits = self.fast_hits
+        if hits is not None and kind == BODY_NONE:
+            # A fresh cache hit is answered here, without a Python call (hitpath.pyx).
+            out = hits.serve(req, self.keep_alive)
+            if out is not None:
+                self.log_extra = hits.log_hit
+                self.respond(out, hits.status, hits.body_len)
+                return
         self.handler.dispatch(self, req)
         if (req.expect_continue and kind != BODY_NONE and self.state == S_BODY
                 and req.version >= 11 and not self.resp_started):
@@ -465,6 +519,7 @@ cdef class ClientConnection:
             t.write(error_response(status, detail, True, extra, self.head_request))
         self.log()
         self.req = None
+        self._observer_failed()
         self.close()
 
     cpdef respond_error(self, int status, str detail, bytes extra=b""):
@@ -496,9 +551,17 @@ cdef class ClientConnection:
             self.status = 502
         self.log()
         self.req = None
+        self._observer_failed()
         if self.transport is not None:
             self.transport.abort()
         self.state = S_CLOSED
+
+    cdef _observer_failed(self):
+        """The exchange ended without a complete response: tell the observer (no store)."""
+        observer = self.observer
+        if observer is not None:
+            self.observer = None
+            observer.exchange_failed(self)
 
     cpdef exchange_done(self, bint keep):
         """The response is complete: log, then read the next request or close."""
@@ -543,6 +606,9 @@ cdef class ClientConnection:
             t.close()
 
     cpdef log(self):
+        cdef Counters c = self.counters
+        if c is not None:
+            c.count(self.status, self.sent, self.received)
         if self.access_log is not None:
             self.access_log.write(self)
 
@@ -938,6 +1004,9 @@ cdef class UpstreamConnection:
         observer = client.observer
         if observer is not None:
             more = observer.response_head(client, resp)
+            if more is not None and type(more) is not bytes:
+                self._replaced(client, observer, more, mode != M_NONE or pos < len(data))
+                return
             if more:
                 extra += more
         if not resp.has_c(DATE):
@@ -1056,9 +1125,30 @@ cdef class UpstreamConnection:
 
     # -- ending an exchange -----------------------------------------------------
 
+    cdef _replaced(self, ClientConnection client, observer, object more, bint has_body):
+        """The observer answers instead of this response (a 304 that refreshed its cache
+        entry, a stored response instead of an error), or, given False, asks for the
+        request to be sent again (`observer.replay(client)`)."""
+        if has_body:
+            self.reusable = False   # its body is not read: the connection is unusable
+        if more is False:
+            self._release(client)
+            client.upstream = None
+            client.status = 0
+            client.resp_started = False
+            observer.replay(client)
+            return
+        client.transport.writelines(more)
+        self._finish()
+
     cdef _finish(self):
         """The response is complete: hand the connection back and let the client go on."""
         cdef ClientConnection client = self.client
+        self._release(client)
+        client.exchange_done(client.keep_alive)
+
+    cdef _release(self, ClientConnection client):
+        """Detach from client; back to the pool when the exchange left it clean."""
         self.client = None
         self.state = U_IDLE
         self.deadline = 0.0
@@ -1076,7 +1166,6 @@ cdef class UpstreamConnection:
             self.pool.release(self)
         else:
             self.close()
-        client.exchange_done(client.keep_alive)
 
     cdef _broken(self, str detail):
         """The response broke after it started: the client connection must be cut."""

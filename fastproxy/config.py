@@ -415,16 +415,33 @@ def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], A
 TOP_EXTRAS = ("cache", "rate_limit")
 GROUP_EXTRAS = ("health", "outlier", "breaker", "retry")
 LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "resolver", "connect_ports",
-                   "allow_private", "header_rules")
+                   "allow_private", "header_rules", "cache")
 # Which of those each mode accepts (others are an error naming the key).
 MODE_EXTRAS = {
     "forward": set(LISTENER_EXTRAS),
-    "reverse": {"rate_limit"},
+    "reverse": {"rate_limit", "cache"},
     "tcp": set(),
 }
 
 # name -> callable(raw_value) raising ValueError; feature modules register here.
 validators: dict[str, Callable[[Any], Any]] = {}
+
+
+def _cache_section(raw: Any) -> Any:
+    """[cache]: a fastproxy.cache.CacheConfig, or None when size is 0 (no cache)."""
+    from fastproxy.cache.config import CacheConfig
+
+    return CacheConfig.from_table(raw)
+
+
+def _cache_switch(value: Any) -> bool:
+    """A listener's `cache = false` turns the worker's cache off for that listener."""
+    return _BOOL(value)
+
+
+validators["top.cache"] = _cache_section
+validators["listener.reverse.cache"] = _cache_switch
+validators["listener.forward.cache"] = _cache_switch
 
 
 def _extras(table: _Table, names: tuple[str, ...], scope: str) -> tuple[tuple[str, Any], ...]:
@@ -436,6 +453,9 @@ def _extras(table: _Table, names: tuple[str, ...], scope: str) -> tuple[tuple[st
             if check is not None:
                 try:
                     raw = check(raw)
+                except ConfigError as exc:  # already one line per problem, keys named
+                    table.problems.extend(exc.problems)
+                    continue
                 except ValueError as exc:
                     table.problem(name, str(exc))
                     continue
@@ -665,13 +685,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
-    cache_size = 0
-    if isinstance(data.get("cache"), dict) and "size" in data["cache"]:
-        try:
-            cache_size = parse_size(data["cache"]["size"])
-        except ValueError as exc:
-            problems.append(f"cache.size: {exc}")
     extras = _extras(top, TOP_EXTRAS, "top")
+    cache_cfg = dict(extras).get("cache")
+    cache_size = getattr(cache_cfg, "size", 0)
     top.finish()
 
     # Cross references: every listener's and route's upstream must exist.

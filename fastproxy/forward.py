@@ -119,6 +119,7 @@ class ForwardHandler:
         # A pool per destination (address, port, scheme, TLS name); created on demand.
         self.pools: dict[tuple, ConnectionPool] = {}
         self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
+        self.cache = None   # the listener's caching.CacheLayer, set by the server
 
     # -- connection-level hooks (called by the relay) -------------------------------
 
@@ -199,19 +200,46 @@ class ForwardHandler:
         if not decision.allow:
             self._deny(conn, decision)
             return
+        target = (scheme, host, host_b, port, path, decision)
+        if self.cache is not None and scheme != b"tcp":
+            # Admitted: the cache may answer before any DNS (caching.py calls forward).
+            self.cache.handle(conn, req, target)
+            return
+        self.forward(conn, req, b"", target)
+
+    def forward(self, conn, req, more: bytes = b"", target=None) -> None:
+        """Resolve target's host (cached, or in a task), then connect and send req with
+        `more` field lines added."""
         try:
-            addrs = self.resolver.cached(host)
+            addrs = self.resolver.cached(target[1])
         except ResolveError as exc:
             conn.respond_error(exc.status, exc.reason)
             return
-        target = (scheme, host, host_b, port, path, decision)
         if addrs is None:
             conn.pause_reading(PAUSE_CONNECTING)
-            self.rt.loop.create_task(self._resolve_then(conn, req, target))
+            self.rt.loop.create_task(self._resolve_then(conn, req, target, more))
             return
-        self._connect(conn, req, target, addrs)
+        self._connect(conn, req, target, addrs, more)
 
-    async def _resolve_then(self, conn, req, target) -> None:
+    def refresh_target(self, conn, req, more: bytes, target):
+        """Where a background revalidation of req would go (cached DNS only), or None."""
+        scheme, host, host_b, port, path, decision = target
+        try:
+            addrs = self.resolver.cached(host)
+        except ResolveError:
+            return None
+        if not addrs:
+            return None
+        allowed, _ = self._allowed_addresses(conn, decision, addrs)
+        if not allowed:
+            return None
+        addr = allowed[0][0]
+        pool = self._pool(addr, scheme, host, port)
+        head = self._head(conn, req, scheme, host, host_b, port, path,
+                          more + b"Connection: close\r\n")
+        return addr, port, pool.ssl, host if pool.ssl is not None else None, head
+
+    async def _resolve_then(self, conn, req, target, more: bytes = b"") -> None:
         try:
             addrs = await self.resolver.resolve(target[1])
         except ResolveError as exc:
@@ -222,7 +250,7 @@ class ForwardHandler:
         if conn.state == STATE_CLOSED or conn.req is not req:
             return
         conn.resume_reading(PAUSE_CONNECTING)
-        self._connect(conn, req, target, addrs)
+        self._connect(conn, req, target, addrs, more)
 
     def _deny(self, conn, decision) -> None:
         conn.log_extra = {**(conn.log_extra or {}), "acl": decision.rule}
@@ -241,7 +269,7 @@ class ForwardHandler:
                 refusal = final
         return allowed, refusal
 
-    def _connect(self, conn, req, target, addrs) -> None:
+    def _connect(self, conn, req, target, addrs, more: bytes = b"") -> None:
         scheme, host, host_b, port, path, decision = target
         allowed, refusal = self._allowed_addresses(conn, decision, addrs)
         if not allowed:
@@ -251,13 +279,13 @@ class ForwardHandler:
         if scheme == b"tcp":
             self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
             return
-        head = self._head(conn, req, scheme, host, host_b, port, path)
+        head = self._head(conn, req, scheme, host, host_b, port, path, more)
         conn.replay = head
         conn.tried = [a for a, _ in allowed[1:]]  # addresses left to try on connect failure
         conn.group = (scheme, host, port)
         self._send(conn, allowed[0][0], scheme, host, port, head)
 
-    def _head(self, conn, req, scheme, host, host_b, port, path) -> bytes:
+    def _head(self, conn, req, scheme, host, host_b, port, path, more: bytes = b"") -> bytes:
         drop, extra = self.anonymizer.plan(req, conn.client_ip, host)
         drop = drop + DROP_ALWAYS
         default_port = 443 if scheme == b"https" else 80
@@ -275,7 +303,7 @@ class ForwardHandler:
             drop += mf_drop
             extra += mf_extra
         start_line = req.method + b" " + path + b" HTTP/1.1"
-        return req.forward_head(start_line, extra, drop, keep_upgrade)
+        return req.forward_head(start_line, extra + more, drop, keep_upgrade)
 
     def _pool(self, addr: str, scheme: bytes, host: str, port: int) -> ConnectionPool:
         key = (addr, port, scheme, host)
@@ -322,8 +350,11 @@ class ForwardHandler:
         conn.resume_reading(PAUSE_CONNECTING)
         if conn.resp_started:
             conn.abort(detail)
-        else:
-            conn.respond_error(status, detail)
+            return
+        observer = conn.observer
+        if observer is not None and observer.upstream_failed(conn, status, detail):
+            return   # the cache answered (stale-if-error, or the error with Cache-Status)
+        conn.respond_error(status, detail)
 
     # -- CONNECT ------------------------------------------------------------------
 

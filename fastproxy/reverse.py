@@ -33,12 +33,26 @@ DROP_HOST_EXPECT = (b"host", b"expect")
 MAX_STALE_RETRIES = 2
 
 
+NO_MAX_FORWARDS = ((), b"")
+
+
+class _Refused(Exception):
+    """The request cannot be routed: answer status (with detail and extra field lines)."""
+
+    def __init__(self, status: int, detail: str, extra: bytes = b"") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
 class ReverseHandler:
     """Dispatches requests of one reverse listener."""
 
-    def __init__(self, rt, router, tls: bool) -> None:
+    def __init__(self, rt, router, tls: bool, cache=None) -> None:
         self.rt = rt
         self.router = router
+        self.cache = cache
         hp = rt.config.headers
         self.via = hp.via
         self.via_11 = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
@@ -51,6 +65,9 @@ class ReverseHandler:
         self.limits = RateLimits(limits) if limits is not None else None
         self.limit_conns = limits is not None and limits.max_connections > 0
         self.limit_rate = limits is not None and limits.rate > 0
+        if cache is None and not self.limit_rate:
+            # Nothing to do before routing: dispatch is forward itself (no extra call).
+            self.dispatch = self.forward
 
     # -- connection-level hooks (called by the relay) -------------------------------
 
@@ -64,7 +81,7 @@ class ReverseHandler:
             self.limits.close_connection(conn.client_ip)
 
     def dispatch(self, conn, req) -> None:
-        """Route req, pick a server and start sending it."""
+        """Rate limits, then the listener's cache (caching.py), then upstream."""
         if self.limit_rate:
             wait = self.limits.check_request(req, conn.client_ip)
             if wait:
@@ -72,9 +89,42 @@ class ReverseHandler:
                 conn.respond_error(429, "request rate limit reached",
                                    b"Retry-After: %d\r\n" % wait)
                 return
+        if self.cache is not None:
+            self.cache.handle(conn, req)
+        else:
+            self.forward(conn, req)
+
+    def forward(self, conn, req, more: bytes = b"", ctx=None) -> None:
+        """Route req, pick a server and start sending it; `more`: field lines to add."""
         mf = max_forwards(conn, req)
         if mf is None:
             return  # answered here (Max-Forwards: 0) or refused
+        try:
+            group, server, key, head = self._plan(conn, req, more, mf)
+        except _Refused as r:
+            observer = conn.observer
+            extra = r.extra + observer.status_line() if observer is not None else r.extra
+            conn.respond_error(r.status, r.detail, extra)
+            return
+        group.requests_seen += 1  # feeds the retry budget
+        conn.group = group
+        conn.hash_key = key
+        conn.replay = head
+        self.start(conn, group, server, head)
+
+    def refresh_target(self, conn, req, more: bytes, ctx=None):
+        """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
+        try:
+            group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n",
+                                                   NO_MAX_FORWARDS)
+        except _Refused:
+            return None
+        pool = group.pools[server]
+        return (pool.connect_host, server.port, pool.ssl,
+                server.host if pool.ssl is not None else None, head)
+
+    def _plan(self, conn, req, more: bytes, mf):
+        """(group, server, hash key, forwarded head) for req; raise _Refused to answer."""
         form = req.target_form
         host = req.host
         target = req.target
@@ -88,8 +138,7 @@ class ReverseHandler:
             try:
                 _scheme, a_host, a_port, path = split_absolute(target)
             except _http.ParseError as exc:
-                conn.respond_error(400, f"bad request target: {exc}")
-                return
+                raise _Refused(400, f"bad request target: {exc}") from None
             host = a_host if a_port in (80, 443) else a_host + b":%d" % a_port
             start_line = req.method + b" " + path + b" HTTP/1.1"
         elif form == TARGET_ASTERISK:
@@ -97,13 +146,11 @@ class ReverseHandler:
             if req.version != 11:
                 start_line = req.method + b" * HTTP/1.1"
         else:
-            conn.respond_error(405, "CONNECT is not served by a reverse proxy listener",
-                               b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
-            return
+            raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
+                           b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
         route = self.router.match(host, path)
         if route is None:
-            conn.respond_error(404, "no route for this host and path")
-            return
+            raise _Refused(404, "no route for this host and path")
         group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
         if route.strip and path.startswith(route.prefix):
             path = path[len(route.prefix):]
@@ -113,15 +160,10 @@ class ReverseHandler:
         key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
         server = group.pick(key)
         if server is None:
-            conn.respond_error(503, f"no available server in upstream {group.name!r}")
-            return
+            raise _Refused(503, f"no available server in upstream {group.name!r}")
         limit = group.admit(server)
         if limit is not None:
-            conn.respond_error(503, group.describe_limit(limit, server))
-            return
-        group.requests_seen += 1
-        conn.group = group
-        conn.hash_key = key
+            raise _Refused(503, group.describe_limit(limit, server))
 
         # The forwarded head.
         extra = self.via_11 if req.version == 11 else self.via_10
@@ -157,9 +199,9 @@ class ReverseHandler:
         if mf[1]:
             drop += mf[0]
             extra += mf[1]
-        head = req.forward_head(start_line, extra, drop, keep_upgrade)
-        conn.replay = head
-        self.start(conn, group, server, head)
+        if more:
+            extra += more
+        return group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade)
 
     def _forwarded(self, conn, host: bytes | None) -> bytes:
         """One RFC 7239 Forwarded element for this hop (existing ones are kept)."""
@@ -217,5 +259,8 @@ class ReverseHandler:
         conn.resume_reading(PAUSE_CONNECTING)
         if conn.resp_started:
             conn.abort(detail)
-        else:
-            conn.respond_error(status, detail)
+            return
+        observer = conn.observer
+        if observer is not None and observer.upstream_failed(conn, status, detail):
+            return   # the cache answered (stale-if-error, or the error with Cache-Status)
+        conn.respond_error(status, detail)

@@ -10,6 +10,7 @@ import sys
 # One entry per ext/NAME.pyx; each module adds itself here when it lands.
 COMPILED: tuple[str, ...] = (
     "fastproxy._http", "fastproxy._ringcache", "fastproxy._relay", "fastproxy._hashing",
+    "fastproxy._hitpath",
 )
 
 

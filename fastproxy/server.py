@@ -18,8 +18,10 @@ import sys
 import time
 
 from fastproxy.accesslog import AccessLog
+from fastproxy.cache import CacheConfig
+from fastproxy.caching import CacheLayer, WorkerCache
 from fastproxy.config import Config, ConfigError, format_address
-from fastproxy._relay import ClientConnection, ConnectionPool
+from fastproxy._relay import ClientConnection, ConnectionPool, Counters
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
 from fastproxy.timers import Deadlines
@@ -28,15 +30,21 @@ from fastproxy.upstream import UpstreamGroup
 
 def log(msg: str) -> None:
     """A line on stderr for the operator."""
-    print(f"fastproxy[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+    # One write per line: print() writes the text and the newline separately, so with
+    # several workers (and unbuffered stderr) their lines could interleave.
+    sys.stderr.write(f"fastproxy[{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
 
 
 class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
+                 counters=None) -> None:
         self.config = config
         self.loop = loop
+        self.cache = cache          # the worker's WorkerCache (kept across reloads), or None
+        self.counters = counters    # the worker's relay Counters (for the admin interface)
         self.timeouts = config.timeouts
         self.limits = config.limits
         shortest = min(v for v in vars(config.timeouts).values() if v > 0) \
@@ -73,7 +81,7 @@ class Runtime:
 class ListenerRuntime:
     """What the connections of one listener share (flat attributes for the hot path)."""
 
-    def __init__(self, rt: Runtime, lcfg, connections: set) -> None:
+    def __init__(self, rt: Runtime, lcfg, connections: set, index: int = 0) -> None:
         self.rt = rt
         self.config = rt.config
         self.listener = lcfg
@@ -83,13 +91,33 @@ class ListenerRuntime:
         self.deadlines = rt.deadlines
         self.access_log = rt.access_log
         self.response_via = rt.response_via
+        self.counters = rt.counters
         self.connections = connections
         self.draining = False
+        self.fast_hits = None
+        # A listener uses the worker's cache unless its `cache = false`.
+        self.cache = rt.cache if lcfg.extra("cache", True) is not False else None
         if lcfg.mode == "reverse":
-            self.handler = ReverseHandler(self, Router(lcfg, rt.groups), lcfg.tls_cert is not None)
+            tls = lcfg.tls_cert is not None
+            layer = None
+            if self.cache is not None:
+                layer = CacheLayer(self.cache, None, b"https" if tls else b"http",
+                                   rt.response_via, rt.loop, rt.timeouts, rt.limits, index)
+            self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
+            if layer is not None:
+                layer.handler = self.handler
+                if not self.handler.limit_rate:
+                    # Fresh hits answered by the relay itself (hitpath.pyx); with rate
+                    # limits every request must reach the handler first.
+                    self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
             from fastproxy.forward import ForwardHandler  # lands with forward mode
             self.handler = ForwardHandler(self, lcfg)
+            if self.cache is not None:
+                # Hits need the forward checks (auth, ACL) first: no fast path here.
+                self.handler.cache = CacheLayer(self.cache, self.handler, b"http",
+                                                rt.response_via, rt.loop, rt.timeouts,
+                                                rt.limits, index)
         else:
             self.handler = None
 
@@ -116,14 +144,32 @@ class Worker:
         self.old_runtimes: list[Runtime] = []
         self.stopping: asyncio.Event | None = None
         self.bound: list = []   # (listener config, port actually bound)
+        self.started = time.time()
+        self.counters = Counters()
+        self.cache: WorkerCache | None = None
+        self.admin = None
+        self.index = 0          # worker number (0 .. workers-1)
+        self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
+
+    def _cache_for(self, config: Config) -> WorkerCache | None:
+        """The worker cache for config: the current one when its settings did not change."""
+        cc = config.extra("cache")
+        if cc is None and config.cache_size:
+            cc = CacheConfig(size=config.cache_size)
+        if cc is None:
+            return None
+        if self.cache is not None and self.cache.config == cc:
+            return self.cache
+        return WorkerCache(cc)
 
     async def start(self) -> None:
         """Bind every listener; raise OSError naming the address on failure."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.runtime = Runtime(self.config, self.loop)
-        for lcfg in self.config.listeners:
-            lrt = self._listener_runtime(lcfg)
+        self.cache = self._cache_for(self.config)
+        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
+        for index, lcfg in enumerate(self.config.listeners):
+            lrt = self._listener_runtime(lcfg, index)
             server = await self._bind(lcfg, lrt)
             self.servers.append(server)
             self.listener_rts.append(lrt)
@@ -131,12 +177,16 @@ class Worker:
             addr = sock.getsockname()
             self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
+        if self.config.admin is not None:
+            from fastproxy.admin import AdminServer
+            self.admin = AdminServer(self)
+            await self.admin.start(*self.config.admin)
 
-    def _listener_runtime(self, lcfg) -> ListenerRuntime:
+    def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpRuntime
             return TcpRuntime(self.runtime, lcfg, self.connections)
-        return ListenerRuntime(self.runtime, lcfg, self.connections)
+        return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
     async def _bind(self, lcfg, lrt):
         holder = _Holder(lrt)
@@ -160,7 +210,8 @@ class Worker:
     def reload(self, config: Config) -> None:
         """Switch new connections to config; open connections finish on the old one."""
         old = self.runtime
-        new_rt = Runtime(config, self.loop)
+        cache = self._cache_for(config)
+        new_rt = Runtime(config, self.loop, cache, self.counters)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
@@ -172,16 +223,19 @@ class Worker:
             log("reload: listener addresses or modes changed; restart to apply them")
             return
         self.runtime = new_rt
-        for lrt_old, lcfg in zip(self.listener_rts, config.listeners):
+        for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
             if lcfg.mode == "tcp":
                 from fastproxy.tcp import TcpRuntime
                 new = TcpRuntime(new_rt, lcfg, self.connections)
             else:
-                new = ListenerRuntime(new_rt, lcfg, self.connections)
+                new = ListenerRuntime(new_rt, lcfg, self.connections, index)
             lrt_old.holder.current = new
             new.holder = lrt_old.holder
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        if cache is not self.cache and self.cache is not None:
+            self.cache.close()   # settings changed: the new generation starts empty
+        self.cache = cache
         if old is not None:
             self.old_runtimes.append(old)
             self.loop.create_task(old.stop_checks())
@@ -197,6 +251,10 @@ class Worker:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
         for server in self.servers:
             server.close()
+        if self.admin is not None:
+            self.admin.close()
+        if self.cache is not None:
+            self.cache.close()
         for lrt in self.listener_rts:
             lrt.draining = True
         for conn in list(self.connections):
@@ -253,10 +311,13 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run_worker(config: Config, reload_fn=None) -> int:
+def run_worker(config: Config, reload_fn=None, index: int = 0,
+               peers_dir: str | None = None) -> int:
     """Run one worker in this process until it is told to stop."""
     _install_loop()
     worker = Worker(config, reload_fn)
+    worker.index = index
+    worker.peers_dir = peers_dir
     try:
         return asyncio.run(worker.run())
     except OSError as exc:
@@ -285,6 +346,19 @@ def _master(config: Config, reload_fn) -> int:
         listeners.append(lcfg)
     from dataclasses import replace
     config = replace(config, listeners=tuple(listeners))
+    peers_dir = None
+    if config.admin is not None:
+        host, port = config.admin
+        if port == 0:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            config = replace(config, admin=(host, port))
+        # Each worker's admin also listens here, so the one a request reaches can ask
+        # the others (a purge must reach every worker's cache).
+        import tempfile
+        peers_dir = tempfile.mkdtemp(prefix="fastproxy-admin-")
     children: dict[int, int] = {}
 
     def spawn(index: int) -> None:
@@ -294,7 +368,7 @@ def _master(config: Config, reload_fn) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker(config, reload_fn)
+                code = run_worker(config, reload_fn, index, peers_dir)
             finally:
                 os._exit(code)
         children[pid] = index
@@ -341,6 +415,9 @@ def _master(config: Config, reload_fn) -> int:
                 continue
             log(f"worker {pid} exited with {code}; starting a new one")
             spawn(index)
+    if peers_dir is not None:
+        import shutil
+        shutil.rmtree(peers_dir, ignore_errors=True)
     return exit_code
 
 

@@ -18,13 +18,28 @@ Responses built by send() carry `X-Origin: <port>` so balancing tests see who an
     /interim         send a 103 Early Hints before the 200
     /page.html       an HTML page loading /script.js and /img.png (browser tests)
     ?idle_close=S    on any path: close the connection S seconds after answering
+    /c/NAME          cacheable responses for the cache tests, shaped by query parameters
+                     (percent-encoded): cc=Cache-Control, etag=ETag value (answers 304
+                     to a matching If-None-Match), lm=seconds before now for
+                     Last-Modified (304 to If-Modified-Since not older), vary=Vary,
+                     cookie=1 (Set-Cookie), expires=seconds from now, age=Age,
+                     status=N, delay=S, chunked=1, size=N (body length), cut=1 (send
+                     half the body, then close), location=..., content_location=...,
+                     force304=1 (304 to any If-None-Match);
+                     the body says how many times the URL was asked for; Date always.
+                     `Origin.override[path]` (a dict of the same parameters) wins over
+                     the query; `Origin.count(target)` is how often a target was asked.
 """
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import threading
+import time
+from collections import Counter
+from urllib.parse import parse_qsl
 
 import httptools
 
@@ -59,7 +74,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server.connections += 1
-        self.server.live.add(self)
+        self.server.open.add(self)
 
     def data_received(self, data) -> None:
         if self.upgraded:
@@ -118,7 +133,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.transport = None
-        self.server.live.discard(self)
+        self.server.open.discard(self)
 
 
 class Origin:
@@ -134,9 +149,21 @@ class Origin:
         self.requests: list = []
         self.port = 0
         self.ident = b""          # "X-Origin: <port>" once bound (on responses built by send)
-        self.live: set = set()    # open connections (closed on stop, like a killed process)
         self.health_status = 200  # what /health answers
         self._server = None
+        self.counts: Counter = Counter()
+        self.override: dict[str, dict] = {}
+        self.open: set = set()
+        self._stopped = False
+
+    def count(self, target: str) -> int:
+        """How many requests for target (path and query as sent) reached the origin."""
+        return self.counts[target]
+
+    def headers_of(self, target: str, n: int = -1) -> dict:
+        """Lowercased request fields of the n-th request for target (default: the last)."""
+        found = [h for m, u, h in self.requests if u.decode("latin-1") == target]
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in found[n]}
 
     def start(self) -> "Origin":
         self.thread.start()
@@ -156,12 +183,14 @@ class Origin:
         return f"{scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        if self.loop.is_closed():
-            return  # already stopped
+        if self._stopped:
+            return
+        self._stopped = True
 
         async def _stop():
             self._server.close()
-            for conn in list(self.live):
+            # Down means down: open keep-alive connections are reset too.
+            for conn in list(self.open):
                 if conn.transport is not None:
                     conn.transport.abort()
             for task in asyncio.all_tasks():
@@ -172,6 +201,78 @@ class Origin:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+    async def _cacheable(self, conn, t, url, path, query, info, conn_hdr, head_only) -> None:
+        nth = self.counts[url.decode("latin-1")]      # before any delay: this request's number
+        p = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        p.update(self.override.get(path.decode("latin-1"), {}))
+        if "delay" in p:
+            await asyncio.sleep(float(p["delay"]))
+            if conn.transport is None:
+                return
+        req = {n.lower(): v for n, v in info["headers"]}
+        now = time.time()
+        status = int(p.get("status", 200))
+        fields = [("Date", email.utils.formatdate(now, usegmt=True))]
+        if "cc" in p:
+            fields.append(("Cache-Control", p["cc"]))
+        etag = p.get("etag")
+        if etag:
+            fields.append(("ETag", etag))
+        lm = None
+        if "lm" in p:
+            lm = now - float(p["lm"])
+            fields.append(("Last-Modified", email.utils.formatdate(lm, usegmt=True)))
+        if "vary" in p:
+            fields.append(("Vary", p["vary"]))
+        if p.get("cookie"):
+            fields.append(("Set-Cookie", "session=secret; Path=/"))
+        if "expires" in p:
+            fields.append(("Expires", email.utils.formatdate(now + float(p["expires"]),
+                                                             usegmt=True)))
+        if "age" in p:
+            fields.append(("Age", p["age"]))
+        for key, name in (("location", "Location"), ("content_location", "Content-Location")):
+            if key in p:
+                fields.append((name, p[key]))
+        not_modified = False
+        if p.get("force304") and "if-none-match" in req:
+            not_modified = True          # a broken server: 304 whatever the validator
+        elif status == 200 and etag and "if-none-match" in req:
+            tags = [x.strip() for x in req["if-none-match"].split(",")]
+            not_modified = etag in tags or "*" in tags or (
+                "W/" + etag.removeprefix("W/")) in ["W/" + x.removeprefix("W/") for x in tags]
+        elif status == 200 and lm is not None and "if-modified-since" in req:
+            since = email.utils.parsedate_to_datetime(req["if-modified-since"]).timestamp()
+            not_modified = int(lm) <= since
+        head_fields = "".join(f"{n}: {v}\r\n" for n, v in fields).encode("latin-1")
+        if not_modified:
+            t.write(b"HTTP/1.1 304 Not Modified\r\n" + head_fields + conn_hdr + b"\r\n")
+            return
+        text = f"{path.decode()} #{nth}\n".encode()
+        size = int(p.get("size", len(text)))
+        body = (text + b"." * size)[:size] if size >= len(text) else text[:size]
+        reason = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error",
+                  503: b"Service Unavailable"}.get(status, b"X")
+        if p.get("chunked"):
+            t.write(b"HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n" % (status, reason)
+                    + head_fields + conn_hdr + b"\r\n")
+            if not head_only:
+                for i in range(0, len(body), 1000):
+                    piece = body[i:i + 1000]
+                    t.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                t.write(b"0\r\n\r\n")
+            return
+        t.write(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, reason, len(body))
+                + head_fields + conn_hdr + b"\r\n")
+        if head_only:
+            return
+        if p.get("cut"):
+            t.write(body[:len(body) // 2])
+            await asyncio.sleep(0.05)
+            t.close()
+            return
+        t.write(body)
 
     async def respond(self, conn: _Conn, method: bytes, url: bytes, info: dict,
                       keep: bool) -> None:
@@ -188,8 +289,13 @@ class Origin:
                     self.ident + conn_hdr + b"\r\n")
             t.write(head if head_only else head + body)
 
+        self.counts[url.decode("latin-1")] += 1
         if path == b"/echo":
             send(200, json.dumps(info).encode(), b"Content-Type: application/json\r\n")
+        elif parts[1:2] == [b"c"]:
+            await self._cacheable(conn, t, url, path, query, info, conn_hdr, head_only)
+            if conn.transport is None:
+                return
         elif parts[1:2] == [b"size"]:
             n = int(parts[2])
             streamed = n > (1 << 20) and b"chunked=1" not in query and b"close=1" not in query

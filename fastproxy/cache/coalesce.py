@@ -35,6 +35,14 @@ class Coalescer:
         self.leaders += 1
         return True, fut
 
+    def pending(self, key: bytes) -> asyncio.Future | None:
+        """The in-flight leader's future for key, without becoming a leader (HEAD follows GET)."""
+        fut = self._inflight.get(key)
+        if fut is not None and not fut.done():
+            self.followers += 1
+            return fut
+        return None
+
     def finish(self, key: bytes, result: Any = None) -> None:
         """Leader: publish result (None = not shareable) and release the key."""
         fut = self._inflight.pop(key, None)

@@ -1,7 +1,9 @@
 """Settings of the HTTP cache; the configuration loader maps TOML onto `CacheConfig`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 # RFC 9110 15.1: status codes heuristically cacheable by default. 206 is left
 # out because the store keeps whole representations only (no range merging).
@@ -31,6 +33,9 @@ class CacheConfig:
     coalesce_timeout: float = 5.0        # waiters give up and go upstream after this
     zero_copy_min: int = 64 << 10        # values this large are served from pinned views
     prefault: bool = True                # touch the arena at start (fixed RSS, no page faults later)
+    coalesce: bool = True                # concurrent misses for one URL share one upstream request
+    # Clients allowed to send PURGE on the data path (CIDR); the admin interface is separate.
+    purge_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
 
     def __post_init__(self) -> None:
@@ -47,6 +52,11 @@ class CacheConfig:
                 problems.append(f"cache.{name}: must not be negative")
         if not self.cache_name or any(c in self.cache_name for c in ' ,;="\r\n'):
             problems.append("cache.cache_name: must be a non-empty token")
+        for i, net in enumerate(self.purge_allow):
+            try:
+                ipaddress.ip_network(net)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"cache.purge_allow[{i}]: {exc}")
         if not problems and self.size // self.arena_segment_size() < 4:
             problems.append(
                 f"cache.max_object_size: {self.max_object_size} needs segments of "
@@ -61,3 +71,88 @@ class CacheConfig:
             return self.segment_size
         seg = max(4096, min(self.size // 100, 4 << 20))
         return max(seg, 2 * (self.max_object_size + (64 << 10))) & ~7
+
+    @classmethod
+    def from_table(cls, raw: Any) -> "CacheConfig | None":
+        """The [cache] TOML table as a CacheConfig (None when size is 0: no cache).
+
+        Raises `fastproxy.config.ConfigError` with one "cache.KEY: problem" line each.
+        """
+        from fastproxy.config import ConfigError, parse_duration, parse_size
+
+        if not isinstance(raw, dict):
+            raise ConfigError([f"cache: expected a table, got {type(raw).__name__}"])
+        problems: list[str] = []
+        kwargs: dict[str, Any] = {}
+        for name, value in raw.items():
+            conv = _CONVERTERS.get(name)
+            if conv is None:
+                problems.append(f"cache.{name}: unknown key (expected one of "
+                                f"{', '.join(sorted(_CONVERTERS))})")
+                continue
+            try:
+                kwargs[name] = conv(value, parse_size, parse_duration)
+            except ValueError as exc:
+                text = str(exc)
+                problems.append(f"cache.{name}{'' if text.startswith('[') else ': '}{text}")
+        if problems:
+            raise ConfigError(problems)
+        if kwargs.get("size", 1) == 0:
+            return None
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc).split("; ")) from None
+
+
+def _bool(value, _size, _duration) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _size(value, size, _duration) -> int:
+    return size(value)
+
+
+def _duration(value, _size, duration) -> float:
+    return duration(value)
+
+
+def _count(value, _size, _duration) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _fraction(value, _size, _duration) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _name(value, _size, _duration) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _cidrs(value, _size, _duration) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of networks like ["127.0.0.0/8"], got {value!r}')
+    for i, item in enumerate(value):
+        try:
+            ipaddress.ip_network(item)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    return tuple(value)
+
+
+_CONVERTERS = {
+    "size": _size, "max_object_size": _size, "segment_size": _size, "max_entries": _count,
+    "store_set_cookie": _bool, "heuristic_fraction": _fraction, "heuristic_max": _duration,
+    "default_stale_while_revalidate": _duration, "default_stale_if_error": _duration,
+    "keep_stale": _duration, "cache_name": _name, "coalesce_timeout": _duration,
+    "zero_copy_min": _size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
+}
+assert set(_CONVERTERS) == {f.name for f in fields(CacheConfig)} - {"heuristic_statuses"}

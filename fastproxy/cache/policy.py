@@ -86,6 +86,7 @@ class Lookup:
 
     # Class-level defaults: the hit path sets only what differs.
     buffers: list = []                  # HIT / STALE / GATEWAY_TIMEOUT: write these (in order)
+    status = 200                        # status code of the response in buffers
     conditional = b""                   # REVALIDATE / STALE: field lines to add upstream
     key = b""                           # store key of the entry found (refresh target)
     ttl = 0                             # seconds of freshness left (negative: stale)
@@ -204,7 +205,7 @@ class HttpCache:
             value = self._get(key, now)
             if value is None:
                 return self._miss(rcc, "vary-miss")
-        (_, flags, _, head_len, etag_len, lm_len, response_time, corrected_initial_age,
+        (_, flags, status, head_len, etag_len, lm_len, response_time, corrected_initial_age,
          lifetime, _, _, _) = _unpack_meta(value)
         # RFC 9111 4.2.3 current_age; 4.2 fresh while lifetime > age.
         age = corrected_initial_age + (now - response_time if now > response_time else 0.0)
@@ -215,6 +216,7 @@ class HttpCache:
             # The common case, kept short: fresh, no request directives, not conditional.
             out = Lookup(HIT)
             out.key = key
+            out.status = status
             out.ttl = t = int(ttl)
             hs = _META_SIZE + etag_len + lm_len
             bs = hs + head_len
@@ -271,6 +273,7 @@ class HttpCache:
 
     def _gateway_timeout(self, extra: bytes) -> Lookup:
         out = Lookup(GATEWAY_TIMEOUT, "", "only-if-cached")
+        out.status = 504
         body = b"not in cache (only-if-cached)\n"
         out.buffers = [
             b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\n"
@@ -305,8 +308,10 @@ class HttpCache:
                 status += b"; detail=" + detail.encode()
         else:
             status = b"Cache-Status: " + self._name + status % out.ttl
+        out.status = st.status
         if self._client_not_modified(st, request):
             out.client_304 = True
+            out.status = 304
             out.buffers = [self._not_modified_head(st, age, extra, status)]
             return out
         mv = memoryview(st.value)
@@ -377,7 +382,25 @@ class HttpCache:
         length = getattr(response, "content_length", -1)
         if length is not None and length > self.config.max_object_size:
             return Decision(False, "too-large")
+        if (response.get(b"etag") is None and response.get(b"last-modified") is None
+                and not self._may_be_fresh(response, cc)
+                and not _directive_seconds(cc, b"stale-if-error",
+                                           self.config.default_stale_if_error)):
+            # Without a validator and without freshness it could never be reused
+            # (store() would refuse it): say so now, before the head goes out.
+            return Decision(False, "no-freshness")
         return Decision(True, "", cc, vary)
+
+    @staticmethod
+    def _may_be_fresh(response, cc: dict) -> bool:
+        # Some freshness lifetime above zero is possible (RFC 9111 4.2.1); heuristic
+        # freshness needs Last-Modified, checked by the caller.
+        if b"no-cache" in cc:
+            return False
+        for name in (b"s-maxage", b"max-age"):
+            if name in cc:
+                return bool(delta_seconds(cc[name]))
+        return response.get(b"expires") is not None
 
     def store(self, request, key_base: bytes, response, body: bytes,
               request_time: float, response_time: float,
@@ -540,8 +563,10 @@ class HttpCache:
                        + max(swr, sie, self.config.keep_stale), now=response_time)
         fresh = entry.Stored(value)
         age = fresh.age(response_time)
+        # RFC 9211 2.2: fwd says why it went forward (stale, or the request's directives).
+        fwd = b"request" if lookup.fwd == "request" else b"stale"
         return self._hit(fresh, lookup.key, request, age, lifetime - age, extra,
-                         status=b"; fwd=stale; fwd-status=304; ttl=%d")
+                         status=b"; fwd=" + fwd + b"; fwd-status=304; ttl=%d")
 
     def serve_stale(self, lookup: Lookup, request, now: float, fwd_status: int = 0,
                     extra: bytes = b"") -> Lookup | None:
@@ -578,14 +603,17 @@ class HttpCache:
     # ------------------------------------------------------------------ invalidation
 
     def invalidate(self, request, status: int, key_base: bytes,
-                   location: bytes | None = None, content_location: bytes | None = None) -> int:
+                   location: bytes | None = None, content_location: bytes | None = None,
+                   ns: bytes = b"") -> int:
         """After a response to an unsafe method, drop the URIs it may have changed (RFC 9111 4.4).
+
+        key_base is the target URI; `ns` prefixes every stored key (a listener's namespace).
 
         Returns how many stored keys were removed.
         """
         if request.method in SAFE_METHODS or not (200 <= status < 400):
             return 0
-        removed = self.purge(key_base)
+        removed = self.purge(ns + key_base)
         origin = _origin(key_base)
         for ref in (location, content_location):
             if not ref:
@@ -594,7 +622,7 @@ class HttpCache:
             # Only the same origin: another origin's entries are not this
             # server's to invalidate (a denial-of-service vector otherwise).
             if target is not None and _origin(target) == origin:
-                removed += self.purge(target)
+                removed += self.purge(ns + target)
         return removed
 
     def purge(self, url: bytes) -> int:

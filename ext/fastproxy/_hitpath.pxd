@@ -1,0 +1,21 @@
+# Declarations of fastproxy._hitpath (implementation in ext/hitpath.pyx), so the relay
+# can answer fresh cache hits without a Python call.
+from fastproxy._http cimport Request
+from fastproxy._ringcache cimport RingCache
+
+
+cdef class FreshHits:
+    cdef RingCache ring
+    cdef bytes ns                   # the listener's key namespace (caching.py)
+    cdef bytes scheme               # b"http" or b"https" (the key's scheme)
+    cdef bytes status_prefix        # b"Cache-Status: NAME; hit; ttl="
+    cdef bytes x_keep               # lines after Age: Via (HTTP/1.1 keep-alive)
+    cdef bytes x_keep10             # Via + Connection: keep-alive (HTTP/1.0 keep-alive)
+    cdef bytes x_close              # Via + Connection: close
+    cdef Py_ssize_t max_value       # larger values go the Python way (pinned, zero-copy)
+    cdef public long long hits      # requests answered here
+    cdef public int status          # status of the last answer
+    cdef public long long body_len  # body bytes of the last answer
+    cdef public object log_hit      # the access log's fields for a hit
+
+    cdef object serve(self, Request req, bint keep)

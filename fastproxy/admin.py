@@ -1,0 +1,347 @@
+"""The admin interface (`--admin HOST:PORT`, config key `admin`): status, metrics, cache purge.
+
+A small HTTP/1.1 server on each worker's event loop, apart from the data path:
+
+    GET  /status                     JSON: uptime, connections, requests, per upstream
+                                     group/server counters, cache counters
+    GET  /metrics                    the same numbers in the Prometheus text format (0.0.4)
+    POST /cache/purge?url=URL        drop one URL (all its Vary variants) from the cache
+    POST /cache/purge?prefix=URL     drop every URL starting with the prefix
+
+URLs are absolute (`http://host/path?query`) as the cache keys them: scheme, the Host
+the clients send (default port dropped), and the target.
+
+With several workers every worker binds the admin port (SO_REUSEPORT), so a request
+reaches one of them; that worker asks its siblings over per-worker UNIX sockets (in a
+directory the master creates) and answers for all: a purge reaches every worker's cache,
+and /status and /metrics are the sums. The admin port has no authentication: bind it to
+loopback or a management network.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from fastproxy import _http
+from fastproxy.cache import cache_key
+
+MAX_BODY = 65536
+INTERNAL = b"x-fastproxy-internal"   # a sibling's request: answer for this worker only
+
+
+def _sock_path(directory: str, index: int) -> str:
+    return os.path.join(directory, f"worker-{index}.sock")
+
+
+class AdminServer:
+    """The admin listener of one worker."""
+
+    def __init__(self, worker) -> None:
+        self.worker = worker
+        self.servers: list[asyncio.AbstractServer] = []
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind host:port (and this worker's sibling socket when there are several)."""
+        from fastproxy.server import log
+
+        w = self.worker
+        try:
+            server = await asyncio.start_server(self._client, host, port,
+                                                reuse_port=w.config.workers > 1)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on admin address {host}:{port}: "
+                                     f"{exc.strerror or exc}") from None
+        self.servers.append(server)
+        if w.peers_dir is not None:
+            path = _sock_path(w.peers_dir, w.index)
+            if os.path.exists(path):
+                os.unlink(path)
+            self.servers.append(await asyncio.start_unix_server(self._client, path))
+        addr = server.sockets[0].getsockname()
+        shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+        log(f"listening on {shown} (admin)")
+
+    def close(self) -> None:
+        """Stop accepting admin connections."""
+        for server in self.servers:
+            server.close()
+
+    # -- HTTP -------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    writer.write(_response(431, {"error": "request head too large"}, False))
+                    break
+                try:
+                    req = _http.RequestParser().feed(head)
+                except _http.ParseError as exc:
+                    writer.write(_response(exc.status, {"error": str(exc)}, False))
+                    break
+                if req.body == _http.BODY_CHUNKED:
+                    writer.write(_response(411, {"error": "send a Content-Length body"}, False))
+                    break
+                if req.body == _http.BODY_LENGTH:
+                    if req.content_length > MAX_BODY:
+                        writer.write(_response(413, {"error": "request body too large"}, False))
+                        break
+                    await reader.readexactly(req.content_length)   # no endpoint reads it
+                status, payload, ctype = await self.route(req)
+                keep = req.keep_alive
+                allow = _ALLOW.get(req.target.partition(b"?")[0]) if status == 405 else None
+                writer.write(_response(status, payload, keep, ctype, req.method == b"HEAD",
+                                       allow))
+                await writer.drain()
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass   # the client left, or the worker is stopping
+        finally:
+            writer.close()
+
+    async def route(self, req) -> tuple[int, object, str]:
+        """(status, payload, content type) for one admin request."""
+        path, _, query = req.target.decode("latin-1").partition("?")
+        method = req.method
+        local = req.get(INTERNAL) is not None
+        if path == "/status" or path == "/metrics" or path == "/snapshot":
+            if method not in (b"GET", b"HEAD"):
+                return 405, {"error": f"{path} answers GET"}, "application/json"
+            snap = self.snapshot() if local or path == "/snapshot" else await self.gathered()
+            if path == "/snapshot":
+                return 200, snap, "application/json"
+            if path == "/metrics":
+                return 200, render_metrics(snap), "text/plain; version=0.0.4; charset=utf-8"
+            return 200, status_document(snap), "application/json"
+        if path == "/cache/purge":
+            if method != b"POST":
+                return 405, {"error": "/cache/purge answers POST"}, "application/json"
+            return await self.purge(query, local)
+        return 404, {"error": f"no such admin endpoint: {path}",
+                     "endpoints": ["GET /status", "GET /metrics",
+                                   "POST /cache/purge?url=URL", "POST /cache/purge?prefix=URL"]}, \
+            "application/json"
+
+    # -- purge ------------------------------------------------------------------
+
+    async def purge(self, query: str, local: bool) -> tuple[int, object, str]:
+        """Purge by url= or prefix= in this worker (and its siblings unless local)."""
+        cache = self.worker.cache
+        if cache is None:
+            return 404, {"error": "this proxy has no cache (give --cache SIZE)"}, "application/json"
+        params = parse_qs(query, keep_blank_values=True)
+        urls, prefixes = params.get("url", []), params.get("prefix", [])
+        if len(urls) + len(prefixes) != 1:
+            return 400, {"error": "give exactly one of url=URL or prefix=URL"}, "application/json"
+        raw = (urls or prefixes)[0]
+        key = _url_key(raw)
+        if key is None:
+            return 400, {"error": f"not an absolute http(s) URL: {raw!r}"}, "application/json"
+        n = cache.purge(key) if urls else cache.purge_prefix(key)
+        workers = 1
+        if not local:
+            for other in await self._ask_siblings("POST", f"/cache/purge?{query}"):
+                n += other.get("purged", 0)
+                workers += 1
+        kind = "url" if urls else "prefix"
+        return 200, {"purged": n, kind: key.decode("latin-1"), "workers": workers}, \
+            "application/json"
+
+    # -- numbers ----------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """This worker's numbers."""
+        w = self.worker
+        c = w.counters
+        upstreams: dict = {}
+        rt = w.runtime
+        for name, group in (rt.groups.items() if rt is not None else ()):
+            servers = {}
+            for server in group.servers:
+                pool = group.pools.get(server)
+                ejected = server.ejected_until > w.loop.time()
+                servers[server.name] = {
+                    "active": server.active,
+                    "pending": server.pending,
+                    "open": getattr(pool, "open", 0),
+                    "idle": len(getattr(pool, "idle", ())),
+                    "opened": getattr(pool, "opened_total", 0),
+                    "failures": server.failures,
+                    "ejections": server.ejections,
+                    "healthy": 1 if server.healthy and not ejected else 0,
+                }
+            upstreams[name] = servers
+        snap = {
+            "started": w.started,
+            "workers": 1,
+            "connections": len(w.connections),
+            "requests": {"total": c.requests, **c.by_class()},
+            "bytes": {"sent": c.bytes_sent, "received": c.bytes_received},
+            "upstreams": upstreams,
+        }
+        if w.cache is not None:
+            snap["cache"] = w.cache.stats()
+        return snap
+
+    async def gathered(self) -> dict:
+        """The sum of every worker's snapshot."""
+        snap = self.snapshot()
+        for other in await self._ask_siblings("GET", "/snapshot"):
+            snap = _merge(snap, other)
+        return snap
+
+    async def _ask_siblings(self, method: str, target: str) -> list[dict]:
+        w = self.worker
+        if w.peers_dir is None:
+            return []
+        others = [i for i in range(w.config.workers) if i != w.index]
+        results = await asyncio.gather(*(self._ask(_sock_path(w.peers_dir, i), method, target)
+                                         for i in others), return_exceptions=True)
+        return [r for r in results if isinstance(r, dict)]
+
+    @staticmethod
+    async def _ask(path: str, method: str, target: str) -> dict:
+        async def exchange():
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(f"{method} {target} HTTP/1.1\r\nHost: admin\r\n"
+                             f"X-Fastproxy-Internal: 1\r\nConnection: close\r\n"
+                             f"Content-Length: 0\r\n\r\n".encode("latin-1"))
+                data = await reader.read()
+            finally:
+                writer.close()
+            _, _, body = data.partition(b"\r\n\r\n")
+            return json.loads(body)
+        return await asyncio.wait_for(exchange(), 5.0)
+
+
+def _url_key(raw: str) -> bytes | None:
+    """The cache key of an absolute URL given to the admin interface."""
+    try:
+        p = urlsplit(raw.strip())
+    except ValueError:
+        return None
+    if p.scheme.lower() not in ("http", "https") or not p.netloc or "@" in p.netloc:
+        return None
+    target = (p.path or "") + ("?" + p.query if p.query else "")
+    return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
+                     target.encode("latin-1"))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if k == "started":
+            out[k] = min(out.get(k, v), v)
+        elif isinstance(v, dict):
+            out[k] = _merge(out.get(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = out.get(k, 0) + v
+        else:
+            out.setdefault(k, v)
+    return out
+
+
+def status_document(snap: dict) -> dict:
+    """The /status JSON from a (merged) snapshot."""
+    doc = {k: v for k, v in snap.items() if k != "started"}
+    doc["uptime"] = round(time.time() - snap["started"], 3)
+    doc["pid"] = os.getpid()
+    return doc
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(snap: dict) -> str:
+    """Prometheus text exposition (format 0.0.4) of a (merged) snapshot."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples) -> None:
+        out.append(f"# HELP fastproxy_{name} {help_text}")
+        out.append(f"# TYPE fastproxy_{name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
+            out.append(f"fastproxy_{name}{{{lab}}} {value}" if lab else f"fastproxy_{name} {value}")
+
+    metric("uptime_seconds", "gauge", "Seconds since the oldest worker started.",
+           [({}, round(time.time() - snap["started"], 3))])
+    metric("workers", "gauge", "Worker processes answering.", [({}, snap["workers"])])
+    metric("connections", "gauge", "Open client connections.", [({}, snap["connections"])])
+    req = snap["requests"]
+    metric("requests_total", "counter", "Requests answered, by status class.",
+           [({"class": k}, v) for k, v in req.items() if k != "total"])
+    metric("response_body_bytes_total", "counter", "Response body bytes sent to clients.",
+           [({}, snap["bytes"]["sent"])])
+    metric("request_body_bytes_total", "counter", "Request body bytes received from clients.",
+           [({}, snap["bytes"]["received"])])
+    ups = [(g, s, v) for g, servers in snap["upstreams"].items() for s, v in servers.items()]
+    for key, name, kind, help_text in (
+            ("open", "upstream_connections", "gauge", "Open connections to the server."),
+            ("idle", "upstream_idle_connections", "gauge", "Idle keep-alive connections."),
+            ("opened", "upstream_connections_opened_total", "counter",
+             "Connections opened to the server."),
+            ("active", "upstream_active_requests", "gauge", "Requests in flight to the server."),
+            ("pending", "upstream_pending_requests", "gauge",
+             "Requests waiting for a connection to the server."),
+            ("ejections", "upstream_ejections", "gauge",
+             "Consecutive passive-health ejections of the server."),
+            ("healthy", "upstream_healthy", "gauge",
+             "1 when the server passes health checks and is not ejected.")):
+        metric(name, kind, help_text,
+               [({"group": g, "server": s}, v.get(key, 0)) for g, s, v in ups])
+    cache = snap.get("cache")
+    if cache is not None:
+        for key, kind, help_text in (
+                ("hits", "counter", "Responses served from a fresh cache entry."),
+                ("misses", "counter", "GET/HEAD requests that went upstream."),
+                ("stale", "counter", "Responses served from a stale entry."),
+                ("revalidated", "counter", "Entries refreshed by a 304."),
+                ("stores", "counter", "Responses stored."),
+                ("store_failures", "counter", "Storable responses the store refused."),
+                ("collapsed", "counter", "Requests answered from a coalesced miss."),
+                ("evictions", "counter", "Entries evicted to make room."),
+                ("expirations", "counter", "Entries dropped because they expired."),
+                ("invalidations", "counter", "Entries removed after unsafe methods."),
+                ("purges", "counter", "Entries removed by PURGE or the admin interface."),
+                ("refreshes", "counter", "Background revalidations completed."),
+                ("refresh_failures", "counter", "Background revalidations that failed.")):
+            metric(f"cache_{key}_total", kind, help_text, [({}, cache[key])])
+        metric("cache_entries", "gauge", "Entries in the cache.", [({}, cache["entries"])])
+        metric("cache_bytes", "gauge", "Bytes of live entries.", [({}, cache["bytes"])])
+        metric("cache_capacity_bytes", "gauge", "Arena size.", [({}, cache["capacity"])])
+    return "\n".join(out) + "\n"
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            411: b"Length Required", 413: b"Content Too Large",
+            431: b"Request Header Fields Too Large"}
+
+
+# RFC 9110 15.5.6: a 405 lists the methods the resource answers.
+_ALLOW = {b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
+          b"/cache/purge": b"POST"}
+
+
+def _response(status: int, payload, keep: bool, ctype: str = "application/json",
+              head_only: bool = False, allow: bytes | None = None) -> bytes:
+    if isinstance(payload, str):
+        body = payload.encode()
+    else:
+        body = (json.dumps(payload, indent=1) + "\n").encode()
+    extra = b"" if keep else b"Connection: close\r\n"
+    if allow:
+        extra += b"Allow: " + allow + b"\r\n"
+    head = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n%s\r\n"
+            % (status, _REASONS.get(status, b"Error"), ctype.encode(), len(body), extra))
+    return head if head_only else head + body

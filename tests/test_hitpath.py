@@ -1,0 +1,132 @@
+"""The compiled fresh-hit path (fastproxy._hitpath) against the Python policy it shortcuts.
+
+For every request the fast path answers, `CacheLayer.key` + `HttpCache.lookup` must give a
+HIT with the same bytes (Age and ttl may differ by the clock tick between the two calls);
+for a plain request on a fresh, small, non-Vary entry it must answer (else it is useless).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastproxy.cache import HIT, CacheConfig
+from fastproxy.cache.directives import format_http_date
+from fastproxy.caching import CacheLayer, WorkerCache
+from fastproxy.config import Limits, Timeouts
+
+from cache_messages import request, response
+
+VIA = b"Via: 1.1 fastproxy\r\n"
+MAX_VALUE = 2048
+NOW = time.time()
+DATE_T = float(int(NOW) - 100)
+
+# name -> (response fields, body); stored under http://a.example/NAME
+ENTRIES = {
+    "fresh": ("Cache-Control: max-age=3600\nETag: \"e1\"\nX-App: 1", b"hello"),
+    "fresh-empty": ("Cache-Control: public, max-age=3600", b""),
+    "stale": ("Cache-Control: max-age=10\nETag: \"s\"", b"old"),
+    "no-cache": ("Cache-Control: no-cache\nETag: \"n\"", b"validate me"),
+    "vary": ("Cache-Control: max-age=3600\nVary: Accept-Encoding", b"variant"),
+    "big": ("Cache-Control: max-age=3600", b"x" * (MAX_VALUE + 10)),
+    "notfound": ("Cache-Control: max-age=3600", b"gone"),
+}
+STATUS = {"notfound": "404 Not Found"}
+
+
+def _setup():
+    wc = WorkerCache(CacheConfig(size=4 << 20, max_object_size=64 << 10, prefault=False,
+                                 zero_copy_min=MAX_VALUE + 1))
+    layer = CacheLayer(wc, None, b"http", VIA, None, Timeouts(), Limits())
+    fast = layer.fresh_hits()
+    for name, (fields, body) in ENTRIES.items():
+        req = request(f"GET /{name} HTTP/1.1\nHost: a.example\nAccept-Encoding: gzip".encode())
+        resp = response(f"HTTP/1.1 {STATUS.get(name, '200 OK')}\n"
+                        f"Date: {format_http_date(DATE_T).decode()}\n"
+                        f"Content-Length: {len(body)}\n{fields}".encode())
+        rt = DATE_T + 0.25
+        d = wc.http.storable(req, resp, rt)
+        assert d and wc.http.store(req, layer.key(req), resp, body, rt, rt, d), name
+    return wc, layer, fast
+
+
+WC, LAYER, FAST = _setup()
+TICKS = re.compile(rb"(Age: |; ttl=)(\d+)")
+
+
+def _numbers(raw: bytes) -> list[int]:
+    return [int(m.group(2)) for m in TICKS.finditer(raw)]
+
+
+def _python(req, keep: bool):
+    extra = LAYER.x_close if not keep else (LAYER.x_keep if req.version == 11 else LAYER.x_keep10)
+    return WC.http.lookup(req, LAYER.key(req), time.time(), extra)
+
+
+FIELDS = st.sampled_from([
+    "Accept-Encoding: gzip", "Accept-Encoding: br", "User-Agent: t", "X-Any: 1",
+    'If-None-Match: "e1"', "If-Modified-Since: Thu, 01 Jan 2026 00:00:00 GMT",
+    'If-Match: "e1"', "IF-UNMODIFIED-SINCE: Thu, 01 Jan 2026 00:00:00 GMT", "If-Range: x",
+    "Pragma: no-cache", "pragma: x", "Cache-Control: max-age=0", "Cache-Control: max-stale",
+    "Authorization: Basic dTpw", "Cookie: a=b",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD", "POST", "PURGE"]),
+       name=st.sampled_from(sorted(ENTRIES) + ["absent"]),
+       query=st.sampled_from(["", "?q=1"]),
+       host=st.sampled_from(["a.example", "A.EXAMPLE", "a.example:80", "a.Example:80",
+                             "a.example:8080", "b.example", None]),
+       version=st.sampled_from(["1.1", "1.0"]),
+       fields=st.lists(FIELDS, max_size=3, unique=True),
+       keep=st.booleans(),
+       absolute=st.booleans())
+def test_fast_path_answers_exactly_what_the_policy_would(method, name, query, host, version,
+                                                         fields, keep, absolute):
+    target = f"/{name}{query}"
+    if absolute:
+        target = f"http://{host or 'a.example'}{target}"
+    lines = [f"{method} {target} HTTP/{version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    elif version == "1.1":
+        lines.append("Host: a.example")
+        host = "a.example"
+    lines += fields
+    req = request("\n".join(lines).encode())
+    fast = FAST(req, keep)
+    py = _python(req, keep)
+    if fast is not None:
+        assert py.kind is HIT
+        expected = b"".join(bytes(b) for b in py.buffers)
+        assert TICKS.sub(rb"\1N", fast) == TICKS.sub(rb"\1N", expected)
+        a, b = _numbers(fast), _numbers(expected)
+        assert len(a) == len(b) == 2 and all(abs(x - y) <= 1 for x, y in zip(a, b))
+        assert FAST.status == py.status
+        assert FAST.body_len == (0 if method == "HEAD" else len(ENTRIES[name][1]))
+    plain = (method in ("GET", "HEAD") and not absolute and query == ""
+             and name in ("fresh", "fresh-empty", "notfound")
+             and (host or "").lower().removesuffix(":80") == "a.example"
+             and not any(f.split(":")[0].lower() in ("if-none-match", "if-modified-since",
+                                                     "if-match", "if-unmodified-since",
+                                                     "if-range", "pragma", "cache-control")
+                         for f in fields))
+    if plain:
+        assert fast is not None, (lines, py)
+
+
+def test_fast_path_counts_hits_and_keeps_the_connection_fields():
+    before = FAST.hits
+    req = request(b"GET /fresh HTTP/1.0\nHost: a.example\nConnection: keep-alive")
+    out = FAST(req, True)
+    assert b"\r\nConnection: keep-alive\r\n" in out and out.endswith(b"\r\n\r\nhello")
+    out = FAST(request(b"GET /fresh HTTP/1.1\nHost: a.example"), False)
+    assert b"\r\nConnection: close\r\n" in out
+    out = FAST(request(b"GET /notfound HTTP/1.1\nHost: a.example"), True)
+    assert out.startswith(b"HTTP/1.1 404 Not Found\r\n") and FAST.status == 404
+    assert FAST.hits == before + 3
+    assert WC.stats()["hits"] >= 3
