@@ -549,6 +549,19 @@ cdef class _Message:
                 return True
         return False
 
+    cdef object get_c(self, bytes name):
+        """get(name) for compiled callers: the first value, or None."""
+        cdef const uchar* h = self._h()
+        cdef const uchar* nm = <const uchar*>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t k = PyBytes_GET_SIZE(name)
+        cdef Field* f
+        cdef int i
+        for i in range(self._nf):
+            f = &self._fields[i]
+            if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+                return self._value(i)
+        return None
+
     def get(self, bytes name not None, default=None):
         """Value of the first field called `name` (case-insensitive), else default."""
         cdef const uchar* h = self._h()

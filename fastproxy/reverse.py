@@ -9,8 +9,10 @@ that is safe (`upstream_failed`).
 """
 from __future__ import annotations
 
+import os
+
 from fastproxy import _http
-from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED
+from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
 from fastproxy.intermediary import max_forwards
 from fastproxy.ratelimit import RateLimits
 
@@ -68,6 +70,12 @@ class ReverseHandler:
         if cache is None and not self.limit_rate:
             # Nothing to do before routing: dispatch is forward itself (no extra call).
             self.dispatch = self.forward
+        # The compiled common path (relay.FastForward) where this listener's settings
+        # allow it; None keeps every request on the Python path below.
+        self.fast = FastForward(self) if (
+            cache is None and not self.limit_rate and not self.fwd and self.preserve_host
+            and not os.environ.get("FASTPROXY_NO_FASTPATH")  # debugging and differential tests
+        ) else None
 
     # -- connection-level hooks (called by the relay) -------------------------------
 
