@@ -1,9 +1,8 @@
 # Declaration-only helpers for ext/hashing.pyx (cimported as `from hashing cimport ...`).
 #
-# Only ctypedefs and inline functions live here: a .pxd that declared cdef classes would be
-# taken for the declarations of a runtime module named "hashing", but the compiled module is
-# "fastproxy._hashing" (setup.py names ext/NAME.pyx fastproxy._NAME), so the classes keep
-# their attribute declarations in the .pyx.
+# Only ctypedefs and inline functions live here; the declarations of the module's classes
+# that other compiled modules cimport are in ext/fastproxy/_hashing.pxd (Cython looks for a
+# module's .pxd under its full name, fastproxy._hashing).
 
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 

@@ -99,16 +99,7 @@ cdef class Core:
     and `update(servers)` when the eligible set changes (health, ejection, membership).
     """
 
-    cdef readonly list servers
-    cdef dict _index
-    cdef Py_ssize_t n
-    cdef int64_t *active
-    cdef int64_t *weight
-    cdef int64_t *current
-    cdef uint32_t *excluded
-    cdef uint32_t exclude_gen
-    cdef readonly int64_t total_active
-    cdef readonly int64_t total_weight
+    # Attributes are declared in ext/fastproxy/_hashing.pxd (the relay cimports Core).
 
     def __cinit__(self, *args, **kwargs):
         self.active = NULL
@@ -179,7 +170,7 @@ cdef class Core:
     cdef int _rebuild(self) except -1:
         return 0
 
-    def acquire(self, server):
+    cpdef acquire(self, server):
         """Count one more request in flight to `server` (call when it is sent)."""
         server.active += 1
         cdef PyObject *found = PyDict_GetItem(self._index, server)
@@ -187,7 +178,7 @@ cdef class Core:
             self.active[<Py_ssize_t><object>found] += 1
             self.total_active += 1
 
-    def release(self, server):
+    cpdef release(self, server):
         """Count one request to `server` as finished."""
         if server.active > 0:
             server.active -= 1
@@ -219,13 +210,10 @@ cdef class Core:
                 marked = True
         return marked
 
-    cdef inline bint _is_excluded(self, Py_ssize_t i) noexcept:
-        return self.excluded[i] == self.exclude_gen
-
     cdef Py_ssize_t _choose(self, uint64_t key, bint has_excluded) except -2:
         raise NotImplementedError
 
-    def pick(self, uint64_t key=0, exclude=()):
+    cpdef pick(self, uint64_t key=0, exclude=()):
         """Return the server for this request, or None when no eligible server is left.
 
         `key` is the 64-bit hash of the request's hash key (ignored by policies that do not

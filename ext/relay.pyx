@@ -32,6 +32,7 @@ import time
 from functools import partial
 
 from fastproxy import _http
+from fastproxy._hashing cimport Core
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
 from fastproxy.errors import CONTINUE_100, error_response
@@ -1270,7 +1271,8 @@ cdef class ConnectionPool:
     """
 
     cdef public object loop, server, deadlines, timeouts, ssl, on_failure, on_response
-    cdef public object balancer, group   # the group's balancer counts in-flight requests
+    cdef public Core balancer            # the group's balancer counts in-flight requests
+    cdef public object group
     cdef public str connect_host
     cdef public bytes via
     cdef public Py_ssize_t max_head
@@ -1419,6 +1421,11 @@ cdef class FastForward:
     cdef object handler, router, only
     cdef bytes via_11, via_10, xfp
     cdef bint xf
+    # The single route's group, unpacked once (a generation's groups never change).
+    cdef object group, key_fn
+    cdef Core balancer
+    cdef dict pools
+    cdef long long max_requests, per_server_max_requests
 
     def __init__(self, handler):
         self.handler = handler
@@ -1428,6 +1435,15 @@ cdef class FastForward:
         self.via_10 = handler.via_10
         self.xf = handler.xf
         self.xfp = b"\r\nX-Forwarded-Proto: " + handler.proto + CRLF
+        self.group = None
+        if self.only is not None:
+            group = self.only.group
+            self.group = group
+            self.balancer = group.balancer
+            self.key_fn = group.key_fn
+            self.pools = group.pools
+            self.max_requests = group.limits.max_requests
+            self.per_server_max_requests = group.limits.per_server_max_requests
 
     cpdef bint forward(self, ClientConnection conn, Request req) except -1:
         """Send req upstream like the handler would; False to let the handler do it."""
@@ -1438,25 +1454,36 @@ cdef class FastForward:
         host = req.get_c(b"host") if req._host_i >= 0 else None
         if host is None:
             return False
-        route = self.only
-        if route is None:
+        cdef long long max_requests, per_server_max_requests
+        cdef dict pools
+        cdef Core balancer
+        group = self.group
+        if group is not None:
+            balancer = self.balancer
+            key_fn = self.key_fn
+            pools = self.pools
+            max_requests = self.max_requests
+            per_server_max_requests = self.per_server_max_requests
+        else:
             route = self.router.match(host, req.target)
             if route is None or route.canary is not None or route.strip:
                 return False
-        group = route.group
+            group = route.group
+            balancer = group.balancer
+            key_fn = group.key_fn
+            pools = group.pools
+            max_requests = group.limits.max_requests
+            per_server_max_requests = group.limits.per_server_max_requests
         key = 0
-        key_fn = group.key_fn
         if key_fn is not None:
             key = key_fn(req, conn.client_ip)
-        balancer = group.balancer
         server = balancer.pick(key, ())
         if server is None:
             return False
-        cdef ConnectionPool pool = group.pools[server]
-        limits = group.limits
-        if limits.max_requests and balancer.total_active >= limits.max_requests:
+        cdef ConnectionPool pool = pools[server]
+        if max_requests and balancer.total_active >= max_requests:
             return False
-        if limits.per_server_max_requests and server.active >= limits.per_server_max_requests:
+        if per_server_max_requests and server.active >= per_server_max_requests:
             return False
         if not pool.idle and group.admit(server) is not None:
             return False

@@ -1,0 +1,26 @@
+# Declarations of fastproxy._hashing's balancer base (implementation in ext/hashing.pyx),
+# so the relay can call pick/acquire/release as C functions on every request.
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+
+cdef class Core:
+    cdef readonly list servers
+    cdef dict _index
+    cdef Py_ssize_t n
+    cdef int64_t *active
+    cdef int64_t *weight
+    cdef int64_t *current
+    cdef uint32_t *excluded
+    cdef uint32_t exclude_gen
+    cdef readonly int64_t total_active
+    cdef readonly int64_t total_weight
+
+    cdef int _rebuild(self) except -1
+    cpdef acquire(self, server)
+    cpdef release(self, server)
+    cdef bint _mark_excluded(self, object exclude) except -1
+    cdef inline bint _is_excluded(self, Py_ssize_t i) noexcept:
+        return self.excluded[i] == self.exclude_gen
+    cdef Py_ssize_t _choose(self, uint64_t key, bint has_excluded) except -2
+    cpdef pick(self, uint64_t key=*, exclude=*)
+    cdef Py_ssize_t _least_loaded(self, bint has_excluded) noexcept
