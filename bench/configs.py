@@ -10,7 +10,9 @@ from pathlib import Path
 
 # Response sizes the origin serves, by the name used on the command line and in URLs.
 SIZES = {"100b": 100, "4k": 4096, "64k": 65536}
-# Served to the CONNECT tunnel rows; a sparse file, so it costs no disk.
+# Served to the CONNECT tunnel rows. Written out, not sparse: a sparse file's holes are
+# zero-filled on every read, which made the direct row (whose reads share a core with
+# curl) measure the kernel's zero-filling instead of the network path.
 BIG_NAME = "big"
 CACHE_MAX_AGE = 3600
 # wrk and the peers must not close a connection after N requests mid-run (nginx's default
@@ -19,12 +21,16 @@ MANY = 100000000
 
 
 def write_origin_files(root: Path, big_bytes: int) -> None:
-    """Create the origin's document root with one file per size and a large sparse file."""
+    """Create the origin's document root with one file per size and one large file."""
     root.mkdir(parents=True, exist_ok=True)
     for name, size in SIZES.items():
         (root / name).write_bytes((b"0123456789abcdef" * (size // 16 + 1))[:size])
+    block = b"0123456789abcdef" * 65536
     with open(root / BIG_NAME, "wb") as fh:
-        fh.truncate(big_bytes)
+        left = big_bytes
+        while left > 0:
+            fh.write(block[:left])
+            left -= len(block)
 
 
 def _nginx_main(tmp: Path, http_body: str) -> str:
