@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f" peak {sampler.peak} KiB (+{sampler.peak - base} KiB)")
         if args.tunnel:
             fwd, fport = start_proxy(["--mode", "forward", "--listen", "127.0.0.1:0",
-                                      "--allow-private"])
+                                      "--allow-private", "--connect-ports", str(origin.port)])
             procs.append(fwd)
             base = rss_kib(fwd.pid)
             sampler = Sampler(fwd.pid)

@@ -1,0 +1,101 @@
+"""The relay (compiled from ext/relay.pyx): connections, keep-alive pools, tunnels.
+
+The request path's per-byte and per-request state machine; the listener handlers
+(fastproxy.reverse, fastproxy.forward) make the decisions and call into it.
+"""
+from typing import Any, Callable
+
+IDEMPOTENT: frozenset[bytes]
+STATE_HEAD: int
+STATE_BODY: int
+STATE_WAIT: int
+STATE_TUNNEL: int
+STATE_CLOSED: int
+PAUSE_CONNECTING: int
+PAUSE_HANDLER: int
+
+class ClientConnection:
+    """One client socket (an asyncio protocol): requests in, responses out, in order."""
+
+    client_ip: str
+    client_port: int
+    req: Any
+    status: int
+    sent: int
+    received: int
+    keep_alive: bool
+    resp_started: bool
+    body_done: bool
+    observer: Any
+    log_extra: dict | None
+    def __init__(self, rt: Any) -> None: ...
+    def reject(self, status: int, detail: str, extra: bytes = ...) -> None:
+        """Answer with an error the proxy generates itself, then close."""
+    def respond_error(self, status: int, detail: str, extra: bytes = ...) -> None:
+        """Answer an admitted request with an error; keep the connection when safe."""
+    def respond(self, buffers: Any, status: int, body_bytes: int, keep: bool = ...) -> None:
+        """Write a complete response the handler built and finish the exchange."""
+    def abort(self, detail: str) -> None:
+        """Cut a connection whose response cannot be completed."""
+    def send_upstream(self, pool: ConnectionPool, head: bytes, pending: list | None = ...,
+                      fresh: bool = ...) -> UpstreamConnection:
+        """Send head (and queued body bytes) over a connection from pool."""
+    def tunnel(self, transport: Any, to_upstream: bytes, to_client: bytes, idle: float,
+               on_close: Callable[[int, int], None] | None = ...) -> Tunnel:
+        """Turn this connection into a byte tunnel (after a 101 or a CONNECT 200)."""
+    def take_buffered(self) -> bytes: ...
+    def pause_reading(self, why: int) -> None: ...
+    def resume_reading(self, why: int) -> None: ...
+    def drain(self) -> None: ...
+
+class UpstreamConnection:
+    """One connection to an upstream server, reused across exchanges."""
+
+    server: Any
+    reused: bool
+    pool: ConnectionPool
+
+class ConnectionPool:
+    """Idle keep-alive connections to one server (LIFO) and their settings."""
+
+    server: Any
+    idle: list[UpstreamConnection]
+    open: int
+    balancer: Any
+    group: Any
+    on_failure: Callable[[Any, bool], None] | None
+    on_response: Callable[[Any, int], None] | None
+    def __init__(self, rt: Any, group_cfg: Any, server: Any,
+                 connect_host: str | None = ...) -> None: ...
+    def acquire(self) -> UpstreamConnection: ...
+    def connect_new(self) -> UpstreamConnection: ...
+    def release(self, up: UpstreamConnection) -> None: ...
+    def close(self) -> None: ...
+
+class FastForward:
+    """The common reverse-mode request forwarded in C (falls back to the handler)."""
+
+    def __init__(self, handler: Any) -> None: ...
+    def forward(self, conn: ClientConnection, req: Any) -> bool: ...
+
+class Tunnel:
+    deadline: float
+    done: bool
+
+class Holding:
+    """Protocol that holds a fresh server socket (and what it sent) until a tunnel starts."""
+
+    early: list[bytes]
+    eof: bool
+    lost: bool
+
+class Counters:
+    """Per-worker exchange counters (the admin interface reads them)."""
+
+def splice(a: Any, b: Any, to_b: bytes, to_a: bytes, idle: float, deadlines: Any,
+           on_close: Callable[[int, int], None] | None = ...) -> Tunnel:
+    """Join two transports into a byte tunnel."""
+
+def splice_held(client: Any, held: Holding, to_server: bytes, idle: float, deadlines: Any,
+                on_close: Callable[[int, int], None] | None = ...) -> Tunnel:
+    """Join a client transport and a held server connection into a tunnel."""
