@@ -14,6 +14,7 @@ task per such request; a request whose answers are cached is dispatched at once)
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, replace
 
 from fastproxy import _http
@@ -41,6 +42,8 @@ CRLF = b"\r\n"
 # and Host, which the target's authority replaces (RFC 9112 3.2.2).
 DROP_ALWAYS = (b"proxy-authorization", b"host")
 MAX_POOLS = 1024
+ROUTE_TTL = 5.0          # seconds an admission decision is reused for the same client and host
+ROUTE_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ class ForwardHandler:
         self.limit_rate = settings.rate_limit.rate > 0
         self.resolver = Resolver(settings.resolver)
         self.tls = lcfg.tls_cert is not None
+        # Recent admissions: (client, scheme, host, port, method) -> (expires, host,
+        # decision, allowed addresses). Only when no rule reads the URL (then the ACL's
+        # answer depends on nothing else), and never longer than the DNS cache would keep
+        # the addresses.
+        self.routes = {} if not any(r.url for r in settings.acl.rules) else None
+        self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
         # A pool per destination (address, port, scheme, TLS name); created on demand.
         self.pools: dict[tuple, ConnectionPool] = {}
         self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
@@ -196,6 +205,15 @@ class ForwardHandler:
         if scheme not in (b"http", b"https", b"tcp"):
             conn.respond_error(400, f"unsupported URL scheme {scheme.decode('latin-1')!r}")
             return
+        if self.routes is not None and self.cache is None:
+            hit = self.routes.get((conn.client_ip, scheme, host_b, port, req.method))
+            if hit is not None and hit[0] > time.monotonic():
+                # The same client reached the same destination a moment ago: the ACL's
+                # answer and the resolved, allowed addresses are still valid.
+                _expires, host, decision, allowed = hit
+                self._connect_allowed(conn, req, (scheme, host, host_b, port, path, decision),
+                                      allowed, b"")
+                return
         decision = self.acl.check_request(conn.client_ip, host, port, req.method, req.target)
         if not decision.allow:
             self._deny(conn, decision)
@@ -275,6 +293,15 @@ class ForwardHandler:
         if not allowed:
             self._deny(conn, refusal)
             return
+        if self.routes is not None:
+            if len(self.routes) >= ROUTE_CACHE_MAX:
+                self.routes.clear()
+            self.routes[(conn.client_ip, scheme, host_b, port, req.method)] = (
+                time.monotonic() + self.route_ttl, host, decision, allowed)
+        self._connect_allowed(conn, req, target, allowed, more)
+
+    def _connect_allowed(self, conn, req, target, allowed, more: bytes) -> None:
+        scheme, host, host_b, port, path, decision = target
         conn.log_extra = {**(conn.log_extra or {}), "acl": allowed[0][1].rule}
         if scheme == b"tcp":
             self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
