@@ -22,7 +22,8 @@ SPECIAL = {b"host", b"content-length", b"transfer-encoding", b"connection", b"up
            b"keep-alive", b"te", b"trailer", b"proxy-connection", b"expect", b"cache-control"}
 
 names = st.text(TCHAR, min_size=1, max_size=16).map(str.encode).filter(
-    lambda n: n.lower() not in SPECIAL)
+    # "_" for "-" makes a framing look-alike, refused on purpose (test_http_rules covers it).
+    lambda n: n.lower() not in SPECIAL and n.lower().replace(b"_", b"-") not in SPECIAL)
 # field-vchar / obs-text, with spaces and tabs only inside (RFC 9110 5.5).
 value_bytes = st.binary(max_size=40).map(
     lambda b: bytes(c if (0x21 <= c <= 0x7E or c >= 0x80 or c in (9, 32)) else 0x61 for c in b)
