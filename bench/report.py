@@ -10,6 +10,9 @@ from bench.rows import GROUPS
 ERROR_SHARE_FLAG = 0.01  # over 1% failed requests, a row's speed means nothing
 # doc["hey"] when the new-connection runs were not asked for: the table leaves their columns out.
 NO_HEY = "skipped (--no-hey)"
+# hey spends more CPU per request than most proxies do: when it and the origin fill the load
+# core while the proxy still has room, a row's new-connection rate is hey's limit.
+LOAD_CORE_FULL, PROXY_CORE_ROOM = 0.9, 0.8
 
 
 def _median(xs):
@@ -116,7 +119,18 @@ def _new_conn(runs: list[dict]) -> dict:
         "new_conn_non_2xx": sum(r["non_2xx"] for r in runs),
         "new_conn_error_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:3]),
         "new_conn_origin_share": (sum(r["origin_requests"] for r in runs) / answered) if answered else None,
+        # Cores busy during the runs: hey and the origin (pinned together), and the proxy.
+        "new_conn_load_core_busy": _median([(r["hey_cpu_s"] + r["origin_cpu_s"]) / (r["duration_us"] / 1e6)
+                                            for r in runs]),
+        "new_conn_proxy_core_busy": _median([r["proxy_cpu_s"] / (r["duration_us"] / 1e6)
+                                             for r in runs if r["proxy_cpu_s"] is not None]),
     }
+
+
+def _hey_bound(e: dict) -> bool:
+    """True when a proxy row's new-connection rate was limited by hey's core, not by the proxy."""
+    load, proxy = e.get("new_conn_load_core_busy"), e.get("new_conn_proxy_core_busy")
+    return load is not None and proxy is not None and load >= LOAD_CORE_FULL and proxy < PROXY_CORE_ROOM
 
 
 def _ms(us):
@@ -206,7 +220,8 @@ def markdown(doc: dict) -> str:
                          _ratio(e["ratio_rps"]), _ratio(e["ratio_eff"])]
                 if new_cols:
                     warn = " ⚠" if (e.get("new_conn_error_share") or 0) > ERROR_SHARE_FLAG else ""
-                    cells += [_pm(e.get("new_conn_rps"), e.get("new_conn_rps_spread_pct")) + warn,
+                    bound = " *" if _hey_bound(e) else ""
+                    cells += [_pm(e.get("new_conn_rps"), e.get("new_conn_rps_spread_pct")) + bound + warn,
                               _lat(e.get("new_conn_p50_ms"), e.get("new_conn_p99_ms")),
                               _pm(e.get("new_conn_req_per_cpu_s"), e.get("new_conn_req_per_cpu_s_spread_pct")),
                               _ratio(e.get("ratio_new_conn_rps")), _ratio(e.get("ratio_new_conn_req_per_cpu_s"))]
@@ -215,6 +230,11 @@ def markdown(doc: dict) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
         if new_cols and doc["hey"] and group != "tunnel":
             lines.append(f"- new-connection columns empty: {doc['hey']}")
+        bound = [e for e in entries if _hey_bound(e)]
+        if bound:
+            lines.append(f"- \\* hey and the origin kept the load core {100 * LOAD_CORE_FULL:.0f}%+ busy while the "
+                         f"proxy used at most {max(e['new_conn_proxy_core_busy'] for e in bound):.0%} of its core: "
+                         f"that req/s new conn is the load generator's limit; compare new-conn req per CPU-s")
         for n in rows:
             r = doc["rows"][n]
             if r["skipped"]:

@@ -108,6 +108,7 @@ def test_smoke_run_reports_every_row_it_could_run(tmp_path):
             if HEY:
                 assert [r["connections"] for r in new] == [8], row["runs"]
                 assert summary[name]["new_conn_rps"] > 0 and summary[name]["new_conn_p50_ms"] > 0
+                assert summary[name]["new_conn_load_core_busy"] > 0
                 if name != "direct":
                     assert summary[name]["new_conn_req_per_cpu_s"] > 0
             else:
