@@ -294,10 +294,20 @@ def chart(doc: dict, path: Path) -> Path | None:
         specs.append(("new_conn_req_per_cpu_s", "req_per_cpu_s", ("hey", c),
                       "requests per proxy CPU-second\n(new connection per request, hey)"))
     panels = len(specs) + bool(tunnels)
-    fig, axes = plt.subplots(1, panels,
-                             figsize=((max(8, 1.0 * len(rows) + 4)) * len(specs) / 2 + 2.5 * bool(tunnels), 5),
-                             constrained_layout=True,
-                             gridspec_kw={"width_ratios": [3] * len(specs) + [1.6] * bool(tunnels)})
+    if panels <= 3 and len(specs) == 2:
+        # One line: the two keep-alive panels, the narrow tunnel panel beside them.
+        fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.0 * len(rows) + 4) + 2.5 * bool(tunnels), 5),
+                                 constrained_layout=True, gridspec_kw={"width_ratios": [3, 3, 1.6][:panels]})
+        axes = list(axes)
+    else:
+        # Two per line, so four panels stay readable on a page.
+        lines = (panels + 1) // 2
+        fig, grid = plt.subplots(lines, 2, figsize=(max(8, 1.0 * len(rows) + 4), 5 * lines),
+                                 constrained_layout=True, squeeze=False)
+        axes = [ax for line in grid for ax in line]
+        for ax in axes[panels:]:
+            ax.set_visible(False)
+        axes = axes[:panels]
     width = 0.8 / max(1, len(sizes))
     colors = ["#4c72b0", "#55a868", "#c44e52"]
     for ax, (key, run_key, (tool, conns), title) in zip(axes, specs):
