@@ -4,11 +4,12 @@ from __future__ import annotations
 import sys
 
 USAGE = """usage: python -m bench load [--quick] [--duration S] [--connections N] [--rows R,...]
-                          [--sizes 100b,4k,64k] [--repeats N] [--out DIR] ...
+                          [--sizes 100b,4k,64k] [--repeats N] [--no-hey] [--out DIR] ...
        python -m bench micro [--quick] [NAME ...]
 
   load   every proxy side by side on this machine (nginx, HAProxy, Varnish, Squid, tinyproxy,
-         fastproxy); `python -m bench load --help` for the options
+         fastproxy), with wrk (kept-alive connections) and hey (a new connection per
+         request); `python -m bench load --help` for the options
   micro  the micro-benchmarks of the compiled modules (bench/micro_*.py), each against its peer"""
 
 

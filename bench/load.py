@@ -1,9 +1,10 @@
 """`python -m bench load`: every proxy side by side on one machine, in one run.
 
-The origin (nginx, one worker) and wrk share one core; the proxy under test gets the
-other. Each row is started once, checked to relay correctly, then loaded with
-`wrk -t1 -c64` and `wrk -t1 -c1`; repeats are interleaved (A B C A B C) and the
-median is reported with its spread. Proxy CPU seconds come from /proc.
+The origin (nginx, one worker) and the load generator share one core; the proxy under
+test gets the other. Each row is started once, checked to relay correctly, then loaded
+with `wrk -t1 -c64` and `wrk -t1 -c1` (kept-alive connections) and with
+`hey -c64 -disable-keepalive` (a new connection per request); repeats are interleaved
+(A B C A B C) and the median is reported with its spread. Proxy CPU seconds come from /proc.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench import configs, report
+from bench.hey import HeyError, run_hey
 from bench.procs import StartError, Supervisor, cpu_count, free_port, pinned, system_busy_seconds, tree_cpu_seconds
 from bench.rows import (GROUPS, ROW_NAMES, ROWS, Context, Endpoint, check_serves, curl_download,
                         fastproxy_command, fetch, origin_requests)
@@ -63,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per row (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="a few seconds per row, for development")
     p.add_argument("--no-c1", action="store_true", help="skip the single-connection (latency) runs")
+    p.add_argument("--no-hey", action="store_true",
+                   help="skip the new-connection-per-request runs (hey -disable-keepalive)")
     p.add_argument("--tunnel-size", default=None, help="size of the tunnel download (default 512MiB, --quick 128MiB)")
     p.add_argument("--out", default="bench/results", help="directory for results.json, results.md, chart.png")
     p.add_argument("--fastproxy", default=None,
@@ -101,7 +105,7 @@ def resolve_options(a: argparse.Namespace) -> dict:
     rows = [n for n in ROW_NAMES if n in rows]  # table order, no duplicates
     tunnel = parse_bytes(a.tunnel_size or (QUICK_TUNNEL if a.quick else "512MiB"), "--tunnel-size")
     return {"duration": duration, "connections": a.connections, "repeats": repeats, "sizes": sizes,
-            "rows": rows, "tunnel_bytes": tunnel, "c1": not a.no_c1, "out": Path(a.out),
+            "rows": rows, "tunnel_bytes": tunnel, "c1": not a.no_c1, "hey": not a.no_hey, "out": Path(a.out),
             "fastproxy": a.fastproxy, "install": not a.no_install, "keep_tmp": a.keep_tmp}
 
 
@@ -157,28 +161,41 @@ def _origin(sup: Supervisor, workdir: Path, core: int | None, tunnel: tuple[str,
     return port
 
 
-def _measure(ep: Endpoint, origin_proc, ctx: Context, size: str, connections: int, duration: int,
-             core: int | None) -> dict:
-    """One wrk run with CPU accounting of the proxy, the origin and the rest of the machine."""
+def _wrk(ep: Endpoint, ctx: Context, size: str, connections: int, duration: int, core: int | None):
     url = f"http://127.0.0.1:{ep.port}/{size}"
     target = f"http://127.0.0.1:{ctx.origin_port}/{size}" if ep.forward else None
+    return lambda: run_wrk(url, connections, duration, core, absolute_target=target,
+                           host=f"127.0.0.1:{ctx.origin_port}")
+
+
+def _hey(ep: Endpoint, ctx: Context, size: str, connections: int, duration: int, core: int | None):
+    if ep.forward:
+        # hey sends the absolute-form target to the proxy given with -x, Host from the URL.
+        url, proxy = f"http://127.0.0.1:{ctx.origin_port}/{size}", f"http://127.0.0.1:{ep.port}"
+    else:
+        url, proxy = f"http://127.0.0.1:{ep.port}/{size}", None
+    return lambda: run_hey(url, connections, duration, core, proxy=proxy)
+
+
+def _measure(ep: Endpoint, origin_proc, ctx: Context, tool: str, load) -> dict:
+    """One load run (wrk or hey) with CPU accounting of the proxy, the origin and the rest of the machine."""
     proxy0 = tree_cpu_seconds(ep.proc.pid) if ep.proc else 0.0
     origin0 = tree_cpu_seconds(origin_proc.pid)
     busy0 = system_busy_seconds()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     served0 = origin_requests(ctx.origin_port)
-    res = run_wrk(url, connections, duration, core, absolute_target=target,
-                  host=f"127.0.0.1:{ctx.origin_port}")
+    res = load()
     served = origin_requests(ctx.origin_port) - served0 - 1
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy = system_busy_seconds() - busy0
     res["proxy_cpu_s"] = (tree_cpu_seconds(ep.proc.pid) - proxy0) if ep.proc else None
     res["origin_cpu_s"] = tree_cpu_seconds(origin_proc.pid) - origin0
-    res["wrk_cpu_s"] = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
+    res[f"{tool}_cpu_s"] = load_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
     res["origin_requests"] = served
     # CPU used by anything that is not part of this measurement (other users of the machine).
-    res["other_cpu_s"] = max(0.0, busy - (res["proxy_cpu_s"] or 0) - res["origin_cpu_s"] - res["wrk_cpu_s"])
+    res["other_cpu_s"] = max(0.0, busy - (res["proxy_cpu_s"] or 0) - res["origin_cpu_s"] - load_cpu)
     res["req_per_cpu_s"] = (res["requests"] / res["proxy_cpu_s"]) if res["proxy_cpu_s"] else None
+    res["tool"] = tool
     return res
 
 
@@ -200,12 +217,18 @@ def run(opts: dict) -> dict:
         doc["rows"][r.name] = {"group": r.group, "doc": r.doc, "runs": [], "skipped": None}
 
     needed = {"wrk", "nginx", "taskset", *(t for r in selected for t in r.needs)}
+    if opts["hey"] and any(r.group != "tunnel" for r in selected):
+        needed.add("hey")
     absent = missing(sorted(needed))
     if absent and opts["install"] and can_install():
         absent = apt_install(absent, say=_say)
     elif absent and opts["install"]:
         doc["notes"].append(f"cannot install {', '.join(absent)}: needs root and apt-get")
     doc["tools"] = {t: version(t) for t in sorted(needed) if t not in absent}
+    # Why the new-connection columns are empty, if they are; None when hey runs.
+    doc["hey"] = ("skipped (--no-hey)" if not opts["hey"] else
+                  "hey is not installed (apt-get install hey, or run as root without --no-install)"
+                  if "hey" in absent else None)
 
     cores = cpu_count()
     if cores >= 2 and "taskset" not in absent:
@@ -249,7 +272,8 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
     if not runnable:
         return
     n_load = sum(r.group != "tunnel" for r in runnable)
-    per_row = opts["duration"] * (2 if opts["c1"] else 1) * len(opts["sizes"])
+    use_hey = doc["hey"] is None
+    per_row = opts["duration"] * (1 + opts["c1"] + use_hey) * len(opts["sizes"])
     _say(f"bench: {len(runnable)} rows, about {(n_load * per_row * opts['repeats']) / 60:.1f} minutes of load "
          f"plus start-up and downloads")
     tunnel = _tunnel_address()
@@ -293,14 +317,19 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
                     if not doc["rows"][r.name]["skipped"]:
                         _skip(doc, r.name, f"exited during the run: {ep.proc.tail()}")
                     continue
-                for conns in ([opts["connections"], 1] if opts["c1"] else [opts["connections"]]):
+                loads = [("wrk", _wrk, opts["connections"])] + ([("wrk", _wrk, 1)] if opts["c1"] else [])
+                if use_hey:
+                    loads.append(("hey", _hey, opts["connections"]))
+                for tool, make, conns in loads:
                     try:
-                        res = _measure(ep, origin_proc, ctx, size, conns, opts["duration"], load_core)
-                    except (WrkError, OSError) as exc:
-                        res = {"failed": str(exc)}
+                        res = _measure(ep, origin_proc, ctx, tool,
+                                       make(ep, ctx, size, conns, opts["duration"], load_core))
+                    except (WrkError, HeyError, OSError) as exc:
+                        res = {"failed": str(exc), "tool": tool}
                     res.update(repeat=rep, size=size, connections=conns)
                     doc["rows"][r.name]["runs"].append(res)
-                    _say(f"bench: {r.name} {size} c{conns} #{rep + 1}: "
+                    how = " new conn" if tool == "hey" else ""
+                    _say(f"bench: {r.name} {size} c{conns}{how} #{rep + 1}: "
                          + (f"{res['rps']:,.0f} req/s" if "rps" in res else res["failed"]))
         for r in tunnel_rows:
             ep = endpoints[r.name]

@@ -8,6 +8,11 @@ from pathlib import Path
 from bench.rows import GROUPS
 
 ERROR_SHARE_FLAG = 0.01  # over 1% failed requests, a row's speed means nothing
+# doc["hey"] when the new-connection runs were not asked for: the table leaves their columns out.
+NO_HEY = "skipped (--no-hey)"
+# hey spends more CPU per request than most proxies do: when it and the origin fill the load
+# core while the proxy still has room, a row's new-connection rate is hey's limit.
+LOAD_CORE_FULL, PROXY_CORE_ROOM = 0.9, 0.8
 
 
 def _median(xs):
@@ -41,13 +46,16 @@ def summarize(doc: dict) -> None:
                                 "proxy_cpu_s": _median([r["proxy_cpu_s"] for r in runs]),
                                 "failures": [r["failed"] for r in failed]})
             continue
+        # Runs without a tool come from before hey was added: they are all wrk runs.
+        kept = [r for r in runs if r.get("tool", "wrk") == "wrk"]
         for size in doc["options"]["sizes"]:
-            hi = [r for r in runs if r["size"] == size and r["connections"] == conns]
-            lo = [r for r in runs if r["size"] == size and r["connections"] == 1]
+            hi = [r for r in kept if r["size"] == size and r["connections"] == conns]
+            lo = [r for r in kept if r["size"] == size and r["connections"] == 1]
+            new = [r for r in runs if r.get("tool") == "hey" and r["size"] == size]
             bad = [r["failed"] for r in failed if r["size"] == size]
-            if not hi and not bad:
+            if not hi and not bad and not new:
                 continue
-            others += [r["other_cpu_s"] / (r["duration_us"] / 1e6) for r in hi + lo]
+            others += [r["other_cpu_s"] / (r["duration_us"] / 1e6) for r in hi + lo + new]
             rps = [r["rps"] for r in hi]
             eff = [r["req_per_cpu_s"] for r in hi]
             total = sum(r["requests"] for r in hi + lo)
@@ -68,6 +76,7 @@ def summarize(doc: dict) -> None:
                 "origin_share": (sum(r["origin_requests"] for r in hi + lo) / total) if total else None,
                 "failures": bad,
             }
+            entry.update(_new_conn(new))
             summary.append(entry)
     # Ratios against the reference row of each group (nginx, nginx-cache, squid, direct download).
     for e in summary:
@@ -79,8 +88,49 @@ def summarize(doc: dict) -> None:
         e["ratio_rps"] = e["rps"] / ref["rps"] if ref and ref["rps"] and e["rps"] else None
         e["ratio_eff"] = (e["req_per_cpu_s"] / ref["req_per_cpu_s"]
                           if ref and ref["req_per_cpu_s"] and e["req_per_cpu_s"] else None)
+        for key in ("new_conn_rps", "new_conn_req_per_cpu_s"):
+            mine, theirs = e.get(key), ref.get(key) if ref else None
+            e["ratio_" + key] = mine / theirs if mine and theirs else None
     doc["summary"] = summary
     doc["busy"] = {"other_cores_median": _median(others), "other_cores_max": max(others, default=None)}
+
+
+def _new_conn(runs: list[dict]) -> dict:
+    """Summarize the hey runs (a new connection per request) of one row and size."""
+    rps = [r["rps"] for r in runs]
+    eff = [r["req_per_cpu_s"] for r in runs]
+    # Requests hey sent: answered ones plus those that got no answer at all.
+    answered = sum(r["requests"] for r in runs)
+    sent = answered + sum(r["no_answer"] for r in runs)
+    errors = sum(r["errors"] for r in runs)
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for msg, n in r.get("error_kinds", {}).items():
+            kinds[msg] = kinds.get(msg, 0) + n
+    return {
+        "new_conn_samples": len(runs),
+        "new_conn_rps": _median(rps), "new_conn_rps_min": min(rps, default=None),
+        "new_conn_rps_max": max(rps, default=None), "new_conn_rps_spread_pct": _spread_pct(rps),
+        "new_conn_p50_ms": _ms(_median([r["p50_us"] for r in runs])),
+        "new_conn_p99_ms": _ms(_median([r["p99_us"] for r in runs])),
+        "new_conn_proxy_cpu_s": _median([r["proxy_cpu_s"] for r in runs]),
+        "new_conn_req_per_cpu_s": _median(eff), "new_conn_req_per_cpu_s_spread_pct": _spread_pct(eff),
+        "new_conn_errors": errors, "new_conn_error_share": errors / sent if sent else None,
+        "new_conn_non_2xx": sum(r["non_2xx"] for r in runs),
+        "new_conn_error_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:3]),
+        "new_conn_origin_share": (sum(r["origin_requests"] for r in runs) / answered) if answered else None,
+        # Cores busy during the runs: hey and the origin (pinned together), and the proxy.
+        "new_conn_load_core_busy": _median([(r["hey_cpu_s"] + r["origin_cpu_s"]) / (r["duration_us"] / 1e6)
+                                            for r in runs]),
+        "new_conn_proxy_core_busy": _median([r["proxy_cpu_s"] / (r["duration_us"] / 1e6)
+                                             for r in runs if r["proxy_cpu_s"] is not None]),
+    }
+
+
+def _hey_bound(e: dict) -> bool:
+    """True when a proxy row's new-connection rate was limited by hey's core, not by the proxy."""
+    load, proxy = e.get("new_conn_load_core_busy"), e.get("new_conn_proxy_core_busy")
+    return load is not None and proxy is not None and load >= LOAD_CORE_FULL and proxy < PROXY_CORE_ROOM
 
 
 def _ms(us):
@@ -103,9 +153,14 @@ def _pm(x, spread):
 
 
 def _lat(a, b):
-    if a is None:
+    if a is None and b is None:
         return "–"
-    return f"{a:.2f} / {b:.2f}"
+    return " / ".join("–" if x is None else f"{x:.2f}" for x in (a, b))
+
+
+def _flagged(e: dict) -> bool:
+    """True when too many of a row's requests failed, with wrk or with hey."""
+    return any((e.get(k) or 0) > ERROR_SHARE_FLAG for k in ("error_share", "new_conn_error_share"))
 
 
 def _ratio(x):
@@ -116,6 +171,8 @@ def markdown(doc: dict) -> str:
     """Render the results as markdown: a header, one table per group, then the notes."""
     o = doc["options"]
     m = doc["machine"]
+    # Old result files have no "hey" entry: they were made with wrk alone.
+    new_cols = "hey" in doc and doc["hey"] != NO_HEY
     lines = [
         f"## fastproxy load benchmark, {doc['date'][:10]}",
         "",
@@ -124,6 +181,8 @@ def markdown(doc: dict) -> str:
         f"(nginx, 1 worker) to core {doc['pinning']['wrk_and_origin']}.",
         f"Each row: `wrk -t1 -c{o['connections']} -d{o['duration']}s`"
         + (f" and `wrk -t1 -c1 -d{o['duration']}s`" if o["c1"] else "")
+        + (f" (connections kept alive), and `hey -z {o['duration']}s -c {o['connections']} -disable-keepalive`"
+           " (a new connection per request, \"new conn\"; hey reports latency to 0.1 ms)" if new_cols else "")
         + f", {o['repeats']} interleaved repeat(s), median ± half the min–max range.",
         f"Command: `{doc['command']}`",
     ]
@@ -146,19 +205,36 @@ def markdown(doc: dict) -> str:
                              f"{_ratio(e['ratio'])} |")
         else:
             extra = " origin share |" if group == "cache" else ""
+            new_head = (f" req/s new conn c{c} | p50 / p99 ms new conn | new-conn req per CPU-s "
+                        f"| new-conn req/s vs {ref} | new-conn req/CPU-s vs {ref} |") if new_cols else ""
             lines += [f"| row | size | req/s c{c} | p50 / p99 ms c{c} | req/s c1 | p50 / p99 ms c1 | proxy CPU s "
-                      f"| req per CPU-s | req/s vs {ref} | req/CPU-s vs {ref} |{extra}",
-                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+                      f"| req per CPU-s | req/s vs {ref} | req/CPU-s vs {ref} |{new_head}{extra}",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * 5 if new_cols else "")
+                      + ("---:|" if extra else "")]
             for e in entries:
-                flag = " ⚠" if e["error_share"] and e["error_share"] > ERROR_SHARE_FLAG else ""
+                flag = " ⚠" if _flagged(e) else ""
                 cells = [f"{e['row']}{flag}", e["size"], _pm(e["rps"], e["rps_spread_pct"]),
                          _lat(e["p50_ms"], e["p99_ms"]), _num(e["rps_c1"]), _lat(e["p50_c1_ms"], e["p99_c1_ms"]),
                          "–" if e["proxy_cpu_s"] is None else f"{e['proxy_cpu_s']:.2f}",
                          _pm(e["req_per_cpu_s"], e["req_per_cpu_s_spread_pct"]),
                          _ratio(e["ratio_rps"]), _ratio(e["ratio_eff"])]
+                if new_cols:
+                    warn = " ⚠" if (e.get("new_conn_error_share") or 0) > ERROR_SHARE_FLAG else ""
+                    bound = " *" if _hey_bound(e) else ""
+                    cells += [_pm(e.get("new_conn_rps"), e.get("new_conn_rps_spread_pct")) + bound + warn,
+                              _lat(e.get("new_conn_p50_ms"), e.get("new_conn_p99_ms")),
+                              _pm(e.get("new_conn_req_per_cpu_s"), e.get("new_conn_req_per_cpu_s_spread_pct")),
+                              _ratio(e.get("ratio_new_conn_rps")), _ratio(e.get("ratio_new_conn_req_per_cpu_s"))]
                 if extra:
                     cells.append("–" if e["origin_share"] is None else f"{100 * e['origin_share']:.1f}%")
                 lines.append("| " + " | ".join(cells) + " |")
+        if new_cols and doc["hey"] and group != "tunnel":
+            lines.append(f"- new-connection columns empty: {doc['hey']}")
+        bound = [e for e in entries if _hey_bound(e)]
+        if bound:
+            lines.append(f"- \\* hey and the origin kept the load core {100 * LOAD_CORE_FULL:.0f}%+ busy while the "
+                         f"proxy used at most {max(e['new_conn_proxy_core_busy'] for e in bound):.0%} of its core: "
+                         f"that req/s new conn is the load generator's limit; compare new-conn req per CPU-s")
         for n in rows:
             r = doc["rows"][n]
             if r["skipped"]:
@@ -167,6 +243,18 @@ def markdown(doc: dict) -> str:
             if e.get("error_share") and e["error_share"] > ERROR_SHARE_FLAG:
                 lines.append(f"- ⚠ **{e['row']}** {e['size']}: {e['errors']} failed requests "
                              f"({100 * e['error_share']:.1f}%): its numbers are not comparable")
+            if (e.get("new_conn_error_share") or 0) > ERROR_SHARE_FLAG:
+                kinds = "; ".join(f"{n}× {msg[:120]}" for msg, n in e["new_conn_error_kinds"].items())
+                lines.append(f"- ⚠ **{e['row']}** {e['size']}: {e['new_conn_errors']} new-connection requests failed "
+                             f"({100 * e['new_conn_error_share']:.1f}%, {e['new_conn_non_2xx']} of them non-2xx answers"
+                             + (f"; {kinds}" if kinds else "") + "): its new-conn numbers are not comparable")
+            share = e.get("new_conn_origin_share")
+            if share is not None and group != "cache" and e["row"] != "direct" and share < 0.9:
+                lines.append(f"- **{e['row']}** {e['size']}: only {100 * share:.0f}% of new-connection requests "
+                             f"reached the origin: it answered from a cache")
+            if share is not None and group == "cache" and share > 0.05:
+                lines.append(f"- **{e['row']}** {e['size']}: {100 * share:.0f}% of new-connection requests reached "
+                             f"the origin: they were not all cache hits")
             if (group != "cache" and e["row"] != "direct" and e.get("origin_share") is not None
                     and e["origin_share"] < 0.9):
                 lines.append(f"- **{e['row']}** {e['size']}: only {100 * e['origin_share']:.0f}% of requests reached "
@@ -185,7 +273,7 @@ def markdown(doc: dict) -> str:
 
 
 def chart(doc: dict, path: Path) -> Path | None:
-    """Draw req/s and req per proxy CPU-second per row and size (and tunnel MB/s) as a PNG."""
+    """Draw req/s, req per proxy CPU-second (kept-alive and new connections) and tunnel MB/s as a PNG."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -196,22 +284,42 @@ def chart(doc: dict, path: Path) -> Path | None:
     tunnels = [e for e in doc.get("summary", []) if e["group"] == "tunnel" and e.get("mb_s")]
     rows = list(dict.fromkeys(e["row"] for e in entries))
     sizes = [s for s in doc["options"]["sizes"] if any(e["size"] == s for e in entries)]
-    panels = 2 + bool(tunnels)
-    fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.0 * len(rows) + 4) + 2.5 * bool(tunnels), 5),
-                             constrained_layout=True, gridspec_kw={"width_ratios": [3, 3, 1.6][:panels]})
-    width = 0.8 / max(1, len(sizes))
     c = doc["options"]["connections"]
+    # (summary key, key in each run, which runs, title)
+    specs = [("rps", "rps", ("wrk", c), f"requests/s (wrk -c{c}, kept alive)"),
+             ("req_per_cpu_s", "req_per_cpu_s", ("wrk", c), "requests per proxy CPU-second (kept alive)")]
+    if any(e.get("new_conn_req_per_cpu_s") for e in entries):
+        # Per proxy CPU-second, not per wall second: hey shares its core with the origin and
+        # spends more per request than the proxy does, so its wall rate says more about hey.
+        specs.append(("new_conn_req_per_cpu_s", "req_per_cpu_s", ("hey", c),
+                      "requests per proxy CPU-second\n(new connection per request, hey)"))
+    panels = len(specs) + bool(tunnels)
+    if panels <= 3 and len(specs) == 2:
+        # One line: the two keep-alive panels, the narrow tunnel panel beside them.
+        fig, axes = plt.subplots(1, panels, figsize=(max(8, 1.0 * len(rows) + 4) + 2.5 * bool(tunnels), 5),
+                                 constrained_layout=True, gridspec_kw={"width_ratios": [3, 3, 1.6][:panels]})
+        axes = list(axes)
+    else:
+        # Two per line, so four panels stay readable on a page.
+        lines = (panels + 1) // 2
+        fig, grid = plt.subplots(lines, 2, figsize=(max(8, 1.0 * len(rows) + 4), 5 * lines),
+                                 constrained_layout=True, squeeze=False)
+        axes = [ax for line in grid for ax in line]
+        for ax in axes[panels:]:
+            ax.set_visible(False)
+        axes = axes[:panels]
+    width = 0.8 / max(1, len(sizes))
     colors = ["#4c72b0", "#55a868", "#c44e52"]
-    for ax, key, title in ((axes[0], "rps", f"requests/s (wrk -c{c})"),
-                           (axes[1], "req_per_cpu_s", "requests per proxy CPU-second")):
+    for ax, (key, run_key, (tool, conns), title) in zip(axes, specs):
         for i, size in enumerate(sizes):
             xs, ys, errs = [], [], [[], []]
             for j, row in enumerate(rows):
                 e = next((x for x in entries if x["row"] == row and x["size"] == size), None)
-                if not e or e[key] is None:
+                if not e or e.get(key) is None:
                     continue
-                samples = [r[key] for r in doc["rows"][row]["runs"]
-                           if r.get("size") == size and r.get("connections") == c and r.get(key) is not None]
+                samples = [r[run_key] for r in doc["rows"][row]["runs"]
+                           if r.get("size") == size and r.get("connections") == conns
+                           and r.get("tool", "wrk") == tool and r.get(run_key) is not None]
                 xs.append(j + (i - (len(sizes) - 1) / 2) * width)
                 ys.append(e[key])
                 errs[0].append(e[key] - min(samples, default=e[key]))
@@ -231,7 +339,7 @@ def chart(doc: dict, path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(title="response")
     if tunnels:
-        ax = axes[2]
+        ax = axes[-1]
         names = [e["row"].removeprefix("tunnel-") for e in tunnels]
         ax.bar(range(len(tunnels)), [e["mb_s"] for e in tunnels], 0.6, color="#8172b2",
                yerr=[[e["mb_s"] - e["mb_s_min"] for e in tunnels], [e["mb_s_max"] - e["mb_s"] for e in tunnels]],

@@ -10,6 +10,7 @@ from pathlib import Path
 # program -> Debian package that provides it
 PACKAGES = {
     "wrk": "wrk",
+    "hey": "hey",
     "nginx": "nginx",
     "haproxy": "haproxy",
     "varnishd": "varnish",
@@ -72,6 +73,8 @@ def version(program: str) -> str:
     flags = {"nginx": ["-v"], "haproxy": ["-v"], "varnishd": ["-V"], "squid": ["-v"],
              "tinyproxy": ["-v"], "wrk": ["-v"], "curl": ["--version"]}
     path = which(program)
+    if path and program == "hey":
+        return _package_version("hey")  # hey has no version flag
     if not path or program not in flags:
         return ""
     try:
@@ -80,3 +83,12 @@ def version(program: str) -> str:
         return ""
     text = (out.stdout + out.stderr).strip().splitlines()
     return text[0].strip() if text else ""
+
+
+def _package_version(package: str) -> str:
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return f"{package} {out.stdout.strip()} (Debian package)" if out.returncode == 0 and out.stdout.strip() else ""

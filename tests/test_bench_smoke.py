@@ -1,6 +1,7 @@
 """Smoke runs of the load benchmark harness (bench/): it starts, measures, reports and cleans up.
 
-Each row runs for about a second; the numbers are never asserted, only that the harness
+Each row runs for about a second per load (wrk c8, wrk c1, and hey with a new connection
+per request when hey is installed); the numbers are never asserted, only that the harness
 produced them for every row it could run, and that no process it started is left behind.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bench.rows import ROW_NAMES, ROWS  # noqa: E402
 from bench.tools import which  # noqa: E402
 
 BASE_TOOLS = ("wrk", "nginx", "curl")
+HEY = which("hey") is not None
 missing_base = [t for t in BASE_TOOLS if which(t) is None]
 pytestmark = pytest.mark.skipif(
     bool(missing_base), reason=f"{', '.join(missing_base)} not installed (apt-get install {' '.join(missing_base)})"
@@ -96,26 +98,67 @@ def test_smoke_run_reports_every_row_it_could_run(tmp_path):
             assert all(r["bytes"] == 8 << 20 and r["mb_s"] > 0 for r in ok)
         else:
             # The c8 run and the c1 run, each with requests, latency and proxy CPU accounted.
-            assert sorted(r["connections"] for r in ok) == [1, 8]
+            assert sorted(r["connections"] for r in ok if r["tool"] == "wrk") == [1, 8]
             assert all(r["requests"] > 0 and r["p99_us"] >= r["p50_us"] > 0 for r in ok)
             if name not in ("direct",):
                 assert all(r["proxy_cpu_s"] is not None for r in ok)
                 assert summary[name]["req_per_cpu_s"] is None or summary[name]["req_per_cpu_s"] > 0
+            # ...and with hey, the c8 run opening a new connection for every request.
+            new = [r for r in ok if r["tool"] == "hey"]
+            if HEY:
+                assert [r["connections"] for r in new] == [8], row["runs"]
+                assert summary[name]["new_conn_rps"] > 0 and summary[name]["new_conn_p50_ms"] > 0
+                assert summary[name]["new_conn_load_core_busy"] > 0
+                if name != "direct":
+                    assert summary[name]["new_conn_req_per_cpu_s"] > 0
+            else:
+                assert new == [] and summary[name]["new_conn_rps"] is None
         assert name in summary
         assert f"| {name} |" in res.stdout
     # The cache rows really served from cache: (almost) nothing reached the origin.
     for name in ("nginx-cache", "varnish"):
         if name in summary and doc["rows"][name]["skipped"] is None:
             assert summary[name]["origin_share"] < 0.05, summary[name]
-    # ...and the relaying rows did reach it once per request.
+    # ...and the relaying rows did reach it once per request, with hey too (squid through -x).
     for name in ("nginx", "haproxy", "squid"):
         if name in summary and doc["rows"][name]["skipped"] is None:
             assert summary[name]["origin_share"] > 0.95, summary[name]
+            if HEY:
+                assert summary[name]["new_conn_origin_share"] > 0.95, summary[name]
+    assert ("req/s new conn c8" in res.stdout) and (("hey is not installed" in res.stdout) != HEY)
     assert (out / "results.md").read_text().startswith("## fastproxy load benchmark")
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     leftover = [(p, n) for p, n in started_pids(out) if alive(p)]
     assert leftover == []
     assert not workdir_of(out).exists()
+
+
+@pytest.mark.parametrize("how", ["--no-hey", "hey missing"])
+def test_without_hey_the_new_connection_columns_say_why(tmp_path, how):
+    env = bench_env()
+    args = ["--no-hey"] if how == "--no-hey" else []
+    if how == "hey missing":
+        # A PATH with the other tools but no hey (nginx is found in sbin without PATH).
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        for tool in ("wrk", "taskset"):
+            (bin_dir / tool).symlink_to(which(tool))
+        env["PATH"] = str(bin_dir)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "bench", "load", "--no-install", "--rows", "direct", "--no-c1",
+                          "--duration", "1", "--repeats", "1", "--sizes", "100b", "--out", str(out), *args],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["tool"] for r in doc["rows"]["direct"]["runs"]] == ["wrk"]
+    assert doc["summary"][0]["new_conn_rps"] is None
+    if how == "--no-hey":
+        assert doc["hey"] == "skipped (--no-hey)" and "new conn" not in res.stdout
+    else:
+        assert "hey is not installed" in doc["hey"]
+        assert "new-connection columns empty: hey is not installed" in res.stdout
+        row = next(ln for ln in res.stdout.splitlines() if ln.startswith("| direct |"))
+        assert row.endswith("| – | – | – | – | – |"), row
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
