@@ -148,6 +148,7 @@ cdef inline object _piece(object data, Py_ssize_t pos, Py_ssize_t n):
 cdef class UpstreamConnection
 cdef class ConnectionPool
 cdef class FastForward
+cdef class ListenerSettings
 
 
 cdef class Counters:
@@ -192,6 +193,61 @@ cdef class TunnelEnd
 # Client side
 
 
+cdef class ListenerSettings:
+    """What every connection of one listener copies at accept, gathered once.
+
+    A connection per request (HTTP/1.0 clients, `Connection: close`) makes accept-time
+    work count: a profile showed the constructor's attribute lookups (some of them failing
+    getattr defaults) and a fresh parser allocation at several thousand instructions per
+    connection. Here they are C fields, and parsers are recycled through a small free list.
+    """
+
+    cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
+    cdef public object connections, deadlines
+    cdef public bint hooks
+    cdef Py_ssize_t max_line, max_head
+    cdef int max_fields
+    cdef long long max_body, stash_limit
+    cdef double client_header, client_idle, client_body
+    cdef list parsers
+
+    def __init__(self, rt):
+        limits = rt.limits
+        t = rt.timeouts
+        handler = rt.handler
+        self.rt = rt
+        self.loop = rt.loop
+        self.handler = handler
+        self.counters = rt.counters
+        self.fast_hits = rt.fast_hits
+        self.fast = getattr(handler, "fast", None)
+        self.access_log = rt.access_log
+        self.connections = rt.connections
+        self.deadlines = rt.deadlines
+        # Handlers that count connections (per-client limits) say so.
+        self.hooks = bool(getattr(handler, "connection_hooks", True))
+        self.max_line = limits.max_request_line
+        self.max_head = limits.max_header_size
+        self.max_fields = limits.max_header_fields
+        self.max_body = limits.max_body
+        self.stash_limit = limits.max_header_size + PIPELINE_SLACK
+        self.client_header = t.client_header
+        self.client_idle = t.client_idle
+        self.client_body = t.client_body
+        self.parsers = []
+
+    cdef RequestParser take_parser(self):
+        if self.parsers:
+            return self.parsers.pop()
+        return RequestParser(max_line=self.max_line, max_head=self.max_head,
+                             max_fields=self.max_fields)
+
+    cdef void give_back(self, RequestParser parser):
+        if len(self.parsers) < 256:
+            parser.reset()
+            self.parsers.append(parser)
+
+
 cdef class ClientConnection:
     """One client socket: requests in, responses out, in order."""
 
@@ -217,26 +273,25 @@ cdef class ClientConnection:
     cdef long long max_body, stash_limit
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
     cdef object access_log
+    cdef ListenerSettings ls
 
     def __init__(self, rt):
+        cdef ListenerSettings ls = rt.relay
         self.rt = rt
-        self.loop = rt.loop
+        self.ls = ls
+        self.loop = ls.loop
         self.transport = None
-        limits = rt.limits
-        self.parser = RequestParser(max_line=limits.max_request_line,
-                                    max_head=limits.max_header_size,
-                                    max_fields=limits.max_header_fields)
-        self.max_body = limits.max_body
-        self.stash_limit = limits.max_header_size + PIPELINE_SLACK
-        t = rt.timeouts
-        self.client_header = t.client_header
-        self.client_idle = t.client_idle
-        self.client_body = t.client_body
-        self.handler = rt.handler
-        self.counters = getattr(rt, "counters", None)
-        self.fast_hits = getattr(rt, "fast_hits", None)
-        self.fast = getattr(rt.handler, "fast", None)
-        self.access_log = rt.access_log
+        self.parser = ls.take_parser()
+        self.max_body = ls.max_body
+        self.stash_limit = ls.stash_limit
+        self.client_header = ls.client_header
+        self.client_idle = ls.client_idle
+        self.client_body = ls.client_body
+        self.handler = ls.handler
+        self.counters = ls.counters
+        self.fast_hits = ls.fast_hits
+        self.fast = ls.fast
+        self.access_log = ls.access_log
         self.buf = None
         self.state = S_HEAD
         self.deadline = 0.0
@@ -285,21 +340,20 @@ cdef class ClientConnection:
             self.client_ip = "-"
             self.client_port = 0
         self.client_ip_b = self.client_ip.encode()
-        rt = self.rt
-        rt.connections.add(self)
-        rt.deadlines.add(self)
+        cdef ListenerSettings ls = self.ls
+        ls.connections.add(self)
+        ls.deadlines.add(self)
         self.deadline = _now() + self.client_header
-        if rt.draining:
+        if self.rt.draining:
             self.closing = True
-        cb = getattr(self.handler, "connection_made", None)
-        if cb is not None:
-            cb(self)
+        if ls.hooks:
+            self.handler.connection_made(self)
 
     def connection_lost(self, exc):
         self.state = S_CLOSED
-        rt = self.rt
-        rt.connections.discard(self)
-        rt.deadlines.discard(self)
+        cdef ListenerSettings ls = self.ls
+        ls.connections.discard(self)
+        ls.deadlines.discard(self)
         self.deadline = 0.0
         cdef UpstreamConnection up = self.upstream
         if up is not None:
@@ -313,9 +367,11 @@ cdef class ClientConnection:
             self.log()
         self.req = None
         self._observer_failed()
-        cb = getattr(self.handler, "connection_lost", None)
-        if cb is not None:
-            cb(self)
+        if self.parser is not None:
+            ls.give_back(self.parser)
+            self.parser = None
+        if ls.hooks:
+            self.handler.connection_lost(self)
 
     def data_received(self, data):
         cdef int state = self.state

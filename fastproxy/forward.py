@@ -116,6 +116,8 @@ class ForwardHandler:
         self.anonymizer = Anonymizer(settings.anonymity)
         self.limits = RateLimits(settings.rate_limit)
         self.limit_conns = settings.rate_limit.max_connections > 0
+        self.connection_hooks = self.limit_conns  # the relay calls connection_made/lost
+        self.fast = None                          # no compiled path in forward mode
         self.limit_rate = settings.rate_limit.rate > 0
         self.resolver = Resolver(settings.resolver)
         self.tls = lcfg.tls_cert is not None

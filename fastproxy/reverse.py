@@ -66,6 +66,7 @@ class ReverseHandler:
         limits = rt.listener.extra("rate_limits")
         self.limits = RateLimits(limits) if limits is not None else None
         self.limit_conns = limits is not None and limits.max_connections > 0
+        self.connection_hooks = self.limit_conns  # the relay calls connection_made/lost
         self.limit_rate = limits is not None and limits.rate > 0
         if cache is None and not self.limit_rate:
             # Nothing to do before routing: dispatch is forward itself (no extra call).

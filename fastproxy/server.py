@@ -21,7 +21,7 @@ from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.caching import CacheLayer, WorkerCache
 from fastproxy.config import Config, ConfigError, format_address
-from fastproxy._relay import ClientConnection, ConnectionPool, Counters
+from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
 from fastproxy.timers import Deadlines
@@ -111,7 +111,7 @@ class ListenerRuntime:
                     # limits every request must reach the handler first.
                     self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
-            from fastproxy.forward import ForwardHandler  # lands with forward mode
+            from fastproxy.forward import ForwardHandler
             self.handler = ForwardHandler(self, lcfg)
             if self.cache is not None:
                 # Hits need the forward checks (auth, ACL) first: no fast path here.
@@ -120,6 +120,8 @@ class ListenerRuntime:
                                                 rt.limits, index)
         else:
             self.handler = None
+        # What each accepted connection copies, gathered once (relay.ListenerSettings).
+        self.relay = ListenerSettings(self) if self.handler is not None else None
 
 
 def _tls_context(lcfg) -> ssl.SSLContext | None:
