@@ -72,6 +72,7 @@ from dataclasses import dataclass, fields
 from typing import Iterable
 
 from fastproxy.resolver import HostError, is_ip_literal, normalize_host
+from fastproxy.config import dataclass_from_table
 
 __all__ = [
     "AclRule", "AclConfig", "Acl", "Decision", "HostPatterns", "CidrSet", "PortSet",
@@ -453,13 +454,7 @@ class AclConfig:
     @classmethod
     def from_table(cls, raw) -> "AclConfig":
         """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        return cls(**raw)
+        return dataclass_from_table(cls, raw)
 
 
 # ---------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping
 
 from fastproxy.acl import HostPatterns
+from fastproxy.config import dataclass_from_table
 
 __all__ = ["AnonymityConfig", "HeaderRule", "Anonymizer", "LEVELS",
            "CLIENT_ADDRESS_FIELDS", "ELITE_FIELDS"]
@@ -181,13 +182,7 @@ class AnonymityConfig:
     @classmethod
     def from_table(cls, raw) -> "AnonymityConfig":
         """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        return cls(**raw)
+        return dataclass_from_table(cls, raw)
 
 
 def _unmapped(ip: str) -> str:

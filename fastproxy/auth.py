@@ -41,8 +41,9 @@ import os
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Mapping
+from fastproxy.config import dataclass_from_table
 
 __all__ = [
     "AuthConfig", "AuthResult", "Authenticator", "hash_password", "verify_password",
@@ -257,23 +258,7 @@ class AuthConfig:
     @classmethod
     def from_table(cls, raw) -> "AuthConfig":
         """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        durations = ('cache_ttl', 'fail_ttl')
-        if any(isinstance(raw.get(k), str) for k in durations):
-            from fastproxy.config import parse_duration  # "5s", "250ms": the file's usual form
-            raw = dict(raw)
-            for k in durations:
-                if isinstance(raw.get(k), str):
-                    try:
-                        raw[k] = parse_duration(raw[k])
-                    except ValueError as exc:
-                        raise ValueError(f"{k}: {exc}") from None
-        return cls(**raw)
+        return dataclass_from_table(cls, raw, ('cache_ttl', 'fail_ttl'))
 
 
 class Authenticator:

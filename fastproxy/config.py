@@ -93,6 +93,29 @@ def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int
     return host, int(port_s)
 
 
+def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
+    """A feature's config dataclass from its TOML table.
+
+    Unknown keys and bad values raise ValueError starting with the key's name; the fields
+    named in `durations` also accept "5s"-style strings; lists become tuples (the
+    dataclasses are frozen). Every feature module's `from_table` is this.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a table, got {raw!r}")
+    known = {f.name for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+        if key in durations and isinstance(value, str):
+            try:
+                value = parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
 def format_address(host: str, port: int) -> str:
     """The inverse of parse_address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -38,8 +38,9 @@ import ipaddress
 import math
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Hashable
+from fastproxy.config import dataclass_from_table
 
 __all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
 
@@ -90,13 +91,7 @@ class RateLimitConfig:
     @classmethod
     def from_table(cls, raw) -> "RateLimitConfig":
         """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        return cls(**raw)
+        return dataclass_from_table(cls, raw)
 
 
 class ConnectionLimiter:
@@ -239,6 +234,29 @@ class RateLimits:
             if not value:
                 return self.client_key(client_ip)
         return value
+
+    # -- the relay's hooks, shared by the reverse and forward handlers ----------------
+
+    def connection_made(self, conn) -> None:
+        """Count a new client connection; answer 429 and close it when over the limit."""
+        if not self.open_connection(conn.client_ip):
+            conn.log_extra = {"limit": "connections"}
+            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
+            conn.client_port = -1  # not counted: connection_lost must not release it
+
+    def connection_lost(self, conn) -> None:
+        """Forget a connection counted by connection_made."""
+        if conn.client_port != -1:
+            self.close_connection(conn.client_ip)
+
+    def refuse(self, conn, request) -> bool:
+        """Answer 429 with Retry-After when the request is over the rate; True if answered."""
+        wait = self.check_request(request, conn.client_ip)
+        if not wait:
+            return False
+        conn.log_extra = {"limit": "rate"}
+        conn.respond_error(429, "request rate limit reached", b"Retry-After: %d\r\n" % wait)
+        return True
 
     def check_request(self, request, client_ip: str) -> int:
         """0 when the request may go, else the Retry-After seconds for a 429."""

@@ -25,8 +25,9 @@ import asyncio
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
+from fastproxy.config import dataclass_from_table
 
 __all__ = [
     "HostError", "ResolveError", "ResolverConfig", "Resolver", "normalize_host", "is_ip_literal",
@@ -210,23 +211,7 @@ class ResolverConfig:
     @classmethod
     def from_table(cls, raw) -> "ResolverConfig":
         """Build from a TOML table; unknown keys and bad values raise ValueError naming the key."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table, got {raw!r}")
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        durations = ('positive_ttl', 'negative_ttl', 'timeout')
-        if any(isinstance(raw.get(k), str) for k in durations):
-            from fastproxy.config import parse_duration  # "5s", "250ms": the file's usual form
-            raw = dict(raw)
-            for k in durations:
-                if isinstance(raw.get(k), str):
-                    try:
-                        raw[k] = parse_duration(raw[k])
-                    except ValueError as exc:
-                        raise ValueError(f"{k}: {exc}") from None
-        return cls(**raw)
+        return dataclass_from_table(cls, raw, ('positive_ttl', 'negative_ttl', 'timeout'))
 
 
 # ---------------------------------------------------------------------------------------

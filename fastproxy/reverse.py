@@ -81,23 +81,16 @@ class ReverseHandler:
     # -- connection-level hooks (called by the relay) -------------------------------
 
     def connection_made(self, conn) -> None:
-        if self.limit_conns and not self.limits.open_connection(conn.client_ip):
-            conn.reject(429, "too many connections from your address", b"Retry-After: 1\r\n")
-            conn.client_port = -1  # not counted: connection_lost must not release it
+        """Per-client connection limit (the relay calls this only when it is on)."""
+        self.limits.connection_made(conn)
 
     def connection_lost(self, conn) -> None:
-        if self.limit_conns and conn.client_port != -1:
-            self.limits.close_connection(conn.client_ip)
+        self.limits.connection_lost(conn)
 
     def dispatch(self, conn, req) -> None:
         """Rate limits, then the listener's cache (caching.py), then upstream."""
-        if self.limit_rate:
-            wait = self.limits.check_request(req, conn.client_ip)
-            if wait:
-                conn.log_extra = {"limit": "rate"}
-                conn.respond_error(429, "request rate limit reached",
-                                   b"Retry-After: %d\r\n" % wait)
-                return
+        if self.limit_rate and self.limits.refuse(conn, req):
+            return
         if self.cache is not None:
             self.cache.handle(conn, req)
         else:

@@ -6,13 +6,13 @@ named set of servers with one balancing policy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastproxy.balance import eligible_servers, make_balancer, make_key_fn
 from fastproxy.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
                                RetryPolicy)
-from fastproxy.config import parse_duration
+from fastproxy.config import dataclass_from_table
 from fastproxy.health import HealthCheckConfig, HealthChecker
 
 
@@ -48,26 +48,6 @@ class Server:
         return f"Server({self.name}, weight={self.weight})"
 
 
-def _table_to(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
-    """A feature dataclass from a TOML table: unknown keys and bad values name the key."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"expected a table, got {raw!r}")
-    known = {f.name for f in fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        if key in durations and not isinstance(value, bool):
-            try:
-                value = parse_duration(value)
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-        if isinstance(value, list):
-            value = tuple(value)
-        values[key] = value
-    return cls(**values)
-
-
 def group_settings(raw_extras: dict, tcp: bool, problems: list | None = None) -> "GroupSettings":
     """Validated health/outlier/breaker/retry settings of one group.
 
@@ -78,7 +58,7 @@ def group_settings(raw_extras: dict, tcp: bool, problems: list | None = None) ->
         if name not in raw_extras:
             return None
         try:
-            return _table_to(cls, raw_extras[name], durations)
+            return dataclass_from_table(cls, raw_extras[name], durations)
         except ValueError as exc:
             if problems is None:
                 raise ValueError(f"{name}.{exc}") from None
