@@ -58,10 +58,8 @@ class StandIn:
 
 
 def parse_with_parser(head: bytes):
-    try:
-        from fastproxy._http import RequestParser
-    except ImportError:
-        pytest.skip("fastproxy._http (the parser, issue 2) is not merged into this branch yet")
+    from fastproxy._http import RequestParser
+
     req = RequestParser().feed(head)
     assert req is not None
     return req
