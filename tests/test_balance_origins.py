@@ -1,8 +1,9 @@
 """The pool parts together against real loopback origins, one of them killed mid-test.
 
-The proxy's request path is not built yet, so this test drives the pieces the way it will:
-key -> pick -> breaker -> acquire -> real HTTP GET -> outlier detector -> retry on another
-server, and checks what clients of a proxy would see: no errors for idempotent requests,
+This test drives the pieces without the proxy, the way the request path uses them
+(key -> pick -> breaker -> acquire -> real HTTP GET -> outlier detector -> retry on another
+server; tests/test_pools.py does the same through the running proxy), and checks what
+clients of a proxy would see: no errors for idempotent requests,
 keys staying on their server, only the dead server's keys moving, and those keys returning
 to it when it comes back.
 """
