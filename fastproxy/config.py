@@ -10,7 +10,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
@@ -641,6 +641,15 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
                 tt.problem(k, "required: a PEM file path")
             elif not os.path.isfile(v):
                 tt.problem(k, f"no such file: {v}")
+        if tls_cert and tls_key and os.path.isfile(tls_cert) and os.path.isfile(tls_key):
+            # Load them now, so a bad file is a configuration error naming the key (and
+            # `fastproxy check` finds it), not a failure to listen.
+            import ssl
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    tls_cert, tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                tt.problem("", f"cannot load the certificate and key: {exc}")
         tt.finish()
     extras = _extras(table, LISTENER_EXTRAS, f"listener.{mode}")
     for name, _ in extras:
@@ -790,22 +799,3 @@ def load(path: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     return from_dict(data, source=path)
-
-
-DEFAULT_FORWARD_LISTEN = ("127.0.0.1", 8080)
-DEFAULT_CACHE_SIZE = 64 << 20
-
-
-def default_config() -> Config:
-    """The built-in default: a forward proxy on 127.0.0.1:8080 with an in-memory cache."""
-    host, port = DEFAULT_FORWARD_LISTEN
-    return Config(
-        listeners=(ListenerConfig(host=host, port=port, mode="forward", name="forward"),),
-        cache_size=DEFAULT_CACHE_SIZE,
-        access_log=AccessLog(path="-"),
-    )
-
-
-def with_overrides(cfg: Config, **changes: Any) -> Config:
-    """A copy of cfg with top-level fields replaced (flags override the file)."""
-    return replace(cfg, **changes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastproxy import _http
 from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool,
@@ -429,10 +429,3 @@ class _Addr:
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-
-def with_cli_overrides(settings: ForwardSettings, allow_private: bool) -> ForwardSettings:
-    """Settings with --allow-private applied."""
-    if not allow_private:
-        return settings
-    return replace(settings, acl=replace(settings.acl, allow_private=True))

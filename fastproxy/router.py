@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import random
 
-import xxhash
-
-_hash = xxhash.xxh3_64_intdigest
+from fastproxy.balance import make_key_fn
 
 
 class Route:
     """One compiled route: match data, its group and an optional canary split."""
 
     __slots__ = ("host", "wildcard", "prefix", "group", "strip", "canary", "percent",
-                 "canary_key", "rank")
+                 "canary_key", "rank")  # canary_key: None (random) or a balance key function
 
     def __init__(self, host: str | None, prefix: str, group, strip: bool = False,
                  canary=None, percent: float = 0.0, canary_key: str = "random") -> None:
@@ -31,7 +29,8 @@ class Route:
         self.strip = strip and prefix != "/"
         self.canary = canary
         self.percent = percent
-        self.canary_key = canary_key
+        # A stable split hashes the same request keys the balancers use (balance/keys.py).
+        self.canary_key = None if canary_key == "random" else make_key_fn(canary_key)
         host_rank = 0 if host is None else (1 if self.wildcard else 2)
         self.rank = (host_rank, len(self.prefix))
 
@@ -50,30 +49,12 @@ class Route:
         """The group for this request: the route's own, or its canary for a share."""
         if self.canary is None:
             return self.group
-        key = self.canary_key
-        if key == "random":
+        key_fn = self.canary_key
+        if key_fn is None:
             roll = random.random() * 100.0
         else:
-            value = _key_value(key, req, client_ip)
-            roll = (_hash(value) % 10000) / 100.0
+            roll = (key_fn(req, client_ip) % 10000) / 100.0
         return self.canary if roll < self.percent else self.group
-
-
-def _key_value(spec: str, req, client_ip: str) -> bytes:
-    if spec == "client_ip":
-        return client_ip.encode()
-    kind, _, name = spec.partition(":")
-    if kind == "header":
-        return req.get(name.lower().encode()) or client_ip.encode()
-    if kind == "cookie":
-        cookie = req.get(b"cookie") or b""
-        want = name.encode() + b"="
-        for part in cookie.split(b";"):
-            part = part.strip()
-            if part.startswith(want):
-                return part[len(want):]
-        return client_ip.encode()
-    return req.target  # "path"/"uri": stable per URL
 
 
 def normalise_host(host: bytes | None) -> bytes | None:

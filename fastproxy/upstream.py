@@ -7,7 +7,6 @@ named set of servers with one balancing policy.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from fastproxy.balance import eligible_servers, make_balancer, make_key_fn
 from fastproxy.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,

@@ -209,7 +209,7 @@ def test_connect_only_to_allowed_ports(forward, origin):
 
 
 def test_acl_rules_first_match_wins(forward, origin):
-    p = forward(f"""
+    p = forward("""
 allow_private = true
 [[listeners.acl.rules]]
 name = "no-size"

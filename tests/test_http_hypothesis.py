@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastproxy import _http as h
 from oracle import oracle_request, ours_request
@@ -172,9 +172,7 @@ def test_generated_request_matches_oracle(m):
 def _outcome(parser_cls, raw, cuts):
     p = parser_cls()
     try:
-        last = 0
         for cut in sorted(set(cuts)) + [len(raw)]:
-            last = cut
             r = p.feed(raw[:cut])
             if r is not None:
                 return ("ok", r.head_length, r.body, r.content_length, tuple(r.headers()))

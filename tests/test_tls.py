@@ -133,3 +133,25 @@ tls = {{ cert = "{cert_pem}", key = "{key_pem}" }}
         assert len(out.stdout) == 300000
     finally:
         tls_origin.stop()
+
+
+def test_unloadable_certificate_is_a_config_error(tmp_path):
+    import sys
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "a"
+tls = {{ cert = "{bad}", key = "{bad}" }}
+[upstreams.a]
+servers = ["http://127.0.0.1:9"]
+""")
+    for cmd in ("check", "serve"):
+        r = subprocess.run([sys.executable, "-m", "fastproxy", cmd, "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2
+        assert r.stderr.startswith("fastproxy: listeners[0].tls: cannot load")
+        assert "Traceback" not in r.stderr
