@@ -1,20 +1,23 @@
-"""`python -m bench load [options]` and `python -m bench micro [names]`."""
+"""`python -m bench load [options]`, `python -m bench check [options]` and `python -m bench micro [names]`."""
 from __future__ import annotations
 
 import sys
 
 USAGE = """usage: python -m bench load [--quick] [--duration S] [--connections N] [--rows R,...]
                           [--sizes 100b,4k,64k] [--repeats N] [--no-hey] [--out DIR] ...
+       python -m bench check [--duration S] [--repeats N] [--min-keepalive R] [--min-cache R] ...
        python -m bench micro [--quick] [NAME ...]
 
   load   every proxy side by side on this machine (nginx, HAProxy, Varnish, Squid, tinyproxy,
          fastproxy), with wrk (kept-alive connections) and hey (a new connection per
          request); `python -m bench load --help` for the options
+  check  regression guard: fastproxy against nginx in one short run (keep-alive relay and
+         cache hits per proxy CPU-second); exit 1 below the stated ratios
   micro  the micro-benchmarks of the compiled modules (bench/micro_*.py), each against its peer"""
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch to the load or micro benchmark; returns the exit code."""
+    """Dispatch to the load, check or micro benchmark; returns the exit code."""
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -22,6 +25,9 @@ def main(argv: list[str]) -> int:
     if cmd == "load":
         from bench import load
         return load.main(rest)
+    if cmd == "check":
+        from bench import check
+        return check.main(rest)
     if cmd == "micro":
         from bench import micro
         return micro.main(rest)

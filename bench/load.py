@@ -5,11 +5,16 @@ test gets the other. Each row is started once, checked to relay correctly, then 
 with `wrk -t1 -c64` and `wrk -t1 -c1` (kept-alive connections) and with
 `hey -c64 -disable-keepalive` (a new connection per request); repeats are interleaved
 (A B C A B C) and the median is reported with its spread. Proxy CPU seconds come from /proc.
+
+A row either produces its numbers or the command exits 1 naming it. The one exception: a
+reference row (not fastproxy) whose program is not installed, when it was selected through
+`all` or its group rather than by name, is reported as skipped.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import platform
 import resource
@@ -23,8 +28,8 @@ from pathlib import Path
 from bench import configs, report
 from bench.hey import HeyError, run_hey
 from bench.procs import StartError, Supervisor, cpu_count, free_port, pinned, system_busy_seconds, tree_cpu_seconds
-from bench.rows import (GROUPS, ROW_NAMES, ROWS, Context, Endpoint, check_serves, curl_download,
-                        fastproxy_command, fetch, origin_requests)
+from bench.rows import (GROUPS, ROW_NAMES, ROWS, Context, Endpoint, NotRunnable, check_serves, curl_download,
+                        fastproxy_command, fetch, locate_fastproxy, origin_requests)
 from bench.tools import apt_install, can_install, missing, version, which
 from bench.wrk import WrkError, run_wrk
 
@@ -90,6 +95,7 @@ def resolve_options(a: argparse.Namespace) -> dict:
     if bad:
         raise UsageError(f"--sizes: unknown size {bad[0]!r}; choose from {', '.join(configs.SIZES)}")
     rows: list[str] = []
+    named: set[str] = set()  # rows asked for by name must run, whatever they need
     for item in a.rows.split(","):
         item = item.strip()
         if item == "all":
@@ -98,14 +104,15 @@ def resolve_options(a: argparse.Namespace) -> dict:
             rows += [r.name for r in ROWS if r.group == item]
         elif item in ROW_NAMES:
             rows.append(item)
+            named.add(item)
         else:
             raise UsageError(f"--rows: unknown row {item!r}; choose from all, {', '.join(GROUPS)}, "
                              f"{', '.join(ROW_NAMES)}")
     rows = [n for n in ROW_NAMES if n in rows]  # table order, no duplicates
     tunnel = parse_bytes(a.tunnel_size or (QUICK_TUNNEL if a.quick else "512MiB"), "--tunnel-size")
     return {"duration": duration, "connections": a.connections, "repeats": repeats, "sizes": sizes,
-            "rows": rows, "tunnel_bytes": tunnel, "c1": not a.no_c1, "hey": not a.no_hey, "out": Path(a.out),
-            "fastproxy": a.fastproxy, "install": not a.no_install, "keep_tmp": a.keep_tmp}
+            "rows": rows, "required": sorted(named), "tunnel_bytes": tunnel, "c1": not a.no_c1, "hey": not a.no_hey,
+            "out": Path(a.out), "fastproxy": a.fastproxy, "install": not a.no_install, "keep_tmp": a.keep_tmp}
 
 
 def machine_info() -> dict:
@@ -213,7 +220,16 @@ def run(opts: dict) -> dict:
            "rows": {}, "notes": []}
     selected = [r for r in ROWS if r.name in opts["rows"]]
     for r in selected:
-        doc["rows"][r.name] = {"group": r.group, "doc": r.doc, "runs": [], "skipped": None}
+        doc["rows"][r.name] = {"group": r.group, "doc": r.doc, "runs": [], "skipped": None, "failed": None}
+    fp_cmd, fp_env = fastproxy_command(opts["fastproxy"])
+    doc["fastproxy"] = {"command": " ".join(fp_cmd)}
+    if any(r.ours for r in selected) and not opts["fastproxy"]:
+        # Before anything starts: a fastproxy row that cannot run fails the whole command.
+        doc["fastproxy"].update(locate_fastproxy(fp_env))
+        _say(f"bench: fastproxy under test: {doc['fastproxy']['version']} from {doc['fastproxy']['path']}")
+        here = Path.cwd() / "fastproxy"
+        if (here / "__init__.py").exists() and here.resolve() != Path(doc["fastproxy"]["path"]).resolve():
+            _say(f"bench: (not the tree in {here}: put it on PYTHONPATH, built in place, to benchmark it)")
 
     needed = {"wrk", "nginx", "taskset", *(t for r in selected for t in r.needs)}
     if opts["hey"] and any(r.group != "tunnel" for r in selected):
@@ -244,7 +260,7 @@ def run(opts: dict) -> dict:
     doc["workdir"] = str(workdir)
     try:
         with Supervisor(workdir, pidlog=pidlog) as sup:
-            _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent)
+            _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent, (fp_cmd, fp_env))
     finally:
         if opts["keep_tmp"]:
             _say(f"bench: configs and logs kept in {workdir}")
@@ -256,18 +272,48 @@ def run(opts: dict) -> dict:
 
 
 def _skip(doc: dict, name: str, why: str) -> None:
+    """A reference row that is not installed here: reported, not measured, not a failure."""
     doc["rows"][name]["skipped"] = why
     _say(f"bench: {name}: skipped: {why}")
 
 
-def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) -> None:
+def _fail(doc: dict, name: str, why: str) -> None:
+    """A row that could not run: reported, and the command exits 1."""
+    if not doc["rows"][name]["failed"]:
+        doc["rows"][name]["failed"] = why
+        _say(f"bench: {name}: could not run: {why}")
+
+
+def row_failures(doc: dict) -> list[tuple[str, str]]:
+    """Return (row, why) for every row that could not run or had a failed run."""
+    out = []
+    for name, row in doc["rows"].items():
+        if row.get("failed"):
+            out.append((name, row["failed"]))
+            continue
+        bad = [r for r in row["runs"] if "failed" in r]
+        if bad:
+            out.append((name, f"{len(bad)} of {len(row['runs'])} runs failed: {bad[0]['failed']}"))
+    return out
+
+
+def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent, fastproxy) -> None:
+    required = set(opts.get("required", ()))
     for r in selected:
         lacking = [t for t in ("wrk", "nginx", *r.needs) if t in absent]
         if r.group == "tunnel":
             lacking = [t for t in ("nginx", *r.needs) if t in absent]
-        if lacking:
-            _skip(doc, r.name, f"{', '.join(lacking)} not installed (run as root without --no-install to install)")
-    runnable = [r for r in selected if not doc["rows"][r.name]["skipped"]]
+        why = f"{', '.join(lacking)} not installed (run as root without --no-install to install)" if lacking else ""
+        modules = [m for m in r.modules if importlib.util.find_spec(m) is None]
+        if modules and not why:
+            why = f"{', '.join(modules)} not installed (pip install {' '.join(modules)}; it is in the bench extra)"
+        if not why:
+            continue
+        if r.ours or r.name in required:
+            _fail(doc, r.name, why)
+        else:
+            _skip(doc, r.name, why)
+    runnable = [r for r in selected if not doc["rows"][r.name]["skipped"] and not doc["rows"][r.name]["failed"]]
     if not runnable:
         return
     n_load = sum(r.group != "tunnel" for r in runnable)
@@ -280,10 +326,10 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
         origin_port = _origin(sup, workdir, load_core, tunnel, opts["tunnel_bytes"])
     except (StartError, OSError) as exc:
         for r in runnable:
-            _skip(doc, r.name, f"the origin (nginx) did not start: {exc}")
+            _fail(doc, r.name, f"the origin (nginx) did not start: {exc}")
         return
     origin_proc = next(p for p in sup.procs if p.name == "origin")
-    fp_cmd, fp_env = fastproxy_command(opts["fastproxy"])
+    fp_cmd, fp_env = fastproxy
     ctx = Context(sup, workdir, origin_port, tunnel[0], tunnel[1], proxy_core, fp_cmd, fp_env,
                   tunnel_bytes=opts["tunnel_bytes"])
     doc["origin"] = {"port": origin_port, "tunnel": f"{tunnel[0]}:{tunnel[1]}"}
@@ -299,7 +345,7 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
             if r.group == "cache":
                 _check_hits(ep, origin_port, opts["sizes"], r.name)
         except (StartError, OSError) as exc:
-            _skip(doc, r.name, str(exc))
+            _fail(doc, r.name, str(exc))
             continue
         endpoints[r.name] = ep
         doc["rows"][r.name]["pid"] = ep.proc.pid if ep.proc else None
@@ -313,8 +359,7 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent) 
             for r in load_rows:
                 ep = endpoints[r.name]
                 if ep.proc and ep.proc.popen.poll() is not None:
-                    if not doc["rows"][r.name]["skipped"]:
-                        _skip(doc, r.name, f"exited during the run: {ep.proc.tail()}")
+                    _fail(doc, r.name, f"exited during the run: {ep.proc.tail()}")
                     continue
                 loads = [("wrk", _wrk, opts["connections"])] + ([("wrk", _wrk, 1)] if opts["c1"] else [])
                 if use_hey:
@@ -399,10 +444,29 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         doc = run(opts)
+    except NotRunnable as exc:
+        print(f"bench load: the fastproxy rows cannot run: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bench load: interrupted; every started process was stopped", file=sys.stderr)
         return 130
+    no_chart = report.chart_unavailable()
+    if no_chart:
+        doc["notes"].append(f"no chart: {no_chart}")
     paths = report.write_all(doc, opts["out"])
     print(report.markdown(doc))
     _say("bench: wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    if no_chart:
+        _say(f"bench: no chart: {no_chart}")
+    return report_failures("bench load", doc)
+
+
+def report_failures(prog: str, doc: dict, written: bool = True) -> int:
+    """Print one line per row that could not run; return the exit code (1 if any, else 0)."""
+    failed = row_failures(doc)
+    for name, why in failed:
+        print(f"{prog}: {name}: {why}", file=sys.stderr)
+    if failed:
+        print(f"{prog}: {len(failed)} row(s) could not run" + (" (results of the others are written)" * written),
+              file=sys.stderr)
+    return 1 if failed else 0

@@ -191,7 +191,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             code = proc.popen.poll()
             if code is not None:
-                raise StartError(f"{proc.name} exited with code {code}: {proc.tail()}")
+                raise StartError(f"{proc.name} exited with code {code}: {proc.tail() or '(no output)'}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return

@@ -237,6 +237,8 @@ def markdown(doc: dict) -> str:
                          f"that req/s new conn is the load generator's limit; compare new-conn req per CPU-s")
         for n in rows:
             r = doc["rows"][n]
+            if r.get("failed"):
+                lines.append(f"- ✗ **{n}** could not run: {r['failed']}")
             if r["skipped"]:
                 lines.append(f"- **{n}** skipped: {r['skipped']}")
         for e in entries:
@@ -270,6 +272,15 @@ def markdown(doc: dict) -> str:
     for note in doc.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def chart_unavailable() -> str | None:
+    """Return why no chart can be drawn here (matplotlib missing), or None when it can."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"matplotlib is not installed ({exc}); pip install matplotlib (it is in the bench extra)"
+    return None
 
 
 def chart(doc: dict, path: Path) -> Path | None:

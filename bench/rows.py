@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import http.client
-import importlib.util
+import json
 import os
 import shlex
 import subprocess
@@ -51,6 +51,12 @@ class Row:
     needs: tuple[str, ...]  # external programs (besides wrk/nginx for the origin)
     start: Callable[[Context, str], Endpoint]
     doc: str = ""
+    modules: tuple[str, ...] = ()  # Python modules the row needs (reference rows only)
+
+    @property
+    def ours(self) -> bool:
+        """True for the rows that run fastproxy: those are never skipped, only measured or failed."""
+        return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward)
 
 
 GROUPS = {
@@ -180,8 +186,6 @@ main()
 
 def start_pproxy(ctx: Context, name: str) -> Endpoint:
     """pproxy, a pure-Python forward proxy on uvloop (the Python peer named in issue 7)."""
-    if importlib.util.find_spec("pproxy") is None:
-        raise StartError("pproxy not installed (pip install pproxy)")
     port = free_port()
     ep = _listen(ctx, name, [sys.executable, "-c", PPROXY_LAUNCHER, "-l", f"http://127.0.0.1:{port}"], port)
     ep.forward = True
@@ -203,35 +207,72 @@ ROWS: tuple[Row, ...] = (
     Row("fastproxy-cache", "cache", (), start_fastproxy_cache, "fastproxy --cache 64MiB"),
     Row("squid", "forward", ("squid",), start_squid, "Squid 1 worker, no cache"),
     Row("tinyproxy", "forward", ("tinyproxy",), start_tinyproxy, "tinyproxy"),
-    Row("pproxy", "forward", (), start_pproxy, "pproxy (Python, uvloop), optional: pip install pproxy"),
+    Row("pproxy", "forward", (), start_pproxy, "pproxy (Python, uvloop), in the bench extra", ("pproxy",)),
     Row("fastproxy-forward", "forward", (), start_fastproxy_forward, "fastproxy --mode forward"),
     Row("tunnel-direct", "tunnel", ("curl",), start_tunnel_direct, "curl straight to the origin"),
     Row("tunnel-squid", "tunnel", ("curl", "squid"), start_squid, "curl -p through Squid"),
     Row("tunnel-tinyproxy", "tunnel", ("curl", "tinyproxy"), start_tinyproxy,
         "curl -p through tinyproxy"),
-    Row("tunnel-pproxy", "tunnel", ("curl",), start_pproxy, "curl -p through pproxy"),
+    Row("tunnel-pproxy", "tunnel", ("curl",), start_pproxy, "curl -p through pproxy", ("pproxy",)),
     Row("tunnel-fastproxy", "tunnel", ("curl",), start_fastproxy_forward,
         "curl -p through fastproxy forward"),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 
 
-def fastproxy_command(spec: str | None) -> tuple[list[str], dict]:
-    """Return the command and environment that start the fastproxy this harness would import.
+# Run in a fresh process exactly as the rows start fastproxy: which package does it import,
+# and do its compiled modules load?
+PROBE = """
+import json
+try:
+    import fastproxy
+    from fastproxy.selfcheck import missing_modules
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+else:
+    print(json.dumps({"path": fastproxy.__file__, "version": fastproxy.__version__,
+                      "problems": missing_modules()}))
+"""
 
-    By default `python -m fastproxy`, with the directory holding the importable
-    `fastproxy` package first on PYTHONPATH, so the server runs the same build as the
-    caller (the source tree when run there, the installed wheel otherwise).
+
+class NotRunnable(RuntimeError):
+    """fastproxy cannot be started here; the message says why and what to do."""
+
+
+def fastproxy_command(spec: str | None) -> tuple[list[str], dict]:
+    """Return the command and environment that start the fastproxy under test.
+
+    By default `python -P -m fastproxy` with this Python and environment: the installed
+    package, or the one PYTHONPATH names. `-P` keeps the current directory off sys.path,
+    so an unbuilt source tree there is never what runs.
     """
     env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
     if spec:
         return shlex.split(spec), env
-    found = importlib.util.find_spec("fastproxy")
-    if found and found.origin:
-        pkg_parent = str(Path(found.origin).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return [sys.executable, "-m", "fastproxy"], env
+    return [sys.executable, "-P", "-m", "fastproxy"], env
+
+
+def locate_fastproxy(env: dict) -> dict:
+    """Return {path, version} of the fastproxy `fastproxy_command(None)` starts; NotRunnable if unusable."""
+    out = subprocess.run([sys.executable, "-P", "-c", PROBE], env=env, capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise NotRunnable(f"{sys.executable} could not run the fastproxy probe: "
+                          f"{(out.stderr or out.stdout).strip()[-300:]}") from None
+    if "error" in found:
+        raise NotRunnable(f"no fastproxy is importable by {sys.executable} ({found['error']}); "
+                          "install it first: pip install '.[bench]'")
+    if found["problems"]:
+        absent = [p.split(":")[0] for p in found["problems"] if "No module named" in p]
+        what = (f"no compiled {', '.join(absent)}" if len(absent) == len(found["problems"])
+                else "; ".join(found["problems"]))
+        raise NotRunnable(f"fastproxy at {Path(found['path']).parent} is not built ({what}); install it "
+                          "(pip install '.[bench]') or build it in place (python setup.py build_ext "
+                          "--inplace) and name it with PYTHONPATH")
+    return {"path": str(Path(found["path"]).parent), "version": found["version"]}
 
 
 def fetch(ep: Endpoint, origin_port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes, dict]:

@@ -5,6 +5,7 @@ wheel tests run it so that a package which silently lost its compiled core
 cannot pass.
 """
 import importlib
+import os
 import sys
 
 # One entry per ext/NAME.pyx; each module adds itself here when it lands.
@@ -12,6 +13,7 @@ COMPILED: tuple[str, ...] = (
     "fastproxy._http", "fastproxy._ringcache", "fastproxy._relay", "fastproxy._hashing",
     "fastproxy._hitpath",
 )
+HOME = os.path.dirname(os.path.realpath(__file__))
 
 
 def missing_modules() -> list[str]:
@@ -23,8 +25,13 @@ def missing_modules() -> list[str]:
         except ImportError as exc:
             problems.append(f"{name}: {exc}")
             continue
-        if not (getattr(mod, "__file__", "") or "").endswith((".so", ".pyd")):
-            problems.append(f"{name}: not a compiled extension ({mod.__file__})")
+        path = getattr(mod, "__file__", "") or ""
+        if not path.endswith((".so", ".pyd")):
+            problems.append(f"{name}: not a compiled extension ({path})")
+        elif os.path.dirname(os.path.realpath(path)) != HOME:
+            # An editable install's finder fills in what an unbuilt tree lacks from another tree.
+            problems.append(f"{name}: loaded from another copy of fastproxy ({os.path.dirname(path)}), "
+                            f"not built in {HOME}")
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,13 +65,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def fastproxy_reverse_exists() -> bool:
-    """True once `fastproxy serve --mode reverse` is part of the command line (issue 3)."""
-    out = subprocess.run([sys.executable, "-m", "fastproxy", "serve", "--help"], env=bench_env(),
-                         capture_output=True, text=True, timeout=30)
-    return out.returncode == 0 and "--mode" in out.stdout
-
-
 def test_smoke_run_reports_every_row_it_could_run(tmp_path):
     out = tmp_path / "out"
     res = bench(["load", "--no-install", "--duration", "1", "--repeats", "1", "--sizes", "100b",
@@ -79,12 +73,11 @@ def test_smoke_run_reports_every_row_it_could_run(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["rows"]) == set(ROW_NAMES)
     summary = {e["row"]: e for e in doc["summary"]}
-    optional = {"pproxy", "tunnel-pproxy"} if importlib.util.find_spec("pproxy") is None else set()
-    must_run = {r.name for r in ROWS if not r.name.startswith(("fastproxy", "tunnel-fastproxy"))
-                and all(which(t) for t in r.needs) and r.name not in optional}
-    if fastproxy_reverse_exists():
-        must_run |= {"fastproxy"}
+    # Every fastproxy row, and every reference row whose programs are installed here.
+    must_run = {r.name for r in ROWS if r.ours or (all(which(t) for t in r.needs)
+                                                   and all(importlib.util.find_spec(m) for m in r.modules))}
     for name, row in doc["rows"].items():
+        assert row["failed"] is None, f"{name}: {row['failed']}"
         if name in must_run:
             assert row["skipped"] is None, f"{name}: {row['skipped']}"
         if row["skipped"]:
@@ -213,3 +206,104 @@ def test_micro_entry_point_lists_and_rejects(tmp_path):
     res = bench(["micro", "--help"], cwd=tmp_path, timeout=30)
     assert res.returncode == 0
     assert (", ".join(present) or "none yet") in " ".join(res.stdout.split())
+
+
+def unbuilt_copy(dest: Path) -> Path:
+    """Copy the fastproxy package under test into dest without its compiled modules."""
+    shutil.copytree(Path(fastproxy.__file__).resolve().parent, dest / "fastproxy",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return dest / "fastproxy"
+
+
+def test_an_unbuilt_tree_in_the_current_directory_is_not_what_runs(tmp_path):
+    # As from a repository root that was never built: `fastproxy/` without its .so files
+    # beside `bench/`. The rows must run the installed fastproxy, not that tree.
+    unbuilt_copy(tmp_path)
+    (tmp_path / "bench").symlink_to(ROOT / "bench")
+    out = tmp_path / "out"
+    res = bench(["load", "--no-install", "--rows", "fastproxy", "--no-hey", "--no-c1", "--duration", "1",
+                 "--repeats", "1", "--sizes", "100b", "--out", str(out)], cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((out / "results.json").read_text())
+    row = doc["rows"]["fastproxy"]
+    assert row["skipped"] is None and row["failed"] is None
+    assert [r["requests"] > 0 for r in row["runs"]] == [True]
+    assert doc["fastproxy"]["path"] == str(Path(fastproxy.__file__).resolve().parent)
+    assert f"not the tree in {tmp_path / 'fastproxy'}" in res.stderr
+
+
+def test_an_unbuilt_fastproxy_fails_before_anything_starts(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    unbuilt_copy(src)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT)]))
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "bench", "load", "--no-install", "--rows", "direct,fastproxy",
+                          "--no-hey", "--duration", "1", "--sizes", "100b", "--out", str(out)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"bench load: the fastproxy rows cannot run: fastproxy at {src / 'fastproxy'} "
+                               "is not built ("), lines[0]
+    # Where an editable install of another tree fills in the compiled modules (a developer's
+    # venv), the line says so instead of running that mix.
+    assert ("(no compiled fastproxy._http, " in lines[0]
+            or "(fastproxy._http: loaded from another copy of fastproxy" in lines[0]), lines[0]
+    assert "pip install '.[bench]'" in lines[0]
+    assert not (out / "processes.log").exists()
+
+
+def test_a_fastproxy_row_that_cannot_start_fails_the_command(tmp_path):
+    out = tmp_path / "out"
+    res = bench(["load", "--no-install", "--rows", "direct,fastproxy", "--fastproxy", "/bin/false", "--no-hey",
+                 "--no-c1", "--duration", "1", "--repeats", "1", "--sizes", "100b", "--out", str(out)],
+                cwd=tmp_path, timeout=60)
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "bench load: fastproxy: fastproxy exited with code 1" in res.stderr
+    assert "bench load: 1 row(s) could not run" in res.stderr
+    assert "✗ **fastproxy** could not run: fastproxy exited with code 1" in res.stdout
+    # The other rows still ran and were written.
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["rows"]["direct"]["runs"] and doc["rows"]["direct"]["failed"] is None
+    assert [(p, n) for p, n in started_pids(out) if alive(p)] == []
+
+
+def test_a_reference_row_asked_for_by_name_must_run(tmp_path):
+    # tinyproxy hidden from PATH (the other tools stay reachable).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("wrk", "taskset", "curl"):
+        (bin_dir / tool).symlink_to(which(tool))
+    env = dict(bench_env(), PATH=str(bin_dir))
+    probe = subprocess.run([sys.executable, "-c", "from bench.tools import which; print(which('tinyproxy'))"],
+                           env=env, capture_output=True, text=True, timeout=30)
+    if probe.stdout.strip() != "None":
+        pytest.skip(f"tinyproxy is installed in an sbin directory ({probe.stdout.strip()}): cannot hide it")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "bench", "load", "--no-install", "--rows", "tinyproxy",
+                          "--no-hey", "--duration", "1", "--sizes", "100b", "--out", str(out)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "bench load: tinyproxy: tinyproxy not installed" in res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["rows"]["tinyproxy"]["failed"].startswith("tinyproxy not installed")
+    assert doc["rows"]["tinyproxy"]["skipped"] is None
+    # (Selected through `all` or `forward` it would be skipped with a note: the smoke run above.)
+
+
+def test_without_matplotlib_the_run_says_there_is_no_chart(tmp_path):
+    # A matplotlib that cannot be imported, first on the path, as on a machine without it.
+    fake = tmp_path / "nomatplotlib" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError('No module named matplotlib', name='matplotlib')\n")
+    env = bench_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(fake.parent), env["PYTHONPATH"]])
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "bench", "load", "--no-install", "--rows", "direct", "--no-hey",
+                          "--no-c1", "--duration", "1", "--repeats", "1", "--sizes", "100b", "--out", str(out)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "bench: no chart: matplotlib is not installed" in res.stderr
+    assert "Note: no chart: matplotlib is not installed" in (out / "results.md").read_text()
+    assert not (out / "chart.png").exists()
