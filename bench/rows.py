@@ -272,7 +272,7 @@ def locate_fastproxy(env: dict) -> dict:
         raise NotRunnable(f"fastproxy at {Path(found['path']).parent} is not built ({what}); install it "
                           "(pip install '.[bench]') or build it in place (python setup.py build_ext "
                           "--inplace) and name it with PYTHONPATH")
-    return {"path": str(Path(found["path"]).parent), "version": found["version"]}
+    return {"path": str(Path(found["path"]).resolve().parent), "version": found["version"]}
 
 
 def fetch(ep: Endpoint, origin_port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes, dict]:

