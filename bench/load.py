@@ -434,7 +434,9 @@ def main(argv: list[str]) -> int:
         description="Load-test fastproxy side by side with nginx, HAProxy, Varnish, Squid, tinyproxy "
                     "(and pproxy if installed) on this machine, loopback only. When run as root on "
                     "Debian/Ubuntu, missing tools are installed with apt-get first (without starting "
-                    "their system services); --no-install prevents that.")
+                    "their system services); --no-install prevents that. Exit 0 when every row ran (a "
+                    "reference row whose program is missing may be skipped unless named in --rows), 1 when a "
+                    "row could not run (named on stderr), 2 for a bad option.")
     add_arguments(p)
     a = p.parse_args(argv)
     try:
