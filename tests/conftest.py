@@ -48,10 +48,12 @@ class ProxyProcess:
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self._ready = threading.Event()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines, True),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines, False),
-                         daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines, True),
+                                        daemon=True),
+                       threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines, False),
+                                        daemon=True)]
+        for pump in self._pumps:
+            pump.start()
         self.expected = None
 
     def _pump(self, stream, sink: list, watch: bool) -> None:
@@ -64,6 +66,9 @@ class ProxyProcess:
                     self.ports.append(int(m.group(2)))
                     if self.expected is not None and len(self.ports) >= self.expected:
                         self._ready.set()
+        # Closed here, at EOF: left to the garbage collector, the pipe's ResourceWarning
+        # lands in whatever test runs then (an error where warnings are errors).
+        stream.close()
         self._ready.set()
 
     def wait_ready(self, listeners: int = 1, timeout: float = 10.0) -> "ProxyProcess":
@@ -102,6 +107,8 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for pump in self._pumps:
+            pump.join(5)
         return self.proc.returncode
 
 
