@@ -6,6 +6,7 @@ are collected before giving up, so a user fixes a file in one pass.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -33,40 +34,91 @@ class ConfigError(Exception):
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The longest duration any setting takes: timers far beyond it are mistakes, and a bound
+# keeps every value a finite float that the event loop's timers accept.
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from "250ms", "5s", "2m", "1h", "1d" or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a duration like "5s", got {value!r}')
-    if isinstance(value, (int, float)):
-        if value < 0 or math.isnan(value) or math.isinf(value):
-            raise ValueError(f'expected a duration like "5s", got {value!r}')
-        return float(value)
-    if isinstance(value, str):
+    """Seconds from "250ms", "5s", "2m", "1h", "1d" or a plain number of seconds (0-365d)."""
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value) if not isinstance(value, int) or abs(value) < 1 << 64 else math.inf
+    elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f'expected a duration like "5s", got {value!r}')
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds is None or not 0 <= seconds <= MAX_DURATION:   # also refuses nan and inf
+        if seconds is not None and seconds > MAX_DURATION:
+            raise ValueError(f"expected a duration of at most 365d, got {value!r}")
+        raise ValueError(f'expected a duration like "5s", got {value!r}')
+    return seconds
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# The largest size any setting takes (fits a C long long with room to add to it).
+MAX_SIZE = 1 << 50
+
+
+def show_size(n: int) -> str:
+    """A size as the configuration writes it: 16MiB, 1PiB, 300B."""
+    for unit, name in ((1 << 50, "PiB"), (1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"),
+                       (1 << 10, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{name}"
+    return f"{n}B"
 
 
 def parse_size(value: Any) -> int:
-    """Bytes from "64KiB", "256MiB", "1g", "4096" or a plain integer (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a size like "64MiB", got {value!r}')
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f'expected a size like "64MiB", got {value!r}')
-        return value
-    if isinstance(value, str):
+    """Bytes from "64KiB", "256MiB", "1g", "4096" or a plain integer (binary units, 0-1PiB)."""
+    n = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError(f'expected a size like "64MiB", got {value!r}')
+            number = float(m.group(1))   # inf for hundreds of digits: caught below
+            unit = _SIZE_UNITS[m.group(2).lower()]
+            n = int(number * unit) if number * unit <= MAX_SIZE else MAX_SIZE + 1
+    if n is None or n < 0:
+        raise ValueError(f'expected a size like "64MiB", got {value!r}')
+    if n > MAX_SIZE:
+        raise ValueError(f"expected a size of at most {show_size(MAX_SIZE)}, got {value!r}")
+    return n
+
+
+def size_range(low: int, high: int) -> Callable[[Any], int]:
+    """A converter: parse_size, then low <= size <= high."""
+    def conv(value: Any) -> int:
+        v = parse_size(value)
+        if not low <= v <= high:
+            raise ValueError(f"expected a size from {show_size(low)} to {show_size(high)}, "
+                             f"got {value!r}")
+        return v
+
+    return conv
+
+
+def int_range(low: int, high: int) -> Callable[[Any], int]:
+    """A converter: an integer (not a bool) with low <= value <= high."""
+    def conv(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low:,} to {high:,}, got {value!r}")
+        return value
+
+    return conv
+
+
+def number_range(low: float, high: float) -> Callable[[Any], float]:
+    """A converter: a finite number with low <= value <= high."""
+    def conv(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:   # nan fails every comparison
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
+    return conv
 
 
 def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -93,12 +145,20 @@ def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int
     return host, int(port_s)
 
 
+# What any number in a feature's table must be when the feature states no narrower range:
+# a count fits a C int, a number is finite.
+MAX_COUNT = 2**31 - 1
+MAX_NUMBER = 1e9
+
+
 def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
     """A feature's config dataclass from its TOML table.
 
     Unknown keys and bad values raise ValueError starting with the key's name; the fields
-    named in `durations` also accept "5s"-style strings; lists become tuples (the
-    dataclasses are frozen). Every feature module's `from_table` is this.
+    named in `durations` are durations ("5s" or seconds, 0-365d); any other integer must
+    lie within +-MAX_COUNT and any other number be finite within +-MAX_NUMBER (the
+    dataclass checks narrower ranges itself); lists become tuples (the dataclasses are
+    frozen). Every feature module's `from_table` is this.
     """
     if not isinstance(raw, dict):
         raise ValueError(f"expected a table, got {raw!r}")
@@ -107,13 +167,32 @@ def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
     for key, value in raw.items():
         if key not in known:
             raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        if key in durations and isinstance(value, str):
-            try:
+        try:
+            if key in durations and isinstance(value, (str, int, float)) \
+                    and not isinstance(value, bool):
                 value = parse_duration(value)
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
+            else:
+                _check_number(value)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
         values[key] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def _check_number(value: Any) -> None:
+    """Refuse integers beyond a C int and non-finite or huge numbers, also inside lists."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_COUNT <= value <= MAX_COUNT:
+            raise ValueError(f"expected an integer from {-MAX_COUNT:,} to {MAX_COUNT:,}, "
+                             f"got {value!r}")
+    elif isinstance(value, float):
+        if not -MAX_NUMBER <= value <= MAX_NUMBER:
+            raise ValueError(f"expected a finite number within +-{MAX_NUMBER:g}, got {value!r}")
+    elif isinstance(value, (list, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_number(item)
 
 
 def format_address(host: str, port: int) -> str:
@@ -153,7 +232,8 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
                 raise ValueError(f'expected "#weight=N" (N 1-10000) in {value!r}')
             weight = int(v)
     scheme = default_scheme
-    if "://" in text:
+    has_scheme = "://" in text
+    if has_scheme:
         scheme, _, text = text.partition("://")
         scheme = scheme.lower()
     if scheme not in ("http", "https", "tcp"):
@@ -161,19 +241,62 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
     text = text.rstrip("/")
     if "/" in text:
         raise ValueError(f"an upstream URL has no path: {value!r}")
+    bracketed = text.startswith("[") and text.endswith("]")
+    has_port = not bracketed and ":" in text
+    if not has_scheme and not has_port:
+        # "notaurl" is more likely a typo than a server named so on port 80.
+        raise ValueError(f'expected a URL like "http://host:port" (a scheme, a port or '
+                         f"both), got {value!r}")
     default_port = {"http": 80, "https": 443, "tcp": 0}[scheme]
-    if text.startswith("[") and text.endswith("]") or (":" not in text and default_port):
+    if not has_port and default_port:
         text = f"{text}:{default_port}"
+    if text.startswith(":"):
+        raise ValueError(f"a host is required in {value!r}")
     host, port = parse_address(text)
     if port == 0:
         raise ValueError(f"a port is required in {value!r}")
+    check_host(host)
     return ServerSpec(host, port, weight, scheme)
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
+
+
+def check_host(host: str) -> None:
+    """Raise ValueError unless host is an IP address or a well-formed DNS name."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(host) or ".." in host:
+        raise ValueError(f"not a host name or IP address: {host!r}")
+
+
+def resolves(host: str, port: int) -> str | None:
+    """None when host:port resolves to a stream address now, else the resolver's reason."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
 
 
 # ---------------------------------------------------------------------------
 # The configuration model.
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
+RESOLVE_MODES = ("start", "runtime")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
 MODES = ("reverse", "forward", "tcp")
@@ -236,6 +359,7 @@ class UpstreamGroupConfig:
     keepalive_requests: int = 10000  # requests per upstream connection before it is retired
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
+    resolve: str = "start"           # start: every host must resolve at load | runtime
     extras: tuple[tuple[str, Any], ...] = ()  # sections owned by later modules (health, ...)
 
     def extra(self, key: str, default: Any = None) -> Any:
@@ -316,6 +440,23 @@ class Config:
         return default
 
 
+# The range of every number of the main configuration, one definition each (the README's
+# configuration section quotes them). Sizes and counts the compiled layer holds in C fields
+# (ext/relay.pyx ListenerSettings and ConnectionPool, ext/http.pyx parsers) stay well
+# inside those fields' types.
+RANGES: dict[str, Callable[[Any], Any]] = {
+    "max_request_line": size_range(64, 1 << 20),
+    "max_header_size": size_range(256, 16 << 20),
+    # The parser allocates a table of this many fields for every connection.
+    "max_header_fields": int_range(1, 10_000),
+    "max_body": parse_size,                       # 0 (no limit) to 1PiB
+    "max_connections": int_range(1, 1_000_000),
+    "keepalive": int_range(0, 100_000),
+    "keepalive_requests": int_range(1, 1_000_000_000),
+    "hash_balance_factor": number_range(1.0, 100.0),
+}
+
+
 # ---------------------------------------------------------------------------
 # Reading: a small checked walker over the TOML tree.
 
@@ -394,13 +535,6 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         return value
 
     return conv
-
-
-def _positive_int(value: Any) -> int:
-    v = _INT(value)
-    if v < 1:
-        raise ValueError(f"expected an integer >= 1, got {value!r}")
-    return v
 
 
 def _workers(value: Any) -> int:
@@ -501,6 +635,15 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
                 servers.append(parse_server_url(item))
             except ValueError as exc:
                 table.problem(f"servers[{i}]", str(exc))
+    resolve = table.get("resolve", _choice(RESOLVE_MODES), "start")
+    if resolve == "start":
+        # As nginx and HAProxy do: a name that does not resolve now is a typo more often
+        # than a server yet to come; `resolve = "runtime"` is for the latter.
+        for i, server in enumerate(servers):
+            reason = resolves(server.host, server.port)
+            if reason is not None:
+                table.problem(f"servers[{i}]", f"host {server.host!r} does not resolve "
+                                               f'({reason}); or set resolve = "runtime"')
     tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
     group = UpstreamGroupConfig(
         name=name,
@@ -509,12 +652,14 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         balance=table.get("balance", _choice(BALANCE_POLICIES),
                           "maglev" if tcp else "round_robin"),
         hash_key=table.get("hash_key", _hash_key, "client_ip" if tcp else "path"),
-        hash_balance_factor=table.get("hash_balance_factor", _factor, 1.25),
-        keepalive=table.get("keepalive", _nonneg_int, 64),
+        hash_balance_factor=table.get("hash_balance_factor", RANGES["hash_balance_factor"],
+                                      1.25),
+        keepalive=table.get("keepalive", RANGES["keepalive"], 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
-        keepalive_requests=table.get("keepalive_requests", _positive_int, 10000),
+        keepalive_requests=table.get("keepalive_requests", RANGES["keepalive_requests"], 10000),
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
+        resolve=resolve,
         extras=_group_settings(table, _extras(table, GROUP_EXTRAS, "upstream"), servers),
     )
     table.finish()
@@ -535,20 +680,6 @@ def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
         else:
             table.problem("", text)
     return extras if found else extras + (("settings", settings),)
-
-
-def _nonneg_int(value: Any) -> int:
-    v = _INT(value)
-    if v < 0:
-        raise ValueError(f"expected an integer >= 0, got {value!r}")
-    return v
-
-
-def _factor(value: Any) -> float:
-    v = _FLOAT(value)
-    if not v >= 1.0:
-        raise ValueError(f"expected a number >= 1.0, got {value!r}")
-    return v
 
 
 def _read_route(table: _Table) -> RouteConfig | None:
@@ -608,6 +739,16 @@ def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
     return extras
 
 
+def _listen_address(value: Any) -> tuple[str, int]:
+    """A listener's (host, port): the host must be an address or a name that resolves."""
+    host, port = parse_address(value)
+    check_host(host)
+    reason = resolves(host, port)
+    if reason is not None:
+        raise ValueError(f"host {host!r} does not resolve ({reason})")
+    return host, port
+
+
 def _canary_key(value: Any) -> str:
     v = _STR(value)
     if v == "random":
@@ -618,7 +759,7 @@ def _canary_key(value: Any) -> str:
 def _read_listener(table: _Table) -> ListenerConfig | None:
     if table.bad:
         return None
-    addr = table.get("listen", parse_address, None)
+    addr = table.get("listen", _listen_address, None)
     if addr is None and not table.has("listen"):
         table.problem("listen", 'required: an address like "127.0.0.1:8000"')
     mode = table.get("mode", _choice(MODES), "reverse")
@@ -699,21 +840,18 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
-    admin = top.get("admin", parse_address, None)
+    admin = top.get("admin", _listen_address, None)
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
-    limits = _read_dataclass(top.table("limits"), Limits, {
-        "max_request_line": _size_min(64), "max_header_size": _size_min(256),
-        "max_header_fields": _positive_int, "max_body": parse_size,
-        "max_connections": _positive_int,
-    })
+    limits = _read_dataclass(top.table("limits"), Limits,
+                             {f.name: RANGES[f.name] for f in fields(Limits)})
     headers = _read_dataclass(top.table("headers"), HeaderPolicy, {
         "forwarded": _choice(FORWARDED_MODES), "via": _BOOL, "via_name": _token,
         "preserve_host": _BOOL,
     })
     log_t = top.table("access_log")
     access_log = AccessLog(
-        path=log_t.get("path", _STR, None),
+        path=log_t.get("path", _log_path, None),
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
@@ -769,16 +907,6 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     )
 
 
-def _size_min(minimum: int) -> Callable[[Any], int]:
-    def conv(value: Any) -> int:
-        v = parse_size(value)
-        if v < minimum:
-            raise ValueError(f"expected at least {minimum} bytes, got {value!r}")
-        return v
-
-    return conv
-
-
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -789,13 +917,56 @@ def _token(value: Any) -> str:
     return v
 
 
-def load(path: str) -> Config:
-    """Read and validate a TOML file; raise ConfigError on any problem."""
+def _log_path(value: Any) -> str:
+    """An access log path: "-", or a file that serve can open for appending.
+
+    Checked here, where `check` and `serve` both pass, without creating the file."""
+    path = _STR(value)
+    if path == "-":
+        return path
+    if not path or "\0" in path:
+        raise ValueError(f'expected a file path or "-", got {value!r}')
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a file")
+    if os.path.exists(path):
+        try:
+            # O_NONBLOCK: a FIFO without a reader must not hang the check.
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:   # a FIFO nobody reads yet
+                raise ValueError(f"cannot open {path} for appending: "
+                                 f"{exc.strerror or exc}") from None
+        return path
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot create {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {path}: directory {parent} is not writable")
+    return path
+
+
+def read_document(path: str) -> dict:
+    """The parsed TOML file; ConfigError (one line naming the file) when it cannot be."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 (TOML 1.0, "Spec"); say where the first bad byte is.
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: invalid TOML: not UTF-8 (byte 0x{raw[exc.start]:02x} "
+                           f"at line {line})"]) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-    return from_dict(data, source=path)
+    except RecursionError:   # thousands of nested arrays
+        raise ConfigError([f"{path}: invalid TOML: nested too deeply"]) from None
+
+
+def load(path: str) -> Config:
+    """Read and validate a TOML file; raise ConfigError on any problem."""
+    return from_dict(read_document(path), source=path)
