@@ -163,6 +163,8 @@ def _cidrs(value, _size, _duration) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f'expected a list of networks like ["127.0.0.0/8"], got {value!r}')
     for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f'[{i}]: expected a network like "127.0.0.0/8", got {item!r}')
         try:
             ipaddress.ip_network(item)
         except (TypeError, ValueError) as exc:
