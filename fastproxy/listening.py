@@ -181,10 +181,14 @@ class AcceptGate:
             if not self._reset_scheduled:
                 self._reset_scheduled = True
                 self.loop.call_soon(self._reset)
-            if len(self.connections) + self.pending >= self.limit():
+            count = len(self.connections) + self.pending
+            limit = self.limit()
+            if count >= limit:
                 self._pause()
                 return _Waiting(self, make)
             self.pending += 1
+            if count + 1 >= limit:   # this one is the last: the next ones wait in the backlog
+                self._pause()
             return make()
         return factory
 
