@@ -163,12 +163,11 @@ class AcceptGate:
         self.pauses = 0               # times accepting stopped at the limit
         self.closed = False
 
-    async def serve(self, sock: socket.socket, make, ssl=None) -> asyncio.AbstractServer:
-        """Accept on sock, making protocols with make(); returns the first server."""
+    async def serve(self, sock: socket.socket, make, ssl=None) -> None:
+        """Accept on sock (a listening socket this gate now owns), protocols from make()."""
         entry = [sock, self._factory(make), ssl, None]
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
-        return entry[3]
 
     async def _open(self, entry) -> asyncio.AbstractServer:
         sock, factory, ssl, _ = entry

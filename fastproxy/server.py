@@ -140,7 +140,6 @@ class Worker:
         self.config = config
         self.reload_fn = reload_fn
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.servers: list[asyncio.AbstractServer] = []
         self.listener_rts: list[ListenerRuntime] = []
         self.connections: set = set()
         self.runtime: Runtime | None = None
@@ -192,8 +191,7 @@ class Worker:
         for index, (lcfg, lrt) in enumerate(zip(self.config.listeners, self.listener_rts)):
             socks = self.sockets["listeners"][index] if self.sockets else \
                 listening.bind(lcfg.host, lcfg.port)
-            server = await self._bind(lcfg, lrt, socks)
-            self.servers.append(server)
+            await self._bind(lcfg, lrt, socks)
             addr = socks[0].getsockname()
             self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
@@ -209,7 +207,7 @@ class Worker:
             return TcpRuntime(self.runtime, lcfg, self.connections)
         return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
-    async def _bind(self, lcfg, lrt, socks):
+    async def _bind(self, lcfg, lrt, socks) -> None:
         holder = _Holder(lrt)
         lrt.holder = holder
         if lcfg.mode == "tcp":
@@ -218,8 +216,8 @@ class Worker:
         else:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
         tls = _tls_context(lcfg)
-        servers = [await self.gate.serve(sock, factory, tls) for sock in socks]
-        return servers[0]
+        for sock in socks:
+            await self.gate.serve(sock, factory, tls)
 
     def reload(self, config: Config) -> None:
         """Switch new connections to config; open connections finish on the old one."""
@@ -294,6 +292,9 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        # Held since run_worker began (a SIGHUP from the master while starting would
+        # otherwise kill this worker): delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         await self.stopping.wait()
         log("draining")
         await self.drain()
@@ -322,6 +323,9 @@ class _Holder:
         self.current = lrt
 
 
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def _install_loop() -> None:
     import uvloop
 
@@ -341,6 +345,9 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
     `ready_fd` a pipe on which the worker says "ready", or "failed REASON" (then the master
     reports the reason); alone, the worker logs the reason itself. 1 when it cannot start.
     """
+    # Signals wait until the worker has its handlers (Worker.run); a worker that cannot
+    # start exits with them still pending, which is what they asked for anyway.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
     _install_loop()
     worker = Worker(config, reload_fn)
     worker.index = index

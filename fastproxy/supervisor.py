@@ -24,6 +24,7 @@ from fastproxy import listening
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class _Slot:
@@ -123,6 +124,9 @@ class Master:
                 self._failed(slot, exc.strerror or str(exc), ran=None)
                 return
         r, w = os.pipe()
+        # The child holds these until its handlers are in place (Worker.run); a SIGHUP
+        # forwarded to a worker still starting would otherwise kill it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -133,6 +137,7 @@ class Master:
                                        slot.socks, w)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(w)
         os.set_blocking(r, False)
         slot.pid, slot.pipe, slot.message = pid, r, b""

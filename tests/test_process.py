@@ -304,3 +304,41 @@ def test_workers_share_a_port_given_as_zero_and_both_serve(start_proxy, origin):
         while chunk := s.recv(65536):
             data += chunk
     assert int(data.partition(b"\r\n\r\n")[2]) >= 2, data
+
+
+def test_a_worker_started_after_a_reload_runs_the_reloaded_configuration(start_proxy, origin,
+                                                                          tmp_path):
+    conf = tmp_path / "r.toml"
+    text = f"""
+workers = 2
+[headers]
+via_name = "%s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+"""
+    conf.write_text(text % "before")
+    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+    workers = _pids(proxy, "listening on")
+    conf.write_text((text % "after").replace("127.0.0.1:0", f"127.0.0.1:{proxy.port}"))
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while len(_pids(proxy, "reloaded configuration")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(min(workers), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not (_pids(proxy, "listening on") - workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids(proxy, "listening on") - workers, proxy.stderr_lines[-5:]
+    vias = set()
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            s.sendall(b"GET /size/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.settimeout(5)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        vias.update(re.findall(rb"(?im)^via: 1\.1 (\w+)", data))
+    assert vias == {b"after"}, vias
