@@ -357,11 +357,21 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
     elif not isinstance(raw_servers, list) or not raw_servers:
         table.problem("servers", f"expected a non-empty list of server URLs, got {raw_servers!r}")
     else:
+        first: dict[tuple[str, int], int] = {}
         for i, item in enumerate(raw_servers):
             try:
-                servers.append(parse_server_url(item))
+                spec = parse_server_url(item)
             except ValueError as exc:
                 table.problem(f"servers[{i}]", str(exc))
+                continue
+            # A balancer counts each server once (weights say "more of it").
+            if (spec.host, spec.port) in first:
+                table.problem(f"servers[{i}]", f"{format_address(spec.host, spec.port)} is "
+                                               f"also servers[{first[spec.host, spec.port]}] "
+                                               "(give it a weight instead)")
+                continue
+            first[spec.host, spec.port] = i
+            servers.append(spec)
     resolve = table.get("resolve", _choice(RESOLVE_MODES), "start")
     if resolve == "start":
         # As nginx and HAProxy do: a name that does not resolve now is a typo more often

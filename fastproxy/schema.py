@@ -155,15 +155,16 @@ MAX_NUMBER = 1e9
 def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
     """A feature's config dataclass from its TOML table.
 
-    Unknown keys and bad values raise ValueError starting with the key's name; the fields
-    named in `durations` are durations ("5s" or seconds, 0-365d); any other integer must
+    Unknown keys and bad values raise ValueError starting with the key's name; a value
+    must have a TOML type the field's annotation admits; the fields named in `durations`
+    are durations ("5s" or seconds, 0-365d); any other integer must
     lie within +-MAX_COUNT and any other number be finite within +-MAX_NUMBER (the
     dataclass checks narrower ranges itself); lists become tuples (the dataclasses are
     frozen). Every feature module's `from_table` is this.
     """
     if not isinstance(raw, dict):
         raise ValueError(f"expected a table, got {raw!r}")
-    known = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
     values = {}
     for key, value in raw.items():
         if key not in known:
@@ -173,11 +174,46 @@ def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
                     and not isinstance(value, bool):
                 value = parse_duration(value)
             else:
+                _check_kind(known[key], value)
                 _check_number(value)
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
         values[key] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+# TOML kinds a field's annotation admits, read from its outermost union members.
+_KINDS = (("tuple", list, "a list"), ("list", list, "a list"), ("frozenset", list, "a list"),
+          ("Mapping", dict, "a table"), ("dict", dict, "a table"),
+          ("bool", bool, "true or false"), ("int", int, "an integer"),
+          ("float", (int, float), "a number"), ("str", str, "a string"))
+
+
+def _check_kind(f: Any, value: Any) -> None:
+    """ValueError unless value has a TOML type the field's annotation admits, so that a
+    feature's own checks never meet, say, a number where they iterate a list."""
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    accepted, labels = [], []
+    depth, start = 0, 0
+    for i, ch in enumerate(annotation + "|"):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            member = annotation[start:i].strip()
+            start = i + 1
+            for prefix, kind, label in _KINDS:
+                if member == prefix or member.startswith(prefix + "["):
+                    accepted.append(kind)
+                    labels.append(label)
+                    break
+            else:
+                return      # a type this check does not know: the dataclass decides
+    if not accepted:
+        return
+    is_bool = isinstance(value, bool)
+    if any(isinstance(value, kind) and (kind is bool or not is_bool) for kind in accepted):
+        return
+    raise ValueError(f"expected {' or '.join(dict.fromkeys(labels))}, got {value!r}")
 
 
 def _check_number(value: Any) -> None:

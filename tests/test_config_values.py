@@ -65,6 +65,8 @@ GROUP_CASES = [
     (f"[upstreams.app.outlier]\nconsecutive_failures = {2**63 - 1}",
      "upstreams.app.outlier.consecutive_failures:"),
     (f'[upstreams.app.outlier]\nbase_ejection = "{HUGE}s"', "upstreams.app.outlier.base_ejection:"),
+    # Found by the fuzzer: a number where a list goes (TypeError in the feature's check).
+    ("[upstreams.app.retry]\nextra_methods = 0", "upstreams.app.retry.extra_methods:"),
 ]
 LISTENER_CASES = [
     ("[listeners.rate_limit]\nrate = inf", "listeners[0].rate_limit.rate:"),
@@ -201,3 +203,12 @@ hash_balance_factor = 100
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"012"), data
     finally:
         assert p.stop() == 0
+
+
+def test_a_server_listed_twice_in_a_group(tmp_path):
+    # Found by the fuzzer: check said ok, serve died in the balancer.
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.replace('["http://127.0.0.1:9"]',
+                                 '["http://127.0.0.1:9", "127.0.0.1:9#weight=2"]'))
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), "upstreams.app.servers[1]:")
