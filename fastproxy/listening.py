@@ -23,6 +23,7 @@ import asyncio
 import os
 import socket
 from collections import deque
+from typing import Any
 
 BACKLOG = 2048
 
@@ -86,7 +87,7 @@ class _Waiting(asyncio.Protocol):
     def __init__(self, gate: AcceptGate, make) -> None:
         self.gate = gate
         self.make = make
-        self.transport = None
+        self.transport: Any = None
         self.data: list[bytes] = []
         self.eof = False
 
@@ -126,6 +127,7 @@ class ConnectionSet(set):
     """A worker's open client connections; a close below the limit lets the next one in."""
 
     __slots__ = ("gate",)
+    gate: AcceptGate
 
     def add(self, conn) -> None:
         set.add(self, conn)

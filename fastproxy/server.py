@@ -17,11 +17,11 @@ import ssl
 import sys
 import time
 
+from fastproxy import listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.caching import CacheLayer, WorkerCache
 from fastproxy.config import Config, ConfigError, format_address, show_size
-from fastproxy import listening
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
