@@ -243,9 +243,12 @@ def tls_pair(tmp_path_factory):
     return str(d / "cert.pem"), str(d / "key.pem")
 
 
-@pytest.fixture(scope="module")
-def fuzz_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture
+def fuzz_dir(tmp_path_factory, monkeypatch):
+    # Generated strings become relative paths (an access log named "1d"): keep them here.
+    d = str(tmp_path_factory.mktemp("fuzz"))
+    monkeypatch.chdir(d)
+    return d
 
 
 def test_loader_never_raises_anything_but_config_error(fuzz_dir, tls_pair):
