@@ -25,7 +25,11 @@ class AccessLog:
             self.fd = sys.stdout.fileno()
             self.own_fd = False
         else:
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot open the access log {path}: "
+                                         f"{exc.strerror or exc}") from None
             self.own_fd = True
         self.lines: list[str] = []
         self.size = 0

@@ -2,8 +2,9 @@
 
 A small HTTP/1.1 server on each worker's event loop, apart from the data path:
 
-    GET  /status                     JSON: uptime, connections, requests, per upstream
-                                     group/server counters, cache counters
+    GET  /status                     JSON: uptime, connections, the connection limit and
+                                     its pauses, requests, per upstream group/server
+                                     counters, cache counters
     GET  /metrics                    the same numbers in the Prometheus text format (0.0.4)
     POST /cache/purge?url=URL        drop one URL (all its Vary variants) from the cache
     POST /cache/purge?prefix=URL     drop every URL starting with the prefix
@@ -43,18 +44,21 @@ class AdminServer:
         self.worker = worker
         self.servers: list[asyncio.AbstractServer] = []
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind host:port (and this worker's sibling socket when there are several)."""
+    async def start(self, host: str, port: int, socks=None) -> None:
+        """Listen on host:port, or on the sockets the master bound there for this worker
+        (and on this worker's sibling socket when there are several)."""
+        from fastproxy import listening
         from fastproxy.server import log
 
         w = self.worker
-        try:
-            server = await asyncio.start_server(self._client, host, port,
-                                                reuse_port=w.config.workers > 1)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on admin address {host}:{port}: "
-                                     f"{exc.strerror or exc}") from None
-        self.servers.append(server)
+        if socks is None:
+            try:
+                socks = listening.bind(host, port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"admin: {exc.strerror}") from None
+        for sock in socks:
+            self.servers.append(await asyncio.start_server(self._client, sock=sock))
+        server = self.servers[0]
         if w.peers_dir is not None:
             path = _sock_path(w.peers_dir, w.index)
             if os.path.exists(path):
@@ -187,6 +191,8 @@ class AdminServer:
             "bytes": {"sent": c.bytes_sent, "received": c.bytes_received},
             "upstreams": upstreams,
         }
+        if w.gate is not None:
+            snap["limits"] = w.gate.stats()
         if w.cache is not None:
             snap["cache"] = w.cache.stats()
         return snap
@@ -277,6 +283,16 @@ def render_metrics(snap: dict) -> str:
            [({}, round(time.time() - snap["started"], 3))])
     metric("workers", "gauge", "Worker processes answering.", [({}, snap["workers"])])
     metric("connections", "gauge", "Open client connections.", [({}, snap["connections"])])
+    limits = snap.get("limits")
+    if limits is not None:
+        metric("max_connections", "gauge", "Open client connections allowed (summed over "
+               "workers: max_connections is per worker).", [({}, limits["max_connections"])])
+        metric("accept_paused", "gauge", "Workers not accepting because they are at "
+               "max_connections.", [({}, limits["accept_paused"])])
+        metric("accept_pauses_total", "counter", "Times a worker stopped accepting at "
+               "max_connections.", [({}, limits["accept_pauses"])])
+        metric("connections_waiting", "gauge", "Connections accepted past max_connections in "
+               "one burst, held unread until a slot frees.", [({}, limits["waiting"])])
     req = snap["requests"]
     metric("requests_total", "counter", "Requests answered, by status class.",
            [({"class": k}, v) for k, v in req.items() if k != "total"])

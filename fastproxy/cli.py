@@ -75,13 +75,7 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
 def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
     """The TOML-shaped document: the file (or the built-in default) with flags applied."""
     if args.config:
-        try:
-            with open(args.config, "rb") as fh:
-                doc = cfgmod.tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError([f"{args.config}: cannot read: {exc.strerror or exc}"]) from None
-        except cfgmod.tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{args.config}: invalid TOML: {exc}"]) from None
+        doc = cfgmod.read_document(args.config)
         source = args.config
     elif args.mode or args.listen or args.upstream:
         doc, source = {}, "<command line>"
@@ -157,7 +151,25 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
 def load_config(args: argparse.Namespace) -> cfgmod.Config:
     """Validated configuration from the file and flags; raises ConfigError."""
     doc, source = document_from_args(args)
-    return cfgmod.from_dict(doc, source=source)
+    try:
+        return cfgmod.from_dict(doc, source=source)
+    except ConfigError as exc:
+        raise ConfigError([_name_flag(line, doc, args) for line in exc.problems]) from None
+
+
+def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
+    """A problem with a value that came from a flag names the flag, as the user wrote it."""
+    key, sep, text = problem.partition(": ")
+    if not sep:
+        return problem
+    flags = {}
+    if args.upstream:
+        group = doc["listeners"][0].get("upstream")
+        for i, value in enumerate(args.upstream):
+            flags[f"upstreams.{group}.servers[{i}]"] = f"--upstream {value}"
+    if args.access_log is not None:
+        flags["access_log.path"] = f"--access-log {args.access_log}"
+    return f"{flags[key]}: {text}" if key in flags else problem
 
 
 def _report(exc: ConfigError) -> int:

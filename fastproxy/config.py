@@ -6,174 +6,24 @@ are collected before giving up, so a user fixes a file in one pass.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 wheels only
-    import tomli as tomllib
-
-
-class ConfigError(Exception):
-    """One or more configuration problems; each line names the key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-# ---------------------------------------------------------------------------
-# Value parsers. Each takes the raw value and returns the parsed one or raises
-# ValueError with the text that follows "key: ".
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from "250ms", "5s", "2m", "1h", "1d" or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a duration like "5s", got {value!r}')
-    if isinstance(value, (int, float)):
-        if value < 0 or math.isnan(value) or math.isinf(value):
-            raise ValueError(f'expected a duration like "5s", got {value!r}')
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f'expected a duration like "5s", got {value!r}')
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from "64KiB", "256MiB", "1g", "4096" or a plain integer (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError(f'expected a size like "64MiB", got {value!r}')
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f'expected a size like "64MiB", got {value!r}')
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError(f'expected a size like "64MiB", got {value!r}')
-
-
-def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """(host, port) from "host:port", "[::1]:port", ":port" or "port"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f'expected an address like "127.0.0.1:8080", got {value!r}')
-    text = value.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1:end + 2] != ":":
-            raise ValueError(f'expected an address like "[::1]:8080", got {value!r}')
-        host, port_s = text[1:end], text[end + 2:]
-    elif ":" in text:
-        host, _, port_s = text.rpartition(":")
-        if ":" in host:
-            raise ValueError(f'IPv6 addresses need brackets, like "[::1]:8080", got {value!r}')
-        host = host or default_host
-    else:
-        host, port_s = default_host, text
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise ValueError(f"expected a port number 0-65535 in {value!r}")
-    return host, int(port_s)
-
-
-def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
-    """A feature's config dataclass from its TOML table.
-
-    Unknown keys and bad values raise ValueError starting with the key's name; the fields
-    named in `durations` also accept "5s"-style strings; lists become tuples (the
-    dataclasses are frozen). Every feature module's `from_table` is this.
-    """
-    if not isinstance(raw, dict):
-        raise ValueError(f"expected a table, got {raw!r}")
-    known = {f.name for f in fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
-        if key in durations and isinstance(value, str):
-            try:
-                value = parse_duration(value)
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-        values[key] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
-
-
-def format_address(host: str, port: int) -> str:
-    """The inverse of parse_address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One upstream server as configured."""
-
-    host: str
-    port: int
-    weight: int = 1
-    scheme: str = "http"  # http | https | tcp
-
-
-def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
-    """ServerSpec from "http://host:port#weight=2", "tcp://host:port" or a table."""
-    weight = 1
-    if isinstance(value, dict):
-        unknown = set(value) - {"url", "weight"}
-        if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (expected url, weight)")
-        weight = value.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= 10000:
-            raise ValueError(f"weight: expected an integer 1-10000, got {weight!r}")
-        value = value.get("url")
-    if not isinstance(value, str) or not value:
-        raise ValueError(f'expected a URL like "http://127.0.0.1:9000", got {value!r}')
-    text = value.strip()
-    if "#" in text:
-        text, _, frag = text.partition("#")
-        for part in frag.split(","):
-            k, _, v = part.partition("=")
-            if k.strip() != "weight" or not v.strip().isdigit() or not 0 < int(v) <= 10000:
-                raise ValueError(f'expected "#weight=N" (N 1-10000) in {value!r}')
-            weight = int(v)
-    scheme = default_scheme
-    if "://" in text:
-        scheme, _, text = text.partition("://")
-        scheme = scheme.lower()
-    if scheme not in ("http", "https", "tcp"):
-        raise ValueError(f"unsupported scheme {scheme!r} in {value!r} (http, https or tcp)")
-    text = text.rstrip("/")
-    if "/" in text:
-        raise ValueError(f"an upstream URL has no path: {value!r}")
-    default_port = {"http": 80, "https": 443, "tcp": 0}[scheme]
-    if text.startswith("[") and text.endswith("]") or (":" not in text and default_port):
-        text = f"{text}:{default_port}"
-    host, port = parse_address(text)
-    if port == 0:
-        raise ValueError(f"a port is required in {value!r}")
-    return ServerSpec(host, port, weight, scheme)
+from fastproxy.schema import (  # noqa: F401 (re-exported: feature modules import them here)
+    tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
+    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path,
+    number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
+    resolves, show_size, size_range,
+)
 
 
 # ---------------------------------------------------------------------------
 # The configuration model.
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
+RESOLVE_MODES = ("start", "runtime")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
 MODES = ("reverse", "forward", "tcp")
@@ -236,6 +86,7 @@ class UpstreamGroupConfig:
     keepalive_requests: int = 10000  # requests per upstream connection before it is retired
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
+    resolve: str = "start"           # start: every host must resolve at load | runtime
     extras: tuple[tuple[str, Any], ...] = ()  # sections owned by later modules (health, ...)
 
     def extra(self, key: str, default: Any = None) -> Any:
@@ -316,6 +167,23 @@ class Config:
         return default
 
 
+# The range of every number of the main configuration, one definition each (the README's
+# configuration section quotes them). Sizes and counts the compiled layer holds in C fields
+# (ext/relay.pyx ListenerSettings and ConnectionPool, ext/http.pyx parsers) stay well
+# inside those fields' types.
+RANGES: dict[str, Callable[[Any], Any]] = {
+    "max_request_line": size_range(64, 1 << 20),
+    "max_header_size": size_range(256, 16 << 20),
+    # The parser allocates a table of this many fields for every connection.
+    "max_header_fields": int_range(1, 10_000),
+    "max_body": parse_size,                       # 0 (no limit) to 1PiB
+    "max_connections": int_range(1, 1_000_000),
+    "keepalive": int_range(0, 100_000),
+    "keepalive_requests": int_range(1, 1_000_000_000),
+    "hash_balance_factor": number_range(1.0, 100.0),
+}
+
+
 # ---------------------------------------------------------------------------
 # Reading: a small checked walker over the TOML tree.
 
@@ -394,13 +262,6 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         return value
 
     return conv
-
-
-def _positive_int(value: Any) -> int:
-    v = _INT(value)
-    if v < 1:
-        raise ValueError(f"expected an integer >= 1, got {value!r}")
-    return v
 
 
 def _workers(value: Any) -> int:
@@ -496,11 +357,30 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
     elif not isinstance(raw_servers, list) or not raw_servers:
         table.problem("servers", f"expected a non-empty list of server URLs, got {raw_servers!r}")
     else:
+        first: dict[tuple[str, int], int] = {}
         for i, item in enumerate(raw_servers):
             try:
-                servers.append(parse_server_url(item))
+                spec = parse_server_url(item)
             except ValueError as exc:
                 table.problem(f"servers[{i}]", str(exc))
+                continue
+            # A balancer counts each server once (weights say "more of it").
+            if (spec.host, spec.port) in first:
+                table.problem(f"servers[{i}]", f"{format_address(spec.host, spec.port)} is "
+                                               f"also servers[{first[spec.host, spec.port]}] "
+                                               "(give it a weight instead)")
+                continue
+            first[spec.host, spec.port] = i
+            servers.append(spec)
+    resolve = table.get("resolve", _choice(RESOLVE_MODES), "start")
+    if resolve == "start":
+        # As nginx and HAProxy do: a name that does not resolve now is a typo more often
+        # than a server yet to come; `resolve = "runtime"` is for the latter.
+        for i, server in enumerate(servers):
+            reason = resolves(server.host, server.port)
+            if reason is not None:
+                table.problem(f"servers[{i}]", f"host {server.host!r} does not resolve "
+                                               f'({reason}); or set resolve = "runtime"')
     tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
     group = UpstreamGroupConfig(
         name=name,
@@ -509,12 +389,14 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         balance=table.get("balance", _choice(BALANCE_POLICIES),
                           "maglev" if tcp else "round_robin"),
         hash_key=table.get("hash_key", _hash_key, "client_ip" if tcp else "path"),
-        hash_balance_factor=table.get("hash_balance_factor", _factor, 1.25),
-        keepalive=table.get("keepalive", _nonneg_int, 64),
+        hash_balance_factor=table.get("hash_balance_factor", RANGES["hash_balance_factor"],
+                                      1.25),
+        keepalive=table.get("keepalive", RANGES["keepalive"], 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
-        keepalive_requests=table.get("keepalive_requests", _positive_int, 10000),
+        keepalive_requests=table.get("keepalive_requests", RANGES["keepalive_requests"], 10000),
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
+        resolve=resolve,
         extras=_group_settings(table, _extras(table, GROUP_EXTRAS, "upstream"), servers),
     )
     table.finish()
@@ -535,20 +417,6 @@ def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
         else:
             table.problem("", text)
     return extras if found else extras + (("settings", settings),)
-
-
-def _nonneg_int(value: Any) -> int:
-    v = _INT(value)
-    if v < 0:
-        raise ValueError(f"expected an integer >= 0, got {value!r}")
-    return v
-
-
-def _factor(value: Any) -> float:
-    v = _FLOAT(value)
-    if not v >= 1.0:
-        raise ValueError(f"expected a number >= 1.0, got {value!r}")
-    return v
 
 
 def _read_route(table: _Table) -> RouteConfig | None:
@@ -608,6 +476,16 @@ def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
     return extras
 
 
+def _listen_address(value: Any) -> tuple[str, int]:
+    """A listener's (host, port): the host must be an address or a name that resolves."""
+    host, port = parse_address(value)
+    check_host(host)
+    reason = resolves(host, port)
+    if reason is not None:
+        raise ValueError(f"host {host!r} does not resolve ({reason})")
+    return host, port
+
+
 def _canary_key(value: Any) -> str:
     v = _STR(value)
     if v == "random":
@@ -618,7 +496,7 @@ def _canary_key(value: Any) -> str:
 def _read_listener(table: _Table) -> ListenerConfig | None:
     if table.bad:
         return None
-    addr = table.get("listen", parse_address, None)
+    addr = table.get("listen", _listen_address, None)
     if addr is None and not table.has("listen"):
         table.problem("listen", 'required: an address like "127.0.0.1:8000"')
     mode = table.get("mode", _choice(MODES), "reverse")
@@ -699,21 +577,18 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
-    admin = top.get("admin", parse_address, None)
+    admin = top.get("admin", _listen_address, None)
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
-    limits = _read_dataclass(top.table("limits"), Limits, {
-        "max_request_line": _size_min(64), "max_header_size": _size_min(256),
-        "max_header_fields": _positive_int, "max_body": parse_size,
-        "max_connections": _positive_int,
-    })
+    limits = _read_dataclass(top.table("limits"), Limits,
+                             {f.name: RANGES[f.name] for f in fields(Limits)})
     headers = _read_dataclass(top.table("headers"), HeaderPolicy, {
         "forwarded": _choice(FORWARDED_MODES), "via": _BOOL, "via_name": _token,
         "preserve_host": _BOOL,
     })
     log_t = top.table("access_log")
     access_log = AccessLog(
-        path=log_t.get("path", _STR, None),
+        path=log_t.get("path", log_path, None),
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
@@ -769,16 +644,6 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     )
 
 
-def _size_min(minimum: int) -> Callable[[Any], int]:
-    def conv(value: Any) -> int:
-        v = parse_size(value)
-        if v < minimum:
-            raise ValueError(f"expected at least {minimum} bytes, got {value!r}")
-        return v
-
-    return conv
-
-
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -791,11 +656,4 @@ def _token(value: Any) -> str:
 
 def load(path: str) -> Config:
     """Read and validate a TOML file; raise ConfigError on any problem."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-    return from_dict(data, source=path)
+    return from_dict(read_document(path), source=path)

@@ -1,8 +1,9 @@
 """Listeners, workers, signals: the process around the data path.
 
 One worker = one process = one uvloop event loop with its own listeners, pools,
-and caches. With `workers > 1` the master forks that many workers; each binds the
-same addresses with SO_REUSEPORT, so the kernel spreads connections among them.
+and caches. With `workers > 1` the master (fastproxy.supervisor) binds the addresses
+and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
+kernel spreads connections among them.
 SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, then exit 0);
 SIGHUP reloads the configuration: new connections use the new configuration,
 connections already open finish on the old one.
@@ -12,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import ssl
 import sys
 import time
 
+from fastproxy import listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.caching import CacheLayer, WorkerCache
-from fastproxy.config import Config, ConfigError, format_address
+from fastproxy.config import Config, ConfigError, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.reverse import ReverseHandler
 from fastproxy.router import Router
@@ -139,7 +140,6 @@ class Worker:
         self.config = config
         self.reload_fn = reload_fn
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.servers: list[asyncio.AbstractServer] = []
         self.listener_rts: list[ListenerRuntime] = []
         self.connections: set = set()
         self.runtime: Runtime | None = None
@@ -152,6 +152,9 @@ class Worker:
         self.admin = None
         self.index = 0          # worker number (0 .. workers-1)
         self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
+        self.sockets: dict | None = None    # listening sockets bound by the master, if any
+        self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
+        self.gate: listening.AcceptGate | None = None
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
@@ -164,25 +167,39 @@ class Worker:
             return self.cache
         return WorkerCache(cc)
 
-    async def start(self) -> None:
-        """Bind every listener; raise OSError naming the address on failure."""
+    def prepare(self) -> None:
+        """What start does before binding: connection gate, cache, runtime, listener runtimes.
+
+        Raises StartError when the cache cannot be allocated."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.cache = self._cache_for(self.config)
+        self.gate = listening.AcceptGate(self.loop, lambda: self.config.limits.max_connections)
+        self.connections = self.gate.connections
+        try:
+            self.cache = self._cache_for(self.config)
+        except MemoryError:
+            size = self.config.extra("cache").size
+            raise StartError(f"cannot allocate the cache ({show_size(size)} per worker): "
+                             "out of memory") from None
         self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
-        for index, lcfg in enumerate(self.config.listeners):
-            lrt = self._listener_runtime(lcfg, index)
-            server = await self._bind(lcfg, lrt)
-            self.servers.append(server)
-            self.listener_rts.append(lrt)
-            sock = server.sockets[0]
-            addr = sock.getsockname()
+        self.listener_rts = [self._listener_runtime(lcfg, index)
+                             for index, lcfg in enumerate(self.config.listeners)]
+
+    async def start(self) -> None:
+        """Bind every listener; raise StartError (or OSError naming the address) on failure."""
+        self.prepare()
+        for index, (lcfg, lrt) in enumerate(zip(self.config.listeners, self.listener_rts)):
+            socks = self.sockets["listeners"][index] if self.sockets else \
+                listening.bind(lcfg.host, lcfg.port)
+            await self._bind(lcfg, lrt, socks)
+            addr = socks[0].getsockname()
             self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
         if self.config.admin is not None:
             from fastproxy.admin import AdminServer
             self.admin = AdminServer(self)
-            await self.admin.start(*self.config.admin)
+            await self.admin.start(*self.config.admin,
+                                   socks=self.sockets["admin"] if self.sockets else None)
 
     def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
         if lcfg.mode == "tcp":
@@ -190,7 +207,7 @@ class Worker:
             return TcpRuntime(self.runtime, lcfg, self.connections)
         return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
-    async def _bind(self, lcfg, lrt):
+    async def _bind(self, lcfg, lrt, socks) -> None:
         holder = _Holder(lrt)
         lrt.holder = holder
         if lcfg.mode == "tcp":
@@ -198,16 +215,9 @@ class Worker:
             factory = lambda: TcpClient(holder.current)  # noqa: E731
         else:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
-        try:
-            return await self.loop.create_server(
-                # SO_REUSEPORT only when our own workers share the port: otherwise a
-                # second proxy started by mistake would silently share it too.
-                factory, lcfg.host, lcfg.port, reuse_port=self.config.workers > 1,
-                backlog=2048,
-                ssl=_tls_context(lcfg))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {lcfg.address}: "
-                                     f"{exc.strerror or exc}") from None
+        tls = _tls_context(lcfg)
+        for sock in socks:
+            await self.gate.serve(sock, factory, tls)
 
     def reload(self, config: Config) -> None:
         """Switch new connections to config; open connections finish on the old one."""
@@ -251,8 +261,7 @@ class Worker:
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
-        for server in self.servers:
-            server.close()
+        self.gate.close()
         if self.admin is not None:
             self.admin.close()
         if self.cache is not None:
@@ -272,13 +281,20 @@ class Worker:
                 await rt.aclose()
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; reload on SIGHUP."""
+        """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
+        if self.ready_fd is not None:
+            fd, self.ready_fd = self.ready_fd, None
+            os.write(fd, b"ready\n")
+            os.close(fd)
         loop = self.loop
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        # Held since run_worker began (a SIGHUP from the master while starting would
+        # otherwise kill this worker): delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         await self.stopping.wait()
         log("draining")
         await self.drain()
@@ -307,120 +323,59 @@ class _Holder:
         self.current = lrt
 
 
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def _install_loop() -> None:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class StartError(Exception):
+    """A worker cannot start (the reason is the message)."""
+
+
 def run_worker(config: Config, reload_fn=None, index: int = 0,
-               peers_dir: str | None = None) -> int:
-    """Run one worker in this process until it is told to stop."""
+               peers_dir: str | None = None, sockets: dict | None = None,
+               ready_fd: int | None = None) -> int:
+    """Run one worker in this process until it is told to stop.
+
+    With a master, `sockets` are the listening sockets it bound for this worker and
+    `ready_fd` a pipe on which the worker says "ready", or "failed REASON" (then the master
+    reports the reason); alone, the worker logs the reason itself. 1 when it cannot start.
+    """
+    # Signals wait until the worker has its handlers (Worker.run); a worker that cannot
+    # start exits with them still pending, which is what they asked for anyway.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
     _install_loop()
     worker = Worker(config, reload_fn)
     worker.index = index
     worker.peers_dir = peers_dir
+    worker.sockets = sockets
+    worker.ready_fd = ready_fd
     try:
         return asyncio.run(worker.run())
-    except OSError as exc:
-        log(str(exc.strerror or exc))
-        return 1
+    except (OSError, StartError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    except Exception as exc:   # a bug: the traceback is for the report
+        import traceback
+        traceback.print_exc()
+        reason = f"{exc.__class__.__name__}: {exc}"
+    if worker.ready_fd is None:
+        log(reason if ready_fd is None else f"worker {index}: {reason}")
+    else:
+        try:
+            os.write(worker.ready_fd, f"failed {reason}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
+    return 1
 
 
 def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers."""
     if config.workers <= 1:
         return run_worker(config, reload_fn)
-    return _master(config, reload_fn)
+    from fastproxy.supervisor import Master
 
-
-def _master(config: Config, reload_fn) -> int:
-    # Port 0 would give each worker its own port: fix one port first.
-    listeners = []
-    for lcfg in config.listeners:
-        if lcfg.port == 0:
-            family = socket.AF_INET6 if ":" in lcfg.host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.bind((lcfg.host, 0))
-                port = s.getsockname()[1]
-            from dataclasses import replace
-            lcfg = replace(lcfg, port=port)
-        listeners.append(lcfg)
-    from dataclasses import replace
-    config = replace(config, listeners=tuple(listeners))
-    peers_dir = None
-    if config.admin is not None:
-        host, port = config.admin
-        if port == 0:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-            config = replace(config, admin=(host, port))
-        # Each worker's admin also listens here, so the one a request reaches can ask
-        # the others (a purge must reach every worker's cache).
-        import tempfile
-        peers_dir = tempfile.mkdtemp(prefix="fastproxy-admin-")
-    children: dict[int, int] = {}
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 1
-            try:
-                code = run_worker(config, reload_fn, index, peers_dir)
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    stopping = False
-
-    def on_stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def on_hup(signum, frame):
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    for i in range(config.workers):
-        spawn(i)
-    log(f"master: {config.workers} workers")
-    exit_code = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        code = os.waitstatus_to_exitcode(status)
-        if not stopping and index is not None:
-            if code == 1 and time.monotonic() < _START + 2:
-                # Dying at start (cannot bind): do not loop; stop everything.
-                on_stop(None, None)
-                exit_code = 1
-                continue
-            log(f"worker {pid} exited with {code}; starting a new one")
-            spawn(index)
-    if peers_dir is not None:
-        import shutil
-        shutil.rmtree(peers_dir, ignore_errors=True)
-    return exit_code
-
-
-_START = time.monotonic()
+    return Master(config, reload_fn, run_worker, log).run()

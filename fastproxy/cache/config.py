@@ -44,6 +44,9 @@ class CacheConfig:
             problems.append(f"cache.size: {self.size} is below the minimum of 16384 bytes")
         if self.max_object_size <= 0:
             problems.append("cache.max_object_size: must be positive")
+        if self.segment_size and self.segment_size < 256:
+            problems.append(f"cache.segment_size: {self.segment_size} is below the minimum "
+                            "of 256 bytes (or 0: chosen from size)")
         if not (0.0 <= self.heuristic_fraction <= 1.0):
             problems.append("cache.heuristic_fraction: must be between 0 and 1")
         for name in ("heuristic_max", "default_stale_while_revalidate",
@@ -111,17 +114,36 @@ def _bool(value, _size, _duration) -> bool:
     return value
 
 
-def _size(value, size, _duration) -> int:
-    return size(value)
+def _size_within(low: int, high: int):
+    def conv(value, size, _duration) -> int:
+        n = size(value)
+        if not low <= n <= high:
+            from fastproxy.config import show_size
+            raise ValueError(f"expected a size from {show_size(low)} to {show_size(high)}, "
+                             f"got {value!r}")
+        return n
+    return conv
+
+
+# The arena is one allocation per worker; segments are at most 2 GiB in the ring
+# (ext/ringcache.pyx) and a stored object takes at most half a segment.
+MAX_CACHE_SIZE = 1 << 40
+MAX_OBJECT_SIZE = 512 << 20
+MAX_ENTRIES = 1 << 26
+_size = _size_within(0, MAX_CACHE_SIZE)
+_object_size = _size_within(1, MAX_OBJECT_SIZE)
+_segment_size = _size_within(0, 1 << 30)
+_any_size = _size_within(0, 1 << 30)
 
 
 def _duration(value, _size, duration) -> float:
     return duration(value)
 
 
-def _count(value, _size, _duration) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value!r}")
+def _entries(value, _size, _duration) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ENTRIES:
+        raise ValueError(f"expected an integer from 0 to {MAX_ENTRIES:,} (0: size / 1KiB), "
+                         f"got {value!r}")
     return value
 
 
@@ -141,6 +163,8 @@ def _cidrs(value, _size, _duration) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f'expected a list of networks like ["127.0.0.0/8"], got {value!r}')
     for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f'[{i}]: expected a network like "127.0.0.0/8", got {item!r}')
         try:
             ipaddress.ip_network(item)
         except (TypeError, ValueError) as exc:
@@ -149,10 +173,11 @@ def _cidrs(value, _size, _duration) -> tuple[str, ...]:
 
 
 _CONVERTERS = {
-    "size": _size, "max_object_size": _size, "segment_size": _size, "max_entries": _count,
+    "size": _size, "max_object_size": _object_size, "segment_size": _segment_size,
+    "max_entries": _entries,
     "store_set_cookie": _bool, "heuristic_fraction": _fraction, "heuristic_max": _duration,
     "default_stale_while_revalidate": _duration, "default_stale_if_error": _duration,
     "keep_stale": _duration, "cache_name": _name, "coalesce_timeout": _duration,
-    "zero_copy_min": _size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
+    "zero_copy_min": _any_size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(CacheConfig)} - {"heuristic_statuses"}

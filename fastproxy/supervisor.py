@@ -1,0 +1,336 @@
+"""The master process of `workers > 1`: it owns the ports and keeps the workers running.
+
+Ports. Before forking, the master binds every listener (and the admin) address: the first
+socket exclusively, so a port someone already listens on is "address already in use" as
+for a single worker, then shared with SO_REUSEPORT by one socket per worker (see
+fastproxy.listening). Port 0 is fixed once here, so every worker has the same port.
+
+Workers. Each worker tells the master over a pipe that it is ready, or why it could not
+start. If no worker has ever started, the master stops and exits 1 with that reason. Later
+failures are retried with an exponential back-off (0.1 s doubling to 30 s, one log line per
+step); a worker that ran for STABLE seconds is replaced at once and resets its back-off.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import time
+from dataclasses import replace
+
+from fastproxy import listening
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
+STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class _Slot:
+    """One worker position (index) and the process that fills it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.pipe = -1
+        self.message = b""
+        self.ready = False
+        self.started = 0.0
+        self.delay = 0.0
+        self.due: float | None = None
+        self.socks: dict | None = None     # {"listeners": [[sock, ...], ...], "admin": [...]}
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Master:
+    """Forks `config.workers` workers and supervises them until SIGTERM/SIGINT."""
+
+    def __init__(self, config, reload_fn, run_worker, log) -> None:
+        self.config = config
+        self.reload_fn = reload_fn
+        self.run_worker = run_worker
+        self.log = log
+        self.slots = [_Slot(i) for i in range(config.workers)]
+        self.children: dict[int, _Slot] = {}
+        self.stopping = False
+        self.hup = False
+        self.ever_ready = False
+        self.exit_code = 0
+        self.peers_dir: str | None = None
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+
+    # -- ports -------------------------------------------------------------------------
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        addrs = [(lc.host, lc.port) for lc in self.config.listeners]
+        if self.config.admin is not None:
+            addrs.append(self.config.admin)
+        return addrs
+
+    def _claim(self) -> None:
+        """Bind every address for every worker; the first bind of each is exclusive."""
+        per_slot: list[list] = [[] for _ in self.slots]
+        fixed = []
+        for host, port in self._addresses():
+            first = listening.bind(host, port, share=True)
+            per_slot[0].append(first)
+            port = first[0].getsockname()[1]
+            fixed.append(port)
+            for socks in per_slot[1:]:
+                socks.append(listening.bind(host, port, join=True))
+        listeners = tuple(replace(lc, port=port) for lc, port in
+                          zip(self.config.listeners, fixed))
+        admin = (self.config.admin[0], fixed[-1]) if self.config.admin is not None else None
+        self.config = replace(self.config, listeners=listeners, admin=admin)
+        for slot, socks in zip(self.slots, per_slot):
+            slot.socks = self._split(socks)
+
+    def _split(self, socks: list) -> dict:
+        n = len(self.config.listeners)
+        return {"listeners": socks[:n], "admin": socks[n] if len(socks) > n else None}
+
+    def _rebind(self, slot: _Slot) -> dict:
+        # Join the group while a sibling holds it; alone, claim the port again exclusively.
+        join = any(s.pid for s in self.slots if s is not slot)
+        socks = []
+        try:
+            for host, port in self._addresses():
+                socks.append(listening.bind(host, port, share=not join, join=join))
+        except OSError:
+            for group in socks:
+                for sock in group:
+                    sock.close()
+            raise
+        return self._split(socks)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.due = None
+        if slot.socks is None:
+            try:
+                slot.socks = self._rebind(slot)
+            except OSError as exc:
+                self._failed(slot, exc.strerror or str(exc), ran=None)
+                return
+        r, w = os.pipe()
+        # The child holds these until its handlers are in place (Worker.run); a SIGHUP
+        # forwarded to a worker still starting would otherwise kill it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                self._in_child(slot)
+                code = self.run_worker(self.config, self.reload_fn, slot.index, self.peers_dir,
+                                       slot.socks, w)
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        os.close(w)
+        os.set_blocking(r, False)
+        slot.pid, slot.pipe, slot.message = pid, r, b""
+        slot.ready, slot.started = False, time.monotonic()
+        self.children[pid] = slot
+        self.sel.register(r, selectors.EVENT_READ, slot)
+        self._close_socks(slot)     # the worker holds them now
+
+    def _in_child(self, me: _Slot) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        self.sel.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        for slot in self.slots:
+            if slot is not me:
+                self._close_socks(slot)
+                if slot.pipe >= 0:
+                    os.close(slot.pipe)
+
+    @staticmethod
+    def _close_socks(slot: _Slot) -> None:
+        if slot.socks is not None:
+            for group in slot.socks["listeners"] + [slot.socks["admin"] or []]:
+                for sock in group:
+                    sock.close()
+            slot.socks = None
+
+    def _read(self, slot: _Slot) -> None:
+        while slot.pipe >= 0:
+            try:
+                chunk = os.read(slot.pipe, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.sel.unregister(slot.pipe)
+                os.close(slot.pipe)
+                slot.pipe = -1
+                return
+            slot.message += chunk
+            if slot.message.startswith(b"ready\n") and not slot.ready:
+                slot.ready = True
+                self.ever_ready = True
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            self._read(slot)
+            if slot.pipe >= 0:
+                self.sel.unregister(slot.pipe)
+                os.close(slot.pipe)
+                slot.pipe = -1
+            slot.pid = 0
+            if self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if slot.ready:
+                self._failed(slot, f"(pid {pid}) {_how(code)}", ran=time.monotonic() - slot.started)
+            else:
+                text = slot.message.decode("utf-8", "replace")
+                reason = text[len("failed "):].strip() if text.startswith("failed ") else \
+                    f"the worker {_how(code)} before it was ready"
+                self._failed(slot, reason, ran=None)
+
+    def _failed(self, slot: _Slot, reason: str, ran: float | None) -> None:
+        """Worker slot is empty: give up, retry after a back-off, or replace it now."""
+        if ran is None and not self.ever_ready:
+            self.log(f"no worker started: {reason}")
+            self.exit_code = 1
+            self._stop()
+            return
+        if ran is not None and ran >= STABLE:
+            slot.delay = 0.0
+            self.log(f"worker {slot.index} {reason}; starting a new one")
+            self._spawn(slot)
+            return
+        slot.delay = BACKOFF_FIRST if slot.delay == 0 else min(slot.delay * 2, BACKOFF_MAX)
+        slot.due = time.monotonic() + slot.delay
+        if ran is None:
+            self.log(f"worker {slot.index} failed to start: {reason}; "
+                     f"next try in {slot.delay:g}s")
+        else:
+            self.log(f"worker {slot.index} {reason} after {ran:.1f}s; "
+                     f"next try in {slot.delay:g}s")
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        self.stopping = True
+        for slot in self.slots:
+            slot.due = None
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop()
+        elif signum == signal.SIGHUP:
+            self.hup = True
+        # SIGCHLD: the wake-up byte is the message; _reap runs after every select.
+
+    def _reload(self) -> None:
+        self.hup = False
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+        # Workers started later must start from the reloaded file too (the workers
+        # themselves log whether the reload took).
+        try:
+            new = self.reload_fn()
+        except Exception:
+            return
+        old = self.config
+        if len(new.listeners) != len(old.listeners) or any(
+                (a.host, a.mode, a.tls_cert) != (b.host, b.mode, b.tls_cert)
+                or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
+            return
+        if (new.admin is None) != (old.admin is None) or (
+                new.admin is not None and (new.admin[0] != old.admin[0]
+                                           or new.admin[1] not in (0, old.admin[1]))):
+            return
+        self.config = replace(new, workers=old.workers, admin=old.admin, listeners=tuple(
+            replace(b, port=a.port) for a, b in zip(old.listeners, new.listeners)))
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Claim the ports, start the workers, supervise them; the exit code."""
+        try:
+            self._claim()
+        except OSError as exc:
+            self.log(exc.strerror or str(exc))
+            return 1
+        if self.config.admin is not None:
+            # Each worker's admin also listens here, so the one a request reaches can
+            # ask the others (a purge must reach every worker's cache).
+            import tempfile
+            self.peers_dir = tempfile.mkdtemp(prefix="fastproxy-admin-")
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        try:
+            for slot in self.slots:
+                if not self.stopping:
+                    self._spawn(slot)
+            self.log(f"master: {len(self.slots)} workers")
+            self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for slot in self.slots:
+                self._close_socks(slot)
+            if self.peers_dir is not None:
+                import shutil
+                shutil.rmtree(self.peers_dir, ignore_errors=True)
+        return self.exit_code
+
+    def _loop(self) -> None:
+        while self.children or (not self.stopping and any(s.due for s in self.slots)):
+            dues = [s.due for s in self.slots if s.due is not None]
+            timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
+            for key, _ in self.sel.select(timeout):
+                if key.data is None:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                            raise
+                else:
+                    self._read(key.data)
+            self._reap()
+            if self.hup and not self.stopping:
+                self._reload()
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.due is not None and slot.due <= now and not self.stopping:
+                    self._spawn(slot)

@@ -1,0 +1,214 @@
+"""Values that used to get past `fastproxy check` (or crash it): each is exit 2 and one line
+naming the key, in `check` and in `serve` alike, and never a traceback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PKG_PARENT
+from fastproxy import config as cfg
+from fastproxy.config import ConfigError
+
+BASE = """
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["http://127.0.0.1:9"]
+"""
+HUGE = "9" * 400
+
+
+def run(*args, cwd=None, timeout=20):
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
+    return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+
+
+def one_line_naming(r, key: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fastproxy: {key}"), r.stderr
+
+
+CASES = [
+    # (TOML added to BASE, the key the line must start with)
+    (f'[limits]\nmax_body = "{HUGE}"', "limits.max_body:"),
+    (f'[limits]\nmax_body = "{HUGE}.5KiB"', "limits.max_body:"),
+    (f"[limits]\nmax_body = {2**63 - 1}", "limits.max_body:"),
+    (f'[cache]\nsize = "{HUGE}"', "cache.size:"),
+    ('[cache]\nsize = "1PiB"', "cache.size:"),
+    ('[cache]\nsize = "64MiB"\nmax_object_size = "100GiB"', "cache.max_object_size:"),
+    (f'[cache]\nsize = "64MiB"\nmax_entries = {2**63 - 1}', "cache.max_entries:"),
+    (f"[limits]\nmax_header_fields = {2**63 - 1}", "limits.max_header_fields:"),
+    ('[limits]\nmax_header_size = "2GiB"', "limits.max_header_size:"),
+    ('[limits]\nmax_request_line = "4GiB"', "limits.max_request_line:"),
+    (f"[limits]\nmax_connections = {2**63 - 1}", "limits.max_connections:"),
+    (f'[timeouts]\nclient_header = "{HUGE}s"', "timeouts.client_header:"),
+    ("[timeouts]\ndrain = 1e300", "timeouts.drain:"),
+    ("[timeouts]\ndrain = inf", "timeouts.drain:"),
+    ("workers = 1e3", "workers:"),
+]
+GROUP_CASES = [
+    (f"keepalive = {2**63 - 1}", "upstreams.app.keepalive:"),
+    (f"keepalive_requests = {2**63 - 1}", "upstreams.app.keepalive_requests:"),
+    ("hash_balance_factor = inf", "upstreams.app.hash_balance_factor:"),
+    ("keepalive_timeout = nan", "upstreams.app.keepalive_timeout:"),
+    (f"[upstreams.app.health]\ninterval = {2**63 - 1}", "upstreams.app.health.interval:"),
+    (f"[upstreams.app.breaker]\nmax_requests = {2**63 - 1}", "upstreams.app.breaker.max_requests:"),
+    ("[upstreams.app.retry]\nbudget_ratio = nan", "upstreams.app.retry.budget_ratio:"),
+    (f"[upstreams.app.outlier]\nconsecutive_failures = {2**63 - 1}",
+     "upstreams.app.outlier.consecutive_failures:"),
+    (f'[upstreams.app.outlier]\nbase_ejection = "{HUGE}s"', "upstreams.app.outlier.base_ejection:"),
+    # Found by the fuzzer: a number where a list goes (TypeError in the feature's check).
+    ("[upstreams.app.retry]\nextra_methods = 0", "upstreams.app.retry.extra_methods:"),
+]
+LISTENER_CASES = [
+    ("[listeners.rate_limit]\nrate = inf", "listeners[0].rate_limit.rate:"),
+    (f"[listeners.rate_limit]\nburst = {2**63 - 1}\nrate = 5", "listeners[0].rate_limit.burst:"),
+    (f"[listeners.rate_limit]\nmax_keys = {2**63 - 1}", "listeners[0].rate_limit.max_keys:"),
+]
+
+
+def _documents():
+    for extra, key in CASES:
+        yield extra + "\n" + BASE, key
+    for extra, key in GROUP_CASES:
+        # Group keys sit in [upstreams.app]; sub-tables follow it.
+        yield BASE + extra + "\n", key
+    for extra, key in LISTENER_CASES:
+        yield BASE.replace('upstream = "app"\n', 'upstream = "app"\n' + extra + "\n", 1), key
+
+
+DOCS = list(_documents())
+
+
+@pytest.mark.parametrize("text,key", DOCS, ids=[k for _, k in DOCS])
+def test_check_and_serve_agree_exit_2_naming_the_key(tmp_path, text, key):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    one_line_naming(run("check", "--config", str(path)), key)
+    one_line_naming(run("serve", "--config", str(path)), key)
+
+
+def test_non_utf8_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BASE.encode() + b"# caf\xe9\n")
+    for command in ("check", "serve"):
+        r = run(command, "--config", str(path))
+        one_line_naming(r, f"{path}: invalid TOML: not UTF-8")
+
+
+def test_access_log_in_a_missing_directory(tmp_path):
+    path = tmp_path / "c.toml"
+    log = tmp_path / "missing" / "access.log"
+    path.write_text(BASE + f'[access_log]\npath = "{log}"\n')
+    for command in ("check", "serve"):
+        r = run(command, "--config", str(path))
+        one_line_naming(r, "access_log.path:")
+        assert "missing" in r.stderr
+    r = run("check", "--upstream", "http://127.0.0.1:9", "--access-log", str(log))
+    one_line_naming(r, "--access-log")
+    # A directory is not a log file either; a writable file path is fine.
+    r = run("check", "--upstream", "http://127.0.0.1:9", "--access-log", str(tmp_path))
+    one_line_naming(r, "--access-log")
+    r = run("check", "--upstream", "http://127.0.0.1:9", "--access-log",
+            str(tmp_path / "fine.log"))
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "fine.log").exists()   # check does not leave files behind
+
+
+@pytest.mark.parametrize("value", ["notaurl", "http://", "127.0.0.1", "http://:80",
+                                   "http://no-such-host.invalid:80"])
+def test_upstream_flag_needs_a_scheme_or_port_and_a_resolvable_host(value):
+    for command in ("check", "serve"):
+        r = run(command, "--listen", "127.0.0.1:0", "--upstream", value)
+        one_line_naming(r, f"--upstream {value}:")
+
+
+def test_upstream_in_a_file_that_does_not_resolve_names_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.replace("http://127.0.0.1:9", "http://no-such-host.invalid:9"))
+    one_line_naming(run("check", "--config", str(path)), "upstreams.app.servers[0]:")
+    # ... unless the group resolves at run time.
+    path.write_text(BASE.replace("http://127.0.0.1:9", "http://no-such-host.invalid:9")
+                    + 'resolve = "runtime"\n')
+    r = run("check", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+def test_upstream_forms_that_stay_valid():
+    for value in ("http://localhost", "localhost:9000", "https://127.0.0.1", "tcp://[::1]:5432",
+                  "127.0.0.1:9000#weight=2"):
+        doc = {"listeners": [{"listen": "127.0.0.1:0", "upstream": "a",
+                              "mode": "tcp" if value.startswith("tcp") else "reverse"}],
+               "upstreams": {"a": {"servers": [value]}}}
+        cfg.from_dict(doc)
+
+
+def test_a_listener_on_a_name_that_does_not_resolve(tmp_path):
+    with pytest.raises(ConfigError, match=r"^listeners\[0\].listen: "):
+        cfg.from_dict({"listeners": [{"listen": "no-such-host.invalid:80", "mode": "forward"}]})
+
+
+def test_ranges_are_inclusive_at_both_ends():
+    doc = {"listeners": [{"listen": "127.0.0.1:0", "mode": "forward"}],
+           "limits": {"max_header_size": "16MiB", "max_header_fields": 10000,
+                      "max_request_line": "1MiB", "max_connections": 1000000},
+           "timeouts": {"drain": "365d", "client_header": 0}}
+    c = cfg.from_dict(doc)
+    assert c.limits.max_header_size == 16 << 20 and c.limits.max_header_fields == 10000
+    assert c.timeouts.drain == 365 * 86400
+    doc["timeouts"]["drain"] = "366d"
+    with pytest.raises(ConfigError, match=r"^timeouts.drain: "):
+        cfg.from_dict(doc)
+
+
+def test_serve_with_extreme_but_valid_values_serves(tmp_path, origin):
+    # The top of every range must fit the compiled layer (C int, Py_ssize_t, long long).
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[limits]
+max_header_size = "16MiB"
+max_header_fields = 10000
+max_request_line = "1MiB"
+max_body = "1PiB"
+max_connections = 1000000
+[timeouts]
+client_header = "365d"
+drain = "1s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+keepalive = 100000
+keepalive_requests = 1000000000
+hash_balance_factor = 100
+""")
+    from conftest import ProxyProcess
+
+    p = ProxyProcess(["serve", "--config", str(path)], cwd=str(tmp_path)).wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"012"), data
+    finally:
+        assert p.stop() == 0
+
+
+def test_a_server_listed_twice_in_a_group(tmp_path):
+    # Found by the fuzzer: check said ok, serve died in the balancer.
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.replace('["http://127.0.0.1:9"]',
+                                 '["http://127.0.0.1:9", "127.0.0.1:9#weight=2"]'))
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), "upstreams.app.servers[1]:")
