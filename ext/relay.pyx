@@ -220,7 +220,7 @@ cdef class ListenerSettings:
     cdef public bint hooks
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
-    cdef long long max_body, stash_limit
+    cdef long long max_body, stash_limit, buffer_limit
     cdef double client_header, client_idle, client_body
     cdef list parsers
 
@@ -244,6 +244,8 @@ cdef class ListenerSettings:
         self.max_fields = limits.max_header_fields
         self.max_body = limits.max_body
         self.stash_limit = limits.max_header_size + PIPELINE_SLACK
+        own = getattr(getattr(rt, "listener", None), "request_buffering", None)
+        self.buffer_limit = limits.request_buffering if own is None else own
         self.client_header = t.client_header
         self.client_idle = t.client_idle
         self.client_body = t.client_body
@@ -273,7 +275,12 @@ cdef class ClientConnection:
     cdef public FreshHits fast_hits
     cdef public FastForward fast     # compiled common path of the handler, or None
     cdef public object server, replay, tried, group, log_extra, observer
-    cdef public list held      # request body bytes read before an upstream was chosen
+    cdef public list held      # request body bytes read before an upstream connection
+    cdef public long long held_bytes
+    # Request buffering: (pool, head, pending, fresh) of a send_upstream that waits for
+    # the body (or buffer_limit bytes of it) before taking an upstream connection.
+    cdef public object deferred
+    cdef bint buffering        # this request's body is being buffered
     cdef public int state, paused, body_kind, status, retries, client_port
     cdef public bint write_paused, closing, keep_alive, resp_started, body_done
     cdef public bint head_request
@@ -284,7 +291,7 @@ cdef class ClientConnection:
     cdef public bytes client_ip_b
     cdef public object hash_key
     cdef double client_header, client_idle, client_body
-    cdef long long max_body, stash_limit
+    cdef long long max_body, stash_limit, buffer_limit
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
     cdef object access_log
     cdef ListenerSettings ls
@@ -298,6 +305,7 @@ cdef class ClientConnection:
         self.parser = ls.take_parser()
         self.max_body = ls.max_body
         self.stash_limit = ls.stash_limit
+        self.buffer_limit = ls.buffer_limit
         self.client_header = ls.client_header
         self.client_idle = ls.client_idle
         self.client_body = ls.client_body
@@ -318,6 +326,9 @@ cdef class ClientConnection:
         self.hash_key = 0
         self.observer = None
         self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
         self._reset_exchange()
 
     cdef void _reset_exchange(self):
@@ -341,6 +352,9 @@ cdef class ClientConnection:
         self.log_extra = None
         self.observer = None
         self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
 
     # -- asyncio protocol -------------------------------------------------------
 
@@ -482,6 +496,9 @@ cdef class ClientConnection:
             else:
                 self.chunks.reset()
         self.body_done = kind == BODY_NONE
+        # nginx's proxy_request_buffering: the body (up to buffer_limit) is read before an
+        # upstream connection is taken, so a slow upload pins none (send_upstream).
+        self.buffering = kind != BODY_NONE and self.buffer_limit > 0
         if self.max_body and kind == BODY_LENGTH and self.body_left > self.max_body:
             self.reject(413, f"request body of {self.body_left} bytes is over the "
                              f"{self.max_body}-byte limit")
@@ -557,12 +574,17 @@ cdef class ClientConnection:
         return 0
 
     cdef _hold(self, piece):
-        """Keep body bytes while the handler has not chosen an upstream yet (DNS, ...)."""
+        """Keep body bytes while no upstream connection is taken: the handler has not
+        chosen one yet (DNS, ...; reading pauses), or the body is being buffered."""
         if self.held is None:
             self.held = [piece]
         else:
             self.held.append(piece)
-        self.pause_reading(P_HANDLER)
+        self.held_bytes += len(piece)
+        if self.deferred is None:
+            self.pause_reading(P_HANDLER)
+        elif self.held_bytes >= self.buffer_limit:
+            self._send_deferred()   # over the limit: the rest streams as it comes
 
     cdef _request_complete(self):
         self.body_done = True
@@ -571,6 +593,8 @@ cdef class ClientConnection:
             self.state = S_WAIT
         if self.upstream is not None:
             self.upstream.request_sent()
+        elif self.deferred is not None:
+            self._send_deferred()
         elif self.state == S_WAIT and self.status and self.resp_started:
             # The response finished before the body did (an early answer); now both are done.
             self.exchange_done(self.keep_alive)
@@ -711,7 +735,15 @@ cdef class ClientConnection:
 
     cpdef send_upstream(self, ConnectionPool pool, bytes head, list pending=None,
                         bint fresh=False):
-        """Send head (and any queued body bytes) over a connection from pool."""
+        """Send head (and any queued body bytes) over a connection from pool; with request
+        buffering, once the body (or buffer_limit bytes of it) is read (returns None)."""
+        if self.buffering:
+            if not self.body_done and self.held_bytes < self.buffer_limit:
+                self.deferred = (pool, head, pending, fresh)
+                if self.paused & P_HANDLER:
+                    self.resume_reading(P_HANDLER)
+                return None
+            self.buffering = False
         cdef UpstreamConnection up = pool.connect_new() if fresh else pool.acquire()
         self.server = pool.server
         self.upstream = up
@@ -731,6 +763,18 @@ cdef class ClientConnection:
         if self.body_done:
             up.request_sent()
         return up
+
+    cdef _send_deferred(self):
+        """The buffered body is complete or over the limit: take the upstream connection
+        now and send head and body in one write."""
+        pool, head, pending, fresh = self.deferred
+        self.deferred = None
+        self.buffering = False
+        held = self.held
+        if held is not None:
+            self.held = None
+            head = head + b"".join(held)
+        self.send_upstream(pool, head, pending, fresh)
 
     cpdef take_buffered(self):
         """Bytes read ahead of the current request (for a tunnel); clears them."""
