@@ -189,18 +189,18 @@ class OutlierDetector:
             if self._probe is not None and interval > 0 and (connect or self._probe_answers):
                 interval = min(interval * 2 ** min(server.ejections - 1, 30), duration)
                 self._probes[server] = self._loop.create_task(
-                    self._probing(server, interval), name=f"probe {server.name}")
+                    self._probing(server, interval, self._probe), name=f"probe {server.name}")
         self._notify(server, False)
         return True
 
-    async def _probing(self, server: Any, interval: float) -> None:
+    async def _probing(self, server: Any, interval: float, probe: Probe) -> None:
         """Probe an ejected server until a probe passes (it returns now) or it is back."""
         while server in self._ejected:
             await asyncio.sleep(interval)
             if server not in self._ejected:
                 return
             try:
-                ok, _reason = await self._probe(server)
+                ok, _reason = await probe(server)
             except Exception:  # a broken probe must not end the ejection or the loop
                 log.exception("probe of ejected upstream %s failed", server.name)
                 ok = False
