@@ -849,6 +849,12 @@ cdef class _Message:
             elif f.kind == K_EXPECT:
                 if e - a == 12 and _ieq(h + a, b"100-continue", 12):
                     self._expect_continue = True
+                    if not response and self.version != 11:
+                        # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0
+                        # request is ignored, so it is not passed on either.
+                        f.flags |= F_HOP
+                else:
+                    self._expect_other = True
             elif f.kind == K_CACHE_CONTROL:
                 self._cc_n += 1
                 if self._cc_i < 0:
@@ -1439,9 +1445,35 @@ cdef enum:
     S_DONE
 
 
+# RFC 9110 6.5.1: fields needed before the content is processed cannot be trailers: a
+# sender must not generate them there, and a proxy passing them on would let a later hop
+# merge them into the header section. The categories are the RFC's, the members those
+# RFC 7230 4.1.2 listed for them: framing, connection control (hop-by-hop), routing,
+# request modifiers (controls and conditionals), authentication, response control data,
+# and what says how to process the content. Others (Server-Timing, digests, grpc-status,
+# Authentication-Info, ...) pass unchanged.
+FORBIDDEN_TRAILERS = frozenset((
+    b"content-length", b"transfer-encoding", b"trailer",
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade",
+    b"host",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range",
+    b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate",
+    b"cookie", b"set-cookie",
+    b"age", b"date", b"expires", b"location", b"retry-after", b"vary", b"warning",
+    b"content-encoding", b"content-type", b"content-range",
+))
+
+
 @cython.final
 cdef class ChunkedDecoder:
-    """Validate (and optionally de-chunk) a chunked body fed in arbitrary pieces."""
+    """Validate (and optionally de-chunk) a chunked body fed in arbitrary pieces.
+
+    A proxy relays the chunked bytes as they are, except the trailer section: `passed`
+    says how many of the bytes the last feed consumed may go on unchanged (all of them
+    when the body has no trailer fields, the common case); the rest is held and
+    `kept_trailers()` gives what to send instead once `done`.
+    """
 
 
     def __init__(self, *, Py_ssize_t max_trailer=16384, Py_ssize_t max_ext=4096):
@@ -1457,6 +1489,8 @@ cdef class ChunkedDecoder:
         self._ext_len = 0
         self._trailer_len = 0
         self._trailers = bytearray()
+        self._has_trailers = False
+        self.passed = 0
 
     @property
     def done(self):
@@ -1471,6 +1505,19 @@ cdef class ChunkedDecoder:
     def feed(self, data, Py_ssize_t start=0, list out=None):
         """Consume chunked-body bytes from data[start:]; return how many belong to it."""
         return self.feed_c(data, start, out)
+
+    cpdef bytes kept_trailers(self):
+        """The trailer section to pass on in place of the one received: its lines without
+        the fields RFC 9110 6.5.1 keeps out of trailers (FORBIDDEN_TRAILERS), each
+        kept line as received, then the final CRLF."""
+        cdef list kept = []
+        cdef bytes line
+        for line in bytes(self._trailers).split(b"\r\n")[:-1]:
+            # Lines were checked as they arrived: a token name, ':', no CR or LF.
+            if line.split(b":", 1)[0].lower() not in FORBIDDEN_TRAILERS:
+                kept.append(line + b"\r\n")
+        kept.append(b"\r\n")
+        return b"".join(kept)
 
     cdef Py_ssize_t feed_c(self, object data, Py_ssize_t start, list out) except -1:
         cdef Py_buffer view
@@ -1487,7 +1534,7 @@ cdef class ChunkedDecoder:
 
     cdef Py_ssize_t _feed(self, const uchar* p, Py_ssize_t n, object data, Py_ssize_t start,
                           list out) except -1:
-        cdef Py_ssize_t i = 0, take, seg = -1
+        cdef Py_ssize_t i = 0, take, seg = -1, first = -1
         cdef int st = self._state
         cdef uchar c
         cdef int v
@@ -1608,6 +1655,9 @@ cdef class ChunkedDecoder:
                     elif CLS[c] & C_TCHAR:
                         seg = i
                         st = S_TRAILER_NAME
+                        if not self._has_trailers:
+                            self._has_trailers = True
+                            first = i
                     elif c == 32 or c == 9:
                         _fail(_BadFraming, 400, "obs_fold", "folded trailer line")
                     elif c == 10:
@@ -1650,6 +1700,14 @@ cdef class ChunkedDecoder:
                 self._trailers += PyBytes_FromStringAndSize(<const char*>p + seg, i - seg)
         finally:
             self._state = st
+            # Bytes before the trailer fields pass as they are; from the first field on
+            # they are held, and kept_trailers() replaces them once the body is done.
+            if first >= 0:
+                self.passed = first
+            elif self._has_trailers:
+                self.passed = 0
+            else:
+                self.passed = i
         return i
 
 

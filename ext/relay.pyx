@@ -129,7 +129,6 @@ cdef bytes CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 cdef bytes CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
 cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 cdef bytes METHOD_HEAD = b"HEAD"
-cdef bytes EXPECT = b"expect"
 cdef bytes DATE = b"date"
 
 
@@ -143,6 +142,20 @@ cdef inline object _piece(object data, Py_ssize_t pos, Py_ssize_t n):
     if pos == 0 and type(data) is bytes and n == len(<bytes>data):
         return data
     return bytes(data[pos:pos + n])
+
+
+cdef inline object _chunked_out(ChunkedDecoder dec, object data, Py_ssize_t pos,
+                                Py_ssize_t n):
+    """What to pass on of the chunked bytes data[pos:pos+n] the decoder just consumed:
+    all of them, unless trailer fields began (then the bytes before them, and once the
+    body is done the trailer section without forbidden fields, RFC 9110 6.5.1)."""
+    cdef Py_ssize_t k = dec.passed
+    if k == n:
+        return _piece(data, pos, n)
+    piece = bytes(data[pos:pos + k])
+    if dec.done:
+        piece += dec.kept_trailers()
+    return piece
 
 
 cdef class UpstreamConnection
@@ -207,7 +220,7 @@ cdef class ListenerSettings:
     cdef public bint hooks
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
-    cdef long long max_body, stash_limit
+    cdef long long max_body, stash_limit, buffer_limit
     cdef double client_header, client_idle, client_body
     cdef list parsers
 
@@ -231,6 +244,8 @@ cdef class ListenerSettings:
         self.max_fields = limits.max_header_fields
         self.max_body = limits.max_body
         self.stash_limit = limits.max_header_size + PIPELINE_SLACK
+        own = getattr(getattr(rt, "listener", None), "request_buffering", None)
+        self.buffer_limit = limits.request_buffering if own is None else own
         self.client_header = t.client_header
         self.client_idle = t.client_idle
         self.client_body = t.client_body
@@ -260,17 +275,23 @@ cdef class ClientConnection:
     cdef public FreshHits fast_hits
     cdef public FastForward fast     # compiled common path of the handler, or None
     cdef public object server, replay, tried, group, log_extra, observer
-    cdef public list held      # request body bytes read before an upstream was chosen
+    cdef public list held      # request body bytes read before an upstream connection
+    cdef public long long held_bytes
+    # Request buffering: (pool, head, pending, fresh) of a send_upstream that waits for
+    # the body (or buffer_limit bytes of it) before taking an upstream connection.
+    cdef public object deferred
+    cdef bint buffering        # this request's body is being buffered
     cdef public int state, paused, body_kind, status, retries, client_port
     cdef public bint write_paused, closing, keep_alive, resp_started, body_done
     cdef public bint head_request
+    cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
     cdef public double deadline, t_start, upstream_time
     cdef public long long body_left, sent, received
     cdef public str client_ip, detail
     cdef public bytes client_ip_b
     cdef public object hash_key
     cdef double client_header, client_idle, client_body
-    cdef long long max_body, stash_limit
+    cdef long long max_body, stash_limit, buffer_limit
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
     cdef object access_log
     cdef ListenerSettings ls
@@ -284,6 +305,7 @@ cdef class ClientConnection:
         self.parser = ls.take_parser()
         self.max_body = ls.max_body
         self.stash_limit = ls.stash_limit
+        self.buffer_limit = ls.buffer_limit
         self.client_header = ls.client_header
         self.client_idle = ls.client_idle
         self.client_body = ls.client_body
@@ -304,6 +326,9 @@ cdef class ClientConnection:
         self.hash_key = 0
         self.observer = None
         self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
         self._reset_exchange()
 
     cdef void _reset_exchange(self):
@@ -321,11 +346,15 @@ cdef class ClientConnection:
         self.tried = None
         self.retries = 0
         self.head_request = False
+        self.upgrade_sent = False
         self.upstream_time = -1.0
         self.detail = ""
         self.log_extra = None
         self.observer = None
         self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
 
     # -- asyncio protocol -------------------------------------------------------
 
@@ -467,11 +496,15 @@ cdef class ClientConnection:
             else:
                 self.chunks.reset()
         self.body_done = kind == BODY_NONE
+        # nginx's proxy_request_buffering: the body (up to buffer_limit) is read before an
+        # upstream connection is taken, so a slow upload pins none (send_upstream).
+        self.buffering = kind != BODY_NONE and self.buffer_limit > 0
         if self.max_body and kind == BODY_LENGTH and self.body_left > self.max_body:
             self.reject(413, f"request body of {self.body_left} bytes is over the "
                              f"{self.max_body}-byte limit")
             return
-        if not req.expect_continue and req.has_c(EXPECT):
+        if req._expect_other:
+            # RFC 9110 10.1.1 (a 100-continue in an HTTP/1.0 request is ignored instead).
             self.reject(417, "only 100-continue is supported in Expect")
             return
         self.state = S_BODY if kind != BODY_NONE else S_WAIT
@@ -526,10 +559,13 @@ cdef class ClientConnection:
                     self._body_error(413, f"request body is over the {self.max_body}-byte "
                                           "limit")
                     return avail
-                if up is not None:
-                    up.write(_piece(data, pos, n))
+                piece = _chunked_out(dec, data, pos, n)
+                if not piece:
+                    pass
+                elif up is not None:
+                    up.write(piece)
                 else:
-                    self._hold(_piece(data, pos, n))
+                    self._hold(piece)
             if dec.done:
                 self._request_complete()
             elif self.client_body:
@@ -538,12 +574,17 @@ cdef class ClientConnection:
         return 0
 
     cdef _hold(self, piece):
-        """Keep body bytes while the handler has not chosen an upstream yet (DNS, ...)."""
+        """Keep body bytes while no upstream connection is taken: the handler has not
+        chosen one yet (DNS, ...; reading pauses), or the body is being buffered."""
         if self.held is None:
             self.held = [piece]
         else:
             self.held.append(piece)
-        self.pause_reading(P_HANDLER)
+        self.held_bytes += len(piece)
+        if self.deferred is None:
+            self.pause_reading(P_HANDLER)
+        elif self.held_bytes >= self.buffer_limit:
+            self._send_deferred()   # over the limit: the rest streams as it comes
 
     cdef _request_complete(self):
         self.body_done = True
@@ -552,6 +593,8 @@ cdef class ClientConnection:
             self.state = S_WAIT
         if self.upstream is not None:
             self.upstream.request_sent()
+        elif self.deferred is not None:
+            self._send_deferred()
         elif self.state == S_WAIT and self.status and self.resp_started:
             # The response finished before the body did (an early answer); now both are done.
             self.exchange_done(self.keep_alive)
@@ -692,7 +735,15 @@ cdef class ClientConnection:
 
     cpdef send_upstream(self, ConnectionPool pool, bytes head, list pending=None,
                         bint fresh=False):
-        """Send head (and any queued body bytes) over a connection from pool."""
+        """Send head (and any queued body bytes) over a connection from pool; with request
+        buffering, once the body (or buffer_limit bytes of it) is read (returns None)."""
+        if self.buffering:
+            if not self.body_done and self.held_bytes < self.buffer_limit:
+                self.deferred = (pool, head, pending, fresh)
+                if self.paused & P_HANDLER:
+                    self.resume_reading(P_HANDLER)
+                return None
+            self.buffering = False
         cdef UpstreamConnection up = pool.connect_new() if fresh else pool.acquire()
         self.server = pool.server
         self.upstream = up
@@ -712,6 +763,18 @@ cdef class ClientConnection:
         if self.body_done:
             up.request_sent()
         return up
+
+    cdef _send_deferred(self):
+        """The buffered body is complete or over the limit: take the upstream connection
+        now and send head and body in one write."""
+        pool, head, pending, fresh = self.deferred
+        self.deferred = None
+        self.buffering = False
+        held = self.held
+        if held is not None:
+            self.held = None
+            head = head + b"".join(held)
+        self.send_upstream(pool, head, pending, fresh)
 
     cpdef take_buffered(self):
         """Bytes read ahead of the current request (for a tunnel); clears them."""
@@ -780,6 +843,7 @@ cdef class UpstreamConnection:
     cdef public double deadline, t_sent
     cdef public long requests
     cdef public bint reused, got_bytes, reusable, paused, sent_continue, counted
+    cdef public bint timed_out     # this exchange failed by a timeout (never "stale")
     cdef public long long left
     cdef bytes via
     cdef double upstream_idle
@@ -810,6 +874,7 @@ cdef class UpstreamConnection:
         self.connect_task = None
         self.sent_continue = False
         self.counted = False
+        self.timed_out = False
 
     # -- exchange control (called by the client side) ---------------------------
 
@@ -818,6 +883,7 @@ cdef class UpstreamConnection:
         self.client = client
         self.requests += 1
         self.got_bytes = False
+        self.timed_out = False
         self.reusable = True
         self.buf = None
         self.sent_continue = client.req.expect_continue
@@ -1134,7 +1200,9 @@ cdef class UpstreamConnection:
                 return
             if mode == M_CHUNKED:
                 if n:
-                    client_t.write(_piece(data, pos, n))
+                    piece = _chunked_out(dec, data, pos, n)
+                    if piece:
+                        client_t.write(piece)
             elif out:
                 client_t.writelines([bytes(p) for p in out])
             if observer is not None and out:
@@ -1164,7 +1232,9 @@ cdef class UpstreamConnection:
     cdef _upgrade(self, resp, data, Py_ssize_t pos):
         """101 Switching Protocols: forward it, then both connections become a tunnel."""
         cdef ClientConnection client = self.client
-        if client.req.upgrade is None:
+        if not client.upgrade_sent:
+            # No offer went upstream (none, or not one this listener tunnels): a 101 here
+            # would open a tunnel the handler refused.
             self._failed(502, f"{self.server.name} switched protocols unasked", False)
             return
         client.status = 101
@@ -1294,6 +1364,9 @@ cdef class UpstreamConnection:
             if self.connect_task is not None:
                 self.connect_task.cancel()
         elif state == U_SENDING or state == U_HEAD:
+            # Not the stale keep-alive case (a close or reset): the server may be working
+            # on the request, so only the retry policy may send it again (reverse.py).
+            self.timed_out = True
             self._failed(504, f"{self.server.name} did not answer within "
                               f"{self.pool.read_timeout:g}s", False)
         elif state == U_BODY:
@@ -1457,7 +1530,6 @@ cdef tuple NO_DROP = ()
 cdef bytes XFF = b"x-forwarded-for"
 cdef bytes MAX_FORWARDS = b"max-forwards"
 cdef frozenset MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
-cdef bytes UPGRADE_LINE = b"Connection: upgrade\r\n"
 
 
 cdef class FastForward:
@@ -1468,8 +1540,8 @@ cdef class FastForward:
     origin-form request with a Host, on a listener without cache or rate limits, in the
     `x-forwarded` (or no) forwarding mode with Host preserved: route, pick, check the
     breaker's request limits, build the forwarded head and send it. Anything else
-    (absolute-form, Max-Forwards probes, HTTP/1.0 without Host, canary or prefix-strip
-    routes, no eligible server, a full limit) returns False and the Python handler
+    (absolute-form, Max-Forwards probes, HTTP/1.0 without Host, Upgrade offers, canary or
+    prefix-strip routes, no eligible server, a full limit) returns False and the Python handler
     does it, so every decision keeps one readable definition in reverse.py; tests check
     both paths produce the same bytes.
     """
@@ -1505,6 +1577,8 @@ cdef class FastForward:
         """Send req upstream like the handler would; False to let the handler do it."""
         if req.target_form != 0:  # TARGET_ORIGIN
             return False
+        if req._conn_upgrade and req._upgrade_i >= 0:
+            return False    # an Upgrade offer: the handler's upgrade_plan decides
         if req.method in MAX_FORWARDS_METHODS and req.has_c(MAX_FORWARDS):
             return False
         host = req.get_c(b"host") if req._host_i >= 0 else None
@@ -1558,11 +1632,8 @@ cdef class FastForward:
             drop = DROP_EXPECT if expect else NO_DROP
         if conn.body_kind == BODY_CHUNKED:
             extra += TE_CHUNKED
-        cdef bint keep_upgrade = req._conn_upgrade and req._upgrade_i >= 0
-        if keep_upgrade:
-            extra += UPGRADE_LINE
         start_line = None if version == 11 else req.method + b" " + req.target + b" HTTP/1.1"
-        head = req.forward_c(start_line, extra, drop, keep_upgrade)
+        head = req.forward_c(start_line, extra, drop, False)
         group.requests_seen += 1
         conn.group = group
         conn.hash_key = key

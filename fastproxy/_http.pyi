@@ -177,7 +177,16 @@ class ChunkedDecoder:
     @property
     def trailers(self) -> bytes:
         """Raw trailer lines with their CRLF; b"" if none."""
+    passed: int
+    """Of the bytes the last feed consumed, how many precede the trailer fields (a proxy
+    passes those on unchanged and holds the rest)."""
+    def kept_trailers(self) -> bytes:
+        """The trailer section to send instead of the one received: the lines whose field
+        may be a trailer (not in FORBIDDEN_TRAILERS, RFC 9110 6.5.1), then CRLF."""
     def reset(self) -> None: ...
+
+FORBIDDEN_TRAILERS: frozenset[bytes]
+"""Lowercase names of fields that are never passed on as trailers (RFC 9110 6.5.1)."""
 
 def chunk_header(n: int) -> bytes:
     """b"%x\\r\\n" for a chunk of n > 0 bytes."""

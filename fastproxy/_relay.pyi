@@ -52,7 +52,8 @@ class UpstreamConnection:
     """One connection to an upstream server, reused across exchanges."""
 
     server: Any
-    reused: bool
+    reused: bool      # taken from the pool (kept alive) rather than newly connected
+    timed_out: bool   # the exchange failed by a timeout (not a stale connection)
     pool: ConnectionPool
 
 class ConnectionPool:

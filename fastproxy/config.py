@@ -52,6 +52,9 @@ class Limits:
     max_header_fields: int = 100
     max_body: int = 0                # 0 = unlimited; over it -> 413
     max_connections: int = 10000     # per worker; beyond it new connections wait in the backlog
+    # A request body up to this size is read whole before an upstream connection is taken
+    # (slow uploads pin none); a larger one streams from then on. 0 = stream at once.
+    request_buffering: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Upgrade protocols tunnelled after a 101 (lowercase names); others go as plain requests.
+    upgrade: tuple[str, ...] = ("websocket",)
+    request_buffering: int | None = None   # None: limits.request_buffering
     extras: tuple[tuple[str, Any], ...] = ()  # forward-mode sections (acl, auth, ...)
 
     @property
@@ -167,6 +173,22 @@ class Config:
         return default
 
 
+_buffering_range = size_range(0, 1 << 30)
+
+
+def _request_buffering(value: Any) -> int:
+    """A size, or false (0: request bodies stream as they arrive)."""
+    if value is False:
+        return 0
+    if value is True:
+        return Limits.request_buffering
+    try:
+        parse_size(value)
+    except ValueError:
+        raise ValueError(f'expected a size like "64KiB", or false, got {value!r}') from None
+    return _buffering_range(value)
+
+
 # The range of every number of the main configuration, one definition each (the README's
 # configuration section quotes them). Sizes and counts the compiled layer holds in C fields
 # (ext/relay.pyx ListenerSettings and ConnectionPool, ext/http.pyx parsers) stay well
@@ -178,6 +200,7 @@ RANGES: dict[str, Callable[[Any], Any]] = {
     "max_header_fields": int_range(1, 10_000),
     "max_body": parse_size,                       # 0 (no limit) to 1PiB
     "max_connections": int_range(1, 1_000_000),
+    "request_buffering": _request_buffering,        # 0 (stream) to 1GiB
     "keepalive": int_range(0, 100_000),
     "keepalive_requests": int_range(1, 1_000_000_000),
     "hash_balance_factor": number_range(1.0, 100.0),
@@ -279,6 +302,24 @@ def _hash_key(value: Any) -> str:
     ):
         return v
     raise ValueError(f"expected path, uri, client_ip, header:NAME or cookie:NAME, got {value!r}")
+
+
+
+
+def _upgrade_protocols(value: Any) -> tuple[str, ...]:
+    """The protocol names a listener tunnels after a 101 (RFC 9110 7.8), lowercased."""
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of protocol names like ["websocket"], got {value!r}')
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not _TOKEN_RE.match(item):
+            raise ValueError(f"expected protocol names (HTTP tokens), got {item!r}")
+        if item.lower() == "h2c":
+            # RFC 9113 3.1 deprecates it, and a tunnel would let a client speak HTTP/2
+            # to the upstream past every route and rule of this listener.
+            raise ValueError("h2c is never tunnelled (RFC 9113 3.1 deprecates the h2c upgrade)")
+        out.append(item.lower())
+    return tuple(out)
 
 
 def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], Any]]) -> Any:
@@ -543,10 +584,22 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         routes=tuple(routes),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        upgrade=_http_only(table, mode, "upgrade", _upgrade_protocols, ("websocket",)),
+        request_buffering=_http_only(table, mode, "request_buffering", _request_buffering, None),
         extras=extras,
     )
     table.finish()
     return listener if addr else None
+
+
+def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
+               default: Any) -> Any:
+    """A listener key that only HTTP (reverse and forward) listeners read."""
+    if mode == "tcp" and table.has(name):
+        table.raw(name)
+        table.problem(name, "not used by a tcp listener")
+        return default
+    return table.get(name, conv, default)
 
 
 def from_dict(data: dict, source: str = "<dict>") -> Config:

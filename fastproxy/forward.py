@@ -24,7 +24,7 @@ from fastproxy.acl import Acl, AclConfig
 from fastproxy.anonymity import Anonymizer, AnonymityConfig
 from fastproxy.auth import Authenticator, AuthConfig
 from fastproxy.config import UpstreamGroupConfig
-from fastproxy.intermediary import max_forwards, max_forwards_plan
+from fastproxy.intermediary import max_forwards, max_forwards_plan, upgrade_plan
 from fastproxy.ratelimit import RateLimitConfig, RateLimits
 from fastproxy.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
     normalize_host
@@ -111,6 +111,7 @@ class ForwardHandler:
         if settings is None:
             settings = build_settings(dict(lcfg.extras))
         self.settings = settings
+        self.upgrade = frozenset(p.encode() for p in lcfg.upgrade)
         self.acl = Acl(settings.acl)
         self.auth = Authenticator(settings.auth) if settings.auth.enabled else None
         self.anonymizer = Anonymizer(settings.anonymity)
@@ -301,6 +302,7 @@ class ForwardHandler:
             self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
             return
         head = self._head(conn, req, scheme, host, host_b, port, path, more)
+        conn.upgrade_sent = req.upgrade is not None and upgrade_plan(req, self.upgrade)[1] != b""
         conn.replay = head
         conn.tried = [a for a, _ in allowed[1:]]  # addresses left to try on connect failure
         conn.group = (scheme, host, port)
@@ -316,9 +318,8 @@ class ForwardHandler:
             drop += (b"expect",)
         if conn.body_kind == _http.BODY_CHUNKED:
             extra += b"Transfer-Encoding: chunked\r\n"
-        keep_upgrade = req.upgrade is not None
-        if keep_upgrade:
-            extra += b"Connection: upgrade\r\n"
+        keep_upgrade, upgrading = upgrade_plan(req, self.upgrade)
+        extra += upgrading
         mf_drop, mf_extra = max_forwards_plan(req)
         if mf_extra:
             drop += mf_drop
@@ -362,9 +363,10 @@ class ForwardHandler:
                 conn.send_upstream(self._pool(addr, scheme, host, port), pending[0],
                                    pending[1:], False)
                 return
-            if pending is None and up.reused and conn.retries < 2 and \
+            if pending is None and up.reused and not up.timed_out and conn.retries < 2 and \
                     conn.body_kind == _http.BODY_NONE and req.method in IDEMPOTENT:
-                # The destination closed a kept-alive connection as we reused it.
+                # The destination closed a kept-alive connection as we reused it (a
+                # timeout is not that: the destination may be working on the request).
                 conn.retries += 1
                 self._send(conn, up.pool.connect_host, scheme, host, port, conn.replay, True)
                 return

@@ -3,6 +3,13 @@
 `max_forwards` implements 7.6.2: TRACE and OPTIONS carrying Max-Forwards are answered
 by the proxy itself when the value is 0, and forwarded with the value decremented
 otherwise, so a client can probe the chain hop by hop.
+
+`upgrade_plan` implements the proxy's side of 7.8: an Upgrade offer goes upstream only
+for the protocols the listener tunnels (`upgrade`, websocket by default); the rest of
+the offer is dropped, and a request with nothing left goes as a plain request (a server
+may ignore Upgrade, so this is a valid answer to the client). Never h2c: configuration
+refuses it, since a tunnelled h2c connection would carry HTTP/2 requests to the upstream
+that no route or rule of the listener ever saw.
 """
 from __future__ import annotations
 
@@ -51,3 +58,26 @@ def max_forwards_plan(req) -> tuple[tuple[bytes, ...], bytes]:
     if raw is None or not raw.strip().isdigit() or int(raw) <= 0:
         return (), b""
     return DROP_MAX_FORWARDS, b"Max-Forwards: %d\r\n" % (int(raw) - 1)
+
+
+CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
+NO_UPGRADE = (False, b"")
+
+
+def upgrade_plan(req, allowed: frozenset[bytes]) -> tuple[bool, bytes]:
+    """(keep the Upgrade field as received, field lines to add) for req's Upgrade offer.
+
+    (False, b"") means the request goes as a plain one, Upgrade and Connection removed;
+    any other answer forwards an offer of `allowed` protocols only (names compared
+    case-insensitively, versions kept: "WebSocket/13" is "websocket")."""
+    offer = req.upgrade
+    if offer is None:
+        return NO_UPGRADE
+    protocols = [p.strip() for p in offer.split(b",")]
+    protocols = [p for p in protocols if p]
+    kept = [p for p in protocols if p.split(b"/", 1)[0].rstrip().lower() in allowed]
+    if not kept:
+        return NO_UPGRADE
+    if len(kept) == len(protocols):
+        return True, CONNECTION_UPGRADE
+    return False, b"Upgrade: " + b", ".join(kept) + b"\r\n" + CONNECTION_UPGRADE

@@ -13,7 +13,7 @@ import os
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
-from fastproxy.intermediary import max_forwards
+from fastproxy.intermediary import max_forwards, upgrade_plan
 from fastproxy.ratelimit import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -63,6 +63,7 @@ class ReverseHandler:
         self.fwd = hp.forwarded in ("forwarded", "both")
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
+        self.upgrade = frozenset(p.encode() for p in rt.listener.upgrade)
         limits = rt.listener.extra("rate_limits")
         self.limits = RateLimits(limits) if limits is not None else None
         self.limit_conns = limits is not None and limits.max_connections > 0
@@ -102,13 +103,14 @@ class ReverseHandler:
         if mf is None:
             return  # answered here (Max-Forwards: 0) or refused
         try:
-            group, server, key, head = self._plan(conn, req, more, mf)
+            group, server, key, head, upgrading = self._plan(conn, req, more, mf)
         except _Refused as r:
             observer = conn.observer
             extra = r.extra + observer.status_line() if observer is not None else r.extra
             conn.respond_error(r.status, r.detail, extra)
             return
         group.requests_seen += 1  # feeds the retry budget
+        conn.upgrade_sent = upgrading
         conn.group = group
         conn.hash_key = key
         conn.replay = head
@@ -117,8 +119,8 @@ class ReverseHandler:
     def refresh_target(self, conn, req, more: bytes, ctx=None):
         """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
         try:
-            group, server, _key, head = self._plan(conn, req, more + b"Connection: close\r\n",
-                                                   NO_MAX_FORWARDS)
+            group, server, _key, head, _up = self._plan(
+                conn, req, more + b"Connection: close\r\n", NO_MAX_FORWARDS)
         except _Refused:
             return None
         pool = group.pools[server]
@@ -126,7 +128,8 @@ class ReverseHandler:
                 server.host if pool.ssl is not None else None, head)
 
     def _plan(self, conn, req, more: bytes, mf):
-        """(group, server, hash key, forwarded head) for req; raise _Refused to answer."""
+        """(group, server, hash key, forwarded head, whether it offers an Upgrade) for req;
+        raise _Refused to answer."""
         form = req.target_form
         host = req.host
         target = req.target
@@ -195,15 +198,15 @@ class ReverseHandler:
             extra += b"Host: " + set_host + CRLF
         if conn.body_kind == _http.BODY_CHUNKED:
             extra += b"Transfer-Encoding: chunked\r\n"
-        keep_upgrade = req.upgrade is not None
-        if keep_upgrade:
-            extra += b"Connection: upgrade\r\n"
+        keep_upgrade, upgrading = upgrade_plan(req, self.upgrade)
+        extra += upgrading
         if mf[1]:
             drop += mf[0]
             extra += mf[1]
         if more:
             extra += more
-        return group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade)
+        return (group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade),
+                bool(upgrading))
 
     def _forwarded(self, conn, host: bytes | None) -> bytes:
         """One RFC 7239 Forwarded element for this hop (existing ones are kept)."""
@@ -238,18 +241,20 @@ class ReverseHandler:
                         conn.retries += 1
                         self.start(conn, group, server, pending[0], pending[1:])
                         return
-            elif (up.reused and conn.retries < MAX_STALE_RETRIES
+            elif (up.reused and not up.timed_out and conn.retries < MAX_STALE_RETRIES
                   and conn.body_kind == _http.BODY_NONE and req.method in IDEMPOTENT):
                 # RFC 9112 9.3.1: the server closed a kept-alive connection as we sent on
                 # it; an idempotent request without a body is safely sent again, on a
-                # fresh connection to the same server.
+                # fresh connection to the same server. A timeout is not this case: the
+                # server may still be working on the request.
                 conn.retries += 1
                 self.start(conn, group, up.server, conn.replay, fresh=True)
                 return
             elif conn.body_kind == _http.BODY_NONE and \
                     group.may_retry(req.method, conn.retries + 1, False):
-                # Reset before any response byte on a fresh connection: an idempotent
-                # request (or a configured method) goes to another server.
+                # Reset before any response byte on a fresh connection, or a timeout: the
+                # retry policy decides (idempotent or configured methods, attempts,
+                # budget), and the request goes to another server.
                 tried = conn.tried or []
                 tried.append(up.server)
                 conn.tried = tried

@@ -14,6 +14,10 @@ from fastproxy.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, Re
 from fastproxy.config import dataclass_from_table
 from fastproxy.health import HealthCheckConfig, HealthChecker
 
+# Seconds a connect probe of an ejected server may take (a live server answers in well
+# under a millisecond on a LAN; the probe only needs to tell "refused" from "accepted").
+PROBE_TIMEOUT = 1.0
+
 
 class Server:
     """One upstream server and its live state."""
@@ -70,7 +74,8 @@ def group_settings(raw_extras: dict, tcp: bool, problems: list | None = None) ->
         health = replace(health, mode="tcp")  # a TCP pool is checked by connecting
     return GroupSettings(
         health=health,
-        outlier=section("outlier", OutlierConfig, ("base_ejection", "max_ejection"))
+        outlier=section("outlier", OutlierConfig,
+                        ("base_ejection", "max_ejection", "probe_interval"))
         or OutlierConfig(),
         breaker=section("breaker", BreakerConfig) or BreakerConfig(),
         retry=section("retry", RetryConfig, ("budget_window",)) or RetryConfig(),
@@ -111,9 +116,15 @@ class UpstreamGroup:
         self.limits = settings.breaker
         self.retry = RetryPolicy(settings.retry)
         self.max_retries = settings.retry.retries
-        self.outliers = OutlierDetector(self.servers, settings.outlier, self._changed, loop)
         self.health = HealthChecker(self.servers, settings.health, self._changed) \
             if settings.health is not None else None
+        # Ejected servers are probed with the health check's own request when there is
+        # one, else with a connect (a checker that is never started, used for its probe).
+        prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
+            mode="tcp", timeout=PROBE_TIMEOUT))
+        self.outliers = OutlierDetector(
+            self.servers, settings.outlier, self._changed, loop, prober.probe,
+            probe_checks_answers=prober.config.mode == "http")
         self.pools = {}
         for server in self.servers:
             pool = pool_factory(self, server)
@@ -162,8 +173,9 @@ class UpstreamGroup:
     # -- failure handling ---------------------------------------------------------
 
     def record_failure(self, server: Server, connect: bool) -> None:
-        """A connect failure or a reset before any response byte (passive detection)."""
-        self.outliers.record_failure(server)
+        """A connect failure, or a reset or timeout before any response byte (passive
+        detection)."""
+        self.outliers.record_failure(server, connect=connect)
 
     def may_retry(self, method: bytes, attempts: int, any_method: bool) -> bool:
         """Whether a failed attempt may go to another server (counts the retry).

@@ -128,6 +128,71 @@ def test_ejection_timing_follows_the_loop_clock():
     asyncio.run(scenario())
 
 
+def test_ejected_server_returns_at_the_first_passing_probe():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        servers = pool(3)
+        bad = servers[1]
+        answers = [False, False, True]
+        probed = []
+
+        async def probe(server):
+            probed.append((server, loop.time()))
+            return answers.pop(0), ""
+
+        back = []
+        config = OutlierConfig(consecutive_failures=1, base_ejection=30.0, max_ejection=60.0,
+                               max_ejection_percent=50, probe_interval=0.02)
+        detector = OutlierDetector(servers, config, lambda s, e: back.append(e), loop, probe)
+        start = loop.time()
+        assert detector.record_failure(bad, connect=True)
+        while not back[1:]:
+            await asyncio.sleep(0.01)
+        assert back == [False, True] and detector.ejected() == []
+        assert [s for s, _ in probed] == [bad] * 3
+        assert loop.time() - start < 1.0          # not the 30 s ejection
+        assert bad.ejected_until <= loop.time() and bad.ejections == 1
+        # Ejected again: the back-off is kept (60 s now) and probes come half as often.
+        probed.clear()
+        answers[:] = [False] * 10
+        assert detector.record_failure(bad, connect=True)
+        assert bad.ejected_until - loop.time() == pytest.approx(60.0, abs=0.1)
+        await asyncio.sleep(0.13)
+        gaps = [b - a for (_, a), (_, b) in zip(probed, probed[1:])]
+        assert gaps and all(g >= 0.04 - 0.005 for g in gaps)
+        detector.close()
+        n = len(probed)
+        await asyncio.sleep(0.1)
+        assert len(probed) == n and detector.ejected() == [bad]   # probes stopped
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("answers_checked", [False, True])
+def test_a_connect_probe_does_not_end_a_5xx_ejection(answers_checked):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        servers = pool(2)
+        probed = []
+
+        async def probe(server):
+            probed.append(server)
+            return True, ""
+
+        config = OutlierConfig(consecutive_failures=1, max_ejection_percent=50,
+                               probe_interval=0.01)
+        detector = OutlierDetector(servers, config, None, loop, probe,
+                                   probe_checks_answers=answers_checked)
+        assert detector.record_status(servers[0], 503)   # it answers, badly
+        await asyncio.sleep(0.1)
+        # A connect says nothing about its answers; the health check's request does.
+        assert (detector.ejected() == []) is answers_checked
+        assert bool(probed) is answers_checked
+        detector.close()
+
+    asyncio.run(scenario())
+
+
 def test_failing_on_change_does_not_break_detection(caplog):
     servers = pool(2)
 
@@ -147,6 +212,7 @@ def test_failing_on_change_does_not_break_detection(caplog):
     (dict(base_ejection=60, max_ejection=30), "max_ejection"),
     (dict(max_ejection_percent=101), "max_ejection_percent"),
     (dict(max_ejection_percent="10%"), "max_ejection_percent"),
+    (dict(probe_interval=-1), "probe_interval"),
 ])
 def test_outlier_config_errors_name_the_key(bad, key):
     with pytest.raises(ValueError, match=f"^{key}:"):

@@ -20,6 +20,10 @@ CASES = [
     "GET / HTTP/1.1\nHost: h\nConnection: keep-alive, X-Drop\nX-Drop: 1\nKeep-Alive: 5\n"
     "TE: trailers\n\n",
     "GET /chat HTTP/1.1\nHost: h\nConnection: Upgrade\nUpgrade: websocket\n\n",
+    "GET /chat HTTP/1.1\nHost: h\nConnection: Upgrade\nUpgrade: h2c, WebSocket/13\n\n",
+    "GET /x HTTP/1.1\nHost: h\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\n"
+    "HTTP2-Settings: AAMAAABkAAQAAP__\n\n",
+    "POST /echo HTTP/1.0\nHost: h\nExpect: 100-continue\nContent-Length: 0\n\n",
     "GET / HTTP/1.0\nHost: h\nConnection: keep-alive\n\n",
     "OPTIONS * HTTP/1.1\nHost: h\n\n",
     "OPTIONS /x HTTP/1.1\nHost: h\nMax-Forwards: 5\n\n",

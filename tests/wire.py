@@ -89,3 +89,67 @@ def request(port: int, data: bytes, method: str = "GET") -> http.client.HTTPResp
 def crlf(text: str) -> bytes:
     """Readable test input: newlines become CRLF (httptools' test style)."""
     return text.replace("\n", "\r\n").encode("latin-1")
+
+
+class RawServer:
+    """A loopback server that hands each accepted socket to `handler(sock)` in a thread.
+
+    For upstream behaviour our test origin cannot show (a 101 to any Upgrade, trailers,
+    exact response bytes). `received` keeps every request head read by `read_head`.
+    """
+
+    def __init__(self, handler) -> None:
+        import threading
+
+        self.handler = handler
+        self.received: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            s.settimeout(10)
+            threading.Thread(target=self._run, args=(s,), daemon=True).start()
+
+    def _run(self, s) -> None:
+        try:
+            self.handler(self, s)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def read_until(self, s, end: bytes, data: bytes = b"") -> tuple[bytes, bytes]:
+        """Read until `end` appears: (bytes up to and with it, the rest already read)."""
+        while end not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before {end!r}")
+            data += chunk
+        i = data.index(end) + len(end)
+        return data[:i], data[i:]
+
+    def read_head(self, s) -> tuple[bytes, bytes]:
+        head, rest = self.read_until(s, b"\r\n\r\n")
+        self.received.append(head)
+        return head, rest
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)

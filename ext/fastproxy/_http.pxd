@@ -45,6 +45,7 @@ cdef class _Message:
     cdef bint _conn_close
     cdef bint _conn_keep_alive
     cdef bint _expect_continue
+    cdef bint _expect_other        # an Expect member other than 100-continue (417)
     cdef object _connection
 
     cdef inline const uchar* _h(self):
@@ -135,7 +136,10 @@ cdef class ChunkedDecoder:
     cdef Py_ssize_t _ext_len
     cdef Py_ssize_t _trailer_len
     cdef bytearray _trailers
+    cdef bint _has_trailers
+    cdef readonly Py_ssize_t passed   # of the last feed's bytes, those before the trailers
 
+    cpdef bytes kept_trailers(self)
     cdef Py_ssize_t feed_c(self, object data, Py_ssize_t start, list out) except -1
     cdef Py_ssize_t _feed(self, const uchar* p, Py_ssize_t n, object data, Py_ssize_t start,
                           list out) except -1

@@ -1,0 +1,185 @@
+"""Request buffering (nginx's proxy_request_buffering): slow uploads do not pin upstream
+connections. A body up to `request_buffering` bytes is read from the client before an
+upstream connection is taken; a larger body streams once that much has arrived; off
+(`false`), every body streams as it comes.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from wire import Conn, crlf
+
+
+def cfg(tmp_path, origin, listener: str = "", limits: str = "") -> str:
+    path = tmp_path / "b.toml"
+    path.write_text(f"""
+[limits]
+{limits}
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+{listener}
+[upstreams.app]
+servers = ["{origin.url}"]
+""")
+    return str(path)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict]:
+    with Conn.__new__(Conn) as c:   # reuse Conn's response reader on an open socket
+        c.sock = sock
+        c.fh = sock.makefile("rb")
+        r = c.response()
+        return r.status, json.loads(r.body)
+
+
+CHUNKED_BODY = b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_slow_uploads_hold_no_upstream_connection(start_proxy, origin, tmp_path, chunked):
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+    n = 50
+    if chunked:
+        head = crlf("POST /echo HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n")
+        body = CHUNKED_BODY
+        pieces = [body[i:i + 5] for i in range(0, len(body), 5)]
+    else:
+        head = crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n")
+        pieces = [b"a", b"b", b"c", b"d"]
+    socks = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(n)]
+    try:
+        for s in socks:
+            s.sendall(head)
+        for piece in pieces[:-1]:      # 1 piece every 0.5 s from each client
+            for s in socks:
+                s.sendall(piece)
+            time.sleep(0.5)
+            assert origin.connections == 0 and not origin.requests
+        for s in socks:
+            s.sendall(pieces[-1])
+        for s in socks:
+            status, info = read_response(s)
+            assert status == 200
+            assert info["body_len"] == (3 if chunked else 4)
+    finally:
+        for s in socks:
+            s.close()
+    assert len(origin.requests) == n
+
+
+def test_body_over_the_limit_streams(start_proxy, origin, tmp_path):
+    p = start_proxy("serve", "--config",
+                    cfg(tmp_path, origin, limits='request_buffering = "16KiB"'))
+    with Conn(p.port) as c:
+        c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 100000\n\n"))
+        c.send(b"x" * 10000)
+        time.sleep(0.3)
+        assert not origin.requests          # under the limit: still buffering
+        c.send(b"x" * 10000)                # over it: the request goes upstream now
+        deadline = time.monotonic() + 3
+        while not origin.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert origin.requests, "a body over the limit must start streaming"
+        c.send(b"x" * 80000)
+        info = json.loads(c.response().body)
+    assert info["body_len"] == 100000
+
+
+@pytest.mark.parametrize("where", ["listener", "limits"])
+def test_buffering_off_streams_at_once(start_proxy, origin, tmp_path, where):
+    key = "request_buffering = false" if where == "listener" else 'request_buffering = "0"'
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin, **{where: key}))
+    with Conn(p.port) as c:
+        c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
+        deadline = time.monotonic() + 3
+        while not origin.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert origin.requests
+        c.send(b"bcd")
+        assert json.loads(c.response().body)["body_len"] == 4
+
+
+def test_listener_setting_wins_over_limits(start_proxy, origin, tmp_path):
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin,
+                                             listener='request_buffering = "1MiB"',
+                                             limits="request_buffering = false"))
+    with Conn(p.port) as c:
+        c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
+        time.sleep(0.3)
+        assert not origin.requests
+        c.send(b"bcd")
+        assert json.loads(c.response().body)["body_len"] == 4
+
+
+def test_expect_100_continue_still_gets_its_100(start_proxy, origin, tmp_path):
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+    with Conn(p.port) as c:
+        c.send(crlf("PUT /echo HTTP/1.1\nHost: h\nContent-Length: 4\nExpect: 100-continue\n\n"))
+        assert c.fh.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert c.fh.readline() == b"\r\n"
+        time.sleep(0.3)
+        assert origin.connections == 0    # admitted, not yet sent
+        c.send(b"data")
+        info = json.loads(c.response().body)
+    assert info["body_len"] == 4
+    assert "expect" not in {n.lower() for n, _ in info["headers"]}
+
+
+def test_buffered_request_is_one_write_with_content_length(start_proxy, origin, tmp_path):
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+    with Conn(p.port) as c:
+        for body in (b"first", b"second body"):   # keep-alive carries on after a buffered body
+            c.send(crlf(f"POST /echo HTTP/1.1\nHost: h\nContent-Length: {len(body)}\n\n"))
+            c.send(body)
+            info = json.loads(c.response().body)
+            assert info["body_len"] == len(body)
+            fields = {n.lower(): v for n, v in info["headers"]}
+            assert fields["content-length"] == str(len(body))
+
+
+def test_client_leaving_while_buffering_costs_nothing_upstream(start_proxy, origin, tmp_path):
+    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+    for _ in range(5):
+        with Conn(p.port) as c:
+            c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 10\n\n") + b"abc")
+            time.sleep(0.05)
+    time.sleep(0.3)
+    assert origin.connections == 0
+    with Conn(p.port) as c:
+        c.send(crlf("GET /size/3 HTTP/1.1\nHost: h\n\n"))
+        assert c.response().body == b"012"
+
+
+@pytest.mark.parametrize("value", ['"lots"', "-1", '["64KiB"]'])
+def test_bad_value_names_the_key(start_proxy, origin, tmp_path, value):
+    import subprocess
+    import sys
+
+    from conftest import PKG_PARENT
+    r = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--config",
+                        cfg(tmp_path, origin, listener=f"request_buffering = {value}")],
+                       capture_output=True, text=True, env={"PYTHONPATH": PKG_PARENT},
+                       timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.startswith("fastproxy: listeners[0].request_buffering: expected a size")
+    assert "Traceback" not in r.stderr
+
+
+def test_forward_proxy_buffers_too(start_proxy, origin, tmp_path):
+    path = tmp_path / "f.toml"
+    path.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n'
+                    'allow_private = true\n')
+    p = start_proxy("serve", "--config", str(path))
+    with Conn(p.port) as c:
+        c.send(crlf(f"POST {origin.url}/echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
+        time.sleep(0.3)
+        c.send(b"b")
+        time.sleep(0.3)
+        assert origin.connections == 0
+        c.send(b"cd")
+        assert json.loads(c.response().body)["body_len"] == 4

@@ -1,0 +1,125 @@
+"""Upstream failures over real sockets (issue 10, "upstream handling").
+
+- A timeout is a 504, never the stale keep-alive case: only a close or reset before any
+  response byte on a reused connection is resent on a fresh connection; a timeout is
+  retried by the retry policy alone (idempotent methods, attempts, budget).
+- An ejected server is probed while it is out and returns as soon as it answers, with
+  exactly its own Maglev keys, with the CLI defaults (no health table).
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from origin import Origin
+from wire import Conn, crlf
+
+
+def group_cfg(tmp_path, servers, group: str = "", top: str = "") -> str:
+    cfg = tmp_path / "u.toml"
+    urls = ", ".join(f'"{s.url}"' for s in servers)
+    cfg.write_text(f"""{top}
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = [{urls}]
+{group}
+""")
+    return str(cfg)
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_timeout_on_a_reused_connection_is_not_resent(start_proxy, origin, tmp_path, method):
+    p = start_proxy("serve", "--config", group_cfg(
+        tmp_path, [origin], '[upstreams.app.retry]\nretries = 0\n',
+        '[timeouts]\nupstream_header = "0.5s"\n'))
+    with Conn(p.port) as c:
+        c.send(crlf("GET /size/1 HTTP/1.1\nHost: h\n\n"))   # a pooled connection now
+        assert c.response().status == 200
+    assert origin.connections == 1
+    with Conn(p.port) as c:
+        t0 = time.monotonic()
+        c.send(crlf(f"{method} /slow/2 HTTP/1.1\nHost: h\n\n"))
+        r = c.response()
+        took = time.monotonic() - t0
+    assert r.status == 504 and b"did not answer within 0.5s" in r.body
+    assert took < 0.95, took               # one timeout, not two
+    time.sleep(0.3)
+    assert origin.count("/slow/2") == 1    # the origin saw the request once
+
+
+def test_timeout_is_retried_by_the_retry_policy_only(start_proxy, tmp_path):
+    servers = [Origin().start() for _ in range(2)]
+    try:
+        p = start_proxy("serve", "--config", group_cfg(
+            tmp_path, servers, '[upstreams.app.retry]\nretries = 1\n'
+            '[upstreams.app.outlier]\nconsecutive_failures = 0\n',
+            '[timeouts]\nupstream_header = "0.4s"\n'))
+        with Conn(p.port) as c:
+            for _ in range(2):                       # a pooled connection to each server
+                c.send(crlf("GET /size/1 HTTP/1.1\nHost: h\n\n"))
+                assert c.response().status == 200
+            # GET (idempotent): one retry, on the other server; POST: none.
+            c.send(crlf("GET /slow/2 HTTP/1.1\nHost: h\n\n"))
+            assert c.response().status == 504
+        time.sleep(0.3)
+        assert [s.count("/slow/2") for s in servers] == [1, 1]
+        with Conn(p.port) as c:
+            c.send(crlf("POST /slow/2 HTTP/1.1\nHost: h\nContent-Length: 1\n\nx"))
+            assert c.response().status == 504
+        time.sleep(0.3)
+        assert sorted(s.count("/slow/2") for s in servers) == [1, 2]
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_ejected_server_is_back_as_soon_as_it_answers(start_proxy):
+    """CLI defaults (maglev, no health table, 30 s base ejection): a restarted origin gets
+    its keys back within 2 s, and no client request fails meanwhile."""
+    servers = [Origin().start() for _ in range(3)]
+    revived = None
+    try:
+        args = ["serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--balance", "maglev"]
+        for s in servers:
+            args += ["--upstream", s.url]
+        p = start_proxy(*args)
+        paths = [f"/size/{i}" for i in range(1, 61)]   # the default key is the path
+
+        def sweep(conn) -> dict:
+            out = {}
+            for path in paths:
+                conn.send(crlf(f"GET {path} HTTP/1.1\nHost: h\n\n"))
+                r = conn.response()
+                assert r.status == 200, (path, r.status, r.body)
+                out[path] = r.getheader("X-Origin")
+            return out
+
+        with Conn(p.port) as c:
+            home = sweep(c)
+            victim = servers[1]
+            mine = [path for path, o in home.items() if o == str(victim.port)]
+            assert len(set(home.values())) == 3 and mine
+            port = victim.port
+            victim.stop()
+            for _ in range(3):   # its keys fail over (retries), then it is ejected
+                during = sweep(c)
+                assert str(port) not in during.values()
+            time.sleep(1.0)
+            revived = Origin(port=port).start()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5:
+                c.send(crlf(f"GET {mine[0]} HTTP/1.1\nHost: h\n\n"))
+                r = c.response()
+                assert r.status == 200
+                if r.getheader("X-Origin") == str(port):
+                    break
+                time.sleep(0.05)
+            back = time.monotonic() - t0
+            assert back < 2.0, f"keys back after {back:.1f}s"
+            assert sweep(c) == home          # exactly its own keys, nobody else's
+    finally:
+        for s in servers + ([revived] if revived else []):
+            s.stop()
