@@ -515,7 +515,7 @@ cdef class RingCache:
         cdef uint64_t hv = self.key_hash(key, h)
         cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
         cdef const unsigned char* kp = <const unsigned char*>PyBytes_AS_STRING(key)
-        cdef Py_ssize_t vlen = 0, n = 0, k
+        cdef Py_ssize_t vlen = 0, n = 0, k, j
         cdef Py_buffer buf
         cdef Py_buffer* bufs = NULL
         cdef int64_t i, loc
@@ -579,9 +579,10 @@ cdef class RingCache:
             dst = <unsigned char*>e + ENTRY_HDR
             memcpy(dst, kp, klen)
             dst += klen
-            for k in range(n):
-                memcpy(dst, bufs[k].buf, bufs[k].len)
-                dst += bufs[k].len
+            # Not k: the finally clause releases the k buffers taken, so k must stay n.
+            for j in range(n):
+                memcpy(dst, bufs[j].buf, bufs[j].len)
+                dst += bufs[j].len
             # Insert the slot (the key is known absent now).
             i = hv & self.slot_mask
             while self.slots[i].seg != EMPTY_SEG:
