@@ -90,6 +90,7 @@ cdef enum:
     P_BUFFER_FULL = 2      # too many pipelined bytes waiting
     P_CONNECTING = 4       # the upstream is not connected yet and we hold its bytes
     P_HANDLER = 8          # the handler is deciding asynchronously (DNS, auth, cache)
+    P_CLIENT_FULL = 16     # the client's write buffer is above its high-water mark
 
 # Upstream connection states.
 cdef enum:
@@ -399,15 +400,26 @@ cdef class ClientConnection:
         return False
 
     def pause_writing(self):
-        # The client reads slower than the upstream sends: stop reading the upstream.
+        # The client reads slower than we write: stop reading the upstream, and start
+        # no new request until it catches up, or the answers we write ourselves (cache
+        # hits, TRACE, errors) pile up in memory as fast as pipelined requests come.
+        # A request body still being read keeps flowing (its upstream may need it all
+        # before the client reads again); exchange_done pauses after it.
         self.write_paused = True
         if self.upstream is not None:
             self.upstream.pause_reading()
+        if self.state != S_BODY:
+            self.pause_reading(P_CLIENT_FULL)
 
     def resume_writing(self):
         self.write_paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
+        if self.paused & P_CLIENT_FULL:
+            self.resume_reading(P_CLIENT_FULL)
+            if self.state == S_HEAD and self.buf:
+                # Pipelined requests waited for the client to read: carry on.
+                self.loop.call_soon(self._resume_pipeline)
 
     # -- reading requests -------------------------------------------------------
 
@@ -435,9 +447,10 @@ cdef class ClientConnection:
             pos += self._feed_body(data, pos)
         if pos < len(data) and self.state != S_CLOSED:
             self._stash(data, pos)
-            if self.state == S_HEAD:
+            if self.state == S_HEAD and not self.write_paused:
                 # The handler answered inside dispatch (a cache hit, an error) before
-                # these pipelined bytes were kept: start on them now.
+                # these pipelined bytes were kept: start on them now (or once the
+                # client has read what we wrote: resume_writing).
                 self.loop.call_soon(self._resume_pipeline)
 
     cdef _stash(self, data, Py_ssize_t pos):
@@ -646,12 +659,16 @@ cdef class ClientConnection:
             return
         self.state = S_HEAD
         self.deadline = _now() + self.client_idle
-        if self.buf:
+        if self.write_paused:
+            # The client has not read what we wrote: no next request until it does
+            # (pause_writing left reading on while a request body was coming).
+            self.pause_reading(P_CLIENT_FULL)
+        elif self.buf:
             # Pipelined requests waited; carry on outside the upstream's callback.
             self.loop.call_soon(self._resume_pipeline)
 
     def _resume_pipeline(self):
-        if self.state != S_HEAD or not self.buf:
+        if self.state != S_HEAD or not self.buf or self.write_paused:
             return
         buf = self.buf
         self.buf = None
