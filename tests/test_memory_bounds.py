@@ -101,8 +101,9 @@ def _read_in_order(conn_file, expected) -> None:
 @pytest.mark.slow
 def test_pipelined_answers_arrive_in_order_once_the_client_reads(cached_proxy):
     # Every kind of answer in one pipeline: compiled hits, Python hits (pinned view
-    # too), TRACE/OPTIONS answered by the proxy, an error answer, relayed misses. The
-    # client reads nothing for a while (the proxy pauses), then reads them all.
+    # too), TRACE/OPTIONS answered by the proxy, an error answer, relayed requests
+    # (with and without a body). The client reads nothing for a while (the proxy
+    # pauses), then reads them all.
     def hit(name, size):
         def check(i, resp, body):
             assert resp.status == 200 and len(body) == size, (i, resp.status, len(body))
@@ -147,9 +148,14 @@ def test_pipelined_answers_arrive_in_order_once_the_client_reads(cached_proxy):
         elif k == 5:
             reqs.append(b"OPTIONS /x HTTP/1.1\r\nHost: t\r\nMax-Forwards: many\r\n\r\n")
             expected.append(("OPTIONS", status(400)))
-        else:
+        elif seq % 2:
             reqs.append(b"GET /echo?seq=%d HTTP/1.1\r\nHost: t\r\n\r\n" % seq)
             expected.append(("GET", echo(seq)))
+        else:
+            # A request body read while the client's write buffer may be full.
+            reqs.append(b"POST /echo?seq=%d HTTP/1.1\r\nHost: t\r\nContent-Length: 30000"
+                        b"\r\n\r\n" % seq + b"x" * 30000)
+            expected.append(("POST", echo(seq)))
     payload = b"".join(reqs)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
