@@ -126,8 +126,9 @@ cdef class RingCache:
             raise MemoryError()
         if prefault:
             # Touch every page now: resident memory is the arena from the start
-            # and no first-write page fault lands on a request.
-            memset(self.arena, 0, self.capacity)
+            # and no first-write page fault lands on a request. Not with zeros: the
+            # compiler turns malloc + memset(0) into calloc, which touches nothing.
+            memset(self.arena, 0xA5, self.capacity)
         # 0xFF bytes make every slot's seg EMPTY_SEG.
         memset(self.slots, 0xFF, (self.slot_mask + 1) * sizeof(Slot))
         for q in range(3):

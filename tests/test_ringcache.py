@@ -379,3 +379,17 @@ def test_memory_stays_bounded_after_a_million_stores_of_mixed_sizes():
     assert s["inserts"] == 1_000_000 and s["evictions"] > 0
     assert grown <= budget, (grown, budget)
     c._debug_check()
+
+
+def test_prefault_makes_the_arena_resident_at_construction():
+    # A zero fill after malloc was folded into calloc by the compiler: nothing touched.
+    before = _rss_bytes()
+    lazy = RingCache(48 << 20)
+    lazy_grown = _rss_bytes() - before
+    before = _rss_bytes()
+    eager = RingCache(48 << 20, prefault=True)
+    eager_grown = _rss_bytes() - before
+    assert lazy_grown < (16 << 20), lazy_grown
+    assert eager_grown >= (48 << 20), eager_grown
+    assert eager.set(b"k", b"v") and eager.get(b"k") == b"v"
+    del lazy, eager
