@@ -206,6 +206,9 @@ cdef class ListenerSettings:
     cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
     cdef public object connections, deadlines
     cdef public bint hooks
+    cdef public long open           # connections accepted and not gone yet
+    cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
+    cdef object __weakref__
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
     cdef long long max_body, stash_limit
@@ -236,6 +239,8 @@ cdef class ListenerSettings:
         self.client_idle = t.client_idle
         self.client_body = t.client_body
         self.parsers = []
+        self.open = 0
+        self.on_idle = None
 
     cdef RequestParser take_parser(self):
         if self.parsers:
@@ -265,6 +270,7 @@ cdef class ClientConnection:
     cdef public int state, paused, body_kind, status, retries, client_port
     cdef public bint write_paused, closing, keep_alive, resp_started, body_done
     cdef public bint head_request
+    cdef bint counted          # in ls.open
     cdef public double deadline, t_start, upstream_time
     cdef public long long body_left, sent, received
     cdef public str client_ip, detail
@@ -344,6 +350,8 @@ cdef class ClientConnection:
         cdef ListenerSettings ls = self.ls
         ls.connections.add(self)
         ls.deadlines.add(self)
+        ls.open += 1
+        self.counted = True
         self.deadline = _now() + self.client_header
         if self.rt.draining:
             self.closing = True
@@ -373,6 +381,16 @@ cdef class ClientConnection:
             self.parser = None
         if ls.hooks:
             self.handler.connection_lost(self)
+        self._gone()
+
+    cdef _gone(self):
+        """The connection is over: its listener generation has one fewer."""
+        cdef ListenerSettings ls = self.ls
+        if self.counted:
+            self.counted = False
+            ls.open -= 1
+            if ls.open == 0 and ls.on_idle is not None:
+                ls.on_idle()
 
     def data_received(self, data):
         cdef int state = self.state
@@ -757,6 +775,7 @@ cdef class ClientConnection:
         self.rt.connections.discard(self)
         if on_close is not None:
             on_close(up_bytes, down_bytes)
+        self._gone()
 
     # -- timeouts ---------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 from xxhash import xxh3_64_intdigest as _xxh3
 
@@ -111,7 +112,12 @@ cdef class RingCache:
         self.ghost_size = self.max_entries
         self.gslot_mask = next_pow2(self.ghost_size * 2) - 1
 
-        self.arena = <unsigned char*>malloc(self.capacity)
+        # Mapped, not malloc'ed: its pages go back to the system when it is unmapped,
+        # whatever the allocator's thresholds (release() after a reload relies on it).
+        self.arena = <unsigned char*>mmap(NULL, self.capacity, PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>self.arena == MAP_FAILED:
+            self.arena = NULL
         self.seg_used = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_gen = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_pins = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
@@ -126,9 +132,8 @@ cdef class RingCache:
             raise MemoryError()
         if prefault:
             # Touch every page now: resident memory is the arena from the start
-            # and no first-write page fault lands on a request. Not with zeros: the
-            # compiler turns malloc + memset(0) into calloc, which touches nothing.
-            memset(self.arena, 0xA5, self.capacity)
+            # and no first-write page fault lands on a request.
+            memset(self.arena, 0, self.capacity)
         # 0xFF bytes make every slot's seg EMPTY_SEG.
         memset(self.slots, 0xFF, (self.slot_mask + 1) * sizeof(Slot))
         for q in range(3):
@@ -141,9 +146,11 @@ cdef class RingCache:
             self.q_push(Q_FREE, s)
         self.hash_fn = _xxh3
         self.now = 0.0
+        self.released = False
 
     def __dealloc__(self):
-        free(self.arena)
+        if self.arena != NULL:
+            munmap(self.arena, self.capacity)
         free(self.seg_used)
         free(self.seg_gen)
         free(self.seg_pins)
@@ -691,6 +698,56 @@ cdef class RingCache:
         self.q_count[Q_SMALL] = 0
         self.q_count[Q_MAIN] = 0
 
+    def release(self):
+        """Give the arena, index and ghost memory back now; the store stays usable, empty.
+
+        For a store nobody will use again (a reload changed the cache settings) while
+        objects still reference it: every lookup misses and every store is refused
+        (counted as a bypass) from now on. A segment a Pinned view still reads keeps the
+        arena until the last such view is gone.
+        """
+        cdef uint32_t s
+        cdef int q
+        if self.released:
+            return
+        self.released = True
+        # One empty slot and one empty ghost slot: probes stop at once; set() bypasses
+        # (max_item 0) before it could reach the ghost or allocate.
+        free(self.slots)
+        free(self.ghost_ring)
+        free(self.gslots)
+        self.slot_mask = 0
+        self.slots = <Slot*>malloc(sizeof(Slot))
+        self.ghost_size = 1
+        self.ghost_ring = <uint64_t*>calloc(1, sizeof(uint64_t))
+        self.gslot_mask = 0
+        self.gslots = <GSlot*>calloc(1, sizeof(GSlot))
+        if self.slots == NULL or self.ghost_ring == NULL or self.gslots == NULL:
+            raise MemoryError()
+        self.slots[0].seg = EMPTY_SEG
+        self.max_item = 0
+        self.max_entries = 0
+        self.count = 0
+        self.live_bytes = 0
+        # Every segment reads as free, so the scans (keys, delete_prefix) skip them all.
+        for s in range(self.nseg):
+            self.seg_queue[s] = Q_FREE
+            self.seg_used[s] = 0
+        for q in range(3):
+            self.q_count[q] = 0
+        self.free_arena_if_unpinned()
+
+    cdef void free_arena_if_unpinned(self) noexcept nogil:
+        cdef uint32_t s
+        if self.arena == NULL:
+            return
+        for s in range(self.nseg):
+            if self.seg_pins[s]:
+                return
+        munmap(self.arena, self.capacity)
+        self.arena = NULL
+        self.capacity = 0
+
     def stats(self):
         """Return counters and sizes as a dict."""
         return {
@@ -756,6 +813,8 @@ cdef class Pinned:
     def __dealloc__(self):
         if self.cache is not None:
             self.cache.seg_pins[self.seg] -= 1
+            if self.cache.released:
+                self.cache.free_arena_if_unpinned()
 
     def __len__(self):
         return self.length

@@ -122,6 +122,8 @@ class ListenerRuntime:
             self.handler = None
         # What each accepted connection copies, gathered once (relay.ListenerSettings).
         self.relay = ListenerSettings(self) if self.handler is not None else None
+        if self.cache is not None and self.relay is not None:
+            self.cache.use(self.relay)
 
 
 def _tls_context(lcfg) -> ssl.SSLContext | None:
@@ -221,6 +223,8 @@ class Worker:
             and b.port in (0, port)
             for (a, port), b in zip(self.bound, config.listeners))
         if not same:
+            if cache is not self.cache and cache is not None:
+                cache.retire()
             self.loop.create_task(new_rt.aclose())
             log("reload: listener addresses or modes changed; restart to apply them")
             return
@@ -236,7 +240,9 @@ class Worker:
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
         if cache is not self.cache and self.cache is not None:
-            self.cache.close()   # settings changed: the new generation starts empty
+            # Settings changed: the new generation starts empty, and the old store's
+            # memory goes when the last connection that may still use it ends.
+            self.cache.retire()
         self.cache = cache
         if old is not None:
             self.old_runtimes.append(old)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import threading
 import time
@@ -178,3 +179,83 @@ def test_pipelined_answers_arrive_in_order_once_the_client_reads(cached_proxy):
     finally:
         fh.close()
         s.close()
+
+
+# -- reloads ----------------------------------------------------------------------
+
+RELOAD_CONFIG = """
+[headers]
+via_name = "{name}"
+[cache]
+size = "{size}MiB"
+[[listeners]]
+listen = "127.0.0.1:{port}"
+upstream = "app"
+[upstreams.app]
+servers = ["{url}"]
+"""
+
+
+def _reload(p, cfg, **values) -> None:
+    done = sum("reloaded configuration" in x for x in p.stderr_lines)
+    cfg.write_text(RELOAD_CONFIG.format(**values))
+    p.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("reloaded configuration" in x for x in p.stderr_lines) == done:
+        assert time.monotonic() < deadline, p.stderr_lines[-5:]
+        time.sleep(0.02)
+
+
+def _hit(conn, path: str) -> http.client.HTTPResponse:
+    conn.send(crlf(f"GET {path} HTTP/1.1\nHost: t\n\n"))
+    return conn.response()
+
+
+def _settled_rss(p, seconds: float = 0.6) -> int:
+    time.sleep(seconds)
+    return p.rss_kib()
+
+
+@pytest.mark.slow
+def test_reloads_that_change_the_cache_release_the_old_arena(start_proxy, origin, tmp_path):
+    # Each [cache] change gets a new (prefaulted) arena; the old one must go when the
+    # last connection of its generation ends, not at some later full collection
+    # (before: +arena per reload, for ever).
+    origin.override["/c/r"] = {"cc": "max-age=600", "size": "1000"}
+    cfg = tmp_path / "fastproxy.toml"
+    cfg.write_text(RELOAD_CONFIG.format(name="g0", size=40, port=0, url=origin.url))
+    p = start_proxy("serve", "--config", str(cfg))
+    port = p.port
+    old = Conn(port)                   # a connection of the first generation stays open
+    assert _hit(old, "/c/r").status == 200
+    assert _hit(old, "/c/r").getheader("Cache-Status").startswith("fastproxy; hit")
+    tunnel = socket.create_connection(("127.0.0.1", port), timeout=10)   # and a tunnel
+    tunnel.sendall(crlf("GET /ws HTTP/1.1\nHost: t\nUpgrade: websocket\nConnection: Upgrade\n\n"))
+    assert tunnel.recv(4096).startswith(b"HTTP/1.1 101")
+    base = _settled_rss(p)
+    for i in range(1, 7):
+        _reload(p, cfg, name=f"g{i}", size=40 + 8 * (i % 2), port=port, url=origin.url)
+        with Conn(port) as c:          # every generation serves (and fills its cache)
+            r = _hit(c, "/c/r")
+            assert r.status == 200 and r.getheader("Via") == f"1.1 g{i}"
+    # The first generation's connection still works on its own cache (kept for it).
+    r = _hit(old, "/c/r")
+    assert r.getheader("Via") == "1.1 g0" and "hit" in r.getheader("Cache-Status")
+    held = _settled_rss(p) - base
+    # Its arena (40 MiB, in base) and the current one (40 MiB) are resident, none of
+    # the five in between.
+    assert held <= (40 + 24) * MIB, f"RSS grew {held} KiB over 6 reloads"
+    old.close()
+    assert _settled_rss(p) - base > held - 8 * MIB     # the tunnel is of that generation
+    tunnel.sendall(b"ping")
+    assert tunnel.recv(16) == b"ping"
+    tunnel.close()
+    released = _settled_rss(p) - base
+    assert released <= held - 32 * MIB, f"closing the last old connection freed " \
+                                          f"{held - released} KiB"
+    # A reload that leaves [cache] as it is keeps the store (and its entries).
+    _reload(p, cfg, name="g7", size=40 + 8 * (6 % 2), port=port, url=origin.url)
+    with Conn(port) as c:
+        r = _hit(c, "/c/r")
+        assert r.getheader("Via") == "1.1 g7" and "hit" in r.getheader("Cache-Status")
+    assert _settled_rss(p) - base <= held

@@ -393,3 +393,26 @@ def test_prefault_makes_the_arena_resident_at_construction():
     assert eager_grown >= (48 << 20), eager_grown
     assert eager.set(b"k", b"v") and eager.get(b"k") == b"v"
     del lazy, eager
+
+
+def test_release_frees_the_memory_and_leaves_an_empty_store():
+    before = _rss_bytes()
+    c = RingCache(48 << 20, prefault=True)
+    for i in range(1000):
+        c.set(b"k%d" % i, b"v" * 3000)
+    view = c.get_view(b"k999")
+    assert _rss_bytes() - before >= (48 << 20)
+    c.release()
+    # A pinned view keeps the arena (a transport may still be writing from it).
+    assert bytes(view) == b"v" * 3000 and _rss_bytes() - before >= (48 << 20)
+    del view
+    assert _rss_bytes() - before < (8 << 20)
+    # Whatever still holds the store finds it empty and refusing.
+    assert c.get(b"k1") is None and c.get_view(b"k1") is None and b"k1" not in c
+    assert c.set(b"k1", [b"h", b"v" * 10]) is False and c.get(b"k1") is None
+    assert c.delete(b"k2") is False and c.set_expires(b"k2", 1.0) is False
+    assert c.keys() == [] and c.delete_prefix(b"k") == 0 and len(c) == 0
+    c.clear()
+    s = c.stats()
+    assert (s["entries"], s["bytes"], s["capacity"], s["pinned_segments"]) == (0, 0, 0, 0)
+    c.release()     # twice is harmless
