@@ -708,23 +708,32 @@ cdef class RingCache:
         """
         cdef uint32_t s
         cdef int q
+        cdef Slot* slots
+        cdef uint64_t* ring
+        cdef GSlot* gslots
         if self.released:
             return
-        self.released = True
         # One empty slot and one empty ghost slot: probes stop at once; set() bypasses
         # (max_item 0) before it could reach the ghost or allocate.
+        slots = <Slot*>malloc(sizeof(Slot))
+        ring = <uint64_t*>calloc(1, sizeof(uint64_t))
+        gslots = <GSlot*>calloc(1, sizeof(GSlot))
+        if slots == NULL or ring == NULL or gslots == NULL:
+            free(slots)
+            free(ring)
+            free(gslots)
+            raise MemoryError()
+        self.released = True
+        slots[0].seg = EMPTY_SEG
         free(self.slots)
         free(self.ghost_ring)
         free(self.gslots)
+        self.slots = slots
         self.slot_mask = 0
-        self.slots = <Slot*>malloc(sizeof(Slot))
+        self.ghost_ring = ring
         self.ghost_size = 1
-        self.ghost_ring = <uint64_t*>calloc(1, sizeof(uint64_t))
+        self.gslots = gslots
         self.gslot_mask = 0
-        self.gslots = <GSlot*>calloc(1, sizeof(GSlot))
-        if self.slots == NULL or self.ghost_ring == NULL or self.gslots == NULL:
-            raise MemoryError()
-        self.slots[0].seg = EMPTY_SEG
         self.max_item = 0
         self.max_entries = 0
         self.count = 0
