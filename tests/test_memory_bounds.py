@@ -181,6 +181,28 @@ def test_pipelined_answers_arrive_in_order_once_the_client_reads(cached_proxy):
         s.close()
 
 
+@pytest.mark.slow
+def test_stored_responses_leave_no_copy_behind(start_proxy, origin):
+    # 600 distinct 100 KB responses stored (and mostly evicted again) in a 32 MiB cache
+    # whose arena is already full: RSS must stay where it was (before: every stored body
+    # stayed referenced for ever, +60 MB here).
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url, "--cache", "32MiB")
+    with Conn(p.port) as c:
+        for i in range(400):         # every arena page written, whether prefaulted or not
+            c.send(crlf(f"GET /c/w{i}?cc=max-age%3D600&size=102400 HTTP/1.1\nHost: t\n\n"))
+            assert c.response().status == 200
+        base = _settled_rss(p, 0.3)
+        for i in range(600):
+            c.send(crlf(f"GET /c/o{i}?cc=max-age%3D600&size=102400 HTTP/1.1\nHost: t\n\n"))
+            r = c.response()
+            assert r.status == 200 and len(r.body) == 102400
+        c.send(crlf("GET /c/o599?cc=max-age%3D600&size=102400 HTTP/1.1\nHost: t\n\n"))
+        assert "hit" in c.response().getheader("Cache-Status")
+    grown = _settled_rss(p) - base
+    assert grown <= 24 * MIB, f"RSS grew {grown} KiB storing 60 MB of responses"
+
+
 # -- reloads ----------------------------------------------------------------------
 
 RELOAD_CONFIG = """
@@ -188,6 +210,7 @@ RELOAD_CONFIG = """
 via_name = "{name}"
 [cache]
 size = "{size}MiB"
+prefault = true      # each arena resident at once: what a reload keeps is seen in RSS
 [[listeners]]
 listen = "127.0.0.1:{port}"
 upstream = "app"
