@@ -251,9 +251,24 @@ class Worker:
         log(f"reloaded configuration from {config.source}")
 
     def _retire(self, rt: Runtime) -> None:
+        """`drain` seconds after a reload: the old generation's connections close once idle.
+
+        Its deadlines keep running until the last of them is gone (so none outlives its
+        timeouts, and a cache only it used is freed: WorkerCache.retire); then its
+        groups, deadlines and log close.
+        """
+        if rt not in self.old_runtimes:
+            return
+        for conn in [c for c in self.connections if c.rt.rt is rt]:
+            conn.drain()
+        self.loop.create_task(self._close_when_unused(rt))
+
+    async def _close_when_unused(self, rt: Runtime) -> None:
+        while rt in self.old_runtimes and any(c.rt.rt is rt for c in self.connections):
+            await asyncio.sleep(0.5)
         if rt in self.old_runtimes:
             self.old_runtimes.remove(rt)
-            self.loop.create_task(rt.aclose())
+            await rt.aclose()
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
@@ -273,7 +288,8 @@ class Worker:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for rt in [self.runtime, *self.old_runtimes]:
+        old, self.old_runtimes = self.old_runtimes, []
+        for rt in [self.runtime, *old]:
             if rt is not None:
                 await rt.aclose()
 

@@ -282,3 +282,33 @@ def test_reloads_that_change_the_cache_release_the_old_arena(start_proxy, origin
         r = _hit(c, "/c/r")
         assert r.getheader("Via") == "1.1 g7" and "hit" in r.getheader("Cache-Status")
     assert _settled_rss(p) - base <= held
+
+
+@pytest.mark.slow
+def test_old_connections_close_once_idle_after_the_drain_time(start_proxy, origin, tmp_path):
+    # `timeouts.drain` after a reload, the old generation's idle keep-alive connections
+    # are closed and busy ones after their exchange, so its cache is freed (before: they
+    # stayed open with no timeout at all, since the old deadlines stopped, holding it).
+    origin.override["/c/r"] = {"cc": "max-age=600", "size": "1000"}
+    cfg = tmp_path / "fastproxy.toml"
+    extra = '[timeouts]\ndrain = "1.5s"\n'
+    cfg.write_text(extra + RELOAD_CONFIG.format(name="g0", size=40, port=0, url=origin.url))
+    p = start_proxy("serve", "--config", str(cfg))
+    idle, busy = Conn(p.port), Conn(p.port)
+    assert _hit(idle, "/c/r").status == 200 and _hit(busy, "/c/r").status == 200
+    t0 = time.monotonic()
+    cfg.write_text(extra + RELOAD_CONFIG.format(name="g1", size=48, port=p.port,
+                                                url=origin.url))
+    p.signal(signal.SIGHUP)
+    base = _settled_rss(p, 0.5)            # both arenas (40 + 48 MiB)
+    busy.send(crlf("GET /slow/1.5 HTTP/1.1\nHost: t\n\n"))   # still running at 1.5 s
+    assert idle.closed_by_peer(timeout=4)
+    assert 1.0 < time.monotonic() - t0 < 4
+    r = busy.response()
+    assert r.status == 200 and r.body == b"slow\n" and r.getheader("Via") == "1.1 g0"
+    assert busy.closed_by_peer(timeout=2)
+    assert _settled_rss(p) - base <= -32 * MIB, "the old arena is still resident"
+    with Conn(p.port) as c:                # the new generation is untouched
+        assert _hit(c, "/c/r").getheader("Via") == "1.1 g1"
+    idle.close()
+    busy.close()
