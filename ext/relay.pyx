@@ -90,6 +90,7 @@ cdef enum:
     P_BUFFER_FULL = 2      # too many pipelined bytes waiting
     P_CONNECTING = 4       # the upstream is not connected yet and we hold its bytes
     P_HANDLER = 8          # the handler is deciding asynchronously (DNS, auth, cache)
+    P_CLIENT_FULL = 16     # the client's write buffer is above its high-water mark
 
 # Upstream connection states.
 cdef enum:
@@ -218,6 +219,9 @@ cdef class ListenerSettings:
     cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
     cdef public object connections, deadlines
     cdef public bint hooks
+    cdef public long open           # connections accepted and not gone yet
+    cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
+    cdef object __weakref__
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
     cdef long long max_body, stash_limit, buffer_limit
@@ -250,6 +254,8 @@ cdef class ListenerSettings:
         self.client_idle = t.client_idle
         self.client_body = t.client_body
         self.parsers = []
+        self.open = 0
+        self.on_idle = None
 
     cdef RequestParser take_parser(self):
         if self.parsers:
@@ -285,6 +291,7 @@ cdef class ClientConnection:
     cdef public bint write_paused, closing, keep_alive, resp_started, body_done
     cdef public bint head_request
     cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
+    cdef bint counted          # in ls.open
     cdef public double deadline, t_start, upstream_time
     cdef public long long body_left, sent, received
     cdef public str client_ip, detail
@@ -372,6 +379,8 @@ cdef class ClientConnection:
         cdef ListenerSettings ls = self.ls
         ls.connections.add(self)
         ls.deadlines.add(self)
+        ls.open += 1
+        self.counted = True
         self.deadline = _now() + self.client_header
         if self.rt.draining:
             self.closing = True
@@ -401,6 +410,16 @@ cdef class ClientConnection:
             self.parser = None
         if ls.hooks:
             self.handler.connection_lost(self)
+        self._gone()
+
+    cdef _gone(self):
+        """The connection is over: its listener generation has one fewer."""
+        cdef ListenerSettings ls = self.ls
+        if self.counted:
+            self.counted = False
+            ls.open -= 1
+            if ls.open == 0 and ls.on_idle is not None:
+                ls.on_idle()
 
     def data_received(self, data):
         cdef int state = self.state
@@ -428,15 +447,26 @@ cdef class ClientConnection:
         return False
 
     def pause_writing(self):
-        # The client reads slower than the upstream sends: stop reading the upstream.
+        # The client reads slower than we write: stop reading the upstream, and start
+        # no new request until it catches up, or the answers we write ourselves (cache
+        # hits, TRACE, errors) pile up in memory as fast as pipelined requests come.
+        # A request body still being read keeps flowing (its upstream may need it all
+        # before the client reads again); exchange_done pauses after it.
         self.write_paused = True
         if self.upstream is not None:
             self.upstream.pause_reading()
+        if self.state != S_BODY:
+            self.pause_reading(P_CLIENT_FULL)
 
     def resume_writing(self):
         self.write_paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
+        if self.paused & P_CLIENT_FULL:
+            self.resume_reading(P_CLIENT_FULL)
+            if self.state == S_HEAD and self.buf:
+                # Pipelined requests waited for the client to read: carry on.
+                self.loop.call_soon(self._resume_pipeline)
 
     # -- reading requests -------------------------------------------------------
 
@@ -464,9 +494,10 @@ cdef class ClientConnection:
             pos += self._feed_body(data, pos)
         if pos < len(data) and self.state != S_CLOSED:
             self._stash(data, pos)
-            if self.state == S_HEAD:
+            if self.state == S_HEAD and not self.write_paused:
                 # The handler answered inside dispatch (a cache hit, an error) before
-                # these pipelined bytes were kept: start on them now.
+                # these pipelined bytes were kept: start on them now (or once the
+                # client has read what we wrote: resume_writing).
                 self.loop.call_soon(self._resume_pipeline)
 
     cdef _stash(self, data, Py_ssize_t pos):
@@ -689,12 +720,16 @@ cdef class ClientConnection:
             return
         self.state = S_HEAD
         self.deadline = _now() + self.client_idle
-        if self.buf:
+        if self.write_paused:
+            # The client has not read what we wrote: no next request until it does
+            # (pause_writing left reading on while a request body was coming).
+            self.pause_reading(P_CLIENT_FULL)
+        elif self.buf:
             # Pipelined requests waited; carry on outside the upstream's callback.
             self.loop.call_soon(self._resume_pipeline)
 
     def _resume_pipeline(self):
-        if self.state != S_HEAD or not self.buf:
+        if self.state != S_HEAD or not self.buf or self.write_paused:
             return
         buf = self.buf
         self.buf = None
@@ -803,6 +838,7 @@ cdef class ClientConnection:
         self.rt.connections.discard(self)
         if on_close is not None:
             on_close(up_bytes, down_bytes)
+        self._gone()
 
     # -- timeouts ---------------------------------------------------------------
 

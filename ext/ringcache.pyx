@@ -26,6 +26,7 @@ from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 from xxhash import xxh3_64_intdigest as _xxh3
 
@@ -111,7 +112,12 @@ cdef class RingCache:
         self.ghost_size = self.max_entries
         self.gslot_mask = next_pow2(self.ghost_size * 2) - 1
 
-        self.arena = <unsigned char*>malloc(self.capacity)
+        # Mapped, not malloc'ed: its pages go back to the system when it is unmapped,
+        # whatever the allocator's thresholds (release() after a reload relies on it).
+        self.arena = <unsigned char*>mmap(NULL, self.capacity, PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>self.arena == MAP_FAILED:
+            self.arena = NULL
         self.seg_used = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_gen = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_pins = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
@@ -140,9 +146,11 @@ cdef class RingCache:
             self.q_push(Q_FREE, s)
         self.hash_fn = _xxh3
         self.now = 0.0
+        self.released = False
 
     def __dealloc__(self):
-        free(self.arena)
+        if self.arena != NULL:
+            munmap(self.arena, self.capacity)
         free(self.seg_used)
         free(self.seg_gen)
         free(self.seg_pins)
@@ -515,7 +523,7 @@ cdef class RingCache:
         cdef uint64_t hv = self.key_hash(key, h)
         cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
         cdef const unsigned char* kp = <const unsigned char*>PyBytes_AS_STRING(key)
-        cdef Py_ssize_t vlen = 0, n = 0, k
+        cdef Py_ssize_t vlen = 0, n = 0, k, j
         cdef Py_buffer buf
         cdef Py_buffer* bufs = NULL
         cdef int64_t i, loc
@@ -579,9 +587,10 @@ cdef class RingCache:
             dst = <unsigned char*>e + ENTRY_HDR
             memcpy(dst, kp, klen)
             dst += klen
-            for k in range(n):
-                memcpy(dst, bufs[k].buf, bufs[k].len)
-                dst += bufs[k].len
+            # Not k: the finally clause releases the k buffers taken, so k must stay n.
+            for j in range(n):
+                memcpy(dst, bufs[j].buf, bufs[j].len)
+                dst += bufs[j].len
             # Insert the slot (the key is known absent now).
             i = hv & self.slot_mask
             while self.slots[i].seg != EMPTY_SEG:
@@ -689,6 +698,65 @@ cdef class RingCache:
         self.q_count[Q_SMALL] = 0
         self.q_count[Q_MAIN] = 0
 
+    def release(self):
+        """Give the arena, index and ghost memory back now; the store stays usable, empty.
+
+        For a store nobody will use again (a reload changed the cache settings) while
+        objects still reference it: every lookup misses and every store is refused
+        (counted as a bypass) from now on. A segment a Pinned view still reads keeps the
+        arena until the last such view is gone.
+        """
+        cdef uint32_t s
+        cdef int q
+        cdef Slot* slots
+        cdef uint64_t* ring
+        cdef GSlot* gslots
+        if self.released:
+            return
+        # One empty slot and one empty ghost slot: probes stop at once; set() bypasses
+        # (max_item 0) before it could reach the ghost or allocate.
+        slots = <Slot*>malloc(sizeof(Slot))
+        ring = <uint64_t*>calloc(1, sizeof(uint64_t))
+        gslots = <GSlot*>calloc(1, sizeof(GSlot))
+        if slots == NULL or ring == NULL or gslots == NULL:
+            free(slots)
+            free(ring)
+            free(gslots)
+            raise MemoryError()
+        self.released = True
+        slots[0].seg = EMPTY_SEG
+        free(self.slots)
+        free(self.ghost_ring)
+        free(self.gslots)
+        self.slots = slots
+        self.slot_mask = 0
+        self.ghost_ring = ring
+        self.ghost_size = 1
+        self.gslots = gslots
+        self.gslot_mask = 0
+        self.max_item = 0
+        self.max_entries = 0
+        self.count = 0
+        self.live_bytes = 0
+        # Every segment reads as free, so the scans (keys, delete_prefix) skip them all.
+        for s in range(self.nseg):
+            self.seg_queue[s] = Q_FREE
+            self.seg_used[s] = 0
+        for q in range(3):
+            self.q_count[q] = 0
+        self.free_arena_if_unpinned()
+
+    cdef void free_arena_if_unpinned(self) noexcept nogil:
+        cdef uint32_t s
+        if self.arena == NULL:
+            return
+        for s in range(self.nseg):
+            if self.seg_pins[s]:
+                return
+        munmap(self.arena, self.capacity)
+        self.arena = NULL
+        self.capacity = 0
+
     def stats(self):
         """Return counters and sizes as a dict."""
         return {
@@ -754,6 +822,8 @@ cdef class Pinned:
     def __dealloc__(self):
         if self.cache is not None:
             self.cache.seg_pins[self.seg] -= 1
+            if self.cache.released:
+                self.cache.free_arena_if_unpinned()
 
     def __len__(self):
         return self.length

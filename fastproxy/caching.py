@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+import weakref
 
 from fastproxy import _http
 from fastproxy._hitpath import FreshHits
@@ -100,6 +101,10 @@ class WorkerCache:
         self.tasks: set[asyncio.Task] = set()
         self.fast: list[FreshHits] = []     # the relay's fast paths over this cache
         self.namespaces: set[bytes] = set()  # key prefixes of the listeners using it
+        # The listener settings (relay.ListenerSettings) whose connections use this cache,
+        # weakly: a generation nobody uses any more is not kept alive for them.
+        self.users: weakref.WeakSet = weakref.WeakSet()
+        self.retired = False
         self.hits = 0             # answered from a fresh entry
         self.stale = 0            # answered from a stale entry (swr, max-stale, stale-if-error)
         self.misses = 0           # GET/HEAD sent upstream (coalesced waiters are not)
@@ -141,6 +146,34 @@ class WorkerCache:
         """Cancel background refreshes (worker shutdown)."""
         for task in list(self.tasks):
             task.cancel()
+
+    def use(self, settings) -> None:
+        """Connections accepted with these listener settings use this cache."""
+        self.users.add(settings)
+
+    def retire(self) -> None:
+        """A reload replaced this cache: free its memory when its last connection ends.
+
+        The generations that used it form reference cycles (runtime, handlers, settings),
+        so without this its arena would wait for a full garbage collection.
+        """
+        if self.retired:
+            return
+        self.retired = True
+        self.close()
+        for settings in self.users:
+            settings.on_idle = self._release_if_unused
+        self._release_if_unused()
+
+    def _release_if_unused(self) -> None:
+        users = list(self.users)
+        if any(settings.open for settings in users):
+            return
+        for settings in users:
+            settings.on_idle = None
+        self.users = weakref.WeakSet()
+        self.fast.clear()
+        self.http.ring.release()
 
 
 class CacheLayer:

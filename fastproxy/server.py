@@ -123,6 +123,8 @@ class ListenerRuntime:
             self.handler = None
         # What each accepted connection copies, gathered once (relay.ListenerSettings).
         self.relay = ListenerSettings(self) if self.handler is not None else None
+        if self.cache is not None and self.relay is not None:
+            self.cache.use(self.relay)
 
 
 def _tls_context(lcfg) -> ssl.SSLContext | None:
@@ -231,6 +233,8 @@ class Worker:
             and b.port in (0, port)
             for (a, port), b in zip(self.bound, config.listeners))
         if not same:
+            if cache is not self.cache and cache is not None:
+                cache.retire()
             self.loop.create_task(new_rt.aclose())
             log("reload: listener addresses or modes changed; restart to apply them")
             return
@@ -246,7 +250,9 @@ class Worker:
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
         if cache is not self.cache and self.cache is not None:
-            self.cache.close()   # settings changed: the new generation starts empty
+            # Settings changed: the new generation starts empty, and the old store's
+            # memory goes when the last connection that may still use it ends.
+            self.cache.retire()
         self.cache = cache
         if old is not None:
             self.old_runtimes.append(old)
@@ -255,9 +261,24 @@ class Worker:
         log(f"reloaded configuration from {config.source}")
 
     def _retire(self, rt: Runtime) -> None:
+        """`drain` seconds after a reload: the old generation's connections close once idle.
+
+        Its deadlines keep running until the last of them is gone (so none outlives its
+        timeouts, and a cache only it used is freed: WorkerCache.retire); then its
+        groups, deadlines and log close.
+        """
+        if rt not in self.old_runtimes:
+            return
+        for conn in [c for c in self.connections if c.rt.rt is rt]:
+            conn.drain()
+        self.loop.create_task(self._close_when_unused(rt))
+
+    async def _close_when_unused(self, rt: Runtime) -> None:
+        while rt in self.old_runtimes and any(c.rt.rt is rt for c in self.connections):
+            await asyncio.sleep(0.5)
         if rt in self.old_runtimes:
             self.old_runtimes.remove(rt)
-            self.loop.create_task(rt.aclose())
+            await rt.aclose()
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
@@ -276,7 +297,8 @@ class Worker:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for rt in [self.runtime, *self.old_runtimes]:
+        old, self.old_runtimes = self.old_runtimes, []
+        for rt in [self.runtime, *old]:
             if rt is not None:
                 await rt.aclose()
 

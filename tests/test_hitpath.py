@@ -130,3 +130,20 @@ def test_fast_path_counts_hits_and_keeps_the_connection_fields():
     assert out.startswith(b"HTTP/1.1 404 Not Found\r\n") and FAST.status == 404
     assert FAST.hits == before + 3
     assert WC.stats()["hits"] >= 3
+
+
+def test_a_retired_cache_answers_nothing_and_stores_nothing():
+    # A reload retired the cache while something still holds it: every lookup, compiled
+    # or not, misses, and a store is refused (WorkerCache.retire -> RingCache.release).
+    wc, layer, fast = _setup()
+    req = request(b"GET /fresh HTTP/1.1\nHost: a.example")
+    assert fast(req) is not None
+    wc.retire()
+    assert fast(req) is None and wc.fast == []
+    assert wc.http.lookup(req, layer.key(req), time.time()).kind is not HIT
+    assert wc.http.ring.stats()["capacity"] == 0 and len(wc.http.ring) == 0
+    resp = response(f"HTTP/1.1 200 OK\nDate: {format_http_date(DATE_T).decode()}\n"
+                    "Content-Length: 2\nCache-Control: max-age=60".encode())
+    d = wc.http.storable(req, resp, DATE_T)
+    assert d and not wc.http.store(req, layer.key(req), resp, b"hi", DATE_T, DATE_T, d)
+    assert fast(req) is None

@@ -325,3 +325,94 @@ def test_memory_stays_bounded_after_a_million_distinct_keys():
     # Arena + index + ghost, plus a small constant for the interpreter.
     assert grown <= budget + (8 << 20), (grown, budget)
     c._debug_check()
+
+
+def test_stored_bodies_keep_no_reference():
+    """set/get/delete/eviction/bypass hand every buffer back (issue 10: each body leaked)."""
+    import sys
+    c = RingCache(64 << 10, segment_size=4096)
+    bodies = [b"b" * n + b"%d" % i for i, n in enumerate((10, 300, 1000, 1500, 3000, 9000))]
+    heads = [b"head %d\r\n" % i for i in range(len(bodies))]
+    others = [bytearray(b"x" * 100), memoryview(b"y" * 200), b"z" * 50]
+    watched = bodies + heads + others
+    before = [sys.getrefcount(o) for o in watched]
+    for o in others:
+        c.set(b"other", o)
+        c.set(b"others", [o, o])
+    for i, (head, body) in enumerate(zip(heads, bodies)):
+        c.set(b"list %d" % i, [head, body])           # the last part is the body
+        c.set(b"tuple %d" % i, (head, b"-", body))
+        c.set(b"one %d" % i, body)
+        c.get(b"list %d" % i)
+        c.get_view(b"tuple %d" % i)
+    del head, body, o        # the loop variables' own references
+    c.set(b"big", [heads[0], b"q" * 40000])             # over the item limit: bypassed
+    for i in range(len(bodies)):
+        c.delete(b"one %d" % i)
+    for i in range(400):                                  # evicts everything above
+        c.set(b"filler %d" % i, [heads[0], bodies[2]])
+    assert c.stats()["evictions"] > 0 and c.stats()["bypasses"] >= 1
+    assert [sys.getrefcount(o) for o in watched] == before
+    c._debug_check()
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_after_a_million_stores_of_mixed_sizes():
+    # Every store hands in a new head and body (as the cache layer does); the store
+    # must keep none of them: RSS stays within arena + index + 16 MiB.
+    import time
+    before = _rss_bytes()
+    c = RingCache(64 << 20)
+    budget = c.stats()["memory"] + (16 << 20)
+    sizes = [100, 700, 2000, 5000, 12000, 300, 40000, 1500]
+    t_end = time.monotonic() + 120
+    for i in range(1_000_000):
+        size = sizes[i % len(sizes)]
+        c.set(b"http://example.test/item/%d" % (i % 50_000),
+              [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % size, b"v" * size])
+        if i % 10_000 == 0:
+            grown = _rss_bytes() - before
+            assert grown <= budget, (i, grown, budget)    # fail fast, not after GiBs
+            assert time.monotonic() < t_end, "a million stores took over 2 minutes"
+    grown = _rss_bytes() - before
+    s = c.stats()
+    assert s["inserts"] == 1_000_000 and s["evictions"] > 0
+    assert grown <= budget, (grown, budget)
+    c._debug_check()
+
+
+def test_prefault_makes_the_arena_resident_at_construction():
+    # A zero fill after malloc was folded into calloc by the compiler: nothing touched.
+    before = _rss_bytes()
+    lazy = RingCache(48 << 20)
+    lazy_grown = _rss_bytes() - before
+    before = _rss_bytes()
+    eager = RingCache(48 << 20, prefault=True)
+    eager_grown = _rss_bytes() - before
+    assert lazy_grown < (16 << 20), lazy_grown
+    assert eager_grown >= (48 << 20), eager_grown
+    assert eager.set(b"k", b"v") and eager.get(b"k") == b"v"
+    del lazy, eager
+
+
+def test_release_frees_the_memory_and_leaves_an_empty_store():
+    before = _rss_bytes()
+    c = RingCache(48 << 20, prefault=True)
+    for i in range(1000):
+        c.set(b"k%d" % i, b"v" * 3000)
+    view = c.get_view(b"k999")
+    assert _rss_bytes() - before >= (48 << 20)
+    c.release()
+    # A pinned view keeps the arena (a transport may still be writing from it).
+    assert bytes(view) == b"v" * 3000 and _rss_bytes() - before >= (48 << 20)
+    del view
+    assert _rss_bytes() - before < (8 << 20)
+    # Whatever still holds the store finds it empty and refusing.
+    assert c.get(b"k1") is None and c.get_view(b"k1") is None and b"k1" not in c
+    assert c.set(b"k1", [b"h", b"v" * 10]) is False and c.get(b"k1") is None
+    assert c.delete(b"k2") is False and c.set_expires(b"k2", 1.0) is False
+    assert c.keys() == [] and c.delete_prefix(b"k") == 0 and len(c) == 0
+    c.clear()
+    s = c.stats()
+    assert (s["entries"], s["bytes"], s["capacity"], s["pinned_segments"]) == (0, 0, 0, 0)
+    c.release()     # twice is harmless

@@ -71,6 +71,7 @@ cdef class RingCache:
     cdef public uint64_t hits, misses, inserts, evictions, expirations, bypasses
     cdef public uint64_t relocations, ghost_hits, forced, alloc_failures
     cdef uint64_t live_bytes
+    cdef bint released            # release() was called: empty, refuses stores
 
     cdef inline Entry* entry_at(self, uint32_t seg, uint32_t off) noexcept nogil
     cdef int64_t find(self, uint64_t h, const unsigned char* key, Py_ssize_t klen) noexcept nogil
@@ -91,3 +92,4 @@ cdef class RingCache:
     cdef bint evict_one(self, bint force, bint by_count) noexcept nogil
     cdef bint ensure_room(self) noexcept nogil
     cdef uint64_t key_hash(self, bytes key, object h) except? 0
+    cdef void free_arena_if_unpinned(self) noexcept nogil
