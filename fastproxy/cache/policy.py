@@ -4,10 +4,10 @@ The relay calls, per request and response (duck-typed on the parser's
 `Request` / `Response`: `method`, `target`, `status`, `reason`, `headers()`,
 `get()`, `get_all()`):
 
-* `lookup(request, key_base, now)` before going upstream: a `Lookup` saying
-  HIT (buffers to write), STALE (buffers to write now, revalidate in the
-  background), REVALIDATE (conditional fields to add upstream), MISS, or
-  GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
+* `lookup(request, key_base, now, extra, origins)` before going upstream: a
+  `Lookup` saying HIT (buffers to write), STALE (buffers to write now,
+  revalidate in the background), REVALIDATE (conditional fields to add
+  upstream), MISS, or GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
 * `storable(request, response, now)` when the response head arrives, then
   `store(...)` with the whole dechunked body;
 * `refresh(lookup, response, ...)` when a revalidation answers 304;
@@ -17,13 +17,17 @@ The relay calls, per request and response (duck-typed on the parser's
   any response (it acts on unsafe methods only);
 * `purge(url)`, `purge_prefix(prefix)` for the admin interface.
 
+Fail safe: a Cache-Control field that is not a clean list (directives.py) makes
+a response unstorable and a request read as `no-cache, no-store`; no stale reuse
+(max-stale, stale-while-revalidate, stale-if-error) against no-cache,
+must-revalidate, proxy-revalidate or s-maxage (RFC 9111 4.2.4).
+
 Times are wall-clock seconds (`time.time()`), because Date and Expires are.
 """
 from __future__ import annotations
 
 import math
 import os
-from urllib.parse import urljoin, urlsplit
 
 from fastproxy._ringcache import RingCache
 
@@ -41,6 +45,7 @@ from .directives import (
     strong_match,
     weak_match,
 )
+from .keys import origin_of, resolve_ref, variant_key
 
 # Lookup kinds
 HIT = "hit"
@@ -61,26 +66,8 @@ _NOT_MODIFIED_FIELDS = frozenset({
 _NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"content-range",
                                    b"content-type", b"age", b"set-cookie"}
 
-_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 _unpack_meta = entry.META.unpack_from
 _META_SIZE = entry.META.size
-
-
-def cache_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
-    """Build the primary cache key scheme://host/target with scheme and host lowercased.
-
-    RFC 9111 2: the key is at least the method and target URI; only GET is
-    stored, so the URI alone. A default port is dropped so both spellings of
-    one origin share entries (RFC 9110 4.2.3).
-    """
-    scheme = scheme.lower()
-    host = host.lower()
-    port = _DEFAULT_PORTS.get(scheme)
-    if port and host.endswith(port):
-        host = host[:-len(port)]
-    if not target.startswith(b"/"):
-        target = b"/" + target if target != b"*" else target
-    return b"%s://%s%s" % (scheme, host, target)
 
 
 class Lookup:
@@ -157,26 +144,6 @@ def _fail_safe_request(cc) -> dict:
     return strict
 
 
-def _normalise_vary_value(name: bytes, values: list[bytes]) -> bytes:
-    # RFC 9111 4.1: values may be normalised in ways the field's definition
-    # makes equivalent: list members trimmed and re-joined; Accept-Encoding's
-    # codings are case-insensitive and unordered (RFC 9110 12.5.3).
-    members = split_list(values)
-    if name == b"accept-encoding":
-        members = sorted(m.lower().replace(b" ", b"").replace(b"\t", b"") for m in members)
-    return b",".join(members)
-
-
-def _variant_key(key_base: bytes, epoch: int, names: tuple[bytes, ...], request) -> bytes:
-    parts = [key_base, b"%016x" % epoch]
-    for name in names:
-        values = request.get_all(name)
-        # NUL never occurs in a field value (RFC 9110 5.5), so it separates;
-        # "-" and "=" tell an absent field from an empty one.
-        parts.append(b"=" + _normalise_vary_value(name, values) if values else b"-")
-    return b"\x00".join(parts)
-
-
 class HttpCache:
     """The shared HTTP cache of one worker: policy decisions over one RingCache."""
 
@@ -220,7 +187,7 @@ class HttpCache:
         key = key_base
         if value[0] == entry.KIND_STUB:
             names, epoch = entry.decode_stub(value)
-            key = _variant_key(key_base, epoch, names, request)
+            key = variant_key(key_base, epoch, names, request)
             value = self._get(key, now)
             if value is None:
                 return self._miss(rcc, "vary-miss")
@@ -525,7 +492,7 @@ class HttpCache:
             epoch = int.from_bytes(os.urandom(8), "little")
             if not self.ring.set(key_base, entry.encode_stub(vary, epoch), now=now):
                 return None
-        return _variant_key(key_base, epoch, vary, request)
+        return variant_key(key_base, epoch, vary, request)
 
     def _lifetime(self, response, cc: dict, date_value: float, last_modified: float | None) -> float:
         # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
@@ -677,14 +644,14 @@ class HttpCache:
         if request.method in SAFE_METHODS or not (200 <= status < 400):
             return 0
         removed = self.purge(ns + key_base)
-        origin = _origin(key_base)
+        origin = origin_of(key_base)
         for ref in (location, content_location):
             if not ref:
                 continue
-            target = _resolve(key_base, ref)
+            target = resolve_ref(key_base, ref)
             # Only the same origin: another origin's entries are not this
             # server's to invalidate (a denial-of-service vector otherwise).
-            if target is not None and _origin(target) == origin:
+            if target is not None and origin_of(target) == origin:
                 removed += self.purge(ns + target)
         return removed
 
@@ -731,21 +698,3 @@ def _directive_seconds(cc: dict, name: bytes, default: float) -> float:
         v = delta_seconds(cc[name])
         return float(v) if v is not None else 0.0
     return default
-
-
-def _origin(url: bytes) -> tuple:
-    parts = urlsplit(url.decode("latin-1"))
-    return (parts.scheme, parts.hostname, parts.port)
-
-
-def _resolve(base: bytes, ref: bytes) -> bytes | None:
-    try:
-        joined = urljoin(base.decode("latin-1"), ref.strip().decode("latin-1"))
-        p = urlsplit(joined)
-    except ValueError:
-        return None
-    if not p.scheme or not p.netloc:
-        return None
-    target = (p.path or "/") + ("?" + p.query if p.query else "")
-    return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
-                     target.encode("latin-1"))
