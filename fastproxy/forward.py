@@ -130,6 +130,10 @@ class ForwardHandler:
         # than the DNS cache would keep the addresses.
         self.routes = {} if not any(r.url for r in settings.acl.rules) else None
         self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
+        # Phase two is a pure function of the phase-one decision and the addresses (both
+        # shared objects while cached), so its answer is kept: (decision, addrs) ->
+        # (allowed, refusal, origins).
+        self.admits: dict = {}
         # A pool per destination (address, port, scheme, TLS name); created on demand.
         self.pools: dict[tuple, ConnectionPool] = {}
         self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
@@ -279,11 +283,18 @@ class ForwardHandler:
     def _admit_addresses(self, conn, req, target, addrs) -> None:
         """ACL phase two for each resolved address; refuse, or route to those allowed."""
         scheme, host, host_b, port, path, decision = target
-        allowed, refusal = self._allowed_addresses(conn, decision, addrs)
+        found = self.admits.get((decision, addrs))
+        if found is None:
+            allowed, refusal = self._allowed_addresses(conn, decision, addrs)
+            origins = (frozenset(a.encode() for a, _ in allowed) if self.cache is not None
+                       else None)
+            if len(self.admits) >= ROUTE_CACHE_MAX:
+                self.admits.clear()
+            found = self.admits[(decision, addrs)] = (allowed, refusal, origins)
+        allowed, refusal, origins = found
         if not allowed:
             self._deny(conn, refusal)
             return
-        origins = frozenset(a.encode() for a, _ in allowed) if self.cache is not None else None
         if self.routes is not None:
             if len(self.routes) >= ROUTE_CACHE_MAX:
                 self.routes.clear()
