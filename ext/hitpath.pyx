@@ -19,13 +19,17 @@ branch would, or returns None and the request goes the Python way
   `no-cache` (which needs validation before each use, 5.2.2.4);
 * the value is small enough to be copied (large ones are served from pinned views).
 
+Forward listeners do not use it: a hit there needs the full admission first and an entry
+fetched from an address this client was admitted to (caching.py).
+
 The answer is one bytes object (stored head, Age, Via/Connection, Cache-Status, blank
 line, body) handed to one transport write: a hit is a single write.
 
-The stored value's layout is fastproxy/cache/entry.py's: struct "<BBHIHHdddddd"
+The stored value's layout is fastproxy/cache/entry.py's: struct "<BBHIHHddddddH"
 (kind, flags, status, head_len, etag_len, lm_len, response_time,
-corrected_initial_age, freshness_lifetime, swr, sie, ims_basis), etag, last-modified,
-head (CRLF-ended lines, no blank line), body.
+corrected_initial_age, freshness_lifetime, swr, sie, ims_basis, origin_len), etag,
+last-modified, origin address (forward mode only), head (CRLF-ended lines, no blank
+line), body.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport INFINITY
@@ -41,7 +45,7 @@ from fastproxy import _http
 cdef int TARGET_ORIGIN = _http.TARGET_ORIGIN
 
 cdef enum:
-    META_SIZE = 60          # struct.calcsize("<BBHIHHdddddd")
+    META_SIZE = 62          # struct.calcsize("<BBHIHHddddddH")
     KIND_RESPONSE = 1       # entry.KIND_RESPONSE
     NO_CACHE = 2            # entry.NO_CACHE
 
@@ -221,7 +225,7 @@ cdef class FreshHits:
         if not ttl > 0:
             return None
         head_len = read_u32(v + 4)
-        hs = META_SIZE + read_u16(v + 8) + read_u16(v + 10)
+        hs = META_SIZE + read_u16(v + 8) + read_u16(v + 10) + read_u16(v + 60)
         blen = vlen - hs - head_len
         if blen < 0:
             return None

@@ -23,7 +23,15 @@ The handler the layer serves calls `handle(conn, req, ctx)` and must offer
 `forward(conn, req, more, ctx)` (route and send upstream with `more` field lines added)
 and `refresh_target(conn, req, more, ctx)` (where a background request would go: (host,
 port, ssl, server_hostname, head) or None); `ctx` is the handler's own, passed through
-(the forward handler's resolved target, None in reverse mode).
+(the forward handler's admitted target, None in reverse mode).
+
+In forward mode the handler admits a request fully (ACL on the client, the destination
+name and every address it resolves to, port and method) before calling `handle`, and
+passes `origins`: the addresses, as bytes, this client may reach for that destination.
+Each stored response remembers the address it was fetched from, and is used (served,
+revalidated, served stale) only for a client whose `origins` include that address, so
+neither a client the rules refuse nor one for whom the name now resolves elsewhere is
+answered with what another client fetched.
 
 Each worker has its own cache (`WorkerCache`); its listeners share the store but each
 keys its entries under its own namespace ("L<index> "), so two listeners that route the
@@ -242,8 +250,10 @@ class CacheLayer:
 
     # -- the request ------------------------------------------------------------
 
-    def handle(self, conn, req, ctx=None) -> None:
-        """Answer req from the cache, wait for a coalesced request, or send it upstream."""
+    def handle(self, conn, req, ctx=None, origins=None) -> None:
+        """Answer req from the cache, wait for a coalesced request, or send it upstream.
+
+        `origins`: forward mode's admitted destination addresses (see the module doc)."""
         method = req.method
         if method == PURGE:
             self.purge(conn, req)
@@ -254,10 +264,10 @@ class CacheLayer:
                 conn.body_kind != BODY_NONE and (is_get or method == HEAD)):
             # A GET with a body has no defined semantics (RFC 9110 9.3.1); an Upgrade is
             # a tunnel request: neither is answered from nor stored in the cache.
-            self.go(conn, req, key, None, False, LOG_BYPASS, ctx)
+            self.go(conn, req, key, None, False, LOG_BYPASS, ctx, origins)
             return
         now = _time()
-        lk = self.cache.lookup(req, key, now, self.extra(conn, req))
+        lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins)
         kind = lk.kind
         if kind is HIT:
             self.wc.hits += 1
@@ -268,7 +278,7 @@ class CacheLayer:
         if kind is STALE:
             self.wc.stale += 1
             _log(conn, LOG_STALE)
-            self.refresh_later(conn, req, key, lk, ctx)
+            self.refresh_later(conn, req, key, lk, ctx, origins)
             buffers = lk.buffers
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
@@ -286,24 +296,24 @@ class CacheLayer:
                 else:
                     fut = coalescer.pending(key)   # a HEAD never leads: it stores nothing
                 if not leader and fut is not None:
-                    _Follower(self, conn, req, key, fut, ctx)
+                    _Follower(self, conn, req, key, fut, ctx, origins)
                     return
         else:
-            self.go(conn, req, key, lk, False, LOG_BYPASS, ctx)
+            self.go(conn, req, key, lk, False, LOG_BYPASS, ctx, origins)
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
-                ctx)
+                ctx, origins)
 
-    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx) -> None:
+    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None) -> None:
         """Send req upstream with an observer that stores, refreshes or invalidates."""
-        conn.observer = _Exchange(self, req, key, lk, leader, ctx)
+        conn.observer = _Exchange(self, req, key, lk, leader, ctx, origins)
         _log(conn, log)
         self.handler.forward(conn, req, lk.conditional if lk is not None else b"", ctx)
 
-    def after_wait(self, conn, req, key, shared, ctx) -> None:
+    def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
-        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req))
+        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
@@ -321,11 +331,11 @@ class CacheLayer:
             conn.respond(buffers, lk.status, _body_len(buffers))
             return
         self.wc.misses += 1
-        self.go(conn, req, key, lk, False, LOG_MISS, ctx)
+        self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
 
     # -- stale-while-revalidate ------------------------------------------------
 
-    def refresh_later(self, conn, req, key: bytes, lk, ctx) -> None:
+    def refresh_later(self, conn, req, key: bytes, lk, ctx, origins=None) -> None:
         """Start one background revalidation of the stale entry lk, unless one runs."""
         wc = self.wc
         if key in wc.refreshing or req.method != GET:
@@ -334,11 +344,13 @@ class CacheLayer:
         if target is None:
             return
         wc.refreshing.add(key)
-        task = self.loop.create_task(self._refresh(key, lk, req, target))
+        # Forward mode: the refreshed entry is from the address the refresh goes to.
+        origin = target[0].encode() if origins is not None else b""
+        task = self.loop.create_task(self._refresh(key, lk, req, target, origin))
         wc.tasks.add(task)
         task.add_done_callback(wc.tasks.discard)
 
-    async def _refresh(self, key: bytes, lk, req, target) -> None:
+    async def _refresh(self, key: bytes, lk, req, target, origin: bytes = b"") -> None:
         wc = self.wc
         cache = self.cache
         host, port, ssl, server_hostname, head = target
@@ -354,7 +366,8 @@ class CacheLayer:
             elif resp.status < 500:
                 decision = cache.storable(req, resp, t_response)
                 if decision and body is not None:
-                    if cache.store(req, key, resp, body, t_request, t_response, decision):
+                    if cache.store(req, key, resp, body, t_request, t_response, decision,
+                                   origin):
                         wc.stores += 1
                 else:
                     # The new response may not be stored: the old one must not be served
@@ -403,14 +416,15 @@ class CacheLayer:
 class _Follower:
     """A request waiting for a coalesced leader's response."""
 
-    __slots__ = ("layer", "conn", "req", "key", "timer", "fired", "ctx")
+    __slots__ = ("layer", "conn", "req", "key", "timer", "fired", "ctx", "origins")
 
-    def __init__(self, layer: CacheLayer, conn, req, key: bytes, fut, ctx) -> None:
+    def __init__(self, layer: CacheLayer, conn, req, key: bytes, fut, ctx, origins) -> None:
         self.layer = layer
         self.conn = conn
         self.req = req
         self.key = key
         self.ctx = ctx
+        self.origins = origins
         self.fired = False
         self.timer = layer.loop.call_later(layer.wc.coalescer.timeout, self.timed_out)
         fut.add_done_callback(self.done)
@@ -431,7 +445,7 @@ class _Follower:
         conn = self.conn
         if conn.req is not self.req or conn.state == STATE_CLOSED:
             return   # the client left while waiting
-        self.layer.after_wait(conn, self.req, self.key, shared, self.ctx)
+        self.layer.after_wait(conn, self.req, self.key, shared, self.ctx, self.origins)
 
 
 class _Exchange:
@@ -439,11 +453,14 @@ class _Exchange:
 
     __slots__ = ("layer", "req", "key", "lookup", "leader", "t_request", "t_response",
                  "resp", "decision", "parts", "size", "location", "content_location",
-                 "replayed", "shared", "ctx")
+                 "replayed", "shared", "ctx", "origins", "origin")
 
-    def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool, ctx) -> None:
+    def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool, ctx,
+                 origins=None) -> None:
         self.layer = layer
         self.ctx = ctx
+        self.origins = origins     # forward mode: record where the response came from
+        self.origin = b""
         self.req = req
         self.key = key
         self.lookup = lookup
@@ -502,6 +519,8 @@ class _Exchange:
                 if resp.body == BODY_CLOSE:
                     decision = _CLOSE_DELIMITED
                 else:
+                    if self.origins is not None:
+                        self.origin = conn.upstream.pool.connect_host.encode()
                     self.parts = []
                     self.resp = resp
                     self.decision = decision
@@ -535,7 +554,7 @@ class _Exchange:
                 body = b"".join(parts)
                 if resp.body != BODY_LENGTH or len(body) == resp.content_length:
                     stored = layer.cache.store(self.req, self.key, resp, body, self.t_request,
-                                               self.t_response, self.decision)
+                                               self.t_response, self.decision, self.origin)
                     if stored:
                         layer.wc.stores += 1
                     else:

@@ -3,10 +3,13 @@
 The data path's "route" step becomes: rate limit -> authenticate (Proxy-Authorization)
 -> take the destination from the target (RFC 9112 3.2.2 absolute-form, 3.2.3
 authority-form) -> ACL phase one -> resolve (cached, coalesced) -> ACL phase two for
-each address, in order -> connect to the first allowed address. The address checked
-is the address connected, so a name that re-resolves elsewhere (DNS rebinding) cannot
-slip past a destination rule. Plain HTTP reuses the relay's keep-alive pools, one pool
-per destination address; CONNECT hands both sockets to a byte tunnel after the 200.
+each address, in order -> the cache, if the listener has one -> connect to the first
+allowed address. The address checked is the address connected, so a name that
+re-resolves elsewhere (DNS rebinding) cannot slip past a destination rule; and the
+cache answers only after the same full admission, and only with an entry fetched from
+an address this client was just admitted to (caching.py). Plain HTTP reuses the
+relay's keep-alive pools, one pool per destination address; CONNECT hands both sockets
+to a byte tunnel after the 200.
 
 Authentication and DNS may need to wait; the request then waits off the hot path (a
 task per such request; a request whose answers are cached is dispatched at once).
@@ -123,11 +126,15 @@ class ForwardHandler:
         self.resolver = Resolver(settings.resolver)
         self.tls = lcfg.tls_cert is not None
         # Recent admissions: (client, scheme, host, port, method) -> (expires, host,
-        # decision, allowed addresses). Only when no rule reads the URL (then the ACL's
-        # answer depends on nothing else), and never longer than the DNS cache would keep
-        # the addresses.
+        # decision, allowed addresses, their set as bytes for the cache). Only when no rule
+        # reads the URL (then the ACL's answer depends on nothing else), and never longer
+        # than the DNS cache would keep the addresses.
         self.routes = {} if not any(r.url for r in settings.acl.rules) else None
         self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
+        # Phase two is a pure function of the phase-one decision and the addresses (both
+        # shared objects while cached), so its answer is kept: (decision, addrs) ->
+        # (allowed, refusal, origins).
+        self.admits: dict = {}
         # A pool per destination (address, port, scheme, TLS name); created on demand.
         self.pools: dict[tuple, ConnectionPool] = {}
         self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
@@ -200,59 +207,51 @@ class ForwardHandler:
         if scheme not in (b"http", b"https", b"tcp"):
             conn.respond_error(400, f"unsupported URL scheme {scheme.decode('latin-1')!r}")
             return
-        if self.routes is not None and self.cache is None:
+        if self.routes is not None:
             hit = self.routes.get((conn.client_ip, scheme, host_b, port, req.method))
             if hit is not None and hit[0] > time.monotonic():
                 # The same client reached the same destination a moment ago: the ACL's
                 # answer and the resolved, allowed addresses are still valid.
-                _expires, host, decision, allowed = hit
-                self._connect_allowed(conn, req, (scheme, host, host_b, port, path, decision),
-                                      allowed, b"")
+                _expires, host, decision, allowed, origins = hit
+                self._route(conn, req, (scheme, host, host_b, port, path, decision), allowed,
+                            origins)
                 return
         decision = self.acl.check_request(conn.client_ip, host, port, req.method, req.target)
         if not decision.allow:
             self._deny(conn, decision)
             return
         target = (scheme, host, host_b, port, path, decision)
-        if self.cache is not None and scheme != b"tcp":
-            # Admitted: the cache may answer before any DNS (caching.py calls forward).
-            self.cache.handle(conn, req, target)
+        if self.cache is not None and req.method == b"PURGE":
+            # PURGE never reaches the destination: the cache's purge_allow decides it.
+            self.cache.handle(conn, req)
             return
-        self.forward(conn, req, b"", target)
-
-    def forward(self, conn, req, more: bytes = b"", target=None) -> None:
-        """Resolve target's host (cached, or in a task), then connect and send req with
-        `more` field lines added."""
         try:
-            addrs = self.resolver.cached(target[1])
+            addrs = self.resolver.cached(host)
         except ResolveError as exc:
             conn.respond_error(exc.status, exc.reason)
             return
         if addrs is None:
             conn.pause_reading(PAUSE_CONNECTING)
-            self.rt.loop.create_task(self._resolve_then(conn, req, target, more))
+            self.rt.loop.create_task(self._resolve_then(conn, req, target))
             return
-        self._connect(conn, req, target, addrs, more)
+        self._admit_addresses(conn, req, target, addrs)
 
-    def refresh_target(self, conn, req, more: bytes, target):
-        """Where a background revalidation of req would go (cached DNS only), or None."""
-        scheme, host, host_b, port, path, decision = target
-        try:
-            addrs = self.resolver.cached(host)
-        except ResolveError:
-            return None
-        if not addrs:
-            return None
-        allowed, _ = self._allowed_addresses(conn, decision, addrs)
-        if not allowed:
-            return None
+    def forward(self, conn, req, more: bytes = b"", ctx=None) -> None:
+        """Send an admitted req (ctx: its target and allowed addresses) with `more` field
+        lines added (the cache layer's hook)."""
+        target, allowed = ctx
+        self._connect_allowed(conn, req, target, allowed, more)
+
+    def refresh_target(self, conn, req, more: bytes, ctx):
+        """Where a background revalidation of an admitted req would go, or None."""
+        (scheme, host, host_b, port, path, _decision), allowed = ctx
         addr = allowed[0][0]
         pool = self._pool(addr, scheme, host, port)
         head = self._head(conn, req, scheme, host, host_b, port, path,
                           more + b"Connection: close\r\n")
         return addr, port, pool.ssl, host if pool.ssl is not None else None, head
 
-    async def _resolve_then(self, conn, req, target, more: bytes = b"") -> None:
+    async def _resolve_then(self, conn, req, target) -> None:
         try:
             addrs = await self.resolver.resolve(target[1])
         except ResolveError as exc:
@@ -263,7 +262,7 @@ class ForwardHandler:
         if conn.state == STATE_CLOSED or conn.req is not req:
             return
         conn.resume_reading(PAUSE_CONNECTING)
-        self._connect(conn, req, target, addrs, more)
+        self._admit_addresses(conn, req, target, addrs)
 
     def _deny(self, conn, decision) -> None:
         conn.log_extra = {**(conn.log_extra or {}), "acl": decision.rule}
@@ -282,9 +281,18 @@ class ForwardHandler:
                 refusal = final
         return allowed, refusal
 
-    def _connect(self, conn, req, target, addrs, more: bytes = b"") -> None:
+    def _admit_addresses(self, conn, req, target, addrs) -> None:
+        """ACL phase two for each resolved address; refuse, or route to those allowed."""
         scheme, host, host_b, port, path, decision = target
-        allowed, refusal = self._allowed_addresses(conn, decision, addrs)
+        found = self.admits.get((decision, addrs))
+        if found is None:
+            allowed, refusal = self._allowed_addresses(conn, decision, addrs)
+            origins = (frozenset(a.encode() for a, _ in allowed) if self.cache is not None
+                       else None)
+            if len(self.admits) >= ROUTE_CACHE_MAX:
+                self.admits.clear()
+            found = self.admits[(decision, addrs)] = (allowed, refusal, origins)
+        allowed, refusal, origins = found
         if not allowed:
             self._deny(conn, refusal)
             return
@@ -292,12 +300,19 @@ class ForwardHandler:
             if len(self.routes) >= ROUTE_CACHE_MAX:
                 self.routes.clear()
             self.routes[(conn.client_ip, scheme, host_b, port, req.method)] = (
-                time.monotonic() + self.route_ttl, host, decision, allowed)
-        self._connect_allowed(conn, req, target, allowed, more)
+                time.monotonic() + self.route_ttl, host, decision, allowed, origins)
+        self._route(conn, req, target, allowed, origins)
+
+    def _route(self, conn, req, target, allowed, origins) -> None:
+        """Fully admitted: the cache may answer (from these addresses only), else connect."""
+        conn.log_extra = {**(conn.log_extra or {}), "acl": allowed[0][1].rule}
+        if self.cache is not None and target[0] != b"tcp":
+            self.cache.handle(conn, req, (target, allowed), origins)
+            return
+        self._connect_allowed(conn, req, target, allowed, b"")
 
     def _connect_allowed(self, conn, req, target, allowed, more: bytes) -> None:
         scheme, host, host_b, port, path, decision = target
-        conn.log_extra = {**(conn.log_extra or {}), "acl": allowed[0][1].rule}
         if scheme == b"tcp":
             self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
             return

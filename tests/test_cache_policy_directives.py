@@ -4,7 +4,7 @@ import calendar
 import pytest
 
 from fastproxy.cache.directives import (
-    DELTA_MAX, delta_seconds, format_http_date, parse_cache_control, parse_etags,
+    DELTA_MAX, age_value, delta_seconds, format_http_date, parse_cache_control, parse_etags,
     parse_http_date, split_list, strong_match, weak_match)
 
 SUNDAY = float(calendar.timegm((1994, 11, 6, 8, 49, 37)))
@@ -12,17 +12,40 @@ SUNDAY = float(calendar.timegm((1994, 11, 6, 8, 49, 37)))
 
 def test_cache_control_tokens_quoted_strings_and_case():
     cc = parse_cache_control(b'Max-Age=60 , no-cache="Set-Cookie, X-A", PRIVATE,'
-                             b' ext="a\\"b", s-maxage = 5')
+                             b' ext="a\\"b",s-maxage=5')
     assert cc == {b"max-age": b"60", b"no-cache": b"Set-Cookie, X-A", b"private": None,
                   b"ext": b'a"b', b"s-maxage": b"5"}
+    assert not cc.malformed
 
 
-def test_cache_control_first_occurrence_wins_and_garbage_is_skipped():
+def test_cache_control_first_occurrence_wins_and_empty_members_are_clean():
     assert parse_cache_control(b"max-age=5, max-age=10")[b"max-age"] == b"5"
-    cc = parse_cache_control(b'max-age=5, "junk", @@, public')
-    assert cc == {b"max-age": b"5", b"public": None}
     assert parse_cache_control(b"") == {} and parse_cache_control(None) == {}
-    assert parse_cache_control(b",,, no-store ,") == {b"no-store": None}
+    cc = parse_cache_control(b",,, no-store ,")
+    assert cc == {b"no-store": None} and not cc.malformed
+
+
+@pytest.mark.parametrize("raw, reading", [
+    (b'max-age=5, "junk", @@, public', {b"max-age": b"5", b"public": None}),
+    (b"s-maxage = 5", {}),                                   # no whitespace around "="
+    (b"private; max-age=600", {b"private": None}),
+    (b"no-store; no-cache", {b"no-store": None, b"no-cache": None}),
+    (b"private max-age=600", {b"private": None}),
+    (b'max-age=60, private"', {b"max-age": b"60", b"private": None}),
+    (b'max-age=60, private="a', {b"max-age": b"60", b"private": None}),
+    (b"max-age=60, private=", {b"max-age": b"60", b"private": None}),
+    (b'ext="x", "no-cache"', {b"ext": b"x", b"no-cache": None}),
+])
+def test_malformed_cache_control_is_flagged_and_keeps_every_restriction(raw, reading):
+    cc = parse_cache_control(raw)
+    assert cc.malformed and cc == reading
+
+
+@pytest.mark.parametrize("values, age", [
+    ([b"7200, 0"], 7200), ([b"60"], 60), ([b" 60 "], 60), ([b"60", b"0"], 60),
+    ([b"soon"], 0), ([b"-5"], 0), ([b""], 0), ([], 0), ([b",30"], 30)])
+def test_age_is_the_first_member(values, age):
+    assert age_value(values) == age
 
 
 @pytest.mark.parametrize("raw,value", [

@@ -1,6 +1,7 @@
 """HTTP caching (RFC 9111) for fastproxy: the policy around the compiled ring-buffer store."""
 from .coalesce import Coalescer
 from .config import CacheConfig
+from .keys import cache_key
 from .policy import (
     GATEWAY_TIMEOUT,
     HIT,
@@ -10,7 +11,6 @@ from .policy import (
     Decision,
     HttpCache,
     Lookup,
-    cache_key,
 )
 
 __all__ = [

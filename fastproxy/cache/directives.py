@@ -11,41 +11,79 @@ import time
 # RFC 9111 1.2.2: a delta-seconds too large to represent is 2^31.
 DELTA_MAX = 2147483648
 
-# RFC 9110 5.6.2 token, 5.6.4 quoted-string; RFC 9111 5.2: directives accept both forms.
-_DIRECTIVE = re.compile(
-    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*'
-    rb'(?:=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^,"\s]*)))?[ \t]*(?:,|$)')
-_QUOTED_PAIR = re.compile(rb"\\(.)")
+# RFC 9110 5.6.2 token, 5.6.4 quoted-string (qdtext and quoted-pair, obs-text included).
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_ELEMENT = re.compile(
+    rb"([" + _TCHAR + rb"]+)(?:=(?:([" + _TCHAR + rb"]+)"
+    rb'|"((?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*)"))?')
+# RFC 9110 5.6.1.2: recipients accept empty list members, so "a, , b" and ", a," are clean.
+_LEAD = re.compile(rb"[ \t,]*")
+_NEXT = re.compile(rb"[ \t]*(?:,[ \t,]*|\Z)")
+_TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.DOTALL)
+
+# Directives that only ever restrict reuse: in a field that does not parse cleanly they
+# count wherever they appear (a reading that fails safe).
+RESTRICTIVE = frozenset({b"private", b"no-store", b"no-cache", b"must-revalidate",
+                         b"proxy-revalidate", b"only-if-cached"})
 
 
-def parse_cache_control(value: bytes | None) -> dict[bytes, bytes | None]:
-    """Map lowercase directive names to their argument (None when absent); first occurrence wins.
+class CacheControl(dict):
+    """Directive name (lowercase) -> argument (None when absent), with `malformed`.
 
-    RFC 9111 4.2.1: with several values for one directive "either the first
-    occurrence should be used or the response should be considered stale".
-    A malformed member is skipped up to the next comma.
+    `malformed` is True when the field value is not a clean RFC 9111 5.2 list; callers
+    must then fail safe (a response is not stored, a request is read as no-cache).
     """
-    out: dict[bytes, bytes | None] = {}
+
+    __slots__ = ("malformed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.malformed = False
+
+
+def parse_cache_control(value: bytes | None) -> CacheControl:
+    """Parse a Cache-Control field value (lines joined with ","); first occurrence wins.
+
+    RFC 9111 5.2: `#( token [ "=" ( token / quoted-string ) ] )`; 4.2.1: with several
+    values for one directive "either the first occurrence should be used or the response
+    should be considered stale". A member that does not match the grammar marks the
+    field malformed; reading resumes after the next comma, and every RESTRICTIVE
+    directive name found anywhere in the value is added, so no reading of a malformed
+    field is more permissive than the sender may have meant.
+    """
+    out = CacheControl()
     if not value:
         return out
-    pos, end = 0, len(value)
+    end = len(value)
+    pos = _skip_empty(value, 0)
     while pos < end:
-        m = _DIRECTIVE.match(value, pos)
-        if m is None or m.end() == pos:
+        m = _ELEMENT.match(value, pos)
+        nxt = _NEXT.match(value, m.end()) if m is not None else None
+        if m is None or nxt is None:
+            out.malformed = True
             comma = value.find(b",", pos)
             if comma < 0:
                 break
-            pos = comma + 1
+            pos = _skip_empty(value, comma)
             continue
         name = m.group(1).lower()
-        if m.group(2) is not None:
-            arg: bytes | None = _QUOTED_PAIR.sub(rb"\1", m.group(2))
-        else:
-            arg = m.group(3)
         if name not in out:
-            out[name] = arg
-        pos = m.end()
+            quoted = m.group(3)
+            out[name] = _QUOTED_PAIR.sub(rb"\1", quoted) if quoted is not None else m.group(2)
+        pos = nxt.end()
+    if out.malformed:
+        for word in _TOKEN.findall(value):
+            word = word.lower()
+            if word in RESTRICTIVE and word not in out:
+                out[word] = None
     return out
+
+
+def _skip_empty(value: bytes, pos: int) -> int:
+    # Past whitespace and empty list members (the pattern always matches, maybe empty).
+    m = _LEAD.match(value, pos)
+    return m.end() if m is not None else pos
 
 
 def delta_seconds(arg: bytes | None) -> int | None:
@@ -54,6 +92,13 @@ def delta_seconds(arg: bytes | None) -> int | None:
         return None
     n = int(arg)
     return DELTA_MAX if n > DELTA_MAX else n
+
+
+def age_value(values: list[bytes]) -> int:
+    """Age in seconds (RFC 9111 5.1): the first member of a list-valued field; 0 when the
+    field is absent or that member is not a non-negative integer (then it is ignored)."""
+    members = split_list(values) if values else ()
+    return (delta_seconds(members[0]) or 0) if members else 0
 
 
 _MONTHS = {m: i for i, m in enumerate(

@@ -3,7 +3,10 @@
 One store value per response, so a hit is one `get` and the bytes to write are
 slices of it:
 
-    META | etag | last-modified | status line + fields (each CRLF-ended) | body
+    META | etag | last-modified | origin | status line + fields (each CRLF-ended) | body
+
+`origin` is the address the response was fetched from in forward mode (empty in
+reverse mode): a forward proxy serves an entry only to clients admitted to that address.
 
 The head is kept without its final blank line: a hit appends `Age` and
 `Cache-Status` (and whatever the relay adds) before the blank line. Bodies are
@@ -26,8 +29,9 @@ NO_CACHE = 2            # response no-cache: validate before every use (RFC 9111
 
 # kind, flags, status, head_len, etag_len, lm_len, then seconds: response_time,
 # corrected_initial_age, freshness_lifetime, stale-while-revalidate,
-# stale-if-error, and the time If-Modified-Since is compared with.
-META = struct.Struct("<BBHIHHdddddd")
+# stale-if-error, and the time If-Modified-Since is compared with; then origin_len
+# (last, so ext/hitpath.pyx reads the seconds at fixed offsets).
+META = struct.Struct("<BBHIHHddddddH")
 STUB = struct.Struct("<BBHIQ")   # kind, 0, 0, names length, epoch
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus Proxy-Connection (RFC 9112 9.6 notes
@@ -64,29 +68,33 @@ def parse_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 def encode(status: int, flags: int, head: bytes, body: bytes, etag: bytes, last_modified: bytes,
            response_time: float, corrected_initial_age: float, lifetime: float,
-           swr: float, sie: float, ims_basis: float) -> list[bytes]:
+           swr: float, sie: float, ims_basis: float, origin: bytes = b"") -> list[bytes]:
     """Return the parts whose concatenation is the stored value."""
     meta = META.pack(KIND_RESPONSE, flags, status, len(head), len(etag), len(last_modified),
-                     response_time, corrected_initial_age, lifetime, swr, sie, ims_basis)
-    return [meta, etag, last_modified, head, body]
+                     response_time, corrected_initial_age, lifetime, swr, sie, ims_basis,
+                     len(origin))
+    return [meta, etag, last_modified, origin, head, body]
 
 
 class Stored:
     """A decoded stored response (the slow paths: revalidation, 304s, stale serving)."""
 
-    __slots__ = ("value", "flags", "status", "etag", "last_modified", "head_start", "body_start",
-                 "response_time", "corrected_initial_age", "lifetime", "swr", "sie", "ims_basis")
+    __slots__ = ("value", "flags", "status", "etag", "last_modified", "origin", "head_start",
+                 "body_start", "response_time", "corrected_initial_age", "lifetime", "swr", "sie",
+                 "ims_basis")
 
     def __init__(self, value: bytes) -> None:
         (_, self.flags, self.status, head_len, etag_len, lm_len, self.response_time,
          self.corrected_initial_age, self.lifetime, self.swr, self.sie,
-         self.ims_basis) = META.unpack_from(value)
+         self.ims_basis, origin_len) = META.unpack_from(value)
         self.value = value
         p = META.size
         self.etag = bytes(value[p:p + etag_len])
         p += etag_len
         self.last_modified = bytes(value[p:p + lm_len])
-        self.head_start = p + lm_len
+        p += lm_len
+        self.origin = bytes(value[p:p + origin_len])
+        self.head_start = p + origin_len
         self.body_start = self.head_start + head_len
 
     @property

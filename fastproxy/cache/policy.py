@@ -4,10 +4,10 @@ The relay calls, per request and response (duck-typed on the parser's
 `Request` / `Response`: `method`, `target`, `status`, `reason`, `headers()`,
 `get()`, `get_all()`):
 
-* `lookup(request, key_base, now)` before going upstream: a `Lookup` saying
-  HIT (buffers to write), STALE (buffers to write now, revalidate in the
-  background), REVALIDATE (conditional fields to add upstream), MISS, or
-  GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
+* `lookup(request, key_base, now, extra, origins)` before going upstream: a
+  `Lookup` saying HIT (buffers to write), STALE (buffers to write now,
+  revalidate in the background), REVALIDATE (conditional fields to add
+  upstream), MISS, or GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
 * `storable(request, response, now)` when the response head arrives, then
   `store(...)` with the whole dechunked body;
 * `refresh(lookup, response, ...)` when a revalidation answers 304;
@@ -17,19 +17,25 @@ The relay calls, per request and response (duck-typed on the parser's
   any response (it acts on unsafe methods only);
 * `purge(url)`, `purge_prefix(prefix)` for the admin interface.
 
+Fail safe: a Cache-Control field that is not a clean list (directives.py) makes
+a response unstorable and a request read as `no-cache, no-store`; no stale reuse
+(max-stale, stale-while-revalidate, stale-if-error) against no-cache,
+must-revalidate, proxy-revalidate or s-maxage (RFC 9111 4.2.4).
+
 Times are wall-clock seconds (`time.time()`), because Date and Expires are.
 """
 from __future__ import annotations
 
 import math
 import os
-from urllib.parse import urljoin, urlsplit
 
 from fastproxy._ringcache import RingCache
 
 from . import entry
 from .config import UNDERSTOOD_STATUSES, CacheConfig
 from .directives import (
+    DELTA_MAX,
+    age_value,
     delta_seconds,
     format_http_date,
     parse_cache_control,
@@ -39,6 +45,7 @@ from .directives import (
     strong_match,
     weak_match,
 )
+from .keys import origin_of, resolve_ref, variant_key
 
 # Lookup kinds
 HIT = "hit"
@@ -59,26 +66,8 @@ _NOT_MODIFIED_FIELDS = frozenset({
 _NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"content-range",
                                    b"content-type", b"age", b"set-cookie"}
 
-_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
 _unpack_meta = entry.META.unpack_from
 _META_SIZE = entry.META.size
-
-
-def cache_key(scheme: bytes, host: bytes, target: bytes) -> bytes:
-    """Build the primary cache key scheme://host/target with scheme and host lowercased.
-
-    RFC 9111 2: the key is at least the method and target URI; only GET is
-    stored, so the URI alone. A default port is dropped so both spellings of
-    one origin share entries (RFC 9110 4.2.3).
-    """
-    scheme = scheme.lower()
-    host = host.lower()
-    port = _DEFAULT_PORTS.get(scheme)
-    if port and host.endswith(port):
-        host = host[:-len(port)]
-    if not target.startswith(b"/"):
-        target = b"/" + target if target != b"*" else target
-    return b"%s://%s%s" % (scheme, host, target)
 
 
 class Lookup:
@@ -139,28 +128,20 @@ def _request_cc(request) -> dict:
     if cc is None:
         if len(_cc_memo) >= 1024:
             _cc_memo.clear()
-        cc = _cc_memo[value] = parse_cache_control(value)
+        cc = _cc_memo[value] = _fail_safe_request(parse_cache_control(value))
     return cc
 
 
-def _normalise_vary_value(name: bytes, values: list[bytes]) -> bytes:
-    # RFC 9111 4.1: values may be normalised in ways the field's definition
-    # makes equivalent: list members trimmed and re-joined; Accept-Encoding's
-    # codings are case-insensitive and unordered (RFC 9110 12.5.3).
-    members = split_list(values)
-    if name == b"accept-encoding":
-        members = sorted(m.lower().replace(b" ", b"").replace(b"\t", b"") for m in members)
-    return b",".join(members)
-
-
-def _variant_key(key_base: bytes, epoch: int, names: tuple[bytes, ...], request) -> bytes:
-    parts = [key_base, b"%016x" % epoch]
-    for name in names:
-        values = request.get_all(name)
-        # NUL never occurs in a field value (RFC 9110 5.5), so it separates;
-        # "-" and "=" tell an absent field from an empty one.
-        parts.append(b"=" + _normalise_vary_value(name, values) if values else b"-")
-    return b"\x00".join(parts)
+def _fail_safe_request(cc) -> dict:
+    # A request field we cannot read is read as the strictest thing it could have said:
+    # validate before reuse, store nothing, and no permission for stale (max-stale) is
+    # taken from it. only-if-cached, if named anywhere, still keeps the origin out of it.
+    if not cc.malformed:
+        return cc
+    strict = {b"no-cache": None, b"no-store": None}
+    if b"only-if-cached" in cc:
+        strict[b"only-if-cached"] = None
+    return strict
 
 
 class HttpCache:
@@ -186,8 +167,13 @@ class HttpCache:
 
     # ------------------------------------------------------------------ lookup
 
-    def lookup(self, request, key_base: bytes, now: float, extra: bytes = b"") -> Lookup:
-        """Decide how to answer request from the cache; `extra` lines go into served heads."""
+    def lookup(self, request, key_base: bytes, now: float, extra: bytes = b"",
+               origins=None) -> Lookup:
+        """Decide how to answer request from the cache; `extra` lines go into served heads.
+
+        `origins` (forward mode): the addresses, as bytes, this client was admitted to for
+        the request's destination; an entry fetched from any other address is not used.
+        """
         method = request.method
         if method != b"GET" and method != b"HEAD":
             return Lookup(MISS, "method")
@@ -201,12 +187,18 @@ class HttpCache:
         key = key_base
         if value[0] == entry.KIND_STUB:
             names, epoch = entry.decode_stub(value)
-            key = _variant_key(key_base, epoch, names, request)
+            key = variant_key(key_base, epoch, names, request)
             value = self._get(key, now)
             if value is None:
                 return self._miss(rcc, "vary-miss")
         (_, flags, status, head_len, etag_len, lm_len, response_time, corrected_initial_age,
-         lifetime, _, _, _) = _unpack_meta(value)
+         lifetime, _, _, _, origin_len) = _unpack_meta(value)
+        hs = _META_SIZE + etag_len + lm_len
+        if origins is not None and bytes(value[hs:hs + origin_len]) not in origins:
+            # Forward mode: this entry came from an address the client may not reach (the
+            # name moved, or the rules differ per client): not even its validators are used.
+            return self._miss(rcc, "miss", "origin-address")
+        hs += origin_len
         # RFC 9111 4.2.3 current_age; 4.2 fresh while lifetime > age.
         age = corrected_initial_age + (now - response_time if now > response_time else 0.0)
         ttl = lifetime - age
@@ -218,7 +210,6 @@ class HttpCache:
             out.key = key
             out.status = status
             out.ttl = t = int(ttl)
-            hs = _META_SIZE + etag_len + lm_len
             bs = hs + head_len
             mv = memoryview(value)
             tail = b"Age: %d\r\n%s%s; ttl=%d\r\n\r\n" % (age, extra, self._hit_status, t)
@@ -229,10 +220,19 @@ class HttpCache:
             return out
         st = entry.Stored(value)
         # Freshness as the request sees it (RFC 9111 5.2.1.1 max-age, 5.2.1.3 min-fresh).
+        # An argument that is not delta-seconds is read the strict way: max-age as 0,
+        # min-fresh as more than any lifetime.
         fresh = ttl > 0
-        if fresh and rcc:
-            max_age = delta_seconds(rcc.get(b"max-age")) if b"max-age" in rcc else None
-            min_fresh = delta_seconds(rcc.get(b"min-fresh")) if b"min-fresh" in rcc else None
+        max_age = min_fresh = None
+        if rcc:
+            if b"max-age" in rcc:
+                max_age = delta_seconds(rcc[b"max-age"])
+                if max_age is None:
+                    max_age = 0
+            if b"min-fresh" in rcc:
+                min_fresh = delta_seconds(rcc[b"min-fresh"])
+                if min_fresh is None:
+                    min_fresh = DELTA_MAX
             if (max_age is not None and age > max_age) or (min_fresh is not None and ttl < min_fresh):
                 fresh = False
         must_validate = (st.flags & entry.NO_CACHE) or b"no-cache" in rcc
@@ -240,14 +240,18 @@ class HttpCache:
             return self._hit(st, key, request, age, ttl, extra)
         must_revalidate = st.flags & entry.MUST_REVALIDATE
         staleness = -ttl
-        if not must_validate and not must_revalidate and staleness > 0:
-            # RFC 9111 4.2.4: stale reuse only where the request or response allows it.
+        if (not must_validate and not must_revalidate and staleness > 0 and min_fresh is None
+                and (max_age is None or age <= max_age)):
+            # RFC 9111 4.2.4: stale reuse only where the request or response allows it, and
+            # never past what the request's max-age or min-fresh accept (5.2.1.1, 5.2.1.3).
             if b"max-stale" in rcc:
                 limit = rcc[b"max-stale"]
                 allowed = _INF if limit is None else delta_seconds(limit)
                 if allowed is not None and staleness <= allowed:
                     return self._hit(st, key, request, age, ttl, extra, "max-stale")
-            if staleness <= st.swr and b"only-if-cached" not in rcc:
+            elif (max_age is None and staleness <= st.swr
+                  and b"only-if-cached" not in rcc):
+                # 5.2.1.1: a request with max-age and no max-stale wants nothing stale.
                 hit = self._hit(st, key, request, age, ttl, extra, "stale-while-revalidate")
                 hit.kind = STALE
                 hit.conditional = self._conditional(st, request)
@@ -262,9 +266,17 @@ class HttpCache:
         out.stored = st
         out.ttl = int(ttl) if ttl > 0 else -int(staleness)
         out.conditional = self._conditional(st, request)
-        # RFC 5861 4 / RFC 9111 5.2.2.2: stale-if-error unless must-revalidate.
-        out.stale_if_error = not must_revalidate and staleness <= st.sie
+        out.stale_if_error = self._may_serve_on_error(st, staleness)
         return out
+
+    @staticmethod
+    def _may_serve_on_error(st: entry.Stored, staleness: float) -> bool:
+        # RFC 5861 4: only with stale-if-error's permission, and RFC 9111 4.2.4 never
+        # against no-cache (5.2.2.4), must-revalidate, proxy-revalidate or s-maxage: those
+        # forbid any use without validation, and an entry the cache would need to
+        # validate is not made servable by being fresh (negative staleness).
+        return (st.sie > 0 and staleness <= st.sie
+                and not st.flags & (entry.MUST_REVALIDATE | entry.NO_CACHE))
 
     def _miss(self, rcc: dict, fwd: str, detail: str = "") -> Lookup:
         if b"only-if-cached" in rcc:
@@ -357,8 +369,10 @@ class HttpCache:
         rcc = _request_cc(request)
         if b"no-store" in rcc:                                 # 5.2.1.5
             return Decision(False, "request-no-store")
-        cc_values = response.get_all(b"cache-control")
-        cc = parse_cache_control(b",".join(cc_values)) if cc_values else {}
+        cc = parse_cache_control(b",".join(response.get_all(b"cache-control")))
+        if cc.malformed:
+            # Fail safe: a field we cannot read may have said private or no-store.
+            return Decision(False, "malformed-cache-control")
         if b"must-understand" in cc:                           # 5.2.2.3
             if status not in UNDERSTOOD_STATUSES:
                 return Decision(False, "must-understand")
@@ -384,12 +398,18 @@ class HttpCache:
             return Decision(False, "too-large")
         if (response.get(b"etag") is None and response.get(b"last-modified") is None
                 and not self._may_be_fresh(response, cc)
-                and not _directive_seconds(cc, b"stale-if-error",
-                                           self.config.default_stale_if_error)):
-            # Without a validator and without freshness it could never be reused
-            # (store() would refuse it): say so now, before the head goes out.
+                and not self._may_serve_stale_on_error(cc)):
+            # Without a validator it could never be reused (store() would refuse it): say
+            # so now, before the head goes out.
             return Decision(False, "no-freshness")
         return Decision(True, "", cc, vary)
+
+    def _may_serve_stale_on_error(self, cc: dict) -> bool:
+        # What store() and _may_serve_on_error() will allow, read from the directives.
+        if (b"no-cache" in cc or b"must-revalidate" in cc or b"proxy-revalidate" in cc
+                or b"s-maxage" in cc):
+            return False
+        return _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
 
     @staticmethod
     def _may_be_fresh(response, cc: dict) -> bool:
@@ -404,8 +424,11 @@ class HttpCache:
 
     def store(self, request, key_base: bytes, response, body: bytes,
               request_time: float, response_time: float,
-              decision: Decision | None = None) -> bool:
-        """Store a complete response (body dechunked); return True if it was stored."""
+              decision: Decision | None = None, origin: bytes = b"") -> bool:
+        """Store a complete response (body dechunked); return True if it was stored.
+
+        `origin` is the address it came from (forward mode; see lookup's `origins`).
+        """
         if decision is None:
             decision = self.storable(request, response, response_time)
         if not decision.store or len(body) > self.config.max_object_size:
@@ -414,11 +437,11 @@ class HttpCache:
         fields = response.headers()
         # Age and Date (RFC 9111 4.2.3, RFC 9110 6.6.1 for a missing Date).
         date_value = parse_http_date(response.get(b"date"))
-        age_value = delta_seconds(response.get(b"age")) or 0
         if date_value is None:
             date_value = response_time
         apparent_age = max(0.0, response_time - date_value)
-        corrected_age_value = age_value + max(0.0, response_time - request_time)
+        corrected_age_value = (age_value(response.get_all(b"age"))
+                               + max(0.0, response_time - request_time))
         corrected_initial_age = max(apparent_age, corrected_age_value)
 
         lm_raw = response.get(b"last-modified") or b""
@@ -437,13 +460,14 @@ class HttpCache:
             swr = _directive_seconds(cc, b"stale-while-revalidate",
                                      self.config.default_stale_while_revalidate)
             sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
-        if not (etag or lm_raw) and (lifetime <= 0 or flags & entry.NO_CACHE) and not sie:
+        if (not (etag or lm_raw) and (lifetime <= 0 or flags & entry.NO_CACHE)
+                and not (sie and not flags & entry.NO_CACHE)):
             return False     # it could never be reused
 
         head = self._stored_head(response, fields, len(body), date_value)
         ims_basis = last_modified if last_modified is not None else date_value
         parts = entry.encode(response.status, flags, head, body, etag, lm_raw, response_time,
-                             corrected_initial_age, lifetime, swr, sie, ims_basis)
+                             corrected_initial_age, lifetime, swr, sie, ims_basis, origin)
         if etag or lm_raw:
             expires = _INF     # worth keeping for revalidation until evicted
         else:
@@ -468,7 +492,7 @@ class HttpCache:
             epoch = int.from_bytes(os.urandom(8), "little")
             if not self.ring.set(key_base, entry.encode_stub(vary, epoch), now=now):
                 return None
-        return _variant_key(key_base, epoch, vary, request)
+        return variant_key(key_base, epoch, vary, request)
 
     def _lifetime(self, response, cc: dict, date_value: float, last_modified: float | None) -> float:
         # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
@@ -533,12 +557,17 @@ class HttpCache:
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
         merged += [(n, v) for n, v in new_fields if n.lower() in replace]
         cc = parse_cache_control(b",".join(v for n, v in merged if n.lower() == b"cache-control"))
+        if cc.malformed or b"no-store" in cc or b"private" in cc:
+            # The updated response may no longer be stored (RFC 9111 3, 4.3.4): drop the
+            # entry rather than keep serving it; the relay then fetches a full response.
+            self.ring.delete(lookup.key)
+            return None
 
         view = _Fields(merged, st.status)
         date_value = parse_http_date(view.get(b"date")) or response_time
-        age_value = delta_seconds(response.get(b"age")) or 0
         corrected_initial_age = max(max(0.0, response_time - date_value),
-                                    age_value + max(0.0, response_time - request_time))
+                                    age_value(response.get_all(b"age"))
+                                    + max(0.0, response_time - request_time))
         lm_raw = view.get(b"last-modified") or b""
         last_modified = parse_http_date(lm_raw) if lm_raw else None
         lifetime = self._lifetime(view, cc, date_value, last_modified)
@@ -556,7 +585,8 @@ class HttpCache:
         etag = view.get(b"etag") or b""
         parts = entry.encode(st.status, flags, head, st.body, etag, lm_raw, response_time,
                              corrected_initial_age, lifetime, swr, sie,
-                             last_modified if last_modified is not None else date_value)
+                             last_modified if last_modified is not None else date_value,
+                             st.origin)
         value = b"".join(parts)
         self.ring.set(lookup.key, value, expires=_INF if (etag or lm_raw) else
                        response_time - corrected_initial_age + lifetime
@@ -575,7 +605,7 @@ class HttpCache:
         if st is None or not lookup.stale_if_error:
             return None
         age = st.age(now)
-        if -(st.lifetime - age) > st.sie:
+        if not self._may_serve_on_error(st, age - st.lifetime):
             return None
         fwd = b"; fwd=stale; fwd-status=%d" % fwd_status if fwd_status else b"; fwd=stale"
         return self._hit(st, lookup.key, request, age, st.lifetime - age, extra, "stale-if-error",
@@ -614,14 +644,14 @@ class HttpCache:
         if request.method in SAFE_METHODS or not (200 <= status < 400):
             return 0
         removed = self.purge(ns + key_base)
-        origin = _origin(key_base)
+        origin = origin_of(key_base)
         for ref in (location, content_location):
             if not ref:
                 continue
-            target = _resolve(key_base, ref)
+            target = resolve_ref(key_base, ref)
             # Only the same origin: another origin's entries are not this
             # server's to invalidate (a denial-of-service vector otherwise).
-            if target is not None and _origin(target) == origin:
+            if target is not None and origin_of(target) == origin:
                 removed += self.purge(ns + target)
         return removed
 
@@ -668,21 +698,3 @@ def _directive_seconds(cc: dict, name: bytes, default: float) -> float:
         v = delta_seconds(cc[name])
         return float(v) if v is not None else 0.0
     return default
-
-
-def _origin(url: bytes) -> tuple:
-    parts = urlsplit(url.decode("latin-1"))
-    return (parts.scheme, parts.hostname, parts.port)
-
-
-def _resolve(base: bytes, ref: bytes) -> bytes | None:
-    try:
-        joined = urljoin(base.decode("latin-1"), ref.strip().decode("latin-1"))
-        p = urlsplit(joined)
-    except ValueError:
-        return None
-    if not p.scheme or not p.netloc:
-        return None
-    target = (p.path or "/") + ("?" + p.query if p.query else "")
-    return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
-                     target.encode("latin-1"))
