@@ -147,7 +147,7 @@ def client_with_stream(method=b"GET"):
 
 
 @pytest.mark.parametrize("hdrs,end,kind", [
-    ([(b":status", b"101"), (b"upgrade", b"h2c")], False, "status"),             # 8.6
+    ([(b":status", b"101"), (b"upgrade", b"h2c")], False, "connection_field"),   # 8.6
     ([(b":status", b"101")], False, "status"),
     ([(b":status", b"103")], True, "status"),                                      # 8.1 1xx ending
     ([(b":status", b"2000")], True, "status"),
