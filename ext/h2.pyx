@@ -30,6 +30,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastproxy._hpack cimport Decoder, Encoder
 from fastproxy._h2msg cimport *
+from fastproxy._h2frames cimport *
 
 from fastproxy._hpack import HPACKError
 from fastproxy._h2msg import ERROR_KINDS
@@ -54,32 +55,6 @@ INADEQUATE_SECURITY = 0xc
 HTTP_1_1_REQUIRED = 0xd
 
 cdef enum:
-    E_NO = 0
-    E_PROTOCOL = 1
-    E_FLOW = 3
-    E_STREAM_CLOSED = 5
-    E_FRAME_SIZE = 6
-    E_REFUSED = 7
-    E_CANCEL = 8
-    E_COMPRESSION = 9
-    E_CALM = 11
-
-    T_DATA = 0
-    T_HEADERS = 1
-    T_PRIORITY = 2
-    T_RST = 3
-    T_SETTINGS = 4
-    T_PUSH = 5
-    T_PING = 6
-    T_GOAWAY = 7
-    T_WINDOW = 8
-    T_CONT = 9
-
-    F_END_STREAM = 0x1
-    F_ACK = 0x1
-    F_END_HEADERS = 0x4
-    F_PADDED = 0x8
-    F_PRIORITY = 0x20
     F_SELF_DEP = 0x100        # internal: the HEADERS awaiting CONTINUATION depended on itself
 
     RS_PREFACE = 0
@@ -89,7 +64,6 @@ cdef enum:
     RS_DATA = 4
     RS_PAD = 5
 
-    MAX_WINDOW = 0x7fffffff
     ENCODER_TABLE_MAX = 4096   # our encoder's table, whatever larger size the peer allows
 
 cdef long long _TOTALS[N_KINDS]
@@ -105,23 +79,11 @@ cdef inline uint32_t _be32(const uchar* p) noexcept:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef inline int _put(bytearray out, const void* p, Py_ssize_t n) except -1:
+cdef inline int _bput(bytearray out, const void* p, Py_ssize_t n) except -1:
     cdef Py_ssize_t at = PyByteArray_GET_SIZE(out)
     PyByteArray_Resize(out, at + n)
     memcpy(PyByteArray_AS_STRING(out) + at, p, n)
     return 0
-
-
-cdef inline void _hdr9(uchar* h, Py_ssize_t length, int ftype, int flags, uint32_t sid) noexcept:
-    h[0] = <uchar>(length >> 16)
-    h[1] = <uchar>(length >> 8)
-    h[2] = <uchar>length
-    h[3] = <uchar>ftype
-    h[4] = <uchar>flags
-    h[5] = <uchar>(sid >> 24)
-    h[6] = <uchar>(sid >> 16)
-    h[7] = <uchar>(sid >> 8)
-    h[8] = <uchar>sid
 
 
 cdef inline void _set32(uchar* h, uint32_t v) noexcept:
@@ -142,18 +104,16 @@ cdef class _Stream:
     pass
 
 
-cdef class Connection:
+cdef class Connection(FrameWriter):
     """One HTTP/2 connection, server (client=False) or client (client=True) role."""
 
     def __cinit__(self, *args, **kwargs):
         # Containers exist even if a subclass forgets to call __init__ (no crash, only
         # a connection that has not sent its preface).
         self._streams = {}
-        self._out = bytearray()
         self._payload = bytearray()
         self._hblock = bytearray()
         self._decoder = Decoder(4096)
-        self._encoder = Encoder(4096)
 
     def __init__(self, bint client=False, *, int max_concurrent_streams=128,
                  long long initial_window_size=65535, long long connection_window_size=1 << 20,
@@ -218,11 +178,11 @@ cdef class Connection:
             _set32(s + ns * 6 + 2, value)
             ns += 1
         if client:
-            self._out += _PREFACE
+            self._put(PyBytes_AS_STRING(_PREFACE), 24)
         self._write_header(ns * 6, T_SETTINGS, 0, 0)
-        _put(self._out, s, ns * 6)
+        self._put(s, ns * 6)
         if connection_window_size > 65535:
-            self._window_update_out(0, connection_window_size - 65535)
+            self._write_u32_frame(T_WINDOW, 0, <uint32_t>(connection_window_size - 65535))
 
     # ------------------------------------------------------------------ hooks
 
@@ -287,13 +247,6 @@ cdef class Connection:
             PyBuffer_Release(&view)
         return None
 
-    cpdef bytes data_to_send(self):
-        """Take everything queued for the peer (b"" if nothing)."""
-        cdef bytes b = bytes(self._out)
-        PyByteArray_Resize(self._out, 0)
-        self._ctrl_queued = 0
-        return b
-
     cpdef int send_headers(self, int stream_id, object headers, bint end_stream=False) except -2:
         """Send a response (or 1xx, or trailers) on a stream; -1 if it cannot send."""
         cdef _Stream st = self._get(stream_id)
@@ -342,7 +295,7 @@ cdef class Connection:
             return -1
         cdef Py_buffer view
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        cdef long long n = view.len, allowed = n, off = 0, chunk
+        cdef long long n = view.len, allowed = n
         cdef bint end = end_stream
         try:
             if allowed > st.send_window:
@@ -354,15 +307,8 @@ cdef class Connection:
             if allowed < n:
                 end = False
                 st.blocked = True
-            while allowed > off or (end and off == 0):
-                chunk = min(allowed - off, <long long>self.peer_max_frame_size)
-                self._write_header(chunk, T_DATA,
-                                   F_END_STREAM if end and off + chunk == allowed else 0,
-                                   stream_id)
-                _put(self._out, <const uchar*>view.buf + off, chunk)
-                off += chunk
-                if off >= allowed:
-                    break
+            if allowed or end:
+                self._write_data(stream_id, <const uchar*>view.buf, allowed, end)
         finally:
             PyBuffer_Release(&view)
         st.send_window -= allowed
@@ -390,11 +336,7 @@ cdef class Connection:
         last it opened) are ignored from now on."""
         if last_stream_id < 0:
             last_stream_id = self.last_peer_stream
-        cdef uchar b[8]
-        _set32(b, last_stream_id)
-        _set32(b + 4, error_code)
-        self._write_header(8, T_GOAWAY, 0, 0)
-        _put(self._out, b, 8)
+        self._write_goaway(last_stream_id, error_code, b"")
         self.goaway_sent = last_stream_id
         return 0
 
@@ -403,7 +345,7 @@ cdef class Connection:
         if PyBytes_GET_SIZE(opaque) != 8:
             raise ValueError("PING data is 8 bytes")
         self._write_header(8, T_PING, 0, 0)
-        _put(self._out, PyBytes_AS_STRING(opaque), 8)
+        self._put(PyBytes_AS_STRING(opaque), 8)
         return 0
 
     cpdef long long stream_send_window(self, int stream_id):
@@ -441,7 +383,7 @@ cdef class Connection:
             elif st == RS_PAYLOAD:
                 have = PyByteArray_GET_SIZE(self._payload)
                 k = min(<Py_ssize_t>self._flen - have, n - pos)
-                _put(self._payload, p + pos, k)
+                _bput(self._payload, p + pos, k)
                 pos += k
                 if have + k == self._flen:
                     self._rstate = RS_HEAD
@@ -512,7 +454,7 @@ cdef class Connection:
     cdef int _data_header(self) except -1:
         cdef uint32_t sid = self._fsid
         cdef long long flen = self._flen
-        cdef bint padded = self._fflags & F_PADDED
+        cdef bint padded = (self._fflags & F_PADDED) != 0
         cdef long long padlen = self._hdr[9] if padded else 0
         cdef long long dlen = flen - padded - padlen
         cdef bint end = self._fflags & F_END_STREAM
@@ -581,7 +523,7 @@ cdef class Connection:
             self._block_bytes += 9 + n
             if self._block_bytes > self.max_header_block:
                 return self._conn_error(E_CALM, K_HEADER_BLOCK)
-            _put(self._hblock, p, n)
+            _bput(self._hblock, p, n)
             if self._fflags & F_END_HEADERS:
                 self._cont_sid = 0
                 self._block(sid, self._cont_flags & F_END_STREAM, self._cont_flags & F_SELF_DEP,
@@ -606,7 +548,7 @@ cdef class Connection:
                 self.on_ping_ack(PyBytes_FromStringAndSize(<const char*>p, 8))
                 return 0
             self._write_header(8, T_PING, F_ACK, 0)
-            _put(self._out, p, 8)
+            self._put(p, 8)
             return self._control()
         if t == T_PRIORITY:
             if sid == 0:
@@ -649,7 +591,7 @@ cdef class Connection:
         if self._block_bytes > self.max_header_block:
             return self._conn_error(E_CALM, K_HEADER_BLOCK)
         PyByteArray_Resize(self._hblock, 0)
-        _put(self._hblock, p + off, n - off - padlen)
+        _bput(self._hblock, p + off, n - off - padlen)
         return 0
 
     cdef int _block(self, uint32_t sid, bint end_stream, bint self_dep,
@@ -909,17 +851,16 @@ cdef class Connection:
         self._count(kind)
         if self.dead:
             return 0
-        self.goaway(code, self.last_peer_stream)
+        # The debug data names the rule, for the peer's logs (6.8).
+        self._write_goaway(self.last_peer_stream, code, ERROR_KINDS[kind].encode())
+        self.goaway_sent = self.last_peer_stream
         self.dead = True
         self.on_connection_error(code, ERROR_KINDS[kind])
         return 0
 
     cdef int _stream_error(self, uint32_t sid, int code, int kind, bint notify) except -1:
         self._count(kind)
-        cdef uchar b[4]
-        _set32(b, code)
-        self._write_header(4, T_RST, 0, sid)
-        _put(self._out, b, 4)
+        self._write_u32_frame(T_RST, sid, code)
         cdef _Stream st = self._get(sid)
         if st is not None:
             st.remote_open = st.local_open = False
@@ -1003,51 +944,13 @@ cdef class Connection:
         self._unacked += n
         # Batch the credit: one WINDOW_UPDATE per half window consumed.
         if self._unacked >= self.connection_window_size // 2:
-            self._window_update_out(0, self._unacked)
+            self._write_u32_frame(T_WINDOW, 0, <uint32_t>self._unacked)
             self._recv_window += self._unacked
             self._unacked = 0
         if st is not None and st.remote_open:
             st.unacked += n
             if st.unacked >= self._local_initial // 2:
-                self._window_update_out(st.id, st.unacked)
+                self._write_u32_frame(T_WINDOW, st.id, <uint32_t>st.unacked)
                 st.recv_window += st.unacked
                 st.unacked = 0
-        return 0
-
-    # ------------------------------------------------------------------ writing
-
-    cdef int _write_header(self, Py_ssize_t length, int ftype, int flags, uint32_t sid) except -1:
-        cdef uchar h[9]
-        _hdr9(h, length, ftype, flags, sid)
-        return _put(self._out, h, 9)
-
-    cdef int _window_update_out(self, uint32_t sid, long long inc) except -1:
-        cdef uchar b[4]
-        _set32(b, <uint32_t>inc)
-        self._write_header(4, T_WINDOW, 0, sid)
-        return _put(self._out, b, 4)
-
-    cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1:
-        cdef bytearray out = self._out
-        cdef Py_ssize_t start = PyByteArray_GET_SIZE(out), blen, off, chunk
-        cdef int flags = F_END_STREAM if end_stream else 0
-        cdef uchar h[9]
-        self._write_header(0, T_HEADERS, 0, sid)        # placeholder, patched below
-        self._encoder.encode_c(out, headers)
-        blen = PyByteArray_GET_SIZE(out) - start - 9
-        if blen <= self.peer_max_frame_size:
-            _hdr9(<uchar*>PyByteArray_AS_STRING(out) + start, blen, T_HEADERS,
-                  flags | F_END_HEADERS, sid)
-            return 0
-        # Too big for one frame: HEADERS then CONTINUATION frames (6.10).
-        cdef bytes block = bytes(out[start + 9:])
-        PyByteArray_Resize(out, start)
-        off = 0
-        while off < blen:
-            chunk = min(blen - off, <Py_ssize_t>self.peer_max_frame_size)
-            self._write_header(chunk, T_HEADERS if off == 0 else T_CONT,
-                               (flags if off == 0 else 0) | (F_END_HEADERS if off + chunk == blen else 0),
-                               sid)
-            _put(out, PyBytes_AS_STRING(block) + off, chunk)
-            off += chunk
         return 0

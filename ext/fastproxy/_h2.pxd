@@ -4,6 +4,7 @@
 from libc.stdint cimport uint8_t, uint32_t
 from fastproxy._hpack cimport Decoder, Encoder
 from fastproxy._h2msg cimport MsgInfo, N_KINDS
+from fastproxy._h2frames cimport FrameWriter
 
 ctypedef unsigned char uchar
 
@@ -24,7 +25,7 @@ cdef class _Stream:
     cdef long long received
 
 
-cdef class Connection:
+cdef class Connection(FrameWriter):
     # options (readonly for the caller)
     cdef readonly bint client
     cdef readonly int max_concurrent_streams
@@ -38,7 +39,6 @@ cdef class Connection:
     cdef readonly double stream_rate, stream_burst, reset_rate, reset_burst
     # peer settings
     cdef readonly long long peer_initial_window_size
-    cdef readonly int peer_max_frame_size
     cdef readonly long long peer_max_concurrent_streams
     cdef readonly long long peer_max_header_list_size
     # connection state
@@ -58,10 +58,7 @@ cdef class Connection:
     cdef dict _streams
     cdef _Stream _last
     cdef Decoder _decoder
-    cdef Encoder _encoder
     cdef Py_ssize_t _decoder_size           # our SETTINGS_HEADER_TABLE_SIZE, applied once acked
-    cdef bytearray _out
-    cdef int _ctrl_queued
     cdef int _empty_run
     cdef double _stream_tokens, _reset_tokens, _stamp
     cdef long long _errors[N_KINDS]
@@ -97,7 +94,6 @@ cdef class Connection:
     cpdef on_connection_error(self, int error_code, str kind)
     # caller API
     cpdef feed(self, data)
-    cpdef bytes data_to_send(self)
     cpdef int send_headers(self, int stream_id, object headers, bint end_stream=*) except -2
     cpdef int send_request(self, object headers, bint end_stream=*) except -2
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=*) except -2
@@ -124,9 +120,6 @@ cdef class Connection:
     cdef int _stream_error(self, uint32_t sid, int code, int kind, bint notify) except -1
     cdef int _count(self, int kind) except -1
     cdef int _control(self) except -1
-    cdef int _write_header(self, Py_ssize_t length, int ftype, int flags, uint32_t sid) except -1
-    cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1
-    cdef int _window_update_out(self, uint32_t sid, long long inc) except -1
     cdef int _ack(self, _Stream st, long long n) except -1
     cdef int _close_remote(self, _Stream st) except -1
     cdef int _close_local(self, _Stream st) except -1
