@@ -477,7 +477,7 @@ cdef class Connection(FrameWriter):
             if self._is_idle(sid):
                 return self._conn_error(E_PROTOCOL, K_STREAM_ID)
             self._ack(None, flen)
-            if not self._was_reset(sid):
+            if not self._was_reset(sid) and not (self.goaway_sent >= 0 and sid > <uint32_t>self.goaway_sent):
                 self._stream_error(sid, E_STREAM_CLOSED, K_STREAM_CLOSED, False)
             return 0
         if not st.remote_open:
@@ -624,14 +624,15 @@ cdef class Connection(FrameWriter):
             return self._conn_error(E_STREAM_CLOSED, K_STREAM_CLOSED)
         if self.client:
             return self._conn_error(E_PROTOCOL, K_STREAM_ID)   # server push is off
+        if self.goaway_sent >= 0 and sid > <uint32_t>self.goaway_sent:
+            self.last_peer_stream = max(self.last_peer_stream, sid)
+            return 0                          # 6.8: ignored after our GOAWAY
         if sid <= <uint32_t>self.last_peer_stream:
             if self._was_reset(sid):
                 return 0
             return self._conn_error(E_STREAM_CLOSED, K_STREAM_CLOSED)
         # A new stream from the peer (server role).
         self.last_peer_stream = sid
-        if self.goaway_sent >= 0 and sid > <uint32_t>self.goaway_sent:
-            return 0                          # 6.8: ignored after our GOAWAY
         if not self._take(&self._stream_tokens, self.stream_rate, self.stream_burst):
             return self._conn_error(E_CALM, K_STREAM_RATE)
         if self.active_peer >= self.max_concurrent_streams:
