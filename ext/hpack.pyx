@@ -244,6 +244,8 @@ cdef inline Py_ssize_t _int(const uchar* p, Py_ssize_t n, Py_ssize_t* pos, int p
             raise _HPACKError("truncated integer")
         b = p[pos[0]]
         pos[0] += 1
+        if shift > 28:          # a sixth continuation byte: over 2^31 whatever it holds
+            raise _HPACKError("integer too large")
         v += <Py_ssize_t>(b & 0x7f) << shift
         shift += 7
         if v > 0x7fffffff:

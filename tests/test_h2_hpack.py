@@ -163,6 +163,7 @@ def test_table_size_update_announced_smallest_first_rfc7541_4_2():
     (b"\x82\x20", "table size update after a field (4.2)"),
     (b"\x40\x05ab", "string longer than the block (5.2)"),
     (b"\xff\xff\xff\xff\xff\xff\x01", "integer overflow (5.1)"),
+    (b"\x00\x01a\x7f" + b"\x80" * 64 + b"\x01" + b"v" * 128, "integer with 64 zero groups (5.1)"),
     (b"\xff\x80", "truncated integer (5.1)"),
     (b"\x40\x81\xff", "bad Huffman string (5.2)"),
     (b"\x00", "truncated literal"),
