@@ -127,7 +127,7 @@ def play(client, actions):
                     (b":authority", b"h.example"), (b":path", path)] + flds
             client.send_headers(sid, hdrs, end_stream=not with_body)
             if with_body:
-                body = bytes(random.Random(sid).randrange(256) for _ in range(size))
+                body = random.Random(sid).randbytes(size)
                 client.send_data(sid, body, end_stream=not trailers, pad_length=pad)
                 if trailers:
                     client.send_headers(sid, [(b"x-trailer", b"t")], end_stream=True)
@@ -274,3 +274,38 @@ def test_client_role_respects_max_concurrent_streams_and_goaway():
     assert ours.send_request(REQ) == 0 and ours.streams_available == 0
     assert ours.send_data(3, b"x") == -1        # stream 3 was forgotten: retry elsewhere
     assert ours.send_data(1, b"x", end_stream=True) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(paths, fields, st.integers(0, 40000), st.booleans()), min_size=1, max_size=6),
+       st.lists(st.integers(0, 100000), max_size=5))
+def test_our_requests_read_by_h2_server_split_randomly(requests, cuts):
+    """Client role: random requests (bodies within the windows, trailers) as h2 reads them,
+    our bytes cut at random places."""
+    ours = Recorder(True)
+    server = h2_server(normalize_inbound_headers=False)
+    server.receive_data(ours.data_to_send())
+    ours.feed(server.data_to_send())
+    expected = {}
+    for path, flds, size, trailers in requests:
+        hdrs = [(b":method", b"POST" if size else b"GET"), (b":scheme", b"https"),
+                (b":authority", b"up.example"), (b":path", path)] + flds
+        sid = ours.send_request(hdrs, end_stream=not size and not trailers)
+        seq = expected[sid] = [("headers", hdrs)]
+        if size:
+            body = random.Random(size).randbytes(size)
+            assert ours.send_data(sid, body, end_stream=not trailers) == size
+            seq.append(("data", body))
+        if trailers:
+            ours.send_headers(sid, [(b"x-sum", b"1")], end_stream=True)
+            seq.append(("trailers", [(b"x-sum", b"1")]))
+        seq.append(("end",))
+        wire = ours.data_to_send()
+        events = []
+        last = 0
+        for c in sorted(c % (len(wire) + 1) for c in cuts) + [len(wire)]:
+            events += h2_feed(server, wire[last:c])
+            last = c
+        ours.feed(server.data_to_send())          # window updates back to us
+        got = reduce_h2(events)
+        assert got == {sid: seq}
