@@ -90,7 +90,7 @@ def ours_requests(preface: bytes, frames: list[bytes]):
         conn.data_to_send()
         for i in range(loops):
             conn.feed(frames[i])
-            sid, headers = conn.last
+            sid, _headers = conn.last
             conn.send_headers(sid, RESPONSE)
             conn.send_data(sid, BODY, True)
             conn.data_to_send()

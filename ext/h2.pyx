@@ -264,6 +264,8 @@ cdef class Connection(FrameWriter):
         if self.dead or self.goaway_received >= 0 or self._next_id > MAX_WINDOW \
                 or self.active_local >= self.peer_max_concurrent_streams:
             return 0
+        if type(headers) is not list:
+            headers = list(headers)           # read twice below
         cdef int sid = self._next_id
         self._next_id += 2
         cdef _Stream st = _Stream.__new__(_Stream)

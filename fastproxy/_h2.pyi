@@ -44,11 +44,11 @@ CONTINUATION, CVE-2019-9518).  The local SETTINGS (window, table size) take effe
 when the peer acknowledges them (6.5.3).
 """
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeAlias
 
 from fastproxy._h2frames import FrameWriter
 
-Header = tuple[bytes, bytes]
+Header: TypeAlias = tuple[bytes, bytes]
 
 PREFACE: Final[bytes]
 NO_ERROR: Final = 0x0

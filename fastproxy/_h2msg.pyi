@@ -13,9 +13,9 @@ no "#") and an :authority or host (equal when both, no userinfo); CONNECT has on
 ERROR_KINDS names every counter of fastproxy._h2 (index = kind number).
 """
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
-Header = tuple[bytes, bytes]
+Header: TypeAlias = tuple[bytes, bytes]
 
 ERROR_KINDS: Final[tuple[str, ...]]
 

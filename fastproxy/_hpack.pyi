@@ -18,13 +18,13 @@
 Compiled callers cimport Decoder.decode_c / Encoder.encode_c (ext/fastproxy/_hpack.pxd).
 """
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeAlias
 
 DEFAULT_TABLE_SIZE: Final[int]
 STATIC_TABLE: Final[tuple[tuple[bytes, bytes], ...]]
 HUFFMAN_LENGTHS: Final[tuple[int, ...]]
 
-Header = tuple[bytes, bytes]
+Header: TypeAlias = tuple[bytes, bytes]
 
 class HPACKError(ValueError): ...
 

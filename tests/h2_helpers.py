@@ -111,8 +111,7 @@ def data(stream_id: int, payload: bytes, end: bool = False, pad: int | None = No
 
 def parse_frames(buf: bytes) -> list[tuple[int, int, int, bytes]]:
     """Split bytes we sent into (type, flags, stream_id, payload); skips the client magic."""
-    if buf.startswith(PREFACE):
-        buf = buf[len(PREFACE):]
+    buf = buf.removeprefix(PREFACE)
     out = []
     while buf:
         n = int.from_bytes(buf[:3], "big")

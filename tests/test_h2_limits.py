@@ -5,10 +5,26 @@ import time
 
 import hpack
 import pytest
-
-from h2_helpers import (CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PING, REQ, WINDOW_UPDATE,
-                        Recorder, data, frame, goaway_of, parse_frames, raw_server, rst, rst_of, settings,
-                        window_update)
+from h2_helpers import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PING,
+    REQ,
+    WINDOW_UPDATE,
+    Recorder,
+    data,
+    frame,
+    goaway_of,
+    parse_frames,
+    raw_server,
+    rst,
+    rst_of,
+    settings,
+    window_update,
+)
 
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, REFUSED_STREAM, ENHANCE_YOUR_CALM = 1, 3, 7, 11
 POST = [(b":method", b"POST")] + REQ[1:]

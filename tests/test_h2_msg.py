@@ -3,11 +3,12 @@ with our own HTTP/1.1 parser (the proxy's next step) and by h2 reading what they
 an HTTP/2 peer; plus a hypothesis fuzz of raw frame sequences: feeding them whole or
 split anywhere gives the same events, output and errors."""
 import hpack
+from h2_helpers import PREFACE, Recorder, frame, h2_client, h2_server, reduce_h2
+from h2_helpers import settings as settings_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastproxy import _h2msg, _http
-from h2_helpers import PREFACE, Recorder, frame, h2_client, h2_server, reduce_h2, settings as settings_frame
 
 REQ = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"api.example:8443"),
        (b":path", b"/v1/items?x=1"), (b"content-type", b"application/json"), (b"cookie", b"a=1"),

@@ -9,12 +9,20 @@ responses by us.
 import random
 
 import h2.events
-import pytest
+from h2_helpers import (
+    CONTINUATION,
+    HEADERS,
+    REQ,
+    Recorder,
+    h2_client,
+    h2_feed,
+    h2_server,
+    parse_frames,
+    reduce_h2,
+    reduce_ours,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from h2_helpers import (REQ, Recorder, h2_client, h2_feed, h2_server, parse_frames, reduce_h2,
-                        reduce_ours, CONTINUATION, HEADERS)
 
 UA = (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0")
 

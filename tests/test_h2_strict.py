@@ -3,11 +3,31 @@ that never reach the caller, framing violations (4-6) are connection errors, and
 has its counter.  Test names carry the RFC 9113 section."""
 import hpack
 import pytest
+from h2_helpers import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    REQ,
+    Recorder,
+    data,
+    frame,
+    goaway_of,
+    raw_server,
+    rst,
+    rst_of,
+    settings,
+    window_update,
+)
 
 from fastproxy import _h2, _h2msg
-from h2_helpers import (CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, PADDED, PING,
-                        PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, REQ, GOAWAY, Recorder, data, frame,
-                        goaway_of, raw_server, rst, rst_of, settings, window_update)
 
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR, COMPRESSION_ERROR = 1, 3, 5, 6, 9
 
@@ -242,7 +262,7 @@ FRAMING = [
 def test_rfc9113_framing_violation_is_a_connection_error(frames, code, kind):
     ours = raw_server()
     out = send(ours, *frames)
-    last, got = conn_error_of(ours, out)
+    _last, got = conn_error_of(ours, out)
     assert got == code and ours.errors.get(kind) == 1
     assert ours.kinds("connection_error")[0][1:] == (code, kind)
     ours.feed(headers_frame(11, REQ))          # ignored from now on
