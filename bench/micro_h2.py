@@ -66,7 +66,7 @@ def _client_wire(n: int) -> tuple[bytes, list[bytes]]:
     """The preface and n request HEADERS frames of one browser connection (stream 1, 3, ...)."""
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     c.initiate_connection()
-    c.local_settings.max_concurrent_streams = 1 << 30
+    c.increment_flow_control_window(1 << 30)     # the responses' bodies never wait for credit
     preface = c.data_to_send() + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"   # + SETTINGS ACK
     frames = []
     for i in range(n):
@@ -94,6 +94,7 @@ def ours_requests(preface: bytes, frames: list[bytes]):
             conn.send_headers(sid, RESPONSE)
             conn.send_data(sid, BODY, True)
             conn.data_to_send()
+        assert conn.send_window > 0 and not conn.dead
     return run
 
 
