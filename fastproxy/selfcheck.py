@@ -11,7 +11,7 @@ import sys
 # One entry per ext/NAME.pyx; each module adds itself here when it lands.
 COMPILED: tuple[str, ...] = (
     "fastproxy._http", "fastproxy._ringcache", "fastproxy._relay", "fastproxy._hashing",
-    "fastproxy._hitpath",
+    "fastproxy._hitpath", "fastproxy._hpack", "fastproxy._h2msg", "fastproxy._h2frames", "fastproxy._h2",
 )
 HOME = os.path.dirname(os.path.realpath(__file__))
 

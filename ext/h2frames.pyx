@@ -1,0 +1,126 @@
+# cython: language_level=3
+"""The sending half of an HTTP/2 connection (RFC 9113 4.1, 6): frames written into one
+growing C buffer that the caller takes whole with `data_to_send()`.
+
+Kept apart from the receiving half (fastproxy._h2), as HAProxy's mux_h2 keeps its
+muxer apart from its demuxer: this side never parses, that side never formats.
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+from fastproxy._hpack cimport Encoder
+
+# After a take, a buffer that grew past this is given back (an idle connection keeps
+# no large allocation).
+cdef Py_ssize_t KEEP_CAPACITY = 64 * 1024
+
+
+cdef inline void _hdr9(uchar* h, Py_ssize_t length, int ftype, int flags, uint32_t sid) noexcept:
+    h[0] = <uchar>(length >> 16)
+    h[1] = <uchar>(length >> 8)
+    h[2] = <uchar>length
+    h[3] = <uchar>ftype
+    h[4] = <uchar>flags
+    h[5] = <uchar>(sid >> 24)
+    h[6] = <uchar>(sid >> 16)
+    h[7] = <uchar>(sid >> 8)
+    h[8] = <uchar>sid
+
+
+cdef inline void _set32(uchar* h, uint32_t v) noexcept:
+    h[0] = <uchar>(v >> 24)
+    h[1] = <uchar>(v >> 16)
+    h[2] = <uchar>(v >> 8)
+    h[3] = <uchar>v
+
+
+cdef class FrameWriter:
+    """Frames out: the buffer, the HPACK encoder, the peer's frame size."""
+
+    def __cinit__(self, *args, **kwargs):
+        self._obuf = NULL
+        self._olen = self._ocap = 0
+        self._encoder = Encoder(4096)
+        self._hscratch = bytearray()
+        self.peer_max_frame_size = 16384
+
+    def __dealloc__(self):
+        free(self._obuf)
+
+    cpdef bytes data_to_send(self):
+        """Take everything queued for the peer (b"" if nothing)."""
+        cdef bytes b = PyBytes_FromStringAndSize(<char*>self._obuf, self._olen) if self._olen else b""
+        self._olen = 0
+        self._ctrl_queued = 0
+        if self._ocap > KEEP_CAPACITY:
+            free(self._obuf)
+            self._obuf = NULL
+            self._ocap = 0
+        return b
+
+    cdef int _put(self, const void* p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t need = self._olen + n, cap
+        cdef uchar* nb
+        if need > self._ocap:
+            cap = max(need, 2 * self._ocap, 4096)
+            nb = <uchar*>realloc(self._obuf, cap)
+            if nb == NULL:
+                raise MemoryError()
+            self._obuf = nb
+            self._ocap = cap
+        memcpy(self._obuf + self._olen, p, n)
+        self._olen = need
+        return 0
+
+    cdef int _write_header(self, Py_ssize_t length, int ftype, int flags, uint32_t sid) except -1:
+        cdef uchar h[9]
+        _hdr9(h, length, ftype, flags, sid)
+        return self._put(h, 9)
+
+    cdef int _write_u32_frame(self, int ftype, uint32_t sid, uint32_t value) except -1:
+        """RST_STREAM (error code) or WINDOW_UPDATE (increment): a 4-byte payload."""
+        cdef uchar h[13]
+        _hdr9(h, 4, ftype, 0, sid)
+        _set32(h + 9, value)
+        return self._put(h, 13)
+
+    cdef int _write_goaway(self, uint32_t last, uint32_t code, bytes debug) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(debug)
+        cdef uchar h[17]
+        _hdr9(h, 8 + n, T_GOAWAY, 0, 0)
+        _set32(h + 9, last)
+        _set32(h + 13, code)
+        self._put(h, 17)
+        return self._put(PyBytes_AS_STRING(debug), n)
+
+    cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1:
+        cdef bytearray block = self._hscratch
+        PyByteArray_Resize(block, 0)
+        self._encoder.encode_c(block, headers)
+        cdef Py_ssize_t blen = PyByteArray_GET_SIZE(block), off = 0, chunk
+        cdef const uchar* p = <const uchar*>PyByteArray_AS_STRING(block)
+        cdef int flags = F_END_STREAM if end_stream else 0
+        # Too big for one frame: HEADERS then CONTINUATION frames (6.10).
+        while True:
+            chunk = min(blen - off, <Py_ssize_t>self.peer_max_frame_size)
+            self._write_header(chunk, T_HEADERS if off == 0 else T_CONT,
+                               (flags if off == 0 else 0) | (F_END_HEADERS if off + chunk == blen else 0),
+                               sid)
+            self._put(p + off, chunk)
+            off += chunk
+            if off >= blen:
+                return 0
+
+    cdef int _write_data(self, uint32_t sid, const uchar* p, Py_ssize_t n, bint end) except -1:
+        """DATA frames of at most the peer's frame size; END_STREAM on the last."""
+        cdef Py_ssize_t off = 0, chunk
+        while True:
+            chunk = min(n - off, <Py_ssize_t>self.peer_max_frame_size)
+            self._write_header(chunk, T_DATA, F_END_STREAM if end and off + chunk == n else 0, sid)
+            self._put(p + off, chunk)
+            off += chunk
+            if off >= n:
+                return 0

@@ -1,0 +1,378 @@
+# cython: language_level=3
+"""HTTP/2 messages: the RFC 9113 8.1-8.3 checks and the HTTP/1.1 <-> HTTP/2 mappings.
+
+The checks return an error kind (0 for a valid list); fastproxy._h2 turns a non-zero
+kind into a stream error, so a malformed message is never handed on.  They are
+strict where a lax reading would let an HTTP/2 message become an ambiguous HTTP/1.1
+one (downgrade smuggling): every field name must be a lowercase token, every value
+field-vchar/SP/HTAB without edge whitespace, :path and :authority plain printable
+ASCII.  The mappings are pure byte work for the proxy: an HTTP/2 request to an
+HTTP/1.1 request head, an HTTP/1.1 response to an HTTP/2 header list, and the two
+reverse ones for an HTTP/2 upstream.  The surface is documented in
+`fastproxy/_h2msg.pyi`.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t
+from libc.string cimport memcmp
+
+ctypedef unsigned char uchar
+
+ERROR_KINDS = (
+    "ok", "field_name", "field_value", "connection_field", "te", "pseudo_header",
+    "authority_host", "content_length", "trailers", "status", "header_list_too_large",
+    "bad_preface", "frame_size", "stream_id", "continuation", "padding", "settings",
+    "compression", "header_block_too_large", "stream_closed", "flow_control",
+    "window_update_zero", "push_promise", "priority", "refused_stream", "rapid_reset",
+    "stream_rate", "control_flood", "empty_frames",
+)
+assert len(ERROR_KINDS) == N_KINDS
+
+cdef enum:
+    C_NAME = 1      # lowercase token characters (RFC 9110 5.6.2, RFC 9113 8.2.1)
+    C_VALUE = 2     # field-vchar, SP, HTAB (RFC 9110 5.5)
+    C_PATH = 4      # VCHAR except '#': becomes an HTTP/1.1 request-target
+    C_AUTH = 8      # authority characters (RFC 3986 3.2): no '@' (8.3.1), '/', '?', '#'
+    C_TOKEN = 16    # token, any case (methods)
+    C_DIGIT = 32
+
+cdef uint8_t CLS[256]
+
+
+cdef void _init() noexcept:
+    cdef int c
+    for c in range(256):
+        CLS[c] = 0
+        if (48 <= c <= 57) or (97 <= c <= 122) or c in b"!#$%&'*+-.^_`|~":
+            CLS[c] |= C_NAME | C_TOKEN
+        if 65 <= c <= 90:
+            CLS[c] |= C_TOKEN
+        if c == 9 or 32 <= c <= 126 or c >= 128:
+            CLS[c] |= C_VALUE
+        if 33 <= c <= 126 and c != 35:
+            CLS[c] |= C_PATH
+        if 33 <= c <= 126 and c not in b"@/?#\\\"<>^`{|}":
+            CLS[c] |= C_AUTH
+        if 48 <= c <= 57:
+            CLS[c] |= C_DIGIT
+
+
+_init()
+
+
+cdef inline bint _all(bytes s, uint8_t cls) noexcept:
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    for i in range(n):
+        if not (CLS[p[i]] & cls):
+            return False
+    return True
+
+
+cdef inline bint _eq(bytes a, const char* b, Py_ssize_t n) noexcept:
+    return PyBytes_GET_SIZE(a) == n and memcmp(PyBytes_AS_STRING(a), b, n) == 0
+
+
+cdef inline bint _ieq(bytes a, bytes b) noexcept:
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(a)
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(a)
+    cdef const uchar* q = <const uchar*>PyBytes_AS_STRING(b)
+    if PyBytes_GET_SIZE(b) != n:
+        return False
+    for i in range(n):
+        if (p[i] | 0x20 if 65 <= p[i] <= 90 else p[i]) != (q[i] | 0x20 if 65 <= q[i] <= 90 else q[i]):
+            return False
+    return True
+
+
+cdef int _regular(bytes name, bytes value, MsgInfo* info) except -1:
+    """Check one regular field; fold content-length into info."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), vn = PyBytes_GET_SIZE(value)
+    cdef const uchar* v = <const uchar*>PyBytes_AS_STRING(value)
+    cdef long long cl
+    if n == 0 or not _all(name, C_NAME):
+        return K_FIELD_NAME
+    if not _all(value, C_VALUE) or (vn and (v[0] in (32, 9) or v[vn - 1] in (32, 9))):
+        return K_FIELD_VALUE
+    if (_eq(name, "connection", 10) or _eq(name, "keep-alive", 10)
+            or _eq(name, "proxy-connection", 16) or _eq(name, "transfer-encoding", 17)
+            or _eq(name, "upgrade", 7)):
+        return K_CONNECTION_FIELD
+    if _eq(name, "te", 2) and not _ieq(value, b"trailers"):
+        return K_TE
+    if info != NULL and _eq(name, "content-length", 14):
+        # Digits only (no list form), at most 18 of them; repeats must agree.
+        if vn == 0 or vn > 18 or not _all(value, C_DIGIT):
+            return K_CONTENT_LENGTH
+        cl = int(value)
+        if info.content_length >= 0 and info.content_length != cl:
+            return K_CONTENT_LENGTH
+        info.content_length = cl
+    return K_OK
+
+
+cdef int check_request(list headers, MsgInfo* info) except -1:
+    """RFC 9113 8.3.1 request pseudo-headers and 8.2 fields; 0 or an error kind."""
+    cdef bytes method = None, scheme = None, path = None, authority = None, host = None
+    cdef bytes name, value
+    cdef bint regular_seen = False
+    cdef int k
+    cdef const char* pn
+    info.content_length = -1
+    info.status = 0
+    info.connect = False
+    info.head = False
+    for name, value in headers:
+        pn = PyBytes_AS_STRING(name)
+        if PyBytes_GET_SIZE(name) and pn[0] == b":":
+            if regular_seen:
+                return K_PSEUDO
+            if _eq(name, ":method", 7):
+                if method is not None or not value or not _all(value, C_TOKEN):
+                    return K_PSEUDO
+                method = value
+            elif _eq(name, ":scheme", 7):
+                if scheme is not None or not value or not _all(value, C_NAME):
+                    return K_PSEUDO
+                scheme = value
+            elif _eq(name, ":path", 5):
+                if path is not None or not value or not _all(value, C_PATH):
+                    return K_PSEUDO
+                path = value
+            elif _eq(name, ":authority", 10):
+                if authority is not None or not value or not _all(value, C_AUTH):
+                    return K_PSEUDO
+                authority = value
+            else:
+                return K_PSEUDO       # :status, :protocol (no extended CONNECT), unknown
+            continue
+        regular_seen = True
+        k = _regular(name, value, info)
+        if k:
+            return k
+        if _eq(name, "host", 4):
+            if host is not None or not value or not _all(value, C_AUTH):
+                return K_AUTHORITY_HOST
+            host = value
+    if method is None:
+        return K_PSEUDO
+    if _eq(method, "CONNECT", 7):
+        # 8.5: only :method and :authority.
+        if scheme is not None or path is not None or authority is None:
+            return K_PSEUDO
+        info.connect = True
+        info.content_length = -1
+    else:
+        if scheme is None or path is None:
+            return K_PSEUDO
+        if (_eq(scheme, "http", 4) or _eq(scheme, "https", 5)) and \
+                (<const char*>PyBytes_AS_STRING(path))[0] != b"/" and \
+                not (_eq(path, "*", 1) and _eq(method, "OPTIONS", 7)):
+            return K_PSEUDO
+        if authority is None and host is None:
+            return K_PSEUDO
+        info.head = _eq(method, "HEAD", 4)
+    if authority is not None and host is not None and not _ieq(authority, host):
+        return K_AUTHORITY_HOST
+    return K_OK
+
+
+cdef int check_response(list headers, MsgInfo* info) except -1:
+    """RFC 9113 8.3.2 response pseudo-header and 8.2 fields; 0 or an error kind."""
+    cdef bytes name, value, status = None
+    cdef bint regular_seen = False
+    cdef int k
+    info.content_length = -1
+    info.status = 0
+    for name, value in headers:
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b":":
+            if regular_seen or status is not None or not _eq(name, ":status", 7):
+                return K_PSEUDO
+            status = value
+            continue
+        regular_seen = True
+        k = _regular(name, value, info)
+        if k:
+            return k
+    if status is None:
+        return K_PSEUDO
+    if PyBytes_GET_SIZE(status) != 3 or not _all(status, C_DIGIT) or status[0] == 48:
+        return K_STATUS
+    info.status = int(status)
+    if info.status == 101:
+        return K_STATUS               # 8.6: no Upgrade in HTTP/2
+    return K_OK
+
+
+cdef int check_trailers(list headers) except -1:
+    """RFC 9113 8.1: trailers carry no pseudo-headers; fields as 8.2."""
+    cdef bytes name, value
+    cdef int k
+    for name, value in headers:
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b":":
+            return K_TRAILERS
+        k = _regular(name, value, NULL)
+        if k:
+            return k
+    return K_OK
+
+
+def validate(list headers, str kind="request"):
+    """Check a header list as a request, response or trailers; return the error kind name."""
+    cdef MsgInfo info
+    if kind == "request":
+        k = check_request(headers, &info)
+    elif kind == "response":
+        k = check_response(headers, &info)
+    elif kind == "trailers":
+        k = check_trailers(headers)
+    else:
+        raise ValueError(f"kind must be request, response or trailers, not {kind!r}")
+    return ERROR_KINDS[k] if k else None
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1 <-> HTTP/2
+
+# RFC 9113 8.2.2: meaningless or dangerous across the protocol boundary.
+cdef frozenset _CONNECTION_FIELDS = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"))
+
+import http as _http_mod
+cdef dict _REASONS = {int(s): s.phrase.encode() for s in _http_mod.HTTPStatus}
+
+
+def request_head(list headers, bint body, bint absolute=False):
+    """An HTTP/1.1 request head from a validated HTTP/2 request header list.
+
+    `body`: DATA follows (the HEADERS frame did not end the stream); without a
+    content-length the head then says `Transfer-Encoding: chunked`.  `absolute`: use
+    the absolute form `scheme://authority/path` (for a forward proxy's next hop).
+    Cookie crumbs are joined with "; " (RFC 9113 8.2.3); Host comes from :authority.
+    """
+    cdef bytes name, value, method = b"", scheme = b"", path = b"", authority = None
+    cdef list cookies = None
+    cdef list lines = []
+    cdef bint has_cl = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":scheme":
+                scheme = value
+        elif name == b"cookie":
+            if cookies is None:
+                cookies = []
+            cookies.append(value)
+        elif name == b"host":
+            if authority is None:
+                authority = value
+        else:
+            if name == b"content-length":
+                has_cl = True
+            lines.append(name + b": " + value + b"\r\n")
+    if method == b"CONNECT":
+        target = authority
+    elif absolute:
+        target = scheme + b"://" + authority + path
+    else:
+        target = path
+    head = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if authority is not None:
+        head.append(b"host: " + authority + b"\r\n")
+    head.extend(lines)
+    if cookies is not None:
+        head.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+    if body and not has_cl and method != b"CONNECT":
+        head.append(b"transfer-encoding: chunked\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
+cdef set _connection_names(fields):
+    """Field names a Connection header lists (they are hop-by-hop too, RFC 9110 7.6.1)."""
+    cdef set named = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            for tok in value.split(b","):
+                tok = tok.strip().lower()
+                if tok:
+                    named.add(tok)
+    return named
+
+
+def response_headers(int status, fields):
+    """An HTTP/2 header list from an HTTP/1.1 response's status and (name, value) fields.
+
+    Names are lowercased; connection-specific fields and those Connection names are
+    dropped (RFC 9113 8.2.2).
+    """
+    cdef list out = [(b":status", str(status).encode())]
+    cdef set named = _connection_names(fields)
+    for name, value in fields:
+        name = name.lower()
+        if name in _CONNECTION_FIELDS or name in named:
+            continue
+        out.append((name, value))
+    return out
+
+
+def request_headers(bytes method, bytes scheme, bytes authority, bytes path, fields):
+    """An HTTP/2 header list for an HTTP/1.1 request sent to an HTTP/2 upstream.
+
+    Host becomes :authority (`authority` wins when given); connection-specific fields
+    are dropped except `te: trailers` (RFC 9113 8.2.2). For CONNECT pass
+    scheme=path=None.
+    """
+    cdef set named = _connection_names(fields)
+    cdef list rest = []
+    for name, value in fields:
+        name = name.lower()
+        if name == b"host":
+            if authority is None:
+                authority = value
+            continue
+        if name == b"te":
+            if value.strip().lower() == b"trailers":
+                rest.append((b"te", b"trailers"))
+            continue
+        if name in _CONNECTION_FIELDS or name in named:
+            continue
+        rest.append((name, value))
+    cdef list out = [(b":method", method)]
+    if scheme is not None:
+        out.append((b":scheme", scheme))
+    if authority is not None:
+        out.append((b":authority", authority))
+    if path is not None:
+        out.append((b":path", path))
+    return out + rest
+
+
+def response_head(list headers, bint body):
+    """An HTTP/1.1 response head from a validated HTTP/2 response header list.
+
+    `body`: DATA follows; without a content-length the head then says
+    `Transfer-Encoding: chunked` (not for 1xx, 204 and 304, which have no content).
+    """
+    cdef int status = 0
+    cdef list lines = []
+    cdef bint has_cl = False
+    for name, value in headers:
+        if name == b":status":
+            status = int(value)
+        elif name[:1] != b":":
+            if name == b"content-length":
+                has_cl = True
+            lines.append(name + b": " + value + b"\r\n")
+    reason = _REASONS.get(status, b"")
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    head.extend(lines)
+    if body and not has_cl and status >= 200 and status not in (204, 304):
+        head.append(b"transfer-encoding: chunked\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
