@@ -29,7 +29,6 @@ import sys
 import threading
 
 import pytest
-
 from origin import Origin
 
 PKG_PARENT = str(Path(fastproxy.__file__).resolve().parent.parent)
@@ -38,11 +37,13 @@ PKG_PARENT = str(Path(fastproxy.__file__).resolve().parent.parent)
 class ProxyProcess:
     """A `fastproxy serve` subprocess; `port` is where its first listener listens."""
 
-    def __init__(self, args: list[str], cwd: str, timeout: float = 10.0) -> None:
+    def __init__(self, args: list[str], cwd: str, timeout: float = 10.0,
+                 prefix: tuple[str, ...] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=PKG_PARENT, PYTHONUNBUFFERED="1")
         self.args = args
+        # prefix: a command that execs the rest (a test's own namespace, say)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastproxy", *args], cwd=cwd, env=env,
+            [*prefix, sys.executable, "-m", "fastproxy", *args], cwd=cwd, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.ports: list[int] = []
         self.stderr_lines: list[str] = []

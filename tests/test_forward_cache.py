@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
-from conftest import PKG_PARENT, ProxyProcess
+from conftest import ProxyProcess
 from origin import Origin
 
 A = "127.0.0.1"       # the client the rules allow
@@ -147,21 +144,8 @@ class HostsProxy(ProxyProcess):
     test rewrites), so a destination name can be made to resolve elsewhere."""
 
     def __init__(self, args: list[str], cwd: str, hosts: str) -> None:
-        env = dict(os.environ, PYTHONPATH=PKG_PARENT, PYTHONUNBUFFERED="1")
         script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-        self.args = args
-        self.proc = subprocess.Popen(
-            ["unshare", "-m", "sh", "-c", script, hosts, sys.executable, "-m", "fastproxy",
-             *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE)
-        self.ports: list[int] = []
-        self.stderr_lines: list[str] = []
-        self.stdout_lines: list[str] = []
-        self._ready = threading.Event()
-        self.expected = None
-        for stream, sink, watch in ((self.proc.stderr, self.stderr_lines, True),
-                                    (self.proc.stdout, self.stdout_lines, False)):
-            threading.Thread(target=self._pump, args=(stream, sink, watch), daemon=True).start()
+        super().__init__(args, cwd, prefix=("unshare", "-m", "sh", "-c", script, hosts))
 
 
 def test_entry_from_another_address_is_not_served_after_the_name_moves(origin, tmp_path):
