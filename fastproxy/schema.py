@@ -11,14 +11,10 @@ import errno
 import math
 import os
 import re
-import sys
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 wheels only
-    import tomli as tomllib
+from typing import Any
 
 
 class ConfigError(Exception):
