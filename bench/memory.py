@@ -110,7 +110,7 @@ def upload(port: int, size: int) -> float:
 
 
 def parse_size(text: str) -> int:
-    from fastproxy.config import parse_size as ps
+    from fastproxy.config.load import parse_size as ps
     return ps(text)
 
 

@@ -22,11 +22,12 @@ import socket
 import sys
 import time
 
-from fastproxy.acl import Acl, AclConfig, AclRule, HostPatterns, _SPECIAL_SET, address_key
-from fastproxy.anonymity import AnonymityConfig, Anonymizer
-from fastproxy.auth import AuthConfig, Authenticator, hash_password
-from fastproxy.ratelimit import RequestRateLimiter
-from fastproxy.resolver import Resolver, normalize_host
+from fastproxy.addresses import SPECIAL_SET, address_key
+from fastproxy.forward.acl import Acl, AclConfig, AclRule, HostPatterns
+from fastproxy.forward.anonymity import AnonymityConfig, Anonymizer
+from fastproxy.forward.auth import AuthConfig, Authenticator, hash_password
+from fastproxy.limits import RequestRateLimiter
+from fastproxy.forward.resolver import Resolver, normalize_host
 
 GET = (
     b"GET http://en.wikipedia.org/wiki/Special:Search?search=proxy HTTP/1.1\r\n"
@@ -112,11 +113,11 @@ def run(quick: bool = False) -> list[dict]:
 
     # Special-range check for one address (the destination guard).
     addr = "93.184.215.14"
-    nets = [n for n, _ in __import__("fastproxy.acl", fromlist=["_SPECIAL_NETS"])._SPECIAL_NETS]
+    nets = [n for n, _ in __import__("fastproxy.addresses", fromlist=["_SPECIAL_NETS"])._SPECIAL_NETS]
 
     def ours_special(n):
         for _ in range(n):
-            _SPECIAL_SET.contains(address_key(addr))
+            SPECIAL_SET.contains(address_key(addr))
 
     def peer_special(n):
         for _ in range(n):

@@ -24,8 +24,8 @@ from collections import Counter
 import xxhash
 
 from fastproxy._hashing import Maglev
-from fastproxy.balance import make_balancer, make_key_fn
-from fastproxy.upstream import Server
+from fastproxy.upstream.balance import make_balancer, make_key_fn
+from fastproxy.upstream.group import Server
 
 try:
     from uhashring import HashRing

@@ -13,7 +13,7 @@ read C arrays, not Python attributes:
   round robin, nginx's least_conn and the power of two random choices.
 
 - `RequestKey`: the request's hash key (uri, path, client_ip, header, cookie) found with
-  memchr and hashed with xxh3 (64 bits) from the `xxhash` package; fastproxy.balance.keys
+  memchr and hashed with xxh3 (64 bits) from the `xxhash` package; fastproxy.upstream.balance.keys
   validates the spec and documents the choices.
 
 Server objects are duck-typed: `.name` (str), `.weight` (int), `.active` (int).

@@ -35,7 +35,7 @@ from fastproxy import _http
 from fastproxy._hashing cimport Core
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
-from fastproxy.errors import CONTINUE_100, error_response
+from fastproxy.proxy.errors import CONTINUE_100, error_response
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from fastproxy._hitpath cimport FreshHits

@@ -11,8 +11,8 @@ import copy
 import sys
 
 from fastproxy import __version__
-from fastproxy import config as cfgmod
-from fastproxy.config import ConfigError
+from fastproxy.config import load as cfgmod
+from fastproxy.config.load import ConfigError
 
 EXIT_BAD_INPUT = 2
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = ", ".join(f"{lc.address} ({lc.mode})" for lc in config.listeners)
         print(f"fastproxy: {config.source}: ok: {modes}")
         return 0
-    from fastproxy import server
+    from fastproxy.server import worker as server
 
     def reload_fn() -> cfgmod.Config:
         return load_config(args)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _hash_password(args: argparse.Namespace) -> int:
     try:
-        from fastproxy.auth import hash_password
+        from fastproxy.forward.auth import hash_password
     except ImportError:
         print("fastproxy: hash-password: proxy authentication is not available in this build",
               file=sys.stderr)

@@ -3,11 +3,11 @@ import asyncio
 
 import pytest
 
-from fastproxy.acl import (
+from fastproxy.forward.acl import (
     DEFAULT, DEFAULT_CLIENTS, DEFAULT_CONNECT_PORTS, DEFAULT_HTTP_PORTS, DEFAULT_PRIVATE,
     Acl, AclConfig, AclRule, CidrSet, HostPatterns, PortSet, address_key, special_range,
 )
-from fastproxy.resolver import HostError, Resolver, normalize_host
+from fastproxy.forward.resolver import HostError, Resolver, normalize_host
 
 PUBLIC = "93.184.215.14"      # an ordinary public address (never connected to in these tests)
 PUBLIC6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
@@ -418,7 +418,7 @@ import ipaddress  # noqa: E402
 import fnmatch  # noqa: E402
 import re  # noqa: E402
 
-from fastproxy.acl import _within_special  # noqa: E402
+from fastproxy.addresses import within_special as _within_special  # noqa: E402
 
 CLIENTS = ["10.0.0.1", "8.8.8.8", "::1", "2001:db8::1", "192.168.1.1", "::ffff:8.8.8.8"]
 HOSTS = ["a.example", "b.a.example", "c.example", "bee.example", "10.0.0.5", "x.test"]
@@ -531,7 +531,7 @@ def test_decisions_stay_right_when_the_caches_roll_over():
 def test_module_doc_toml_example_builds_the_config():
     import textwrap
     import tomllib
-    import fastproxy.acl as module
+    import fastproxy.forward.acl as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
     config = AclConfig.from_table(tomllib.loads(snippet)["forward"]["acl"])

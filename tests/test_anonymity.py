@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from fastproxy.anonymity import (
+from fastproxy.forward.anonymity import (
     CLIENT_ADDRESS_FIELDS, AnonymityConfig, Anonymizer, HeaderRule,
 )
 
@@ -349,7 +349,7 @@ def test_header_rule_objects_and_toml():
 def test_module_doc_toml_example_builds_the_config():
     import textwrap
     import tomllib
-    import fastproxy.anonymity as module
+    import fastproxy.forward.anonymity as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
     config = AnonymityConfig.from_table(tomllib.loads(snippet)["forward"]["anonymity"])

@@ -14,7 +14,7 @@ import pytest
 import requests
 import uvloop
 
-from fastproxy.auth import (
+from fastproxy.forward.auth import (
     BAD_SCHEME, DEFAULT_N, MALFORMED, MISSING, AuthConfig, Authenticator, challenge_header,
     hash_password, parse_basic, parse_hash, verify_password,
 )
@@ -395,7 +395,7 @@ def test_curl_client(listener):
 def test_module_doc_toml_example_builds_the_config():
     import textwrap
     import tomllib
-    import fastproxy.auth as module
+    import fastproxy.forward.auth as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
     config = AuthConfig.from_table(tomllib.loads(snippet)["forward"]["auth"])

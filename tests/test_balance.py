@@ -5,12 +5,12 @@ from collections import Counter
 import pytest
 import xxhash
 
-from fastproxy.balance import (
+from fastproxy.upstream.balance import (
     POLICIES, BalanceConfig, Balancer, LeastConnBalancer, MaglevBalancer, Random2Balancer,
     RoundRobinBalancer, eligible_servers, make_balancer, make_key_fn, parse_key_spec,
 )
-from fastproxy.balance.keys import cookie_value, origin_form
-from fastproxy.upstream import Server
+from fastproxy.upstream.balance.keys import cookie_value, origin_form
+from fastproxy.upstream.group import Server
 
 
 def pool(weights):

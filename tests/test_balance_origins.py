@@ -12,12 +12,12 @@ import asyncio
 import pytest
 import uvloop
 
-from fastproxy.balance import eligible_servers, make_balancer, make_key_fn
-from fastproxy.breaker import (
+from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
+from fastproxy.upstream.breaker import (
     BreakerConfig, CircuitBreaker, OutlierConfig, OutlierDetector, RetryConfig, RetryPolicy,
 )
-from fastproxy.health import HealthCheckConfig, HealthChecker
-from fastproxy.upstream import Server
+from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
+from fastproxy.upstream.group import Server
 
 pytestmark = pytest.mark.filterwarnings("error")
 

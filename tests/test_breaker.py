@@ -3,12 +3,12 @@ import asyncio
 
 import pytest
 
-from fastproxy.balance import eligible_servers, make_balancer
-from fastproxy.breaker import (
+from fastproxy.upstream.balance import eligible_servers, make_balancer
+from fastproxy.upstream.breaker import (
     BreakerConfig, CircuitBreaker, OutlierConfig, OutlierDetector, RetryBudget, RetryConfig,
     RetryPolicy, is_idempotent,
 )
-from fastproxy.upstream import Server
+from fastproxy.upstream.group import Server
 
 
 def pool(n):

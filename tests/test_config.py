@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy import config as cfg
-from fastproxy.config import ConfigError
+from fastproxy.config import load as cfg
+from fastproxy.config.load import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,16 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import PKG_PARENT
-from fastproxy import config as cfg
-from fastproxy.acl import AclConfig
-from fastproxy.anonymity import AnonymityConfig
-from fastproxy.auth import AuthConfig
-from fastproxy.breaker import BreakerConfig, OutlierConfig, RetryConfig
+from fastproxy.config import load as cfg
+from fastproxy.forward.acl import AclConfig
+from fastproxy.forward.anonymity import AnonymityConfig
+from fastproxy.forward.auth import AuthConfig
+from fastproxy.upstream.breaker import BreakerConfig, OutlierConfig, RetryConfig
 from fastproxy.cache.config import CacheConfig
-from fastproxy.config import ConfigError
-from fastproxy.health import HealthCheckConfig
-from fastproxy.ratelimit import RateLimitConfig
-from fastproxy.resolver import ResolverConfig
+from fastproxy.config.load import ConfigError
+from fastproxy.upstream.health import HealthCheckConfig
+from fastproxy.limits import RateLimitConfig
+from fastproxy.forward.resolver import ResolverConfig
 
 # -- values ----------------------------------------------------------------------------
 
@@ -211,7 +211,7 @@ def check_document(doc: dict):
 
 def prepare(config) -> None:
     """What serve does in a worker before binding, on a throwaway loop."""
-    from fastproxy import server
+    from fastproxy.server import worker as server
     from fastproxy._relay import ClientConnection
 
     async def go():

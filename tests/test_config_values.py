@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import PKG_PARENT
-from fastproxy import config as cfg
-from fastproxy.config import ConfigError
+from fastproxy.config import load as cfg
+from fastproxy.config.load import ConfigError
 
 BASE = """
 [[listeners]]

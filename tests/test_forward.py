@@ -276,7 +276,7 @@ def test_connect_refused_is_502(forward):
 
 
 def test_proxy_authentication(forward, origin):
-    from fastproxy.auth import hash_password
+    from fastproxy.forward.auth import hash_password
 
     hashed = hash_password("s3cret", n=2 ** 10)
     p = forward(f'allow_private = true\n[listeners.auth]\nusers = {{ alice = "{hashed}" }}\n')
@@ -297,7 +297,7 @@ def test_proxy_authentication(forward, origin):
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_proxy_user(forward, origin):
-    from fastproxy.auth import hash_password
+    from fastproxy.forward.auth import hash_password
 
     hashed = hash_password("pw", n=2 ** 10)
     p = forward(f'allow_private = true\n[listeners.auth]\nusers = {{ bob = "{hashed}" }}\n')

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastproxy import _hashing
 from fastproxy._hashing import Maglev, is_prime, next_prime, table_size_for
-from fastproxy.upstream import Server
+from fastproxy.upstream.group import Server
 
 
 def pool(n, weights=None, base="10.0.0."):

@@ -6,8 +6,8 @@ import pytest
 import trustme
 import uvloop
 
-from fastproxy.health import HealthCheckConfig, HealthChecker
-from fastproxy.upstream import Server
+from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
+from fastproxy.upstream.group import Server
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from fastproxy.cache import HIT, CacheConfig
 from fastproxy.cache.directives import format_http_date
-from fastproxy.caching import CacheLayer, WorkerCache
-from fastproxy.config import Limits, Timeouts
+from fastproxy.cache.layer import CacheLayer, WorkerCache
+from fastproxy.config.load import Limits, Timeouts
 
 from cache_messages import request, response
 

@@ -123,7 +123,7 @@ def test_an_accept_burst_past_the_limit_waits_unread():
 
     import uvloop
 
-    from fastproxy.listening import AcceptGate
+    from fastproxy.server.listeners import AcceptGate
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):

@@ -9,7 +9,7 @@ import pytest
 import uvloop
 from hypothesis import given, settings, strategies as st
 
-from fastproxy.ratelimit import (
+from fastproxy.limits import (
     ConnectionLimiter, RateLimitConfig, RateLimits, RequestRateLimiter,
 )
 
@@ -308,7 +308,7 @@ def test_loopback_listener_answers_429():
 def test_module_doc_toml_example_builds_the_config():
     import textwrap
     import tomllib
-    import fastproxy.ratelimit as module
+    import fastproxy.limits as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
     config = RateLimitConfig.from_table(tomllib.loads(snippet)["forward"]["limits"])

@@ -6,7 +6,7 @@ import socket
 import pytest
 import uvloop
 
-from fastproxy.resolver import (
+from fastproxy.forward.resolver import (
     HostError, ResolveError, Resolver, ResolverConfig, is_ip_literal, normalize_host,
 )
 
@@ -254,7 +254,7 @@ def test_config_errors_name_the_field(kwargs, field):
 
 
 def test_gai_error_codes_have_reasons():
-    from fastproxy.resolver import _GAI_REASONS
+    from fastproxy.forward.resolver import _GAI_REASONS
     assert _GAI_REASONS[socket.EAI_NONAME] == "name not found"
     assert "temporary" in _GAI_REASONS[socket.EAI_AGAIN]
 
@@ -263,7 +263,7 @@ def test_gai_error_codes_have_reasons():
 def test_module_doc_toml_example_builds_the_config():
     import textwrap
     import tomllib
-    import fastproxy.resolver as module
+    import fastproxy.forward.resolver as module
     doc = module.__doc__
     snippet = textwrap.dedent(doc[doc.index("::\n", doc.index("Configuration (")) + 3:])
     config = ResolverConfig.from_table(tomllib.loads(snippet)["forward"]["resolver"])

@@ -79,9 +79,9 @@ class CacheConfig:
     def from_table(cls, raw: Any) -> "CacheConfig | None":
         """The [cache] TOML table as a CacheConfig (None when size is 0: no cache).
 
-        Raises `fastproxy.config.ConfigError` with one "cache.KEY: problem" line each.
+        Raises `fastproxy.config.load.ConfigError` with one "cache.KEY: problem" line each.
         """
-        from fastproxy.config import ConfigError, parse_duration, parse_size
+        from fastproxy.config.schema import ConfigError, parse_duration, parse_size
 
         if not isinstance(raw, dict):
             raise ConfigError([f"cache: expected a table, got {type(raw).__name__}"])
@@ -118,7 +118,7 @@ def _size_within(low: int, high: int):
     def conv(value, size, _duration) -> int:
         n = size(value)
         if not low <= n <= high:
-            from fastproxy.config import show_size
+            from fastproxy.config.schema import show_size
             raise ValueError(f"expected a size from {show_size(low)} to {show_size(high)}, "
                              f"got {value!r}")
         return n

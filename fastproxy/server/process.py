@@ -3,7 +3,7 @@
 Ports. Before forking, the master binds every listener (and the admin) address: the first
 socket exclusively, so a port someone already listens on is "address already in use" as
 for a single worker, then shared with SO_REUSEPORT by one socket per worker (see
-fastproxy.listening). Port 0 is fixed once here, so every worker has the same port.
+fastproxy.server.listeners). Port 0 is fixed once here, so every worker has the same port.
 
 Workers. Each worker tells the master over a pipe that it is ready, or why it could not
 start. If no worker has ever started, the master stops and exits 1 with that reason. Later
@@ -19,7 +19,7 @@ import signal
 import time
 from dataclasses import replace
 
-from fastproxy import listening
+from fastproxy.server import listeners as listening
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0

@@ -43,7 +43,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Mapping
-from fastproxy.config import dataclass_from_table
+from fastproxy.config.schema import dataclass_from_table
 
 __all__ = [
     "AuthConfig", "AuthResult", "Authenticator", "hash_password", "verify_password",

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("fastproxy.breaker")
+log = logging.getLogger("fastproxy.upstream.breaker")
 
 ChangeCallback = Callable[[Any, bool], None]
 # probe(server) -> (ok, reason): one check of an ejected server (health.HealthChecker.probe).
@@ -92,7 +92,7 @@ class OutlierDetector:
     """Ejects servers that keep failing, for a back-off that doubles on repeat.
 
     Ejection sets `server.ejected_until` (loop time) and `server.ejections`; the pool's
-    eligible set is `fastproxy.balance.eligible_servers(servers, now)`. With a loop, a timer
+    eligible set is `fastproxy.upstream.balance.eligible_servers(servers, now)`. With a loop, a timer
     returns each server when its time is up and calls `on_change(server, False/True)` on
     ejection and return; without one, call `expire(now)` (`next_expiry()` says when).
 

@@ -27,7 +27,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
-from fastproxy.config import dataclass_from_table
+from fastproxy.config.schema import dataclass_from_table
 
 __all__ = [
     "HostError", "ResolveError", "ResolverConfig", "Resolver", "normalize_host", "is_ip_literal",

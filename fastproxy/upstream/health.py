@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("fastproxy.health")
+log = logging.getLogger("fastproxy.upstream.health")
 
 MODES = ("http", "tcp")
 # A status line longer than this is not from an HTTP server we want to send traffic to.

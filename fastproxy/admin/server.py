@@ -47,8 +47,8 @@ class AdminServer:
     async def start(self, host: str, port: int, socks=None) -> None:
         """Listen on host:port, or on the sockets the master bound there for this worker
         (and on this worker's sibling socket when there are several)."""
-        from fastproxy import listening
-        from fastproxy.server import log
+        from fastproxy.server import listeners as listening
+        from fastproxy.errorlog import log
 
         w = self.worker
         if socks is None:

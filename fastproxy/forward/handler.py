@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from fastproxy import _http
 from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool,
                               Holding)
-from fastproxy.acl import Acl, AclConfig
-from fastproxy.anonymity import Anonymizer, AnonymityConfig
-from fastproxy.auth import Authenticator, AuthConfig
-from fastproxy.config import UpstreamGroupConfig
-from fastproxy.intermediary import max_forwards, max_forwards_plan, upgrade_plan
-from fastproxy.ratelimit import RateLimitConfig, RateLimits
-from fastproxy.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
+from fastproxy.forward.acl import Acl, AclConfig
+from fastproxy.forward.anonymity import Anonymizer, AnonymityConfig
+from fastproxy.forward.auth import Authenticator, AuthConfig
+from fastproxy.upstream.settings import UpstreamGroupConfig
+from fastproxy.proxy.intermediary import max_forwards, max_forwards_plan, upgrade_plan
+from fastproxy.limits import RateLimitConfig, RateLimits
+from fastproxy.forward.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
     normalize_host
-from fastproxy.upstream import Server
+from fastproxy.upstream.group import Server
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE

@@ -48,10 +48,10 @@ import weakref
 from fastproxy import _http
 from fastproxy._hitpath import FreshHits
 from fastproxy._relay import STATE_CLOSED
-from fastproxy.acl import CidrSet, client_key
+from fastproxy.forward.acl import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
-from fastproxy.fetch import FetchError, fetch
+from fastproxy.cache.fetch import FetchError, fetch
 
 BODY_NONE = _http.BODY_NONE
 BODY_LENGTH = _http.BODY_LENGTH

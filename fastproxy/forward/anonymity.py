@@ -51,8 +51,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Mapping
 
-from fastproxy.acl import HostPatterns
-from fastproxy.config import dataclass_from_table
+from fastproxy.forward.acl import HostPatterns
+from fastproxy.config.schema import dataclass_from_table
 
 __all__ = ["AnonymityConfig", "HeaderRule", "Anonymizer", "LEVELS",
            "CLIENT_ADDRESS_FIELDS", "ELITE_FIELDS"]

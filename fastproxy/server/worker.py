@@ -1,7 +1,7 @@
 """Listeners, workers, signals: the process around the data path.
 
 One worker = one process = one uvloop event loop with its own listeners, pools,
-and caches. With `workers > 1` the master (fastproxy.supervisor) binds the addresses
+and caches. With `workers > 1` the master (fastproxy.server.process) binds the addresses
 and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
 kernel spreads connections among them.
 SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, then exit 0);
@@ -17,24 +17,17 @@ import ssl
 import sys
 import time
 
-from fastproxy import listening
+from fastproxy.errorlog import log
+from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
-from fastproxy.caching import CacheLayer, WorkerCache
-from fastproxy.config import Config, ConfigError, format_address, show_size
+from fastproxy.cache.layer import CacheLayer, WorkerCache
+from fastproxy.config.load import Config, ConfigError, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
-from fastproxy.reverse import ReverseHandler
-from fastproxy.router import Router
-from fastproxy.timers import Deadlines
-from fastproxy.upstream import UpstreamGroup
-
-
-def log(msg: str) -> None:
-    """A line on stderr for the operator."""
-    # One write per line: print() writes the text and the newline separately, so with
-    # several workers (and unbuffered stderr) their lines could interleave.
-    sys.stderr.write(f"fastproxy[{os.getpid()}]: {msg}\n")
-    sys.stderr.flush()
+from fastproxy.proxy.reverse import ReverseHandler
+from fastproxy.proxy.router import Router
+from fastproxy.server.timers import Deadlines
+from fastproxy.upstream.group import UpstreamGroup
 
 
 class Runtime:
@@ -112,7 +105,7 @@ class ListenerRuntime:
                     # limits every request must reach the handler first.
                     self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
-            from fastproxy.forward import ForwardHandler
+            from fastproxy.forward.handler import ForwardHandler
             self.handler = ForwardHandler(self, lcfg)
             if self.cache is not None:
                 # Hits need the forward checks (auth, ACL) first: no fast path here.
@@ -198,7 +191,7 @@ class Worker:
             self.bound.append((lcfg, addr[1]))
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
         if self.config.admin is not None:
-            from fastproxy.admin import AdminServer
+            from fastproxy.admin.server import AdminServer
             self.admin = AdminServer(self)
             await self.admin.start(*self.config.admin,
                                    socks=self.sockets["admin"] if self.sockets else None)
@@ -398,6 +391,6 @@ def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers."""
     if config.workers <= 1:
         return run_worker(config, reload_fn)
-    from fastproxy.supervisor import Master
+    from fastproxy.server.process import Master
 
     return Master(config, reload_fn, run_worker, log).run()

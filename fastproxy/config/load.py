@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from fastproxy.schema import (  # noqa: F401 (re-exported: feature modules import them here)
+from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
     ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
@@ -21,6 +21,8 @@ from fastproxy.schema import (  # noqa: F401 (re-exported: feature modules impor
 
 # ---------------------------------------------------------------------------
 # The configuration model.
+
+from fastproxy.upstream.settings import UpstreamGroupConfig  # noqa: E402 (re-exported)
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
@@ -73,31 +75,6 @@ class AccessLog:
 
     path: str | None = None          # None = off, "-" = stdout
     format: str = "combined"
-
-
-@dataclass(frozen=True)
-class UpstreamGroupConfig:
-    """A named pool of servers behind one balancing policy."""
-
-    name: str
-    servers: tuple[ServerSpec, ...]
-    balance: str = "round_robin"
-    hash_key: str = "path"
-    hash_balance_factor: float = 1.25
-    keepalive: int = 64              # idle connections kept per server
-    keepalive_timeout: float = 60.0  # idle connection lifetime
-    keepalive_requests: int = 10000  # requests per upstream connection before it is retired
-    connect_timeout: float | None = None   # None: timeouts.upstream_connect
-    read_timeout: float | None = None      # None: timeouts.upstream_header
-    resolve: str = "start"           # start: every host must resolve at load | runtime
-    extras: tuple[tuple[str, Any], ...] = ()  # sections owned by later modules (health, ...)
-
-    def extra(self, key: str, default: Any = None) -> Any:
-        """A section that a feature module parses itself (e.g. 'health')."""
-        for k, v in self.extras:
-            if k == key:
-                return v
-        return default
 
 
 @dataclass(frozen=True)
@@ -446,7 +423,7 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
 
 def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
     """Validate a group's health/outlier/breaker/retry tables once; keep the result."""
-    from fastproxy.upstream import group_settings
+    from fastproxy.upstream.group import group_settings
 
     tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
     found: list[str] = []
@@ -499,10 +476,10 @@ def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
     raw = dict(extras)
     try:
         if mode == "forward":
-            from fastproxy.forward import build_settings
+            from fastproxy.forward.handler import build_settings
             return extras + (("forward", build_settings(raw)),)
         if mode == "reverse" and "rate_limit" in raw:
-            from fastproxy.ratelimit import RateLimitConfig
+            from fastproxy.limits import RateLimitConfig
             try:
                 limits = RateLimitConfig.from_table(raw["rate_limit"])
             except ValueError as exc:

@@ -40,7 +40,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
-from fastproxy.config import dataclass_from_table
+from fastproxy.config.schema import dataclass_from_table
 
 __all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
 

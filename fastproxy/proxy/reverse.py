@@ -13,8 +13,8 @@ import os
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
-from fastproxy.intermediary import max_forwards, upgrade_plan
-from fastproxy.ratelimit import RateLimits
+from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
+from fastproxy.limits import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE

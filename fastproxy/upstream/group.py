@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fastproxy.balance import eligible_servers, make_balancer, make_key_fn
-from fastproxy.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
+from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
+from fastproxy.upstream.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
                                RetryPolicy)
-from fastproxy.config import dataclass_from_table
-from fastproxy.health import HealthCheckConfig, HealthChecker
+from fastproxy.config.schema import dataclass_from_table
+from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
 
 # Seconds a connect probe of an ejected server may take (a live server answers in well
 # under a millisecond on a LAN; the probe only needs to tell "refused" from "accepted").

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from fastproxy.balance import make_key_fn
+from fastproxy.upstream.balance import make_key_fn
 
 
 class Route:
