@@ -66,6 +66,9 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
     p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
     p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
+    p.add_argument("--compress", action="store_true",
+                   help="compress responses (br, zstd, gzip) on reverse listeners; "
+                        "[compression] in the file tunes it")
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
     p.add_argument("--connect-ports", metavar="LIST",
@@ -125,6 +128,11 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
         doc["admin"] = args.admin
     if args.access_log is not None:
         doc.setdefault("access_log", {})["path"] = args.access_log
+    if args.compress:
+        comp = doc.get("compression")
+        if not isinstance(comp, dict):
+            comp = doc["compression"] = {}
+        comp["enabled"] = True
     if args.log_format is not None:
         doc.setdefault("access_log", {})["format"] = args.log_format
     all_listeners = doc.get("listeners")

@@ -23,6 +23,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
 # The configuration model.
 
 from fastproxy.upstream.settings import UpstreamGroupConfig  # noqa: E402 (re-exported)
+from fastproxy.config.compression import CompressionConfig  # noqa: E402
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
@@ -112,6 +113,7 @@ class ListenerConfig:
     # Upgrade protocols tunnelled after a 101 (lowercase names); others go as plain requests.
     upgrade: tuple[str, ...] = ("websocket",)
     request_buffering: int | None = None   # None: limits.request_buffering
+    compression: bool = True         # false: this listener never compresses ([compression])
     extras: tuple[tuple[str, Any], ...] = ()  # forward-mode sections (acl, auth, ...)
 
     @property
@@ -139,6 +141,7 @@ class Config:
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
     access_log: AccessLog = field(default_factory=AccessLog)
     cache_size: int = 0              # 0 = no cache
+    compression: CompressionConfig | None = None   # None: no response compression
     extras: tuple[tuple[str, Any], ...] = ()  # top-level sections owned by feature modules
     source: str = "<built-in default>"
 
@@ -563,6 +566,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         tls_key=tls_key,
         upgrade=_http_only(table, mode, "upgrade", _upgrade_protocols, ("websocket",)),
         request_buffering=_http_only(table, mode, "request_buffering", _request_buffering, None),
+        compression=_reverse_only(table, mode, "compression", _BOOL, True),
         extras=extras,
     )
     table.finish()
@@ -577,6 +581,29 @@ def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
         table.problem(name, "not used by a tcp listener")
         return default
     return table.get(name, conv, default)
+
+
+def _reverse_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
+                  default: Any) -> Any:
+    """A listener key that only reverse listeners read."""
+    if mode != "reverse" and table.has(name):
+        table.raw(name)
+        table.problem(name, f"not used by a {mode} listener")
+        return default
+    return table.get(name, conv, default)
+
+
+def _compression(top: _Table) -> CompressionConfig | None:
+    """[compression] (or --compress): the settings, None when absent or `enabled = false`."""
+    if not top.has("compression"):
+        return None
+    try:
+        return CompressionConfig.from_table(top.raw("compression"))
+    except ValueError as exc:
+        key, sep, text = str(exc).partition(": ")
+        top.problem(f"compression.{key}" if sep and " " not in key else "compression",
+                    text if sep and " " not in key else str(exc))
+        return None
 
 
 def from_dict(data: dict, source: str = "<dict>") -> Config:
@@ -622,6 +649,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
+    compression = _compression(top)
     extras = _extras(top, TOP_EXTRAS, "top")
     cache_cfg = dict(extras).get("cache")
     cache_size = getattr(cache_cfg, "size", 0)
@@ -669,6 +697,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         headers=headers,
         access_log=access_log,
         cache_size=cache_size,
+        compression=compression,
         extras=extras,
         source=source,
     )
