@@ -24,6 +24,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
 
 from fastproxy.upstream.settings import UpstreamGroupConfig  # noqa: E402 (re-exported)
 from fastproxy.config.compression import CompressionConfig  # noqa: E402
+from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noqa: E402,F401
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
@@ -76,26 +77,6 @@ class AccessLog:
 
     path: str | None = None          # None = off, "-" = stdout
     format: str = "combined"
-
-
-@dataclass(frozen=True)
-class CanaryConfig:
-    """Send a share of a route's traffic to another upstream group."""
-
-    upstream: str
-    percent: float
-    key: str = "random"              # random | client_ip | header:NAME | cookie:NAME
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    """Ingress rule: requests matching host and path prefix go to an upstream group."""
-
-    upstream: str
-    host: str | None = None          # exact "a.example.com" or "*.example.com"
-    path: str = "/"                  # prefix
-    strip_prefix: bool = False
-    canary: CanaryConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -440,40 +421,6 @@ def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
     return extras if found else extras + (("settings", settings),)
 
 
-def _read_route(table: _Table) -> RouteConfig | None:
-    upstream = table.get("upstream", _STR, None)
-    if upstream is None:
-        table.problem("upstream", "required: the upstream group this route sends to")
-    host = table.get("host", _STR, None)
-    path = table.get("path", _STR, "/")
-    if not path.startswith("/"):
-        table.problem("path", f"expected a path prefix starting with '/', got {path!r}")
-    canary = None
-    if table.has("canary"):
-        ct = table.table("canary")
-        cu = ct.get("upstream", _STR, None)
-        if cu is None:
-            ct.problem("upstream", "required: the upstream group that gets the canary share")
-        pct = ct.get("percent", _FLOAT, None)
-        if pct is None:
-            ct.problem("percent", "required: the share of requests, 0-100")
-        elif not 0 <= pct <= 100:
-            ct.problem("percent", f"expected 0-100, got {pct!r}")
-        key = ct.get("key", _canary_key, "random")
-        ct.finish()
-        if cu is not None and pct is not None:
-            canary = CanaryConfig(cu, pct, key)
-    route = RouteConfig(
-        upstream=upstream or "",
-        host=host.lower() if host else None,
-        path=path,
-        strip_prefix=table.get("strip_prefix", _BOOL, False),
-        canary=canary,
-    )
-    table.finish()
-    return route if upstream else None
-
-
 def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
     """Validate a listener's feature tables once, keeping the built settings in extras."""
     raw = dict(extras)
@@ -527,7 +474,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         table.problem("routes", "expected a list of route tables ([[listeners.routes]])")
         raw_routes = []
     for i, r in enumerate(raw_routes):
-        route = _read_route(_Table(r, table.key(f"routes[{i}]"), table.problems))
+        route = read_route(_Table(r, table.key(f"routes[{i}]"), table.problems), _canary_key)
         if route:
             routes.append(route)
     tls_cert = tls_key = None

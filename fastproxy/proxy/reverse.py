@@ -76,6 +76,7 @@ class ReverseHandler:
         # allow it; None keeps every request on the Python path below.
         self.fast = FastForward(self) if (
             cache is None and not self.limit_rate and not self.fwd and self.preserve_host
+            and router.simple   # rewrites, edits and conditions are decided here
             and not os.environ.get("FASTPROXY_NO_FASTPATH")  # debugging and differential tests
         ) else None
 
@@ -153,14 +154,15 @@ class ReverseHandler:
         else:
             raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
                            b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
-        route = self.router.match(host, path)
+        route = self.router.match(host, path, req)
         if route is None:
             raise _Refused(404, "no route for this host and path")
         group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
-        if route.strip and path.startswith(route.prefix):
-            path = path[len(route.prefix):]
-            if not path.startswith(b"/"):
-                path = b"/" + path
+        client_path = path
+        if route.strip or route.rewrite is not None:
+            q = path.find(b"?")
+            path = route.rewrite_path(path) if q < 0 else \
+                route.rewrite_path(path[:q]) + path[q:]
             start_line = req.method + b" " + path + b" HTTP/1.1"
         key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
         server = group.pick(key)
@@ -173,7 +175,9 @@ class ReverseHandler:
         # The forwarded head.
         extra = self.via_11 if req.version == 11 else self.via_10
         set_host = None
-        if host is None or not self.preserve_host or form == TARGET_ABSOLUTE:
+        if route.upstream_host is not None:
+            set_host = route.upstream_host
+        elif host is None or not self.preserve_host or form == TARGET_ABSOLUTE:
             set_host = host if (host is not None and self.preserve_host) else \
                 server.name.encode()
         expect = req.expect_continue
@@ -203,6 +207,12 @@ class ReverseHandler:
         if mf[1]:
             drop += mf[0]
             extra += mf[1]
+        edits = route.edits
+        if edits is not None:
+            drop += edits.drop
+            extra += edits.render({
+                "client_ip": conn.client_ip_b, "host": host or b"", "method": req.method,
+                "path": client_path, "scheme": self.proto} if edits.dynamic else {})
         if more:
             extra += more
         return (group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade),

@@ -1,0 +1,269 @@
+"""`[[listeners.routes]]`: what a route matches, where it sends, what it rewrites and edits.
+
+Read by config.load with its table walker (any object with get/has/raw/table/problem/
+finish); the router (proxy/router.py) compiles the result. Every problem names its key.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_VAR_RE = re.compile(r"\{([a-z_]+)\}")
+METHOD_RE = _TOKEN_RE
+# {name} in an added or set header value: per request, in the reverse handler.
+REQUEST_VARIABLES = ("client_ip", "host", "method", "path", "scheme")
+# Fields a header edit may not touch: framing and routing stay the proxy's
+# (use upstream_host for Host).
+PROTECTED = frozenset(("host", "content-length", "transfer-encoding", "connection",
+                       "upgrade", "te", "trailer", "keep-alive", "expect"))
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Send a share of a route's traffic to another upstream group."""
+
+    upstream: str
+    percent: float
+    key: str = "random"              # random | client_ip | header:NAME | cookie:NAME
+    # header:NAME or cookie:NAME whose value "always" / "never" forces a side.
+    force: str | None = None
+
+
+@dataclass(frozen=True)
+class HeaderEdits:
+    """add / set / remove of request header fields (names lowercased, values templates)."""
+
+    add: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Ingress rule: requests matching it go to an upstream group, rewritten and edited."""
+
+    upstream: str
+    host: str | None = None          # exact "a.example.com" or "*.example.com"
+    path: str = "/"                  # prefix (unless exact or regex is given)
+    exact: str | None = None         # exact path (without the query)
+    regex: str | None = None         # re.search against the path (without the query)
+    methods: tuple[str, ...] = ()    # empty: any method
+    # (name, value): value None = present, False = absent, a string = equal to it
+    headers: tuple[tuple[str, Any], ...] = ()
+    query: tuple[tuple[str, Any], ...] = ()
+    priority: int = 0                # higher is tried first, whatever the precedence
+    strip_prefix: bool = False
+    rewrite: tuple[str, str] | None = None   # (regex, replacement) on the path
+    upstream_host: str | None = None  # the Host the upstream gets
+    request_headers: HeaderEdits = HeaderEdits()
+    canary: CanaryConfig | None = None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -1000 <= value <= 1000:
+        raise ValueError(f"expected an integer -1000..1000, got {value!r}")
+    return value
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _regex(value: Any) -> str:
+    v = _str(value)
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc}): {v!r}") from None
+    return v
+
+
+def _path(value: Any) -> str:
+    v = _str(value)
+    if not v.startswith("/"):
+        raise ValueError(f"expected a path starting with '/', got {v!r}")
+    return v
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or any(
+            not isinstance(m, str) or not METHOD_RE.match(m) for m in value):
+        raise ValueError(f'expected a list of methods like ["GET", "HEAD"], got {value!r}')
+    return tuple(m.upper() for m in value)
+
+
+def _conditions(what: str) -> Callable[[Any], tuple]:
+    def conv(value: Any) -> tuple:
+        if not isinstance(value, dict):
+            raise ValueError(f'expected a table like {{ x-env = "beta", x-debug = true }}, '
+                             f"got {value!r}")
+        out = []
+        for name, want in value.items():
+            if what == "header" and not _TOKEN_RE.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if want is True:
+                want = None
+            elif not (want is False or isinstance(want, str)):
+                raise ValueError(f"{name}: expected a value (string), true (present) or false "
+                                 f"(absent), got {want!r}")
+            out.append((name.lower() if what == "header" else name, want))
+        return tuple(out)
+    return conv
+
+
+def _template(value: Any, variables: tuple[str, ...]) -> str:
+    v = _str(value)
+    if any(c in v for c in "\r\n\0"):
+        raise ValueError(f"a header value cannot hold CR, LF or NUL: {v!r}")
+    for name in _VAR_RE.findall(v):
+        if name not in variables:
+            raise ValueError(f"unknown variable {{{name}}} (known: "
+                             f"{', '.join('{' + n + '}' for n in variables)})")
+    return v
+
+
+def _edits(value: Any) -> HeaderEdits:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table with add, set and remove, got {value!r}")
+    for key in value:
+        if key not in ("add", "set", "remove"):
+            raise ValueError(f"{key}: unknown key (add, set or remove)")
+
+    def name_ok(key: str, name: Any) -> str:
+        if not isinstance(name, str) or not _TOKEN_RE.match(name):
+            raise ValueError(f"{key}: {name!r} is not a header name")
+        if name.lower() in PROTECTED:
+            raise ValueError(f"{key}: {name} is the proxy's to set "
+                             "(framing, connection, or Host: use upstream_host)")
+        return name
+
+    pairs = {}
+    for key in ("add", "set"):
+        table = value.get(key, {})
+        if not isinstance(table, dict):
+            raise ValueError(f'{key}: expected a table like {{ X-Env = "prod" }}, got {table!r}')
+        items = []
+        for name, v in table.items():
+            try:
+                items.append((name_ok(key, name), _template(v, REQUEST_VARIABLES)))
+            except ValueError as exc:
+                msg = str(exc)
+                raise ValueError(msg if msg.startswith(f"{key}:") else
+                                 f"{key}.{name}: {msg}") from None
+        pairs[key] = tuple(items)
+    remove = value.get("remove", [])
+    if not isinstance(remove, list):
+        raise ValueError(f'remove: expected a list of header names, got {remove!r}')
+    return HeaderEdits(pairs["add"], pairs["set"],
+                       tuple(name_ok("remove", n).lower() for n in remove))
+
+
+def _rewrite(value: Any) -> tuple[str, str]:
+    if not isinstance(value, dict) or set(value) != {"regex", "replace"}:
+        raise ValueError(f'expected {{ regex = "^/old/(.*)", replace = "/new/\\\\1" }}, '
+                         f"got {value!r}")
+    pattern = re.compile(_regex(value["regex"]))
+    replace = _str(value["replace"])
+    # A reference to a group the regex does not have fails here, not per request.
+    for num, name in re.findall(r"\\(\d+)|\\g<(\w+)>", replace):
+        ref = num or name
+        if not (ref.isdigit() and int(ref) <= pattern.groups or ref in pattern.groupindex):
+            raise ValueError(f"replace refers to group {ref}, which the regex does not have")
+    if not replace.startswith("/") and not replace.startswith("\\"):
+        raise ValueError(f"replace must give a path starting with '/', got {replace!r}")
+    return value["regex"], replace
+
+
+def _force(value: Any) -> str:
+    v = _str(value)
+    kind, _, name = v.partition(":")
+    if kind not in ("header", "cookie") or not name or not _TOKEN_RE.match(name):
+        raise ValueError(f'expected "header:NAME" or "cookie:NAME", got {value!r}')
+    return f"{kind}:{name.lower() if kind == 'header' else name}"
+
+
+def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | None:
+    """One `[[listeners.routes]]` table; None (with problems recorded) when unusable."""
+    upstream = table.get("upstream", _str, None)
+    if upstream is None:
+        table.problem("upstream", "required: the upstream group this route sends to")
+    host = table.get("host", _str, None)
+    path = table.get("path", _path, "/")
+    exact = table.get("exact", _path, None)
+    regex = table.get("regex", _regex, None)
+    given = [k for k in ("path", "exact", "regex") if table.has(k)]
+    if len(given) > 1:
+        table.problem(given[1], f"give one of path (prefix), exact or regex, not both "
+                                f"{given[0]} and {given[1]}")
+    canary = None
+    if table.has("canary"):
+        ct = table.table("canary")
+        cu = ct.get("upstream", _str, None)
+        if cu is None:
+            ct.problem("upstream", "required: the upstream group that gets the canary share")
+        pct = ct.get("percent", _float, None)
+        if pct is None:
+            ct.problem("percent", "required: the share of requests, 0-100")
+        elif not 0 <= pct <= 100:
+            ct.problem("percent", f"expected 0-100, got {pct!r}")
+        key = ct.get("key", canary_key, "random")
+        force = ct.get("force", _force, None)
+        ct.finish()
+        if cu is not None and pct is not None:
+            canary = CanaryConfig(cu, pct, key, force)
+    strip = table.get("strip_prefix", _bool, False)
+    if strip and (exact or regex):
+        table.problem("strip_prefix", "applies to a path prefix route (use rewrite with "
+                                      "exact or regex)")
+    edits = HeaderEdits()
+    if table.has("request_headers"):
+        raw = table.raw("request_headers")
+        try:
+            edits = _edits(raw)
+        except ValueError as exc:
+            key, sep, text = str(exc).partition(": ")
+            if sep and " " not in key:
+                table.problem(f"request_headers.{key}", text)
+            else:
+                table.problem("request_headers", str(exc))
+    upstream_host = table.get("upstream_host", _str, None)
+    if upstream_host is not None and (not upstream_host or any(
+            c in upstream_host for c in " /\r\n\0")):
+        table.problem("upstream_host", f"expected a host[:port], got {upstream_host!r}")
+        upstream_host = None
+    route = RouteConfig(
+        upstream=upstream or "",
+        host=host.lower() if host else None,
+        path=path,
+        exact=exact,
+        regex=regex,
+        methods=table.get("methods", _methods, ()),
+        headers=table.get("headers", _conditions("header"), ()),
+        query=table.get("query", _conditions("query"), ()),
+        priority=table.get("priority", _int, 0),
+        strip_prefix=strip,
+        rewrite=table.get("rewrite", _rewrite, None),
+        upstream_host=upstream_host,
+        request_headers=edits,
+        canary=canary,
+    )
+    table.finish()
+    return route if upstream else None
