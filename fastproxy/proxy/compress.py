@@ -24,9 +24,10 @@ import zstandard
 from fastproxy.config.compression import CompressionConfig
 
 try:
-    # ISA-L's deflate: 3-4x zlib's speed at level 1 with a better ratio (measured in
-    # bench/micro_compress.py); the same gzip bytes format, so zlib stays the fallback on
-    # a platform without its wheel.
+    # ISA-L's deflate for gzip levels 1-3: 3-4x zlib's speed at level 1 with a better
+    # ratio (bench/micro_compress.py). Its best level compresses less than zlib's 4, so
+    # levels 4-9 (ratio before speed) stay zlib's; zlib is also the fallback on a platform
+    # without the isal wheel.
     from isal import isal_zlib as _gzip_mod
     GZIP_BACKEND = "isal"
 except ImportError:  # pragma: no cover - isal ships wheels for the platforms we build
@@ -159,9 +160,10 @@ class _Encoder:
             self._flush = lambda: c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
             self._finish = c.flush
         else:
-            c = _gzip_mod.compressobj(_gzip_level(level), _gzip_mod.DEFLATED, 31)
+            mod = _gzip_mod if level <= 3 else zlib
+            c = mod.compressobj(level, mod.DEFLATED, 31)
             self.compress = c.compress
-            self._flush = lambda: c.flush(_gzip_mod.Z_SYNC_FLUSH)
+            self._flush = lambda: c.flush(mod.Z_SYNC_FLUSH)
             self._finish = c.flush
 
     def flush(self) -> bytes:
@@ -171,13 +173,6 @@ class _Encoder:
     def finish(self) -> bytes:
         """The end of the stream."""
         return self._finish()
-
-
-def _gzip_level(level: int) -> int:
-    """The configured gzip level (zlib's 1-9) in the backend's scale (ISA-L has 0-3)."""
-    if GZIP_BACKEND == "isal":
-        return 1 if level <= 3 else (2 if level <= 6 else 3)
-    return level
 
 
 class CompressFilter:
