@@ -22,7 +22,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
 # ---------------------------------------------------------------------------
 # The configuration model.
 
-from fastproxy.upstream.settings import UpstreamGroupConfig  # noqa: E402 (re-exported)
+from fastproxy.upstream.settings import UpstreamGroupConfig, UpstreamTLS  # noqa: E402
 from fastproxy.config.compression import CompressionConfig  # noqa: E402
 from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noqa: E402,F401
 
@@ -399,10 +399,30 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
         resolve=resolve,
+        tls=_upstream_tls(table, servers),
         extras=_group_settings(table, _extras(table, GROUP_EXTRAS, "upstream"), servers),
     )
     table.finish()
     return group if servers else None
+
+
+def _upstream_tls(table: _Table, servers: list) -> UpstreamTLS | None:
+    """[upstreams.NAME.tls]: verification, CA bundle, SNI, client certificate (checked now)."""
+    if not table.has("tls"):
+        return None
+    tt = table.table("tls")
+    if tt.bad:
+        return None
+    tls = UpstreamTLS(verify=tt.get("verify", _BOOL, True), ca=tt.get("ca", _STR, None),
+                      sni=tt.get("sni", _STR, None), cert=tt.get("cert", _STR, None),
+                      key=tt.get("key", _STR, None))
+    tt.finish()
+    from fastproxy.upstream.tls import check
+    problem = check(tls, [s.scheme for s in servers])
+    if problem is not None:
+        tt.problem(*problem)
+        return None
+    return tls
 
 
 def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:

@@ -29,6 +29,7 @@ from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
 from fastproxy.server.timers import Deadlines
 from fastproxy.upstream.group import UpstreamGroup
+from fastproxy.upstream.tls import client_context
 
 
 class Runtime:
@@ -50,13 +51,24 @@ class Runtime:
         self.access_log = AccessLog(al.path, al.format, loop) if al.path else None
         hp = config.headers
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
+        self._tls: dict = {}        # group name -> its upstream TLS context (one per group)
         self.groups = {
             name: UpstreamGroup(gcfg, lambda group, server, gcfg=gcfg:
-                                ConnectionPool(self, gcfg, server), loop)
+                                self._pool(gcfg, server), loop)
             for name, gcfg in config.upstreams.items()
         }
         for group in self.groups.values():
             group.start()  # active health checks
+
+    def _pool(self, gcfg, server) -> ConnectionPool:
+        """A server's connection pool; https:// ones get the group's TLS context."""
+        pool = ConnectionPool(self, gcfg, server)
+        if pool.ssl is not None and gcfg.tls is not None:
+            ctx = self._tls.get(gcfg.name)
+            if ctx is None:
+                ctx = self._tls[gcfg.name] = client_context(gcfg.tls)
+            pool.ssl = ctx
+        return pool
 
     async def stop_checks(self) -> None:
         """Stop health checks and ejection timers (a newer generation took over)."""

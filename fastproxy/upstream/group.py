@@ -13,6 +13,7 @@ from fastproxy.upstream.breaker import (BreakerConfig, OutlierConfig, OutlierDet
                                RetryPolicy)
 from fastproxy.config.schema import dataclass_from_table
 from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
+from fastproxy.upstream.tls import client_context
 
 # Seconds a connect probe of an ejected server may take (a live server answers in well
 # under a millisecond on a LAN; the probe only needs to tell "refused" from "accepted").
@@ -116,12 +117,16 @@ class UpstreamGroup:
         self.limits = settings.breaker
         self.retry = RetryPolicy(settings.retry)
         self.max_retries = settings.retry.retries
-        self.health = HealthChecker(self.servers, settings.health, self._changed) \
-            if settings.health is not None else None
+        # Checks of https:// servers trust what the group's requests trust (its `ca`,
+        # `sni`, client certificate), unless the check says tls_verify = false.
+        tls = client_context(config.tls) if getattr(config, "tls", None) is not None and (
+            settings.health is None or settings.health.tls_verify) else None
+        self.health = HealthChecker(self.servers, settings.health, self._changed,
+                                    ssl_context=tls) if settings.health is not None else None
         # Ejected servers are probed with the health check's own request when there is
         # one, else with a connect (a checker that is never started, used for its probe).
         prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
-            mode="tcp", timeout=PROBE_TIMEOUT))
+            mode="tcp", timeout=PROBE_TIMEOUT), ssl_context=tls)
         self.outliers = OutlierDetector(
             self.servers, settings.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")

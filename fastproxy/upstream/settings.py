@@ -22,6 +22,7 @@ class UpstreamGroupConfig:
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
     resolve: str = "start"           # start: every host must resolve at load | runtime
+    tls: "UpstreamTLS | None" = None  # None: verify against the system CAs, default SNI
     extras: tuple[tuple[str, Any], ...] = ()  # sections owned by later modules (health, ...)
 
     def extra(self, key: str, default: Any = None) -> Any:
@@ -30,3 +31,14 @@ class UpstreamGroupConfig:
             if k == key:
                 return v
         return default
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """How a group's https:// servers are verified and what the proxy presents to them."""
+
+    verify: bool = True              # false: no certificate or name check (tests, labs)
+    ca: str | None = None            # PEM bundle instead of the system CAs
+    sni: str | None = None           # the name sent (and verified) instead of the server's host
+    cert: str | None = None          # client certificate for mutual TLS (with key)
+    key: str | None = None
