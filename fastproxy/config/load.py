@@ -24,6 +24,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
 
 from fastproxy.upstream.settings import UpstreamGroupConfig, UpstreamTLS  # noqa: E402
 from fastproxy.config.compression import CompressionConfig  # noqa: E402
+from fastproxy.config.tls import read_tls  # noqa: E402
 from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noqa: E402,F401
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
@@ -91,6 +92,8 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    # ((names, cert, key), ...): certificates chosen by SNI (exact or *.suffix names)
+    tls_sni: tuple[tuple[tuple[str, ...], str, str], ...] = ()
     # Upgrade protocols tunnelled after a 101 (lowercase names); others go as plain requests.
     upgrade: tuple[str, ...] = ("websocket",)
     request_buffering: int | None = None   # None: limits.request_buffering
@@ -498,25 +501,10 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         if route:
             routes.append(route)
     tls_cert = tls_key = None
+    tls_sni: tuple = ()
     if table.has("tls"):
-        tt = table.table("tls")
-        tls_cert = tt.get("cert", _STR, None)
-        tls_key = tt.get("key", _STR, None)
-        for k, v in (("cert", tls_cert), ("key", tls_key)):
-            if v is None:
-                tt.problem(k, "required: a PEM file path")
-            elif not os.path.isfile(v):
-                tt.problem(k, f"no such file: {v}")
-        if tls_cert and tls_key and os.path.isfile(tls_cert) and os.path.isfile(tls_key):
-            # Load them now, so a bad file is a configuration error naming the key (and
-            # `fastproxy check` finds it), not a failure to listen.
-            import ssl
-            try:
-                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                    tls_cert, tls_key)
-            except (ssl.SSLError, OSError) as exc:
-                tt.problem("", f"cannot load the certificate and key: {exc}")
-        tt.finish()
+        tls_cert, tls_key, tls_sni = read_tls(table.raw("tls"), table.key("tls"),
+                                              table.problems)
     extras = _extras(table, LISTENER_EXTRAS, f"listener.{mode}")
     for name, _ in extras:
         if name not in MODE_EXTRAS[mode]:
@@ -531,6 +519,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         routes=tuple(routes),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        tls_sni=tls_sni,
         upgrade=_http_only(table, mode, "upgrade", _upgrade_protocols, ("websocket",)),
         request_buffering=_http_only(table, mode, "request_buffering", _request_buffering, None),
         compression=_reverse_only(table, mode, "compression", _BOOL, True),

@@ -28,6 +28,7 @@ from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
 from fastproxy.server.timers import Deadlines
+from fastproxy.server.tls import CertSelector
 from fastproxy.upstream.group import UpstreamGroup
 from fastproxy.upstream.tls import client_context
 
@@ -138,14 +139,6 @@ class ListenerRuntime:
             self.cache.use(self.relay)
 
 
-def _tls_context(lcfg) -> ssl.SSLContext | None:
-    if not lcfg.tls_cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
-    return ctx
-
-
 class Worker:
     """Runs the listeners of one configuration in the current process."""
 
@@ -154,6 +147,7 @@ class Worker:
         self.reload_fn = reload_fn
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listener_rts: list[ListenerRuntime] = []
+        self.tls: dict = {}     # listener holder -> its CertSelector (TLS listeners)
         self.connections: set = set()
         self.runtime: Runtime | None = None
         self.old_runtimes: list[Runtime] = []
@@ -228,7 +222,9 @@ class Worker:
             factory = lambda: TcpClient(holder.current)  # noqa: E731
         else:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
-        tls = _tls_context(lcfg)
+        selector = CertSelector(lcfg) if lcfg.tls_cert else None
+        self.tls[lrt.holder] = selector
+        tls = selector.context if selector is not None else None
         for sock in socks:
             await self.gate.serve(sock, factory, tls)
 
@@ -258,6 +254,12 @@ class Worker:
                 new = ListenerRuntime(new_rt, lcfg, self.connections, index)
             lrt_old.holder.current = new
             new.holder = lrt_old.holder
+            selector = self.tls.get(new.holder)
+            if selector is not None:
+                try:
+                    selector.load(lcfg)   # certificates changed on disk: new handshakes
+                except (ssl.SSLError, OSError) as exc:
+                    log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
         if cache is not self.cache and self.cache is not None:

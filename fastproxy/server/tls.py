@@ -1,0 +1,54 @@
+"""TLS on a listener: the default certificate and the ones chosen by SNI, reloadable.
+
+The listening server keeps one SSLContext for its life; its `sni_callback` hands each
+handshake the context of the name the client asked for (exact name first, then the
+`*.suffix` one level up, RFC 6125 6.4.3), else the default. A reload (SIGHUP) loads the
+files again into fresh contexts and swaps the table: new handshakes see the new
+certificates, open connections keep theirs. TLS 1.2 is the minimum; OpenSSL's session
+tickets stay on (resumption without server-side state).
+"""
+from __future__ import annotations
+
+import ssl
+
+
+def _context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class CertSelector:
+    """The listener's server context and its name -> context table."""
+
+    def __init__(self, lcfg) -> None:
+        self.context = _context(lcfg.tls_cert, lcfg.tls_key)
+        self.context.sni_callback = self._pick
+        self.by_name: dict[str, ssl.SSLContext] = {}
+        self.default = self.context
+        self.load(lcfg)
+
+    def load(self, lcfg) -> None:
+        """(Re)load the default and SNI certificates of lcfg (raises ssl.SSLError/OSError)."""
+        by_name = {}
+        for names, cert, key in getattr(lcfg, "tls_sni", ()):
+            ctx = _context(cert, key)
+            for name in names:
+                by_name[name] = ctx
+        default = _context(lcfg.tls_cert, lcfg.tls_key)
+        # Clients without SNI get the base context's own certificate: replace it too.
+        self.context.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
+        self.by_name, self.default = by_name, default
+
+    def _pick(self, sslobj, name, _ctx) -> None:
+        if name is None:
+            return None
+        name = name.lower().rstrip(".")
+        ctx = self.by_name.get(name)
+        if ctx is None:
+            dot = name.find(".")
+            if dot > 0:
+                ctx = self.by_name.get("*" + name[dot:])
+        sslobj.context = ctx if ctx is not None else self.default
+        return None
