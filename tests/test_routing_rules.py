@@ -226,3 +226,49 @@ def test_index_agrees_with_a_full_scan():
             h = host.encode() if host else None
             want = next((r for r in ordered if r.matches(h, path)), router.default)
             assert router.match(h, target.encode()) is want, (host, target)
+
+
+def test_redirects_and_fixed_answers(start_proxy, three, tmp_path):
+    p = start(start_proxy, tmp_path, three, """
+[[listeners.routes]]
+host = "old.test"
+path = "/"
+return = { status = 308, location = "https://{hostname}{path}" }
+[[listeners.routes]]
+exact = "/gone"
+return = { status = 410, body = "{path} went away" }
+[[listeners.routes]]
+exact = "/empty"
+methods = ["GET"]
+return = { status = 204 }
+""")
+    r = request(p.port, crlf("GET /a/b?c=1 HTTP/1.1\nHost: old.test:8080\n\n"))
+    assert r.status == 308 and r.getheader("Location") == "https://old.test/a/b?c=1"
+    assert r.body == b"" and r.getheader("Content-Length") == "0"
+    with __import__("wire").Conn(p.port) as c:       # kept alive across fixed answers
+        c.send(crlf("GET /gone HTTP/1.1\nHost: x\n\nHEAD /gone HTTP/1.1\nHost: x\n\n"
+                    "GET /empty HTTP/1.1\nHost: x\n\nGET /size/2 HTTP/1.1\nHost: x\n\n"))
+        r1 = c.response()
+        r2 = c.response("HEAD")
+        r3 = c.response()
+        r4 = c.response()
+    assert (r1.status, r1.body) == (410, b"/gone went away\n")
+    assert (r2.status, r2.body, r2.getheader("Content-Length")) == (410, b"", "16")
+    assert (r3.status, r3.body) == (204, b"")
+    assert (r4.status, r4.body) == (200, b"01")                # the default upstream
+    assert all(s.requests == [] or all(t[1] != b"/gone" for t in s.requests) for s in three)
+    # POST /empty: the route's method condition fails, so the default upstream answers
+    assert ask(p.port, "/empty", method="POST", extra="Content-Length: 0\n")[0] == 404
+
+
+@pytest.mark.parametrize("route, problem", [
+    ({"return": {"status": 301}}, "listeners[0].routes[0].return.location: required"),
+    ({"return": {"status": 99}}, "listeners[0].routes[0].return.status: expected a status"),
+    ({"return": {"status": 200, "body": "{x}"}}, "listeners[0].routes[0].return.body: unknown variable"),
+    ({"return": {"status": 200}, "upstream": "a"}, "listeners[0].routes[0].return: a route answers"),
+])
+def test_answer_problems(route, problem):
+    with pytest.raises(ConfigError) as info:
+        from_dict({"listeners": [{"listen": "127.0.0.1:0", "upstream": "a", "routes": [route]}],
+                   "upstreams": {"a": {"servers": ["http://127.0.0.1:9"]}}})
+    assert info.value.problems[0].startswith(problem), info.value.problems

@@ -622,7 +622,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             ] + [(f"routes[{i}].canary.upstream", r.canary.upstream)
                  for i, r in enumerate(listener.routes) if r.canary]
             for key, name in names:
-                if name is not None and name not in upstreams and not any(
+                if name and name not in upstreams and not any(
                     p.startswith(f"upstreams.{name}.") for p in problems
                 ):
                     lt.problem(key, f"no upstream group named {name!r}")

@@ -14,6 +14,10 @@ _VAR_RE = re.compile(r"\{([a-z_]+)\}")
 METHOD_RE = _TOKEN_RE
 # {name} in an added or set header value: per request, in the reverse handler.
 REQUEST_VARIABLES = ("client_ip", "host", "method", "path", "scheme")
+# {name} in a fixed answer's location and body: {host} as the client sent it (with its
+# port), {hostname} without the port.
+ANSWER_VARIABLES = ("host", "hostname", "method", "path", "scheme")
+ANSWER_STATUSES = range(200, 600)
 # Fields a header edit may not touch: framing and routing stay the proxy's
 # (use upstream_host for Host).
 PROTECTED = frozenset(("host", "content-length", "transfer-encoding", "connection",
@@ -59,6 +63,8 @@ class RouteConfig:
     upstream_host: str | None = None  # the Host the upstream gets
     request_headers: HeaderEdits = HeaderEdits()
     canary: CanaryConfig | None = None
+    # A fixed answer instead of an upstream: (status, location template or None, body)
+    answer: tuple[int, str | None, str] | None = None
 
 
 def _str(value: Any) -> str:
@@ -192,6 +198,33 @@ def _rewrite(value: Any) -> tuple[str, str]:
     return value["regex"], replace
 
 
+def _answer(value: Any) -> tuple[int, str | None, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f'expected {{ status = 301, location = "https://{{host}}{{path}}" }}, '
+                         f"got {value!r}")
+    for key in value:
+        if key not in ("status", "location", "body"):
+            raise ValueError(f"{key}: unknown key (status, location, body)")
+    status = value.get("status")
+    if isinstance(status, bool) or not isinstance(status, int) or status not in ANSWER_STATUSES:
+        raise ValueError(f"status: expected a status 200-599, got {status!r}")
+    location = value.get("location")
+    if location is not None:
+        try:
+            location = _template(location, ANSWER_VARIABLES)
+        except ValueError as exc:
+            raise ValueError(f"location: {exc}") from None
+    elif 300 <= status < 400 and status != 304:
+        raise ValueError(f"location: required for a {status} redirect")
+    body = value.get("body", "")
+    if not isinstance(body, str):
+        raise ValueError(f"body: expected a string, got {body!r}")
+    for name in _VAR_RE.findall(body):
+        if name not in ANSWER_VARIABLES:
+            raise ValueError(f"body: unknown variable {{{name}}}")
+    return status, location, body
+
+
 def _force(value: Any) -> str:
     v = _str(value)
     kind, _, name = v.partition(":")
@@ -203,8 +236,23 @@ def _force(value: Any) -> str:
 def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | None:
     """One `[[listeners.routes]]` table; None (with problems recorded) when unusable."""
     upstream = table.get("upstream", _str, None)
-    if upstream is None:
-        table.problem("upstream", "required: the upstream group this route sends to")
+    answer = None
+    if table.has("return"):
+        raw = table.raw("return")
+        try:
+            answer = _answer(raw)
+        except ValueError as exc:
+            key, sep, text = str(exc).partition(": ")
+            if sep and " " not in key:
+                table.problem(f"return.{key}", text)
+            else:
+                table.problem("return", str(exc))
+            answer = False
+        if upstream is not None:
+            table.problem("return", "a route answers itself or sends upstream, not both")
+    if upstream is None and answer is None:
+        table.problem("upstream", "required: the upstream group this route sends to "
+                                  "(or a return answer)")
     host = table.get("host", _str, None)
     path = table.get("path", _path, "/")
     exact = table.get("exact", _path, None)
@@ -264,6 +312,7 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         upstream_host=upstream_host,
         request_headers=edits,
         canary=canary,
+        answer=answer or None,
     )
     table.finish()
-    return route if upstream else None
+    return route if upstream or answer else None

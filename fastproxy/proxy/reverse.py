@@ -13,7 +13,9 @@ import os
 
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
+from fastproxy.proxy.errors import REASONS
 from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
+from fastproxy.proxy.router import normalise_host, render
 from fastproxy.limits import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -46,6 +48,37 @@ class _Refused(Exception):
         self.status = status
         self.detail = detail
         self.extra = extra
+
+
+class _Fixed(Exception):
+    """The route answers itself (a redirect, a fixed status): the response bytes."""
+
+    def __init__(self, status: int, data: bytes, body_bytes: int) -> None:
+        super().__init__(status)
+        self.status = status
+        self.data = data
+        self.body_bytes = body_bytes
+
+
+def _fixed_answer(conn, req, route, host: bytes | None, path: bytes, proto: bytes) -> _Fixed:
+    """The response of a route's `return` table, variables filled in."""
+    status, location, body = route.answer
+    values = {"host": host or b"", "hostname": normalise_host(host) or b"",
+              "method": req.method, "path": path, "scheme": proto}
+    content = render(body, values) if body != [b""] else b""
+    if content and not content.endswith(b"\n"):
+        content += b"\n"
+    keep = conn.keep_alive and conn.body_done
+    head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())
+    if location is not None:
+        head += b"Location: " + render(location, values) + CRLF
+    if content:
+        head += b"Content-Type: text/plain; charset=utf-8\r\n"
+    head += b"Content-Length: %d\r\n" % len(content)
+    if not keep:
+        head += b"Connection: close\r\n"
+    data = head + CRLF if req.method == b"HEAD" else head + CRLF + content
+    return _Fixed(status, data, 0 if req.method == b"HEAD" else len(content))
 
 
 class ReverseHandler:
@@ -105,6 +138,9 @@ class ReverseHandler:
             return  # answered here (Max-Forwards: 0) or refused
         try:
             group, server, key, head, upgrading = self._plan(conn, req, more, mf)
+        except _Fixed as f:
+            conn.respond(f.data, f.status, f.body_bytes)
+            return
         except _Refused as r:
             observer = conn.observer
             extra = r.extra + observer.status_line() if observer is not None else r.extra
@@ -122,7 +158,7 @@ class ReverseHandler:
         try:
             group, server, _key, head, _up = self._plan(
                 conn, req, more + b"Connection: close\r\n", NO_MAX_FORWARDS)
-        except _Refused:
+        except (_Refused, _Fixed):
             return None
         pool = group.pools[server]
         return (pool.connect_host, server.port, pool.ssl,
@@ -157,6 +193,8 @@ class ReverseHandler:
         route = self.router.match(host, path, req)
         if route is None:
             raise _Refused(404, "no route for this host and path")
+        if route.answer is not None:
+            raise _fixed_answer(conn, req, route, host, path, self.proto)
         group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
         client_path = path
         if route.strip or route.rewrite is not None:

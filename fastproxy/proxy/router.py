@@ -32,7 +32,7 @@ class Route:
 
     __slots__ = ("host", "wildcard", "prefix", "exact", "regex", "group", "strip", "canary",
                  "percent", "canary_key", "force", "methods", "headers", "query",
-                 "rewrite", "upstream_host", "edits", "plain", "order")
+                 "rewrite", "upstream_host", "edits", "answer", "plain", "order")
 
     def __init__(self, host: str | None, prefix: str, group, strip: bool = False,
                  canary=None, percent: float = 0.0, canary_key: str = "random",
@@ -51,7 +51,12 @@ class Route:
         self.methods = frozenset()
         self.headers = self.query = ()
         self.edits = None
+        self.answer = None
         if cfg is not None:
+            if cfg.answer is not None:
+                status, location, body = cfg.answer
+                self.answer = (status, _template(location) if location is not None else None,
+                               _template(body))
             self.exact = cfg.exact.encode() if cfg.exact is not None else None
             self.regex = re.compile(cfg.regex.encode()) if cfg.regex is not None else None
             self.methods = frozenset(m.encode() for m in cfg.methods)
@@ -70,7 +75,7 @@ class Route:
         # Nothing but host, prefix and group: the compiled fast path may take it.
         self.plain = not (self.strip or canary is not None or self.exact or self.regex
                           or self.methods or self.headers or self.query or self.rewrite
-                          or self.upstream_host or self.edits)
+                          or self.upstream_host or self.edits or self.answer)
 
     def matches(self, host: bytes | None, path: bytes) -> bool:
         """Host and path (prefix, exact or regex) alone, as a full scan would test them."""
@@ -153,6 +158,26 @@ class Route:
         return path
 
 
+def _template(text: str) -> list:
+    """A text with {variables}: a list of bytes (literal) and str (a variable's name)."""
+    parts: list = []
+    pos = 0
+    raw = text.encode()
+    for m in _VAR_RE.finditer(raw):
+        if m.start() > pos:
+            parts.append(raw[pos:m.start()])
+        parts.append(m.group(1).decode())
+        pos = m.end()
+    if pos < len(raw) or not parts:
+        parts.append(raw[pos:])
+    return parts
+
+
+def render(parts: list, values: dict) -> bytes:
+    """A compiled template filled from values (name -> bytes)."""
+    return b"".join(p if isinstance(p, bytes) else values[p] for p in parts)
+
+
 def _cookie(req, name: bytes) -> bytes | None:
     for line in req.get_all(b"cookie") if hasattr(req, "get_all") else [req.get(b"cookie")]:
         if not line:
@@ -181,28 +206,12 @@ class HeaderEdits:
             return None
         drop = tuple(dict.fromkeys([n.lower().encode() for n, _ in cfg.set]
                                    + [n.encode() for n in cfg.remove]))
-        lines = []
-        for name, value in cfg.set + cfg.add:
-            parts: list = []
-            pos = 0
-            raw = value.encode()
-            for m in _VAR_RE.finditer(raw):
-                if m.start() > pos:
-                    parts.append(raw[pos:m.start()])
-                parts.append(m.group(1).decode())   # a str: a variable's name
-                pos = m.end()
-            if pos < len(raw) or not parts:
-                parts.append(raw[pos:])
-            lines.append((name.encode(), parts))
-        return cls(drop, lines)
+        return cls(drop, [(name.encode(), _template(value)) for name, value in cfg.set + cfg.add])
 
     def render(self, values: dict) -> bytes:
         """The field lines to add, variables filled from values (name -> bytes)."""
-        out = []
-        for name, parts in self.lines:
-            out.append(name + b": " + b"".join(
-                p if isinstance(p, bytes) else values[p] for p in parts) + b"\r\n")
-        return b"".join(out)
+        return b"".join(name + b": " + render(parts, values) + b"\r\n"
+                        for name, parts in self.lines)
 
 
 def normalise_host(host: bytes | None) -> bytes | None:
@@ -309,7 +318,7 @@ class Router:
         for i, rc in enumerate(listener_cfg.routes):
             canary = rc.canary
             routes.append((rc.priority, Route(
-                rc.host, rc.path, groups[rc.upstream], rc.strip_prefix,
+                rc.host, rc.path, groups.get(rc.upstream), rc.strip_prefix,
                 groups[canary.upstream] if canary else None,
                 canary.percent if canary else 0.0, canary.key if canary else "random",
                 rc, i)))
