@@ -159,7 +159,8 @@ def test_plain_routes_keep_the_fast_path_and_rules_leave_it():
         return Router(cfg.listeners[0], {"a": SimpleNamespace(name="a")})
     assert router([{"path": "/x/", "upstream": "a"}]).simple
     for extra in ({"methods": ["GET"]}, {"strip_prefix": True}, {"upstream_host": "h"},
-                  {"request_headers": {"remove": ["x-a"]}}, {"query": {"a": True}}):
+                  {"request_headers": {"remove": ["x-a"]}}, {"query": {"a": True}},
+                  {"shadow": {"upstream": "a"}}):
         assert not router([{"path": "/x/", "upstream": "a", **extra}]).simple, extra
 
 
@@ -272,3 +273,67 @@ def test_answer_problems(route, problem):
         from_dict({"listeners": [{"listen": "127.0.0.1:0", "upstream": "a", "routes": [route]}],
                    "upstreams": {"a": {"servers": ["http://127.0.0.1:9"]}}})
     assert info.value.problems[0].startswith(problem), info.value.problems
+
+
+def test_shadowing_copies_and_never_slows_the_primary(start_proxy, three, tmp_path):
+    import socket
+    import threading
+    import time
+
+    held = []
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+
+    def accept():                     # a shadow group that takes requests, never answers
+        while True:
+            try:
+                c, _ = hole.accept()
+            except OSError:
+                return
+            held.append(c)
+    threading.Thread(target=accept, daemon=True).start()
+    cfg = tmp_path / "shadow.toml"
+    cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "v1"
+[[listeners.routes]]
+path = "/size/"
+upstream = "v1"
+shadow = {{ upstream = "v2", max_in_flight = 3 }}
+[[listeners.routes]]
+path = "/echo"
+upstream = "v1"
+shadow = {{ upstream = "v3" }}
+[upstreams.v1]
+servers = ["{three[0].url}"]
+[upstreams.v2]
+servers = ["http://127.0.0.1:{hole.getsockname()[1]}"]
+[upstreams.v3]
+servers = ["{three[2].url}"]
+""")
+    try:
+        p = start_proxy("serve", "--config", str(cfg))
+        t0 = time.monotonic()
+        for i in range(10):
+            assert ask(p.port, f"/size/{i}")[:2] == (200, str(three[0].port))
+        assert time.monotonic() - t0 < 3          # the silent shadow held nobody up
+        time.sleep(0.5)
+        assert len(held) == 3, p.stderr_lines[-20:]  # bounded: the other copies were dropped
+        for i in range(5):
+            ask(p.port, f"/echo?i={i}")
+        r = request(p.port, crlf("POST /echo HTTP/1.1\nHost: x\nContent-Length: 2\n\nhi"),
+                    method="POST")
+        assert r.status == 200
+        deadline = time.monotonic() + 5
+        while len(three[2].requests) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        copies = [t for m, t, h in three[2].requests]
+        assert sorted(copies) == sorted(f"/echo?i={i}".encode() for i in range(5))  # no POST
+        assert len(three[0].requests) == 16
+    finally:
+        hole.close()
+        for c in held:
+            c.close()

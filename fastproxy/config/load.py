@@ -620,7 +620,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             names = [("upstream", listener.upstream)] + [
                 (f"routes[{i}].upstream", r.upstream) for i, r in enumerate(listener.routes)
             ] + [(f"routes[{i}].canary.upstream", r.canary.upstream)
-                 for i, r in enumerate(listener.routes) if r.canary]
+                 for i, r in enumerate(listener.routes) if r.canary
+                 ] + [(f"routes[{i}].shadow.upstream", r.shadow.upstream)
+                      for i, r in enumerate(listener.routes) if r.shadow]
             for key, name in names:
                 if name and name not in upstreams and not any(
                     p.startswith(f"upstreams.{name}.") for p in problems

@@ -36,6 +36,15 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    """Copy a share of a route's requests (without a body) to another group; answers ignored."""
+
+    upstream: str
+    percent: float = 100.0
+    max_in_flight: int = 16          # copies under way at once, per worker; more are dropped
+
+
+@dataclass(frozen=True)
 class HeaderEdits:
     """add / set / remove of request header fields (names lowercased, values templates)."""
 
@@ -65,6 +74,7 @@ class RouteConfig:
     canary: CanaryConfig | None = None
     # A fixed answer instead of an upstream: (status, location template or None, body)
     answer: tuple[int, str | None, str] | None = None
+    shadow: ShadowConfig | None = None
 
 
 def _str(value: Any) -> str:
@@ -277,6 +287,21 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         ct.finish()
         if cu is not None and pct is not None:
             canary = CanaryConfig(cu, pct, key, force)
+    shadow = None
+    if table.has("shadow"):
+        st = table.table("shadow")
+        su = st.get("upstream", _str, None)
+        if su is None:
+            st.problem("upstream", "required: the upstream group that gets the copies")
+        pct = st.get("percent", _float, 100.0)
+        if not 0 <= pct <= 100:
+            st.problem("percent", f"expected 0-100, got {pct!r}")
+        mif = st.get("max_in_flight", _int, 16)
+        if mif < 1:
+            st.problem("max_in_flight", f"expected 1-1000, got {mif!r}")
+        st.finish()
+        if su is not None:
+            shadow = ShadowConfig(su, pct, mif)
     strip = table.get("strip_prefix", _bool, False)
     if strip and (exact or regex):
         table.problem("strip_prefix", "applies to a path prefix route (use rewrite with "
@@ -313,6 +338,7 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         request_headers=edits,
         canary=canary,
         answer=answer or None,
+        shadow=shadow,
     )
     table.finish()
     return route if upstream or answer else None

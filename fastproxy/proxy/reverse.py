@@ -157,14 +157,14 @@ class ReverseHandler:
         """Where a background request for req would go: (host, port, ssl, sni, head) or None."""
         try:
             group, server, _key, head, _up = self._plan(
-                conn, req, more + b"Connection: close\r\n", NO_MAX_FORWARDS)
+                conn, req, more + b"Connection: close\r\n", NO_MAX_FORWARDS, False)
         except (_Refused, _Fixed):
             return None
         pool = group.pools[server]
         return (pool.connect_host, server.port, pool.ssl,
                 server.host if pool.ssl is not None else None, head)
 
-    def _plan(self, conn, req, more: bytes, mf):
+    def _plan(self, conn, req, more: bytes, mf, shadow: bool = True):
         """(group, server, hash key, forwarded head, whether it offers an Upgrade) for req;
         raise _Refused to answer."""
         form = req.target_form
@@ -253,8 +253,11 @@ class ReverseHandler:
                 "path": client_path, "scheme": self.proto} if edits.dynamic else {})
         if more:
             extra += more
-        return (group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade),
-                bool(upgrading))
+        head = req.forward_head(start_line, extra, drop, keep_upgrade)
+        if route.shadow is not None and conn.body_kind == _http.BODY_NONE and not upgrading \
+                and shadow:
+            route.shadow.copy(self.rt.loop, head, key)
+        return group, server, key, head, bool(upgrading)
 
     def _forwarded(self, conn, host: bytes | None) -> bytes:
         """One RFC 7239 Forwarded element for this hop (existing ones are kept)."""

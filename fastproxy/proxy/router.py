@@ -22,6 +22,7 @@ import random
 import re
 from urllib.parse import parse_qsl
 
+from fastproxy.proxy.shadow import Shadow
 from fastproxy.upstream.balance import make_key_fn
 
 _VAR_RE = re.compile(rb"\{([a-z_]+)\}")
@@ -32,7 +33,7 @@ class Route:
 
     __slots__ = ("host", "wildcard", "prefix", "exact", "regex", "group", "strip", "canary",
                  "percent", "canary_key", "force", "methods", "headers", "query",
-                 "rewrite", "upstream_host", "edits", "answer", "plain", "order")
+                 "rewrite", "upstream_host", "edits", "answer", "shadow", "plain", "order")
 
     def __init__(self, host: str | None, prefix: str, group, strip: bool = False,
                  canary=None, percent: float = 0.0, canary_key: str = "random",
@@ -52,6 +53,7 @@ class Route:
         self.headers = self.query = ()
         self.edits = None
         self.answer = None
+        self.shadow = None
         if cfg is not None:
             if cfg.answer is not None:
                 status, location, body = cfg.answer
@@ -75,7 +77,8 @@ class Route:
         # Nothing but host, prefix and group: the compiled fast path may take it.
         self.plain = not (self.strip or canary is not None or self.exact or self.regex
                           or self.methods or self.headers or self.query or self.rewrite
-                          or self.upstream_host or self.edits or self.answer)
+                          or self.upstream_host or self.edits or self.answer
+                          or self.shadow)
 
     def matches(self, host: bytes | None, path: bytes) -> bool:
         """Host and path (prefix, exact or regex) alone, as a full scan would test them."""
@@ -322,6 +325,10 @@ class Router:
                 groups[canary.upstream] if canary else None,
                 canary.percent if canary else 0.0, canary.key if canary else "random",
                 rc, i)))
+            if rc.shadow is not None:
+                sh = rc.shadow
+                routes[-1][1].shadow = Shadow(groups[sh.upstream], sh.percent, sh.max_in_flight)
+                routes[-1][1].plain = False
         self.routes = [r for _, r in routes]
         self.levels = [_Level([r for p, r in routes if p == prio])
                        for prio in sorted({p for p, _ in routes}, reverse=True)]
