@@ -301,3 +301,25 @@ def test_100_mib_with_bounded_memory(proxy):
             peak = max(peak, proxy.rss_kib())
     assert total == size
     assert peak - before < 20 * 1024, (before, peak)
+
+
+def test_route_response_header_edits_over_the_wire(start_proxy, text_origin, tmp_path):
+    cfg = tmp_path / "edits.toml"
+    cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[[listeners.routes]]
+path = "/t"
+upstream = "app"
+response_headers = {{ set = {{ Cache-Control = "no-transform" }}, add = {{ X-Route = "t {{method}}" }} }}
+[upstreams.app]
+servers = ["{text_origin}"]
+[compression]
+""")
+    p = start_proxy("serve", "--config", str(cfg))
+    status, f, body = request(p.port, "/t?size=3000", {"Accept-Encoding": "br"})
+    assert status == 200 and f["x-route"] == "t GET" and f["cache-control"] == "no-transform"
+    assert "content-encoding" not in f and body == text(3000)   # no-transform: not compressed
+    status, f, body = request(p.port, "/other?size=3000", {"Accept-Encoding": "br"})
+    assert "x-route" not in f and f["content-encoding"] == "br"

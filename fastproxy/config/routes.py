@@ -14,6 +14,8 @@ _VAR_RE = re.compile(r"\{([a-z_]+)\}")
 METHOD_RE = _TOKEN_RE
 # {name} in an added or set header value: per request, in the reverse handler.
 REQUEST_VARIABLES = ("client_ip", "host", "method", "path", "scheme")
+# {name} in response header edits: what the request said (the filter sees no connection).
+RESPONSE_VARIABLES = ("host", "method", "path")
 # {name} in a fixed answer's location and body: {host} as the client sent it (with its
 # port), {hostname} without the port.
 ANSWER_VARIABLES = ("host", "hostname", "method", "path", "scheme")
@@ -71,6 +73,7 @@ class RouteConfig:
     rewrite: tuple[str, str] | None = None   # (regex, replacement) on the path
     upstream_host: str | None = None  # the Host the upstream gets
     request_headers: HeaderEdits = HeaderEdits()
+    response_headers: HeaderEdits = HeaderEdits()
     canary: CanaryConfig | None = None
     # A fixed answer instead of an upstream: (status, location template or None, body)
     answer: tuple[int, str | None, str] | None = None
@@ -156,7 +159,7 @@ def _template(value: Any, variables: tuple[str, ...]) -> str:
     return v
 
 
-def _edits(value: Any) -> HeaderEdits:
+def _edits(value: Any, variables: tuple[str, ...] = REQUEST_VARIABLES) -> HeaderEdits:
     if not isinstance(value, dict):
         raise ValueError(f"expected a table with add, set and remove, got {value!r}")
     for key in value:
@@ -179,7 +182,7 @@ def _edits(value: Any) -> HeaderEdits:
         items = []
         for name, v in table.items():
             try:
-                items.append((name_ok(key, name), _template(v, REQUEST_VARIABLES)))
+                items.append((name_ok(key, name), _template(v, variables)))
             except ValueError as exc:
                 msg = str(exc)
                 raise ValueError(msg if msg.startswith(f"{key}:") else
@@ -306,17 +309,19 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
     if strip and (exact or regex):
         table.problem("strip_prefix", "applies to a path prefix route (use rewrite with "
                                       "exact or regex)")
-    edits = HeaderEdits()
-    if table.has("request_headers"):
-        raw = table.raw("request_headers")
-        try:
-            edits = _edits(raw)
-        except ValueError as exc:
-            key, sep, text = str(exc).partition(": ")
-            if sep and " " not in key:
-                table.problem(f"request_headers.{key}", text)
-            else:
-                table.problem("request_headers", str(exc))
+    edits = {}
+    for which, variables in (("request_headers", REQUEST_VARIABLES),
+                             ("response_headers", RESPONSE_VARIABLES)):
+        edits[which] = HeaderEdits()
+        if table.has(which):
+            try:
+                edits[which] = _edits(table.raw(which), variables)
+            except ValueError as exc:
+                key, sep, text = str(exc).partition(": ")
+                if sep and " " not in key:
+                    table.problem(f"{which}.{key}", text)
+                else:
+                    table.problem(which, str(exc))
     upstream_host = table.get("upstream_host", _str, None)
     if upstream_host is not None and (not upstream_host or any(
             c in upstream_host for c in " /\r\n\0")):
@@ -335,7 +340,8 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         strip_prefix=strip,
         rewrite=table.get("rewrite", _rewrite, None),
         upstream_host=upstream_host,
-        request_headers=edits,
+        request_headers=edits["request_headers"],
+        response_headers=edits["response_headers"],
         canary=canary,
         answer=answer or None,
         shadow=shadow,

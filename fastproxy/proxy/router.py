@@ -33,7 +33,8 @@ class Route:
 
     __slots__ = ("host", "wildcard", "prefix", "exact", "regex", "group", "strip", "canary",
                  "percent", "canary_key", "force", "methods", "headers", "query",
-                 "rewrite", "upstream_host", "edits", "answer", "shadow", "plain", "order")
+                 "rewrite", "upstream_host", "edits", "response_edits", "answer", "shadow", "plain",
+                 "order")
 
     def __init__(self, host: str | None, prefix: str, group, strip: bool = False,
                  canary=None, percent: float = 0.0, canary_key: str = "random",
@@ -51,7 +52,7 @@ class Route:
         self.exact = self.regex = self.rewrite = self.upstream_host = self.force = None
         self.methods = frozenset()
         self.headers = self.query = ()
-        self.edits = None
+        self.edits = self.response_edits = None
         self.answer = None
         self.shadow = None
         if cfg is not None:
@@ -74,10 +75,12 @@ class Route:
                 kind, _, name = cfg.canary.force.partition(":")
                 self.force = (kind == "cookie", name.encode())
             self.edits = HeaderEdits.compile(cfg.request_headers)
+            self.response_edits = HeaderEdits.compile(cfg.response_headers)
         # Nothing but host, prefix and group: the compiled fast path may take it.
         self.plain = not (self.strip or canary is not None or self.exact or self.regex
                           or self.methods or self.headers or self.query or self.rewrite
                           or self.upstream_host or self.edits or self.answer
+                          or self.response_edits
                           or self.shadow)
 
     def matches(self, host: bytes | None, path: bytes) -> bool:

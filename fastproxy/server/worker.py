@@ -25,6 +25,7 @@ from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.config.load import Config, ConfigError, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
+from fastproxy.proxy.filters import chain, edits_factory
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
 from fastproxy.server.timers import Deadlines
@@ -130,7 +131,9 @@ class ListenerRuntime:
             self.handler = None
         # The response-body filter factory (compression), None when off; the relay's
         # ListenerSettings takes it (docs: the filter contract).
-        self.filter_factory = compression_factory(rt.config, lcfg)
+        router = getattr(self.handler, "router", None)
+        self.filter_factory = chain(edits_factory(router) if router is not None else None,
+                                    compression_factory(rt.config, lcfg))
         # What each accepted connection copies, gathered once (relay.ListenerSettings).
         self.relay = ListenerSettings(self) if self.handler is not None else None
         if self.relay is not None and hasattr(self.relay, "filter_factory"):
