@@ -360,3 +360,13 @@ def test_compress_flag_and_bad_table_exit_2(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().startswith("fastproxy: compression.levels.zstd: ")
     assert "Traceback" not in res.stderr
+
+
+def test_cache_key_of_an_encoded_copy():
+    from fastproxy.cache.keys import cache_key, encoded_key
+    base = cache_key(b"http", b"a.test", b"/x")
+    accept = [b"gzip, br", b"br;q=1, gzip;q=0.5", b"BR"]
+    keys = {encoded_key(base, negotiate(parse_accept_encoding(a), OFFER)) for a in accept}
+    assert keys == {base + b"\x00ce=br"}        # one stored copy for all three clients
+    assert encoded_key(base, negotiate(parse_accept_encoding(b"identity"), OFFER)) == base
+    assert encoded_key(base, b"gzip") != encoded_key(base, b"zstd")

@@ -65,3 +65,16 @@ def resolve_ref(base: bytes, ref: bytes) -> bytes | None:
     target = (p.path or "/") + ("?" + p.query if p.query else "")
     return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
                      target.encode("latin-1"))
+
+
+def encoded_key(key: bytes, coding: bytes | None) -> bytes:
+    """The key of the stored copy of a response encoded with coding (None: identity).
+
+    Compression (proxy/compress.py) negotiates one coding per request; storing each
+    encoded copy under its own key (the variant key plus the coding) makes a compressed
+    hit one lookup and one write, as an identity hit is, with one compression per
+    variant instead of one per hit. The coding is what was negotiated, not the raw
+    Accept-Encoding, so "gzip, br" and "br;q=1, gzip;q=0.5" share the br copy.
+    NUL separates as in variant_key (it never occurs in a field value).
+    """
+    return key if coding is None else key + b"\x00ce=" + coding
