@@ -337,3 +337,42 @@ servers = ["{three[2].url}"]
         hole.close()
         for c in held:
             c.close()
+
+
+def test_canary_reload_moves_only_users_who_must(start_proxy, three, tmp_path):
+    # Raising the share moves users onto the canary only; nobody already there leaves.
+    import signal
+    import time
+    cfg = tmp_path / "routes.toml"
+
+    def write(percent):
+        cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "v1"
+[[listeners.routes]]
+path = "/"
+upstream = "v1"
+canary = {{ upstream = "v2", percent = {percent}, key = "header:X-User" }}
+[upstreams.v1]
+servers = ["{three[0].url}"]
+[upstreams.v2]
+servers = ["{three[1].url}"]
+""")
+    write(20)
+    p = start_proxy("serve", "--config", str(cfg))
+
+    def sides():
+        return {u: origin_of(three, ask(p.port, "/size/1", extra=f"X-User: u{u}\n")[1])
+                for u in range(60)}
+    before = sides()
+    write(50)
+    p.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("reloaded" in ln for ln in p.stderr_lines):
+        time.sleep(0.05)
+    after = sides()
+    on_before = {u for u, s in before.items() if s == 2}
+    on_after = {u for u, s in after.items() if s == 2}
+    assert on_before < on_after               # more users on the canary, all earlier ones kept
+    assert 0.05 < len(on_before) / 60 < 0.4 and 0.3 < len(on_after) / 60 < 0.7
