@@ -249,8 +249,9 @@ def _force(value: Any) -> str:
 def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | None:
     """One `[[listeners.routes]]` table; None (with problems recorded) when unusable."""
     upstream = table.get("upstream", _str, None)
-    answer = None
-    if table.has("return"):
+    answer: tuple[int, str | None, str] | None = None
+    answer_given = table.has("return")
+    if answer_given:
         raw = table.raw("return")
         try:
             answer = _answer(raw)
@@ -260,10 +261,9 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
                 table.problem(f"return.{key}", text)
             else:
                 table.problem("return", str(exc))
-            answer = False
         if upstream is not None:
             table.problem("return", "a route answers itself or sends upstream, not both")
-    if upstream is None and answer is None:
+    if upstream is None and not answer_given:
         table.problem("upstream", "required: the upstream group this route sends to "
                                   "(or a return answer)")
     host = table.get("host", _str, None)
@@ -343,8 +343,8 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         request_headers=edits["request_headers"],
         response_headers=edits["response_headers"],
         canary=canary,
-        answer=answer or None,
+        answer=answer,
         shadow=shadow,
     )
     table.finish()
-    return route if upstream or answer else None
+    return route if upstream or answer is not None else None

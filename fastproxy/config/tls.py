@@ -30,7 +30,7 @@ def _pair(where: str, raw: dict, problems: list[str]) -> tuple[str, str] | None:
         elif not os.path.isfile(v):
             problems.append(f"{where}.{k}: no such file: {v}")
             ok = False
-    if not ok:
+    if not ok or not isinstance(cert, str) or not isinstance(key, str):
         return None
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)

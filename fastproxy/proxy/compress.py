@@ -16,6 +16,7 @@ gets the head the GET would have (RFC 9110 9.3.2) and no body.
 """
 from __future__ import annotations
 
+import types
 import zlib
 
 import brotli
@@ -28,7 +29,8 @@ try:
     # ratio (bench/micro_compress.py). Its best level compresses less than zlib's 4, so
     # levels 4-9 (ratio before speed) stay zlib's; zlib is also the fallback on a platform
     # without the isal wheel.
-    from isal import isal_zlib as _gzip_mod
+    from isal import isal_zlib
+    _gzip_mod: types.ModuleType = isal_zlib
     GZIP_BACKEND = "isal"
 except ImportError:  # pragma: no cover - isal ships wheels for the platforms we build
     _gzip_mod = zlib

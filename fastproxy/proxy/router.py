@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastproxy.proxy.shadow import Shadow
@@ -49,12 +50,18 @@ class Route:
         # A stable split hashes the same request keys the balancers use (balance/keys.py).
         self.canary_key = None if canary_key == "random" else make_key_fn(canary_key)
         self.order = order
-        self.exact = self.regex = self.rewrite = self.upstream_host = self.force = None
-        self.methods = frozenset()
-        self.headers = self.query = ()
-        self.edits = self.response_edits = None
-        self.answer = None
-        self.shadow = None
+        self.exact: bytes | None = None
+        self.regex: re.Pattern | None = None
+        self.rewrite: tuple[re.Pattern, bytes] | None = None
+        self.upstream_host: bytes | None = None
+        self.force: tuple[bool, bytes] | None = None
+        self.methods: frozenset[bytes] = frozenset()
+        self.headers: tuple[tuple[bytes, Any], ...] = ()
+        self.query: tuple[tuple[bytes, Any], ...] = ()
+        self.edits: HeaderEdits | None = None
+        self.response_edits: HeaderEdits | None = None
+        self.answer: tuple | None = None
+        self.shadow: Shadow | None = None
         if cfg is not None:
             if cfg.answer is not None:
                 status, location, body = cfg.answer
@@ -270,7 +277,7 @@ class _HostTable:
                         if r.conditions(req, target):
                             return r
         for r in self.regexes:
-            if r.regex.search(path) is not None and r.conditions(req, target):
+            if r.regex.search(path) is not None and r.conditions(req, target):  # type: ignore[union-attr]
                 return r
         return None
 
