@@ -376,3 +376,12 @@ servers = ["{three[1].url}"]
     on_after = {u for u, s in after.items() if s == 2}
     assert on_before < on_after               # more users on the canary, all earlier ones kept
     assert 0.05 < len(on_before) / 60 < 0.4 and 0.3 < len(on_after) / 60 < 0.7
+
+
+def test_http_to_https_listener_needs_no_upstream(start_proxy, tmp_path):
+    cfg = tmp_path / "redirect.toml"
+    cfg.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\n[[listeners.routes]]\npath = "/"\n'
+                   'return = { status = 308, location = "https://{hostname}{path}" }\n')
+    p = start_proxy("serve", "--config", str(cfg))
+    r = request(p.port, crlf("GET /login?next=%2F HTTP/1.1\nHost: shop.test:80\n\n"))
+    assert (r.status, r.getheader("Location")) == (308, "https://shop.test/login?next=%2F")
