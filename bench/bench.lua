@@ -6,6 +6,11 @@ if target and target ~= "" then
   wrk.path = target
   wrk.headers["Host"] = os.getenv("BENCH_HOST")
 end
+-- BENCH_ACCEPT_ENCODING, when set, is sent as Accept-Encoding (the compression rows).
+local ae = os.getenv("BENCH_ACCEPT_ENCODING")
+if ae and ae ~= "" then
+  wrk.headers["Accept-Encoding"] = ae
+end
 
 -- One machine-readable line at the end, so the harness never scrapes wrk's text output.
 done = function(summary, latency, requests)

@@ -8,7 +8,7 @@ per second (`hey -disable-keepalive`: a new TLS connection per request, no resum
 and kept-alive requests over TLS (`wrk`), each with the proxy's CPU-seconds and requests
 per proxy CPU-second, and fastproxy/nginx per CPU-second. The certificate is one ECDSA
 P-256 key made with `openssl` for the run. Issue 13 asks for the first measurement; the
-goal is set from it.
+goal is set from it. fastproxy is the installed one, or the one on an absolute PYTHONPATH.
 """
 from __future__ import annotations
 
