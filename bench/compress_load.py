@@ -7,9 +7,9 @@ One nginx origin serves a 64 KiB generated HTML page (bench/textcorpus.py); ngin
 relay it to wrk sending `Accept-Encoding: ENCODING`, one worker each pinned to core 0.
 Rows: requests/s, bytes per response (the ratio the client sees), requests per proxy
 CPU-second, and fastproxy/nginx per CPU-second. Issue 13's goal: at least 1.0x nginx per
-CPU-second at a comparable ratio. fastproxy is the installed one, or the one on an absolute
-PYTHONPATH (the proxies run in a temporary directory). A fastproxy whose relay has no response-body filter slot
-sends identity: its row then says so instead of a number.
+CPU-second at a comparable ratio. fastproxy is the installed one, or the one on an
+absolute PYTHONPATH (the proxies run in a temporary directory). A fastproxy whose relay
+has no response-body filter slot sends identity: its row then says so instead of a number.
 """
 from __future__ import annotations
 
