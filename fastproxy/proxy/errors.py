@@ -3,13 +3,14 @@ from __future__ import annotations
 
 REASONS = {
     100: "Continue", 200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
     411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-    410: "Gone", 417: "Expectation Failed", 418: "I'm a teapot", 421: "Misdirected Request", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    417: "Expectation Failed", 418: "I'm a teapot", 421: "Misdirected Request",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -277,7 +277,8 @@ class _HostTable:
                         if r.conditions(req, target):
                             return r
         for r in self.regexes:
-            if r.regex.search(path) is not None and r.conditions(req, target):  # type: ignore[union-attr]
+            regex: re.Pattern = r.regex  # type: ignore[assignment]
+            if regex.search(path) is not None and r.conditions(req, target):
                 return r
         return None
 
