@@ -36,6 +36,8 @@ class CacheConfig:
     coalesce: bool = True                # concurrent misses for one URL share one upstream request
     # Clients allowed to send PURGE on the data path (CIDR); the admin interface is separate.
     purge_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # RFC 9213 targeted fields this cache obeys before Cache-Control, first present wins.
+    targeted_fields: tuple[str, ...] = ("Fastproxy-Cache-Control", "CDN-Cache-Control")
     heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,9 @@ class CacheConfig:
                 ipaddress.ip_network(net)
             except (TypeError, ValueError) as exc:
                 problems.append(f"cache.purge_allow[{i}]: {exc}")
+        for i, name in enumerate(self.targeted_fields):
+            if not name or any(c in name for c in ' ,;:="()\r\n\t') or not name.isascii():
+                problems.append(f"cache.targeted_fields[{i}]: {name!r} is not a field name")
         if not problems and self.size // self.arena_segment_size() < 4:
             problems.append(
                 f"cache.max_object_size: {self.max_object_size} needs segments of "
@@ -172,6 +177,13 @@ def _cidrs(value, _size, _duration) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _field_names(value, _size, _duration) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'expected a list of field names like ["CDN-Cache-Control"], '
+                         f"got {value!r}")
+    return tuple(value)
+
+
 _CONVERTERS = {
     "size": _size, "max_object_size": _object_size, "segment_size": _segment_size,
     "max_entries": _entries,
@@ -179,5 +191,6 @@ _CONVERTERS = {
     "default_stale_while_revalidate": _duration, "default_stale_if_error": _duration,
     "keep_stale": _duration, "cache_name": _name, "coalesce_timeout": _duration,
     "zero_copy_min": _any_size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
+    "targeted_fields": _field_names,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(CacheConfig)} - {"heuristic_statuses"}
