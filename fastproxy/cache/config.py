@@ -5,6 +5,8 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .shared import SharedConfig
+
 # RFC 9110 15.1: status codes heuristically cacheable by default. 206 is left
 # out because the store keeps whole representations only (no range merging).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -38,6 +40,7 @@ class CacheConfig:
     purge_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # RFC 9213 targeted fields this cache obeys before Cache-Control, first present wins.
     targeted_fields: tuple[str, ...] = ("Fastproxy-Cache-Control", "CDN-Cache-Control")
+    shared: SharedConfig | None = None   # [cache.shared]: the second tier on Redis
     heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
 
     def __post_init__(self) -> None:
@@ -102,7 +105,8 @@ class CacheConfig:
                 kwargs[name] = conv(value, parse_size, parse_duration)
             except ValueError as exc:
                 text = str(exc)
-                problems.append(f"cache.{name}{'' if text.startswith('[') else ': '}{text}")
+                problems.extend(f"cache.{name}{'' if t.startswith(('[', '.')) else ': '}{t}"
+                                for t in text.split("; "))
         if problems:
             raise ConfigError(problems)
         if kwargs.get("size", 1) == 0:
@@ -192,5 +196,6 @@ _CONVERTERS = {
     "keep_stale": _duration, "cache_name": _name, "coalesce_timeout": _duration,
     "zero_copy_min": _any_size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
     "targeted_fields": _field_names,
+    "shared": lambda value, _size, _duration: SharedConfig.from_table(value),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(CacheConfig)} - {"heuristic_statuses"}

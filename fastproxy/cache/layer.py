@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import struct
 import time
 import weakref
 
@@ -52,6 +53,8 @@ from fastproxy.forward.acl import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
+from fastproxy.cache import entry
+from fastproxy.cache.shared import SharedTier, import_expiry
 
 BODY_NONE = _http.BODY_NONE
 BODY_LENGTH = _http.BODY_LENGTH
@@ -75,6 +78,7 @@ LOG_COLLAPSED = {"cache": "COLLAPSED"}
 LOG_BYPASS = {"cache": "BYPASS"}
 LOG_ONLY_IF_CACHED = {"cache": "ONLY-IF-CACHED"}
 LOG_PURGE = {"cache": "PURGE"}
+LOG_SHARED = {"cache": "HIT-SHARED"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
 
@@ -124,6 +128,8 @@ class WorkerCache:
         self.purges = 0           # entries removed by PURGE or the admin interface
         self.refreshes = 0        # background revalidations finished
         self.refresh_failures = 0
+        self.shared = (SharedTier(config.shared, config.keep_stale)
+                       if config.shared is not None else None)
 
     def stats(self) -> dict:
         """Counters of this worker's cache: the layer's and the store's."""
@@ -136,6 +142,7 @@ class WorkerCache:
             "refreshes": self.refreshes, "refresh_failures": self.refresh_failures,
             "evictions": ring["evictions"], "expirations": ring["expirations"],
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
+            **(self.shared.stats if self.shared is not None else {}),
         }
 
     def purge(self, url: bytes, namespaces=None) -> int:
@@ -154,6 +161,8 @@ class WorkerCache:
         """Cancel background refreshes (worker shutdown)."""
         for task in list(self.tasks):
             task.cancel()
+        if self.shared is not None:
+            self.shared.close()
 
     def use(self, settings) -> None:
         """Connections accepted with these listener settings use this cache."""
@@ -301,9 +310,58 @@ class CacheLayer:
         else:
             self.go(conn, req, key, lk, False, LOG_BYPASS, ctx, origins)
             return
-        self.wc.misses += 1
+        wc = self.wc
+        if (wc.shared is not None and lk.stored is None and req.cache_control is None
+                and req.get(b"pragma") is None):
+            # Nothing here: the shared tier before the origin (a coalescing leader asks
+            # for its followers too).
+            task = self.loop.create_task(self._from_shared(conn, req, key, lk, leader, ctx,
+                                                           origins))
+            wc.tasks.add(task)
+            task.add_done_callback(wc.tasks.discard)
+            return
+        wc.misses += 1
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
+
+    async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
+        """Answer a local miss from the shared tier, or send it upstream as before."""
+        wc = self.wc
+        value = await wc.shared.get(key)
+        if conn.req is not req or conn.state == STATE_CLOSED:
+            if leader:
+                wc.coalescer.finish(key, None)
+            return     # the client left while Redis answered
+        if value is not None:
+            now = _time()
+            try:
+                st = entry.Stored(value)
+                stored = self.cache.ring.set(key, value, now=now,
+                                             expires=import_expiry(st, wc.config.keep_stale))
+            except (ValueError, IndexError, struct.error):
+                stored = False      # not our stored form (another version wrote it)
+            if stored:
+                found = self.cache.lookup(req, key, now, self.extra(conn, req), origins)
+                if found.kind is HIT:
+                    wc.hits += 1
+                    _log(conn, LOG_SHARED)
+                    if leader:
+                        wc.coalescer.finish(key, True)
+                    buffers = found.buffers
+                    conn.respond(buffers, found.status, _body_len(buffers))
+                    return
+                if found.kind is not GATEWAY_TIMEOUT:
+                    lk = found      # stale there too: revalidate it
+        wc.misses += 1
+        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
+                ctx, origins)
+
+    def share(self, key: bytes) -> None:
+        """Copy a just-stored entry to the shared tier (in the background)."""
+        now = _time()
+        value = self.cache.ring.get(key, now)
+        if value is not None and value[0] == entry.KIND_RESPONSE:
+            self.wc.shared.put(key, bytes(value), now)
 
     def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None) -> None:
         """Send req upstream with an observer that stores, refreshes or invalidates."""
@@ -557,6 +615,8 @@ class _Exchange:
                                                self.t_response, self.decision, self.origin)
                     if stored:
                         layer.wc.stores += 1
+                        if layer.wc.shared is not None and not self.decision.vary:
+                            layer.share(self.key)
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:
