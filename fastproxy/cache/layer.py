@@ -54,6 +54,7 @@ from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer,
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
 from fastproxy.cache import entry
+from fastproxy.cache.peers import HOP
 from fastproxy.cache.shared import SharedTier, import_expiry
 
 BODY_NONE = _http.BODY_NONE
@@ -79,6 +80,7 @@ LOG_BYPASS = {"cache": "BYPASS"}
 LOG_ONLY_IF_CACHED = {"cache": "ONLY-IF-CACHED"}
 LOG_PURGE = {"cache": "PURGE"}
 LOG_SHARED = {"cache": "HIT-SHARED"}
+LOG_PEER = {"cache": "PEER"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
 
@@ -217,6 +219,7 @@ class CacheLayer:
         self.refresh_timeout = timeouts.upstream_connect + timeouts.upstream_header
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
+        self.peers = None     # a peers.PeerRing when this node is part of a caching fleet
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -311,6 +314,16 @@ class CacheLayer:
             self.go(conn, req, key, lk, False, LOG_BYPASS, ctx, origins)
             return
         wc = self.wc
+        peers = self.peers
+        if peers is not None and req.get(HOP) is None:
+            owner = peers.owner(key[len(self.ns):])
+            if owner is not None:
+                # Another node owns this key: it answers, or fetches once for the fleet.
+                peers.asked += 1
+                wc.misses += 1
+                self.go(conn, req, key, lk, leader, LOG_PEER, ctx, origins,
+                        (peers.group, owner))
+                return
         if (wc.shared is not None and lk.stored is None and req.cache_control is None
                 and req.get(b"pragma") is None):
             # Nothing here: the shared tier before the origin (a coalescing leader asks
@@ -363,11 +376,18 @@ class CacheLayer:
         if value is not None and value[0] == entry.KIND_RESPONSE:
             self.wc.shared.put(key, bytes(value), now)
 
-    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None) -> None:
-        """Send req upstream with an observer that stores, refreshes or invalidates."""
-        conn.observer = _Exchange(self, req, key, lk, leader, ctx, origins)
+    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None,
+           peer=None) -> None:
+        """Send req upstream (or to the owning peer) with an observer that stores,
+        refreshes or invalidates."""
+        exchange = conn.observer = _Exchange(self, req, key, lk, leader, ctx, origins)
         _log(conn, log)
-        self.handler.forward(conn, req, lk.conditional if lk is not None else b"", ctx)
+        more = lk.conditional if lk is not None else b""
+        if peer is None:
+            self.handler.forward(conn, req, more, ctx)
+        else:
+            exchange.peer = peer
+            self.handler.forward(conn, req, more + self.peers.hop_line, ctx, peer)
 
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
@@ -511,7 +531,7 @@ class _Exchange:
 
     __slots__ = ("layer", "req", "key", "lookup", "leader", "t_request", "t_response",
                  "resp", "decision", "parts", "size", "location", "content_location",
-                 "replayed", "shared", "ctx", "origins", "origin")
+                 "replayed", "shared", "ctx", "origins", "origin", "peer")
 
     def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool, ctx,
                  origins=None) -> None:
@@ -533,6 +553,7 @@ class _Exchange:
         self.content_location = None
         self.replayed = False
         self.shared = False
+        self.peer = None           # (group, server) when the request went to the owning peer
 
     def _answer(self, conn, hit) -> list:
         """Replace the upstream response with hit's buffers (relay hook)."""
@@ -645,6 +666,14 @@ class _Exchange:
         """No response from upstream: answer with the stale entry if allowed, else the error."""
         layer = self.layer
         lk = self.lookup
+        if self.peer is not None and not conn.resp_started:
+            # The owner did not answer: fetch it here (the peer group ejects the owner,
+            # so its keys go to the next node in their preference order meanwhile).
+            self.peer = None
+            layer.peers.failed += 1
+            leader, self.leader = self.leader, False
+            layer.go(conn, self.req, self.key, lk, leader, LOG_MISS, self.ctx, self.origins)
+            return True
         if lk is not None and lk.stored is not None and lk.stale_if_error:
             hit = layer.cache.serve_stale(lk, self.req, _time(), 0, layer.extra(conn, self.req))
             if hit is not None:

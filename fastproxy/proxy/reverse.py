@@ -97,13 +97,14 @@ class ReverseHandler:
         else:
             self.forward(conn, req)
 
-    def forward(self, conn, req, more: bytes = b"", ctx=None) -> None:
-        """Route req, pick a server and start sending it; `more`: field lines to add."""
+    def forward(self, conn, req, more: bytes = b"", ctx=None, peer=None) -> None:
+        """Route req, pick a server and start sending it; `more`: field lines to add;
+        `peer`: (group, server) of the fleet node that owns req's cache key instead."""
         mf = max_forwards(conn, req)
         if mf is None:
             return  # answered here (Max-Forwards: 0) or refused
         try:
-            group, server, key, head, upgrading = self._plan(conn, req, more, mf)
+            group, server, key, head, upgrading = self._plan(conn, req, more, mf, peer)
         except _Refused as r:
             observer = conn.observer
             extra = r.extra + observer.status_line() if observer is not None else r.extra
@@ -127,7 +128,7 @@ class ReverseHandler:
         return (pool.connect_host, server.port, pool.ssl,
                 server.host if pool.ssl is not None else None, head)
 
-    def _plan(self, conn, req, more: bytes, mf):
+    def _plan(self, conn, req, more: bytes, mf, peer=None):
         """(group, server, hash key, forwarded head, whether it offers an Upgrade) for req;
         raise _Refused to answer."""
         form = req.target_form
@@ -153,19 +154,25 @@ class ReverseHandler:
         else:
             raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
                            b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
-        route = self.router.match(host, path)
-        if route is None:
-            raise _Refused(404, "no route for this host and path")
-        group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
-        if route.strip and path.startswith(route.prefix):
-            path = path[len(route.prefix):]
-            if not path.startswith(b"/"):
-                path = b"/" + path
-            start_line = req.method + b" " + path + b" HTTP/1.1"
-        key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
-        server = group.pick(key)
-        if server is None:
-            raise _Refused(503, f"no available server in upstream {group.name!r}")
+        if peer is not None:
+            # The owning peer routes it itself: the client's target and Host, as sent.
+            group, server = peer
+            key = 0
+        else:
+            route = self.router.match(host, path)
+            if route is None:
+                raise _Refused(404, "no route for this host and path")
+            group = (route.choose(req, conn.client_ip) if route.canary is not None
+                     else route.group)
+            if route.strip and path.startswith(route.prefix):
+                path = path[len(route.prefix):]
+                if not path.startswith(b"/"):
+                    path = b"/" + path
+                start_line = req.method + b" " + path + b" HTTP/1.1"
+            key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
+            server = group.pick(key)
+            if server is None:
+                raise _Refused(503, f"no available server in upstream {group.name!r}")
         limit = group.admit(server)
         if limit is not None:
             raise _Refused(503, group.describe_limit(limit, server))
@@ -174,7 +181,7 @@ class ReverseHandler:
         extra = self.via_11 if req.version == 11 else self.via_10
         set_host = None
         if host is None or not self.preserve_host or form == TARGET_ABSOLUTE:
-            set_host = host if (host is not None and self.preserve_host) else \
+            set_host = host if (host is not None and (self.preserve_host or peer)) else \
                 server.name.encode()
         expect = req.expect_continue
         if self.xf:
