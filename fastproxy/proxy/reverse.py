@@ -90,8 +90,16 @@ class ReverseHandler:
 
     def dispatch(self, conn, req) -> None:
         """Rate limits, then the listener's cache (caching.py), then upstream."""
-        if self.limit_rate and self.limits.refuse(conn, req):
-            return
+        if self.limit_rate:
+            if self.limits.remote is not None:
+                self.limits.refuse_later(conn, req, self.admitted)   # fleet-wide buckets
+                return
+            if self.limits.refuse(conn, req):
+                return
+        self.admitted(conn, req)
+
+    def admitted(self, conn, req) -> None:
+        """After the rate limits: the listener's cache, then upstream."""
         if self.cache is not None:
             self.cache.handle(conn, req)
         else:
