@@ -21,6 +21,13 @@ is the one the trusted hop appended, the earlier ones are the client's say-so. A
 without the header is keyed by its client. Connection limits are always per client
 address (no header exists yet when a connection opens).
 
+With a `backend`, the request-rate buckets live in Redis and every node of a fleet takes
+from the same one (Envoy's global rate limiting does this with its Redis service): each
+check is one atomic script (GCRA, on Redis's clock, so nodes' clocks do not matter). When
+Redis does not answer within `backend_timeout`, or its breaker is open after failures in a
+row, the check falls back to this node's local bucket: limits loosen to per-node, requests
+never fail because of Redis.
+
 Configuration (`RateLimitConfig.from_table` reads it from TOML; 0 disables a limit, the
 default, because a reverse proxy behind a balancer sees every client as one address)::
 
@@ -31,15 +38,8 @@ default, because a reverse proxy behind a balancer sees every client as one addr
     key = "client_ip"         # or "header:NAME"
     ipv6_prefix = 64          # IPv6 clients are counted per /64 (one host usually owns one)
     max_keys = 100000         # buckets kept at most
-    backend = "redis://10.0.0.5:6379/0"   # reverse listeners: fleet-wide buckets (optional)
-    backend_timeout = 0.05    # seconds per check before falling back to the local bucket
-
-With a `backend`, the request-rate buckets live in Redis and every node of a fleet takes
-from the same one (Envoy's global rate limiting does this with its Redis service): each
-check is one atomic script (GCRA, on Redis's clock, so nodes' clocks do not matter). When
-Redis does not answer within `backend_timeout`, or its breaker is open after failures in a
-row, the check falls back to this node's local bucket: limits loosen to per-node, requests
-never fail because of Redis.
+    # backend = "redis://10.0.0.5:6379/0"  # reverse listeners: fleet-wide buckets
+    # backend_timeout = 0.05  # seconds per check, then the local bucket answers
 """
 from __future__ import annotations
 
