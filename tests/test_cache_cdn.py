@@ -6,6 +6,7 @@ fields, cc= Cache-Control); a hit is a request the origin never saw.
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 import pytest
@@ -127,3 +128,24 @@ def test_targeted_values(value, expected):
                                    b"A=1", b"a=1 b", b"a=?2", b"a;=1"])
 def test_values_that_are_not_dictionaries(value):
     assert parse_dictionary(value) is None
+
+
+# -- stale-if-error when the origin closes without answering -----------------------------
+
+
+def test_stale_if_error_covers_a_connection_closed_before_the_response(cache_proxy, origin):
+    t = u("sie-close", cc="max-age=1, stale-if-error=60")
+    r1, b1 = get(cache_proxy, t)
+    assert r1.status == 200
+    time.sleep(2.1)
+    origin.override["/c/sie-close"] = {"drop": "1"}
+    r2, b2 = get(cache_proxy, t)
+    assert r2.status == 200 and b2 == b1, (r2.status, status_of(r2))
+    assert "stale-if-error" in status_of(r2)
+    # Without the permission, the client gets the proxy's 502.
+    t = u("sie-close2", cc="max-age=1")
+    get(cache_proxy, t)
+    time.sleep(2.1)
+    origin.override["/c/sie-close2"] = {"drop": "1"}
+    r3, _ = get(cache_proxy, t)
+    assert r3.status == 502

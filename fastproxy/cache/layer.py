@@ -55,6 +55,7 @@ from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
 from fastproxy.cache import entry
 from fastproxy.cache.peers import HOP
+from fastproxy.cache.ranges import respond_hit
 from fastproxy.cache.shared import SharedTier, import_expiry
 
 BODY_NONE = _http.BODY_NONE
@@ -284,15 +285,13 @@ class CacheLayer:
         if kind is HIT:
             self.wc.hits += 1
             _log(conn, LOG_HIT)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if kind is STALE:
             self.wc.stale += 1
             _log(conn, LOG_STALE)
             self.refresh_later(conn, req, key, lk, ctx, origins)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if kind is GATEWAY_TIMEOUT:
             _log(conn, LOG_ONLY_IF_CACHED)
@@ -360,8 +359,7 @@ class CacheLayer:
                     _log(conn, LOG_SHARED)
                     if leader:
                         wc.coalescer.finish(key, True)
-                    buffers = found.buffers
-                    conn.respond(buffers, found.status, _body_len(buffers))
+                    respond_hit(conn, req, found)
                     return
                 if found.kind is not GATEWAY_TIMEOUT:
                     lk = found      # stale there too: revalidate it
@@ -395,8 +393,7 @@ class CacheLayer:
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if lk.kind is HIT or lk.kind is STALE:
             # Stored by someone else in the meantime (or still servable stale).
@@ -405,8 +402,7 @@ class CacheLayer:
             else:
                 self.wc.stale += 1
             _log(conn, LOG_HIT if lk.kind is HIT else LOG_STALE)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
