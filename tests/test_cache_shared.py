@@ -15,7 +15,7 @@ import pytest
 
 from redis_server import RedisServer
 from test_cache_proxy import get as get_any_host
-from test_cache_proxy import is_hit, status_of, u
+from test_cache_proxy import admin, admin_port, is_hit, status_of, u
 
 HOST = {"Host": "www.example"}   # the fleet's one name, whichever node a client reaches
 
@@ -36,7 +36,7 @@ def node(start_proxy, origin, tmp_path):
     """Factory: a reverse proxy with a local cache and the shared tier on `url`."""
     count = [0]
 
-    def start(url: str, shared: str = ""):
+    def start(url: str, shared: str = "", admin: bool = False):
         count[0] += 1
         path = tmp_path / f"node{count[0]}.toml"
         path.write_text(f"""
@@ -57,6 +57,9 @@ listen = "127.0.0.1:0"
 mode = "reverse"
 upstream = "o"
 """)
+        if admin:
+            return start_proxy("serve", "--config", str(path), "--admin", "127.0.0.1:0",
+                               listeners=2)
         return start_proxy("serve", "--config", str(path))
     return start
 
@@ -73,7 +76,7 @@ def wait_for_key(redis_server, pattern: bytes, timeout: float = 5.0) -> None:
 
 def test_a_second_node_answers_from_the_shared_tier(node, origin, redis_server):
     a = node(redis_server.url)
-    b = node(redis_server.url)
+    b = node(redis_server.url, admin=True)
     t = u("shared1", cc="max-age=60")
     r1, body1 = get(a, t)
     assert "stored" in status_of(r1)
@@ -84,6 +87,9 @@ def test_a_second_node_answers_from_the_shared_tier(node, origin, redis_server):
     r3, _ = get(b, t)                 # now in B's own cache as well
     assert is_hit(r3)
     assert origin.count(t) == 1
+    _, metrics = admin(admin_port(b), "GET", "/metrics")
+    assert b"fastproxy_cache_shared_hits_total 1" in metrics or \
+        b"cache_shared_hits_total 1" in metrics, metrics[-1500:]
 
 
 def test_the_redis_ttl_follows_freshness(node, origin, redis_server):

@@ -131,6 +131,8 @@ class WorkerCache:
         self.purges = 0           # entries removed by PURGE or the admin interface
         self.refreshes = 0        # background revalidations finished
         self.refresh_failures = 0
+        self.peer_asked = 0       # misses sent to the fleet node owning the key
+        self.peer_failed = 0      # ... whose owner failed (then fetched here)
         self.shared = (SharedTier(config.shared, config.keep_stale)
                        if config.shared is not None else None)
 
@@ -145,6 +147,7 @@ class WorkerCache:
             "refreshes": self.refreshes, "refresh_failures": self.refresh_failures,
             "evictions": ring["evictions"], "expirations": ring["expirations"],
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
+            "peer_asked": self.peer_asked, "peer_failed": self.peer_failed,
             **(self.shared.stats if self.shared is not None else {}),
         }
 
@@ -318,7 +321,7 @@ class CacheLayer:
             owner = peers.owner(key[len(self.ns):])
             if owner is not None:
                 # Another node owns this key: it answers, or fetches once for the fleet.
-                peers.asked += 1
+                wc.peer_asked += 1
                 wc.misses += 1
                 self.go(conn, req, key, lk, leader, LOG_PEER, ctx, origins,
                         (peers.group, owner))
@@ -666,7 +669,7 @@ class _Exchange:
             # The owner did not answer: fetch it here (the peer group ejects the owner,
             # so its keys go to the next node in their preference order meanwhile).
             self.peer = None
-            layer.peers.failed += 1
+            layer.wc.peer_failed += 1
             leader, self.leader = self.leader, False
             layer.go(conn, self.req, self.key, lk, leader, LOG_MISS, self.ctx, self.origins)
             return True

@@ -58,8 +58,6 @@ class PeerRing:
         self.maglev = Maglev([self.me, *group.servers])
         self.size = len(group.servers) + 1
         self.hop_line = HOP_NAME + b": " + self_name.encode() + b"\r\n"
-        self.asked = 0          # requests sent to an owner
-        self.failed = 0         # ... that failed and went to the origin instead
 
     def owner(self, url: bytes):
         """The peer server to ask for url, or None when this node fetches it itself."""
