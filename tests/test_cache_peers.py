@@ -62,10 +62,17 @@ def test_a_request_from_a_peer_is_never_forwarded_again(fleet, origin):
         t = u(f"hop{i}", cc="max-age=60")
         r, _ = get(node, t, {"Fastproxy-Hop": "http://127.0.0.1:1"})
         assert r.status == 200 and origin.count(t) == 1
-    # The owner side: requests reaching the origin carry at most one hop field.
-    hops = [sum(1 for n, _ in headers if n.lower() == b"fastproxy-hop")
-            for _, _, headers in origin.requests]
-    assert max(hops) <= 1
+    # Peers' requests reach the origin without the fleet-internal field.
+    t = u("hop-other", cc="max-age=60")
+    names = [f"127.0.0.1:{n.port}" for n in (a, b, c)]
+    owner = PeerRing(names[0], _Group(names[1:]), _Loop()).owner_name(
+        b"http://www.example" + t.encode())
+    asker = next(n for n, name in zip((a, b, c), names) if name != owner)
+    r, _ = get(asker, t)
+    assert r.status == 200 and origin.count(t) == 1
+    assert "fwd=" in status_of(r).split(", ")[0]    # the owner's member: it went upstream
+    assert not any(n.lower() == b"fastproxy-hop" for _, _, headers in origin.requests
+                   for n, _ in headers)
 
 
 def test_concurrent_misses_on_three_nodes_make_one_origin_request(fleet, origin):

@@ -14,6 +14,7 @@ import os
 from fastproxy import _http
 from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
 from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
+from fastproxy.cache.peers import HOP
 from fastproxy.limits import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -218,6 +219,9 @@ class ReverseHandler:
         if mf[1]:
             drop += mf[0]
             extra += mf[1]
+        if peer is None and self.cache is not None and self.cache.peers is not None \
+                and req.get(HOP) is not None:
+            drop += (HOP,)     # a fleet-internal field: the origin does not see it
         if more:
             extra += more
         return (group, server, key, req.forward_head(start_line, extra, drop, keep_upgrade),
