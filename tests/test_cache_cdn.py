@@ -12,7 +12,12 @@ import sys
 import pytest
 
 from fastproxy.cache.targeted import parse_dictionary, parse_targeted
-from test_cache_proxy import cache_proxy, configured, get, is_hit, status_of, u  # noqa: F401
+import test_cache_proxy
+from test_cache_proxy import get, is_hit, status_of, u
+
+# The fixtures of the cache tests, shared.
+cache_proxy = test_cache_proxy.cache_proxy
+configured = test_cache_proxy.configured
 
 
 def twice(proxy, target):

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from test_cache_proxy import cache_proxy, get, u  # noqa: F401
+import test_cache_proxy
+from test_cache_proxy import get, u
+
+cache_proxy = test_cache_proxy.cache_proxy   # the cache tests' fixture
 
 BODY_LEN = 100
 
 
 @pytest.fixture
-def stored(cache_proxy, origin):   # noqa: F811
+def stored(cache_proxy, origin):
     """A 100-byte response with validators, stored by one GET."""
     t = u("rng", cc="max-age=60", etag='"v1"', lm="3600", size=str(BODY_LEN))
     r, body = get(cache_proxy, t)
