@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                     redis_proc.terminate()
                     redis_proc.wait(5)
     print(f"Zipf(0.99), {args.objects} objects of 1 KiB, {args.requests} requests over 3 nodes "
-          f"(round robin), cache {args.cache} per node")
+          f"(round robin), cache {args.cache} per node; {len(set(trace.tolist()))} distinct "
+          f"objects (the least the origin can see)")
     print(f"{'setup':<18}{'origin reqs':>12}{'hit ratio':>11}{'p50 us':>9}{'p99 us':>9}{'time s':>8}")
     for name, count, ratio, p50, p99, elapsed, extra in rows:
         print(f"{name:<18}{count:>12}{ratio:>11.3f}{p50:>9.0f}{p99:>9.0f}{elapsed:>8.1f}{extra}")

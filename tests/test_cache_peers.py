@@ -7,6 +7,8 @@ DNS or an L4 balancer.
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 import signal
 import time
 
@@ -200,3 +202,22 @@ upstream = "o"
     refetched = [t for t in targets if origin.count(t) > 1]
     assert refetched and len(refetched) < 35, refetched
     assert all(new_owner[t] == names[2] for t in refetched), (refetched, new_owner)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--peers", "http://127.0.0.1:8001,http://127.0.0.1:8002", "--self", "http://127.0.0.1:9"],
+     "cluster.self: 127.0.0.1:9 is not one of cluster.peers"),
+    (["--peers", "http://127.0.0.1:8001"], "cluster.self: required with peers"),
+    (["--self", "http://127.0.0.1:8001"], "cluster.peers: required with self"),
+    (["--peers", "http://127.0.0.1:8001,https://127.0.0.1:8002", "--self", "http://127.0.0.1:8001"],
+     "cluster.peers: [1]: a peer is an http:// URL"),
+    (["--peers", "http://127.0.0.1:8001,http://127.0.0.1:8001", "--self", "http://127.0.0.1:8001"],
+     "cluster.peers: a peer is listed twice"),
+])
+def test_bad_cluster_settings_are_one_line(flags, message):
+    out = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--mode", "reverse",
+                          "--listen", "127.0.0.1:8001", "--upstream", "http://127.0.0.1:9",
+                          *flags], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr

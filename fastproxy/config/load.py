@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
-    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path,
+    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
 )
@@ -625,7 +625,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
-    cluster_peers, cluster_self = _read_cluster(top.table("cluster"))
+    cluster_peers, cluster_self = read_cluster(top.table("cluster"))
     extras = _extras(top, TOP_EXTRAS, "top")
     cache_cfg = dict(extras).get("cache")
     cache_size = getattr(cache_cfg, "size", 0)
@@ -678,41 +678,6 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         extras=extras,
         source=source,
     )
-
-
-def _peer(value: Any) -> ServerSpec:
-    spec = parse_server_url(value)
-    if spec.scheme != "http":
-        raise ValueError(f"a peer is an http:// URL, got {value!r}")
-    return spec
-
-
-def _peer_list(value: Any) -> tuple[ServerSpec, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f'expected a list of URLs like ["http://10.0.0.1:8080"], got {value!r}')
-    specs = []
-    for i, item in enumerate(value):
-        try:
-            specs.append(_peer(item))
-        except ValueError as exc:
-            raise ValueError(f"[{i}]: {exc}") from None
-    if len({(s.host, s.port) for s in specs}) != len(specs):
-        raise ValueError("a peer is listed twice")
-    return tuple(specs)
-
-
-def _read_cluster(table: "_Table") -> tuple[tuple[ServerSpec, ...], ServerSpec | None]:
-    """[cluster]: peers (every node, this one included) and self (this node's URL)."""
-    peers = table.get("peers", _peer_list, ())
-    me = table.get("self", _peer, None)
-    table.finish()
-    if peers and me is None and not table.has("self"):
-        table.problem("self", "required with peers: this node's URL as the peers know it")
-    elif me is not None and peers and (me.host, me.port) not in {(p.host, p.port) for p in peers}:
-        table.problem("self", f"{me.host}:{me.port} is not one of cluster.peers")
-    elif me is not None and not peers and not table.has("peers"):
-        table.problem("peers", "required with self")
-    return (peers, me) if peers and me is not None else ((), None)
 
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
