@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import struct
 import time
 import weakref
 
@@ -53,10 +52,9 @@ from fastproxy.forward.acl import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
-from fastproxy.cache import entry
 from fastproxy.cache.peers import HOP
 from fastproxy.cache.ranges import respond_hit
-from fastproxy.cache.shared import SharedTier, import_expiry
+from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
 BODY_LENGTH = _http.BODY_LENGTH
@@ -342,40 +340,25 @@ class CacheLayer:
     async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Answer a local miss from the shared tier, or send it upstream as before."""
         wc = self.wc
-        value = await wc.shared.get(key)
+        stored = await wc.shared.fetch_into(self.cache.ring, key, req, lk.fwd == "vary-miss")
         if conn.req is not req or conn.state == STATE_CLOSED:
             if leader:
                 wc.coalescer.finish(key, None)
             return     # the client left while Redis answered
-        if value is not None:
-            now = _time()
-            try:
-                st = entry.Stored(value)
-                stored = self.cache.ring.set(key, value, now=now,
-                                             expires=import_expiry(st, wc.config.keep_stale))
-            except (ValueError, IndexError, struct.error):
-                stored = False      # not our stored form (another version wrote it)
-            if stored:
-                found = self.cache.lookup(req, key, now, self.extra(conn, req), origins)
-                if found.kind is HIT:
-                    wc.hits += 1
-                    _log(conn, LOG_SHARED)
-                    if leader:
-                        wc.coalescer.finish(key, True)
-                    respond_hit(conn, req, found)
-                    return
-                if found.kind is not GATEWAY_TIMEOUT:
-                    lk = found      # stale there too: revalidate it
+        if stored:
+            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+            if found.kind is HIT:
+                wc.hits += 1
+                _log(conn, LOG_SHARED)
+                if leader:
+                    wc.coalescer.finish(key, True)
+                respond_hit(conn, req, found)
+                return
+            if found.kind is not GATEWAY_TIMEOUT:
+                lk = found      # stale there too: revalidate it
         wc.misses += 1
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
-
-    def share(self, key: bytes) -> None:
-        """Copy a just-stored entry to the shared tier (in the background)."""
-        now = _time()
-        value = self.cache.ring.get(key, now)
-        if value is not None and value[0] == entry.KIND_RESPONSE:
-            self.wc.shared.put(key, bytes(value), now)
 
     def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None,
            peer=None) -> None:
@@ -635,8 +618,9 @@ class _Exchange:
                                                self.t_response, self.decision, self.origin)
                     if stored:
                         layer.wc.stores += 1
-                        if layer.wc.shared is not None and not self.decision.vary:
-                            layer.share(self.key)
+                        if layer.wc.shared is not None:
+                            layer.wc.shared.share_from(layer.cache.ring, self.key, self.req,
+                                                       bool(self.decision.vary))
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:

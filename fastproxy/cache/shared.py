@@ -15,19 +15,22 @@ Redis is an optimisation, never a dependency of the answer:
   (the rest are dropped and counted), and only for bodies up to `max_object_size`;
 * reads are bounded the same way (`max_reads`); over the bound the tier is skipped.
 
-Responses with Vary are not shared: their variants hang off a per-node stub whose epoch
-would have to be shared too.
+A response with Vary is shared with its stub (entry.py): the stub goes to Redis only if
+none is there (SET NX), and a node that imports a URL takes the stub with it, so the nodes
+converge on one epoch per URL and find each other's variants under the same keys.
 """
 from __future__ import annotations
 
 import asyncio
 import math
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import entry
+from .keys import variant_key
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -151,6 +154,50 @@ class SharedTier:
                 max_connections=c.max_reads + c.max_writes, retry_on_timeout=False)
         return self._client
 
+    async def fetch_into(self, ring, key: bytes, request, vary_miss: bool) -> bool:
+        """Copy key's entry (its stub and request's variant, under Vary) from Redis into
+        the local store; True when something was imported. `vary_miss`: a local stub exists
+        and only the variant is missing."""
+        now = time.time()
+        stub = None
+        if vary_miss:
+            local = ring.get(key, now)
+            if local is None or local[0] != entry.KIND_STUB:
+                return False
+            vkey = variant_key(key, *_epoch_names(local), request)
+            value = await self.get(vkey)
+        else:
+            value = await self.get(key)
+            vkey = key
+            if value is not None and value[0] == entry.KIND_STUB:
+                stub = value
+                vkey = variant_key(key, *_epoch_names(stub), request)
+                value = await self.get(vkey)
+        if value is None or value[0] != entry.KIND_RESPONSE:
+            return False
+        now = time.time()
+        try:
+            st = entry.Stored(value)
+            if stub is not None and ring.get(key, now) is None:
+                ring.set(key, stub, now=now)
+            return ring.set(vkey, value, now=now, expires=import_expiry(st, self.keep_stale))
+        except (ValueError, IndexError, struct.error):
+            return False      # not our stored form (another version wrote it)
+
+    def share_from(self, ring, key: bytes, request, vary: bool) -> None:
+        """Copy what was just stored under key (with its stub, under Vary) to Redis."""
+        now = time.time()
+        stub = None
+        if vary:
+            stub = ring.get(key, now)
+            if stub is None or stub[0] != entry.KIND_STUB:
+                return
+            stub = bytes(stub)
+            key, base = variant_key(key, *_epoch_names(stub), request), key
+        value = ring.get(key, now)
+        if value is not None and value[0] == entry.KIND_RESPONSE:
+            self.put(key, bytes(value), now, (base, stub) if stub is not None else None)
+
     async def get(self, key: bytes) -> bytes | None:
         """The stored value for key, or None (absent, Redis down/slow/busy, or unusable)."""
         if self.reads >= self.config.max_reads or not self.breaker.allow():
@@ -167,14 +214,16 @@ class SharedTier:
         finally:
             self.reads -= 1
         self.breaker.success()
-        if (not value or len(value) < entry.META.size or value[0] != entry.KIND_RESPONSE):
+        if (not value or len(value) < entry.STUB.size
+                or value[0] not in (entry.KIND_RESPONSE, entry.KIND_STUB)):
             self.stats["shared_misses"] += 1
             return None
         self.stats["shared_hits"] += 1
         return value
 
-    def put(self, key: bytes, value: bytes, now: float) -> None:
-        """Write a stored value in the background, with its remaining usefulness as TTL."""
+    def put(self, key: bytes, value: bytes, now: float, stub=None) -> None:
+        """Write a stored value in the background, with its remaining usefulness as TTL;
+        `stub`: (key, value) of its Vary stub, written unless Redis has one."""
         st = entry.Stored(value)
         if len(value) - st.body_start > self.config.max_object_size:
             return
@@ -185,14 +234,24 @@ class SharedTier:
             self.stats["shared_writes_dropped"] += 1
             return
         self.writes += 1
+        if stub is not None:
+            stub = (self.prefix + stub[0], stub[1])
         task = asyncio.get_running_loop().create_task(
-            self._put(self.prefix + key, value, math.ceil(ttl)))
+            self._put(self.prefix + key, value, math.ceil(ttl), stub))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _put(self, key: bytes, value: bytes, ttl: int) -> None:
+    async def _put(self, key: bytes, value: bytes, ttl: int, stub) -> None:
         try:
-            await asyncio.wait_for(self.client().set(key, value, ex=ttl), self.config.timeout)
+            client = self.client()
+            if stub is not None:
+                # The first stub stays (one epoch per URL for the fleet) and lives as
+                # long as its longest-lived variant.
+                if not await asyncio.wait_for(client.set(stub[0], stub[1], ex=ttl, nx=True),
+                                              self.config.timeout):
+                    await asyncio.wait_for(client.expire(stub[0], ttl, gt=True),
+                                           self.config.timeout)
+            await asyncio.wait_for(client.set(key, value, ex=ttl), self.config.timeout)
             self.breaker.success()
             self.stats["shared_writes"] += 1
         except Exception:   # noqa: BLE001 - see get()
@@ -211,6 +270,11 @@ class SharedTier:
                 asyncio.get_running_loop().create_task(client.aclose())
             except RuntimeError:
                 pass
+
+
+def _epoch_names(stub) -> tuple:
+    names, epoch = entry.decode_stub(stub)
+    return epoch, names
 
 
 def import_expiry(st: entry.Stored, keep_stale: float) -> float:
