@@ -340,7 +340,10 @@ class CacheLayer:
     async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Answer a local miss from the shared tier, or send it upstream as before."""
         wc = self.wc
-        stored = await wc.shared.fetch_into(self.cache.ring, key, req, lk.fwd == "vary-miss")
+        try:
+            stored = await wc.shared.fetch_into(self.cache.ring, key, req, lk.fwd == "vary-miss")
+        except Exception:   # noqa: BLE001 - whatever went wrong, the origin still answers
+            stored = False
         if conn.req is not req or conn.state == STATE_CLOSED:
             if leader:
                 wc.coalescer.finish(key, None)
