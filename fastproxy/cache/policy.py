@@ -35,6 +35,7 @@ from . import entry
 from .config import UNDERSTOOD_STATUSES, CacheConfig
 from .directives import (
     DELTA_MAX,
+    CacheControl,
     age_value,
     delta_seconds,
     format_http_date,
@@ -414,7 +415,7 @@ class HttpCache:
         return _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
 
     @staticmethod
-    def _may_be_fresh(response, cc: dict) -> bool:
+    def _may_be_fresh(response, cc: CacheControl) -> bool:
         # Some freshness lifetime above zero is possible (RFC 9111 4.2.1); heuristic
         # freshness needs Last-Modified, checked by the caller.
         if b"no-cache" in cc:
@@ -496,7 +497,7 @@ class HttpCache:
                 return None
         return variant_key(key_base, epoch, vary, request)
 
-    def _lifetime(self, response, cc: dict, date_value: float, last_modified: float | None) -> float:
+    def _lifetime(self, response, cc: CacheControl, date_value: float, last_modified: float | None) -> float:
         # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
         if b"s-maxage" in cc:
             v = delta_seconds(cc[b"s-maxage"])

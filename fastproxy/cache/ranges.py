@@ -72,7 +72,7 @@ def answer(lookup, request, tail: bytes) -> list | None:
         return None
     status_line, fields = entry.parse_head(st.head)
     kept = [(n, v) for n, v in fields if n.lower() not in (b"content-length", b"content-range")]
-    if span is False:
+    if not isinstance(span, tuple):
         head = entry.build_head(b"HTTP/1.1 416 Range Not Satisfiable", kept + [
             (b"Content-Range", b"bytes */%d" % length), (b"Content-Length", b"0")])
         return [head, tail]

@@ -272,7 +272,7 @@ class SharedTier:
                 pass
 
 
-def _epoch_names(stub) -> tuple:
+def _epoch_names(stub) -> tuple[int, tuple[bytes, ...]]:
     names, epoch = entry.decode_stub(stub)
     return epoch, names
 

@@ -24,6 +24,12 @@ _BINARY = re.compile(rb":[A-Za-z0-9+/=]*:")
 _OWS = re.compile(rb"[ \t]*")
 _SP = re.compile(rb" *")
 
+
+def _skip(pattern: re.Pattern, value: bytes, pos: int) -> int:
+    """Past what pattern (which also matches nothing) matches at pos."""
+    m = pattern.match(value, pos)
+    return m.end() if m is not None else pos
+
 # Directives whose value is delta-seconds: in a targeted field an sf-integer (RFC 9213 2.1).
 _SECONDS = frozenset({b"max-age", b"s-maxage", b"stale-while-revalidate", b"stale-if-error"})
 
@@ -75,7 +81,7 @@ def _parameters(value: bytes, pos: int) -> int:
     # Parameters are allowed on every member; no cache directive defines any, so they are
     # parsed (for validity) and dropped.
     while value[pos:pos + 1] == b";":
-        pos = _SP.match(value, pos + 1).end()
+        pos = _skip(_SP, value, pos + 1)
         m = _KEY.match(value, pos)
         if m is None:
             raise _Invalid
@@ -88,7 +94,7 @@ def _parameters(value: bytes, pos: int) -> int:
 def _inner_list(value: bytes, pos: int) -> int:
     pos += 1
     while True:
-        pos = _SP.match(value, pos).end()
+        pos = _skip(_SP, value, pos)
         if value[pos:pos + 1] == b")":
             return _parameters(value, pos + 1)
         _, pos = _bare_item(value, pos)
@@ -100,7 +106,7 @@ def _inner_list(value: bytes, pos: int) -> int:
 def parse_dictionary(value: bytes) -> dict | None:
     """An RFC 8941 dictionary as {key: bytes | True | marker}, or None if it does not parse."""
     out: dict = {}
-    pos = _SP.match(value).end()
+    pos = _skip(_SP, value, 0)
     end = len(value.rstrip(b" "))
     if pos >= end:
         return None
@@ -120,12 +126,12 @@ def parse_dictionary(value: bytes) -> dict | None:
                 item = True
             pos = _parameters(value, pos)
             out[key] = item          # 3.2: a later duplicate overwrites
-            pos = _OWS.match(value, pos).end()
+            pos = _skip(_OWS, value, pos)
             if pos >= end:
                 return out
             if value[pos:pos + 1] != b",":
                 raise _Invalid
-            pos = _OWS.match(value, pos + 1).end()
+            pos = _skip(_OWS, value, pos + 1)
             if pos >= end:
                 raise _Invalid       # a trailing comma
     except _Invalid:
