@@ -11,7 +11,7 @@ branch would, or returns None and the request goes the Python way
 * the method is GET or HEAD, the target is origin-form, and there is no body, no
   Upgrade, no Cache-Control or Pragma (request directives, RFC 9111 5.2.1, 5.4) and no
   conditional field (If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since,
-  If-Range: 304s and preconditions are Python's);
+  If-Range, nor Range: 304s, preconditions and 206s are Python's);
 * the key namespace + scheme://host/target (as `CacheLayer.key` builds it) holds a
   response, not a
   Vary stub, that has not expired in the store;
@@ -85,6 +85,8 @@ cdef inline bint defers_to_python(const unsigned char* p, Py_ssize_t n) noexcept
                 or name_is(p, n, "if-range", 8))
     if c == b'p':
         return name_is(p, n, "pragma", 6)
+    if c == b'r':
+        return name_is(p, n, "range", 5)     # a 206 from the stored response is Python's
     return False
 
 

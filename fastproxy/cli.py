@@ -62,6 +62,10 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hash-key", metavar="KEY",
                    help="maglev key: path, uri, client_ip, header:NAME or cookie:NAME")
     p.add_argument("--cache", metavar="SIZE", help='response cache size, e.g. "256MiB" (0 = off)')
+    p.add_argument("--peers", metavar="URL,URL,...",
+                   help="every node of the caching fleet, this one included (with --self)")
+    p.add_argument("--self", dest="self_url", metavar="URL",
+                   help="this node's URL as its peers reach it (one of --peers)")
     p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core)')
     p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
     p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
@@ -122,6 +126,10 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
                 doc["upstreams"][group_name][key] = value
     if args.cache is not None:
         doc.setdefault("cache", {})["size"] = args.cache
+    if args.peers is not None:
+        doc.setdefault("cluster", {})["peers"] = [p for p in args.peers.split(",") if p]
+    if args.self_url is not None:
+        doc.setdefault("cluster", {})["self"] = args.self_url
     if args.workers is not None:
         doc["workers"] = int(args.workers) if args.workers.isdigit() else args.workers
     if args.admin is not None:

@@ -21,6 +21,13 @@ is the one the trusted hop appended, the earlier ones are the client's say-so. A
 without the header is keyed by its client. Connection limits are always per client
 address (no header exists yet when a connection opens).
 
+With a `backend`, the request-rate buckets live in Redis and every node of a fleet takes
+from the same one (Envoy's global rate limiting does this with its Redis service): each
+check is one atomic script (GCRA, on Redis's clock, so nodes' clocks do not matter). When
+Redis does not answer within `backend_timeout`, or its breaker is open after failures in a
+row, the check falls back to this node's local bucket: limits loosen to per-node, requests
+never fail because of Redis.
+
 Configuration (`RateLimitConfig.from_table` reads it from TOML; 0 disables a limit, the
 default, because a reverse proxy behind a balancer sees every client as one address)::
 
@@ -31,15 +38,19 @@ default, because a reverse proxy behind a balancer sees every client as one addr
     key = "client_ip"         # or "header:NAME"
     ipv6_prefix = 64          # IPv6 clients are counted per /64 (one host usually owns one)
     max_keys = 100000         # buckets kept at most
+    # backend = "redis://10.0.0.5:6379/0"  # reverse listeners: fleet-wide buckets
+    # backend_timeout = 0.05  # seconds per check, then the local bucket answers
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
+from fastproxy._relay import STATE_CLOSED
 from fastproxy.config.schema import dataclass_from_table
 
 __all__ = ["RateLimitConfig", "ConnectionLimiter", "RequestRateLimiter", "RateLimits"]
@@ -63,6 +74,8 @@ class RateLimitConfig:
     key: str = "client_ip"
     ipv6_prefix: int = 64
     max_keys: int = 100_000
+    backend: str = ""                 # "redis://host:port/db": fleet-wide buckets
+    backend_timeout: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "burst"):
@@ -76,6 +89,21 @@ class RateLimitConfig:
         if isinstance(self.ipv6_prefix, bool) or not isinstance(self.ipv6_prefix, int) \
                 or not 1 <= self.ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix: expected a prefix length 1-128, got {self.ipv6_prefix!r}")
+        if self.backend:
+            if not isinstance(self.backend, str) or \
+                    not self.backend.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(f'backend: expected "redis://HOST:PORT/DB", got {self.backend!r}')
+            if not self.rate:
+                raise ValueError("backend: needs rate (requests per second) to be set")
+            try:
+                import redis.asyncio  # noqa: F401
+            except ImportError:
+                raise ValueError("backend: needs the redis package "
+                                 "(pip install 'fastproxy[redis]')") from None
+        _number(self.backend_timeout, "backend_timeout")
+        if not 0 < self.backend_timeout <= 10:
+            raise ValueError(f"backend_timeout: expected seconds above 0 and at most 10, "
+                             f"got {self.backend_timeout!r}")
         if self.burst and not self.rate:
             raise ValueError("burst: needs rate (requests per second) to be set")
         if not isinstance(self.key, str) or not (
@@ -183,6 +211,69 @@ class RequestRateLimiter:
         return len(self._buckets)
 
 
+# GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp): the
+# theoretical arrival time `tat` advances by one emission interval per request; a request
+# is refused when it would put tat more than `burst` intervals ahead of now. Returns 0 or
+# the milliseconds until a request would pass.
+_GCRA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local limit = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > limit then
+  return new_tat - now - limit
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now))
+return 0
+"""
+
+
+class GlobalRateLimiter:
+    """Request-rate buckets in Redis, with the local buckets as the fallback."""
+
+    def __init__(self, config: RateLimitConfig, local: RequestRateLimiter) -> None:
+        from fastproxy.cache.shared import Breaker
+
+        self.config = config
+        self.local = local
+        self.interval_ms = 1000.0 / config.rate
+        self.burst = config.effective_burst
+        self.breaker = Breaker(3, 5.0)
+        self._script = None
+        self.remote_checks = 0
+        self.fallbacks = 0
+
+    def script(self):
+        # Created on first use, inside the worker's loop (the client's pool binds to it).
+        if self._script is None:
+            import redis.asyncio as aioredis
+            t = self.config.backend_timeout
+            client = aioredis.Redis.from_url(self.config.backend, socket_timeout=t,
+                                             socket_connect_timeout=t, max_connections=256)
+            self._script = client.register_script(_GCRA)
+        return self._script
+
+    async def check(self, key) -> int:
+        """0 when the request may go, else the Retry-After seconds; never raises."""
+        if self.breaker.allow():
+            name = b"fastproxy:rate:" + (key if isinstance(key, bytes) else key.encode())
+            try:
+                wait_ms = await asyncio.wait_for(
+                    self.script()(keys=[name], args=[self.interval_ms, self.burst]),
+                    self.config.backend_timeout)
+            except Exception:   # noqa: BLE001 - Redis down, slow or refusing: local limits
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+                self.remote_checks += 1
+                return max(1, math.ceil(int(wait_ms) / 1000)) if int(wait_ms) > 0 else 0
+        self.fallbacks += 1
+        return self.local.check(key)
+
+
 class RateLimits:
     """The configured limits together, with the key a request is counted under."""
 
@@ -193,6 +284,10 @@ class RateLimits:
         self.requests = RequestRateLimiter(config.rate, config.effective_burst,
                                            max_keys=config.max_keys, clock=clock) \
             if config.rate else None
+        # Fleet-wide buckets (reverse listeners with a backend): checked with refuse_later().
+        self.remote = GlobalRateLimiter(config, self.requests) \
+            if config.backend and self.requests is not None else None
+        self._tasks: set = set()
         header = config.key[7:].lower().encode() if config.key.startswith("header:") else None
         self._header = header
         self._last_hop = header == b"x-forwarded-for"
@@ -257,6 +352,22 @@ class RateLimits:
         conn.log_extra = {"limit": "rate"}
         conn.respond_error(429, "request rate limit reached", b"Retry-After: %d\r\n" % wait)
         return True
+
+    def refuse_later(self, conn, request, admitted) -> None:
+        """Check the fleet-wide bucket; then answer 429, or call admitted(conn, request)."""
+        task = asyncio.get_running_loop().create_task(self._remote(conn, request, admitted))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remote(self, conn, request, admitted) -> None:
+        wait = await self.remote.check(self.key(request, conn.client_ip))
+        if conn.req is not request or conn.state == STATE_CLOSED:
+            return    # the client left meanwhile
+        if wait:
+            conn.log_extra = {"limit": "rate"}
+            conn.respond_error(429, "request rate limit reached", b"Retry-After: %d\r\n" % wait)
+        else:
+            admitted(conn, request)
 
     def check_request(self, request, client_ip: str) -> int:
         """0 when the request may go, else the Retry-After seconds for a 429."""

@@ -25,7 +25,8 @@ Responses built by send() carry `X-Origin: <port>` so balancing tests see who an
                      cookie=1 (Set-Cookie), expires=seconds from now, age=Age,
                      status=N, delay=S, chunked=1, size=N (body length), cut=1 (send
                      half the body, then close), location=..., content_location=...,
-                     force304=1 (304 to any If-None-Match);
+                     force304=1 (304 to any If-None-Match), cdn=CDN-Cache-Control,
+                     fcc=Fastproxy-Cache-Control, drop=1 (close without answering);
                      the body says how many times the URL was asked for; Date always.
                      `Origin.override[path]` (a dict of the same parameters) wins over
                      the query; `Origin.count(target)` is how often a target was asked.
@@ -211,11 +212,18 @@ class Origin:
             if conn.transport is None:
                 return
         req = {n.lower(): v for n, v in info["headers"]}
+        if p.get("drop"):
+            t.close()        # no response at all
+            return
         now = time.time()
         status = int(p.get("status", 200))
         fields = [("Date", email.utils.formatdate(now, usegmt=True))]
         if "cc" in p:
             fields.append(("Cache-Control", p["cc"]))
+        if "cdn" in p:
+            fields.append(("CDN-Cache-Control", p["cdn"]))
+        if "fcc" in p:
+            fields.append(("Fastproxy-Cache-Control", p["fcc"]))
         etag = p.get("etag")
         if etag:
             fields.append(("ETag", etag))

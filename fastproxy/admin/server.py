@@ -332,6 +332,17 @@ def render_metrics(snap: dict) -> str:
                 ("refreshes", "counter", "Background revalidations completed."),
                 ("refresh_failures", "counter", "Background revalidations that failed.")):
             metric(f"cache_{key}_total", kind, help_text, [({}, cache[key])])
+        for key, help_text in (
+                ("peer_asked", "Misses sent to the fleet node that owns the key."),
+                ("peer_failed", "Misses whose owning node failed (fetched here instead)."),
+                ("shared_hits", "Local misses answered from the Redis shared tier."),
+                ("shared_misses", "Local misses the Redis shared tier did not hold."),
+                ("shared_errors", "Redis operations that failed or timed out."),
+                ("shared_skipped", "Lookups that skipped Redis (breaker open or busy)."),
+                ("shared_writes", "Entries written to the Redis shared tier."),
+                ("shared_writes_dropped", "Writes dropped (too many in flight, breaker open).")):
+            if key in cache:
+                metric(f"cache_{key}_total", "counter", help_text, [({}, cache[key])])
         metric("cache_entries", "gauge", "Entries in the cache.", [({}, cache["entries"])])
         metric("cache_bytes", "gauge", "Bytes of live entries.", [({}, cache["bytes"])])
         metric("cache_capacity_bytes", "gauge", "Arena size.", [({}, cache["capacity"])])

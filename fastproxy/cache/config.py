@@ -5,6 +5,8 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .shared import SharedConfig
+
 # RFC 9110 15.1: status codes heuristically cacheable by default. 206 is left
 # out because the store keeps whole representations only (no range merging).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -36,6 +38,9 @@ class CacheConfig:
     coalesce: bool = True                # concurrent misses for one URL share one upstream request
     # Clients allowed to send PURGE on the data path (CIDR); the admin interface is separate.
     purge_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # RFC 9213 targeted fields this cache obeys before Cache-Control, first present wins.
+    targeted_fields: tuple[str, ...] = ("Fastproxy-Cache-Control", "CDN-Cache-Control")
+    shared: SharedConfig | None = None   # [cache.shared]: the second tier on Redis
     heuristic_statuses: frozenset[int] = field(default=HEURISTIC_STATUSES)
 
     def __post_init__(self) -> None:
@@ -60,6 +65,9 @@ class CacheConfig:
                 ipaddress.ip_network(net)
             except (TypeError, ValueError) as exc:
                 problems.append(f"cache.purge_allow[{i}]: {exc}")
+        for i, name in enumerate(self.targeted_fields):
+            if not name or any(c in name for c in ' ,;:="()\r\n\t') or not name.isascii():
+                problems.append(f"cache.targeted_fields[{i}]: {name!r} is not a field name")
         if not problems and self.size // self.arena_segment_size() < 4:
             problems.append(
                 f"cache.max_object_size: {self.max_object_size} needs segments of "
@@ -97,7 +105,8 @@ class CacheConfig:
                 kwargs[name] = conv(value, parse_size, parse_duration)
             except ValueError as exc:
                 text = str(exc)
-                problems.append(f"cache.{name}{'' if text.startswith('[') else ': '}{text}")
+                problems.extend(f"cache.{name}{'' if t.startswith(('[', '.')) else ': '}{t}"
+                                for t in text.split("; "))
         if problems:
             raise ConfigError(problems)
         if kwargs.get("size", 1) == 0:
@@ -172,6 +181,13 @@ def _cidrs(value, _size, _duration) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _field_names(value, _size, _duration) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'expected a list of field names like ["CDN-Cache-Control"], '
+                         f"got {value!r}")
+    return tuple(value)
+
+
 _CONVERTERS = {
     "size": _size, "max_object_size": _object_size, "segment_size": _segment_size,
     "max_entries": _entries,
@@ -179,5 +195,7 @@ _CONVERTERS = {
     "default_stale_while_revalidate": _duration, "default_stale_if_error": _duration,
     "keep_stale": _duration, "cache_name": _name, "coalesce_timeout": _duration,
     "zero_copy_min": _any_size, "prefault": _bool, "coalesce": _bool, "purge_allow": _cidrs,
+    "targeted_fields": _field_names,
+    "shared": lambda value, _size, _duration: SharedConfig.from_table(value),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(CacheConfig)} - {"heuristic_statuses"}

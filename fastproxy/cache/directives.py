@@ -35,11 +35,12 @@ class CacheControl(dict):
     must then fail safe (a response is not stored, a request is read as no-cache).
     """
 
-    __slots__ = ("malformed",)
+    __slots__ = ("malformed", "targeted")
 
     def __init__(self) -> None:
         super().__init__()
         self.malformed = False
+        self.targeted = False    # read from a targeted field (RFC 9213): Expires does not count
 
 
 def parse_cache_control(value: bytes | None) -> CacheControl:

@@ -122,3 +122,20 @@ def decode_stub(value: bytes) -> tuple[tuple[bytes, ...], int]:
     _, _, _, n, epoch = STUB.unpack_from(value)
     joined = bytes(value[STUB.size:STUB.size + n])
     return (tuple(joined.split(b",")) if joined else ()), epoch
+
+
+class Fields:
+    """Just enough of the Response interface over a list of fields (for 304 merging)."""
+
+    def __init__(self, fields, status):
+        self.fields = fields
+        self.status = status
+
+    def get(self, name):
+        for n, v in self.fields:
+            if n.lower() == name:
+                return v
+        return None
+
+    def get_all(self, name):
+        return [v for n, v in self.fields if n.lower() == name]

@@ -52,6 +52,9 @@ from fastproxy.forward.acl import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
+from fastproxy.cache.peers import HOP
+from fastproxy.cache.ranges import respond_hit
+from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
 BODY_LENGTH = _http.BODY_LENGTH
@@ -75,6 +78,8 @@ LOG_COLLAPSED = {"cache": "COLLAPSED"}
 LOG_BYPASS = {"cache": "BYPASS"}
 LOG_ONLY_IF_CACHED = {"cache": "ONLY-IF-CACHED"}
 LOG_PURGE = {"cache": "PURGE"}
+LOG_SHARED = {"cache": "HIT-SHARED"}
+LOG_PEER = {"cache": "PEER"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
 
@@ -124,6 +129,10 @@ class WorkerCache:
         self.purges = 0           # entries removed by PURGE or the admin interface
         self.refreshes = 0        # background revalidations finished
         self.refresh_failures = 0
+        self.peer_asked = 0       # misses sent to the fleet node owning the key
+        self.peer_failed = 0      # ... whose owner failed (then fetched here)
+        self.shared = (SharedTier(config.shared, config.keep_stale)
+                       if config.shared is not None else None)
 
     def stats(self) -> dict:
         """Counters of this worker's cache: the layer's and the store's."""
@@ -136,6 +145,8 @@ class WorkerCache:
             "refreshes": self.refreshes, "refresh_failures": self.refresh_failures,
             "evictions": ring["evictions"], "expirations": ring["expirations"],
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
+            "peer_asked": self.peer_asked, "peer_failed": self.peer_failed,
+            **(self.shared.stats if self.shared is not None else {}),
         }
 
     def purge(self, url: bytes, namespaces=None) -> int:
@@ -154,6 +165,8 @@ class WorkerCache:
         """Cancel background refreshes (worker shutdown)."""
         for task in list(self.tasks):
             task.cancel()
+        if self.shared is not None:
+            self.shared.close()
 
     def use(self, settings) -> None:
         """Connections accepted with these listener settings use this cache."""
@@ -208,6 +221,7 @@ class CacheLayer:
         self.refresh_timeout = timeouts.upstream_connect + timeouts.upstream_header
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
+        self.peers = None     # a peers.PeerRing when this node is part of a caching fleet
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -272,15 +286,13 @@ class CacheLayer:
         if kind is HIT:
             self.wc.hits += 1
             _log(conn, LOG_HIT)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if kind is STALE:
             self.wc.stale += 1
             _log(conn, LOG_STALE)
             self.refresh_later(conn, req, key, lk, ctx, origins)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if kind is GATEWAY_TIMEOUT:
             _log(conn, LOG_ONLY_IF_CACHED)
@@ -301,15 +313,68 @@ class CacheLayer:
         else:
             self.go(conn, req, key, lk, False, LOG_BYPASS, ctx, origins)
             return
-        self.wc.misses += 1
+        wc = self.wc
+        peers = self.peers
+        if peers is not None and req.get(HOP) is None:
+            owner = peers.owner(key[len(self.ns):])
+            if owner is not None:
+                # Another node owns this key: it answers, or fetches once for the fleet.
+                wc.peer_asked += 1
+                wc.misses += 1
+                self.go(conn, req, key, lk, leader, LOG_PEER, ctx, origins,
+                        (peers.group, owner))
+                return
+        if (wc.shared is not None and lk.stored is None and req.cache_control is None
+                and req.get(b"pragma") is None):
+            # Nothing here: the shared tier before the origin (a coalescing leader asks
+            # for its followers too).
+            task = self.loop.create_task(self._from_shared(conn, req, key, lk, leader, ctx,
+                                                           origins))
+            wc.tasks.add(task)
+            task.add_done_callback(wc.tasks.discard)
+            return
+        wc.misses += 1
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
 
-    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None) -> None:
-        """Send req upstream with an observer that stores, refreshes or invalidates."""
-        conn.observer = _Exchange(self, req, key, lk, leader, ctx, origins)
+    async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
+        """Answer a local miss from the shared tier, or send it upstream as before."""
+        wc = self.wc
+        try:
+            stored = await wc.shared.fetch_into(self.cache.ring, key, req, lk.fwd == "vary-miss")
+        except Exception:   # noqa: BLE001 - whatever went wrong, the origin still answers
+            stored = False
+        if conn.req is not req or conn.state == STATE_CLOSED:
+            if leader:
+                wc.coalescer.finish(key, None)
+            return     # the client left while Redis answered
+        if stored:
+            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+            if found.kind is HIT:
+                wc.hits += 1
+                _log(conn, LOG_SHARED)
+                if leader:
+                    wc.coalescer.finish(key, True)
+                respond_hit(conn, req, found)
+                return
+            if found.kind is not GATEWAY_TIMEOUT:
+                lk = found      # stale there too: revalidate it
+        wc.misses += 1
+        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
+                ctx, origins)
+
+    def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None,
+           peer=None) -> None:
+        """Send req upstream (or to the owning peer) with an observer that stores,
+        refreshes or invalidates."""
+        exchange = conn.observer = _Exchange(self, req, key, lk, leader, ctx, origins)
         _log(conn, log)
-        self.handler.forward(conn, req, lk.conditional if lk is not None else b"", ctx)
+        more = lk.conditional if lk is not None else b""
+        if peer is None:
+            self.handler.forward(conn, req, more, ctx)
+        else:
+            exchange.peer = peer
+            self.handler.forward(conn, req, more + self.peers.hop_line, ctx, peer)
 
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
@@ -317,8 +382,7 @@ class CacheLayer:
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         if lk.kind is HIT or lk.kind is STALE:
             # Stored by someone else in the meantime (or still servable stale).
@@ -327,8 +391,7 @@ class CacheLayer:
             else:
                 self.wc.stale += 1
             _log(conn, LOG_HIT if lk.kind is HIT else LOG_STALE)
-            buffers = lk.buffers
-            conn.respond(buffers, lk.status, _body_len(buffers))
+            respond_hit(conn, req, lk)
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
@@ -453,7 +516,7 @@ class _Exchange:
 
     __slots__ = ("layer", "req", "key", "lookup", "leader", "t_request", "t_response",
                  "resp", "decision", "parts", "size", "location", "content_location",
-                 "replayed", "shared", "ctx", "origins", "origin")
+                 "replayed", "shared", "ctx", "origins", "origin", "peer")
 
     def __init__(self, layer: CacheLayer, req, key, lookup, leader: bool, ctx,
                  origins=None) -> None:
@@ -475,6 +538,7 @@ class _Exchange:
         self.content_location = None
         self.replayed = False
         self.shared = False
+        self.peer = None           # (group, server) when the request went to the owning peer
 
     def _answer(self, conn, hit) -> list:
         """Replace the upstream response with hit's buffers (relay hook)."""
@@ -557,6 +621,9 @@ class _Exchange:
                                                self.t_response, self.decision, self.origin)
                     if stored:
                         layer.wc.stores += 1
+                        if layer.wc.shared is not None:
+                            layer.wc.shared.share_from(layer.cache.ring, self.key, self.req,
+                                                       bool(self.decision.vary))
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:
@@ -585,6 +652,14 @@ class _Exchange:
         """No response from upstream: answer with the stale entry if allowed, else the error."""
         layer = self.layer
         lk = self.lookup
+        if self.peer is not None and not conn.resp_started:
+            # The owner did not answer: fetch it here (the peer group ejects the owner,
+            # so its keys go to the next node in their preference order meanwhile).
+            self.peer = None
+            layer.wc.peer_failed += 1
+            leader, self.leader = self.leader, False
+            layer.go(conn, self.req, self.key, lk, leader, LOG_MISS, self.ctx, self.origins)
+            return True
         if lk is not None and lk.stored is not None and lk.stale_if_error:
             hit = layer.cache.serve_stale(lk, self.req, _time(), 0, layer.extra(conn, self.req))
             if hit is not None:

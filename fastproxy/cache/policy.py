@@ -35,6 +35,7 @@ from . import entry
 from .config import UNDERSTOOD_STATUSES, CacheConfig
 from .directives import (
     DELTA_MAX,
+    CacheControl,
     age_value,
     delta_seconds,
     format_http_date,
@@ -46,6 +47,7 @@ from .directives import (
     weak_match,
 )
 from .keys import origin_of, resolve_ref, variant_key
+from .targeted import response_cache_control
 
 # Lookup kinds
 HIT = "hit"
@@ -155,6 +157,7 @@ class HttpCache:
         self._name = c.cache_name.encode()
         self._hit_status = b"Cache-Status: " + self._name + b"; hit"
         self._zero_copy_min = c.zero_copy_min
+        self._targeted = tuple(n.lower().encode() for n in c.targeted_fields)
 
     def _get(self, key: bytes, now: float):
         # Small values are copied (always safe, and as cheap as a view below a
@@ -369,7 +372,7 @@ class HttpCache:
         rcc = _request_cc(request)
         if b"no-store" in rcc:                                 # 5.2.1.5
             return Decision(False, "request-no-store")
-        cc = parse_cache_control(b",".join(response.get_all(b"cache-control")))
+        cc = response_cache_control(response, self._targeted)
         if cc.malformed:
             # Fail safe: a field we cannot read may have said private or no-store.
             return Decision(False, "malformed-cache-control")
@@ -390,7 +393,7 @@ class HttpCache:
         if b"*" in vary:                                       # 4.1: never matches
             return Decision(False, "vary-star")
         explicit = (b"max-age" in cc or b"s-maxage" in cc
-                    or response.get(b"expires") is not None)
+                    or (not cc.targeted and response.get(b"expires") is not None))
         if not (explicit or b"public" in cc or status in self.config.heuristic_statuses):
             return Decision(False, "status")
         length = getattr(response, "content_length", -1)
@@ -412,7 +415,7 @@ class HttpCache:
         return _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
 
     @staticmethod
-    def _may_be_fresh(response, cc: dict) -> bool:
+    def _may_be_fresh(response, cc: CacheControl) -> bool:
         # Some freshness lifetime above zero is possible (RFC 9111 4.2.1); heuristic
         # freshness needs Last-Modified, checked by the caller.
         if b"no-cache" in cc:
@@ -420,7 +423,7 @@ class HttpCache:
         for name in (b"s-maxage", b"max-age"):
             if name in cc:
                 return bool(delta_seconds(cc[name]))
-        return response.get(b"expires") is not None
+        return not cc.targeted and response.get(b"expires") is not None
 
     def store(self, request, key_base: bytes, response, body: bytes,
               request_time: float, response_time: float,
@@ -494,7 +497,7 @@ class HttpCache:
                 return None
         return variant_key(key_base, epoch, vary, request)
 
-    def _lifetime(self, response, cc: dict, date_value: float, last_modified: float | None) -> float:
+    def _lifetime(self, response, cc: CacheControl, date_value: float, last_modified: float | None) -> float:
         # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
         if b"s-maxage" in cc:
             v = delta_seconds(cc[b"s-maxage"])
@@ -502,7 +505,8 @@ class HttpCache:
         if b"max-age" in cc:
             v = delta_seconds(cc[b"max-age"])
             return float(v) if v is not None else 0.0
-        expires_values = response.get_all(b"expires")
+        # RFC 9213 2.1: with a targeted field in charge, Expires is ignored too.
+        expires_values = None if cc.targeted else response.get_all(b"expires")
         if expires_values:
             # 5.3: an invalid Expires (e.g. "0") is a time in the past.
             exp = parse_http_date(expires_values[0])
@@ -556,14 +560,14 @@ class HttpCache:
         replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
         merged += [(n, v) for n, v in new_fields if n.lower() in replace]
-        cc = parse_cache_control(b",".join(v for n, v in merged if n.lower() == b"cache-control"))
+        view = entry.Fields(merged, st.status)
+        cc = response_cache_control(view, self._targeted)
         if cc.malformed or b"no-store" in cc or b"private" in cc:
             # The updated response may no longer be stored (RFC 9111 3, 4.3.4): drop the
             # entry rather than keep serving it; the relay then fetches a full response.
             self.ring.delete(lookup.key)
             return None
 
-        view = _Fields(merged, st.status)
         date_value = parse_http_date(view.get(b"date")) or response_time
         corrected_initial_age = max(max(0.0, response_time - date_value),
                                     age_value(response.get_all(b"age"))
@@ -674,23 +678,6 @@ class HttpCache:
     def stats(self) -> dict:
         """Store counters (hits, misses, inserts, evictions, bytes, ...)."""
         return self.ring.stats()
-
-
-class _Fields:
-    """Just enough of the Response interface over a list of fields (for 304 merging)."""
-
-    def __init__(self, fields, status):
-        self.fields = fields
-        self.status = status
-
-    def get(self, name):
-        for n, v in self.fields:
-            if n.lower() == name:
-                return v
-        return None
-
-    def get_all(self, name):
-        return [v for n, v in self.fields if n.lower() == name]
 
 
 def _directive_seconds(cc: dict, name: bytes, default: float) -> float:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
-    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path,
+    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
 )
@@ -126,6 +126,9 @@ class Config:
     access_log: AccessLog = field(default_factory=AccessLog)
     cache_size: int = 0              # 0 = no cache
     compression: CompressionConfig | None = None   # None: no response compression
+    # [cluster] / --peers --self: the fleet whose nodes cache as one (fastproxy.cache.peers)
+    cluster_peers: tuple[ServerSpec, ...] = ()
+    cluster_self: ServerSpec | None = None
     extras: tuple[tuple[str, Any], ...] = ()  # top-level sections owned by feature modules
     source: str = "<built-in default>"
 
@@ -606,6 +609,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     )
     log_t.finish()
     compression = _compression(top)
+    cluster_peers, cluster_self = read_cluster(top.table("cluster"))
     extras = _extras(top, TOP_EXTRAS, "top")
     cache_cfg = dict(extras).get("cache")
     cache_size = getattr(cache_cfg, "size", 0)
@@ -656,6 +660,8 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         access_log=access_log,
         cache_size=cache_size,
         compression=compression,
+        cluster_peers=cluster_peers,
+        cluster_self=cluster_self,
         extras=extras,
         source=source,
     )

@@ -375,3 +375,43 @@ def read_document(path: str) -> dict:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     except RecursionError:   # thousands of nested arrays
         raise ConfigError([f"{path}: invalid TOML: nested too deeply"]) from None
+
+
+def parse_peer(value: Any) -> ServerSpec:
+    """A fleet peer's URL (http only: peers talk plain HTTP/1.1 to each other)."""
+    spec = parse_server_url(value)
+    if spec.scheme != "http":
+        raise ValueError(f"a peer is an http:// URL, got {value!r}")
+    return spec
+
+
+def parse_peers(value: Any) -> tuple[ServerSpec, ...]:
+    """[cluster] peers: a non-empty list of distinct peer URLs."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'expected a list of URLs like ["http://10.0.0.1:8080"], got {value!r}')
+    specs = []
+    for i, item in enumerate(value):
+        try:
+            specs.append(parse_peer(item))
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    if len({(s.host, s.port) for s in specs}) != len(specs):
+        raise ValueError("a peer is listed twice")
+    return tuple(specs)
+
+
+def read_cluster(table) -> tuple[tuple[ServerSpec, ...], ServerSpec | None]:
+    """[cluster] read from config.load's table reader: (peers, self), both empty when unset.
+
+    peers lists every node of a caching fleet, this one included; self is this node's URL.
+    """
+    peers = table.get("peers", parse_peers, ())
+    me = table.get("self", parse_peer, None)
+    table.finish()
+    if peers and me is None and not table.has("self"):
+        table.problem("self", "required with peers: this node's URL as the peers know it")
+    elif me is not None and peers and (me.host, me.port) not in {(p.host, p.port) for p in peers}:
+        table.problem("self", f"{me.host}:{me.port} is not one of cluster.peers")
+    elif me is not None and not peers and not table.has("peers"):
+        table.problem("peers", "required with self")
+    return (peers, me) if peers and me is not None else ((), None)

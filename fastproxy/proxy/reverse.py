@@ -16,6 +16,7 @@ from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastFor
 from fastproxy.proxy.errors import REASONS
 from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
 from fastproxy.proxy.router import normalise_host, render
+from fastproxy.cache.peers import HOP
 from fastproxy.limits import RateLimits
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -124,20 +125,29 @@ class ReverseHandler:
 
     def dispatch(self, conn, req) -> None:
         """Rate limits, then the listener's cache (caching.py), then upstream."""
-        if self.limit_rate and self.limits.refuse(conn, req):
-            return
+        if self.limit_rate:
+            if self.limits.remote is not None:
+                self.limits.refuse_later(conn, req, self.admitted)   # fleet-wide buckets
+                return
+            if self.limits.refuse(conn, req):
+                return
+        self.admitted(conn, req)
+
+    def admitted(self, conn, req) -> None:
+        """After the rate limits: the listener's cache, then upstream."""
         if self.cache is not None:
             self.cache.handle(conn, req)
         else:
             self.forward(conn, req)
 
-    def forward(self, conn, req, more: bytes = b"", ctx=None) -> None:
-        """Route req, pick a server and start sending it; `more`: field lines to add."""
+    def forward(self, conn, req, more: bytes = b"", ctx=None, peer=None) -> None:
+        """Route req, pick a server and start sending it; `more`: field lines to add;
+        `peer`: (group, server) of the fleet node that owns req's cache key instead."""
         mf = max_forwards(conn, req)
         if mf is None:
             return  # answered here (Max-Forwards: 0) or refused
         try:
-            group, server, key, head, upgrading = self._plan(conn, req, more, mf)
+            group, server, key, head, upgrading = self._plan(conn, req, more, mf, peer=peer)
         except _Fixed as f:
             conn.respond(f.data, f.status, f.body_bytes)
             return
@@ -164,7 +174,7 @@ class ReverseHandler:
         return (pool.connect_host, server.port, pool.ssl,
                 server.host if pool.ssl is not None else None, head)
 
-    def _plan(self, conn, req, more: bytes, mf, shadow: bool = True):
+    def _plan(self, conn, req, more: bytes, mf, shadow: bool = True, peer=None):
         """(group, server, hash key, forwarded head, whether it offers an Upgrade) for req;
         raise _Refused to answer."""
         form = req.target_form
@@ -190,22 +200,28 @@ class ReverseHandler:
         else:
             raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
                            b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n")
-        route = self.router.match(host, path, req)
-        if route is None:
-            raise _Refused(404, "no route for this host and path")
-        if route.answer is not None:
-            raise _fixed_answer(conn, req, route, host, path, self.proto)
-        group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
+        route = None
         client_path = path
-        if route.strip or route.rewrite is not None:
-            q = path.find(b"?")
-            path = route.rewrite_path(path) if q < 0 else \
-                route.rewrite_path(path[:q]) + path[q:]
-            start_line = req.method + b" " + path + b" HTTP/1.1"
-        key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
-        server = group.pick(key)
-        if server is None:
-            raise _Refused(503, f"no available server in upstream {group.name!r}")
+        if peer is not None:
+            # The owning peer routes it itself: the client's target and Host, as sent.
+            group, server = peer
+            key = 0
+        else:
+            route = self.router.match(host, path, req)
+            if route is None:
+                raise _Refused(404, "no route for this host and path")
+            if route.answer is not None:
+                raise _fixed_answer(conn, req, route, host, path, self.proto)
+            group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
+            if route.strip or route.rewrite is not None:
+                q = path.find(b"?")
+                path = route.rewrite_path(path) if q < 0 else \
+                    route.rewrite_path(path[:q]) + path[q:]
+                start_line = req.method + b" " + path + b" HTTP/1.1"
+            key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
+            server = group.pick(key)
+            if server is None:
+                raise _Refused(503, f"no available server in upstream {group.name!r}")
         limit = group.admit(server)
         if limit is not None:
             raise _Refused(503, group.describe_limit(limit, server))
@@ -213,10 +229,10 @@ class ReverseHandler:
         # The forwarded head.
         extra = self.via_11 if req.version == 11 else self.via_10
         set_host = None
-        if route.upstream_host is not None:
+        if route is not None and route.upstream_host is not None:
             set_host = route.upstream_host
         elif host is None or not self.preserve_host or form == TARGET_ABSOLUTE:
-            set_host = host if (host is not None and self.preserve_host) else \
+            set_host = host if (host is not None and (self.preserve_host or peer)) else \
                 server.name.encode()
         expect = req.expect_continue
         if self.xf:
@@ -245,16 +261,19 @@ class ReverseHandler:
         if mf[1]:
             drop += mf[0]
             extra += mf[1]
-        edits = route.edits
+        edits = route.edits if route is not None else None
         if edits is not None:
             drop += edits.drop
             extra += edits.render({
                 "client_ip": conn.client_ip_b, "host": host or b"", "method": req.method,
                 "path": client_path, "scheme": self.proto} if edits.dynamic else {})
+        if peer is None and self.cache is not None and self.cache.peers is not None \
+                and req.get(HOP) is not None:
+            drop += (HOP,)     # a fleet-internal field: the origin does not see it
         if more:
             extra += more
         head = req.forward_head(start_line, extra, drop, keep_upgrade)
-        if route.shadow is not None and conn.body_kind == _http.BODY_NONE and not upgrading \
+        if route is not None and route.shadow is not None and conn.body_kind == _http.BODY_NONE and not upgrading \
                 and shadow:
             route.shadow.copy(self.rt.loop, head, key)
         return group, server, key, head, bool(upgrading)

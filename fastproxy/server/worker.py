@@ -22,6 +22,7 @@ from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.cache.layer import CacheLayer, WorkerCache
+from fastproxy.cache.peers import PEER_GROUP_EXTRAS, PeerRing
 from fastproxy.config.load import Config, ConfigError, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
@@ -30,7 +31,8 @@ from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
 from fastproxy.server.timers import Deadlines
 from fastproxy.server.tls import CertSelector
-from fastproxy.upstream.group import UpstreamGroup
+from fastproxy.upstream.group import Server, UpstreamGroup
+from fastproxy.upstream.settings import UpstreamGroupConfig
 from fastproxy.upstream.tls import client_context
 
 
@@ -59,7 +61,17 @@ class Runtime:
                                 self._pool(gcfg, server), loop)
             for name, gcfg in config.upstreams.items()
         }
-        for group in self.groups.values():
+        # The other nodes of a caching fleet, as a group: pooled keep-alive connections
+        # and outlier ejection (fastproxy.cache.peers).
+        self.peer_group = None
+        me = config.cluster_self
+        if config.cluster_peers and me is not None and cache is not None:
+            others = tuple(p for p in config.cluster_peers if (p.host, p.port) != (me.host, me.port))
+            pcfg = UpstreamGroupConfig(name="cluster", servers=others, balance="round_robin",
+                                       extras=PEER_GROUP_EXTRAS)
+            self.peer_group = UpstreamGroup(
+                pcfg, lambda group, server: ConnectionPool(self, pcfg, server), loop)
+        for group in self.all_groups():
             group.start()  # active health checks
 
     def _pool(self, gcfg, server) -> ConnectionPool:
@@ -72,15 +84,20 @@ class Runtime:
             pool.ssl = ctx
         return pool
 
+    def all_groups(self) -> list:
+        """The configured upstream groups and the fleet's peer group, if any."""
+        groups = list(self.groups.values())
+        return groups + [self.peer_group] if self.peer_group is not None else groups
+
     async def stop_checks(self) -> None:
         """Stop health checks and ejection timers (a newer generation took over)."""
-        for group in self.groups.values():
+        for group in self.all_groups():
             await group.stop_checks()
 
     async def aclose(self) -> None:
         """Release what this generation holds once no connection uses it."""
         await self.stop_checks()
-        for group in self.groups.values():
+        for group in self.all_groups():
             group.close()
         self.deadlines.stop()
         if self.access_log is not None:
@@ -115,6 +132,9 @@ class ListenerRuntime:
             self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
             if layer is not None:
                 layer.handler = self.handler
+                if rt.peer_group is not None:
+                    me = rt.config.cluster_self
+                    layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
                 if not self.handler.limit_rate:
                     # Fresh hits answered by the relay itself (hitpath.pyx); with rate
                     # limits every request must reach the handler first.

@@ -1,0 +1,100 @@
+"""Range requests answered from a stored complete response (RFC 9110 14).
+
+The cache stores whole 200 responses only; a GET with `Range: bytes=...` that hits such an
+entry is answered here with a 206 and the requested slice, or a 416 when no range can be
+satisfied. `If-Range` (14.3) keeps the range only while the stored response is the one the
+client names: a strong ETag match, or a Last-Modified equal to the date given (a date only
+counts when the stored Last-Modified is one). Anything else (another unit, several ranges,
+a syntax error) is answered with the whole 200, which 14.2 allows a server to do.
+"""
+from __future__ import annotations
+
+import re
+
+from . import entry
+from .directives import parse_http_date
+
+_SPEC = re.compile(rb"^[ \t]*bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$", re.IGNORECASE)
+
+
+def byte_range(value: bytes, length: int) -> tuple[int, int] | None | bool:
+    """(first, last) for one satisfiable byte range; False when unsatisfiable; None: ignore."""
+    m = _SPEC.match(value)
+    if m is None:
+        return None               # several ranges, another unit, or not a range at all
+    first, last = m.group(1), m.group(2)
+    if not first and not last:
+        return None
+    if not first:                 # suffix: the last N bytes (14.1.2)
+        n = int(last)
+        if n == 0 or length == 0:
+            return False
+        return max(0, length - n), length - 1
+    a = int(first)
+    b = int(last) if last else length - 1
+    if last and b < a:
+        return None               # invalid: ignore the field (14.1.1)
+    if a >= length:
+        return False
+    return a, min(b, length - 1)
+
+
+def if_range_holds(value: bytes, st: entry.Stored) -> bool:
+    """Whether If-Range names the stored representation (RFC 9110 13.1.5)."""
+    value = value.strip()
+    if value.startswith((b'"', b"W/")):
+        # A strong comparison: weak tags never match here.
+        return bool(st.etag) and value == st.etag and not value.startswith(b"W/")
+    if not st.last_modified:
+        return False
+    given = parse_http_date(value)
+    return given is not None and given == parse_http_date(st.last_modified)
+
+
+def answer(lookup, request, tail: bytes) -> list | None:
+    """The buffers of a 206 or 416 for a HIT lookup of a 200 with Range, else None.
+
+    `tail` is the lookup's Age/extra/Cache-Status lines (ending with the blank line).
+    """
+    st = lookup.stored
+    rng = request.get(b"range")
+    if rng is None or request.method != b"GET" or lookup.status != 200 or lookup.client_304:
+        return None
+    if st is None:
+        st = entry.Stored(_whole(lookup))
+    if_range = request.get(b"if-range")
+    if if_range is not None and not if_range_holds(if_range, st):
+        return None
+    body = st.body
+    length = len(body)
+    span = byte_range(rng, length)
+    if span is None:
+        return None
+    status_line, fields = entry.parse_head(st.head)
+    kept = [(n, v) for n, v in fields if n.lower() not in (b"content-length", b"content-range")]
+    if not isinstance(span, tuple):
+        head = entry.build_head(b"HTTP/1.1 416 Range Not Satisfiable", kept + [
+            (b"Content-Range", b"bytes */%d" % length), (b"Content-Length", b"0")])
+        return [head, tail]
+    a, b = span
+    head = entry.build_head(b"HTTP/1.1 206 Partial Content", kept + [
+        (b"Content-Range", b"bytes %d-%d/%d" % (a, b, length)),
+        (b"Content-Length", b"%d" % (b - a + 1))])
+    return [head, tail, memoryview(body)[a:b + 1]]
+
+
+def respond_hit(conn, req, lk) -> None:
+    """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
+    buffers = lk.buffers
+    status = lk.status
+    if req.get(b"range") is not None:
+        ranged = answer(lk, req, buffers[1])
+        if ranged is not None:
+            buffers = ranged
+            status = 206 if len(ranged) == 3 else 416
+    conn.respond(buffers, status, len(buffers[2]) if len(buffers) == 3 else 0)
+
+
+def _whole(lookup) -> bytes:
+    # The fresh-hit branch of lookup() keeps no Stored; its buffers are views of the value.
+    return bytes(lookup.buffers[0].obj) if isinstance(lookup.buffers[0], memoryview) else b""
