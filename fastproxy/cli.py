@@ -66,6 +66,9 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
     p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
     p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM certificate: the (first) listener speaks TLS (ALPN h2, http/1.1)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
     p.add_argument("--connect-ports", metavar="LIST",
@@ -143,6 +146,14 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
                 part = part.strip()
                 ports.append(int(part) if part.isdigit() else part)
             lst["connect_ports"] = ports
+    if args.tls_cert or args.tls_key:
+        if not args.tls_cert or not args.tls_key:
+            problems.append("--tls-cert and --tls-key: give both")
+        elif not isinstance(all_listeners, list) or not all_listeners \
+                or not isinstance(all_listeners[0], dict):
+            problems.append("--tls-cert: needs a listener")
+        else:
+            all_listeners[0]["tls"] = {"cert": args.tls_cert, "key": args.tls_key}
     if problems:
         raise ConfigError(problems)
     return doc, source

@@ -18,6 +18,7 @@ import sys
 import time
 
 from fastproxy.errorlog import log
+from fastproxy.server import h2
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
@@ -114,6 +115,9 @@ class ListenerRuntime:
                                                 rt.limits, index)
         else:
             self.handler = None
+        # HTTP/2 with prior knowledge: the relay hands a connection that starts with the
+        # preface to fastproxy.server.h2.
+        self.h2_switch = h2.switch if self.handler is not None else None
         # What each accepted connection copies, gathered once (relay.ListenerSettings).
         self.relay = ListenerSettings(self) if self.handler is not None else None
         if self.cache is not None and self.relay is not None:
@@ -125,6 +129,8 @@ def _tls_context(lcfg) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
+    if lcfg.mode != "tcp":
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
 
 
@@ -208,6 +214,8 @@ class Worker:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpClient
             factory = lambda: TcpClient(holder.current)  # noqa: E731
+        elif lcfg.tls_cert:
+            factory = lambda: h2.AlpnSwitch(holder)  # noqa: E731
         else:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
         tls = _tls_context(lcfg)
