@@ -316,13 +316,24 @@ class H2Server(_h2.Connection):
             self._drop(stream)
 
     def pause_writing(self) -> None:
+        # The client does not read what we write: read no more from it either, or its
+        # PINGs, SETTINGS and resets would queue replies without bound (the codec's
+        # control-frame limit counts only what one data_received queues). A client that
+        # stays so is closed after the idle timeout.
         self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.deadline = time.monotonic() + self.idle
         for stream in self.streams.values():
             if stream.relay is not None:
                 stream.relay.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        self.deadline = 0.0 if self.streams and not self.stalled else \
+            time.monotonic() + self.idle
         for stream in self.streams.values():
             if stream.relay is not None and not stream.blocked:
                 stream.relay.resume_writing()
@@ -347,7 +358,7 @@ class H2Server(_h2.Connection):
 
     def on_timeout(self) -> None:
         """No stream for client_idle, or a peer that keeps its windows shut: close."""
-        if self.streams and not self.stalled:
+        if self.streams and not self.stalled and not self.write_paused:
             self.deadline = time.monotonic() + self.idle
             return
         self.goaway(_h2.NO_ERROR if not self.stalled else _h2.ENHANCE_YOUR_CALM)
@@ -420,6 +431,7 @@ class H2Server(_h2.Connection):
             stream.request_ended = True
         if n:
             self.acknowledge_received(stream.stream_id, n)
+            self.flush_soon()     # outside data_received (a resume), nobody else writes
 
     def on_trailers(self, stream_id, headers) -> None:
         stream = self.streams.get(stream_id)
