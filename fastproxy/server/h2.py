@@ -181,6 +181,7 @@ class StreamTransport:
 
     def _body_chunked(self, data, pos: int) -> None:
         dec = self.chunks
+        assert dec is not None
         out: list = []
         try:
             dec.feed(data, pos, out)
@@ -529,7 +530,7 @@ class AlpnSwitch:
         ssl_object = transport.get_extra_info("ssl_object")
         lrt = self.holder.current
         h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-        proto = H2Server(lrt) if h2 else ClientConnection(lrt)
+        proto: H2Server | ClientConnection = H2Server(lrt) if h2 else ClientConnection(lrt)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
