@@ -152,22 +152,49 @@ def test_cache_hit_on_a_stream(start_proxy, origin):
         c.close()
 
 
-def test_forward_proxy_request_over_h2(start_proxy, origin):
+def test_forward_proxy_request_and_connect_over_h2(start_proxy, origin):
     p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0",
-                    "--allow-private")
+                    "--allow-private", "--connect-ports", str(origin.port))
     c = Client(p.port)
     try:
         status, _, body = c.get("/size/7", authority=f"127.0.0.1:{origin.port}")
         assert (status, body) == (200, b"0123456")
-        # CONNECT over HTTP/2 (RFC 9113 8.5) is not implemented yet: a clear 501.
+        # RFC 9113 8.5: CONNECT on a stream; its DATA frames are the tunnel.
         sid = c.h2.get_next_available_stream_id()
         c.h2.send_headers(sid, [(b":method", b"CONNECT"),
                                 (b":authority", f"127.0.0.1:{origin.port}".encode())])
         c.flush()
         c.run(lambda: sid in c.headers)
-        assert c.headers[sid][b":status"] == b"501"
+        assert c.headers[sid][b":status"] == b"200"
+        c.h2.send_data(sid, b"GET /size/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.flush()
+        c.run(lambda: c.bodies[sid].endswith(b"01234"))
+        assert c.bodies[sid].startswith(b"HTTP/1.1 200")
+        # The client ends its side; the origin closes; the stream ends cleanly.
+        c.h2.send_data(sid, b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                       end_stream=True)
+        c.flush()
+        c.run(lambda: c.finished(sid))
+        assert sid not in c.resets and c.bodies[sid].endswith(b"012")
+        # And the connection still serves other streams.
+        assert c.get("/size/2", authority=f"127.0.0.1:{origin.port}")[2] == b"01"
     finally:
         c.close()
+
+
+def test_connect_over_h2_refused_port_and_reverse_mode(start_proxy, origin, reverse_proxy):
+    p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0", "--allow-private")
+    for port in (p.port, reverse_proxy.port):
+        c = Client(port)
+        try:
+            sid = c.h2.get_next_available_stream_id()
+            c.h2.send_headers(sid, [(b":method", b"CONNECT"),
+                                    (b":authority", f"127.0.0.1:{origin.port}".encode())])
+            c.flush()
+            c.run(lambda: c.finished(sid))
+            assert int(c.headers[sid][b":status"]) >= 400
+        finally:
+            c.close()
 
 
 def test_client_reset_mid_response_frees_the_stream(reverse_proxy, origin):

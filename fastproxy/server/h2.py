@@ -22,11 +22,13 @@ connection without streams, is closed after the client idle timeout.
 
 This is a specialisation of the exchange path, meant to move onto the protocol-neutral
 exchange sink when the relay has one (then the HTTP/1.1 round trip goes away).
-CONNECT over HTTP/2 (RFC 9113 8.5) is not implemented yet: it gets 501 on its stream.
+CONNECT (RFC 9113 8.5, forward listeners): the relay's tunnel takes the stream as its
+client side (set_protocol), so DATA frames carry the tunnel's bytes both ways.
 """
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastproxy import _h2, _h2msg, _http
 from fastproxy._relay import ClientConnection
@@ -34,7 +36,6 @@ from fastproxy._relay import ClientConnection
 STREAM_BUFFER = 65536        # response bytes held per stream before its upstream pauses
 _RESPONSE_DONE, _HEAD, _LENGTH, _CHUNKED, _CLOSE = range(5)
 _CRLF = b"\r\n"
-_NOT_IMPLEMENTED = [(b":status", b"501"), (b"content-length", b"0")]
 
 
 def _trailer_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
@@ -56,7 +57,11 @@ class StreamTransport:
         self.conn = conn
         self.stream_id = stream_id
         self.head_request = head_request
-        self.relay: ClientConnection | None = None
+        # The stream's relay ClientConnection; after a CONNECT's 2xx, the tunnel's end.
+        self.protocol: Any = None
+        self.connect = False           # a CONNECT stream (RFC 9113 8.5): DATA is the tunnel
+        self.tunneling = False
+        self.client_eof = False        # END_STREAM from the client, for the tunnel
         self.closing = False
         self.state = _HEAD
         self.buf = b""
@@ -124,6 +129,28 @@ class StreamTransport:
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         pass
 
+    def set_protocol(self, protocol) -> None:
+        """A CONNECT's tunnel takes the stream over (relay.splice)."""
+        self.protocol = protocol
+        self.tunneling = True
+        if self.client_eof:
+            self.conn.loop.call_soon(protocol.eof_received)
+
+    def get_protocol(self):
+        return self.protocol
+
+    def is_reading(self) -> bool:
+        return not self.paused
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """The tunnel's server finished sending: END_STREAM, the client may still send."""
+        if self.state == _CLOSE and not self.closing:
+            self.out_end = True
+            self._flush_out()
+
     def get_write_buffer_size(self) -> int:
         return self.out_bytes
 
@@ -133,7 +160,7 @@ class StreamTransport:
         parser = self.conn.response_parser
         while self.state == _HEAD and self.buf:
             try:
-                resp = parser.feed(self.buf, 0, self.head_request)
+                resp = parser.feed(self.buf, 0, self.head_request, self.connect)
             except _http.ParseError:
                 self._reset(_h2.INTERNAL_ERROR)
                 return
@@ -149,6 +176,13 @@ class StreamTransport:
                 self.buf = rest
                 continue
             kind = resp.body
+            if self.connect and status < 300:
+                # RFC 9113 8.5: the 2xx opens the tunnel; DATA both ways from now on.
+                self.conn.send_headers(self.stream_id, headers, False)
+                self.state = _CLOSE
+                if rest:
+                    self._send(rest, False)
+                return
             if kind == _http.BODY_NONE:
                 self.conn.send_headers(self.stream_id, headers, True)
                 self.state = _RESPONSE_DONE
@@ -212,9 +246,9 @@ class StreamTransport:
         if end:
             self.out_end = True
         self._flush_out()
-        if self.out_bytes > STREAM_BUFFER and not self.blocked and self.relay is not None:
+        if self.out_bytes > STREAM_BUFFER and not self.blocked and self.protocol is not None:
             self.blocked = True
-            self.relay.pause_writing()
+            self.protocol.pause_writing()
 
     def _flush_out(self) -> None:
         """Send what the windows allow; the rest waits for on_window_open."""
@@ -245,9 +279,9 @@ class StreamTransport:
                 self.trailers = None
             else:
                 conn.send_data(sid, b"", True)
-        if self.blocked and self.out_bytes <= STREAM_BUFFER // 2 and self.relay is not None:
+        if self.blocked and self.out_bytes <= STREAM_BUFFER // 2 and self.protocol is not None:
             self.blocked = False
-            self.relay.resume_writing()
+            self.protocol.resume_writing()
         conn.flush_soon()
 
     def _end(self, abort: bool) -> None:
@@ -326,8 +360,8 @@ class H2Server(_h2.Connection):
             self.transport.pause_reading()
         self.deadline = time.monotonic() + self.idle
         for stream in self.streams.values():
-            if stream.relay is not None:
-                stream.relay.pause_writing()
+            if stream.protocol is not None:
+                stream.protocol.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -336,8 +370,8 @@ class H2Server(_h2.Connection):
         self.deadline = 0.0 if self.streams and not self.stalled else \
             time.monotonic() + self.idle
         for stream in self.streams.values():
-            if stream.relay is not None and not stream.blocked:
-                stream.relay.resume_writing()
+            if stream.protocol is not None and not stream.blocked:
+                stream.protocol.resume_writing()
 
     def flush_soon(self) -> None:
         """Write the queued frames at the end of this loop turn, in one write."""
@@ -386,16 +420,14 @@ class H2Server(_h2.Connection):
             if name == b":method":
                 method = value
                 break
-        if method == b"CONNECT":
-            self.send_headers(stream_id, _NOT_IMPLEMENTED, True)
-            return
         stream = StreamTransport(self, stream_id, method == b"HEAD")
-        head = _h2msg.request_head(headers, not end_stream, self.forward)
-        stream.chunked_request = not end_stream and not any(
+        stream.connect = method == b"CONNECT"
+        head = _h2msg.request_head(headers, not end_stream and not stream.connect, self.forward)
+        stream.chunked_request = not end_stream and not stream.connect and not any(
             name == b"content-length" for name, _ in headers)
         stream.request_ended = end_stream
         relay = ClientConnection(self.rt)
-        stream.relay = relay
+        stream.protocol = relay
         self.streams[stream_id] = stream
         self.deadline = 0.0
         relay.connection_made(stream)
@@ -405,7 +437,7 @@ class H2Server(_h2.Connection):
 
     def on_data(self, stream_id, data, end_stream) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.relay is None:
+        if stream is None or stream.protocol is None:
             if data:
                 self.acknowledge_received(stream_id, len(data))
             return
@@ -416,11 +448,18 @@ class H2Server(_h2.Connection):
 
     def request_data(self, stream: StreamTransport, data, end_stream: bool) -> None:
         """Give request body bytes to the stream's relay and return their credit."""
-        relay = stream.relay
+        relay = stream.protocol
         if relay is None:
             return
         n = len(data)
-        if stream.chunked_request:
+        if stream.connect:
+            if n:
+                relay.data_received(bytes(data))
+            if end_stream:
+                stream.client_eof = True
+                if stream.tunneling and not stream.closing:
+                    relay.eof_received()
+        elif stream.chunked_request:
             piece = [_http.chunk_header(n), bytes(data), _CRLF] if n else []
             if end_stream:
                 piece.append(_http.LAST_CHUNK)
@@ -436,7 +475,7 @@ class H2Server(_h2.Connection):
 
     def on_trailers(self, stream_id, headers) -> None:
         stream = self.streams.get(stream_id)
-        if stream is None or stream.relay is None:
+        if stream is None or stream.protocol is None:
             return
         stream.request_ended = True
         if stream.chunked_request:
@@ -446,7 +485,7 @@ class H2Server(_h2.Connection):
                 stream.held.append((data, False))
                 stream.chunked_request = False
             else:
-                stream.relay.data_received(data)
+                stream.protocol.data_received(data)
         # A request framed by content-length cannot carry trailers in HTTP/1.1: dropped.
 
     def on_reset(self, stream_id, error_code, remote) -> None:
@@ -497,12 +536,12 @@ class H2Server(_h2.Connection):
             return
         del self.streams[stream.stream_id]
         self.stalled.discard(stream)
-        relay, stream.relay = stream.relay, None
+        protocol, stream.protocol = stream.protocol, None
         stream.closing = True
         if stream.state != _RESPONSE_DONE:
             self.reset_stream(stream.stream_id, _h2.CANCEL)
-        if relay is not None:
-            relay.connection_lost(None)
+        if protocol is not None:
+            protocol.connection_lost(None)
         if not self.streams:
             self.deadline = time.monotonic() + self.idle
             if self.closing:
