@@ -431,3 +431,18 @@ def test_access_log_says_http2(start_proxy, origin, tmp_path):
         c.close()
     p.stop()
     assert '"GET /size/2 HTTP/2.0" 200' in log.read_text()
+
+
+def test_streams_beyond_max_concurrent_are_refused(reverse_proxy, origin):
+    # RFC 9113 5.1.2: we announce 128; the 129th and 130th open streams are refused
+    # (REFUSED_STREAM: never processed, safe to retry) and never reach the origin.
+    enc = _hpack.Encoder()
+    frames = []
+    for i in range(130):
+        block = enc.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                            (b":path", b"/slow/1?%d" % i), (b":authority", b"localhost")])
+        frames.append(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, block))
+    got = _raw(reverse_proxy.port, *frames, wait=0.5)
+    assert rst_of(got) == {257: 7, 259: 7}
+    time.sleep(1.5)
+    assert origin.count("/slow/1?128") == origin.count("/slow/1?129") == 0
