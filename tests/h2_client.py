@@ -76,6 +76,8 @@ class Client:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError("timed out waiting for the proxy") from None
             except ConnectionResetError:
                 data = b""
             if not data:

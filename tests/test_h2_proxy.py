@@ -446,3 +446,20 @@ def test_streams_beyond_max_concurrent_are_refused(reverse_proxy, origin):
     assert rst_of(got) == {257: 7, 259: 7}
     time.sleep(1.5)
     assert origin.count("/slow/1?128") == origin.count("/slow/1?129") == 0
+
+
+def test_buffered_bytes_bounded_when_the_client_opens_no_window(reverse_proxy, origin):
+    # 120 large downloads on one connection whose client grants no window: what the
+    # proxy holds for it is bounded (64 KiB a stream, 1 MiB the connection), the
+    # upstreams wait instead; every stream still gets its response head.
+    c = Client(reverse_proxy.port, window=0)
+    c.auto_ack = False
+    try:
+        rss0 = reverse_proxy.rss_kib()
+        sids = [c.request(f"/size/{4_000_000 + i}") for i in range(120)]
+        c.run(lambda: all(s in c.headers for s in sids), timeout=20)
+        time.sleep(1.5)
+        grown = reverse_proxy.rss_kib() - rss0
+        assert grown < 24 * 1024, f"RSS grew {grown} KiB"
+    finally:
+        c.close()

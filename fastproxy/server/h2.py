@@ -34,6 +34,7 @@ from fastproxy import _h2, _h2msg, _http
 from fastproxy._relay import ClientConnection
 
 STREAM_BUFFER = 65536        # response bytes held per stream before its upstream pauses
+CONNECTION_BUFFER = 1 << 20  # ... and per connection, before every stream holding some pauses
 _RESPONSE_DONE, _HEAD, _LENGTH, _CHUNKED, _CLOSE = range(5)
 _CRLF = b"\r\n"
 
@@ -243,12 +244,11 @@ class StreamTransport:
         if data:
             self.out.append(data)
             self.out_bytes += len(data)
+            self.conn.buffered += len(data)
         if end:
             self.out_end = True
         self._flush_out()
-        if self.out_bytes > STREAM_BUFFER and not self.blocked and self.protocol is not None:
-            self.blocked = True
-            self.protocol.pause_writing()
+        self.conn.check_buffered(self)
 
     def _flush_out(self) -> None:
         """Send what the windows allow; the rest waits for on_window_open."""
@@ -260,11 +260,10 @@ class StreamTransport:
             last = len(out) == 1 and self.out_end and self.trailers is None
             n = conn.send_data(sid, data, last)
             if n < 0:
-                out.clear()
-                self.out_bytes = 0
-                self.out_end = False
+                self._discard()
                 return
             self.out_bytes -= n
+            conn.buffered -= n
             if n < len(data):
                 out[0] = data[n:]
                 conn.stall(self)
@@ -279,10 +278,24 @@ class StreamTransport:
                 self.trailers = None
             else:
                 conn.send_data(sid, b"", True)
-        if self.blocked and self.out_bytes <= STREAM_BUFFER // 2 and self.protocol is not None:
-            self.blocked = False
-            self.protocol.resume_writing()
+        conn.check_buffered(self)
         conn.flush_soon()
+
+    def _discard(self) -> None:
+        """The stream cannot send any more: drop what it held."""
+        self.conn.buffered -= self.out_bytes
+        self.out.clear()
+        self.out_bytes = 0
+        self.out_end = False
+
+    def hold_upstream(self, hold: bool) -> None:
+        """Stop (or restart) the relay reading its upstream for this stream."""
+        if hold != self.blocked and self.protocol is not None:
+            self.blocked = hold
+            if hold:
+                self.protocol.pause_writing()
+            else:
+                self.protocol.resume_writing()
 
     def _end(self, abort: bool) -> None:
         if self.closing:
@@ -298,8 +311,7 @@ class StreamTransport:
 
     def _reset(self, code: int) -> None:
         self.state = _RESPONSE_DONE
-        self.out.clear()
-        self.out_bytes = 0
+        self._discard()
         self.conn.reset_stream(self.stream_id, code)
         self.conn.flush_soon()
         self.conn.stream_finished(self)
@@ -324,6 +336,8 @@ class H2Server(_h2.Connection):
         self.closing = False
         self.write_paused = False
         self.stalled: set[StreamTransport] = set()
+        self.buffered = 0      # response bytes all streams hold for the client's windows
+        self.over = False      # buffered went past CONNECTION_BUFFER: every upstream waits
         self._flush_scheduled = False
 
     # -- the socket --------------------------------------------------------------------
@@ -360,8 +374,7 @@ class H2Server(_h2.Connection):
             self.transport.pause_reading()
         self.deadline = time.monotonic() + self.idle
         for stream in self.streams.values():
-            if stream.protocol is not None:
-                stream.protocol.pause_writing()
+            stream.hold_upstream(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -369,9 +382,8 @@ class H2Server(_h2.Connection):
             self.transport.resume_reading()
         self.deadline = 0.0 if self.streams and not self.stalled else \
             time.monotonic() + self.idle
-        for stream in self.streams.values():
-            if stream.protocol is not None and not stream.blocked:
-                stream.protocol.resume_writing()
+        for stream in list(self.streams.values()):
+            self.check_buffered(stream)
 
     def flush_soon(self) -> None:
         """Write the queued frames at the end of this loop turn, in one write."""
@@ -432,7 +444,7 @@ class H2Server(_h2.Connection):
         self.deadline = 0.0
         relay.connection_made(stream)
         if self.write_paused:
-            relay.pause_writing()
+            stream.hold_upstream(True)
         relay.data_received(head)
 
     def on_data(self, stream_id, data, end_stream) -> None:
@@ -492,7 +504,7 @@ class H2Server(_h2.Connection):
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.state = _RESPONSE_DONE
-            stream.out.clear()
+            stream._discard()
             self._drop(stream)
 
     def on_window_open(self, stream_id) -> None:
@@ -502,13 +514,35 @@ class H2Server(_h2.Connection):
             stream._flush_out()
             if stream.state == _RESPONSE_DONE and not stream.out:
                 self.loop.call_soon(self._release, stream)
-            if not self.stalled:
-                self.deadline = 0.0 if self.streams else time.monotonic() + self.idle
+            # Progress: streams still waiting get a fresh client_idle from now.
+            if self.stalled or not self.streams:
+                self.deadline = time.monotonic() + self.idle
+            elif not self.write_paused:
+                self.deadline = 0.0
 
     def on_connection_error(self, error_code, kind) -> None:
         self.flush_soon()
 
     # -- streams ---------------------------------------------------------------------
+
+    def check_buffered(self, stream: StreamTransport) -> None:
+        """Hold a stream's upstream while it holds too much, or holds some while the
+        connection does (a stream with nothing held still gets its response started,
+        so one unread download cannot block the other streams' answers)."""
+        if self.buffered > CONNECTION_BUFFER and not self.over:
+            self.over = True
+            for other in self.streams.values():
+                if other.out_bytes:
+                    other.hold_upstream(True)
+        elif self.over and self.buffered <= CONNECTION_BUFFER // 2:
+            self.over = False
+            for other in list(self.streams.values()):
+                if other is not stream:
+                    other.hold_upstream(other.out_bytes > STREAM_BUFFER // 2
+                                        or self.write_paused)
+        limit = STREAM_BUFFER // 2 if stream.blocked else STREAM_BUFFER
+        stream.hold_upstream(stream.out_bytes > limit or self.write_paused
+                             or (self.over and stream.out_bytes > 0))
 
     def stall(self, stream: StreamTransport) -> None:
         """A stream's DATA waits for the peer's window: bounded by the idle timeout."""
@@ -536,6 +570,10 @@ class H2Server(_h2.Connection):
             return
         del self.streams[stream.stream_id]
         self.stalled.discard(stream)
+        stream._discard()
+        if self.over:
+            for other in list(self.streams.values()):
+                self.check_buffered(other)
         protocol, stream.protocol = stream.protocol, None
         stream.closing = True
         if stream.state != _RESPONSE_DONE:
