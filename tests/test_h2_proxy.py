@@ -463,3 +463,37 @@ def test_buffered_bytes_bounded_when_the_client_opens_no_window(reverse_proxy, o
         assert grown < 24 * 1024, f"RSS grew {grown} KiB"
     finally:
         c.close()
+
+
+def test_response_trailers_become_h2_trailers(start_proxy):
+    # A chunked HTTP/1.1 response with trailers (as a gRPC-over-HTTP/1.1 bridge sends
+    # grpc-status): the client gets DATA, then a trailing HEADERS frame ending the stream.
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n"
+                         b"\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n")
+            time.sleep(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", f"http://127.0.0.1:{port}")
+    c = Client(p.port)
+    try:
+        status, _, body = c.get("/x", extra=[("te", "trailers")])
+        assert (status, body) == (200, b"hello")
+        assert c.trailers[1] == {b"grpc-status": b"0", b"grpc-message": b"ok"}
+    finally:
+        c.close()
+        srv.close()
