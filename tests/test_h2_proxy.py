@@ -497,3 +497,43 @@ def test_response_trailers_become_h2_trailers(start_proxy):
     finally:
         c.close()
         srv.close()
+
+
+def test_hpack_bomb_is_a_stream_error_and_the_connection_lives(reverse_proxy, origin):
+    # RFC 7541 7.3 / RFC 9113 6.5.2: a 4 KB field entered once in the dynamic table and
+    # then referenced by one-byte indexes decodes to 80 KB, over the 64 KiB header list
+    # limit: that stream is refused, nothing is forwarded, the next stream is served.
+    enc = _hpack.Encoder()
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost")]
+    # Literal with incremental indexing, new name "x-big", 4000-byte value (RFC 7541
+    # 6.2.1; length 4000 = 127 + 3873 as a 7-bit prefix integer), then 19 references to
+    # dynamic entry 62 (6.1).
+    literal = b"\x40\x05x-big\x7f\xa1\x1e" + b"a" * 4000
+    bomb = enc.encode([*base, (b":path", b"/bomb")]) + literal + b"\xbe" * 19
+    assert len(bomb) < 4200
+    # The next request uses the static table only (our encoder's view of the dynamic
+    # table no longer matches the peer's after the hand-made entry).
+    ok = b"\x82\x86\x04\x07/size/2\x01\x09localhost"
+    got = _raw(reverse_proxy.port, frame(HEADERS, END_HEADERS | END_STREAM, 1, bomb),
+               frame(HEADERS, END_HEADERS | END_STREAM, 3, ok))
+    assert 1 in rst_of(got) and goaway_of(got) is None
+    assert any(f[0] == 0 and f[2] == 3 and f[3] == b"01" for f in parse_frames(got))
+    assert origin.count("/bomb") == 0
+
+
+def test_connection_without_streams_closed_after_client_idle(start_proxy, origin, tmp_path):
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"""
+[timeouts]
+client_idle = "1s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+""")
+    p = start_proxy("serve", "--config", str(cfg))
+    t0 = time.monotonic()
+    got = _raw(p.port, wait=5.0)
+    assert goaway_of(got) == (0, 0)
+    assert 0.7 < time.monotonic() - t0 < 4.5

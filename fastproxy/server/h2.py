@@ -351,7 +351,15 @@ class H2Server(_h2.Connection):
             self.drain()
 
     def data_received(self, data) -> None:
-        self.feed(data)
+        try:
+            self.feed(data)
+        except Exception as exc:
+            # A hook failed mid-frame: the codec's state is unknown, so is the peer's.
+            self.loop.call_exception_handler({"message": "HTTP/2 connection failed",
+                                              "exception": exc, "protocol": self})
+            if self.transport is not None:
+                self.transport.abort()
+            return
         self.flush()
 
     def eof_received(self) -> bool:
