@@ -180,6 +180,10 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
             flags[f"upstreams.{group}.servers[{i}]"] = f"--upstream {value}"
     if args.access_log is not None:
         flags["access_log.path"] = f"--access-log {args.access_log}"
+    if args.tls_cert and args.tls_key:
+        flags["listeners[0].tls.cert"] = f"--tls-cert {args.tls_cert}"
+        flags["listeners[0].tls.key"] = f"--tls-key {args.tls_key}"
+        flags["listeners[0].tls"] = "--tls-cert/--tls-key"
     return f"{flags[key]}: {text}" if key in flags else problem
 
 

@@ -407,6 +407,12 @@ def test_tls_flags_need_both(tmp_path):
                           "--upstream", "http://127.0.0.1:1", "--tls-cert", "x.pem"],
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert out.returncode == 2 and "--tls-key" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--mode", "reverse",
+                          "--upstream", "http://127.0.0.1:1", "--tls-cert", "x.pem",
+                          "--tls-key", "y.pem"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["fastproxy: --tls-cert x.pem: no such file: x.pem",
+                                       "fastproxy: --tls-key y.pem: no such file: y.pem"]
 
 
 @pytest.mark.skipif(not shutil.which("h2load"), reason="h2load (nghttp2-client) is not installed")
