@@ -543,3 +543,31 @@ servers = ["{origin.url}"]
     got = _raw(p.port, wait=5.0)
     assert goaway_of(got) == (0, 0)
     assert 0.7 < time.monotonic() - t0 < 4.5
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt install chromium)")
+def test_headless_chromium_over_tls_gets_the_page_by_h2(start_proxy, origin, tls_certs, tmp_path):
+    cert_pem, key_pem, _ = tls_certs
+    log = tmp_path / "access.log"
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url, "--tls-cert", str(cert_pem),
+                    "--tls-key", str(key_pem), "--access-log", str(log), "--log-format", "json")
+    # The test CA is not in Chromium's store: it is told to accept this certificate.
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--ignore-certificate-errors", "--virtual-time-budget=5000", "--dump-dom",
+           f"https://localhost:{p.port}/page.html"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    assert "script ran; image loaded" in out.stdout, out.stderr[-2000:]
+    want = {"/page.html", "/script.js", "/img.png"}
+    seen: dict = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not want <= set(seen):
+        if log.exists():
+            seen = {r["target"]: r["version"] for r in map(json.loads, log.read_text().splitlines())}
+        time.sleep(0.1)
+    assert {t: seen.get(t) for t in want} == dict.fromkeys(want, "HTTP/2.0")
