@@ -393,6 +393,11 @@ def test_tls_alpn_h2_and_http11(start_proxy, origin, tls_certs):
         assert headers["x-forwarded-proto"] == "https"
     finally:
         c.close()
+    httpx = pytest.importorskip("httpx")
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(ca_pem))) as hc:
+        rs = [hc.get(f"https://localhost:{p.port}/size/{n}") for n in (1, 70000, 3)]
+        assert [(r.http_version, len(r.content)) for r in rs] == \
+            [("HTTP/2", 1), ("HTTP/2", 70000), ("HTTP/2", 3)]
     if curl:
         url = f"https://localhost:{p.port}/size/10"
         for flag, want in (("--http2", b"2"), ("--http1.1", b"1.1")):
