@@ -1024,9 +1024,12 @@ cdef class UpstreamConnection:
         server = self.server
         pool = self.pool
         try:
-            await self.loop.create_connection(
-                lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
-                server_hostname=server.host if pool.ssl else None)
+            if pool.opener is not None:
+                await pool.opener(self)
+            else:
+                await self.loop.create_connection(
+                    lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
+                    server_hostname=server.host if pool.ssl else None)
         except asyncio.CancelledError:
             # Our own cancel: the connect timeout, or the client left (abandon).
             self.connect_task = None
@@ -1462,6 +1465,9 @@ cdef class ConnectionPool:
     """
 
     cdef public object loop, server, deadlines, timeouts, ssl, on_failure, on_response
+    # async fn(up) that connects up to a virtual transport instead of a socket (an HTTP/2
+    # stream to an h2c server: fastproxy.upstream.h2), raising OSError on failure; or None.
+    cdef public object opener
     cdef public Core balancer            # the group's balancer counts in-flight requests
     cdef public object group
     cdef public str connect_host
@@ -1494,6 +1500,7 @@ cdef class ConnectionPool:
         self.opened_total = 0
         self.closed = False
         self.balancer = None
+        self.opener = None
         self.group = None        # the UpstreamGroup (pending count), set by the group
         self.on_failure = None   # passive health: fn(server, connect_failure)
         self.on_response = None  # passive health: fn(server, status)
