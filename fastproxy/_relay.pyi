@@ -75,6 +75,9 @@ class ConnectionPool:
     group: Any
     on_failure: Callable[[Any, bool], None] | None
     on_response: Callable[[Any, int], None] | None
+    opener: Callable[[UpstreamConnection], Any] | None   # async: a virtual transport (h2c)
+    max_head: int
+    max_fields: int
     def __init__(self, rt: Any, group_cfg: Any, server: Any,
                  connect_host: str | None = ...) -> None: ...
     def acquire(self) -> UpstreamConnection: ...
