@@ -125,6 +125,7 @@ DEF PIPELINE_SLACK = 65536
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 cdef bytes CRLF = b"\r\n"
+cdef bytes H2_PREFACE_LINE = b"PRI * HTTP/2.0\r\n"
 cdef bytes CONNECTION_CLOSE = b"Connection: close\r\n"
 cdef bytes CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 cdef bytes CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
@@ -218,6 +219,7 @@ cdef class ListenerSettings:
 
     cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
     cdef public object connections, deadlines
+    cdef public object h2_switch    # (conn, data) -> None: takes over on the HTTP/2 preface
     cdef public bint hooks
     cdef public long open           # connections accepted and not gone yet
     cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
@@ -243,6 +245,7 @@ cdef class ListenerSettings:
         self.deadlines = rt.deadlines
         # Handlers that count connections (per-client limits) say so.
         self.hooks = bool(getattr(handler, "connection_hooks", True))
+        self.h2_switch = getattr(rt, "h2_switch", None)
         self.max_line = limits.max_request_line
         self.max_head = limits.max_header_size
         self.max_fields = limits.max_header_fields
@@ -292,6 +295,7 @@ cdef class ClientConnection:
     cdef public bint head_request
     cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
     cdef bint counted          # in ls.open
+    cdef bint started          # a request head was parsed on this connection
     cdef public double deadline, t_start, upstream_time
     cdef public long long body_left, sent, received
     cdef public str client_ip, detail
@@ -412,6 +416,22 @@ cdef class ClientConnection:
             self.handler.connection_lost(self)
         self._gone()
 
+    cpdef detach(self):
+        """Give the socket to another protocol (HTTP/2): forget it here, log nothing."""
+        cdef ListenerSettings ls = self.ls
+        self.state = S_CLOSED
+        ls.connections.discard(self)
+        ls.deadlines.discard(self)
+        self.deadline = 0.0
+        self.transport = None
+        self.twrite = None
+        if self.parser is not None:
+            ls.give_back(self.parser)
+            self.parser = None
+        if ls.hooks:
+            self.handler.connection_lost(self)
+        self._gone()
+
     cdef _gone(self):
         """The connection is over: its listener generation has one fewer."""
         cdef ListenerSettings ls = self.ls
@@ -478,6 +498,11 @@ cdef class ClientConnection:
             req = self.parser.feed_c(data, 0)
         except ParseError as exc:
             self.buf = None
+            if (exc.status == 505 and self.ls.h2_switch is not None and not self.started
+                    and data[:16] == H2_PREFACE_LINE):
+                # HTTP/2 with prior knowledge (RFC 9113 3.3) on this HTTP/1.1 port.
+                self.ls.h2_switch(self, bytes(data))
+                return
             self.reject(exc.status, f"{exc.code}: {exc}")
             return
         if req is None:
@@ -513,6 +538,7 @@ cdef class ClientConnection:
     cdef _begin(self, Request req):
         """A complete head arrived: check framing limits, then let the handler decide."""
         cdef int kind = req.body
+        self.started = True
         self.req = req
         self.t_start = _time()
         self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD
@@ -998,9 +1024,12 @@ cdef class UpstreamConnection:
         server = self.server
         pool = self.pool
         try:
-            await self.loop.create_connection(
-                lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
-                server_hostname=server.host if pool.ssl else None)
+            if pool.opener is not None:
+                await pool.opener(self)
+            else:
+                await self.loop.create_connection(
+                    lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
+                    server_hostname=server.host if pool.ssl else None)
         except asyncio.CancelledError:
             # Our own cancel: the connect timeout, or the client left (abandon).
             self.connect_task = None
@@ -1436,6 +1465,9 @@ cdef class ConnectionPool:
     """
 
     cdef public object loop, server, deadlines, timeouts, ssl, on_failure, on_response
+    # async fn(up) that connects up to a virtual transport instead of a socket (an HTTP/2
+    # stream to an h2c server: fastproxy.upstream.h2), raising OSError on failure; or None.
+    cdef public object opener
     cdef public Core balancer            # the group's balancer counts in-flight requests
     cdef public object group
     cdef public str connect_host
@@ -1468,6 +1500,7 @@ cdef class ConnectionPool:
         self.opened_total = 0
         self.closed = False
         self.balancer = None
+        self.opener = None
         self.group = None        # the UpstreamGroup (pending count), set by the group
         self.on_failure = None   # passive health: fn(server, connect_failure)
         self.on_response = None  # passive health: fn(server, status)

@@ -17,6 +17,8 @@ PAUSE_HANDLER: int
 class ClientConnection:
     """One client socket (an asyncio protocol): requests in, responses out, in order."""
 
+    rt: Any
+    transport: Any
     client_ip: str
     client_port: int
     req: Any
@@ -29,6 +31,9 @@ class ClientConnection:
     observer: Any
     log_extra: dict | None
     def __init__(self, rt: Any) -> None: ...
+    def connection_made(self, transport: Any) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
     def reject(self, status: int, detail: str, extra: bytes = ...) -> None:
         """Answer with an error the proxy generates itself, then close."""
     def respond_error(self, status: int, detail: str, extra: bytes = ...) -> None:
@@ -43,6 +48,10 @@ class ClientConnection:
     def tunnel(self, transport: Any, to_upstream: bytes, to_client: bytes, idle: float,
                on_close: Callable[[int, int], None] | None = ...) -> Tunnel:
         """Turn this connection into a byte tunnel (after a 101 or a CONNECT 200)."""
+    def detach(self) -> None:
+        """Give the socket to another protocol (HTTP/2): forget it here, log nothing."""
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
     def take_buffered(self) -> bytes: ...
     def pause_reading(self, why: int) -> None: ...
     def resume_reading(self, why: int) -> None: ...
@@ -66,6 +75,9 @@ class ConnectionPool:
     group: Any
     on_failure: Callable[[Any, bool], None] | None
     on_response: Callable[[Any, int], None] | None
+    opener: Callable[[UpstreamConnection], Any] | None   # async: a virtual transport (h2c)
+    max_head: int
+    max_fields: int
     def __init__(self, rt: Any, group_cfg: Any, server: Any,
                  connect_host: str | None = ...) -> None: ...
     def acquire(self) -> UpstreamConnection: ...

@@ -54,7 +54,9 @@ class AccessLog:
         if req is not None:
             method = req.method.decode("latin-1")
             target = req.target.decode("latin-1")
-            version = "HTTP/1.1" if req.version == 11 else "HTTP/1.0"
+            # An HTTP/2 stream's relay writes to a transport that says so.
+            version = getattr(conn.transport, "http_version", None) or \
+                ("HTTP/1.1" if req.version == 11 else "HTTP/1.0")
         else:
             method = target = version = "-"
         extra = conn.log_extra

@@ -73,6 +73,9 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compress", action="store_true",
                    help="compress responses (br, zstd, gzip) on reverse listeners; "
                         "[compression] in the file tunes it")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM certificate: the (first) listener speaks TLS (ALPN h2, http/1.1)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
     p.add_argument("--connect-ports", metavar="LIST",
@@ -159,6 +162,14 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
                 part = part.strip()
                 ports.append(int(part) if part.isdigit() else part)
             lst["connect_ports"] = ports
+    if args.tls_cert or args.tls_key:
+        if not args.tls_cert or not args.tls_key:
+            problems.append("--tls-cert and --tls-key: give both")
+        elif not isinstance(all_listeners, list) or not all_listeners \
+                or not isinstance(all_listeners[0], dict):
+            problems.append("--tls-cert: needs a listener")
+        else:
+            all_listeners[0]["tls"] = {"cert": args.tls_cert, "key": args.tls_key}
     if problems:
         raise ConfigError(problems)
     return doc, source
@@ -185,6 +196,10 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
             flags[f"upstreams.{group}.servers[{i}]"] = f"--upstream {value}"
     if args.access_log is not None:
         flags["access_log.path"] = f"--access-log {args.access_log}"
+    if args.tls_cert and args.tls_key:
+        flags["listeners[0].tls.cert"] = f"--tls-cert {args.tls_cert}"
+        flags["listeners[0].tls.key"] = f"--tls-key {args.tls_key}"
+        flags["listeners[0].tls"] = "--tls-cert/--tls-key"
     return f"{flags[key]}: {text}" if key in flags else problem
 
 

@@ -240,7 +240,7 @@ class ServerSpec:
     host: str
     port: int
     weight: int = 1
-    scheme: str = "http"  # http | https | tcp
+    scheme: str = "http"  # http | https | h2c (HTTP/2 prior knowledge) | tcp
 
 
 def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
@@ -269,8 +269,8 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
     if has_scheme:
         scheme, _, text = text.partition("://")
         scheme = scheme.lower()
-    if scheme not in ("http", "https", "tcp"):
-        raise ValueError(f"unsupported scheme {scheme!r} in {value!r} (http, https or tcp)")
+    if scheme not in ("http", "https", "h2c", "tcp"):
+        raise ValueError(f"unsupported scheme {scheme!r} in {value!r} (http, https, h2c or tcp)")
     text = text.rstrip("/")
     if "/" in text:
         raise ValueError(f"an upstream URL has no path: {value!r}")
@@ -280,7 +280,7 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
         # "notaurl" is more likely a typo than a server named so on port 80.
         raise ValueError(f'expected a URL like "http://host:port" (a scheme, a port or '
                          f"both), got {value!r}")
-    default_port = {"http": 80, "https": 443, "tcp": 0}[scheme]
+    default_port = {"http": 80, "https": 443, "h2c": 80, "tcp": 0}[scheme]
     if not has_port and default_port:
         text = f"{text}:{default_port}"
     if text.startswith(":"):

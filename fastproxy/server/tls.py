@@ -12,10 +12,12 @@ from __future__ import annotations
 import ssl
 
 
-def _context(cert: str, key: str) -> ssl.SSLContext:
+def _context(cert: str, key: str, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -23,7 +25,10 @@ class CertSelector:
     """The listener's server context and its name -> context table."""
 
     def __init__(self, lcfg) -> None:
-        self.context = _context(lcfg.tls_cert, lcfg.tls_key)
+        # HTTP listeners offer h2 and http/1.1 by ALPN (every SNI context too: the one
+        # picked is the one that answers ALPN); TCP listeners offer nothing.
+        self.alpn = ("h2", "http/1.1") if lcfg.mode != "tcp" else ()
+        self.context = _context(lcfg.tls_cert, lcfg.tls_key, self.alpn)
         self.context.sni_callback = self._pick
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.default = self.context
@@ -33,10 +38,10 @@ class CertSelector:
         """(Re)load the default and SNI certificates of lcfg (raises ssl.SSLError/OSError)."""
         by_name = {}
         for names, cert, key in getattr(lcfg, "tls_sni", ()):
-            ctx = _context(cert, key)
+            ctx = _context(cert, key, self.alpn)
             for name in names:
                 by_name[name] = ctx
-        default = _context(lcfg.tls_cert, lcfg.tls_key)
+        default = _context(lcfg.tls_cert, lcfg.tls_key, self.alpn)
         # Clients without SNI get the base context's own certificate: replace it too.
         self.context.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
         self.by_name, self.default = by_name, default

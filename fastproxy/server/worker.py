@@ -18,6 +18,7 @@ import sys
 import time
 
 from fastproxy.errorlog import log
+from fastproxy.server import h2
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
@@ -154,12 +155,16 @@ class ListenerRuntime:
         router = getattr(self.handler, "router", None)
         self.filter_factory = chain(edits_factory(router) if router is not None else None,
                                     compression_factory(rt.config, lcfg))
+        # HTTP/2 with prior knowledge: the relay hands a connection that starts with the
+        # preface to fastproxy.server.h2.
+        self.h2_switch = h2.switch if self.handler is not None else None
         # What each accepted connection copies, gathered once (relay.ListenerSettings).
         self.relay = ListenerSettings(self) if self.handler is not None else None
         if self.relay is not None and hasattr(self.relay, "filter_factory"):
             self.relay.filter_factory = self.filter_factory
         if self.cache is not None and self.relay is not None:
             self.cache.use(self.relay)
+
 
 
 class Worker:
@@ -243,6 +248,8 @@ class Worker:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpClient
             factory = lambda: TcpClient(holder.current)  # noqa: E731
+        elif lcfg.tls_cert:
+            factory = lambda: h2.AlpnSwitch(holder)  # noqa: E731
         else:
             factory = lambda: ClientConnection(holder.current)  # noqa: E731
         selector = CertSelector(lcfg) if lcfg.tls_cert else None

@@ -12,6 +12,7 @@ from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key
 from fastproxy.upstream.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
                                RetryPolicy)
 from fastproxy.config.schema import dataclass_from_table
+from fastproxy.upstream.h2 import H2Upstream
 from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
 from fastproxy.upstream.tls import client_context
 
@@ -131,8 +132,13 @@ class UpstreamGroup:
             self.servers, settings.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")
         self.pools = {}
+        self.h2: dict = {}     # server -> H2Upstream, for h2c:// servers
         for server in self.servers:
             pool = pool_factory(self, server)
+            if server.scheme == "h2c":
+                # The relay's HTTP/1.1 exchanges ride streams of one HTTP/2 connection.
+                h2 = self.h2[server] = H2Upstream(loop, server, pool.max_head, pool.max_fields)
+                pool.opener = h2.open
             pool.balancer = self.balancer
             pool.group = self
             pool.on_failure = self.record_failure
@@ -235,3 +241,5 @@ class UpstreamGroup:
         """Close every pooled connection."""
         for pool in self.pools.values():
             pool.close()
+        for h2 in self.h2.values():
+            h2.close()

@@ -1,0 +1,153 @@
+"""`python -m bench h2`: HTTP/2 from clients, fastproxy against nginx and HAProxy.
+
+h2load (nghttp2-client) sends a bounded number of requests (`-n`, no duration: every run
+ends) over 16 connections with 32 concurrent streams each (`-m 32`) and with one (`-m 1`),
+cleartext HTTP/2 with prior knowledge, to each proxy in front of the same nginx origin
+(HTTP/1.1 upstream, kept alive). Each proxy runs one worker pinned to one core; h2load and
+the origin share the other. The figure that matters on a shared machine is requests per
+proxy CPU-second (CPU of the proxy's process tree from /proc), not requests per second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import configs
+from bench.procs import Proc, Supervisor, cpu_count, free_port, pinned, tree_cpu_seconds
+from bench.rows import fastproxy_command
+from bench.tools import which
+
+
+def nginx_h2(tmp: Path, port: int, origin_port: int) -> str:
+    """nginx: `listen ... http2` (prior knowledge on a cleartext port), upstream keepalive 64."""
+    return configs._nginx_main(tmp, f"""
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
+    http2_max_concurrent_streams 128;
+    server {{
+        listen 127.0.0.1:{port} http2 reuseport backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+""")
+
+
+def haproxy_h2(port: int, origin_port: int) -> str:
+    """HAProxy: `bind ... proto h2`, one thread, HTTP/1.1 to the origin with reuse."""
+    return configs.haproxy(port, origin_port).replace(
+        f"bind 127.0.0.1:{port}", f"bind 127.0.0.1:{port} proto h2")
+
+
+def _start(sup: Supervisor, work: Path, name: str, origin_port: int, core: int | None) -> tuple[Proc, int]:
+    port = free_port()
+    if name == "nginx":
+        tmp = work / name
+        tmp.mkdir()
+        (tmp / "nginx.conf").write_text(nginx_h2(tmp, port, origin_port))
+        cmd = [which("nginx"), "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(tmp / "nginx.conf")]
+        env = None
+    elif name == "haproxy":
+        conf = work / "haproxy.cfg"
+        conf.write_text(haproxy_h2(port, origin_port))
+        cmd = [which("haproxy"), "-db", "-f", str(conf)]
+        env = None
+    else:
+        fp, env = fastproxy_command(None)
+        cmd = [*fp, "serve", "--mode", "reverse", "--listen", f"127.0.0.1:{port}",
+               "--upstream", f"http://127.0.0.1:{origin_port}", "--workers", "1"]
+    proc = sup.spawn(name, pinned(cmd, core), env=env)
+    sup.wait_port(proc, port)
+    return proc, port
+
+
+def h2load(url: str, requests: int, streams: int, core: int | None, timeout: float) -> dict:
+    """One bounded h2load run; requests, succeeded and requests/s from its summary."""
+    cmd = [which("h2load"), "-n", str(requests), "-c", "16", "-m", str(streams), "-t", "1", url]
+    out = subprocess.run(pinned(cmd, core), capture_output=True, text=True, timeout=timeout,
+                         stdin=subprocess.DEVNULL, check=False).stdout
+    m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", out)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    if not m or not rps:
+        raise RuntimeError(f"h2load output not understood: {out[-400:]}")
+    return {"requests": int(m.group(1)), "succeeded": int(m.group(2)), "req_s": float(rps.group(1))}
+
+
+def run(rows: list[str], sizes: list[str], requests: int, repeats: int) -> list[dict]:
+    """Every row x size x streams setting, interleaved per repeat; one dict per run."""
+    cores = cpu_count()
+    proxy_core, load_core = (0, 1) if cores >= 2 and which("taskset") else (None, None)
+    work = Path(tempfile.mkdtemp(prefix="fastproxy-bench-h2-"))
+    results = []
+    try:
+        with Supervisor(work) as sup:
+            docroot = work / "www"
+            configs.write_origin_files(docroot, 1)
+            otmp = work / "origin"
+            otmp.mkdir()
+            origin_port = free_port()
+            (otmp / "nginx.conf").write_text(configs.nginx_origin(otmp, origin_port, docroot))
+            origin = sup.spawn("origin", pinned([which("nginx"), "-p", str(otmp), "-e",
+                                                 str(otmp / "error.log"), "-c",
+                                                 str(otmp / "nginx.conf")], load_core))
+            sup.wait_port(origin, origin_port)
+            started = {name: _start(sup, work, name, origin_port, proxy_core) for name in rows}
+            for repeat in range(repeats):
+                for size in sizes:
+                    for streams in (32, 1):
+                        for name, (proc, port) in started.items():
+                            url = f"http://127.0.0.1:{port}/{size}"
+                            h2load(url, 500, streams, load_core, 60)     # warm-up
+                            cpu0 = tree_cpu_seconds(proc.pid)
+                            res = h2load(url, requests, streams, load_core, 300)
+                            cpu = tree_cpu_seconds(proc.pid) - cpu0
+                            res.update(row=name, size=size, streams=streams, repeat=repeat,
+                                       proxy_cpu_s=round(cpu, 3),
+                                       req_per_cpu_s=round(res["succeeded"] / cpu) if cpu else None)
+                            results.append(res)
+                            print(json.dumps(res), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table: median of the repeats per row, size and streams."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["size"], r["streams"], r["row"]), []).append(r)
+    lines = ["| size | -m | proxy | req/s | req per proxy CPU-s | failed |",
+             "|---|---|---|---|---|---|"]
+    for (size, streams, row), runs in groups.items():
+        runs.sort(key=lambda r: r["req_per_cpu_s"] or 0)
+        mid = runs[len(runs) // 2]
+        failed = sum(r["requests"] - r["succeeded"] for r in runs)
+        lines.append(f"| {size} | {streams} | {row} | {mid['req_s']:.0f} | {mid['req_per_cpu_s']} | {failed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Run the HTTP/2 rows and print the table (JSON lines of every run on stderr)."""
+    p = argparse.ArgumentParser(prog="python -m bench h2", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default="fastproxy,nginx,haproxy")
+    p.add_argument("--sizes", default="100b,4k")
+    p.add_argument("--requests", type=int, default=100000, help="requests per h2load run")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    rows = [r for r in a.rows.split(",") if r]
+    for tool in ("h2load", "nginx", *(["haproxy"] if "haproxy" in rows else [])):
+        if which(tool) is None:
+            print(f"bench h2: {tool} is not installed", file=sys.stderr)
+            return 2
+    results = run(rows, [s for s in a.sizes.split(",") if s], a.requests, a.repeats)
+    print(table(results))
+    return 0 if all(r["succeeded"] == r["requests"] for r in results) else 1
