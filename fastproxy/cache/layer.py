@@ -48,7 +48,7 @@ import weakref
 from fastproxy import _http
 from fastproxy._hitpath import FreshHits
 from fastproxy._relay import STATE_CLOSED
-from fastproxy.forward.acl import CidrSet, client_key
+from fastproxy.addresses import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
