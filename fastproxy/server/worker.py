@@ -20,7 +20,6 @@ import time
 from fastproxy.errorlog import log
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
-from fastproxy.cache import CacheConfig
 from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.config.load import Config, ConfigError, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
@@ -90,7 +89,7 @@ class ListenerRuntime:
         self.draining = False
         self.fast_hits = None
         # A listener uses the worker's cache unless its `cache = false`.
-        self.cache = rt.cache if lcfg.extra("cache", True) is not False else None
+        self.cache = rt.cache if lcfg.cache else None
         if lcfg.mode == "reverse":
             tls = lcfg.tls_cert is not None
             layer = None
@@ -153,9 +152,7 @@ class Worker:
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
-        cc = config.extra("cache")
-        if cc is None and config.cache_size:
-            cc = CacheConfig(size=config.cache_size)
+        cc = config.cache
         if cc is None:
             return None
         if self.cache is not None and self.cache.config == cc:
@@ -173,7 +170,7 @@ class Worker:
         try:
             self.cache = self._cache_for(self.config)
         except MemoryError:
-            size = self.config.extra("cache").size
+            size = self.config.cache.size if self.config.cache is not None else 0
             raise StartError(f"cannot allocate the cache ({show_size(size)} per worker): "
                              "out of memory") from None
         self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
