@@ -608,11 +608,11 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             lt.problem("routes", "routes apply to reverse listeners only")
     seen_addr: dict[tuple[str, int], int] = {}
     for i, (lt, listener) in enumerate(listeners):
-        key = (listener.host, listener.port)
-        if listener.port and key in seen_addr:
+        where = (listener.host, listener.port)
+        if listener.port and where in seen_addr:
             lt.problem("listen", f"{listener.address} is also used by "
-                                 f"listeners[{seen_addr[key]}]")
-        seen_addr[key] = i
+                                 f"listeners[{seen_addr[where]}]")
+        seen_addr[where] = i
 
     if problems:
         raise ConfigError(problems)

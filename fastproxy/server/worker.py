@@ -14,19 +14,21 @@ import asyncio
 import os
 import signal
 import ssl
-import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fastproxy.errorlog import log
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache.layer import CacheLayer, WorkerCache
-from fastproxy.config.load import Config, ConfigError, format_address, show_size
+from fastproxy.config.load import Config, ConfigError, ListenerConfig, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
 from fastproxy.server.timers import Deadlines
 from fastproxy.upstream.group import UpstreamGroup
+from fastproxy.upstream.settings import UpstreamGroupConfig
 
 
 class Runtime:
@@ -48,13 +50,14 @@ class Runtime:
         self.access_log = AccessLog(al.path, al.format, loop) if al.path else None
         hp = config.headers
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
-        self.groups = {
-            name: UpstreamGroup(gcfg, lambda group, server, gcfg=gcfg:
-                                ConnectionPool(self, gcfg, server), loop)
-            for name, gcfg in config.upstreams.items()
-        }
+        self.groups = {name: UpstreamGroup(gcfg, self._pool_factory(gcfg), loop)
+                       for name, gcfg in config.upstreams.items()}
         for group in self.groups.values():
             group.start()  # active health checks
+
+    def _pool_factory(self, gcfg: UpstreamGroupConfig) -> Callable[[Any, Any], ConnectionPool]:
+        """The group's pool of one server: the relay's ConnectionPool with gcfg's settings."""
+        return lambda group, server: ConnectionPool(self, gcfg, server)
 
     async def stop_checks(self) -> None:
         """Stop health checks and ejection timers (a newer generation took over)."""
@@ -88,6 +91,7 @@ class ListenerRuntime:
         self.connections = connections
         self.draining = False
         self.fast_hits = None
+        self.handler: Any = None    # ReverseHandler or ForwardHandler; None for tcp
         # A listener uses the worker's cache unless its `cache = false`.
         self.cache = rt.cache if lcfg.cache else None
         if lcfg.mode == "reverse":
@@ -130,25 +134,27 @@ def _tls_context(lcfg) -> ssl.SSLContext | None:
 class Worker:
     """Runs the listeners of one configuration in the current process."""
 
-    def __init__(self, config: Config, reload_fn=None) -> None:
+    # Set by prepare(), in the running loop; nothing reads them before.
+    loop: asyncio.AbstractEventLoop
+    stopping: asyncio.Event
+    gate: listening.AcceptGate
+    runtime: Runtime
+
+    def __init__(self, config: Config, reload_fn: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.reload_fn = reload_fn
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.listener_rts: list[ListenerRuntime] = []
+        self.listener_rts: list[Any] = []   # ListenerRuntime or tcp.TcpRuntime, per listener
         self.connections: set = set()
-        self.runtime: Runtime | None = None
         self.old_runtimes: list[Runtime] = []
-        self.stopping: asyncio.Event | None = None
         self.bound: list = []   # (listener config, port actually bound)
         self.started = time.time()
         self.counters = Counters()
         self.cache: WorkerCache | None = None
-        self.admin = None
+        self.admin: Any = None   # the admin.server.AdminServer when [admin] is set
         self.index = 0          # worker number (0 .. workers-1)
         self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
-        self.gate: listening.AcceptGate | None = None
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
@@ -193,15 +199,16 @@ class Worker:
             await self.admin.start(*self.config.admin,
                                    socks=self.sockets["admin"] if self.sockets else None)
 
-    def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
+    def _listener_runtime(self, lcfg: ListenerConfig, index: int) -> Any:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpRuntime
             return TcpRuntime(self.runtime, lcfg, self.connections)
         return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
-    async def _bind(self, lcfg, lrt, socks) -> None:
+    async def _bind(self, lcfg: ListenerConfig, lrt: Any, socks: list) -> None:
         holder = _Holder(lrt)
         lrt.holder = holder
+        factory: Callable[[], Any]
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpClient
             factory = lambda: TcpClient(holder.current)  # noqa: E731
@@ -230,6 +237,7 @@ class Worker:
             return
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
+            new: Any
             if lcfg.mode == "tcp":
                 from fastproxy.tcp import TcpRuntime
                 new = TcpRuntime(new_rt, lcfg, self.connections)
@@ -289,8 +297,7 @@ class Worker:
                 conn.transport.abort()
         old, self.old_runtimes = self.old_runtimes, []
         for rt in [self.runtime, *old]:
-            if rt is not None:
-                await rt.aclose()
+            await rt.aclose()
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
@@ -314,6 +321,8 @@ class Worker:
         return 0
 
     def _on_hup(self) -> None:
+        if self.reload_fn is None:
+            return
         try:
             config = self.reload_fn()
         except ConfigError as exc:
