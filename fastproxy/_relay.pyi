@@ -29,7 +29,7 @@ class ListenerSettings:
     hooks: bool
     open: int
     on_idle: Callable[[], None] | None
-    def __init__(self, rt: Any) -> None: ...
+    def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...
 
 class ClientConnection:
     """One client socket (an asyncio protocol): requests in, responses out, in order."""

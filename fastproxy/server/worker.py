@@ -75,23 +75,21 @@ class Runtime:
 
 
 class ListenerRuntime:
-    """What the connections of one listener share (flat attributes for the hot path)."""
+    """What the connections of one listener share: its handler, cache and relay settings.
 
-    def __init__(self, rt: Runtime, lcfg, connections: set, index: int = 0) -> None:
+    The generation's values (loop, limits, timeouts, deadlines, Via) are read through
+    from `rt`, not copied; what the relay copies at accept is built by relay_settings.
+    """
+
+    def __init__(self, rt: Runtime, lcfg: ListenerConfig, connections: set,
+                 index: int = 0) -> None:
         self.rt = rt
-        self.config = rt.config
         self.listener = lcfg
-        self.loop = rt.loop
-        self.timeouts = rt.timeouts
-        self.limits = rt.limits
-        self.deadlines = rt.deadlines
-        self.access_log = rt.access_log
-        self.response_via = rt.response_via
-        self.counters = rt.counters
         self.connections = connections
         self.draining = False
         self.fast_hits = None
-        self.handler: Any = None    # ReverseHandler or ForwardHandler; None for tcp
+        self.holder: _Holder | None = None
+        self.handler: Any = None    # ReverseHandler or ForwardHandler
         # A listener uses the worker's cache unless its `cache = false`.
         self.cache = rt.cache if lcfg.cache else None
         if lcfg.mode == "reverse":
@@ -115,12 +113,48 @@ class ListenerRuntime:
                 self.handler.cache = CacheLayer(self.cache, self.handler, b"http",
                                                 rt.response_via, rt.loop, rt.timeouts,
                                                 rt.limits, index)
-        else:
-            self.handler = None
-        # What each accepted connection copies, gathered once (relay.ListenerSettings).
-        self.relay = ListenerSettings(self) if self.handler is not None else None
-        if self.cache is not None and self.relay is not None:
+        self.relay = relay_settings(self)
+        if self.cache is not None:
             self.cache.use(self.relay)
+
+    # The generation's values, for the handlers and the relay (ConnectionPool reads them).
+    @property
+    def config(self) -> Config:
+        """The configuration of this generation."""
+        return self.rt.config
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop."""
+        return self.rt.loop
+
+    @property
+    def limits(self) -> Any:
+        """[limits] of this generation."""
+        return self.rt.limits
+
+    @property
+    def timeouts(self) -> Any:
+        """[timeouts] of this generation."""
+        return self.rt.timeouts
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The generation's timer wheel."""
+        return self.rt.deadlines
+
+    @property
+    def response_via(self) -> bytes:
+        """The Via line added to responses (empty when off)."""
+        return self.rt.response_via
+
+
+def relay_settings(lrt: ListenerRuntime) -> ListenerSettings:
+    """The relay's per-listener settings (relay.ListenerSettings), derived from the
+    listener's configuration here and nowhere else."""
+    own = lrt.listener.request_buffering
+    buffer_limit = lrt.rt.limits.request_buffering if own is None else own
+    return ListenerSettings(lrt, lrt.rt, buffer_limit)
 
 
 def _tls_context(lcfg) -> ssl.SSLContext | None:
