@@ -77,6 +77,7 @@ class ConnectionPool:
     """Idle keep-alive connections to one server (LIFO) and their settings."""
 
     server: Any
+    ssl: Any          # the ssl.SSLContext of an https server, else None
     idle: list[UpstreamConnection]
     open: int
     balancer: Any

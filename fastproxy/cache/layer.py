@@ -291,6 +291,7 @@ class CacheLayer:
         if is_get or method == HEAD:
             if self.coalesce and req.cache_control is None:
                 coalescer = self.wc.coalescer
+                fut: asyncio.Future | None
                 if is_get:
                     leader, fut = coalescer.begin(key)
                 else:

@@ -71,7 +71,7 @@ class ForwardHandler:
         # decision, allowed addresses, their set as bytes for the cache). Only when no rule
         # reads the URL (then the ACL's answer depends on nothing else), and never longer
         # than the DNS cache would keep the addresses.
-        self.routes = {} if not any(r.url for r in settings.acl.rules) else None
+        self.routes: dict | None = {} if not any(r.url for r in settings.acl.rules) else None
         self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
         # Phase two is a pure function of the phase-one decision and the addresses (both
         # shared objects while cached), so its answer is kept: (decision, addrs) ->
@@ -111,6 +111,7 @@ class ForwardHandler:
         self._admitted(conn, req)
 
     async def _verify_then(self, conn, req, value) -> None:
+        assert self.auth is not None   # only called when the listener authenticates
         result = await self.auth.verify_async(value)
         if conn.state == STATE_CLOSED or conn.req is not req:
             return
@@ -123,6 +124,7 @@ class ForwardHandler:
 
     def _challenge(self, conn, reason: str) -> None:
         # RFC 9110 11.7.1: 407 with Proxy-Authenticate. The body says why, not who exists.
+        assert self.auth is not None   # only called when the listener authenticates
         conn.respond_error(407, reason or "proxy authentication required",
                            self.auth.challenge)
 
