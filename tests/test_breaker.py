@@ -109,7 +109,7 @@ def test_ejection_timing_follows_the_loop_clock():
         detector = OutlierDetector(servers, config, on_change, loop)
         bad = servers[2]
         detector.record_failure(bad)
-        start = loop.time()
+        start = loop.time()   # the ejection starts at or after this
         assert detector.record_failure(bad)
         assert bad not in balancer.servers and len(balancer.servers) == 3
         assert detector.next_expiry() == pytest.approx(start + 0.05, abs=0.01)
@@ -117,7 +117,9 @@ def test_ejection_timing_follows_the_loop_clock():
             await asyncio.sleep(0.01)
         (_, out, t_out), (_, back, t_back) = log
         assert (out, back) == (False, True)
-        assert t_back - t_out >= 0.05 - 1e-3
+        # Measured from before the ejection: the time between the detector reading the clock
+        # and its callback (a log line) may be a millisecond on a busy machine.
+        assert t_out >= start and t_back - start >= 0.05 - 1e-3
         assert bad in balancer.servers and bad.failures == 0
         # second ejection lasts twice as long
         detector.record_failure(bad)
