@@ -230,19 +230,22 @@ cdef class ListenerSettings:
     cdef double client_header, client_idle, client_body
     cdef list parsers
 
-    def __init__(self, rt):
-        limits = rt.limits
-        t = rt.timeouts
+    def __init__(self, rt, gen, long long buffer_limit):
+        # rt: the listener's runtime (connections keep it as `rt`); gen: its configuration
+        # generation (loop, limits, timeouts, logs, counters); buffer_limit: this
+        # listener's request buffering, resolved by the caller (server/worker.py).
+        limits = gen.limits
+        t = gen.timeouts
         handler = rt.handler
         self.rt = rt
-        self.loop = rt.loop
+        self.loop = gen.loop
         self.handler = handler
-        self.counters = rt.counters
+        self.counters = gen.counters
         self.fast_hits = rt.fast_hits
         self.fast = getattr(handler, "fast", None)
-        self.access_log = rt.access_log
+        self.access_log = gen.access_log
         self.connections = rt.connections
-        self.deadlines = rt.deadlines
+        self.deadlines = gen.deadlines
         # Handlers that count connections (per-client limits) say so.
         self.hooks = bool(getattr(handler, "connection_hooks", True))
         self.h2_switch = getattr(rt, "h2_switch", None)
@@ -251,8 +254,7 @@ cdef class ListenerSettings:
         self.max_fields = limits.max_header_fields
         self.max_body = limits.max_body
         self.stash_limit = limits.max_header_size + PIPELINE_SLACK
-        own = getattr(getattr(rt, "listener", None), "request_buffering", None)
-        self.buffer_limit = limits.request_buffering if own is None else own
+        self.buffer_limit = buffer_limit
         self.client_header = t.client_header
         self.client_idle = t.client_idle
         self.client_body = t.client_body

@@ -14,6 +14,7 @@ def table_size_for(weights: Iterable[int], minimum: int = 0) -> int: ...
 
 class Core:
     servers: list[Any]
+    uses_key: bool    # the policy reads the request's hash key (maglev)
     total_active: int
     total_weight: int
     def __init__(self, servers: Sequence[Any] = ()) -> None: ...

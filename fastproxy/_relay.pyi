@@ -14,6 +14,23 @@ STATE_CLOSED: int
 PAUSE_CONNECTING: int
 PAUSE_HANDLER: int
 
+class ListenerSettings:
+    """What every connection of one listener copies at accept, gathered once."""
+
+    rt: Any
+    loop: Any
+    handler: Any
+    counters: Any
+    fast_hits: Any
+    fast: Any
+    access_log: Any
+    connections: Any
+    deadlines: Any
+    hooks: bool
+    open: int
+    on_idle: Callable[[], None] | None
+    def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...
+
 class ClientConnection:
     """One client socket (an asyncio protocol): requests in, responses out, in order."""
 
@@ -69,6 +86,7 @@ class ConnectionPool:
     """Idle keep-alive connections to one server (LIFO) and their settings."""
 
     server: Any
+    ssl: Any          # the ssl.SSLContext of an https server, else None
     idle: list[UpstreamConnection]
     open: int
     balancer: Any

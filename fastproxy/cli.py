@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from typing import NoReturn
 
 from fastproxy import __version__
 from fastproxy.config import load as cfgmod
@@ -26,7 +27,7 @@ DEFAULT_DOCUMENT = {
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line and exit code 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}\n")
 
 

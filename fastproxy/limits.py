@@ -360,6 +360,7 @@ class RateLimits:
         task.add_done_callback(self._tasks.discard)
 
     async def _remote(self, conn, request, admitted) -> None:
+        assert self.remote is not None   # refuse_later runs only with a remote bucket
         wait = await self.remote.check(self.key(request, conn.client_ip))
         if conn.req is not request or conn.state == STATE_CLOSED:
             return    # the client left meanwhile

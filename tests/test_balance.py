@@ -6,7 +6,7 @@ import pytest
 import xxhash
 
 from fastproxy.upstream.balance import (
-    POLICIES, BalanceConfig, Balancer, LeastConnBalancer, MaglevBalancer, Random2Balancer,
+    POLICIES, Balancer, LeastConnBalancer, Random2Balancer,
     RoundRobinBalancer, eligible_servers, make_balancer, make_key_fn, parse_key_spec,
 )
 from fastproxy.upstream.balance.keys import cookie_value, origin_form
@@ -74,21 +74,6 @@ def test_factory_rejects_unknown_policies_and_options():
     with pytest.raises(ValueError, match="seed"):
         make_balancer("random2", pool([1]), seed=-4)
     assert make_balancer("maglev", pool([1, 1]), table_size=1000).table_size == 1009
-
-
-def test_balance_config_validates_and_builds():
-    config = BalanceConfig()
-    assert (config.policy, config.hash_key, config.hash_key_fallback) == ("maglev", "uri", "client_ip")
-    balancer = config.make_balancer(pool([1, 1]))
-    assert isinstance(balancer, MaglevBalancer) and balancer.balance_factor == 1.25
-    assert isinstance(BalanceConfig(policy="least_conn").make_balancer(pool([1])), LeastConnBalancer)
-    key_fn = BalanceConfig(hash_key="path").make_key_fn()
-    assert key_fn(Request(b"/a?b"), "1.2.3.4") == H(b"/a")
-    for bad, key in [(dict(policy="nope"), "balance"), (dict(hash_key="query"), "hash_key"),
-                     (dict(hash_key_fallback="header:x"), "hash_key_fallback"),
-                     (dict(balance_factor=-1), "balance_factor"), (dict(table_size=7), "table_size")]:
-        with pytest.raises(ValueError, match=key):
-            BalanceConfig(**bad)
 
 
 def test_eligible_servers_leave_out_unhealthy_and_ejected():

@@ -1,8 +1,9 @@
 """The pool parts together against real loopback origins, one of them killed mid-test.
 
 This test drives the pieces without the proxy, the way the request path uses them
-(key -> pick -> breaker -> acquire -> real HTTP GET -> outlier detector -> retry on another
-server; tests/test_pools.py does the same through the running proxy), and checks what
+(key -> pick -> acquire -> real HTTP GET -> outlier detector -> retry on another server
+within the retry budget; the breaker's limits are checked in the proxy, tests/test_breaker.py;
+tests/test_pools.py does the same through the running proxy), and checks what
 clients of a proxy would see: no errors for idempotent requests,
 keys staying on their server, only the dead server's keys moving, and those keys returning
 to it when it comes back.
@@ -13,9 +14,7 @@ import pytest
 import uvloop
 
 from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
-from fastproxy.upstream.breaker import (
-    BreakerConfig, CircuitBreaker, OutlierConfig, OutlierDetector, RetryConfig, RetryPolicy,
-)
+from fastproxy.upstream.breaker import OutlierConfig, OutlierDetector, RetryBudget
 from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
 from fastproxy.upstream.group import Server
 
@@ -99,12 +98,10 @@ class Pool:
         self.loop = loop
         self.balancer = make_balancer("maglev", servers)
         self.key_fn = make_key_fn("uri")
-        self.breaker = CircuitBreaker(BreakerConfig(max_requests=100))
         self.outliers = OutlierDetector(
             servers, OutlierConfig(consecutive_failures=2, base_ejection=0.3, max_ejection=1.0,
                                    max_ejection_percent=25), self.refresh, loop)
-        self.retries = RetryPolicy(RetryConfig(retries=2, min_retries_per_second=50),
-                                   clock=loop.time)
+        self.retries = RetryBudget(min_per_second=50, clock=loop.time)
         self.health = HealthChecker(servers, HealthCheckConfig(interval=0.05, timeout=0.5,
                                                                rise=1, fall=2), self.refresh)
 
@@ -118,19 +115,17 @@ class Pool:
         while True:
             server = self.balancer.pick(key, tried)
             assert server is not None, "pool emptied"
-            assert self.breaker.try_acquire(server) is None
             self.balancer.acquire(server)
             try:
                 status, body = await http_get(server, target)
             except OSError:
                 self.outliers.record_failure(server)
                 tried.append(server)
-                if self.retries.may_retry(b"GET", len(tried)):
+                if len(tried) <= 2 and self.retries.try_retry():   # GET: idempotent
                     continue
                 raise
             finally:
                 self.balancer.release(server)
-                self.breaker.release(server)
             self.outliers.record_status(server, status)
             return body
 

@@ -261,7 +261,7 @@ def test_loader_never_raises_anything_but_config_error(fuzz_dir, tls_pair):
         verdict = check_document(doc)
         if isinstance(verdict, cfg.Config):
             valid[0] += 1
-            cache = verdict.extra("cache")
+            cache = verdict.cache
             if cache is None or cache.size <= 64 << 20:   # no 1 TiB arena in a unit test
                 prepare(verdict)
 
@@ -315,7 +315,7 @@ def test_repaired_documents_pass_what_serve_does_before_binding(fuzz_dir, tls_pa
             verdict = check_document(doc)
             if isinstance(verdict, cfg.Config):
                 seen.append(verdict)
-                cache = verdict.extra("cache")
+                cache = verdict.cache
                 if cache is None or cache.size <= 64 << 20:   # no 1 TiB arena in a test
                     prepare(verdict)
                 return

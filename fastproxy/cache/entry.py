@@ -43,7 +43,7 @@ HOP_BY_HOP = frozenset({
 
 def connection_listed(fields: list[tuple[bytes, bytes]]) -> set[bytes]:
     """Names listed in Connection: hop-by-hop for this message (RFC 9110 7.6.1)."""
-    out = set()
+    out: set[bytes] = set()
     for name, value in fields:
         if name.lower() == b"connection":
             out.update(p.strip(b" \t").lower() for p in value.split(b",") if p.strip(b" \t"))

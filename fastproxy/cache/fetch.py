@@ -72,15 +72,15 @@ async def _read_response(reader, max_head: int, max_body: int):
         n = resp.content_length
         if n > max_body:
             return resp, None
-        parts = [rest[:n]]
-        got = len(parts[0])
+        body = [rest[:n]]
+        got = len(body[0])
         while got < n:
             data = await reader.read(min(READ_SIZE, n - got))
             if not data:
                 raise FetchError(f"body cut after {got} of {n} bytes")
-            parts.append(data)
+            body.append(data)
             got += len(data)
-        return resp, b"".join(parts)
+        return resp, b"".join(body)
     if kind == BODY_CHUNKED:
         dec = _http.ChunkedDecoder()
         parts: list[bytes] = []

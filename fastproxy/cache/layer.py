@@ -52,7 +52,7 @@ from fastproxy.addresses import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
-from fastproxy.cache.peers import HOP
+from fastproxy.cache.peers import HOP, PeerRing
 from fastproxy.cache.ranges import respond_hit
 from fastproxy.cache.shared import SharedTier
 
@@ -221,7 +221,7 @@ class CacheLayer:
         self.refresh_timeout = timeouts.upstream_connect + timeouts.upstream_header
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
-        self.peers = None     # a peers.PeerRing when this node is part of a caching fleet
+        self.peers: PeerRing | None = None     # a peers.PeerRing when this node is part of a caching fleet
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -303,6 +303,7 @@ class CacheLayer:
         if is_get or method == HEAD:
             if self.coalesce and req.cache_control is None:
                 coalescer = self.wc.coalescer
+                fut: asyncio.Future | None
                 if is_get:
                     leader, fut = coalescer.begin(key)
                 else:
@@ -340,6 +341,7 @@ class CacheLayer:
     async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Answer a local miss from the shared tier, or send it upstream as before."""
         wc = self.wc
+        assert wc.shared is not None   # only called with a shared tier
         try:
             stored = await wc.shared.fetch_into(self.cache.ring, key, req, lk.fwd == "vary-miss")
         except Exception:   # noqa: BLE001 - whatever went wrong, the origin still answers
@@ -374,6 +376,7 @@ class CacheLayer:
             self.handler.forward(conn, req, more, ctx)
         else:
             exchange.peer = peer
+            assert self.peers is not None    # a peer was chosen from it
             self.handler.forward(conn, req, more + self.peers.hop_line, ctx, peer)
 
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:

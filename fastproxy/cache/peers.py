@@ -22,17 +22,16 @@ from __future__ import annotations
 import xxhash
 
 from fastproxy._hashing import Maglev
+from fastproxy.upstream.breaker import OutlierConfig, RetryConfig
 
 HOP = b"fastproxy-hop"     # the field that marks a request sent by a peer (lowercase: lookups)
 HOP_NAME = b"Fastproxy-Hop"
 
 # The peer group's failure handling: no retries (a failed peer means "fetch it yourself",
 # decided by the cache layer), and ejection at the first connect failure.
-PEER_GROUP_EXTRAS = (
-    ("retry", {"retries": 0}),
-    ("outlier", {"consecutive_failures": 1, "max_ejection_percent": 100.0,
-                 "base_ejection": 10.0, "max_ejection": 60.0}),
-)
+PEER_RETRY = RetryConfig(retries=0)
+PEER_OUTLIER = OutlierConfig(consecutive_failures=1, max_ejection_percent=100.0,
+                             base_ejection=10.0, max_ejection=60.0)
 
 
 class _Node:

@@ -22,7 +22,11 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
 # ---------------------------------------------------------------------------
 # The configuration model.
 
-from fastproxy.upstream.settings import UpstreamGroupConfig, UpstreamTLS  # noqa: E402
+from fastproxy.cache.config import CacheConfig  # noqa: E402
+from fastproxy.forward.settings import KEYS as FORWARD_KEYS, ForwardSettings, build_settings  # noqa: E402
+from fastproxy.limits import RateLimitConfig  # noqa: E402
+from fastproxy.upstream.settings import SECTIONS as GROUP_SECTIONS  # noqa: E402
+from fastproxy.upstream.settings import UpstreamGroupConfig, UpstreamTLS, read_sections  # noqa: E402
 from fastproxy.config.compression import CompressionConfig  # noqa: E402
 from fastproxy.config.tls import read_tls  # noqa: E402
 from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noqa: E402,F401
@@ -98,18 +102,14 @@ class ListenerConfig:
     upgrade: tuple[str, ...] = ("websocket",)
     request_buffering: int | None = None   # None: limits.request_buffering
     compression: bool = True         # false: this listener never compresses ([compression])
-    extras: tuple[tuple[str, Any], ...] = ()  # forward-mode sections (acl, auth, ...)
+    forward: ForwardSettings | None = None   # acl, auth, anonymity, resolver (forward mode)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)   # 0s: no limits
+    cache: bool = True               # false: this listener does not use the worker's cache
 
     @property
     def address(self) -> str:
+        """host:port as the configuration writes it."""
         return format_address(self.host, self.port)
-
-    def extra(self, key: str, default: Any = None) -> Any:
-        """A section that a feature module parses itself."""
-        for k, v in self.extras:
-            if k == key:
-                return v
-        return default
 
 
 @dataclass(frozen=True)
@@ -124,20 +124,12 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
     access_log: AccessLog = field(default_factory=AccessLog)
-    cache_size: int = 0              # 0 = no cache
+    cache: CacheConfig | None = None     # None: no cache
     compression: CompressionConfig | None = None   # None: no response compression
     # [cluster] / --peers --self: the fleet whose nodes cache as one (fastproxy.cache.peers)
     cluster_peers: tuple[ServerSpec, ...] = ()
     cluster_self: ServerSpec | None = None
-    extras: tuple[tuple[str, Any], ...] = ()  # top-level sections owned by feature modules
     source: str = "<built-in default>"
-
-    def extra(self, key: str, default: Any = None) -> Any:
-        """A top-level section that a feature module parses itself (e.g. 'cache')."""
-        for k, v in self.extras:
-            if k == key:
-                return v
-        return default
 
 
 _buffering_range = size_range(0, 1 << 30)
@@ -301,58 +293,36 @@ def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], A
     return cls(**kwargs)
 
 
-# Sections that feature modules own: their raw tables are kept (validated by the
-# owning module at start-up through `validators`), so this file does not need to
-# know every knob of every feature.
-TOP_EXTRAS = ("cache", "rate_limit")
-GROUP_EXTRAS = ("health", "outlier", "breaker", "retry")
-LISTENER_EXTRAS = ("acl", "auth", "anonymity", "rate_limit", "resolver", "connect_ports",
-                   "allow_private", "header_rules", "cache")
-# Which of those each mode accepts (others are an error naming the key).
-MODE_EXTRAS = {
-    "forward": set(LISTENER_EXTRAS),
-    "reverse": {"rate_limit", "cache"},
-    "tcp": set(),
-}
-
-# name -> callable(raw_value) raising ValueError; feature modules register here.
-validators: dict[str, Callable[[Any], Any]] = {}
+# Listener keys beyond the common ones, and the modes that read them (others are an error
+# naming the key).
+LISTENER_KEYS = {**{name: ("forward",) for name in FORWARD_KEYS},
+                 "rate_limit": ("forward", "reverse"), "cache": ("forward", "reverse")}
 
 
-def _cache_section(raw: Any) -> Any:
-    """[cache]: a fastproxy.cache.CacheConfig, or None when size is 0 (no cache)."""
-    from fastproxy.cache.config import CacheConfig
-
-    return CacheConfig.from_table(raw)
-
-
-def _cache_switch(value: Any) -> bool:
-    """A listener's `cache = false` turns the worker's cache off for that listener."""
-    return _BOOL(value)
-
-
-validators["top.cache"] = _cache_section
-validators["listener.reverse.cache"] = _cache_switch
-validators["listener.forward.cache"] = _cache_switch
+def _section(table: _Table, name: str, build: Callable[[Any], Any]) -> Any:
+    """build(raw table) for a feature's section; a ValueError "key: text" becomes the
+    problem "section.key: text" (None then)."""
+    try:
+        return build(table.raw(name))
+    except ConfigError as exc:   # already one line per problem, keys named
+        table.problems.extend(exc.problems)
+    except ValueError as exc:
+        _problem(table, f"{name}.{exc}" if _names_key(str(exc)) else f"{name}: {exc}")
+    return None
 
 
-def _extras(table: _Table, names: tuple[str, ...], scope: str) -> tuple[tuple[str, Any], ...]:
-    out = []
-    for name in names:
-        if table.has(name):
-            raw = table.raw(name)
-            check = validators.get(f"{scope}.{name}")
-            if check is not None:
-                try:
-                    raw = check(raw)
-                except ConfigError as exc:  # already one line per problem, keys named
-                    table.problems.extend(exc.problems)
-                    continue
-                except ValueError as exc:
-                    table.problem(name, str(exc))
-                    continue
-            out.append((name, raw))
-    return tuple(out)
+def _names_key(text: str) -> bool:
+    key, sep, _ = text.partition(": ")
+    return bool(sep) and " " not in key
+
+
+def _problem(table: _Table, text: str) -> None:
+    """Record a feature's "key: text" message under the table's path."""
+    key, sep, rest = text.partition(": ")
+    if sep and " " not in key:
+        table.problem(key, rest)
+    else:
+        table.problem("", text)
 
 
 def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
@@ -406,7 +376,7 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         read_timeout=table.get("read_timeout", parse_duration, None),
         resolve=resolve,
         tls=_upstream_tls(table, servers),
-        extras=_group_settings(table, _extras(table, GROUP_EXTRAS, "upstream"), servers),
+        **_group_sections(table, tcp),
     )
     table.finish()
     return group if servers else None
@@ -431,43 +401,24 @@ def _upstream_tls(table: _Table, servers: list) -> UpstreamTLS | None:
     return tls
 
 
-def _group_settings(table: _Table, extras: tuple, servers: list) -> tuple:
-    """Validate a group's health/outlier/breaker/retry tables once; keep the result."""
-    from fastproxy.upstream.group import group_settings
-
-    tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
+def _group_sections(table: _Table, tcp: bool) -> dict[str, Any]:
+    """A group's health/outlier/breaker/retry tables, built once (upstream.settings)."""
+    raw = {name: table.raw(name) for name in GROUP_SECTIONS if table.has(name)}
     found: list[str] = []
-    settings = group_settings(dict(extras), tcp, found)
+    sections = read_sections(raw, tcp, found)
     for text in found:
-        key, sep, rest = text.partition(": ")
-        if sep and " " not in key:
-            table.problem(key, rest)
-        else:
-            table.problem("", text)
-    return extras if found else extras + (("settings", settings),)
+        _problem(table, text)
+    return sections
 
 
-def _mode_settings(table: _Table, mode: str, extras: tuple) -> tuple:
-    """Validate a listener's feature tables once, keeping the built settings in extras."""
-    raw = dict(extras)
+def _forward_settings(table: _Table) -> ForwardSettings | None:
+    """A forward listener's acl/auth/anonymity/resolver keys, built once."""
+    raw = {name: table.raw(name) for name in FORWARD_KEYS if table.has(name)}
     try:
-        if mode == "forward":
-            from fastproxy.forward.handler import build_settings
-            return extras + (("forward", build_settings(raw)),)
-        if mode == "reverse" and "rate_limit" in raw:
-            from fastproxy.limits import RateLimitConfig
-            try:
-                limits = RateLimitConfig.from_table(raw["rate_limit"])
-            except ValueError as exc:
-                raise ValueError(f"rate_limit.{exc}") from None
-            return extras + (("rate_limits", limits),)
+        return build_settings(raw)
     except ValueError as exc:
-        key, sep, text = str(exc).partition(": ")
-        if sep and " " not in key:
-            table.problem(key, text)
-        else:
-            table.problem("", str(exc))
-    return extras
+        _problem(table, str(exc))
+    return None
 
 
 def _listen_address(value: Any) -> tuple[str, int]:
@@ -508,11 +459,17 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
     if table.has("tls"):
         tls_cert, tls_key, tls_sni = read_tls(table.raw("tls"), table.key("tls"),
                                               table.problems)
-    extras = _extras(table, LISTENER_EXTRAS, f"listener.{mode}")
-    for name, _ in extras:
-        if name not in MODE_EXTRAS[mode]:
+    for name, modes in LISTENER_KEYS.items():
+        if table.has(name) and mode not in modes:
+            table.raw(name)
             table.problem(name, f"not used by a {mode} listener")
-    extras = _mode_settings(table, mode, extras)
+    forward = _forward_settings(table) if mode == "forward" else None
+    rate_limit = RateLimitConfig()
+    if mode != "tcp" and table.has("rate_limit"):
+        rate_limit = _section(table, "rate_limit", RateLimitConfig.from_table) or rate_limit
+    cache = True
+    if mode != "tcp" and table.has("cache"):
+        cache = table.get("cache", _BOOL, True)
     listener = ListenerConfig(
         host=addr[0] if addr else "127.0.0.1",
         port=addr[1] if addr else 0,
@@ -526,7 +483,9 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         upgrade=_http_only(table, mode, "upgrade", _upgrade_protocols, ("websocket",)),
         request_buffering=_http_only(table, mode, "request_buffering", _request_buffering, None),
         compression=_reverse_only(table, mode, "compression", _BOOL, True),
-        extras=extras,
+        forward=forward,
+        rate_limit=rate_limit,
+        cache=cache,
     )
     table.finish()
     return listener if addr else None
@@ -610,9 +569,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     log_t.finish()
     compression = _compression(top)
     cluster_peers, cluster_self = read_cluster(top.table("cluster"))
-    extras = _extras(top, TOP_EXTRAS, "top")
-    cache_cfg = dict(extras).get("cache")
-    cache_size = getattr(cache_cfg, "size", 0)
+    cache = _section(top, "cache", CacheConfig.from_table) if top.has("cache") else None
     top.finish()
 
     # Cross references: every listener's and route's upstream must exist.
@@ -641,11 +598,11 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             lt.problem("routes", "routes apply to reverse listeners only")
     seen_addr: dict[tuple[str, int], int] = {}
     for i, (lt, listener) in enumerate(listeners):
-        key = (listener.host, listener.port)
-        if listener.port and key in seen_addr:
+        where = (listener.host, listener.port)
+        if listener.port and where in seen_addr:
             lt.problem("listen", f"{listener.address} is also used by "
-                                 f"listeners[{seen_addr[key]}]")
-        seen_addr[key] = i
+                                 f"listeners[{seen_addr[where]}]")
+        seen_addr[where] = i
 
     if problems:
         raise ConfigError(problems)
@@ -658,11 +615,10 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         limits=limits,
         headers=headers,
         access_log=access_log,
-        cache_size=cache_size,
+        cache=cache,
         compression=compression,
         cluster_peers=cluster_peers,
         cluster_self=cluster_self,
-        extras=extras,
         source=source,
     )
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import Any, Mapping, cast
 
 from fastproxy.forward.acl import HostPatterns
 from fastproxy.config.schema import dataclass_from_table
@@ -128,7 +128,7 @@ class HeaderRule:
             raise ValueError(f"hosts{exc}") from None
         for i, name in enumerate(self.remove):
             _field_name(name, f"remove[{i}]")
-        pairs = self.set
+        pairs: Any = self.set
         if isinstance(pairs, Mapping):
             pairs = tuple(pairs.items())
         elif not isinstance(pairs, (list, tuple)):
@@ -209,7 +209,7 @@ class Anonymizer:
         self._rules = tuple(
             (HostPatterns(r.hosts) if r.hosts else None,
              tuple(n.lower().encode() for n in r.remove),
-             tuple((n.lower().encode(), f"{n}: {v}\r\n".encode()) for n, v in r.set))
+             tuple((n.lower().encode(), f"{n}: {v}\r\n".encode()) for n, v in cast("tuple[tuple[str, str], ...]", r.set)))
             for r in config.rules)
         self._per_host: dict[str, tuple[tuple[bytes, ...], bytes, frozenset]] = {}
 

@@ -42,7 +42,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 from fastproxy.config.schema import dataclass_from_table
 
 __all__ = [
@@ -222,7 +222,7 @@ class AuthConfig:
     max_concurrent: int = 2
 
     def __post_init__(self) -> None:
-        users = self.users
+        users: Any = self.users
         if isinstance(users, Mapping):
             users = tuple(users.items())
         elif not isinstance(users, (list, tuple)):
@@ -268,7 +268,7 @@ class Authenticator:
         self.config = config
         self.challenge = challenge_header(config.realm)
         self._clock = clock
-        self._users = {_prep(name): (name, parse_hash(h)) for name, h in config.users}
+        self._users = {_prep(name): (name, parse_hash(h)) for name, h in cast("tuple[tuple[str, str], ...]", config.users)}
         # An unknown user still costs one scrypt (with the parameters real users have), so
         # timing does not reveal which names exist; its zero digest never matches.
         model = next(iter(self._users.values()))[1] if self._users else \
@@ -316,7 +316,7 @@ class Authenticator:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._verify_in_thread(key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         # shield: a client that disconnects must not cancel the check others wait for.
         return await asyncio.shield(task)
 
@@ -330,7 +330,9 @@ class Authenticator:
 
     def _compute(self, key: bytes) -> AuthResult:
         """Run scrypt for a well-formed Basic value (thread-safe: touches no cache)."""
-        user, password = parse_basic(key)
+        parsed = parse_basic(key)
+        assert isinstance(parsed, tuple)   # check_cached() answered malformed values
+        user, password = parsed
         entry = self._users.get(_prep(user))
         self.verifications += 1
         if entry is None:

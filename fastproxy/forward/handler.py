@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from fastproxy import _http
 from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool,
                               Holding)
-from fastproxy.forward.acl import Acl, AclConfig
-from fastproxy.forward.anonymity import Anonymizer, AnonymityConfig
-from fastproxy.forward.auth import Authenticator, AuthConfig
+from fastproxy.forward.acl import Acl
+from fastproxy.forward.anonymity import Anonymizer
+from fastproxy.forward.auth import Authenticator
 from fastproxy.upstream.settings import UpstreamGroupConfig
 from fastproxy.proxy.intermediary import max_forwards, max_forwards_plan, upgrade_plan
-from fastproxy.limits import RateLimitConfig, RateLimits
-from fastproxy.forward.resolver import HostError, ResolveError, Resolver, ResolverConfig, \
-    normalize_host
+from fastproxy.limits import RateLimits
+from fastproxy.forward.resolver import HostError, ResolveError, Resolver, normalize_host
 from fastproxy.upstream.group import Server
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
@@ -49,87 +47,31 @@ ROUTE_TTL = 5.0          # seconds an admission decision is reused for the same 
 ROUTE_CACHE_MAX = 4096
 
 
-@dataclass(frozen=True)
-class ForwardSettings:
-    """Everything a forward listener needs, validated at configuration time."""
-
-    acl: AclConfig
-    auth: AuthConfig
-    anonymity: AnonymityConfig
-    rate_limit: RateLimitConfig
-    resolver: ResolverConfig
-    deny_detail: bool = True     # name the rule in 403 bodies
-
-
-def build_settings(extras: dict) -> ForwardSettings:
-    """ForwardSettings from a forward listener's tables; ValueError names the key."""
-    def section(name, cls):
-        raw = extras.get(name, {})
-        try:
-            return cls.from_table(raw)
-        except ValueError as exc:
-            raise ValueError(f"{name}.{exc}") from None
-
-    acl_raw = dict(extras.get("acl", {})) if isinstance(extras.get("acl", {}), dict) else None
-    if acl_raw is None:
-        raise ValueError("acl: expected a table")
-    # Listener-level shorthands (also flags): allow_private, connect_ports.
-    for key in ("allow_private", "connect_ports"):
-        if key in extras:
-            if key in acl_raw:
-                raise ValueError(f"{key}: given twice (here and in acl.{key})")
-            acl_raw[key] = extras[key]
-    deny_detail = acl_raw.pop("deny_detail", True)
-    if not isinstance(deny_detail, bool):
-        raise ValueError(f"acl.deny_detail: expected true or false, got {deny_detail!r}")
-    try:
-        acl = AclConfig.from_table(acl_raw)
-    except ValueError as exc:
-        raise ValueError(f"acl.{exc}") from None
-    anon_raw = extras.get("anonymity", {})
-    if "header_rules" in extras:
-        if not isinstance(anon_raw, dict) or "rules" in anon_raw:
-            raise ValueError("header_rules: given twice (here and in anonymity.rules)")
-        anon_raw = dict(anon_raw, rules=extras["header_rules"])
-    try:
-        anonymity = AnonymityConfig.from_table(anon_raw)
-    except ValueError as exc:
-        raise ValueError(f"anonymity.{exc}") from None
-    return ForwardSettings(
-        acl=acl,
-        auth=section("auth", AuthConfig),
-        anonymity=anonymity,
-        rate_limit=section("rate_limit", RateLimitConfig),
-        resolver=section("resolver", ResolverConfig),
-        deny_detail=deny_detail,
-    )
-
-
 class ForwardHandler:
     """Dispatches requests of one forward listener."""
 
     def __init__(self, rt, lcfg) -> None:
         self.rt = rt
-        settings = lcfg.extra("forward")
+        settings = lcfg.forward
         if settings is None:
-            settings = build_settings(dict(lcfg.extras))
+            raise ValueError("a forward listener's configuration has no forward settings")
         self.settings = settings
         self.upgrade = frozenset(p.encode() for p in lcfg.upgrade)
         self.acl = Acl(settings.acl)
         self.auth = Authenticator(settings.auth) if settings.auth.enabled else None
         self.anonymizer = Anonymizer(settings.anonymity)
-        self.limits = RateLimits(settings.rate_limit)
-        self.limit_conns = settings.rate_limit.max_connections > 0
+        self.limits = RateLimits(lcfg.rate_limit)
+        self.limit_conns = lcfg.rate_limit.max_connections > 0
         self.connection_hooks = self.limit_conns  # the relay calls connection_made/lost
         self.fast = None                          # no compiled path in forward mode
-        self.limit_rate = settings.rate_limit.rate > 0
+        self.limit_rate = lcfg.rate_limit.rate > 0
         self.resolver = Resolver(settings.resolver)
         self.tls = lcfg.tls_cert is not None
         # Recent admissions: (client, scheme, host, port, method) -> (expires, host,
         # decision, allowed addresses, their set as bytes for the cache). Only when no rule
         # reads the URL (then the ACL's answer depends on nothing else), and never longer
         # than the DNS cache would keep the addresses.
-        self.routes = {} if not any(r.url for r in settings.acl.rules) else None
+        self.routes: dict | None = {} if not any(r.url for r in settings.acl.rules) else None
         self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
         # Phase two is a pure function of the phase-one decision and the addresses (both
         # shared objects while cached), so its answer is kept: (decision, addrs) ->
@@ -169,6 +111,7 @@ class ForwardHandler:
         self._admitted(conn, req)
 
     async def _verify_then(self, conn, req, value) -> None:
+        assert self.auth is not None   # only called when the listener authenticates
         result = await self.auth.verify_async(value)
         if conn.state == STATE_CLOSED or conn.req is not req:
             return
@@ -181,6 +124,7 @@ class ForwardHandler:
 
     def _challenge(self, conn, reason: str) -> None:
         # RFC 9110 11.7.1: 407 with Proxy-Authenticate. The body says why, not who exists.
+        assert self.auth is not None   # only called when the listener authenticates
         conn.respond_error(407, reason or "proxy authentication required",
                            self.auth.challenge)
 

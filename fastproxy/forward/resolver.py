@@ -26,7 +26,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 from fastproxy.config.schema import dataclass_from_table
 
 __all__ = [
@@ -262,7 +262,7 @@ class Resolver:
         result = entry[1]
         if isinstance(result, ResolveError):
             raise result
-        return result
+        return cast("tuple[str, ...]", result)
 
     async def resolve(self, host: str) -> tuple[str, ...]:
         """Addresses (canonical strings, in getaddrinfo's preference order) for a normalised host."""
@@ -273,7 +273,7 @@ class Resolver:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._lookup(host))
             self._inflight[host] = task
-            task.add_done_callback(lambda _t, h=host: self._inflight.pop(h, None))
+            task.add_done_callback(lambda _t: self._inflight.pop(host, None))
         # shield: one cancelled waiter must not cancel the lookup the others share.
         return await asyncio.shield(task)
 

@@ -98,11 +98,11 @@ class ReverseHandler:
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
         self.upgrade = frozenset(p.encode() for p in rt.listener.upgrade)
-        limits = rt.listener.extra("rate_limits")
-        self.limits = RateLimits(limits) if limits is not None else None
-        self.limit_conns = limits is not None and limits.max_connections > 0
+        limits = rt.listener.rate_limit
+        self.limit_conns = limits.max_connections > 0
         self.connection_hooks = self.limit_conns  # the relay calls connection_made/lost
-        self.limit_rate = limits is not None and limits.rate > 0
+        self.limit_rate = limits.rate > 0
+        self.limits = RateLimits(limits) if self.limit_conns or self.limit_rate else None
         if cache is None and not self.limit_rate:
             # Nothing to do before routing: dispatch is forward itself (no extra call).
             self.dispatch = self.forward

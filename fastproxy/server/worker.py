@@ -14,17 +14,17 @@ import asyncio
 import os
 import signal
 import ssl
-import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fastproxy.errorlog import log
 from fastproxy.server import h2
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
-from fastproxy.cache import CacheConfig
 from fastproxy.cache.layer import CacheLayer, WorkerCache
-from fastproxy.cache.peers import PEER_GROUP_EXTRAS, PeerRing
-from fastproxy.config.load import Config, ConfigError, format_address, show_size
+from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
+from fastproxy.config.load import Config, ConfigError, ListenerConfig, format_address, show_size
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
@@ -57,32 +57,31 @@ class Runtime:
         hp = config.headers
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
         self._tls: dict = {}        # group name -> its upstream TLS context (one per group)
-        self.groups = {
-            name: UpstreamGroup(gcfg, lambda group, server, gcfg=gcfg:
-                                self._pool(gcfg, server), loop)
-            for name, gcfg in config.upstreams.items()
-        }
+        self.groups = {name: UpstreamGroup(gcfg, self._pool_factory(gcfg), loop)
+                       for name, gcfg in config.upstreams.items()}
         # The other nodes of a caching fleet, as a group: pooled keep-alive connections
         # and outlier ejection (fastproxy.cache.peers).
-        self.peer_group = None
+        self.peer_group: UpstreamGroup | None = None
         me = config.cluster_self
         if config.cluster_peers and me is not None and cache is not None:
             others = tuple(p for p in config.cluster_peers if (p.host, p.port) != (me.host, me.port))
             pcfg = UpstreamGroupConfig(name="cluster", servers=others, balance="round_robin",
-                                       extras=PEER_GROUP_EXTRAS)
-            self.peer_group = UpstreamGroup(
-                pcfg, lambda group, server: ConnectionPool(self, pcfg, server), loop)
+                                       retry=PEER_RETRY, outlier=PEER_OUTLIER)
+            self.peer_group = UpstreamGroup(pcfg, self._pool_factory(pcfg), loop)
         for group in self.all_groups():
             group.start()  # active health checks
 
-    def _pool(self, gcfg, server) -> ConnectionPool:
-        """A server's connection pool; https:// ones get the group's TLS context."""
-        pool = ConnectionPool(self, gcfg, server)
-        if pool.ssl is not None and gcfg.tls is not None:
-            ctx = self._tls.get(gcfg.name)
-            if ctx is None:
-                ctx = self._tls[gcfg.name] = client_context(gcfg.tls)
-            pool.ssl = ctx
+    def _pool_factory(self, gcfg: UpstreamGroupConfig) -> Callable[[Any, Any], ConnectionPool]:
+        """The group's pool of one server: the relay's ConnectionPool with gcfg's settings;
+        https:// ones get the group's TLS context (one per group)."""
+        def pool(group: Any, server: Any) -> ConnectionPool:
+            p = ConnectionPool(self, gcfg, server)
+            if p.ssl is not None and gcfg.tls is not None:
+                ctx = self._tls.get(gcfg.name)
+                if ctx is None:
+                    ctx = self._tls[gcfg.name] = client_context(gcfg.tls)
+                p.ssl = ctx
+            return p
         return pool
 
     def all_groups(self) -> list:
@@ -106,24 +105,23 @@ class Runtime:
 
 
 class ListenerRuntime:
-    """What the connections of one listener share (flat attributes for the hot path)."""
+    """What the connections of one listener share: its handler, cache and relay settings.
 
-    def __init__(self, rt: Runtime, lcfg, connections: set, index: int = 0) -> None:
+    The generation's values (loop, limits, timeouts, deadlines, Via) are read through
+    from `rt`, not copied; what the relay copies at accept is built by relay_settings.
+    """
+
+    def __init__(self, rt: Runtime, lcfg: ListenerConfig, connections: set,
+                 index: int = 0) -> None:
         self.rt = rt
-        self.config = rt.config
         self.listener = lcfg
-        self.loop = rt.loop
-        self.timeouts = rt.timeouts
-        self.limits = rt.limits
-        self.deadlines = rt.deadlines
-        self.access_log = rt.access_log
-        self.response_via = rt.response_via
-        self.counters = rt.counters
         self.connections = connections
         self.draining = False
         self.fast_hits = None
+        self.holder: _Holder | None = None
+        self.handler: Any = None    # ReverseHandler or ForwardHandler
         # A listener uses the worker's cache unless its `cache = false`.
-        self.cache = rt.cache if lcfg.extra("cache", True) is not False else None
+        self.cache = rt.cache if lcfg.cache else None
         if lcfg.mode == "reverse":
             tls = lcfg.tls_cert is not None
             layer = None
@@ -133,8 +131,8 @@ class ListenerRuntime:
             self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
             if layer is not None:
                 layer.handler = self.handler
-                if rt.peer_group is not None:
-                    me = rt.config.cluster_self
+                me = rt.config.cluster_self
+                if rt.peer_group is not None and me is not None:
                     layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
                 if not self.handler.limit_rate:
                     # Fresh hits answered by the relay itself (hitpath.pyx); with rate
@@ -148,8 +146,6 @@ class ListenerRuntime:
                 self.handler.cache = CacheLayer(self.cache, self.handler, b"http",
                                                 rt.response_via, rt.loop, rt.timeouts,
                                                 rt.limits, index)
-        else:
-            self.handler = None
         # The response-body filter factory (compression), None when off; the relay's
         # ListenerSettings takes it (docs: the filter contract).
         router = getattr(self.handler, "router", None)
@@ -158,44 +154,82 @@ class ListenerRuntime:
         # HTTP/2 with prior knowledge: the relay hands a connection that starts with the
         # preface to fastproxy.server.h2.
         self.h2_switch = h2.switch if self.handler is not None else None
-        # What each accepted connection copies, gathered once (relay.ListenerSettings).
-        self.relay = ListenerSettings(self) if self.handler is not None else None
-        if self.relay is not None and hasattr(self.relay, "filter_factory"):
+        self.relay = relay_settings(self)
+        if hasattr(self.relay, "filter_factory"):
             self.relay.filter_factory = self.filter_factory
-        if self.cache is not None and self.relay is not None:
+        if self.cache is not None:
             self.cache.use(self.relay)
+
+    # The generation's values, for the handlers and the relay (ConnectionPool reads them).
+    @property
+    def config(self) -> Config:
+        """The configuration of this generation."""
+        return self.rt.config
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop."""
+        return self.rt.loop
+
+    @property
+    def limits(self) -> Any:
+        """[limits] of this generation."""
+        return self.rt.limits
+
+    @property
+    def timeouts(self) -> Any:
+        """[timeouts] of this generation."""
+        return self.rt.timeouts
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The generation's timer wheel."""
+        return self.rt.deadlines
+
+    @property
+    def response_via(self) -> bytes:
+        """The Via line added to responses (empty when off)."""
+        return self.rt.response_via
+
+
+def relay_settings(lrt: ListenerRuntime) -> ListenerSettings:
+    """The relay's per-listener settings (relay.ListenerSettings), derived from the
+    listener's configuration here and nowhere else."""
+    own = lrt.listener.request_buffering
+    buffer_limit = lrt.rt.limits.request_buffering if own is None else own
+    return ListenerSettings(lrt, lrt.rt, buffer_limit)
 
 
 
 class Worker:
     """Runs the listeners of one configuration in the current process."""
 
-    def __init__(self, config: Config, reload_fn=None) -> None:
+    # Set by prepare(), in the running loop; nothing reads them before.
+    loop: asyncio.AbstractEventLoop
+    stopping: asyncio.Event
+    gate: listening.AcceptGate
+    runtime: Runtime
+
+    def __init__(self, config: Config, reload_fn: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.reload_fn = reload_fn
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.listener_rts: list[ListenerRuntime] = []
+        self.listener_rts: list[Any] = []   # ListenerRuntime or tcp.TcpRuntime, per listener
         self.tls: dict = {}     # listener holder -> its CertSelector (TLS listeners)
         self.connections: set = set()
-        self.runtime: Runtime | None = None
         self.old_runtimes: list[Runtime] = []
-        self.stopping: asyncio.Event | None = None
         self.bound: list = []   # (listener config, port actually bound)
         self.started = time.time()
         self.counters = Counters()
         self.cache: WorkerCache | None = None
-        self.admin = None
+        self.admin: Any = None   # the admin.server.AdminServer when [admin] is set
         self.index = 0          # worker number (0 .. workers-1)
         self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
-        self.gate: listening.AcceptGate | None = None
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
-        cc = config.extra("cache")
-        if cc is None and config.cache_size:
-            cc = CacheConfig(size=config.cache_size)
+        cc = config.cache
         if cc is None:
             return None
         if self.cache is not None and self.cache.config == cc:
@@ -213,7 +247,7 @@ class Worker:
         try:
             self.cache = self._cache_for(self.config)
         except MemoryError:
-            size = self.config.extra("cache").size
+            size = self.config.cache.size if self.config.cache is not None else 0
             raise StartError(f"cannot allocate the cache ({show_size(size)} per worker): "
                              "out of memory") from None
         self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
@@ -236,15 +270,16 @@ class Worker:
             await self.admin.start(*self.config.admin,
                                    socks=self.sockets["admin"] if self.sockets else None)
 
-    def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
+    def _listener_runtime(self, lcfg: ListenerConfig, index: int) -> Any:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpRuntime
             return TcpRuntime(self.runtime, lcfg, self.connections)
         return ListenerRuntime(self.runtime, lcfg, self.connections, index)
 
-    async def _bind(self, lcfg, lrt, socks) -> None:
+    async def _bind(self, lcfg: ListenerConfig, lrt: Any, socks: list) -> None:
         holder = _Holder(lrt)
         lrt.holder = holder
+        factory: Callable[[], Any]
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpClient
             factory = lambda: TcpClient(holder.current)  # noqa: E731
@@ -277,6 +312,7 @@ class Worker:
             return
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
+            new: Any
             if lcfg.mode == "tcp":
                 from fastproxy.tcp import TcpRuntime
                 new = TcpRuntime(new_rt, lcfg, self.connections)
@@ -342,8 +378,7 @@ class Worker:
                 conn.transport.abort()
         old, self.old_runtimes = self.old_runtimes, []
         for rt in [self.runtime, *old]:
-            if rt is not None:
-                await rt.aclose()
+            await rt.aclose()
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
@@ -367,6 +402,8 @@ class Worker:
         return 0
 
     def _on_hup(self) -> None:
+        if self.reload_fn is None:
+            return
         try:
             config = self.reload_fn()
         except ConfigError as exc:

@@ -11,9 +11,10 @@ the request path:
   returns as soon as a probe passes: a restarted server is back in well under a second
   instead of after the whole ejection. The probe interval doubles with k as the ejection
   does, so a server that keeps failing after each return is tried less and less often.
-- `CircuitBreaker` (limits): caps on connections, pending requests and requests in flight,
-  per pool and per server; a full limit is named so the proxy can answer 503 saying which.
-- `RetryPolicy` / `RetryBudget`: which failed attempts may be retried (idempotent methods
+- `limit_reached` (the circuit breaker): caps on connections, pending requests and requests
+  in flight, per pool and per server, checked over the counters the relay and balancer keep;
+  a full limit is named so the proxy can answer 503 saying which.
+- `retry_methods` / `RetryBudget`: which failed attempts may be retried (idempotent methods
   per RFC 9110 section 9.2.2, others only if configured; never after response bytes) and a
   budget that keeps retries below a share of recent requests, so retries cannot amplify an
   outage (Finagle's and Linkerd's retry budgets).
@@ -266,9 +267,6 @@ class OutlierDetector:
 
 # --- circuit breaker limits -------------------------------------------------------------
 
-KINDS = ("requests", "pending", "connections")
-
-
 @dataclass(frozen=True)
 class BreakerConfig:
     """Limits per pool and per server (defaults as Envoy's cluster circuit breakers).
@@ -291,70 +289,41 @@ class BreakerConfig:
             _int_option(name, getattr(self, name), 0)
 
 
-class CircuitBreaker:
-    """Counts connections, pending and in-flight requests of a pool against its limits.
+def limit_reached(limits: BreakerConfig, group: Any, server: Any) -> str | None:
+    """The name of the limit a new request to `server` would exceed, else None.
 
-    `try_acquire(server, kind)` admits one unit or names the full limit; `release(server,
-    kind)` gives it back. Kinds:
-
-    - "requests": a request sent upstream. The pool count is kept here; the per-server
-      count is `server.active`, which the balancer's acquire/release keep (call
-      `try_acquire` before `balancer.acquire`).
-    - "pending": a request waiting for a connection; counted here and in `server.pending`.
-    - "connections": an open upstream connection; counted here and in `server.conns`.
+    Stateless: it reads the counters the relay and the balancer keep anyway, so there is
+    no second count to drift: `group.balancer.total_active` and `server.active` (requests
+    in flight, kept by the balancer's acquire/release), `server.conns` (open connections,
+    the server's pool), `group.pending` and `server.pending` (requests waiting for a new
+    connection, the pools). A request that finds an idle kept-alive connection needs no
+    new one, so the connection and pending limits do not apply to it.
     """
-
-    def __init__(self, config: BreakerConfig | None = None) -> None:
-        self.config = config or BreakerConfig()
-        self.requests = 0
-        self.pending = 0
-        self.connections = 0
-
-    def try_acquire(self, server: Any, kind: str = "requests") -> str | None:
-        """Admit one unit of `kind` for `server`; None, or the config name of the full limit."""
-        cfg = self.config
-        if kind == "requests":
-            if cfg.max_requests and self.requests >= cfg.max_requests:
-                return "max_requests"
-            if cfg.per_server_max_requests and server.active >= cfg.per_server_max_requests:
-                return "per_server_max_requests"
-            self.requests += 1
-        elif kind == "pending":
-            if cfg.max_pending and self.pending >= cfg.max_pending:
-                return "max_pending"
-            if cfg.per_server_max_pending and server.pending >= cfg.per_server_max_pending:
-                return "per_server_max_pending"
-            self.pending += 1
-            server.pending += 1
-        elif kind == "connections":
-            if cfg.max_connections and self.connections >= cfg.max_connections:
-                return "max_connections"
-            if cfg.per_server_max_connections and server.conns >= cfg.per_server_max_connections:
-                return "per_server_max_connections"
-            self.connections += 1
-            server.conns += 1
-        else:
-            raise ValueError(f"breaker kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if limits.max_requests and group.balancer.total_active >= limits.max_requests:
+        return "max_requests"
+    if limits.per_server_max_requests and server.active >= limits.per_server_max_requests:
+        return "per_server_max_requests"
+    if group.pools[server].idle:
         return None
+    if limits.max_connections and \
+            sum(s.conns for s in group.servers) >= limits.max_connections:
+        return "max_connections"
+    if limits.per_server_max_connections and \
+            server.conns >= limits.per_server_max_connections:
+        return "per_server_max_connections"
+    if limits.max_pending and group.pending >= limits.max_pending:
+        return "max_pending"
+    if limits.per_server_max_pending and server.pending >= limits.per_server_max_pending:
+        return "per_server_max_pending"
+    return None
 
-    def release(self, server: Any, kind: str = "requests") -> None:
-        """Give back one unit of `kind` admitted by try_acquire."""
-        if kind == "requests":
-            self.requests = max(0, self.requests - 1)
-        elif kind == "pending":
-            self.pending = max(0, self.pending - 1)
-            server.pending = max(0, server.pending - 1)
-        elif kind == "connections":
-            self.connections = max(0, self.connections - 1)
-            server.conns = max(0, server.conns - 1)
-        else:
-            raise ValueError(f"breaker kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
-    def describe(self, limit: str, server: Any = None) -> str:
-        """Return the one-line 503 body text for a full `limit` (as try_acquire named it)."""
-        value = getattr(self.config, limit)
-        where = f"server {server.name}" if limit.startswith("per_server_") and server else "pool"
-        return f"upstream circuit breaker open: {limit} ({value}) reached for {where}\n"
+def describe_limit(limits: BreakerConfig, limit: str, group_name: str, server: Any) -> str:
+    """The 503 body line for a full `limit` (as limit_reached named it)."""
+    value = getattr(limits, limit)
+    where = f"server {server.name}" if limit.startswith("per_server_") else \
+        f"upstream {group_name!r}"
+    return f"circuit breaker open: {limit} ({value}) reached for {where}"
 
 
 # --- retries ----------------------------------------------------------------------------
@@ -464,34 +433,7 @@ class RetryBudget:
         return True
 
 
-class RetryPolicy:
-    """Decides, for a failed attempt, whether the proxy tries another server."""
-
-    def __init__(self, config: RetryConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config or RetryConfig()
-        self.methods = IDEMPOTENT_METHODS | {m.encode("ascii") for m in self.config.extra_methods}
-        self.budget = RetryBudget(self.config.budget_ratio, self.config.min_retries_per_second,
-                                  self.config.budget_window, clock)
-
-    def retryable(self, method: bytes) -> bool:
-        """Return True when requests with this method may be retried at all."""
-        return self.config.retries > 0 and method in self.methods
-
-    def record_request(self, now: float | None = None) -> None:
-        """Count a request's first attempt (feeds the budget)."""
-        self.budget.record_request(now)
-
-    def may_retry(self, method: bytes, attempts: int, response_started: bool = False,
-                  body_replayable: bool = True, now: float | None = None) -> bool:
-        """After `attempts` failed tries, True if one more is allowed (and counts it).
-
-        Retry only failures before any response byte reached the client (connect failure,
-        reset before the response), only when the request body can be sent again, only for
-        retryable methods, at most `retries` times, and within the budget.
-        """
-        if response_started or not body_replayable or attempts > self.config.retries:
-            return False
-        if method not in self.methods or self.config.retries == 0:
-            return False
-        return self.budget.try_retry(now)
+def retry_methods(config: RetryConfig) -> frozenset[bytes]:
+    """The methods whose failed attempts may go to another server (RFC 9110 9.2.2 plus
+    the configured extra_methods)."""
+    return IDEMPOTENT_METHODS | {m.encode("ascii") for m in config.extra_methods}

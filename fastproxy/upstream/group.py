@@ -6,14 +6,16 @@ named set of servers with one balancing policy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
-from fastproxy.upstream.breaker import (BreakerConfig, OutlierConfig, OutlierDetector, RetryConfig,
-                               RetryPolicy)
-from fastproxy.config.schema import dataclass_from_table
+from fastproxy.upstream.breaker import (OutlierDetector, RetryBudget, describe_limit,
+                                        limit_reached, retry_methods)
 from fastproxy.upstream.h2 import H2Upstream
 from fastproxy.upstream.health import HealthCheckConfig, HealthChecker
+from fastproxy.upstream.settings import UpstreamGroupConfig
 from fastproxy.upstream.tls import client_context
 
 # Seconds a connect probe of an ejected server may take (a live server answers in well
@@ -53,47 +55,6 @@ class Server:
         return f"Server({self.name}, weight={self.weight})"
 
 
-def group_settings(raw_extras: dict, tcp: bool, problems: list | None = None) -> "GroupSettings":
-    """Validated health/outlier/breaker/retry settings of one group.
-
-    Each problem is "section.key: text"; they are appended to `problems` when given (so
-    every section is checked), else the first one is raised as ValueError.
-    """
-    def section(name, cls, durations=()):
-        if name not in raw_extras:
-            return None
-        try:
-            return dataclass_from_table(cls, raw_extras[name], durations)
-        except ValueError as exc:
-            if problems is None:
-                raise ValueError(f"{name}.{exc}") from None
-            problems.append(f"{name}.{exc}")
-            return None
-
-    health = section("health", HealthCheckConfig, ("interval", "timeout"))
-    if health is not None and tcp and health.mode == "http" and \
-            "mode" not in raw_extras.get("health", {}):
-        health = replace(health, mode="tcp")  # a TCP pool is checked by connecting
-    return GroupSettings(
-        health=health,
-        outlier=section("outlier", OutlierConfig,
-                        ("base_ejection", "max_ejection", "probe_interval"))
-        or OutlierConfig(),
-        breaker=section("breaker", BreakerConfig) or BreakerConfig(),
-        retry=section("retry", RetryConfig, ("budget_window",)) or RetryConfig(),
-    )
-
-
-@dataclass(frozen=True)
-class GroupSettings:
-    """The failure-handling knobs of a group (each section's defaults as documented)."""
-
-    health: HealthCheckConfig | None
-    outlier: OutlierConfig
-    breaker: BreakerConfig
-    retry: RetryConfig
-
-
 class UpstreamGroup:
     """A named pool of servers: its balancer, connection pools, health and failure handling.
 
@@ -102,36 +63,38 @@ class UpstreamGroup:
     table and gets exactly its own keys back when it returns.
     """
 
-    def __init__(self, config, pool_factory, loop) -> None:
+    def __init__(self, config: UpstreamGroupConfig,
+                 pool_factory: Callable[[UpstreamGroup, Server], Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.name = config.name
         self.loop = loop
         self.servers = [Server(s.host, s.port, s.weight, s.scheme) for s in config.servers]
-        tcp = all(s.scheme == "tcp" for s in self.servers)
-        settings = config.extra("settings") or group_settings(dict(config.extras), tcp)
-        self.settings = settings
         opts = {"balance_factor": config.hash_balance_factor} \
             if config.balance == "maglev" else {}
         self.balancer = make_balancer(config.balance, self.servers, **opts)
         # The key is computed per request only for policies that read it.
         self.key_fn = make_key_fn(config.hash_key) if self.balancer.uses_key else None
-        self.limits = settings.breaker
-        self.retry = RetryPolicy(settings.retry)
-        self.max_retries = settings.retry.retries
+        self.limits = config.breaker   # the relay reads the request limits from here
+        self.retry_methods = retry_methods(config.retry)
+        self.retry_budget = RetryBudget(config.retry.budget_ratio,
+                                        config.retry.min_retries_per_second,
+                                        config.retry.budget_window)
+        self.max_retries = config.retry.retries
         # Checks of https:// servers trust what the group's requests trust (its `ca`,
         # `sni`, client certificate), unless the check says tls_verify = false.
-        tls = client_context(config.tls) if getattr(config, "tls", None) is not None and (
-            settings.health is None or settings.health.tls_verify) else None
-        self.health = HealthChecker(self.servers, settings.health, self._changed,
-                                    ssl_context=tls) if settings.health is not None else None
+        tls = client_context(config.tls) if config.tls is not None and (
+            config.health is None or config.health.tls_verify) else None
+        self.health = HealthChecker(self.servers, config.health, self._changed,
+                                    ssl_context=tls) if config.health is not None else None
         # Ejected servers are probed with the health check's own request when there is
         # one, else with a connect (a checker that is never started, used for its probe).
         prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
             mode="tcp", timeout=PROBE_TIMEOUT), ssl_context=tls)
         self.outliers = OutlierDetector(
-            self.servers, settings.outlier, self._changed, loop, prober.probe,
+            self.servers, config.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")
-        self.pools = {}
+        self.pools: dict[Server, Any] = {}
         self.h2: dict = {}     # server -> H2Upstream, for h2c:// servers
         for server in self.servers:
             pool = pool_factory(self, server)
@@ -147,39 +110,21 @@ class UpstreamGroup:
         self.pending = 0  # requests of this group waiting for a new connection
         # First attempts since the last tick, folded into the retry budget once a tick.
         self.requests_seen = 0
-        self._tick = None
+        self._tick: asyncio.TimerHandle | None = None
 
     # -- picking ----------------------------------------------------------------
 
-    def pick(self, key: int = 0, exclude=()) -> Server | None:
+    def pick(self, key: int = 0, exclude: Iterable[Server] = ()) -> Server | None:
         """The server for the next request, or None when no server is eligible."""
         return self.balancer.pick(key, exclude)
 
     def admit(self, server: Server) -> str | None:
         """The circuit-breaker limit a new request to server would exceed, else None."""
-        b = self.limits
-        if b.max_requests and self.balancer.total_active >= b.max_requests:
-            return "max_requests"
-        if b.per_server_max_requests and server.active >= b.per_server_max_requests:
-            return "per_server_max_requests"
-        if self.pools[server].idle:
-            return None  # a kept-alive connection is waiting: no new connection needed
-        if b.max_connections and sum(s.conns for s in self.servers) >= b.max_connections:
-            return "max_connections"
-        if b.per_server_max_connections and server.conns >= b.per_server_max_connections:
-            return "per_server_max_connections"
-        if b.max_pending and self.pending >= b.max_pending:
-            return "max_pending"
-        if b.per_server_max_pending and server.pending >= b.per_server_max_pending:
-            return "per_server_max_pending"
-        return None
+        return limit_reached(self.limits, self, server)
 
     def describe_limit(self, limit: str, server: Server) -> str:
         """The 503 body line for a full limit."""
-        value = getattr(self.limits, limit)
-        where = f"server {server.name}" if limit.startswith("per_server_") else \
-            f"upstream {self.name!r}"
-        return f"circuit breaker open: {limit} ({value}) reached for {where}"
+        return describe_limit(self.limits, limit, self.name, server)
 
     # -- failure handling ---------------------------------------------------------
 
@@ -197,19 +142,19 @@ class UpstreamGroup:
         if attempts > self.max_retries or self.max_retries == 0:
             return False
         self._fold()
-        if not any_method and method not in self.retry.methods:
+        if not any_method and method not in self.retry_methods:
             return False
-        return self.retry.budget.try_retry()
+        return self.retry_budget.try_retry()
 
     def _fold(self) -> None:
         n = self.requests_seen
         if n:
             self.requests_seen = 0
-            self.retry.budget.record_requests(n)
+            self.retry_budget.record_requests(n)
 
     def _on_tick(self) -> None:
         self._fold()
-        self._tick = self.loop.call_later(self.retry.budget.width, self._on_tick)
+        self._tick = self.loop.call_later(self.retry_budget.width, self._on_tick)
 
     def _on_response(self, server: Server, status: int) -> None:
         """A complete response: 5xx counts against the server, anything else clears it."""
@@ -227,7 +172,7 @@ class UpstreamGroup:
         if self.health is not None:
             self.health.start()
         if self._tick is None:
-            self._tick = self.loop.call_later(self.retry.budget.width, self._on_tick)
+            self._tick = self.loop.call_later(self.retry_budget.width, self._on_tick)
 
     async def stop_checks(self) -> None:
         """Stop health checks and ejection timers (idempotent)."""

@@ -165,7 +165,7 @@ class HealthChecker:
         task = asyncio.current_task()
         while self._tasks.get(server) is task:
             ok, error = await self.probe(server)
-            if task.cancelling():
+            if task is not None and task.cancelling():
                 # A cancel that landed in the middle of a probe came out as a probe error
                 # (a racing timeout or a transport error): honour it, or stop() never ends.
                 raise asyncio.CancelledError

@@ -1,10 +1,19 @@
-"""What the configuration says about an upstream group (built by config.load, read by group)."""
+"""What the configuration says about an upstream group (built by config.load, read by group).
+
+The failure-handling sections of a group (`health`, `outlier`, `breaker`, `retry`) are
+validated here, once, at load time; `UpstreamGroupConfig` carries the built dataclasses.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastproxy.config.schema import ServerSpec
+from fastproxy.config.schema import ServerSpec, dataclass_from_table
+from fastproxy.upstream.breaker import BreakerConfig, OutlierConfig, RetryConfig
+from fastproxy.upstream.health import HealthCheckConfig
+
+# The group tables read by read_sections, in the order they are checked.
+SECTIONS = ("health", "outlier", "breaker", "retry")
 
 
 @dataclass(frozen=True)
@@ -22,15 +31,16 @@ class UpstreamGroupConfig:
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
     resolve: str = "start"           # start: every host must resolve at load | runtime
-    tls: "UpstreamTLS | None" = None  # None: verify against the system CAs, default SNI
-    extras: tuple[tuple[str, Any], ...] = ()  # sections owned by later modules (health, ...)
+    tls: UpstreamTLS | None = None   # None: verify against the system CAs, default SNI
+    health: HealthCheckConfig | None = None   # None: no active health checks
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
-    def extra(self, key: str, default: Any = None) -> Any:
-        """A section that a feature module parses itself (e.g. 'health')."""
-        for k, v in self.extras:
-            if k == key:
-                return v
-        return default
+    @property
+    def tcp(self) -> bool:
+        """A pool of tcp:// servers (a TCP listener's)."""
+        return bool(self.servers) and all(s.scheme == "tcp" for s in self.servers)
 
 
 @dataclass(frozen=True)
@@ -42,3 +52,34 @@ class UpstreamTLS:
     sni: str | None = None           # the name sent (and verified) instead of the server's host
     cert: str | None = None          # client certificate for mutual TLS (with key)
     key: str | None = None
+
+
+def read_sections(raw: dict[str, Any], tcp: bool, problems: list[str]) -> dict[str, Any]:
+    """The health/outlier/breaker/retry dataclasses of one group from their raw tables.
+
+    Returns the keyword arguments for UpstreamGroupConfig (absent sections keep their
+    defaults); each problem is appended as "section.key: text".
+    """
+    def section(name: str, cls: type, durations: tuple[str, ...] = ()) -> Any:
+        try:
+            return dataclass_from_table(cls, raw[name], durations)
+        except ValueError as exc:
+            problems.append(f"{name}.{exc}")
+            return None
+
+    out: dict[str, Any] = {}
+    if "health" in raw:
+        health = section("health", HealthCheckConfig, ("interval", "timeout"))
+        if health is not None and tcp and health.mode == "http" and \
+                "mode" not in raw["health"]:
+            health = replace(health, mode="tcp")  # a TCP pool is checked by connecting
+        out["health"] = health
+    for name, cls, durations in (
+            ("outlier", OutlierConfig, ("base_ejection", "max_ejection", "probe_interval")),
+            ("breaker", BreakerConfig, ()),
+            ("retry", RetryConfig, ("budget_window",))):
+        if name in raw:
+            value = section(name, cls, durations)
+            if value is not None:
+                out[name] = value
+    return out

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from fastproxy._hashing import Core as Balancer
 
-from .keys import DEFAULT_FALLBACK, DEFAULT_KEY, KeyFn, make_key_fn, parse_key_spec
+from .keys import make_key_fn, parse_key_spec
 from .least_conn import LeastConnBalancer, LeastConnConfig
 from .maglev import MaglevBalancer, MaglevConfig
 from .random2 import Random2Balancer, Random2Config
 from .round_robin import RoundRobinBalancer, RoundRobinConfig
 
 __all__ = [
-    "Balancer", "BalanceConfig", "POLICIES", "DEFAULT_POLICY", "make_balancer", "make_key_fn",
+    "Balancer", "POLICIES", "DEFAULT_POLICY", "make_balancer", "make_key_fn",
     "parse_key_spec", "eligible_servers", "MaglevBalancer", "RoundRobinBalancer",
     "LeastConnBalancer", "Random2Balancer",
 ]
@@ -64,33 +63,3 @@ def make_balancer(policy: str, servers: Sequence = (), **opts) -> Balancer:
 def eligible_servers(servers: Iterable, now: float) -> list:
     """Return the servers that may take traffic: healthy and not ejected at loop time `now`."""
     return [s for s in servers if s.healthy and s.ejected_until <= now]
-
-
-@dataclass(frozen=True)
-class BalanceConfig:
-    """How one pool balances: policy, hash key and the maglev knobs."""
-
-    policy: str = DEFAULT_POLICY
-    hash_key: str = DEFAULT_KEY
-    hash_key_fallback: str = DEFAULT_FALLBACK
-    balance_factor: float = 1.25
-    table_size: int = 0
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"balance: unknown policy {self.policy!r}, expected one of {', '.join(POLICIES)}"
-            )
-        make_key_fn(self.hash_key, self.hash_key_fallback)  # validates both specs
-        MaglevConfig(self.table_size, self.balance_factor)
-
-    def make_balancer(self, servers: Sequence = ()) -> Balancer:
-        """Return a balancer for this configuration."""
-        if self.policy == "maglev":
-            return make_balancer("maglev", servers, table_size=self.table_size,
-                                 balance_factor=self.balance_factor)
-        return make_balancer(self.policy, servers)
-
-    def make_key_fn(self) -> KeyFn:
-        """Return the key function for this configuration."""
-        return make_key_fn(self.hash_key, self.hash_key_fallback)
