@@ -16,6 +16,45 @@ the kernel's. Decisions stay in Python: the listener's handler (`reverse.py`,
     ConnectionPool       idle keep-alive connections to one server (LIFO).
     splice()             turn two transports into a byte tunnel (Upgrade, CONNECT, TCP).
 
+Layout: one extension module built from files split by role, `include`d here:
+
+    relay_errors.pxi     the answers the proxy writes itself (error_response, 100 Continue)
+    relay_client.pxi     ListenerSettings, ClientConnection (HTTP/1.1 side of the exchange)
+    relay_upstream.pxi   UpstreamConnection, ConnectionPool
+    relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
+    relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding
+
+Why includes and not one module per role: the upstream side calls the client side's cdef
+methods and C fields on every read (sent, observer, twrite, the sink below), and the
+fast path reaches into both; across modules each of those becomes a vtable call through
+an imported type plus a .pxd that must mirror every field. One module keeps them direct
+C calls, so the split costs nothing at run time (the bench is the check).
+
+The exchange (what a client-side connection offers the handlers and the upstream side;
+ClientConnection implements it for HTTP/1.1, an HTTP/2 stream implements the same):
+
+    request head    `req`: the parser's Request (method, target(), version, get(),
+                    headers(), host, body framing), no dict per request
+    body source     the connection streams request body bytes to `upstream` as they
+                    arrive (`send_upstream`, `held`/`deferred` for buffering); reading
+                    pauses and resumes per cause (`pause_reading(why)`/`resume_reading`)
+    response sink   `send_head(head)`, `send_body(data)`, `send_flush()`, `send_end()`
+                    (cdef, C calls); backpressure: the client transport's
+                    pause_writing/resume_writing pause and resume the upstream read.
+                    `respond()`, `respond_error()`, `abort()` finish an exchange the
+                    handler answers itself; `exchange_done(keep)` ends one.
+    body filter     `ListenerSettings.filter_factory` (None: no filter, no cost); per
+                    response head the sink asks it for a filter (notes/filter-contract.md:
+                    start/feed/flush/finish); when one accepts, the relay unframes the
+                    origin body, feeds it, frames the output itself (chunked to 1.1,
+                    close-delimited to 1.0; HEAD and bodiless responses are never
+                    offered), calls flush() after each upstream read that did not end the
+                    body, and cuts the connection if the filter raises.
+
+The compiled fast paths are specialisations of this: FastForward is the handler step for
+the common reverse request, the hit path (fastproxy._hitpath) answers fresh cache hits
+before the handler; both keep their differential tests against the Python handler.
+
 Framing between the sides (RFC 9112 section 6):
 
     upstream framing     HTTP/1.1 client            HTTP/1.0 client

@@ -1,7 +1,7 @@
 """The relay (compiled from ext/relay.pyx): connections, keep-alive pools, tunnels.
 
 The request path's per-byte and per-request state machine; the listener handlers
-(fastproxy.reverse, fastproxy.forward) make the decisions and call into it.
+(fastproxy.proxy.reverse, fastproxy.forward.handler) make the decisions and call into it.
 """
 from typing import Any, Callable
 
@@ -13,6 +13,31 @@ STATE_TUNNEL: int
 STATE_CLOSED: int
 PAUSE_CONNECTING: int
 PAUSE_HANDLER: int
+REASONS: dict[int, str]
+CONTINUE_100: bytes
+
+def error_response(status: int, detail: str, close: bool = ..., extra: bytes = ...,
+                   head_only: bool = ...) -> bytes:
+    """A complete HTTP/1.1 error response with a one-line text/plain body naming the reason."""
+
+class ListenerSettings:
+    """What every connection of one listener copies at accept, gathered once."""
+
+    rt: Any
+    loop: Any
+    handler: Any
+    counters: Counters
+    fast_hits: Any
+    fast: FastForward | None
+    access_log: Any
+    connections: Any
+    deadlines: Any
+    hooks: bool
+    open: int
+    on_idle: Callable[[], None] | None
+    # Response-body filter factory (notes/filter-contract.md): None = bodies pass untouched.
+    filter_factory: Callable[[bytes, list[tuple[bytes, bytes]], int], Any] | None
+    def __init__(self, rt: Any) -> None: ...
 
 class ClientConnection:
     """One client socket (an asyncio protocol): requests in, responses out, in order."""
@@ -28,6 +53,7 @@ class ClientConnection:
     body_done: bool
     observer: Any
     log_extra: dict | None
+    body_filter: Any  # the current response's body filter, or None
     def __init__(self, rt: Any) -> None: ...
     def reject(self, status: int, detail: str, extra: bytes = ...) -> None:
         """Answer with an error the proxy generates itself, then close."""
