@@ -170,9 +170,19 @@ cdef class ClientConnection:
     # -- the response sink (the exchange, see ext/relay.pyx) ----------------------
 
     cdef int send_head(self, bytes head) except -1:
-        """The response head, already framed for this client."""
-        self.resp_started = True
+        """The response head (with any body bytes that follow it), serialised for this client."""
         self.twrite(head)
+        return 0
+
+    cdef int send_data(self, data) except -1:
+        """Body bytes already in this client's framing (the HTTP/1.1 pass-through
+        specialisation: Content-Length copy, validated chunked copy, 1xx heads)."""
+        self.twrite(data)
+        return 0
+
+    cdef int send_datav(self, parts) except -1:
+        """send_data for several pieces in one transport call."""
+        self.transport.writelines(parts)
         return 0
 
     cdef int send_body(self, data) except -1:

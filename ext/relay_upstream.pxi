@@ -191,25 +191,24 @@ cdef class UpstreamConnection:
                 client = self.client
                 n = len(data)
                 left = self.left
-                client_t = client.twrite
                 if n < left:
                     self.left = left - n
                     client.sent += n
-                    client_t(data)
+                    client.send_data(data)
                     if client.observer is not None:
                         client.observer.response_body(data)
                     self.deadline = _now() + self.upstream_idle
                     return
                 client.sent += left
                 if n == left:
-                    client_t(data)
+                    client.send_data(data)
                     if client.observer is not None:
                         client.observer.response_body(data)
                 else:
                     # Bytes after the end of a Content-Length body: the upstream is
                     # confused about framing, so never reuse this connection.
                     piece = data[:left]
-                    client_t(piece)
+                    client.send_data(piece)
                     if client.observer is not None:
                         client.observer.response_body(piece)
                     self.reusable = False
@@ -257,7 +256,7 @@ cdef class UpstreamConnection:
             # RFC 9110 15.2: forward interim responses to HTTP/1.1 clients; the 100
             # we already sent ourselves for Expect is not repeated.
             if client.req.version >= 11 and not (status == 100 and self.sent_continue):
-                client.twrite(resp.forward_c(None, self.via, (), False))
+                client.send_data(resp.forward_c(None, self.via, (), False))
             if pos >= len(data):
                 return
         if status == 101:
@@ -333,7 +332,6 @@ cdef class UpstreamConnection:
                 if pos < len(data) or (self.mode == M_LENGTH and self.left == 0):
                     self._filtered(data, pos)
                 return
-        client_t = client.twrite
         rest = len(data) - pos
         if mode == M_LENGTH and rest >= self.left:
             n = <Py_ssize_t>self.left
@@ -342,27 +340,27 @@ cdef class UpstreamConnection:
             client.sent += n
             if n:
                 piece = data[pos:pos + n]
-                client_t(head + piece)
+                client.send_head(head + piece)
                 if observer is not None:
                     observer.response_body(piece)
             else:
-                client_t(head)
+                client.send_head(head)
             self._finish()
             return
         if mode == M_NONE:
             if rest:
                 self.reusable = False
-            client_t(head)
+            client.send_head(head)
             self._finish()
             return
-        client_t(head)
+        client.send_head(head)
         self.deadline = now + self.upstream_idle
         if rest:
             if mode == M_LENGTH:
                 piece = _piece(data, pos, rest)
                 self.left -= rest
                 client.sent += rest
-                client_t(piece)
+                client.send_data(piece)
                 if observer is not None:
                     observer.response_body(piece)
             else:
@@ -373,7 +371,6 @@ cdef class UpstreamConnection:
         cdef ClientConnection client = self.client
         cdef int mode = self.mode
         cdef Py_ssize_t n
-        client_t = client.transport
         observer = client.observer
         self.deadline = _now() + self.upstream_idle
         if mode == M_CHUNKED or mode == M_DECHUNK:
@@ -388,9 +385,9 @@ cdef class UpstreamConnection:
                 if n:
                     piece = _chunked_out(dec, data, pos, n)
                     if piece:
-                        client_t.write(piece)
+                        client.send_data(piece)
             elif out:
-                client_t.writelines([bytes(p) for p in out])
+                client.send_datav([bytes(p) for p in out])
             if observer is not None and out:
                 for p in out:
                     observer.response_body(bytes(p))
@@ -403,14 +400,14 @@ cdef class UpstreamConnection:
             n = len(data) - pos
             if n:
                 piece = _piece(data, pos, n)
-                client_t.writelines((chunk_header(n), piece, CRLF))
+                client.send_datav((chunk_header(n), piece, CRLF))
                 client.sent += n
                 if observer is not None:
                     observer.response_body(piece)
         elif mode == M_CLOSE_RAW:
             n = len(data) - pos
             piece = _piece(data, pos, n)
-            client_t.write(piece)
+            client.send_data(piece)
             client.sent += n
             if observer is not None:
                 observer.response_body(piece)
@@ -526,7 +523,7 @@ cdef class UpstreamConnection:
         client.status = 101
         client.resp_started = True
         client.upstream_time = _now() - self.t_sent if self.t_sent else 0.0
-        client.transport.write(resp.forward_head(
+        client.send_head(resp.forward_head(
             None if resp.version == 11 else b"HTTP/1.1 101 Switching Protocols",
             self.via + CONNECTION_UPGRADE, (), True))
         to_client = bytes(data[pos:]) if pos < len(data) else b""
@@ -556,7 +553,7 @@ cdef class UpstreamConnection:
             client.resp_started = False
             observer.replay(client)
             return
-        client.transport.writelines(more)
+        client.send_datav(more)
         self._finish()
 
     cdef _finish(self):
@@ -621,7 +618,7 @@ cdef class UpstreamConnection:
         if state == U_BODY and self.client is not None:
             client = self.client
             if self.mode == M_CLOSE_CHUNK:
-                client.transport.write(LAST_CHUNK)
+                client.send_data(LAST_CHUNK)
                 self._finish_closed(client)
             elif self.mode == M_CLOSE_RAW:
                 self._finish_closed(client)
