@@ -51,6 +51,12 @@ ClientConnection implements it for HTTP/1.1, an HTTP/2 stream implements the sam
                     offered), calls flush() after each upstream read that did not end the
                     body, and cuts the connection if the filter raises.
 
+Request steps return explicit results, as Envoy filters do: each step (the hit path,
+FastForward.forward, the handler's dispatch and its steps: rate limits, cache, forward)
+returns STOP (answered, or carried on by the step: upstream, DNS, auth, a coalesced wait)
+or CONTINUE (the next step decides). The relay runs hit path, FastForward, dispatch; a
+dispatch that returns anything but STOP is a handler bug, answered with a 500.
+
 The compiled fast paths are specialisations of this: FastForward is the handler step for
 the common reverse request, the hit path (fastproxy._hitpath) answers fresh cache hits
 before the handler; both keep their differential tests against the Python handler.
@@ -148,7 +154,15 @@ cdef enum:
     M_CLOSE_CHUNK = 4   # close-delimited in, chunked out (HTTP/1.1 client)
     M_CLOSE_RAW = 5     # close-delimited in and out
 
+# What a request step returns (the exchange, see above): STOP = this step answered the
+# request or carries it on itself (upstream, a wait); CONTINUE = the next step decides.
+cdef enum:
+    X_CONTINUE = 0
+    X_STOP = 1
+
 # Python-visible names for the handlers.
+CONTINUE = X_CONTINUE
+STOP = X_STOP
 STATE_HEAD = S_HEAD
 STATE_BODY = S_BODY
 STATE_WAIT = S_WAIT

@@ -398,8 +398,10 @@ cdef class ClientConnection:
                 self.respond(out, hits.status, hits.body_len)
                 return
         cdef FastForward fast = self.fast
-        if fast is None or not fast.forward(self, req):
-            self.handler.dispatch(self, req)
+        if fast is None or fast.forward(self, req) == X_CONTINUE:
+            if self.handler.dispatch(self, req) != X_STOP and self.req is req \
+                    and not self.resp_started and self.upstream is None:
+                self.respond_error(500, "no request step answered")
         if (req.expect_continue and kind != BODY_NONE and self.state == S_BODY
                 and req.version >= 11 and not self.resp_started):
             # We answer 100 ourselves once the request is admitted and routed (as nginx

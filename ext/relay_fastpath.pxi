@@ -51,17 +51,17 @@ cdef class FastForward:
             self.max_requests = group.limits.max_requests
             self.per_server_max_requests = group.limits.per_server_max_requests
 
-    cpdef bint forward(self, ClientConnection conn, Request req) except -1:
+    cpdef int forward(self, ClientConnection conn, Request req) except -1:
         """Send req upstream like the handler would; False to let the handler do it."""
         if req.target_form != 0:  # TARGET_ORIGIN
-            return False
+            return X_CONTINUE
         if req._conn_upgrade and req._upgrade_i >= 0:
-            return False    # an Upgrade offer: the handler's upgrade_plan decides
+            return X_CONTINUE    # an Upgrade offer: the handler's upgrade_plan decides
         if req.method in MAX_FORWARDS_METHODS and req.has_c(MAX_FORWARDS):
-            return False
+            return X_CONTINUE
         host = req.get_c(b"host") if req._host_i >= 0 else None
         if host is None:
-            return False
+            return X_CONTINUE
         cdef long long max_requests, per_server_max_requests
         cdef dict pools
         cdef Core balancer
@@ -75,7 +75,7 @@ cdef class FastForward:
         else:
             route = self.router.match(host, req.target)
             if route is None or route.canary is not None or route.strip:
-                return False
+                return X_CONTINUE
             group = route.group
             balancer = group.balancer
             key_fn = group.key_fn
@@ -87,14 +87,14 @@ cdef class FastForward:
             key = key_fn(req, conn.client_ip)
         server = balancer.pick(key, ())
         if server is None:
-            return False
+            return X_CONTINUE
         cdef ConnectionPool pool = pools[server]
         if max_requests and balancer.total_active >= max_requests:
-            return False
+            return X_CONTINUE
         if per_server_max_requests and server.active >= per_server_max_requests:
-            return False
+            return X_CONTINUE
         if not pool.idle and group.admit(server) is not None:
-            return False
+            return X_CONTINUE
         # The forwarded head (same fields, same order as ReverseHandler._plan).
         cdef int version = req.version
         extra = self.via_11 if version == 11 else self.via_10
@@ -117,7 +117,7 @@ cdef class FastForward:
         conn.hash_key = key
         conn.replay = head
         conn.send_upstream(pool, head, None, False)
-        return True
+        return X_STOP
 
 
 # ---------------------------------------------------------------------------

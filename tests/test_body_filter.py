@@ -54,7 +54,7 @@ class Aside:
 
 
 def factory(method, headers, version):
-    pick = dict((n.lower(), v) for n, v in headers).get(b"x-filter")
+    pick = {n.lower(): v for n, v in headers}.get(b"x-filter")
     if pick is None:
         return None
     if pick == b"aside":
@@ -185,7 +185,7 @@ def test_flush_reaches_client_before_origin_finishes(proxy):
             got = s.recv(65536)
             assert got, data
             data += got
-    head, _, raw = data.partition(b"\r\n\r\n")
+    _head, _, raw = data.partition(b"\r\n\r\n")
     assert dechunk(raw) == b"XXXXX|END"
 
 
