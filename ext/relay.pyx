@@ -20,7 +20,8 @@ Layout: one extension module built from files split by role, `include`d here:
 
     relay_errors.pxi     the answers the proxy writes itself (error_response, 100 Continue)
     relay_client.pxi     ListenerSettings, ClientConnection (HTTP/1.1 side of the exchange)
-    relay_upstream.pxi   UpstreamConnection, ConnectionPool
+    relay_upstream.pxi   UpstreamConnection (response head, body relay, the filter hook)
+    relay_pool.pxi       ConnectionPool (idle keep-alive connections per server)
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding
 
@@ -258,5 +259,6 @@ cdef class TunnelEnd
 include "relay_errors.pxi"
 include "relay_client.pxi"
 include "relay_upstream.pxi"
+include "relay_pool.pxi"
 include "relay_fastpath.pxi"
 include "relay_tunnel.pxi"

@@ -712,9 +712,3 @@ cdef class ClientConnection:
         self.closing = True
         if self.state == S_HEAD and not self.buf:
             self.close()
-
-
-# ---------------------------------------------------------------------------
-# Upstream side
-
-

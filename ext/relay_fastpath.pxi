@@ -118,9 +118,3 @@ cdef class FastForward:
         conn.replay = head
         conn.send_upstream(pool, head, None, False)
         return X_STOP
-
-
-# ---------------------------------------------------------------------------
-# Tunnels
-
-

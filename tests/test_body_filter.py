@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import pytest
 
@@ -90,7 +91,7 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def proxy(origin, tmp_path):
-    p = ProxyProcess(["serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--upstream",
+    p = ProxyProcess(["serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--access-log", "-", "--upstream",
                       origin.url], cwd=str(tmp_path), prefix=(sys.executable, os.path.abspath(__file__)))
     try:
         yield p.wait_ready()
@@ -106,7 +107,10 @@ def exchange(port: int, target: str, pick: str | None, method: str = "GET",
         s.sendall(f"{method} {target} HTTP/{version}\r\nHost: t\r\n{extra}Connection: close\r\n\r\n".encode())
         data = b""
         while True:
-            got = s.recv(65536)
+            try:
+                got = s.recv(65536)
+            except ConnectionResetError:   # a cut connection (the filter raised)
+                break
             if not got:
                 break
             data += got
@@ -195,6 +199,13 @@ def test_filter_that_raises_cuts_the_connection(proxy, where):
     if head:
         # Never a complete chunked body: the terminating chunk is missing.
         assert not raw.endswith(b"0\r\n\r\n"), raw[-20:]
+    # Logged: the access log (stdout) line of the cut exchange names the reason.
+    for _ in range(50):
+        if any(f"{where} failed" in line for line in proxy.stdout_lines):
+            break
+        time.sleep(0.1)
+    assert any("response filter failed" in line and f"{where} failed" in line
+               for line in proxy.stdout_lines), proxy.stdout_lines[-5:]
     # The proxy goes on serving.
     head, raw = exchange(proxy.port, "/size/100", "upper")
     assert dechunk(raw) == BODY[:100].upper() + b"|END"
