@@ -1,7 +1,7 @@
 """The relay (compiled from ext/relay.pyx): connections, keep-alive pools, tunnels.
 
 The request path's per-byte and per-request state machine; the listener handlers
-(fastproxy.reverse, fastproxy.forward) make the decisions and call into it.
+(fastproxy.proxy.reverse, fastproxy.forward.handler) make the decisions and call into it.
 """
 from typing import Any, Callable
 
@@ -13,6 +13,14 @@ STATE_TUNNEL: int
 STATE_CLOSED: int
 PAUSE_CONNECTING: int
 PAUSE_HANDLER: int
+REASONS: dict[int, str]
+CONTINUE_100: bytes
+STOP: int        # a request step answered, or carries the request on itself
+CONTINUE: int    # the next step decides
+
+def error_response(status: int, detail: str, close: bool = ..., extra: bytes = ...,
+                   head_only: bool = ...) -> bytes:
+    """A complete HTTP/1.1 error response with a one-line text/plain body naming the reason."""
 
 class ListenerSettings:
     """What every connection of one listener copies at accept, gathered once."""
@@ -20,15 +28,18 @@ class ListenerSettings:
     rt: Any
     loop: Any
     handler: Any
-    counters: Any
+    counters: Counters
     fast_hits: Any
-    fast: Any
+    fast: FastForward | None
     access_log: Any
     connections: Any
     deadlines: Any
     hooks: bool
     open: int
     on_idle: Callable[[], None] | None
+    # Response-body filter factory (notes/filter-contract.md): None = bodies pass untouched.
+    filter_factory: Callable[[bytes, list[tuple[bytes, bytes]], int], Any] | None
+    h2_switch: Callable[[Any, bytes], None] | None   # takes a connection on the HTTP/2 preface
     def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...
 
 class ClientConnection:
@@ -47,6 +58,7 @@ class ClientConnection:
     body_done: bool
     observer: Any
     log_extra: dict | None
+    body_filter: Any  # the current response's body filter, or None
     def __init__(self, rt: Any) -> None: ...
     def connection_made(self, transport: Any) -> None: ...
     def data_received(self, data: bytes) -> None: ...

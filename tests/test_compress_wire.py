@@ -301,7 +301,8 @@ def pull(proxy, size: int, coding: str) -> tuple[int, int, int]:
                 n = int(raw[:line_end], 16)
                 if len(raw) < line_end + 2 + n + 2:
                     break
-                total += len(decode(bytes(raw[line_end + 2:line_end + 2 + n])))
+                if n:   # the last chunk (0) carries nothing for the decoder
+                    total += len(decode(bytes(raw[line_end + 2:line_end + 2 + n])))
                 del raw[:line_end + 4 + n]
             peak = max(peak, proxy.rss_kib())
     return total, before, peak

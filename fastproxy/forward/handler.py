@@ -20,7 +20,7 @@ import asyncio
 import time
 
 from fastproxy import _http
-from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, ConnectionPool,
+from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, ConnectionPool,
                               Holding)
 from fastproxy.forward.acl import Acl
 from fastproxy.forward.anonymity import Anonymizer
@@ -93,22 +93,23 @@ class ForwardHandler:
 
     # -- per request ----------------------------------------------------------------
 
-    def dispatch(self, conn, req) -> None:
-        """Admit req, then fetch it or open its tunnel (now, or after DNS/auth)."""
+    def dispatch(self, conn, req) -> int:
+        """Admit req, then fetch it or open its tunnel (now, or after DNS/auth): STOP."""
         if self.limit_rate and self.limits.refuse(conn, req):
-            return
+            return STOP
         if self.auth is not None:
             value = req.get(b"proxy-authorization")
             result = self.auth.check_cached(value)
             if result is None:
                 conn.pause_reading(PAUSE_CONNECTING)
                 self.rt.loop.create_task(self._verify_then(conn, req, value))
-                return
+                return STOP
             if not result.ok:
                 self._challenge(conn, result.reason)
-                return
+                return STOP
             conn.log_extra = {"user": result.user}
         self._admitted(conn, req)
+        return STOP
 
     async def _verify_then(self, conn, req, value) -> None:
         assert self.auth is not None   # only called when the listener authenticates

@@ -1,30 +1,4 @@
-"""Responses the proxy writes itself: errors with a short reason, and interim replies."""
-from __future__ import annotations
+"""Responses the proxy writes itself: the compiled layer owns them (ext/relay_errors.pxi)."""
+from fastproxy._relay import CONTINUE_100, REASONS, error_response
 
-REASONS = {
-    100: "Continue", 200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
-    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-    417: "Expectation Failed", 418: "I'm a teapot", 421: "Misdirected Request",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
-
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def error_response(status: int, detail: str, close: bool = True,
-                   extra: bytes = b"", head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 error response with a one-line text/plain body naming the reason."""
-    reason = REASONS.get(status, "Error")
-    body = f"{status} {reason}: {detail}\n".encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-store\r\n"
-    ).encode() + extra + (b"Connection: close\r\n\r\n" if close else b"\r\n")
-    return head if head_only else head + body
+__all__ = ["CONTINUE_100", "REASONS", "error_response"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from fastproxy import _http
-from fastproxy._relay import IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, FastForward
+from fastproxy._relay import CONTINUE, IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, FastForward
 from fastproxy.proxy.errors import REASONS
 from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
 from fastproxy.proxy.router import normalise_host, render
@@ -123,45 +123,54 @@ class ReverseHandler:
     def connection_lost(self, conn) -> None:
         self.limits.connection_lost(conn)
 
-    def dispatch(self, conn, req) -> None:
-        """Rate limits, then the listener's cache (caching.py), then upstream."""
+    def dispatch(self, conn, req) -> int:
+        """The request steps in order (rate limits, the cache, upstream) until one STOPs."""
         if self.limit_rate:
             if self.limits.remote is not None:
                 self.limits.refuse_later(conn, req, self.admitted)   # fleet-wide buckets
-                return
-            if self.limits.refuse(conn, req):
-                return
-        self.admitted(conn, req)
+                return STOP
+            if self.rate_step(conn, req) == STOP:
+                return STOP
+        return self.admitted(conn, req)
 
-    def admitted(self, conn, req) -> None:
+    def admitted(self, conn, req) -> int:
         """After the rate limits: the listener's cache, then upstream."""
         if self.cache is not None:
-            self.cache.handle(conn, req)
-        else:
-            self.forward(conn, req)
+            return self.cache_step(conn, req)
+        return self.forward(conn, req)
 
-    def forward(self, conn, req, more: bytes = b"", ctx=None, peer=None) -> None:
-        """Route req, pick a server and start sending it; `more`: field lines to add;
+    def rate_step(self, conn, req) -> int:
+        """STOP with a 429 when req is over the listener's rate, else CONTINUE."""
+        return STOP if self.limits.refuse(conn, req) else CONTINUE
+
+    def cache_step(self, conn, req) -> int:
+        """The cache answers, waits for a coalesced fetch, or forwards itself: STOP."""
+        self.cache.handle(conn, req)
+        return STOP
+
+    def forward(self, conn, req, more: bytes = b"", ctx=None, peer=None) -> int:
+        """Route req, pick a server and start sending it (STOP); `more`: field lines to add;
         `peer`: (group, server) of the fleet node that owns req's cache key instead."""
         mf = max_forwards(conn, req)
         if mf is None:
-            return  # answered here (Max-Forwards: 0) or refused
+            return STOP  # answered here (Max-Forwards: 0) or refused
         try:
             group, server, key, head, upgrading = self._plan(conn, req, more, mf, peer=peer)
         except _Fixed as f:
             conn.respond(f.data, f.status, f.body_bytes)
-            return
+            return STOP
         except _Refused as r:
             observer = conn.observer
             extra = r.extra + observer.status_line() if observer is not None else r.extra
             conn.respond_error(r.status, r.detail, extra)
-            return
+            return STOP
         group.requests_seen += 1  # feeds the retry budget
         conn.upgrade_sent = upgrading
         conn.group = group
         conn.hash_key = key
         conn.replay = head
         self.start(conn, group, server, head)
+        return STOP
 
     def refresh_target(self, conn, req, more: bytes, ctx=None):
         """Where a background request for req would go: (host, port, ssl, sni, head) or None."""

@@ -155,8 +155,7 @@ class ListenerRuntime:
         # preface to fastproxy.server.h2.
         self.h2_switch = h2.switch if self.handler is not None else None
         self.relay = relay_settings(self)
-        if hasattr(self.relay, "filter_factory"):
-            self.relay.filter_factory = self.filter_factory
+        self.relay.filter_factory = self.filter_factory
         if self.cache is not None:
             self.cache.use(self.relay)
 

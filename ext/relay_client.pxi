@@ -1,0 +1,741 @@
+# Included by ext/relay.pyx (one extension module: see the note there).
+# Client side: ListenerSettings and ClientConnection (HTTP/1.1), the exchange's request head, body source and response sink.
+
+# ---------------------------------------------------------------------------
+# Client side
+
+
+cdef class ListenerSettings:
+    """What every connection of one listener copies at accept, gathered once.
+
+    A connection per request (HTTP/1.0 clients, `Connection: close`) makes accept-time
+    work count: a profile showed the constructor's attribute lookups (some of them failing
+    getattr defaults) and a fresh parser allocation at several thousand instructions per
+    connection. Here they are C fields, and parsers are recycled through a small free list.
+    """
+
+    cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
+    cdef public object connections, deadlines
+    cdef public object h2_switch    # (conn, data) -> None: takes over on the HTTP/2 preface
+    cdef public bint hooks
+    cdef public long open           # connections accepted and not gone yet
+    cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
+    # Response-body filter factory (notes/filter-contract.md), None = bodies pass as read.
+    cdef public object filter_factory
+    cdef object __weakref__
+    cdef Py_ssize_t max_line, max_head
+    cdef int max_fields
+    cdef long long max_body, stash_limit, buffer_limit
+    cdef double client_header, client_idle, client_body
+    cdef list parsers
+
+    def __init__(self, rt, gen, long long buffer_limit):
+        # rt: the listener's runtime (connections keep it as `rt`); gen: its configuration
+        # generation (loop, limits, timeouts, logs, counters); buffer_limit: this
+        # listener's request buffering, resolved by the caller (server/worker.py).
+        limits = gen.limits
+        t = gen.timeouts
+        handler = rt.handler
+        self.rt = rt
+        self.loop = gen.loop
+        self.handler = handler
+        self.counters = gen.counters
+        self.fast_hits = rt.fast_hits
+        self.fast = getattr(handler, "fast", None)
+        self.access_log = gen.access_log
+        self.connections = rt.connections
+        self.deadlines = gen.deadlines
+        # Handlers that count connections (per-client limits) say so.
+        self.hooks = bool(getattr(handler, "connection_hooks", True))
+        self.h2_switch = getattr(rt, "h2_switch", None)
+        self.max_line = limits.max_request_line
+        self.max_head = limits.max_header_size
+        self.max_fields = limits.max_header_fields
+        self.max_body = limits.max_body
+        self.stash_limit = limits.max_header_size + PIPELINE_SLACK
+        self.buffer_limit = buffer_limit
+        self.client_header = t.client_header
+        self.client_idle = t.client_idle
+        self.client_body = t.client_body
+        self.parsers = []
+        self.open = 0
+        self.on_idle = None
+        self.filter_factory = None
+
+    cdef RequestParser take_parser(self):
+        if self.parsers:
+            return self.parsers.pop()
+        return RequestParser(max_line=self.max_line, max_head=self.max_head,
+                             max_fields=self.max_fields)
+
+    cdef void give_back(self, RequestParser parser):
+        if len(self.parsers) < 256:
+            parser.reset()
+            self.parsers.append(parser)
+
+
+cdef class ClientConnection:
+    """One client socket: requests in, responses out, in order."""
+
+    cdef public object rt, loop, transport, buf, handler
+    cdef public RequestParser parser
+    cdef public Request req
+    cdef public ChunkedDecoder chunks
+    cdef public UpstreamConnection upstream
+    cdef public Counters counters
+    cdef public FreshHits fast_hits
+    cdef public FastForward fast     # compiled common path of the handler, or None
+    cdef public object server, replay, tried, group, log_extra, observer
+    cdef public list held      # request body bytes read before an upstream connection
+    cdef public long long held_bytes
+    # Request buffering: (pool, head, pending, fresh) of a send_upstream that waits for
+    # the body (or buffer_limit bytes of it) before taking an upstream connection.
+    cdef public object deferred
+    cdef bint buffering        # this request's body is being buffered
+    cdef public int state, paused, body_kind, status, retries, client_port
+    cdef public bint write_paused, closing, keep_alive, resp_started, body_done
+    cdef public bint head_request
+    cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
+    cdef bint counted          # in ls.open
+    cdef bint started          # a request head was parsed on this connection
+    cdef public double deadline, t_start, upstream_time
+    cdef public long long body_left, sent, received
+    cdef public str client_ip, detail
+    cdef public bytes client_ip_b
+    cdef public object hash_key
+    cdef double client_header, client_idle, client_body
+    cdef long long max_body, stash_limit, buffer_limit
+    cdef public object twrite      # transport.write, bound once (a lookup saved per write)
+    cdef object access_log
+    cdef ListenerSettings ls
+    cdef public object body_filter  # this response's body filter, or None
+    cdef bint filter_chunked        # the filtered body goes out chunked (else close-delimited)
+
+    def __init__(self, rt):
+        cdef ListenerSettings ls = rt.relay
+        self.rt = rt
+        self.ls = ls
+        self.loop = ls.loop
+        self.transport = None
+        self.parser = ls.take_parser()
+        self.max_body = ls.max_body
+        self.stash_limit = ls.stash_limit
+        self.buffer_limit = ls.buffer_limit
+        self.client_header = ls.client_header
+        self.client_idle = ls.client_idle
+        self.client_body = ls.client_body
+        self.handler = ls.handler
+        self.counters = ls.counters
+        self.fast_hits = ls.fast_hits
+        self.fast = ls.fast
+        self.access_log = ls.access_log
+        self.buf = None
+        self.state = S_HEAD
+        self.deadline = 0.0
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.upstream = None
+        self.chunks = None
+        self.group = None
+        self.hash_key = 0
+        self.observer = None
+        self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
+        self._reset_exchange()
+
+    cdef void _reset_exchange(self):
+        self.req = None
+        self.body_kind = BODY_NONE
+        self.body_left = 0
+        self.status = 0
+        self.sent = 0
+        self.received = 0
+        self.server = None
+        self.keep_alive = True
+        self.resp_started = False
+        self.body_done = True
+        self.replay = None
+        self.tried = None
+        self.retries = 0
+        self.head_request = False
+        self.upgrade_sent = False
+        self.upstream_time = -1.0
+        self.detail = ""
+        self.log_extra = None
+        self.observer = None
+        self.held = None
+        self.held_bytes = 0
+        self.deferred = None
+        self.buffering = False
+        self.body_filter = None
+
+    # -- the response sink (the exchange, see ext/relay.pyx) ----------------------
+
+    cdef int send_head(self, bytes head) except -1:
+        """The response head (with any body bytes that follow it), serialised for this client."""
+        self.twrite(head)
+        return 0
+
+    cdef int send_data(self, data) except -1:
+        """Body bytes already in this client's framing (the HTTP/1.1 pass-through
+        specialisation: Content-Length copy, validated chunked copy, 1xx heads)."""
+        self.twrite(data)
+        return 0
+
+    cdef int send_datav(self, parts) except -1:
+        """send_data for several pieces in one transport call."""
+        self.transport.writelines(parts)
+        return 0
+
+    cdef int send_body(self, data) except -1:
+        """Response body bytes (identity, unframed) when a filter is active; the filter's
+        exceptions propagate (the caller cuts the connection)."""
+        self._framed(self.body_filter.feed(data))
+        return 0
+
+    cdef int send_flush(self) except -1:
+        """The origin has nothing more readable right now: let pending output through."""
+        self._framed(self.body_filter.flush())
+        return 0
+
+    cdef int send_end(self) except -1:
+        """The body is complete: the filter's tail and the closing frame."""
+        f = self.body_filter
+        if f is not None:
+            self.body_filter = None
+            self._framed(f.finish())
+            if self.filter_chunked:
+                self.twrite(LAST_CHUNK)
+        return 0
+
+    cdef _framed(self, out):
+        if out:
+            if self.filter_chunked:
+                self.transport.writelines((chunk_header(len(out)), out, CRLF))
+            else:
+                self.twrite(out)
+
+    # -- asyncio protocol -------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.twrite = transport.write
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+            self.client_port = peer[1]
+        else:  # a UNIX socket, or a socket that died before we asked
+            self.client_ip = "-"
+            self.client_port = 0
+        self.client_ip_b = self.client_ip.encode()
+        cdef ListenerSettings ls = self.ls
+        ls.connections.add(self)
+        ls.deadlines.add(self)
+        ls.open += 1
+        self.counted = True
+        self.deadline = _now() + self.client_header
+        if self.rt.draining:
+            self.closing = True
+        if ls.hooks:
+            self.handler.connection_made(self)
+
+    def connection_lost(self, exc):
+        self.state = S_CLOSED
+        cdef ListenerSettings ls = self.ls
+        ls.connections.discard(self)
+        ls.deadlines.discard(self)
+        self.deadline = 0.0
+        cdef UpstreamConnection up = self.upstream
+        if up is not None:
+            # The client went away mid-exchange: the upstream connection is in an
+            # unknown state (part of a request or response unread): not reused.
+            self.upstream = None
+            up.abandon()
+        if self.req is not None and self.status == 0:
+            self.status = 499  # nginx's code for "client closed the request"
+            self.detail = "client closed connection"
+            self.log()
+        self.req = None
+        self._observer_failed()
+        if self.parser is not None:
+            ls.give_back(self.parser)
+            self.parser = None
+        if ls.hooks:
+            self.handler.connection_lost(self)
+        self._gone()
+
+    cpdef detach(self):
+        """Give the socket to another protocol (HTTP/2): forget it here, log nothing."""
+        cdef ListenerSettings ls = self.ls
+        self.state = S_CLOSED
+        ls.connections.discard(self)
+        ls.deadlines.discard(self)
+        self.deadline = 0.0
+        self.transport = None
+        self.twrite = None
+        if self.parser is not None:
+            ls.give_back(self.parser)
+            self.parser = None
+        if ls.hooks:
+            self.handler.connection_lost(self)
+        self._gone()
+
+    cdef _gone(self):
+        """The connection is over: its listener generation has one fewer."""
+        cdef ListenerSettings ls = self.ls
+        if self.counted:
+            self.counted = False
+            ls.open -= 1
+            if ls.open == 0 and ls.on_idle is not None:
+                ls.on_idle()
+
+    def data_received(self, data):
+        cdef int state = self.state
+        cdef Py_ssize_t n
+        if state == S_HEAD:
+            buf = self.buf
+            if buf is None:
+                self._on_input(data)
+            else:
+                buf += data
+                self._on_input(buf)
+        elif state == S_BODY:
+            n = self._feed_body(data, 0)
+            if n < len(data) and self.state != S_CLOSED:
+                self._stash(data, n)
+        elif state == S_WAIT:
+            self._stash(data, 0)
+
+    def eof_received(self):
+        # A client that half-closes after its request still gets its response
+        # (RFC 9112 9.6); close once the exchange in flight is done.
+        if (self.state == S_WAIT or self.state == S_BODY) and self.req is not None:
+            self.keep_alive = False
+            return True
+        return False
+
+    def pause_writing(self):
+        # The client reads slower than we write: stop reading the upstream, and start
+        # no new request until it catches up, or the answers we write ourselves (cache
+        # hits, TRACE, errors) pile up in memory as fast as pipelined requests come.
+        # A request body still being read keeps flowing (its upstream may need it all
+        # before the client reads again); exchange_done pauses after it.
+        self.write_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+        if self.state != S_BODY:
+            self.pause_reading(P_CLIENT_FULL)
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+        if self.paused & P_CLIENT_FULL:
+            self.resume_reading(P_CLIENT_FULL)
+            if self.state == S_HEAD and self.buf:
+                # Pipelined requests waited for the client to read: carry on.
+                self.loop.call_soon(self._resume_pipeline)
+
+    # -- reading requests -------------------------------------------------------
+
+    cdef _on_input(self, data):
+        """Parse a request head at the start of data and start its exchange."""
+        cdef Py_ssize_t pos
+        cdef Request req
+        try:
+            req = self.parser.feed_c(data, 0)
+        except ParseError as exc:
+            self.buf = None
+            if (exc.status == 505 and self.ls.h2_switch is not None and not self.started
+                    and data[:16] == H2_PREFACE_LINE):
+                # HTTP/2 with prior knowledge (RFC 9113 3.3) on this HTTP/1.1 port.
+                self.ls.h2_switch(self, bytes(data))
+                return
+            self.reject(exc.status, f"{exc.code}: {exc}")
+            return
+        if req is None:
+            if self.buf is None:
+                # First bytes of a new head: from now on the whole head must arrive
+                # within client_header (slow-loris guard), however it trickles in.
+                self.buf = bytearray(data)
+                self.deadline = _now() + self.client_header
+            return
+        self.buf = None
+        pos = req.head_length
+        self._begin(req)
+        if self.state == S_BODY and pos < len(data):
+            pos += self._feed_body(data, pos)
+        if pos < len(data) and self.state != S_CLOSED:
+            self._stash(data, pos)
+            if self.state == S_HEAD and not self.write_paused:
+                # The handler answered inside dispatch (a cache hit, an error) before
+                # these pipelined bytes were kept: start on them now (or once the
+                # client has read what we wrote: resume_writing).
+                self.loop.call_soon(self._resume_pipeline)
+
+    cdef _stash(self, data, Py_ssize_t pos):
+        """Keep bytes that arrived early (pipelined, or while the upstream connects)."""
+        chunk = data[pos:] if pos else data
+        if self.buf is None:
+            self.buf = bytearray(chunk)
+        else:
+            self.buf += chunk
+        if len(self.buf) > self.stash_limit:
+            self.pause_reading(P_BUFFER_FULL)
+
+    cdef _begin(self, Request req):
+        """A complete head arrived: check framing limits, then let the handler decide."""
+        cdef int kind = req.body
+        self.started = True
+        self.req = req
+        self.t_start = _time()
+        self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD
+        self.deadline = 0.0
+        self.keep_alive = req.keep_alive and not self.closing
+        self.body_kind = kind
+        if kind == BODY_LENGTH:
+            self.body_left = req.content_length
+        elif kind == BODY_CHUNKED:
+            if self.chunks is None:
+                self.chunks = ChunkedDecoder()
+            else:
+                self.chunks.reset()
+        self.body_done = kind == BODY_NONE
+        # nginx's proxy_request_buffering: the body (up to buffer_limit) is read before an
+        # upstream connection is taken, so a slow upload pins none (send_upstream).
+        self.buffering = kind != BODY_NONE and self.buffer_limit > 0
+        if self.max_body and kind == BODY_LENGTH and self.body_left > self.max_body:
+            self.reject(413, f"request body of {self.body_left} bytes is over the "
+                             f"{self.max_body}-byte limit")
+            return
+        if req._expect_other:
+            # RFC 9110 10.1.1 (a 100-continue in an HTTP/1.0 request is ignored instead).
+            self.reject(417, "only 100-continue is supported in Expect")
+            return
+        self.state = S_BODY if kind != BODY_NONE else S_WAIT
+        cdef FreshHits hits = self.fast_hits
+        if hits is not None and kind == BODY_NONE:
+            # A fresh cache hit is answered here, without a Python call (hitpath.pyx).
+            out = hits.serve(req, self.keep_alive)
+            if out is not None:
+                self.log_extra = hits.log_hit
+                self.respond(out, hits.status, hits.body_len)
+                return
+        cdef FastForward fast = self.fast
+        if fast is None or fast.forward(self, req) == X_CONTINUE:
+            if self.handler.dispatch(self, req) != X_STOP and self.req is req \
+                    and not self.resp_started and self.upstream is None:
+                self.respond_error(500, "no request step answered")
+        if (req.expect_continue and kind != BODY_NONE and self.state == S_BODY
+                and req.version >= 11 and not self.resp_started):
+            # We answer 100 ourselves once the request is admitted and routed (as nginx
+            # does) and drop Expect upstream, so an upstream that ignores Expect cannot
+            # stall the client. RFC 9110 10.1.1.
+            self.twrite(_CONTINUE_100)
+
+    cdef Py_ssize_t _feed_body(self, data, Py_ssize_t pos) except -1:
+        """Forward request body bytes from data[pos:]; return how many belong to it."""
+        cdef UpstreamConnection up = self.upstream
+        cdef int kind = self.body_kind
+        cdef Py_ssize_t avail = len(data) - pos
+        cdef Py_ssize_t n
+        if kind == BODY_LENGTH:
+            n = avail if avail < self.body_left else <Py_ssize_t>self.body_left
+            if n:
+                self.body_left -= n
+                self.received += n
+                if up is not None:
+                    up.write(_piece(data, pos, n))
+                else:
+                    self._hold(_piece(data, pos, n))
+            if self.body_left == 0:
+                self._request_complete()
+            elif self.client_body:
+                self.deadline = _now() + self.client_body
+            return n
+        if kind == BODY_CHUNKED:
+            dec = self.chunks
+            try:
+                n = dec.feed_c(data, pos, None)
+            except ParseError as exc:
+                self._body_error(exc.status, f"{exc.code}: {exc}")
+                return avail
+            if n:
+                self.received += n
+                if self.max_body and self.received > self.max_body:
+                    self._body_error(413, f"request body is over the {self.max_body}-byte "
+                                          "limit")
+                    return avail
+                piece = _chunked_out(dec, data, pos, n)
+                if not piece:
+                    pass
+                elif up is not None:
+                    up.write(piece)
+                else:
+                    self._hold(piece)
+            if dec.done:
+                self._request_complete()
+            elif self.client_body:
+                self.deadline = _now() + self.client_body
+            return n
+        return 0
+
+    cdef _hold(self, piece):
+        """Keep body bytes while no upstream connection is taken: the handler has not
+        chosen one yet (DNS, ...; reading pauses), or the body is being buffered."""
+        if self.held is None:
+            self.held = [piece]
+        else:
+            self.held.append(piece)
+        self.held_bytes += len(piece)
+        if self.deferred is None:
+            self.pause_reading(P_HANDLER)
+        elif self.held_bytes >= self.buffer_limit:
+            self._send_deferred()   # over the limit: the rest streams as it comes
+
+    cdef _request_complete(self):
+        self.body_done = True
+        self.deadline = 0.0
+        if self.state == S_BODY:
+            self.state = S_WAIT
+        if self.upstream is not None:
+            self.upstream.request_sent()
+        elif self.deferred is not None:
+            self._send_deferred()
+        elif self.state == S_WAIT and self.status and self.resp_started:
+            # The response finished before the body did (an early answer); now both are done.
+            self.exchange_done(self.keep_alive)
+
+    cdef _body_error(self, int status, str detail):
+        """The request body is malformed or too large: answer if we still can, then close."""
+        self.keep_alive = False
+        cdef UpstreamConnection up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.abandon()
+        if not self.resp_started:
+            self.reject(status, detail)
+        else:
+            self.abort(detail)
+
+    # -- writing responses ------------------------------------------------------
+
+    cpdef reject(self, int status, str detail, bytes extra=b""):
+        """Answer with an error the proxy generates itself, then close."""
+        self.status = status
+        self.detail = detail
+        if self.req is None:
+            self.t_start = _time()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(error_response(status, detail, True, extra, self.head_request))
+        self.log()
+        self.req = None
+        self._observer_failed()
+        self.close()
+
+    cpdef respond_error(self, int status, str detail, bytes extra=b""):
+        """Answer an admitted request with an error; keep the connection when it is safe."""
+        self.status = status
+        self.detail = detail
+        self.resp_started = True
+        keep = self.keep_alive and self.body_done
+        self.twrite(error_response(status, detail, not keep, extra,
+                                            self.head_request))
+        self.exchange_done(keep)
+
+    cpdef respond(self, object buffers, int status, long long body_bytes, bint keep=True):
+        """Write a complete response the handler built (a cache hit, a redirect, ...)."""
+        self.status = status
+        self.resp_started = True
+        self.sent += body_bytes
+        keep = keep and self.keep_alive and self.body_done
+        if type(buffers) is bytes:
+            self.twrite(buffers)
+        else:
+            self.transport.writelines(buffers)
+        self.exchange_done(keep)
+
+    cpdef abort(self, str detail):
+        """The response was already under way and cannot be completed: cut the connection."""
+        self.detail = detail
+        if self.status == 0:
+            self.status = 502
+        self.log()
+        self.req = None
+        self._observer_failed()
+        if self.transport is not None:
+            self.transport.abort()
+        self.state = S_CLOSED
+
+    cdef _observer_failed(self):
+        """The exchange ended without a complete response: tell the observer (no store)."""
+        observer = self.observer
+        if observer is not None:
+            self.observer = None
+            observer.exchange_failed(self)
+
+    cpdef exchange_done(self, bint keep):
+        """The response is complete: log, then read the next request or close."""
+        self.upstream = None
+        if not self.body_done:
+            # The upstream answered before the request body was complete (an early
+            # 4xx, say). The rest of the body is still coming; we cannot tell it from
+            # the next request without reading it, so close after this response.
+            keep = False
+        observer = self.observer
+        if observer is not None:
+            self.observer = None
+            observer.exchange_done(self)
+        self.log()
+        self._reset_exchange()
+        if self.paused & (P_UPSTREAM_FULL | P_CONNECTING | P_HANDLER):
+            self.resume_reading(P_UPSTREAM_FULL | P_CONNECTING | P_HANDLER)
+        if not keep or self.closing:
+            self.close()
+            return
+        self.state = S_HEAD
+        self.deadline = _now() + self.client_idle
+        if self.write_paused:
+            # The client has not read what we wrote: no next request until it does
+            # (pause_writing left reading on while a request body was coming).
+            self.pause_reading(P_CLIENT_FULL)
+        elif self.buf:
+            # Pipelined requests waited; carry on outside the upstream's callback.
+            self.loop.call_soon(self._resume_pipeline)
+
+    def _resume_pipeline(self):
+        if self.state != S_HEAD or not self.buf or self.write_paused:
+            return
+        buf = self.buf
+        self.buf = None
+        if self.paused & P_BUFFER_FULL:
+            self.resume_reading(P_BUFFER_FULL)
+        self.deadline = _now() + self.client_header
+        self._on_input(bytes(buf))
+
+    cpdef close(self):
+        self.state = S_CLOSED
+        self.deadline = 0.0
+        t = self.transport
+        if t is not None:
+            t.close()
+
+    cpdef log(self):
+        cdef Counters c = self.counters
+        if c is not None:
+            c.count(self.status, self.sent, self.received)
+        if self.access_log is not None:
+            self.access_log.write(self)
+
+    # -- flow control -----------------------------------------------------------
+
+    cpdef pause_reading(self, int why):
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= why
+
+    cpdef resume_reading(self, int why):
+        cdef int was = self.paused
+        self.paused = was & ~why
+        if was and not self.paused and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- handing over ---------------------------------------------------------
+
+    cpdef send_upstream(self, ConnectionPool pool, bytes head, list pending=None,
+                        bint fresh=False):
+        """Send head (and any queued body bytes) over a connection from pool; with request
+        buffering, once the body (or buffer_limit bytes of it) is read (returns None)."""
+        if self.buffering:
+            if not self.body_done and self.held_bytes < self.buffer_limit:
+                self.deferred = (pool, head, pending, fresh)
+                if self.paused & P_HANDLER:
+                    self.resume_reading(P_HANDLER)
+                return None
+            self.buffering = False
+        cdef UpstreamConnection up = pool.connect_new() if fresh else pool.acquire()
+        self.server = pool.server
+        self.upstream = up
+        up.begin(self, head)
+        if pending:
+            for piece in pending:
+                up.write(piece)
+        held = self.held
+        if held is not None:
+            self.held = None
+            for piece in held:
+                up.write(piece)
+            self.resume_reading(P_HANDLER)
+        if up.transport is None and self.state == S_BODY:
+            # Hold the client's body until the upstream is connected.
+            self.pause_reading(P_CONNECTING)
+        if self.body_done:
+            up.request_sent()
+        return up
+
+    cdef _send_deferred(self):
+        """The buffered body is complete or over the limit: take the upstream connection
+        now and send head and body in one write."""
+        pool, head, pending, fresh = self.deferred
+        self.deferred = None
+        self.buffering = False
+        held = self.held
+        if held is not None:
+            self.held = None
+            head = head + b"".join(held)
+        self.send_upstream(pool, head, pending, fresh)
+
+    cpdef take_buffered(self):
+        """Bytes read ahead of the current request (for a tunnel); clears them."""
+        buf = self.buf
+        self.buf = None
+        return bytes(buf) if buf else b""
+
+    def tunnel(self, transport, bytes to_upstream, bytes to_client, double idle,
+                 on_close=None):
+        """Make this connection and `transport` (or a Holding's) a byte tunnel (after a
+        101 or a CONNECT 200)."""
+        self.state = S_TUNNEL
+        self.deadline = 0.0
+        self.rt.deadlines.discard(self)
+        if self.paused:
+            self.paused = 0
+        closed = partial(self._tunnel_closed, on_close)
+        if isinstance(transport, Holding):
+            return splice_held(self.transport, transport, to_upstream, idle,
+                               self.rt.deadlines, closed)
+        return splice(self.transport, transport, to_upstream, to_client, idle,
+                      self.rt.deadlines, closed)
+
+    def _tunnel_closed(self, on_close, long long up_bytes, long long down_bytes):
+        self.state = S_CLOSED
+        self.rt.connections.discard(self)
+        if on_close is not None:
+            on_close(up_bytes, down_bytes)
+        self._gone()
+
+    # -- timeouts ---------------------------------------------------------------
+
+    cpdef on_timeout(self):
+        """The deadline for the current phase passed."""
+        cdef int state = self.state
+        if state == S_HEAD:
+            if self.buf:
+                self.reject(408, "request head not received in time")
+            else:
+                self.close()  # idle keep-alive connection: close quietly
+        elif state == S_BODY:
+            self._body_error(408, "request body stalled")
+        else:
+            self.close()
+
+    cpdef drain(self):
+        """Graceful shutdown: finish the exchange in flight, then close."""
+        self.closing = True
+        if self.state == S_HEAD and not self.buf:
+            self.close()
