@@ -2,7 +2,7 @@
 
 This test drives the pieces without the proxy, the way the request path uses them
 (key -> pick -> breaker -> acquire -> real HTTP GET -> outlier detector -> retry on another
-server; tests/test_pools.py does the same through the running proxy), and checks what
+server; tests/upstream/test_pools.py does the same through the running proxy), and checks what
 clients of a proxy would see: no errors for idempotent requests,
 keys staying on their server, only the dead server's keys moving, and those keys returning
 to it when it comes back.
