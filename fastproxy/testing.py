@@ -21,7 +21,7 @@ import threading
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["Proxy", "ProxyStartError", "run", "to_toml"]
 
@@ -202,7 +202,7 @@ class Proxy:
             pump.join(5)
         return self.proc.returncode
 
-    def __enter__(self) -> Proxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

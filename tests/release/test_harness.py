@@ -8,6 +8,7 @@ happens to collect it, and tests that turn warnings into errors then fail at ran
 import os
 import tomllib
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_run_from_a_dict_binds_port_0_and_serves(origin):
         assert proxy.url == f"http://127.0.0.1:{proxy.port}"
         with urllib.request.urlopen(proxy.url + "/size/5", timeout=5) as r:
             assert r.status == 200 and r.read() == b"01234"
-        written = tomllib.loads(open(proxy.config_path).read())
+        written = tomllib.loads(Path(proxy.config_path).read_text())
         assert written["listeners"][0]["listen"] == "127.0.0.1:0"
         pid = proxy.pid
     assert not _alive(pid)
@@ -54,16 +55,14 @@ def test_run_from_a_dict_binds_port_0_and_serves(origin):
 def test_run_from_toml_text(origin):
     text = f'[[listeners]]\nlisten = "127.0.0.1:0"\nupstream = "web"\n' \
            f'[upstreams.web]\nservers = ["{origin.url}"]\n'
-    with testing.run(text) as proxy:
-        with urllib.request.urlopen(proxy.url + "/size/2", timeout=5) as r:
-            assert r.read() == b"01"
+    with testing.run(text) as proxy, urllib.request.urlopen(proxy.url + "/size/2", timeout=5) as r:
+        assert r.read() == b"01"
 
 
 def test_a_bad_config_raises_with_the_proxys_message():
     config = {"listeners": [{"mode": "reverse", "upstream": "nowhere"}]}
-    with pytest.raises(testing.ProxyStartError) as info:
-        with testing.run(config):
-            pytest.fail("a proxy with an unknown upstream group started")
+    with pytest.raises(testing.ProxyStartError) as info, testing.run(config):
+        pytest.fail("a proxy with an unknown upstream group started")
     assert info.value.returncode == 2
     assert any("nowhere" in line for line in info.value.stderr)
     assert "nowhere" in str(info.value) and "exited with code 2" in str(info.value)
@@ -71,26 +70,24 @@ def test_a_bad_config_raises_with_the_proxys_message():
 
 
 def test_a_toml_syntax_error_raises_with_the_line():
-    with pytest.raises(testing.ProxyStartError) as info:
-        with testing.run("[[listeners]\nlisten = 1\n"):
-            pass
+    with pytest.raises(testing.ProxyStartError) as info, testing.run("[[listeners]\nlisten = 1\n"):
+        pass
     assert info.value.returncode == 2 and "line 1" in str(info.value)
 
 
 def test_waiting_for_more_listeners_than_bound_times_out_and_stops(origin):
     config = {"listeners": [{"upstream": "web"}], "upstreams": {"web": {"servers": [origin.url]}}}
-    with pytest.raises(testing.ProxyStartError, match="not listening after 1.0s") as info:
-        with testing.run(config, listeners=2, timeout=1.0):
-            pass
+    with pytest.raises(testing.ProxyStartError, match="not listening after 1.0s") as info, \
+            testing.run(config, listeners=2, timeout=1.0):
+        pass
     assert info.value.returncode is not None  # stopped, not left running
 
 
 def test_the_process_stops_when_the_block_raises(origin):
     config = {"listeners": [{"upstream": "web"}], "upstreams": {"web": {"servers": [origin.url]}}}
-    with pytest.raises(KeyError):
-        with testing.run(config) as proxy:
-            pid = proxy.pid
-            raise KeyError("the test's own failure")
+    with pytest.raises(KeyError), testing.run(config) as proxy:
+        pid = proxy.pid
+        raise KeyError("the test's own failure")
     assert not _alive(pid)
 
 
