@@ -42,7 +42,7 @@ class ProxyStartError(RuntimeError):
 
 
 def to_toml(config: Mapping[str, Any]) -> str:
-    """TOML text for a dict of the shapes tomllib returns (tables, arrays, scalars)."""
+    """TOML text for a dict of the shapes tomllib returns (tables, arrays, scalars; paths too)."""
     lines: list[str] = []
     _table(config, [], lines)
     return "\n".join(lines) + "\n"
@@ -57,6 +57,8 @@ def _value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, os.PathLike):
+        v = os.fspath(v)
     if isinstance(v, str):
         # JSON's string escapes (\", \\, \n, \uXXXX) are all TOML basic-string escapes.
         return json.dumps(v, ensure_ascii=False)

@@ -59,6 +59,11 @@ def start_proxy(tmp_path):
         p.stop()
 
 
+def reverse_config(*urls: str, **tables) -> dict:
+    """A config dict: one reverse listener (port 0) to group "app" of `urls`, plus `tables`."""
+    return {"listeners": [{"upstream": "app"}], "upstreams": {"app": {"servers": list(urls)}}, **tables}
+
+
 @pytest.fixture
 def run_proxy(tmp_path):
     """Factory: start fastproxy from a config dict (or TOML text) with fastproxy.testing.run.
