@@ -61,7 +61,8 @@ def start_proxy(tmp_path):
 
 def reverse_config(*urls: str, **tables) -> dict:
     """A config dict: one reverse listener (port 0) to group "app" of `urls`, plus `tables`."""
-    return {"listeners": [{"upstream": "app"}], "upstreams": {"app": {"servers": list(urls)}}, **tables}
+    return {"listeners": [{"listen": "127.0.0.1:0", "upstream": "app"}],
+            "upstreams": {"app": {"servers": list(urls)}}, **tables}
 
 
 @pytest.fixture
