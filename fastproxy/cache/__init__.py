@@ -1,6 +1,6 @@
 """HTTP caching (RFC 9111): the policy around the compiled ring-buffer store, and the cache step
 of the data path (`layer`, with `fetch` for background revalidation). Imports the compiled
-store, hit path and relay, config.schema, and forward.acl (CIDR sets, client keys).
+store, hit path and relay, config.schema and addresses (CIDR sets, client keys).
 """
 from .coalesce import Coalescer
 from .config import CacheConfig

@@ -89,7 +89,7 @@ class ReverseHandler:
         self.limits.connection_lost(conn)
 
     def dispatch(self, conn, req) -> None:
-        """Rate limits, then the listener's cache (cache/layer.py), then upstream."""
+        """Rate limits, then the listener's cache (caching.py), then upstream."""
         if self.limit_rate and self.limits.refuse(conn, req):
             return
         if self.cache is not None:
