@@ -22,95 +22,18 @@ def pytest_sessionstart(session):
 # Real servers for the tests: an origin (tests/origin.py) and the proxy itself,
 # started as the `fastproxy` command in a subprocess.
 
-import re
-import signal
-import subprocess
-import sys
-import threading
+import contextlib
 
 import pytest
 from origin import Origin
 
+from fastproxy.testing import Proxy, run
+
 PKG_PARENT = str(Path(fastproxy.__file__).resolve().parent.parent)
 
 
-class ProxyProcess:
-    """A `fastproxy serve` subprocess; `port` is where its first listener listens."""
-
-    def __init__(self, args: list[str], cwd: str, timeout: float = 10.0,
-                 prefix: tuple[str, ...] = ()) -> None:
-        env = dict(os.environ, PYTHONPATH=PKG_PARENT, PYTHONUNBUFFERED="1")
-        self.args = args
-        # prefix: a command that execs the rest (a test's own namespace, say)
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "fastproxy", *args], cwd=cwd, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.ports: list[int] = []
-        self.stderr_lines: list[str] = []
-        self.stdout_lines: list[str] = []
-        self._ready = threading.Event()
-        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines, True),
-                                        daemon=True),
-                       threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines, False),
-                                        daemon=True)]
-        for pump in self._pumps:
-            pump.start()
-        self.expected = None
-
-    def _pump(self, stream, sink: list, watch: bool) -> None:
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            sink.append(line)
-            if watch:
-                m = re.search(r"listening on \[?([^\]]+?)\]?:(\d+) ", line)
-                if m:
-                    self.ports.append(int(m.group(2)))
-                    if self.expected is not None and len(self.ports) >= self.expected:
-                        self._ready.set()
-        # Closed here, at EOF: left to the garbage collector, the pipe's ResourceWarning
-        # lands in whatever test runs then (an error where warnings are errors).
-        stream.close()
-        self._ready.set()
-
-    def wait_ready(self, listeners: int = 1, timeout: float = 10.0) -> "ProxyProcess":
-        self.expected = listeners
-        if len(self.ports) >= listeners:
-            return self
-        self._ready.wait(timeout)
-        if len(self.ports) < listeners:
-            self.stop()
-            raise RuntimeError("proxy did not start: " + "\n".join(self.stderr_lines[-20:]))
-        return self
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def signal(self, sig) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for pump in self._pumps:
-            pump.join(5)
-        return self.proc.returncode
+# One harness for the suite and for users: fastproxy.testing (shipped in the wheel).
+ProxyProcess = Proxy
 
 
 @pytest.fixture
@@ -134,6 +57,26 @@ def start_proxy(tmp_path):
     yield start
     for p in procs:
         p.stop()
+
+
+def reverse_config(*urls: str, **tables) -> dict:
+    """A config dict: one reverse listener (port 0) to group "app" of `urls`, plus `tables`."""
+    return {"listeners": [{"listen": "127.0.0.1:0", "upstream": "app"}],
+            "upstreams": {"app": {"servers": list(urls)}}, **tables}
+
+
+@pytest.fixture
+def run_proxy(tmp_path):
+    """Factory: start fastproxy from a config dict (or TOML text) with fastproxy.testing.run.
+
+    run_proxy({"listeners": [{"upstream": "web"}], "upstreams": {"web": {"servers": [url]}}})
+    gives a ready Proxy (listeners without `listen` get 127.0.0.1:0); all stop after the test.
+    """
+    with contextlib.ExitStack() as stack:
+        def start(config, *args: str, listeners: int | None = None, **kw) -> Proxy:
+            return stack.enter_context(run(config, args=args, listeners=listeners,
+                                           directory=tmp_path, **kw))
+        yield start
 
 
 @pytest.fixture

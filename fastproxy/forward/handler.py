@@ -7,7 +7,7 @@ each address, in order -> the cache, if the listener has one -> connect to the f
 allowed address. The address checked is the address connected, so a name that
 re-resolves elsewhere (DNS rebinding) cannot slip past a destination rule; and the
 cache answers only after the same full admission, and only with an entry fetched from
-an address this client was just admitted to (caching.py). Plain HTTP reuses the
+an address this client was just admitted to (cache/layer.py). Plain HTTP reuses the
 relay's keep-alive pools, one pool per destination address; CONNECT hands both sockets
 to a byte tunnel after the 200.
 

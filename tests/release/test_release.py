@@ -19,7 +19,7 @@ import pytest
 import fastproxy
 from fastproxy.selfcheck import COMPILED
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / ".ci" / "release-check"
 WORKFLOW = ROOT / ".github" / "workflows" / "wheels.yml"
 needs_checkout = pytest.mark.skipif(not CHECK.exists(), reason=".ci/release-check absent (not a git checkout)")

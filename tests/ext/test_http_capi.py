@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PXD_DIR = ROOT / "ext"
 
 pytest.importorskip("Cython", reason="Cython is not installed (needed to compile a client module)")

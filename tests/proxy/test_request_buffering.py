@@ -11,22 +11,16 @@ import time
 
 import pytest
 
+from fastproxy import testing
+from conftest import reverse_config
 from wire import Conn, crlf
 
 
-def cfg(tmp_path, origin, listener: str = "", limits: str = "") -> str:
-    path = tmp_path / "b.toml"
-    path.write_text(f"""
-[limits]
-{limits}
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-{listener}
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    return str(path)
+def cfg(origin, listener: dict | None = None, limits: dict | None = None) -> dict:
+    """A reverse listener in front of `origin`, with `listener` and `limits` settings."""
+    config = reverse_config(origin.url, limits=limits or {})
+    config["listeners"][0].update(listener or {})
+    return config
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict]:
@@ -41,8 +35,8 @@ CHUNKED_BODY = b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_slow_uploads_hold_no_upstream_connection(start_proxy, origin, tmp_path, chunked):
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+def test_slow_uploads_hold_no_upstream_connection(run_proxy, origin, chunked):
+    p = run_proxy(cfg(origin))
     n = 50
     if chunked:
         head = crlf("POST /echo HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n")
@@ -72,9 +66,8 @@ def test_slow_uploads_hold_no_upstream_connection(start_proxy, origin, tmp_path,
     assert len(origin.requests) == n
 
 
-def test_body_over_the_limit_streams(start_proxy, origin, tmp_path):
-    p = start_proxy("serve", "--config",
-                    cfg(tmp_path, origin, limits='request_buffering = "16KiB"'))
+def test_body_over_the_limit_streams(run_proxy, origin):
+    p = run_proxy(cfg(origin, limits={"request_buffering": "16KiB"}))
     with Conn(p.port) as c:
         c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 100000\n\n"))
         c.send(b"x" * 10000)
@@ -91,9 +84,9 @@ def test_body_over_the_limit_streams(start_proxy, origin, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["listener", "limits"])
-def test_buffering_off_streams_at_once(start_proxy, origin, tmp_path, where):
-    key = "request_buffering = false" if where == "listener" else 'request_buffering = "0"'
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin, **{where: key}))
+def test_buffering_off_streams_at_once(run_proxy, origin, where):
+    key = {"request_buffering": False} if where == "listener" else {"request_buffering": "0"}
+    p = run_proxy(cfg(origin, **{where: key}))
     with Conn(p.port) as c:
         c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
         deadline = time.monotonic() + 3
@@ -104,10 +97,9 @@ def test_buffering_off_streams_at_once(start_proxy, origin, tmp_path, where):
         assert json.loads(c.response().body)["body_len"] == 4
 
 
-def test_listener_setting_wins_over_limits(start_proxy, origin, tmp_path):
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin,
-                                             listener='request_buffering = "1MiB"',
-                                             limits="request_buffering = false"))
+def test_listener_setting_wins_over_limits(run_proxy, origin):
+    p = run_proxy(cfg(origin, listener={"request_buffering": "1MiB"},
+                      limits={"request_buffering": False}))
     with Conn(p.port) as c:
         c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
         time.sleep(0.3)
@@ -116,8 +108,8 @@ def test_listener_setting_wins_over_limits(start_proxy, origin, tmp_path):
         assert json.loads(c.response().body)["body_len"] == 4
 
 
-def test_expect_100_continue_still_gets_its_100(start_proxy, origin, tmp_path):
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+def test_expect_100_continue_still_gets_its_100(run_proxy, origin):
+    p = run_proxy(cfg(origin))
     with Conn(p.port) as c:
         c.send(crlf("PUT /echo HTTP/1.1\nHost: h\nContent-Length: 4\nExpect: 100-continue\n\n"))
         assert c.fh.readline() == b"HTTP/1.1 100 Continue\r\n"
@@ -130,8 +122,8 @@ def test_expect_100_continue_still_gets_its_100(start_proxy, origin, tmp_path):
     assert "expect" not in {n.lower() for n, _ in info["headers"]}
 
 
-def test_buffered_request_is_one_write_with_content_length(start_proxy, origin, tmp_path):
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+def test_buffered_request_is_one_write_with_content_length(run_proxy, origin):
+    p = run_proxy(cfg(origin))
     with Conn(p.port) as c:
         for body in (b"first", b"second body"):   # keep-alive carries on after a buffered body
             c.send(crlf(f"POST /echo HTTP/1.1\nHost: h\nContent-Length: {len(body)}\n\n"))
@@ -142,8 +134,8 @@ def test_buffered_request_is_one_write_with_content_length(start_proxy, origin, 
             assert fields["content-length"] == str(len(body))
 
 
-def test_client_leaving_while_buffering_costs_nothing_upstream(start_proxy, origin, tmp_path):
-    p = start_proxy("serve", "--config", cfg(tmp_path, origin))
+def test_client_leaving_while_buffering_costs_nothing_upstream(run_proxy, origin):
+    p = run_proxy(cfg(origin))
     for _ in range(5):
         with Conn(p.port) as c:
             c.send(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 10\n\n") + b"abc")
@@ -155,14 +147,15 @@ def test_client_leaving_while_buffering_costs_nothing_upstream(start_proxy, orig
         assert c.response().body == b"012"
 
 
-@pytest.mark.parametrize("value", ['"lots"', "-1", '["64KiB"]'])
+@pytest.mark.parametrize("value", ["lots", -1, ["64KiB"]])
 def test_bad_value_names_the_key(start_proxy, origin, tmp_path, value):
     import subprocess
     import sys
 
     from conftest import PKG_PARENT
-    r = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--config",
-                        cfg(tmp_path, origin, listener=f"request_buffering = {value}")],
+    path = tmp_path / "bad.toml"
+    path.write_text(testing.to_toml(cfg(origin, listener={"request_buffering": value})))
+    r = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--config", str(path)],
                        capture_output=True, text=True, env={"PYTHONPATH": PKG_PARENT},
                        timeout=30)
     assert r.returncode == 2
@@ -170,11 +163,8 @@ def test_bad_value_names_the_key(start_proxy, origin, tmp_path, value):
     assert "Traceback" not in r.stderr
 
 
-def test_forward_proxy_buffers_too(start_proxy, origin, tmp_path):
-    path = tmp_path / "f.toml"
-    path.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n'
-                    'allow_private = true\n')
-    p = start_proxy("serve", "--config", str(path))
+def test_forward_proxy_buffers_too(run_proxy, origin):
+    p = run_proxy({"listeners": [{"mode": "forward", "allow_private": True}]})
     with Conn(p.port) as c:
         c.send(crlf(f"POST {origin.url}/echo HTTP/1.1\nHost: h\nContent-Length: 4\n\n") + b"a")
         time.sleep(0.3)

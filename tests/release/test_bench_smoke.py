@@ -20,7 +20,7 @@ import pytest
 
 import fastproxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT))  # for `bench` only; fastproxy is already imported
 from bench.rows import ROW_NAMES, ROWS  # noqa: E402
 from bench.tools import which  # noqa: E402

@@ -2,8 +2,8 @@
 
 This test drives the pieces without the proxy, the way the request path uses them
 (key -> pick -> acquire -> real HTTP GET -> outlier detector -> retry on another server
-within the retry budget; the breaker's limits are checked in the proxy, tests/test_breaker.py;
-tests/test_pools.py does the same through the running proxy), and checks what
+within the retry budget; the breaker's limits are checked in the proxy, tests/upstream/test_breaker.py;
+tests/upstream/test_pools.py does the same through the running proxy), and checks what
 clients of a proxy would see: no errors for idempotent requests,
 keys staying on their server, only the dead server's keys moving, and those keys returning
 to it when it comes back.

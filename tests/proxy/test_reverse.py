@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import reverse_config
 from wire import Conn, crlf, request
 
 
@@ -251,19 +252,8 @@ def test_original_header_bytes_are_kept(reverse_proxy, origin):
     assert b"X-MiXeD-CaSe" in names
 
 
-def test_forwarded_header_mode(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "f.toml"
-    cfg.write_text(f"""
-[headers]
-forwarded = "forwarded"
-preserve_host = false
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    p = start_proxy("serve", "--config", str(cfg))
+def test_forwarded_header_mode(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, headers={"forwarded": "forwarded", "preserve_host": False}))
     h = hdrs(echo(request(p.port, crlf("GET /echo HTTP/1.1\nHost: front.test\n\n"))))
     assert h["forwarded"] == 'for=127.0.0.1;proto=http;host="front.test"'
     assert "x-forwarded-for" not in h
@@ -349,36 +339,16 @@ def test_upstream_drop_is_502(reverse_proxy):
     assert r.status == 502
 
 
-def test_upstream_timeout_is_504(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "t.toml"
-    cfg.write_text(f"""
-[timeouts]
-upstream_header = "0.5s"
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    p = start_proxy("serve", "--config", str(cfg))
+def test_upstream_timeout_is_504(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, timeouts={"upstream_header": "0.5s"}))
     t0 = time.monotonic()
     r = request(p.port, crlf("GET /slow/3 HTTP/1.1\nHost: x\n\n"))
     assert r.status == 504
     assert time.monotonic() - t0 < 2.5
 
 
-def test_body_over_limit_is_413(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "l.toml"
-    cfg.write_text(f"""
-[limits]
-max_body = "1KiB"
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    p = start_proxy("serve", "--config", str(cfg))
+def test_body_over_limit_is_413(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, limits={"max_body": "1KiB"}))
     r = request(p.port, crlf("POST /echo HTTP/1.1\nHost: x\nContent-Length: 2000\n\n"))
     assert r.status == 413
     assert origin.requests == []  # refused before anything went upstream
@@ -388,18 +358,8 @@ servers = ["{origin.url}"]
     assert r.status == 413
 
 
-def test_slow_head_gets_408(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "s.toml"
-    cfg.write_text(f"""
-[timeouts]
-client_header = "0.6s"
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    p = start_proxy("serve", "--config", str(cfg))
+def test_slow_head_gets_408(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, timeouts={"client_header": "0.6s"}))
     with Conn(p.port) as c:
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
         for _ in range(3):  # trickling bytes must not extend the deadline
@@ -413,18 +373,8 @@ servers = ["{origin.url}"]
         assert c.closed_by_peer()
 
 
-def test_idle_keepalive_connection_is_closed(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "i.toml"
-    cfg.write_text(f"""
-[timeouts]
-client_idle = "0.5s"
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    p = start_proxy("serve", "--config", str(cfg))
+def test_idle_keepalive_connection_is_closed(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, timeouts={"client_idle": "0.5s"}))
     with Conn(p.port) as c:
         c.send(crlf("GET /size/1 HTTP/1.1\nHost: x\n\n"))
         assert c.response().body == b"0"

@@ -16,7 +16,7 @@ import pytest
 
 import fastproxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT))  # for `bench` only; fastproxy is already imported
 from bench.check import THRESHOLDS  # noqa: E402
 from bench.tools import which  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from fastproxy.config import load as cfg
 from fastproxy.config.load import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=None):

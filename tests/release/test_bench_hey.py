@@ -13,7 +13,7 @@ import pytest
 
 from origin import Origin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT))  # for `bench` only; fastproxy is already imported
 from bench.hey import HeyError, parse_summary, run_hey  # noqa: E402
 from bench.procs import free_port  # noqa: E402

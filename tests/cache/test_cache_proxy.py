@@ -636,26 +636,13 @@ def _proxy_get(proxy, url: str, headers: dict | None = None):
         c.close()
 
 
-def test_forward_proxy_caches_after_admission(start_proxy, origin, tmp_path):
-    cfg = tmp_path / "fwd.toml"
-    cfg.write_text(f"""
-[cache]
-size = "16MiB"
-[access_log]
-path = "{tmp_path / 'access.log'}"
-format = "json"
-[[listeners]]
-listen = "127.0.0.1:0"
-mode = "forward"
-allow_private = true
-[listeners.acl]
-default_action = "allow"
-[[listeners.acl.rules]]
-name = "no-secret"
-action = "deny"
-url = "/c/secret"
-""")
-    proxy = start_proxy("serve", "--config", str(cfg))
+def test_forward_proxy_caches_after_admission(run_proxy, origin, tmp_path):
+    proxy = run_proxy({
+        "cache": {"size": "16MiB"},
+        "access_log": {"path": tmp_path / "access.log", "format": "json"},
+        "listeners": [{"mode": "forward", "allow_private": True, "acl": {
+            "default_action": "allow",
+            "rules": [{"name": "no-secret", "action": "deny", "url": "/c/secret"}]}}]})
     url = f"{origin.url}/c/fwd?cc=max-age%3D60"
     r1, b1 = _proxy_get(proxy, url)
     assert r1.status == 200 and "stored" in status_of(r1)
@@ -674,29 +661,16 @@ url = "/c/secret"
     assert lines[0]["acl"] == "default"
 
 
-def test_listeners_do_not_share_entries(start_proxy, origin, tmp_path):
+def test_listeners_do_not_share_entries(run_proxy, origin):
     # Two reverse listeners, two origins, the same Host and path: a response stored for
     # one listener must never answer the other (namespaces), and an admin purge by URL
     # reaches both.
     other = __import__("origin").Origin().start()
     try:
-        cfg = tmp_path / "two.toml"
-        cfg.write_text(f"""
-admin = "127.0.0.1:0"
-[cache]
-size = "16MiB"
-[upstreams.a]
-servers = ["{origin.url}"]
-[upstreams.b]
-servers = ["{other.url}"]
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "a"
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "b"
-""")
-        proxy = start_proxy("serve", "--config", str(cfg), listeners=3)
+        proxy = run_proxy({
+            "admin": "127.0.0.1:0", "cache": {"size": "16MiB"},
+            "upstreams": {"a": {"servers": [origin.url]}, "b": {"servers": [other.url]}},
+            "listeners": [{"upstream": "a"}, {"upstream": "b"}]})
         a_port, b_port = proxy.ports[0], proxy.ports[1]
         for server in (origin, other):
             server.override["/c/shared"] = {"cc": "max-age=60"}

@@ -17,19 +17,11 @@ def two():
     b.stop()
 
 
-def start(start_proxy, tmp_path, a, b, routes: str, default: str = 'upstream = "v1"'):
-    cfg = tmp_path / "routes.toml"
-    cfg.write_text(f"""
-[[listeners]]
-listen = "127.0.0.1:0"
-{default}
-{routes}
-[upstreams.v1]
-servers = ["{a.url}"]
-[upstreams.v2]
-servers = ["{b.url}"]
-""")
-    return start_proxy("serve", "--config", str(cfg))
+def start(run_proxy, a, b, routes: list[dict], default: str | None = "v1"):
+    """A listener with `routes` (default group `default`) over groups v1 (a) and v2 (b)."""
+    listener = {"routes": routes} if default is None else {"upstream": default, "routes": routes}
+    return run_proxy({"listeners": [listener],
+                      "upstreams": {"v1": {"servers": [a.url]}, "v2": {"servers": [b.url]}}})
 
 
 def who(port, path="/size/1", host="x", extra=""):
@@ -37,19 +29,11 @@ def who(port, path="/size/1", host="x", extra=""):
     return r.status, r.getheader("X-Origin")
 
 
-def test_host_and_longest_prefix_win(start_proxy, two, tmp_path):
+def test_host_and_longest_prefix_win(run_proxy, two):
     a, b = two
-    p = start(start_proxy, tmp_path, a, b, """
-[[listeners.routes]]
-path = "/size/"
-upstream = "v2"
-[[listeners.routes]]
-path = "/size/9"
-upstream = "v1"
-[[listeners.routes]]
-host = "*.api.test"
-upstream = "v2"
-""")
+    p = start(run_proxy, a, b, [{"path": "/size/", "upstream": "v2"},
+                                {"path": "/size/9", "upstream": "v1"},
+                                {"host": "*.api.test", "upstream": "v2"}])
     assert who(p.port, "/size/1")[1] == str(b.port)          # prefix route
     assert who(p.port, "/size/9")[1] == str(a.port)          # the longer prefix wins
     assert who(p.port, "/echo", "eu.api.test")[1] == str(b.port)   # wildcard host
@@ -57,50 +41,33 @@ upstream = "v2"
     assert who(p.port, "/echo", "other.test")[1] == str(a.port)    # the listener's default
 
 
-def test_no_route_and_no_default_is_404(start_proxy, two, tmp_path):
+def test_no_route_and_no_default_is_404(run_proxy, two):
     a, b = two
-    p = start(start_proxy, tmp_path, a, b, """
-[[listeners.routes]]
-path = "/only/"
-upstream = "v2"
-""", default="")
+    p = start(run_proxy, a, b, [{"path": "/only/", "upstream": "v2"}], default=None)
     assert who(p.port, "/elsewhere")[0] == 404
 
 
-def test_strip_prefix(start_proxy, two, tmp_path):
+def test_strip_prefix(run_proxy, two):
     a, b = two
-    p = start(start_proxy, tmp_path, a, b, """
-[[listeners.routes]]
-path = "/static/"
-upstream = "v2"
-strip_prefix = true
-""")
+    p = start(run_proxy, a, b, [{"path": "/static/", "upstream": "v2", "strip_prefix": True}])
     status, origin = who(p.port, "/static/size/3")
     assert (status, origin) == (200, str(b.port))
     assert b.requests[-1][1] == b"/size/3"
 
 
-def test_random_canary_share(start_proxy, two, tmp_path):
+def test_random_canary_share(run_proxy, two):
     a, b = two
-    p = start(start_proxy, tmp_path, a, b, """
-[[listeners.routes]]
-path = "/"
-upstream = "v1"
-canary = { upstream = "v2", percent = 30 }
-""")
+    p = start(run_proxy, a, b, [{"path": "/", "upstream": "v1",
+                                 "canary": {"upstream": "v2", "percent": 30}}])
     counts = collections.Counter(who(p.port)[1] for _ in range(400))
     share = counts[str(b.port)] / 400
     assert 0.20 < share < 0.40, counts  # 30% +- ~4.5 sigma
 
 
-def test_sticky_canary_by_header(start_proxy, two, tmp_path):
+def test_sticky_canary_by_header(run_proxy, two):
     a, b = two
-    p = start(start_proxy, tmp_path, a, b, """
-[[listeners.routes]]
-path = "/"
-upstream = "v1"
-canary = { upstream = "v2", percent = 50, key = "header:X-User" }
-""")
+    p = start(run_proxy, a, b, [{"path": "/", "upstream": "v1",
+                                 "canary": {"upstream": "v2", "percent": 50, "key": "header:X-User"}}])
     placed = {}
     for user in range(40):
         seen = {who(p.port, f"/size/1?r={i}", extra=f"X-User: u{user}\n")[1] for i in range(3)}

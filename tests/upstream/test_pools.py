@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import reverse_config
 from origin import Origin
 from wire import Conn, crlf, request
 
@@ -23,21 +24,11 @@ def origins():
             pass
 
 
-def config(tmp_path, servers_toml: str, group_toml: str = "", top: str = "") -> str:
-    cfg = tmp_path / "pool.toml"
-    cfg.write_text(f"""{top}
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = [{servers_toml}]
-{group_toml}
-""")
-    return str(cfg)
-
-
-def urls(servers) -> str:
-    return ", ".join(f'"{s.url}"' for s in servers)
+def pool(servers, **group) -> dict:
+    """A reverse listener to group "app" of `servers` (origins or URLs) with `group` settings."""
+    cfg = reverse_config(*(getattr(s, "url", s) for s in servers))
+    cfg["upstreams"]["app"].update(group)
+    return cfg
 
 
 def who(port: int, path: str = "/size/1", conn: Conn | None = None) -> tuple[int, str]:
@@ -50,10 +41,9 @@ def who(port: int, path: str = "/size/1", conn: Conn | None = None) -> tuple[int
     return r.status, r.getheader("X-Origin")
 
 
-def test_round_robin_spreads_by_weight(start_proxy, origins, tmp_path):
+def test_round_robin_spreads_by_weight(run_proxy, origins):
     a, b, c = origins
-    servers = f'"{a.url}", "{b.url}#weight=2", "{c.url}"'
-    p = start_proxy("serve", "--config", config(tmp_path, servers))
+    p = run_proxy(pool([a.url, f"{b.url}#weight=2", c.url]))
     counts = collections.Counter()
     with Conn(p.port) as conn:
         for _ in range(400):
@@ -65,16 +55,14 @@ def test_round_robin_spreads_by_weight(start_proxy, origins, tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["least_conn", "random2"])
-def test_other_policies_use_every_server(start_proxy, origins, tmp_path, policy):
-    p = start_proxy("serve", "--config", config(tmp_path, urls(origins),
-                                                 f'balance = "{policy}"'))
+def test_other_policies_use_every_server(run_proxy, origins, policy):
+    p = run_proxy(pool(origins, balance=policy))
     seen = collections.Counter(who(p.port)[1] for _ in range(60))
     assert set(seen) == {str(o.port) for o in origins}
 
 
-def test_maglev_keeps_a_path_on_one_server(start_proxy, origins, tmp_path):
-    p = start_proxy("serve", "--config", config(tmp_path, urls(origins),
-                                                 'balance = "maglev"\nhash_key = "uri"'))
+def test_maglev_keeps_a_path_on_one_server(run_proxy, origins):
+    p = run_proxy(pool(origins, balance="maglev", hash_key="uri"))
     owners = {}
     with Conn(p.port) as conn:
         for rnd in range(3):
@@ -86,9 +74,8 @@ def test_maglev_keeps_a_path_on_one_server(start_proxy, origins, tmp_path):
     assert len(set(owners.values())) == 3  # the 60 keys spread over all servers
 
 
-def test_maglev_header_key_with_fallback(start_proxy, origins, tmp_path):
-    p = start_proxy("serve", "--config", config(tmp_path, urls(origins),
-                                                 'balance = "maglev"\nhash_key = "header:X-User"'))
+def test_maglev_header_key_with_fallback(run_proxy, origins):
+    p = run_proxy(pool(origins, balance="maglev", hash_key="header:X-User"))
     for user in ("alice", "bob", "carol"):
         raw = crlf(f"GET /size/1?r={{}} HTTP/1.1\nHost: x\nX-User: {user}\n\n")
         seen = {request(p.port, raw.replace(b"{}", str(i).encode())).getheader("X-Origin")
@@ -96,12 +83,10 @@ def test_maglev_header_key_with_fallback(start_proxy, origins, tmp_path):
         assert len(seen) == 1  # one user, one server, whatever the path
 
 
-def test_dead_server_is_invisible_to_clients(start_proxy, origins, tmp_path):
+def test_dead_server_is_invisible_to_clients(run_proxy, origins):
     a, b, c = origins
-    p = start_proxy("serve", "--config", config(
-        tmp_path, urls(origins), 'balance = "maglev"\nhash_key = "uri"\n'
-        '[upstreams.app.outlier]\nconsecutive_failures = 2\nbase_ejection = "30s"\n'
-        'max_ejection_percent = 50\n'))
+    p = run_proxy(pool(origins, balance="maglev", hash_key="uri", outlier={
+        "consecutive_failures": 2, "base_ejection": "30s", "max_ejection_percent": 50}))
     paths = [f"/size/1?k={i}" for i in range(60)]
     before = {path: who(p.port, path)[1] for path in paths}
     dead = str(b.port)
@@ -116,12 +101,11 @@ def test_dead_server_is_invisible_to_clients(start_proxy, origins, tmp_path):
                     assert origin == before[path], "a live server's key moved"
 
 
-def test_ejected_server_returns_with_its_own_keys(start_proxy, origins, tmp_path):
+def test_ejected_server_returns_with_its_own_keys(run_proxy, origins):
     a, b, c = origins
-    p = start_proxy("serve", "--config", config(
-        tmp_path, urls(origins), 'balance = "maglev"\nhash_key = "uri"\n'
-        '[upstreams.app.outlier]\nconsecutive_failures = 1\nbase_ejection = "1s"\n'
-        'max_ejection = "1s"\nmax_ejection_percent = 50\n'))
+    p = run_proxy(pool(origins, balance="maglev", hash_key="uri", outlier={
+        "consecutive_failures": 1, "base_ejection": "1s", "max_ejection": "1s",
+        "max_ejection_percent": 50}))
     paths = [f"/size/1?k={i}" for i in range(40)]
     before = {path: who(p.port, path)[1] for path in paths}
     port_b = b.port
@@ -137,12 +121,10 @@ def test_ejected_server_returns_with_its_own_keys(start_proxy, origins, tmp_path
         revived.stop()
 
 
-def test_active_health_check_takes_server_out_and_back(start_proxy, origins, tmp_path):
+def test_active_health_check_takes_server_out_and_back(run_proxy, origins):
     a, b, c = origins
-    p = start_proxy("serve", "--config", config(
-        tmp_path, urls(origins),
-        '[upstreams.app.health]\npath = "/health"\ninterval = "0.1s"\ntimeout = "0.5s"\n'
-        'rise = 1\nfall = 1\n'))
+    p = run_proxy(pool(origins, health={"path": "/health", "interval": "0.1s", "timeout": "0.5s",
+                                        "rise": 1, "fall": 1}))
     b.health_status = 503
     time.sleep(0.6)
     seen = collections.Counter(who(p.port)[1] for _ in range(30))
@@ -153,19 +135,17 @@ def test_active_health_check_takes_server_out_and_back(start_proxy, origins, tmp
     assert str(b.port) in seen
 
 
-def test_all_servers_down_is_503(start_proxy, origins, tmp_path):
-    p = start_proxy("serve", "--config", config(
-        tmp_path, urls(origins[:1]),
-        '[upstreams.app.health]\npath = "/health"\ninterval = "0.1s"\nrise = 1\nfall = 1\n'))
+def test_all_servers_down_is_503(run_proxy, origins):
+    p = run_proxy(pool(origins[:1], health={"path": "/health", "interval": "0.1s",
+                                            "rise": 1, "fall": 1}))
     origins[0].health_status = 500
     time.sleep(0.5)
     r = request(p.port, crlf("GET / HTTP/1.1\nHost: x\n\n"))
     assert r.status == 503 and b"no available server" in r.body
 
 
-def test_circuit_breaker_fails_fast_and_closes(start_proxy, origins, tmp_path):
-    p = start_proxy("serve", "--config", config(
-        tmp_path, urls(origins[:1]), "[upstreams.app.breaker]\nmax_requests = 2\n"))
+def test_circuit_breaker_fails_fast_and_closes(run_proxy, origins):
+    p = run_proxy(pool(origins[:1], breaker={"max_requests": 2}))
     slow = [Conn(p.port) for _ in range(2)]
     try:
         for c in slow:
@@ -182,7 +162,7 @@ def test_circuit_breaker_fails_fast_and_closes(start_proxy, origins, tmp_path):
     assert request(p.port, crlf("GET /size/1 HTTP/1.1\nHost: x\n\n")).status == 200
 
 
-def test_retry_budget_caps_retries(start_proxy, tmp_path):
+def test_retry_budget_caps_retries(run_proxy):
     # Three servers that accept and close at once (a reset before any response byte).
     # GETs are retried on other servers, but the budget (no ratio, a floor of 0.5 retries
     # per second over a 10 s window = 5 retries) keeps retries from multiplying the load.
@@ -209,13 +189,11 @@ def test_retry_budget_caps_retries(start_proxy, tmp_path):
         s.listen(16)
         socks.append(s)
         threading.Thread(target=serve, args=(s,), daemon=True).start()
-    servers = ", ".join(f'"http://127.0.0.1:{s.getsockname()[1]}"' for s in socks)
+    servers = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
     try:
-        p = start_proxy("serve", "--config", config(
-            tmp_path, servers,
-            "[upstreams.app.retry]\nretries = 2\nbudget_ratio = 0.0\n"
-            "min_retries_per_second = 0.5\nbudget_window = \"10s\"\n"
-            "[upstreams.app.outlier]\nconsecutive_failures = 0\n"))
+        p = run_proxy(pool(servers, outlier={"consecutive_failures": 0}, retry={
+            "retries": 2, "budget_ratio": 0.0, "min_retries_per_second": 0.5,
+            "budget_window": "10s"}))
         for _ in range(20):
             assert request(p.port, crlf("GET / HTTP/1.1\nHost: x\n\n")).status == 502
         attempts = sum(accepted.values())

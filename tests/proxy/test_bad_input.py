@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import PKG_PARENT
+from conftest import PKG_PARENT, reverse_config
 from wire import Conn, RawServer, crlf
 
 
@@ -56,26 +56,20 @@ def up_origin():
     server.close()
 
 
-def reverse_cfg(tmp_path, url: str, listener: str = "") -> str:
-    cfg = tmp_path / "r.toml"
-    cfg.write_text(f"""
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-{listener}
-[upstreams.app]
-servers = ["{url}"]
-""")
-    return str(cfg)
+def reverse_cfg(url: str, **listener) -> dict:
+    """A reverse listener (port 0) with `listener` settings, to group "app" of `url`."""
+    cfg = reverse_config(url)
+    cfg["listeners"][0].update(listener)
+    return cfg
 
 
 H2C = ("GET /x HTTP/1.1\nHost: h\nConnection: Upgrade, HTTP2-Settings\nUpgrade: h2c\n"
        "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\n\n")
 
 
-@pytest.mark.parametrize("listener", ["", 'upgrade = ["websocket", "foo"]'])
-def test_h2c_upgrade_is_never_tunnelled(start_proxy, up_origin, tmp_path, listener):
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, up_origin.url, listener))
+@pytest.mark.parametrize("listener", [{}, {"upgrade": ["websocket", "foo"]}])
+def test_h2c_upgrade_is_never_tunnelled(run_proxy, up_origin, listener):
+    p = run_proxy(reverse_cfg(up_origin.url, **listener))
     with Conn(p.port) as c:
         for _ in range(2):  # a plain exchange: the connection stays usable
             c.send(crlf(H2C))
@@ -85,8 +79,8 @@ def test_h2c_upgrade_is_never_tunnelled(start_proxy, up_origin, tmp_path, listen
     assert b"upgrade" not in head and b"http2-settings" not in head
 
 
-def test_unlisted_protocol_goes_as_a_plain_request(start_proxy, up_origin, tmp_path):
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, up_origin.url))
+def test_unlisted_protocol_goes_as_a_plain_request(run_proxy, up_origin):
+    p = run_proxy(reverse_cfg(up_origin.url))
     with Conn(p.port) as c:
         c.send(crlf("GET /x HTTP/1.1\nHost: h\nConnection: upgrade\nUpgrade: foo/2\n\n"))
         r = c.response()
@@ -94,10 +88,8 @@ def test_unlisted_protocol_goes_as_a_plain_request(start_proxy, up_origin, tmp_p
     assert b"upgrade" not in up_origin.received[-1].lower()
 
 
-def test_listed_protocol_is_tunnelled_and_the_offer_filtered(start_proxy, up_origin,
-                                                              tmp_path):
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, up_origin.url,
-                                                     'upgrade = ["websocket", "foo"]'))
+def test_listed_protocol_is_tunnelled_and_the_offer_filtered(run_proxy, up_origin):
+    p = run_proxy(reverse_cfg(up_origin.url, upgrade=["websocket", "foo"]))
     with Conn(p.port) as c:
         c.send(crlf("GET /x HTTP/1.1\nHost: h\nConnection: upgrade\nUpgrade: h2c, Foo/2\n\n"))
         head = read_response_head(c)
@@ -111,19 +103,15 @@ def test_listed_protocol_is_tunnelled_and_the_offer_filtered(start_proxy, up_ori
     assert b"upgrade: foo/2" in fields and b"connection: upgrade" in fields
 
 
-def test_switching_protocols_without_a_forwarded_offer_is_502(start_proxy, up_origin,
-                                                               tmp_path):
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, up_origin.url))
+def test_switching_protocols_without_a_forwarded_offer_is_502(run_proxy, up_origin):
+    p = run_proxy(reverse_cfg(up_origin.url))
     with Conn(p.port) as c:
         c.send(crlf("GET /force101 HTTP/1.1\nHost: h\nConnection: upgrade\nUpgrade: h2c\n\n"))
         assert c.response().status == 502
 
 
-def test_forward_proxy_does_not_tunnel_h2c(start_proxy, up_origin, tmp_path):
-    cfg = tmp_path / "f.toml"
-    cfg.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n'
-                   'allow_private = true\n')
-    p = start_proxy("serve", "--config", str(cfg))
+def test_forward_proxy_does_not_tunnel_h2c(run_proxy, up_origin):
+    p = run_proxy({"listeners": [{"mode": "forward", "allow_private": True}]})
     with Conn(p.port) as c:
         c.send(crlf(H2C.replace("/x", f"http://127.0.0.1:{up_origin.port}/x")))
         r = c.response()
@@ -192,9 +180,9 @@ def read_chunked_response(c: Conn) -> tuple[bytes, bytes]:
     return head, data
 
 
-def test_forbidden_response_trailers_are_dropped(start_proxy, tr_origin, tmp_path):
+def test_forbidden_response_trailers_are_dropped(run_proxy, tr_origin):
     tr_origin.trailers = KEPT[:17] + FORBIDDEN + KEPT[17:]   # between the kept lines
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, tr_origin.url))
+    p = run_proxy(reverse_cfg(tr_origin.url))
     with Conn(p.port) as c:
         for _ in range(2):   # the framing holds: the connection carries a second exchange
             c.send(crlf("GET / HTTP/1.1\nHost: h\n\n"))
@@ -203,25 +191,25 @@ def test_forbidden_response_trailers_are_dropped(start_proxy, tr_origin, tmp_pat
             assert body == b"5\r\nhello\r\n0\r\n" + KEPT + b"\r\n"
 
 
-def test_only_forbidden_response_trailers(start_proxy, tr_origin, tmp_path):
+def test_only_forbidden_response_trailers(run_proxy, tr_origin):
     tr_origin.trailers = FORBIDDEN
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, tr_origin.url))
+    p = run_proxy(reverse_cfg(tr_origin.url))
     with Conn(p.port) as c:
         c.send(crlf("GET / HTTP/1.1\nHost: h\n\n"))
         assert read_chunked_response(c)[1] == b"5\r\nhello\r\n0\r\n\r\n"
 
 
-def test_allowed_response_trailers_pass_unchanged(start_proxy, tr_origin, tmp_path):
+def test_allowed_response_trailers_pass_unchanged(run_proxy, tr_origin):
     tr_origin.trailers = KEPT
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, tr_origin.url))
+    p = run_proxy(reverse_cfg(tr_origin.url))
     with Conn(p.port) as c:
         c.send(crlf("GET / HTTP/1.1\nHost: h\n\n"))
         assert read_chunked_response(c)[1] == b"5\r\nhello\r\n0\r\n" + KEPT + b"\r\n"
 
 
-@pytest.mark.parametrize("buffering", ["", "request_buffering = false"])
-def test_forbidden_request_trailers_are_dropped(start_proxy, tr_origin, tmp_path, buffering):
-    p = start_proxy("serve", "--config", reverse_cfg(tmp_path, tr_origin.url, buffering))
+@pytest.mark.parametrize("buffering", [{}, {"request_buffering": False}])
+def test_forbidden_request_trailers_are_dropped(run_proxy, tr_origin, buffering):
+    p = run_proxy(reverse_cfg(tr_origin.url, **buffering))
     lines = FORBIDDEN.split(b"\r\n")
     mixed = b"\r\n".join(lines[:3]) + b"\r\n" + KEPT + b"\r\n".join(lines[3:])
     body = b"5\r\nhello\r\n0\r\n" + mixed + b"\r\n"

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import PKG_PARENT, ProxyProcess
+from conftest import PKG_PARENT, ProxyProcess, reverse_config
 
 GET = b"GET /size/2 HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -58,19 +58,8 @@ def _pids(proxy, needle: str) -> set[int]:
 # -- [limits] max_connections --------------------------------------------------------
 
 
-def test_max_connections_holds_extra_connections_in_the_backlog(start_proxy, origin, tmp_path):
-    conf = tmp_path / "limit.toml"
-    conf.write_text(f"""
-admin = "127.0.0.1:0"
-[limits]
-max_connections = 3
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = ["{origin.url}"]
-""")
-    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origin):
+    proxy = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0", limits={"max_connections": 3}))
     first = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(3)]
     for s in first:
         s.sendall(GET)

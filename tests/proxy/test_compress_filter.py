@@ -20,7 +20,7 @@ from fastproxy.proxy.compress import (
     Compression, compression_factory, negotiate, parse_accept_encoding,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def text(n: int, seed: int = 7) -> bytes:

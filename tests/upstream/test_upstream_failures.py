@@ -12,29 +12,21 @@ import time
 
 import pytest
 
+from conftest import reverse_config
 from origin import Origin
 from wire import Conn, crlf
 
 
-def group_cfg(tmp_path, servers, group: str = "", top: str = "") -> str:
-    cfg = tmp_path / "u.toml"
-    urls = ", ".join(f'"{s.url}"' for s in servers)
-    cfg.write_text(f"""{top}
-[[listeners]]
-listen = "127.0.0.1:0"
-upstream = "app"
-[upstreams.app]
-servers = [{urls}]
-{group}
-""")
-    return str(cfg)
+def group_cfg(servers, timeouts: dict, **group) -> dict:
+    """A reverse listener to group "app" of the `servers` origins with `group` settings."""
+    cfg = reverse_config(*(s.url for s in servers), timeouts=timeouts)
+    cfg["upstreams"]["app"].update(group)
+    return cfg
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_timeout_on_a_reused_connection_is_not_resent(start_proxy, origin, tmp_path, method):
-    p = start_proxy("serve", "--config", group_cfg(
-        tmp_path, [origin], '[upstreams.app.retry]\nretries = 0\n',
-        '[timeouts]\nupstream_header = "0.5s"\n'))
+def test_timeout_on_a_reused_connection_is_not_resent(run_proxy, origin, method):
+    p = run_proxy(group_cfg([origin], {"upstream_header": "0.5s"}, retry={"retries": 0}))
     with Conn(p.port) as c:
         c.send(crlf("GET /size/1 HTTP/1.1\nHost: h\n\n"))   # a pooled connection now
         assert c.response().status == 200
@@ -50,13 +42,11 @@ def test_timeout_on_a_reused_connection_is_not_resent(start_proxy, origin, tmp_p
     assert origin.count("/slow/2") == 1    # the origin saw the request once
 
 
-def test_timeout_is_retried_by_the_retry_policy_only(start_proxy, tmp_path):
+def test_timeout_is_retried_by_the_retry_policy_only(run_proxy):
     servers = [Origin().start() for _ in range(2)]
     try:
-        p = start_proxy("serve", "--config", group_cfg(
-            tmp_path, servers, '[upstreams.app.retry]\nretries = 1\n'
-            '[upstreams.app.outlier]\nconsecutive_failures = 0\n',
-            '[timeouts]\nupstream_header = "0.4s"\n'))
+        p = run_proxy(group_cfg(servers, {"upstream_header": "0.4s"}, retry={"retries": 1},
+                                outlier={"consecutive_failures": 0}))
         with Conn(p.port) as c:
             for _ in range(2):                       # a pooled connection to each server
                 c.send(crlf("GET /size/1 HTTP/1.1\nHost: h\n\n"))

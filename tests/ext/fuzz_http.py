@@ -1,7 +1,7 @@
 """Fuzz target for fastproxy._http (atheris / libFuzzer).
 
-    python tests/fuzz_http.py -max_total_time=60 -timeout=5 CORPUS_DIR
-    python tests/fuzz_http.py --write-seeds CORPUS_DIR     # seed from the test tables
+    python tests/ext/fuzz_http.py -max_total_time=60 -timeout=5 CORPUS_DIR
+    python tests/ext/fuzz_http.py --write-seeds CORPUS_DIR     # seed from the test tables
 
 Input layout: byte 0 picks the target (request, response, chunked body, URL
 helpers), byte 1 a split position, the rest is the message.  Any exception
