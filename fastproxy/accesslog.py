@@ -25,17 +25,30 @@ class AccessLog:
             self.fd = sys.stdout.fileno()
             self.own_fd = False
         else:
-            try:
-                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot open the access log {path}: "
-                                         f"{exc.strerror or exc}") from None
+            self.fd = self._open()
             self.own_fd = True
         self.lines: list[str] = []
         self.size = 0
         self.handle = None
         self._stamp_second = -1
         self._stamp = ""
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open the access log {self.path}: "
+                                     f"{exc.strerror or exc}") from None
+
+    def reopen(self) -> None:
+        """Write what is buffered, then continue in a fresh file at the same path
+        (logrotate renamed the old one; SIGUSR1). Raises OSError naming the file."""
+        self.flush()
+        if not self.own_fd:
+            return
+        fd = self._open()          # the old file stays in use if this fails
+        os.close(self.fd)
+        self.fd = fd
 
     def _timestamp(self, t: float) -> str:
         sec = int(t)

@@ -24,7 +24,9 @@ from fastproxy.server import listeners as listening
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+# Signals the master passes on to every worker (it holds no log file itself).
+FORWARDED = (signal.SIGUSR1,)
 
 
 class _Slot:
@@ -147,7 +149,7 @@ class Master:
         self._close_socks(slot)     # the worker holds them now
 
     def _in_child(self, me: _Slot) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.sel.close()
@@ -251,15 +253,20 @@ class Master:
             self._stop()
         elif signum == signal.SIGHUP:
             self.hup = True
+        elif signum in FORWARDED:
+            self._tell_workers(signum)
         # SIGCHLD: the wake-up byte is the message; _reap runs after every select.
+
+    def _tell_workers(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def _reload(self) -> None:
         self.hup = False
-        for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
+        self._tell_workers(signal.SIGHUP)
         # Workers started later must start from the reloaded file too (the workers
         # themselves log whether the reload took).
         try:
@@ -296,7 +303,7 @@ class Master:
         os.set_blocking(self.wake_r, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, self._on_signal)
         try:
             for slot in self.slots:

@@ -307,6 +307,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # Held since run_worker began (a SIGHUP from the master while starting would
         # otherwise kill this worker): delivered now, to the handlers above.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
@@ -315,6 +316,18 @@ class Worker:
         await self.drain()
         log("stopped")
         return 0
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's convention): every generation's access log starts a new file."""
+        reopened = 0
+        for rt in [self.runtime, *self.old_runtimes]:
+            if rt is not None and rt.access_log is not None and rt.access_log.own_fd:
+                try:
+                    rt.access_log.reopen()
+                    reopened += 1
+                except OSError as exc:
+                    log(f"reopen logs: {exc.strerror}; still writing to the old file")
+        log(f"reopened {reopened} log file{'s' if reopened != 1 else ''}")
 
     def _on_hup(self) -> None:
         try:
@@ -338,7 +351,7 @@ class _Holder:
         self.current = lrt
 
 
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def _install_loop() -> None:
