@@ -149,6 +149,7 @@ class Worker:
         self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
+        self.master_pid: int | None = None  # the master that forked this worker, if any
         self.gate: listening.AcceptGate | None = None
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
@@ -192,9 +193,15 @@ class Worker:
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
         if self.config.admin is not None:
             from fastproxy.admin.server import AdminServer
-            self.admin = AdminServer(self)
-            await self.admin.start(*self.config.admin,
-                                   socks=self.sockets["admin"] if self.sockets else None)
+            from fastproxy.server.adminview import AdminView
+            socks = self.sockets["admin"] if self.sockets else None
+            if socks is None:
+                try:
+                    socks = listening.bind(*self.config.admin)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"admin: {exc.strerror}") from None
+            self.admin = AdminServer(AdminView(self, self.master_pid))
+            await self.admin.start(socks)
 
     def _listener_runtime(self, lcfg, index: int) -> ListenerRuntime:
         if lcfg.mode == "tcp":
@@ -214,8 +221,10 @@ class Worker:
         for sock in socks:
             await self.gate.serve(sock, factory, tls)
 
-    def reload(self, config: Config) -> None:
-        """Switch new connections to config; open connections finish on the old one."""
+    def reload(self, config: Config) -> bool:
+        """Switch new connections to config; open connections finish on the old one.
+
+        False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
         cache = self._cache_for(config)
         new_rt = Runtime(config, self.loop, cache, self.counters)
@@ -230,7 +239,7 @@ class Worker:
                 cache.retire()
             self.loop.create_task(new_rt.aclose())
             log("reload: listener addresses or modes changed; restart to apply them")
-            return
+            return False
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
             if lcfg.mode == "tcp":
@@ -252,6 +261,7 @@ class Worker:
             self.loop.create_task(old.stop_checks())
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
+        return True
 
     def _retire(self, rt: Runtime) -> None:
         """`drain` seconds after a reload: the old generation's connections close once idle.
@@ -382,6 +392,7 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
     worker.peers_dir = peers_dir
     worker.sockets = sockets
     worker.ready_fd = ready_fd
+    worker.master_pid = os.getppid() if sockets is not None else None
     try:
         return asyncio.run(worker.run())
     except (OSError, StartError) as exc:
