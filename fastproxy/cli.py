@@ -1,4 +1,4 @@
-"""Command line: `fastproxy serve | check | version | hash-password`.
+"""Command line: `fastproxy serve | check | reload | stop | status | version | hash-password`.
 
 Flags and the TOML file meet as one TOML-shaped document (flags override the
 file), which `config.from_dict` validates; so a flag and the key it stands for
@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a configuration and exit 0, or print the "
                                          "problems and exit 2")
     _listener_flags(check)
+    for name, text in (("reload", "reload the running proxy's configuration (SIGHUP)"),
+                       ("stop", "stop the running proxy gracefully (SIGTERM) and wait for it"),
+                       ("status", "say whether the proxy is running (exit 0) or not (exit 3)")):
+        ctl = sub.add_parser(name, help=text)
+        ctl.add_argument("--config", "-c", metavar="FILE",
+                         help="the configuration the proxy runs (for its pidfile key)")
+        ctl.add_argument("--pidfile", metavar="PATH",
+                         help=f"the running proxy's pidfile (default: {cfgmod.default_pidfile()})")
+        if name == "stop":
+            ctl.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
+                             help="how long to wait for it to finish (default: %(default)g)")
     sub.add_parser("version", help="print the version and exit")
     hp = sub.add_parser("hash-password", help="print a salted hash for a proxy user's password")
     hp.add_argument("password", nargs="?",
@@ -187,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command in ("reload", "stop", "status"):
+        from fastproxy import control
+        return control.main(args)
     if args.command not in ("serve", "check"):
         parser.print_help()
         return 0 if args.command is None else EXIT_BAD_INPUT

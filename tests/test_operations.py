@@ -203,3 +203,118 @@ def test_admin_post_reload_applies_a_good_file_and_refuses_a_bad_one(start_proxy
     assert status == 400 and b"limits.max_connections" in body, body
     assert _get(admin, "/reload")[0] == 405
     assert proxy.proc.poll() is None
+
+
+# -- the pidfile and `fastproxy reload | stop | status` --------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_pidfile_and_control_commands_against_a_running_proxy(start_proxy, origin, tmp_path,
+                                                              workers):
+    pidfile = tmp_path / "run" / "fp.pid"
+    pidfile.parent.mkdir()
+    conf = tmp_path / "c.toml"
+    _two_groups_config(conf, origin, "a", admin=False)
+    conf.write_text(f'pidfile = "{pidfile}"\nworkers = {workers}\n' + conf.read_text())
+    assert _cli("status", "--pidfile", str(pidfile)).returncode == 3
+    proxy = start_proxy("serve", "--config", str(conf))
+    assert _wait_for(pidfile.exists)
+    assert int(pidfile.read_text()) == proxy.proc.pid     # the master with several workers
+    r = _cli("status", "--config", str(conf))
+    assert r.returncode == 0 and f"running (pid {proxy.proc.pid})" in r.stdout, r
+    conf.write_text(conf.read_text().replace('via_name = "a"', 'via_name = "b"'))
+    r = _cli("reload", "--pidfile", str(pidfile))
+    assert r.returncode == 0, r
+    assert _wait_for(lambda: sum("reloaded configuration" in line
+                                 for line in proxy.stderr_lines) >= int(workers))
+    status, _ = _get(proxy.port, "/size/1")
+    assert status == 200
+    r = _cli("stop", "--config", str(conf))
+    assert r.returncode == 0 and "stopped" in r.stdout, r
+    assert proxy.proc.wait(5) == 0
+    assert not pidfile.exists()                      # removed on the way out
+    r = _cli("status", "--pidfile", str(pidfile))
+    assert r.returncode == 3 and "not running" in r.stderr
+    assert _cli("stop", "--pidfile", str(pidfile)).returncode == 0   # already stopped
+    assert _cli("reload", "--pidfile", str(pidfile)).returncode == 1
+
+
+def test_control_commands_refuse_a_stale_pidfile(tmp_path):
+    stale = tmp_path / "stale.pid"
+    stale.write_text(f"{os.getpid()}\n")     # a live process that is not fastproxy
+    r = _cli("status", "--pidfile", str(stale))
+    assert r.returncode == 3 and "is not fastproxy" in r.stderr, r
+    stale.write_text("garbage\n")
+    r = _cli("reload", "--pidfile", str(stale))
+    assert r.returncode == 1 and "does not hold a process id" in r.stderr, r
+    bad = tmp_path / "bad.toml"
+    bad.write_text('pidfile = 3\n[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n')
+    r = _cli("status", "--config", str(bad))
+    assert r.returncode == 2 and "pidfile: expected a file path or false" in r.stderr, r
+
+
+# -- user / group: privileges dropped after binding ----------------------------------------
+
+
+def _free_privileged_port() -> int:
+    import socket
+    for port in range(1000, 900, -1):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    pytest.skip("no free port below 1024")
+
+
+def _ids(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as fh:
+        lines = dict(line.split(":", 1) for line in fh)
+    return int(lines["Uid"].split()[1]), int(lines["Gid"].split()[1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the test starts the proxy as root")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_user_and_group_are_taken_after_binding_a_privileged_port(start_proxy, origin,
+                                                                  tmp_path, workers):
+    import grp
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid).gr_name
+    port = _free_privileged_port()
+    conf = tmp_path / "u.toml"
+    conf.write_text(f"""
+user = "nobody"
+group = "{nogroup}"
+workers = {workers}
+pidfile = false
+[[listeners]]
+listen = "127.0.0.1:{port}"
+upstream = "a"
+[upstreams.a]
+servers = ["{origin.url}"]
+""")
+    os.chmod(tmp_path, 0o755)
+    proxy = start_proxy("serve", "--config", str(conf))
+    assert proxy.port == port
+    assert _get(port, "/size/1")[0] == 200
+    assert _wait_for(lambda: any("running as user nobody" in line
+                                 for line in proxy.stderr_lines)), proxy.stderr_lines
+    if workers == "1":
+        assert _ids(proxy.proc.pid) == (nobody.pw_uid, nobody.pw_gid)
+    else:
+        workers_pids = [int(p) for p in open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read().split()]
+        assert workers_pids and all(_ids(p) == (nobody.pw_uid, nobody.pw_gid)
+                                    for p in workers_pids)
+    assert proxy.stop() == 0
+
+
+def test_unknown_user_is_a_config_error(tmp_path):
+    conf = tmp_path / "u.toml"
+    conf.write_text('user = "no-such-user-here"\n[[listeners]]\nlisten = "127.0.0.1:0"\n'
+                    'mode = "forward"\n')
+    r = _cli("check", "--config", str(conf))
+    assert r.returncode == 2 and "user: no user named 'no-such-user-here'" in r.stderr, r

@@ -139,6 +139,9 @@ class Config:
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
     access_log: AccessLog = field(default_factory=AccessLog)
     cache_size: int = 0              # 0 = no cache
+    pidfile: str | None = None       # None = no pidfile (`pidfile = false`)
+    user: str | None = None          # drop to this user after binding (started as root)
+    group: str | None = None         # and this group (default: the user's primary group)
     extras: tuple[tuple[str, Any], ...] = ()  # top-level sections owned by feature modules
     source: str = "<built-in default>"
 
@@ -579,6 +582,44 @@ def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
     return table.get(name, conv, default)
 
 
+def default_pidfile() -> str:
+    """Where the pidfile goes when the configuration does not say: the runtime directory."""
+    base = os.environ.get("RUNTIME_DIRECTORY")          # systemd's RuntimeDirectory=
+    if base:
+        return os.path.join(base.split(":")[0], "fastproxy.pid")
+    if os.geteuid() == 0:
+        return "/run/fastproxy.pid"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return os.path.join(base, "fastproxy.pid")
+    return f"/tmp/fastproxy-{os.getuid()}.pid"
+
+
+def _pidfile(value: Any) -> str | None:
+    """A file path, or false for no pidfile."""
+    if value is False:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"expected a file path or false, got {value!r}")
+    if os.path.isdir(value):
+        raise ValueError(f"{value} is a directory, not a file")
+    return value
+
+
+def _account(kind: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        import grp
+        import pwd
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a {kind} name, got {value!r}")
+        try:
+            (pwd.getpwnam if kind == "user" else grp.getgrnam)(value)
+        except KeyError:
+            raise ValueError(f"no {kind} named {value!r} on this system") from None
+        return value
+    return conv
+
+
 def from_dict(data: dict, source: str = "<dict>") -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -607,6 +648,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
+    pidfile = top.get("pidfile", _pidfile, "") if "pidfile" in top.data else default_pidfile()
+    user = top.get("user", _account("user"), None)
+    group = top.get("group", _account("group"), None)
     admin = top.get("admin", _listen_address, None)
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
@@ -669,6 +713,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         headers=headers,
         access_log=access_log,
         cache_size=cache_size,
+        pidfile=pidfile or None,
+        user=user,
+        group=group,
         extras=extras,
         source=source,
     )

@@ -341,3 +341,57 @@ class Master:
             for slot in self.slots:
                 if slot.due is not None and slot.due <= now and not self.stopping:
                     self._spawn(slot)
+
+
+# -- the pidfile and privileges (for both one worker and a master) ------------------------
+
+
+def write_pidfile(path: str) -> None:
+    """Write this process's pid to path (atomically: a reader never sees half a number)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(exc.errno, f"cannot write the pidfile {path}: {exc.strerror}") from None
+
+
+def remove_pidfile(path: str) -> None:
+    """Remove path if it still names this process (a newer instance may have replaced it)."""
+    try:
+        with open(path) as fh:
+            if fh.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def drop_privileges(user: str | None, group: str | None) -> str | None:
+    """Become user/group (after binding, so privileged ports work); a description or None.
+
+    Raises OSError when the switch is refused (not started as root)."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+    pw = pwd.getpwnam(user) if user is not None else None
+    gid = grp.getgrnam(group).gr_gid if group is not None else pw.pw_gid
+    try:
+        if pw is not None:
+            os.initgroups(pw.pw_name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+        if pw is not None:
+            os.setuid(pw.pw_uid)
+    except PermissionError as exc:
+        raise OSError(exc.errno, f"cannot switch to user {user or '-'} group {group or '-'}: "
+                                 f"{exc.strerror} (start as root, or leave user/group out)") \
+            from None
+    return f"running as user {user or os.getuid()} group {group or gid}"

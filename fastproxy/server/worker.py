@@ -22,7 +22,8 @@ from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.cache.layer import CacheLayer, WorkerCache
-from fastproxy.config.load import Config, ConfigError, format_address, show_size
+from fastproxy.config.load import (Config, ConfigError, default_pidfile, format_address,
+                                   show_size)
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
@@ -308,6 +309,10 @@ class Worker:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
+        from fastproxy.server.process import drop_privileges
+        became = drop_privileges(self.config.user, self.config.group)   # the ports are bound
+        if became:
+            log(became)
         if self.ready_fd is not None:
             fd, self.ready_fd = self.ready_fd, None
             os.write(fd, b"ready\n")
@@ -412,9 +417,25 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
 
 
 def serve(config: Config, reload_fn=None) -> int:
-    """Run the configuration: in-process for one worker, else a master with forked workers."""
-    if config.workers <= 1:
-        return run_worker(config, reload_fn)
-    from fastproxy.server.process import Master
+    """Run the configuration: in-process for one worker, else a master with forked workers.
 
-    return Master(config, reload_fn, run_worker, log).run()
+    The pidfile names this process (the master with several workers) while it runs."""
+    from fastproxy.server import process
+
+    pidfile = config.pidfile
+    if pidfile is not None:
+        try:
+            process.write_pidfile(pidfile)
+        except OSError as exc:
+            if pidfile != default_pidfile():
+                log(exc.strerror)
+                return 1
+            log(f"{exc.strerror}; going on without one (set pidfile = \"PATH\" or false)")
+            pidfile = None
+    try:
+        if config.workers <= 1:
+            return run_worker(config, reload_fn)
+        return process.Master(config, reload_fn, run_worker, log).run()
+    finally:
+        if pidfile is not None:
+            process.remove_pidfile(pidfile)
