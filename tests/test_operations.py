@@ -318,3 +318,67 @@ def test_unknown_user_is_a_config_error(tmp_path):
                     'mode = "forward"\n')
     r = _cli("check", "--config", str(conf))
     assert r.returncode == 2 and "user: no user named 'no-such-user-here'" in r.stderr, r
+
+
+# -- systemd: Type=notify --------------------------------------------------------------
+
+
+def _notify_socket(tmp_path):
+    import socket
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    return sock, path
+
+
+def _next_state(sock) -> dict:
+    data = sock.recv(4096).decode()
+    return dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sd_notify_ready_reloading_stopping(origin, tmp_path, workers):
+    from conftest import ProxyProcess
+    sock, path = _notify_socket(tmp_path)
+    conf = tmp_path / "n.toml"
+    _two_groups_config(conf, origin, "a", admin=False)
+    conf.write_text(f"workers = {workers}\npidfile = false\n" + conf.read_text())
+    old = os.environ.get("NOTIFY_SOCKET")
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        proxy = ProxyProcess(["serve", "--config", str(conf)], cwd=str(tmp_path))
+    finally:
+        if old is None:
+            del os.environ["NOTIFY_SOCKET"]
+        else:
+            os.environ["NOTIFY_SOCKET"] = old
+    try:
+        state = _next_state(sock)
+        assert state.get("READY") == "1" and state.get("MAINPID") == str(proxy.proc.pid), state
+        proxy.wait_ready(1)
+        assert _get(proxy.port, "/size/1")[0] == 200    # READY means it answers
+        proxy.signal(signal.SIGHUP)
+        state = _next_state(sock)
+        assert state.get("RELOADING") == "1" and int(state["MONOTONIC_USEC"]) > 0, state
+        assert _next_state(sock).get("READY") == "1"
+        proxy.signal(signal.SIGTERM)
+        assert _next_state(sock).get("STOPPING") == "1"
+        assert proxy.proc.wait(10) == 0
+    finally:
+        proxy.stop()
+        sock.close()
+
+
+def test_example_unit_file_is_type_notify_with_reload():
+    from conftest import ROOT
+    text = (ROOT / "examples" / "fastproxy.service").read_text()
+    keys = dict(line.split("=", 1) for line in text.splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert keys["Type"] == "notify"
+    assert "HUP" in keys["ExecReload"] and keys["ExecStart"].split()[1] == "serve"
+    exe = shutil.which("systemd-analyze")
+    if exe:
+        r = subprocess.run([exe, "verify", "--man=no", str(ROOT / "examples" / "fastproxy.service")],
+                           capture_output=True, text=True, timeout=60)
+        assert "Unknown key" not in r.stderr and "Invalid" not in r.stderr, r.stderr

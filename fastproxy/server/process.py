@@ -66,6 +66,7 @@ class Master:
         self.stopping = False
         self.hup = False
         self.ever_ready = False
+        self.notified = False       # systemd heard READY=1
         self.exit_code = 0
         self.peers_dir: str | None = None
         self.sel = selectors.DefaultSelector()
@@ -186,6 +187,10 @@ class Master:
             if slot.message.startswith(b"ready\n") and not slot.ready:
                 slot.ready = True
                 self.ever_ready = True
+                if not self.notified and all(s.ready for s in self.slots):
+                    self.notified = True
+                    sd_notify(f"READY=1\nMAINPID={os.getpid()}\n"
+                              f"STATUS={len(self.slots)} workers")
 
     def _reap(self) -> None:
         while self.children:
@@ -239,6 +244,8 @@ class Master:
     # -- signals -----------------------------------------------------------------------
 
     def _stop(self) -> None:
+        if not self.stopping:
+            sd_notify("STOPPING=1")
         self.stopping = True
         for slot in self.slots:
             slot.due = None
@@ -266,6 +273,13 @@ class Master:
 
     def _reload(self) -> None:
         self.hup = False
+        sd_notify(reloading_state())
+        try:
+            self._reload_workers()
+        finally:
+            sd_notify("READY=1")
+
+    def _reload_workers(self) -> None:
         self._tell_workers(signal.SIGHUP)
         # Workers started later must start from the reloaded file too (the workers
         # themselves log whether the reload took).
@@ -395,3 +409,26 @@ def drop_privileges(user: str | None, group: str | None) -> str | None:
                                  f"{exc.strerror} (start as root, or leave user/group out)") \
             from None
     return f"running as user {user or os.getuid()} group {group or gid}"
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about a state change over $NOTIFY_SOCKET; False without one.
+
+    The protocol is one datagram of "KEY=VALUE" lines (sd_notify(3)); "@" starts a name
+    in the abstract namespace."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    import socket
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), addr)
+    except OSError:
+        return False    # systemd went away or the socket is not ours: nothing to tell
+    return True
+
+
+def reloading_state() -> str:
+    """The notify line for a reload (systemd 253 wants the monotonic time with it)."""
+    return f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"

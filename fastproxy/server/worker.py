@@ -18,7 +18,7 @@ import sys
 import time
 
 from fastproxy.errorlog import log
-from fastproxy.server import listeners as listening
+from fastproxy.server import listeners as listening, process
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache import CacheConfig
 from fastproxy.cache.layer import CacheLayer, WorkerCache
@@ -309,10 +309,13 @@ class Worker:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
-        from fastproxy.server.process import drop_privileges
-        became = drop_privileges(self.config.user, self.config.group)   # the ports are bound
+        # The ports are bound: privileges can go.
+        became = process.drop_privileges(self.config.user, self.config.group)
         if became:
             log(became)
+        alone = self.master_pid is None
+        if alone:
+            process.sd_notify(f"READY=1\nMAINPID={os.getpid()}")
         if self.ready_fd is not None:
             fd, self.ready_fd = self.ready_fd, None
             os.write(fd, b"ready\n")
@@ -327,6 +330,8 @@ class Worker:
         # otherwise kill this worker): delivered now, to the handlers above.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         await self.stopping.wait()
+        if alone:
+            process.sd_notify("STOPPING=1")
         log("draining")
         await self.drain()
         log("stopped")
@@ -345,6 +350,15 @@ class Worker:
         log(f"reopened {reopened} log file{'s' if reopened != 1 else ''}")
 
     def _on_hup(self) -> None:
+        if self.master_pid is None:
+            process.sd_notify(process.reloading_state())
+        try:
+            self._reload_from_file()
+        finally:
+            if self.master_pid is None:
+                process.sd_notify("READY=1")
+
+    def _reload_from_file(self) -> None:
         try:
             config = self.reload_fn()
         except ConfigError as exc:
@@ -420,8 +434,6 @@ def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers.
 
     The pidfile names this process (the master with several workers) while it runs."""
-    from fastproxy.server import process
-
     pidfile = config.pidfile
     if pidfile is not None:
         try:
