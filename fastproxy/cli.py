@@ -40,11 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)")
+    defaults = ("With no --config, --listen, --mode or --upstream the built-in default runs: "
+                "a forward proxy on 127.0.0.1:8080 with a 64MiB cache and the access log on "
+                "stdout. Any of those flags replaces that whole default: the proxy then has "
+                "only what the flags (and --config) say, so add --cache and --access-log to "
+                "keep them. `fastproxy check --print` shows what will run.")
+    serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)",
+                           epilog=defaults)
     _listener_flags(serve)
     check = sub.add_parser("check", help="validate a configuration and exit 0, or print the "
-                                         "problems and exit 2")
+                                         "problems and exit 2", epilog=defaults)
     _listener_flags(check)
+    check.add_argument("--print", "-T", action="store_true", dest="print_config",
+                       help="print the effective configuration (after defaults and flags) "
+                            "as TOML")
     for name, text in (("reload", "reload the running proxy's configuration (SIGHUP)"),
                        ("stop", "stop the running proxy gracefully (SIGTERM) and wait for it"),
                        ("status", "say whether the proxy is running (exit 0) or not (exit 3)")):
@@ -65,18 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--mode", choices=cfgmod.MODES, help="mode of the (first) listener")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener")
+    p.add_argument("--mode", choices=cfgmod.MODES, help="mode of the (first) listener (default: forward; reverse with --upstream, "
+                        "tcp when every --upstream is tcp://)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener (default: 127.0.0.1:8080)")
     p.add_argument("--upstream", action="append", metavar="URL",
                    help="upstream server, repeatable: http://host:port[#weight=N], tcp://host:port")
-    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES, help="balancing policy")
+    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES, help="balancing policy (default: round_robin)")
     p.add_argument("--hash-key", metavar="KEY",
                    help="maglev key: path, uri, client_ip, header:NAME or cookie:NAME")
-    p.add_argument("--cache", metavar="SIZE", help='response cache size, e.g. "256MiB" (0 = off)')
-    p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core)')
-    p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
-    p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
-    p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
+    p.add_argument("--cache", metavar="SIZE", help='response cache size per worker, e.g. "256MiB" (0 = off; default: 64MiB '
+                        'with no other flags, else off)')
+    p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core) (default: 1)')
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin listener: status page, /metrics, reload, purge (default: off)")
+    p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout (default: "-" with no other flags, '
+                        'else off)')
+    p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format (default: combined)")
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
     p.add_argument("--connect-ports", metavar="LIST",
@@ -209,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _report(exc)
     if args.command == "check":
+        if args.print_config:
+            from fastproxy.config.show import render
+            sys.stdout.write(render(config))
+            return 0
         modes = ", ".join(f"{lc.address} ({lc.mode})" for lc in config.listeners)
         print(f"fastproxy: {config.source}: ok: {modes}")
         return 0

@@ -382,3 +382,43 @@ def test_example_unit_file_is_type_notify_with_reload():
         r = subprocess.run([exe, "verify", "--man=no", str(ROOT / "examples" / "fastproxy.service")],
                            capture_output=True, text=True, timeout=60)
         assert "Unknown key" not in r.stderr and "Invalid" not in r.stderr, r.stderr
+
+
+# -- check --print, --help ---------------------------------------------------------------
+
+
+def test_check_print_shows_defaults_and_flags_as_toml(tmp_path):
+    import tomllib
+    r = _cli("check", "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
+             "--workers", "3", "--cache", "32MiB", "--print")
+    assert r.returncode == 0, r.stderr
+    doc = tomllib.loads(r.stdout)
+    assert doc["workers"] == 3
+    assert doc["listeners"][0]["listen"] == "127.0.0.1:0"
+    assert doc["listeners"][0]["mode"] == "reverse"
+    assert doc["upstreams"]["default"]["servers"] == ["http://127.0.0.1:9"]
+    assert doc["cache"]["size"] == 32 * 1024 * 1024
+    assert doc["timeouts"]["drain"] == 30.0               # a default the flags left alone
+    assert doc["limits"]["max_connections"] == 10000
+    assert "access_log" in doc and "path" not in doc["access_log"]   # off with flags
+    assert "# access_log" not in r.stdout and "path: not set" in r.stdout
+    # The file a user runs, printed with its defaults, is still a valid file.
+    assert r.stdout.startswith("# fastproxy: effective configuration of <command line>")
+    printed = tmp_path / "printed.toml"
+    printed.write_text(r.stdout)
+    again = _cli("check", "--config", str(printed))
+    assert again.returncode == 0, again.stderr
+    # Bad input is still one line per problem and exit 2.
+    bad = _cli("check", "--listen", "nope", "--print")
+    assert bad.returncode == 2 and bad.stdout == ""
+
+
+def test_help_shows_the_defaults():
+    r = _cli("serve", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for needle in ("default: 127.0.0.1:8080", "default: forward", "default: 1",
+                   "default: combined", "built-in default"):
+        assert needle in text, (needle, r.stdout)
+    r = _cli("stop", "--help")
+    assert "default: 60" in " ".join(r.stdout.split())
