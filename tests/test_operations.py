@@ -422,3 +422,54 @@ def test_help_shows_the_defaults():
         assert needle in text, (needle, r.stdout)
     r = _cli("stop", "--help")
     assert "default: 60" in " ".join(r.stdout.split())
+
+
+# -- /metrics additions -----------------------------------------------------------------
+
+
+def _metrics(port: int) -> dict[str, float]:
+    _, body = _get(port, "/metrics")
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_histograms_failure_counters_and_build_info(start_proxy, origin, tmp_path,
+                                                            workers):
+    from fastproxy import __version__
+    dead = _dead_port()
+    conf = tmp_path / "m.toml"
+    conf.write_text(f"""
+admin = "127.0.0.1:0"
+workers = {workers}
+pidfile = false
+[[listeners]]
+listen = "127.0.0.1:0"
+name = "web"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}", "http://127.0.0.1:{dead}"]
+""")
+    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+    admin = _admin_port(proxy)
+    for i in range(30):
+        assert _get(proxy.port, f"/size/{i % 3}?n={i % 3}")[0] == 200
+    m = _metrics(admin)
+    assert any(k.startswith('fastproxy_build_info{version="' + __version__ + '"') for k in m)
+    assert m['fastproxy_request_duration_seconds_count{listener="web"}'] == 30
+    assert m['fastproxy_request_duration_seconds_bucket{listener="web",le="+Inf"}'] == 30
+    assert m['fastproxy_upstream_response_seconds_count{group="app"}'] == 30
+    buckets = [v for k, v in m.items()
+               if k.startswith('fastproxy_request_duration_seconds_bucket{listener="web"')]
+    assert buckets == sorted(buckets)          # cumulative
+    failed = m[f'fastproxy_upstream_failures_total{{group="app",server="127.0.0.1:{dead}"}}']
+    assert failed >= 1
+    assert m[f'fastproxy_upstream_failures_total{{group="app",server="127.0.0.1:{origin.port}"}}'] == 0
+    assert f'fastproxy_upstream_ejections_total{{group="app",server="127.0.0.1:{dead}"}}' in m
+    # The top URLs are on the status page, with their counts summed over workers.
+    _, page = _get(admin, "/")
+    assert b"Most requested URLs" in page and b"/size/1?n=1</td><td class=\"\">10<" in page, page

@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 
 REFRESH = 2.0
+TOP_SHOWN = 10     # of the workers' sketches (each bounded, see server/stats.py)
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222;background:#fafafa}
@@ -104,11 +105,12 @@ def render_page(doc: dict) -> str:
                               cache["hits"], cache["stale"], cache["misses"], cache["stores"],
                               cache["evictions"], cache["expirations"], cache["purges"]]],
                             left=0))
-    top = doc.get("top_urls")
+    top = sorted(doc.get("top_urls", {}).items(), key=lambda kv: -kv[1]["requests"])[:TOP_SHOWN]
     if top:
         parts.append("<h2>Most requested URLs</h2>")
-        parts.append(_table(["URL", "requests (at least)", "cache hits"],
-                            [[u, n, h] for u, n, h in top]))
+        parts.append(_table(["URL", "requests", "cache hit ratio"], [
+            [u, v["requests"], f"{100 * v['hits'] / v['requests']:.0f}%"]
+            for u, v in top]))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>fastproxy status</title>"
             f"<style>{_CSS}</style></head><body><h1>fastproxy status</h1>"

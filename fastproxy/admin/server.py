@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -260,6 +261,21 @@ def render_metrics(snap: dict) -> str:
             lab = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
             out.append(f"fastproxy_{name}{{{lab}}} {value}" if lab else f"fastproxy_{name} {value}")
 
+    def histogram(name: str, help_text: str, label: str, series: dict) -> None:
+        out.append(f"# HELP fastproxy_{name} {help_text}")
+        out.append(f"# TYPE fastproxy_{name} histogram")
+        for key, h in series.items():
+            lab = f'{label}="{_label(key)}"'
+            running = 0
+            for le, n in sorted(h["buckets"].items(), key=lambda kv: float(kv[0])):
+                running += n
+                out.append(f'fastproxy_{name}_bucket{{{lab},le="{le}"}} {running}')
+            out.append(f'fastproxy_{name}_bucket{{{lab},le="+Inf"}} {h["count"]}')
+            out.append(f"fastproxy_{name}_sum{{{lab}}} {round(h['sum'], 6)}")
+            out.append(f"fastproxy_{name}_count{{{lab}}} {h['count']}")
+
+    metric("build_info", "gauge", "Always 1; the labels name the running build.",
+           [({"version": snap.get("version", ""), "python": platform.python_version()}, 1)])
     metric("uptime_seconds", "gauge", "Seconds since the oldest worker started.",
            [({}, round(time.time() - snap["started"], 3))])
     metric("workers", "gauge", "Worker processes answering.", [({}, snap["workers"])])
@@ -292,10 +308,20 @@ def render_metrics(snap: dict) -> str:
              "Requests waiting for a connection to the server."),
             ("ejections", "upstream_ejections", "gauge",
              "Consecutive passive-health ejections of the server."),
+            ("failures_total", "upstream_failures_total", "counter",
+             "Failures seen from the server (connect failures, resets, timeouts, 5xx)."),
+            ("ejections_total", "upstream_ejections_total", "counter",
+             "Times passive health detection took the server out."),
             ("healthy", "upstream_healthy", "gauge",
              "1 when the server passes health checks and is not ejected.")):
         metric(name, kind, help_text,
                [({"group": g, "server": s}, v.get(key, 0)) for g, s, v in ups])
+    latency = snap.get("latency", {})
+    histogram("request_duration_seconds", "Time from the request's first byte to the "
+              "logged end of the exchange, per listener.", "listener",
+              latency.get("listeners", {}))
+    histogram("upstream_response_seconds", "Time from the request sent upstream to the "
+              "response head, per upstream group.", "group", latency.get("groups", {}))
     cache = snap.get("cache")
     if cache is not None:
         for key, kind, help_text in (

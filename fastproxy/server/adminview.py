@@ -53,6 +53,8 @@ class AdminView:
                     "opened": getattr(pool, "opened_total", 0),
                     "failures": server.failures,
                     "ejections": server.ejections,
+                    "failures_total": server.failures_total,
+                    "ejections_total": server.ejections_total,
                     "healthy": 1 if server.healthy and not ejected else 0,
                     "check": check or ("ok" if group.health is not None else "off"),
                     "breaker": limit or "closed",
@@ -70,6 +72,9 @@ class AdminView:
             "bytes": {"sent": c.bytes_sent, "received": c.bytes_received},
             "upstreams": upstreams,
         }
+        st = w.stats.snapshot()
+        snap["latency"] = {"listeners": st["listeners"], "groups": st["groups"]}
+        snap["top_urls"] = st["top_urls"]
         if w.gate is not None:
             snap["limits"] = w.gate.stats()
         if w.cache is not None:

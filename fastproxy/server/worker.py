@@ -27,6 +27,7 @@ from fastproxy.config.load import (Config, ConfigError, default_pidfile, format_
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
+from fastproxy.server.stats import Recorder, Stats
 from fastproxy.server.timers import Deadlines
 from fastproxy.upstream.group import UpstreamGroup
 
@@ -35,8 +36,9 @@ class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
-                 counters=None) -> None:
+                 counters=None, stats=None) -> None:
         self.config = config
+        self.stats = stats if stats is not None else Stats()   # the worker's, across reloads
         self.loop = loop
         self.cache = cache          # the worker's WorkerCache (kept across reloads), or None
         self.counters = counters    # the worker's relay Counters (for the admin interface)
@@ -84,7 +86,8 @@ class ListenerRuntime:
         self.timeouts = rt.timeouts
         self.limits = rt.limits
         self.deadlines = rt.deadlines
-        self.access_log = rt.access_log
+        # The relay's per-exchange call: latency and top URLs, then the access log.
+        self.access_log = Recorder(rt.stats, lcfg.name or f"listener{index}", rt.access_log)
         self.response_via = rt.response_via
         self.counters = rt.counters
         self.connections = connections
@@ -144,6 +147,7 @@ class Worker:
         self.bound: list = []   # (listener config, port actually bound)
         self.started = time.time()
         self.counters = Counters()
+        self.stats = Stats()
         self.cache: WorkerCache | None = None
         self.admin = None
         self.index = 0          # worker number (0 .. workers-1)
@@ -178,7 +182,7 @@ class Worker:
             size = self.config.extra("cache").size
             raise StartError(f"cannot allocate the cache ({show_size(size)} per worker): "
                              "out of memory") from None
-        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
+        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters, self.stats)
         self.listener_rts = [self._listener_runtime(lcfg, index)
                              for index, lcfg in enumerate(self.config.listeners)]
 
@@ -228,7 +232,7 @@ class Worker:
         False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
         cache = self._cache_for(config)
-        new_rt = Runtime(config, self.loop, cache, self.counters)
+        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(

@@ -164,6 +164,7 @@ class OutlierDetector:
         """Note a failure from `server` (`connect`: it refused or did not take a connection);
         True when it was ejected by this one."""
         server.failures += 1
+        server.failures_total += 1
         threshold = self.config.consecutive_failures
         if threshold == 0 or server.failures < threshold or server in self._ejected:
             return False
@@ -179,6 +180,7 @@ class OutlierDetector:
         duration = min(self.config.base_ejection * (2 ** min(server.ejections, 62)),
                        self.config.max_ejection)
         server.ejections += 1
+        server.ejections_total += 1
         server.ejected_until = now + duration
         self._ejected[server] = server.ejected_until
         log.warning("upstream %s ejected for %.1fs after %d consecutive failures",

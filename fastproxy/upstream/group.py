@@ -29,6 +29,7 @@ class Server:
         "ejected_until",   # loop time until which passive detection keeps it out
         "ejections",       # consecutive ejections, for the growing back-off
         "failures",        # consecutive connect failures / 5xx seen
+        "failures_total", "ejections_total",   # monotonic counts, for /metrics
         "conns",           # open upstream connections (breaker limit)
         "pending",         # requests waiting for a connection to it (breaker limit)
     )
@@ -44,6 +45,8 @@ class Server:
         self.ejected_until = 0.0
         self.ejections = 0
         self.failures = 0
+        self.failures_total = 0
+        self.ejections_total = 0
         self.conns = 0
         self.pending = 0
 
