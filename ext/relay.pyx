@@ -70,6 +70,12 @@ cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
 cdef object _time = time.time
 
+
+cdef inline Py_ssize_t _body_bytes(bytes response):
+    """Body bytes of a complete response the proxy wrote itself (head and body in one)."""
+    cdef Py_ssize_t end = response.find(b"\r\n\r\n")
+    return len(response) - end - 4 if end >= 0 else 0
+
 cdef enum:
     BODY_NONE = 0
     BODY_LENGTH = 1
@@ -652,7 +658,9 @@ cdef class ClientConnection:
             self.t_start = _time()
         t = self.transport
         if t is not None and not t.is_closing():
-            t.write(error_response(status, detail, True, extra, self.head_request))
+            data = error_response(status, detail, True, extra, self.head_request)
+            t.write(data)
+            self.sent += _body_bytes(data)
         self.log()
         self.req = None
         self._observer_failed()
@@ -664,8 +672,9 @@ cdef class ClientConnection:
         self.detail = detail
         self.resp_started = True
         keep = self.keep_alive and self.body_done
-        self.twrite(error_response(status, detail, not keep, extra,
-                                            self.head_request))
+        data = error_response(status, detail, not keep, extra, self.head_request)
+        self.twrite(data)
+        self.sent += _body_bytes(data)     # the access log counts the proxy's own answers
         self.exchange_done(keep)
 
     cpdef respond(self, object buffers, int status, long long body_bytes, bint keep=True):

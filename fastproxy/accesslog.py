@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+from fastproxy.errorlog import describe, event, iso_time
+
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 65536
 
@@ -32,6 +34,8 @@ class AccessLog:
         self.handle = None
         self._stamp_second = -1
         self._stamp = ""
+        self._iso_second = -1
+        self._iso_head = self._iso_tail = ""
 
     def _open(self) -> int:
         try:
@@ -49,6 +53,15 @@ class AccessLog:
         fd = self._open()          # the old file stays in use if this fails
         os.close(self.fd)
         self.fd = fd
+
+    def _iso(self, t: float) -> str:
+        # ISO 8601 with milliseconds; the part up to the second is formatted once a second.
+        sec = int(t)
+        if sec != self._iso_second:
+            self._iso_second = sec
+            whole = iso_time(sec)           # "...T12:00:00.000+01:00"
+            self._iso_head, self._iso_tail = whole[:19], whole[23:]
+        return f"{self._iso_head}.{int((t - sec) * 1000):03d}{self._iso_tail}"
 
     def _timestamp(self, t: float) -> str:
         sec = int(t)
@@ -73,7 +86,7 @@ class AccessLog:
         extra = conn.log_extra
         if self.json:
             record = {
-                "time": round(now, 3), "client": conn.client_ip, "method": method,
+                "time": self._iso(now), "client": conn.client_ip, "method": method,
                 "target": target, "version": version, "status": conn.status,
                 "bytes_sent": conn.sent, "bytes_received": conn.received,
                 "duration_ms": round(duration * 1000, 3), "upstream": upstream,
@@ -111,7 +124,7 @@ class AccessLog:
     def write_record(self, record: dict) -> None:
         """Log an event that is not an HTTP exchange (a tunnel, a TCP session)."""
         if self.json:
-            line = json.dumps({"time": round(time.time(), 3), **record},
+            line = json.dumps({"time": self._iso(time.time()), **record},
                               separators=(",", ":")) + "\n"
         else:
             line = f"{record.get('client', '-')} - - [{self._timestamp(time.time())}] " + \
@@ -136,7 +149,8 @@ class AccessLog:
                 n = os.write(self.fd, data)
                 data = data[n:]
         except OSError as exc:
-            print(f"fastproxy: access log {self.path}: {exc.strerror}", file=sys.stderr)
+            event("error", "access_log.write", f"access log {self.path}: {describe(exc)}",
+                  path=self.path)
 
     def close(self) -> None:
         self.flush()

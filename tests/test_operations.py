@@ -473,3 +473,93 @@ servers = ["{origin.url}", "http://127.0.0.1:{dead}"]
     # The top URLs are on the status page, with their counts summed over workers.
     _, page = _get(admin, "/")
     assert b"Most requested URLs" in page and b"/size/1?n=1</td><td class=\"\">10<" in page, page
+
+
+# -- the error log ---------------------------------------------------------------------------
+
+
+def test_health_lines_name_the_group_speak_plainly_and_are_not_repeated_on_reload(
+        start_proxy, origin, tmp_path):
+    dead = _dead_port()
+    conf = tmp_path / "h.toml"
+    body = f"""
+pidfile = false
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "shop"
+[upstreams.shop]
+servers = ["{origin.url}", "http://127.0.0.1:{dead}"]
+[upstreams.shop.health]
+path = "/size/1"
+interval = "0.05s"
+fall = 1
+"""
+    conf.write_text(body)
+    proxy = start_proxy("serve", "--config", str(conf))
+
+    def down_lines():
+        return [line for line in proxy.stderr_lines if "is down" in line]
+    assert _wait_for(lambda: down_lines()), proxy.stderr_lines
+    line = down_lines()[0]
+    assert re.match(rf"fastproxy\[\d+\]: warning: upstream shop: server 127\.0\.0\.1:{dead} "
+                    r"is down \(health check: connect refused\)$", line), line
+    for i in range(3):
+        conf.write_text(body + f"\n[headers]\nvia_name = \"gen{i}\"\n")
+        proxy.signal(signal.SIGHUP)
+        assert _wait_for(lambda: sum("reloaded configuration" in x
+                                     for x in proxy.stderr_lines) == i + 1)
+    time.sleep(0.5)       # several check rounds of the new generation
+    assert len(down_lines()) == 1, down_lines()
+    assert not any("Error" in x or "Errno" in x for x in proxy.stderr_lines), proxy.stderr_lines
+
+
+def test_error_log_json_lines(start_proxy, origin, tmp_path):
+    import json
+    dead = _dead_port()
+    conf = tmp_path / "j.toml"
+    conf.write_text(f"""
+pidfile = false
+[error_log]
+format = "json"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "shop"
+[upstreams.shop]
+servers = ["http://127.0.0.1:{dead}"]
+[upstreams.shop.health]
+path = "/"
+interval = "0.05s"
+fall = 1
+""")
+    proxy = start_proxy("serve", "--config", str(conf))
+    assert _wait_for(lambda: any('"health.down"' in x for x in proxy.stderr_lines))
+    records = [json.loads(x) for x in proxy.stderr_lines]
+    down = next(r for r in records if r["event"] == "health.down")
+    assert down["level"] == "warning" and down["group"] == "shop"
+    assert down["server"] == f"127.0.0.1:{dead}" and down["reason"] == "connect refused"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$", down["time"])
+    assert all(r["pid"] == proxy.proc.pid for r in records)
+    assert any("listening on" in r["message"] for r in records)
+    bad = _cli("check", "--config", str(conf).replace("j.toml", "x.toml"))
+    assert bad.returncode == 2
+    (tmp_path / "x.toml").write_text(conf.read_text().replace('"json"', '"xml"'))
+    bad = _cli("check", "--config", str(tmp_path / "x.toml"))
+    assert bad.returncode == 2 and "error_log.format" in bad.stderr, bad.stderr
+
+
+# -- the access log --------------------------------------------------------------------------
+
+
+def test_access_log_counts_the_proxys_own_answers_and_writes_iso_time(start_proxy, tmp_path):
+    import json
+    log = tmp_path / "a.log"
+    proxy = start_proxy("serve", "--listen", "127.0.0.1:0", "--mode", "forward",
+                        "--access-log", str(log), "--log-format", "json")
+    # A forward proxy refuses loopback destinations by default: a 403 it writes itself.
+    status, body = _get(proxy.port, "http://127.0.0.1:9/x")
+    assert status == 403 and body
+    assert _wait_for(lambda: log.exists() and log.read_text().strip())
+    record = json.loads(log.read_text().splitlines()[0])
+    assert record["status"] == 403
+    assert record["bytes_sent"] == len(body)
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$", record["time"])

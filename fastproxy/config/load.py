@@ -28,6 +28,7 @@ BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
+ERROR_LOG_FORMATS = ("text", "json")
 MODES = ("reverse", "forward", "tcp")
 
 
@@ -140,6 +141,7 @@ class Config:
     access_log: AccessLog = field(default_factory=AccessLog)
     cache_size: int = 0              # 0 = no cache
     pidfile: str | None = None       # None = no pidfile (`pidfile = false`)
+    error_log_format: str = "text"   # [error_log] format: text | json
     user: str | None = None          # drop to this user after binding (started as root)
     group: str | None = None         # and this group (default: the user's primary group)
     extras: tuple[tuple[str, Any], ...] = ()  # top-level sections owned by feature modules
@@ -666,6 +668,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
     )
     log_t.finish()
+    err_t = top.table("error_log")
+    error_log_format = err_t.get("format", _choice(ERROR_LOG_FORMATS), "text")
+    err_t.finish()
     extras = _extras(top, TOP_EXTRAS, "top")
     cache_cfg = dict(extras).get("cache")
     cache_size = getattr(cache_cfg, "size", 0)
@@ -714,6 +719,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         access_log=access_log,
         cache_size=cache_size,
         pidfile=pidfile or None,
+        error_log_format=error_log_format,
         user=user,
         group=group,
         extras=extras,

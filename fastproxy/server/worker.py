@@ -17,6 +17,7 @@ import ssl
 import sys
 import time
 
+from fastproxy import errorlog
 from fastproxy.errorlog import log
 from fastproxy.server import listeners as listening, process
 from fastproxy.accesslog import AccessLog
@@ -256,6 +257,7 @@ class Worker:
             new.holder = lrt_old.holder
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        errorlog.configure(config.error_log_format)
         if cache is not self.cache and self.cache is not None:
             # Settings changed: the new generation starts empty, and the old store's
             # memory goes when the last connection that may still use it ends.
@@ -438,6 +440,8 @@ def serve(config: Config, reload_fn=None) -> int:
     """Run the configuration: in-process for one worker, else a master with forked workers.
 
     The pidfile names this process (the master with several workers) while it runs."""
+    errorlog.configure(config.error_log_format)
+    errorlog.install()
     pidfile = config.pidfile
     if pidfile is not None:
         try:

@@ -121,6 +121,8 @@ class UpstreamGroup:
         self.max_retries = settings.retry.retries
         self.health = HealthChecker(self.servers, settings.health, self._changed) \
             if settings.health is not None else None
+        if self.health is not None:
+            self.health.group = self.name
         # Ejected servers are probed with the health check's own request when there is
         # one, else with a connect (a checker that is never started, used for its probe).
         prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
@@ -128,6 +130,7 @@ class UpstreamGroup:
         self.outliers = OutlierDetector(
             self.servers, settings.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")
+        self.outliers.group = self.name
         self.pools = {}
         for server in self.servers:
             pool = pool_factory(self, server)
