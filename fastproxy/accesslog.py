@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -15,6 +16,31 @@ from fastproxy.errorlog import describe, event, iso_time
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 65536
 
+# `access_log.format` may be a template of these (nginx log_format style); anything else
+# in it is copied as written. $cache, $user, $acl, ... are the exchange's extra fields.
+VARIABLES = ("remote_addr", "time_local", "time_iso8601", "request", "method", "target",
+             "version", "status", "bytes_sent", "bytes_received", "referer", "user_agent",
+             "request_time", "upstream", "upstream_time", "detail", "host")
+EXTRA_VARIABLES = ("cache", "user", "acl")
+_VAR_RE = re.compile(r"\$(\{[a-z_0-9]+\}|[a-z_0-9]+)")
+
+
+def parse_template(text: str) -> list[tuple[str, str]]:
+    """[(literal, variable)] of a log_format-like template; ValueError names a bad variable."""
+    parts, pos = [], 0
+    for m in _VAR_RE.finditer(text):
+        name = m.group(1).strip("{}")
+        if name not in VARIABLES and name not in EXTRA_VARIABLES:
+            raise ValueError(f"unknown variable ${name} (known: "
+                             + ", ".join("$" + v for v in VARIABLES + EXTRA_VARIABLES) + ")")
+        parts.append((text[pos:m.start()], name))
+        pos = m.end()
+    if not parts:
+        raise ValueError('expected "combined", "json" or a template with $variables, '
+                         f"got {text!r}")
+    parts.append((text[pos:], ""))
+    return parts
+
 
 class AccessLog:
     """Formats finished exchanges and writes them to a file or stdout."""
@@ -22,6 +48,7 @@ class AccessLog:
     def __init__(self, path: str, fmt: str, loop) -> None:
         self.path = path
         self.json = fmt == "json"
+        self.template = parse_template(fmt) if fmt not in ("json", "combined") else None
         self.loop = loop
         if path == "-":
             self.fd = sys.stdout.fileno()
@@ -84,7 +111,9 @@ class AccessLog:
         else:
             method = target = version = "-"
         extra = conn.log_extra
-        if self.json:
+        if self.template is not None:
+            line = self._templated(conn, req, now, duration, upstream, method, target, version)
+        elif self.json:
             record = {
                 "time": self._iso(now), "client": conn.client_ip, "method": method,
                 "target": target, "version": version, "status": conn.status,
@@ -120,6 +149,38 @@ class AccessLog:
             self.flush()
         elif self.handle is None:
             self.handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def _templated(self, conn, req, now, duration, upstream, method, target, version) -> str:
+        extra = conn.log_extra or {}
+
+        def header(name: bytes) -> str:
+            value = req.get(name) if req is not None else None
+            return value.decode("latin-1") if value else "-"
+        values = {
+            "remote_addr": conn.client_ip, "status": conn.status, "bytes_sent": conn.sent,
+            "bytes_received": conn.received, "method": method, "target": target,
+            "version": version, "request": f"{method} {target} {version}",
+            "request_time": f"{duration:.3f}", "upstream": upstream,
+            "upstream_time": f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-",
+            "detail": conn.detail or "-",
+        }
+        out = []
+        for literal, name in self.template:
+            out.append(literal)
+            if not name:
+                continue
+            if name in values:
+                out.append(str(values[name]))
+            elif name == "time_local":
+                out.append(self._timestamp(now))
+            elif name == "time_iso8601":
+                out.append(self._iso(now))
+            elif name in ("referer", "user_agent", "host"):
+                out.append(header(name.replace("_", "-").encode()))
+            else:
+                out.append(str(extra.get(name, "-")))
+        out.append("\n")
+        return "".join(out)
 
     def write_record(self, record: dict) -> None:
         """Log an event that is not an HTTP exchange (a tunnel, a TCP session)."""

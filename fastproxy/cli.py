@@ -74,21 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--mode", choices=cfgmod.MODES, help="mode of the (first) listener (default: forward; reverse with --upstream, "
-                        "tcp when every --upstream is tcp://)")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener (default: 127.0.0.1:8080)")
+    p.add_argument("--mode", choices=cfgmod.MODES,
+                   help="mode of the (first) listener (default: forward; reverse with "
+                        "--upstream, tcp when every --upstream is tcp://)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="address of the (first) listener (default: 127.0.0.1:8080)")
     p.add_argument("--upstream", action="append", metavar="URL",
                    help="upstream server, repeatable: http://host:port[#weight=N], tcp://host:port")
-    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES, help="balancing policy (default: round_robin)")
+    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES,
+                   help="balancing policy (default: round_robin)")
     p.add_argument("--hash-key", metavar="KEY",
                    help="maglev key: path, uri, client_ip, header:NAME or cookie:NAME")
-    p.add_argument("--cache", metavar="SIZE", help='response cache size per worker, e.g. "256MiB" (0 = off; default: 64MiB '
-                        'with no other flags, else off)')
-    p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core) (default: 1)')
-    p.add_argument("--admin", metavar="HOST:PORT", help="admin listener: status page, /metrics, reload, purge (default: off)")
-    p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout (default: "-" with no other flags, '
+    p.add_argument("--cache", metavar="SIZE",
+                   help='response cache size per worker, e.g. "256MiB" (0 = off; default: '
+                        '64MiB with no other flags, else off)')
+    p.add_argument("--workers", metavar="N",
+                   help='worker processes, or "auto" (one per core) (default: 1)')
+    p.add_argument("--admin", metavar="HOST:PORT",
+                   help="admin listener: status page, /metrics, reload, purge (default: off)")
+    p.add_argument("--access-log", metavar="PATH",
+                   help='access log file, "-" for stdout (default: "-" with no other flags, '
                         'else off)')
-    p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format (default: combined)")
+    p.add_argument("--log-format", metavar="FORMAT",
+                   help='access log format: combined, json, or a template such as '
+                        '\'$remote_addr "$request" $status $bytes_sent $request_time\' '
+                        '(default: combined)')
     p.add_argument("--allow-private", action="store_true",
                    help="forward mode: allow private, loopback and link-local destinations")
     p.add_argument("--connect-ports", metavar="LIST",
@@ -192,6 +202,8 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
             flags[f"upstreams.{group}.servers[{i}]"] = f"--upstream {value}"
     if args.access_log is not None:
         flags["access_log.path"] = f"--access-log {args.access_log}"
+    if args.log_format is not None:
+        flags["access_log.format"] = "--log-format"
     return f"{flags[key]}: {text}" if key in flags else problem
 
 

@@ -99,7 +99,7 @@ class _Bridge(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-        except Exception:     # a bad format string must not take the worker down
+        except (TypeError, ValueError):   # a bad format string must not take the worker down
             message = str(record.msg)
         level = "error" if record.levelno >= logging.ERROR else \
             "warning" if record.levelno >= logging.WARNING else "info"

@@ -39,7 +39,7 @@ _JS = """
   }
   setInterval(refresh,every);
 })();
-""" % int(REFRESH * 1000)
+""".replace("%d", str(int(REFRESH * 1000)))
 
 
 def _table(head: list[str], rows: list[list], left: int = 1) -> str:
@@ -67,10 +67,10 @@ def _duration(seconds: float) -> str:
 
 def render_page(doc: dict) -> str:
     """The HTML status page for a (merged) /status document."""
-    parts = [f"<p>fastproxy {escape(str(doc.get('version', '?')))} &middot; up "
-             f"{_duration(doc['uptime'])} &middot; {doc['workers']} worker"
-             f"{'s' if doc['workers'] != 1 else ''} &middot; "
-             f"{doc['connections']} open connections</p>"]
+    plural = "s" if doc["workers"] != 1 else ""
+    parts = [(f"<p>fastproxy {escape(str(doc.get('version', '?')))} &middot; up "
+              f"{_duration(doc['uptime'])} &middot; {doc['workers']} worker{plural} "
+              f"&middot; {doc['connections']} open connections</p>")]
     listeners = doc.get("listeners", {})
     parts.append("<h2>Listeners</h2>")
     parts.append(_table(["name", "address", "mode"], [

@@ -345,13 +345,14 @@ def render_metrics(snap: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-_REASONS = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             411: b"Length Required", 413: b"Content Too Large",
             431: b"Request Header Fields Too Large"}
 
 
 # RFC 9110 15.5.6: a 405 lists the methods the resource answers.
-_ALLOW = {b"/": b"GET, HEAD", b"/reload": b"POST", b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
+_ALLOW = {b"/": b"GET, HEAD", b"/reload": b"POST",
+          b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
           b"/cache/purge": b"POST"}
 
 

@@ -584,6 +584,15 @@ def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
     return table.get(name, conv, default)
 
 
+def _log_format(value: Any) -> str:
+    """combined, json, or a template of $variables (fastproxy.accesslog.VARIABLES)."""
+    from fastproxy.accesslog import parse_template
+    v = _STR(value)
+    if v not in LOG_FORMATS:
+        parse_template(v)
+    return v
+
+
 def default_pidfile() -> str:
     """Where the pidfile goes when the configuration does not say: the runtime directory."""
     base = os.environ.get("RUNTIME_DIRECTORY")          # systemd's RuntimeDirectory=
@@ -665,7 +674,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     log_t = top.table("access_log")
     access_log = AccessLog(
         path=log_t.get("path", log_path, None),
-        format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
+        format=log_t.get("format", _log_format, "combined"),
     )
     log_t.finish()
     err_t = top.table("error_log")

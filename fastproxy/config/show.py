@@ -12,6 +12,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 _SKIP = {"source", "extras", "cache_size"}
+_TABLE_KEYS = {"error_log_format": ("error_log", "format")}
 _HOISTED = {"settings", "forward"}     # typed holders of a table's own sections
 
 
@@ -107,6 +108,9 @@ def render(config: Any) -> str:
            "# (every key with its value after built-in defaults and command-line flags)"]
     top = [(f.name, getattr(config, f.name)) for f in fields(config)
            if f.name not in ("listeners", "upstreams", "source", "extras", "cache_size")]
+    # Flat fields that stand for a table's key in the file.
+    top = [(key, value) if key not in _TABLE_KEYS else
+           (_TABLE_KEYS[key][0], {_TABLE_KEYS[key][1]: value}) for key, value in top]
     for key, value in top:
         if key == "admin" and value is not None:
             host = f"[{value[0]}]" if ":" in value[0] else value[0]

@@ -102,8 +102,8 @@ class AdminView:
         if self.master_pid is not None:
             # The master reloads every worker (and remembers the file for new ones).
             os.kill(self.master_pid, signal.SIGHUP)
-            return True, [f"reload of {config.source} sent to the master "
-                          f"(pid {self.master_pid})"]
+            return True, [(f"reload of {config.source} sent to the master "
+                           f"(pid {self.master_pid})")]
         if not w.reload(config):
             return False, ["listener addresses or modes changed; restart to apply them"]
         return True, [f"reloaded configuration from {config.source}"]

@@ -20,7 +20,7 @@ URL_MAX = 200           # characters of a URL kept in the sketch
 class Histogram:
     """Cumulative-at-render latency histogram (counts per bucket, sum, count)."""
 
-    __slots__ = ("counts", "total", "count")
+    __slots__ = ("count", "counts", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)

@@ -14,7 +14,6 @@ import asyncio
 import os
 import signal
 import ssl
-import sys
 import time
 
 from fastproxy import errorlog
