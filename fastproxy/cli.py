@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 
 from fastproxy import __version__
@@ -264,7 +265,19 @@ def _hash_password(args: argparse.Namespace) -> int:
         # and shell history); read a line from a pipe otherwise.
         if sys.stdin.isatty():
             import getpass
-            password = getpass.getpass("password: ")
+            try:
+                password = getpass.getpass("password: ")
+                if password and getpass.getpass("again: ") != password:
+                    print("fastproxy: hash-password: the two passwords differ",
+                          file=sys.stderr)
+                    return EXIT_BAD_INPUT
+            except (KeyboardInterrupt, EOFError):
+                # Ctrl-C or Ctrl-D at the prompt: a new line after the prompt, no traceback.
+                # Out at once: an interrupt can leave interpreter-exit hooks (logging's
+                # shutdown) with a lock in a bad state, and they would print a traceback.
+                sys.stderr.write("\nfastproxy: hash-password: cancelled\n")
+                sys.stderr.flush()
+                os._exit(130)
         else:
             password = sys.stdin.readline().rstrip("\n")
     if not password:

@@ -579,3 +579,57 @@ def test_access_log_text_template(start_proxy, origin, tmp_path):
                     r'ua="[^"]*"$', line), line
     r = _cli("check", "--mode", "forward", "--log-format", "$remote_addr $nope")
     assert r.returncode == 2 and "--log-format: unknown variable $nope" in r.stderr, r.stderr
+
+
+# -- hash-password at a terminal -------------------------------------------------------------
+
+
+def _on_a_terminal(keys: list[bytes], interrupt: bool = False) -> tuple[int, str]:
+    """Run `fastproxy hash-password` on a pseudo-terminal, typing keys at each prompt."""
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["PYTHONPATH"] = PKG_PARENT
+        os.execv(sys.executable, [sys.executable, "-m", "fastproxy", "hash-password"])
+    out = b""
+    pending = list(keys)
+    answered = 0
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            # Answer each prompt once it is shown: getpass flushes what was typed ahead.
+            if out.count(b"password:") + out.count(b"again:") > answered:
+                answered += 1
+                if pending:
+                    os.write(fd, pending.pop(0))
+                elif interrupt:
+                    os.kill(pid, signal.SIGINT)
+    finally:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode("utf-8", "replace")
+
+
+def test_hash_password_asks_twice_and_cancels_cleanly():
+    code, out = _on_a_terminal([b"s3cret\r", b"s3cret\r"])
+    assert code == 0 and "again:" in out and "$" in out.splitlines()[-1], out
+    code, out = _on_a_terminal([b"s3cret\r", b"other\r"])
+    assert code == 2 and "the two passwords differ" in out, out
+    code, out = _on_a_terminal([b"\x04"])                 # Ctrl-D at the prompt
+    assert code == 130 and "cancelled" in out and "Traceback" not in out, out
+    code, out = _on_a_terminal([], interrupt=True)       # Ctrl-C at the prompt
+    assert code == 130 and "cancelled" in out and "Traceback" not in out, out
