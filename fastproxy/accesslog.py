@@ -25,6 +25,15 @@ EXTRA_VARIABLES = ("cache", "user", "acl")
 _VAR_RE = re.compile(r"\$(\{[a-z_0-9]+\}|[a-z_0-9]+)")
 
 
+def log_format(value) -> str:
+    """`access_log.format`: combined, json, or a template of VARIABLES (ValueError if not)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    if value not in ("combined", "json"):
+        parse_template(value)
+    return value
+
+
 def parse_template(text: str) -> list[tuple[str, str]]:
     """[(literal, variable)] of a log_format-like template; ValueError names a bad variable."""
     parts, pos = [], 0

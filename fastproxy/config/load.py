@@ -11,9 +11,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from fastproxy.accesslog import log_format
+from fastproxy.errorlog import FORMATS as ERROR_LOG_FORMATS
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
-    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path,
+    ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile, format_address,
+    int_range, log_path, pidfile_path,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
 )
@@ -28,7 +31,6 @@ BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
-ERROR_LOG_FORMATS = ("text", "json")
 MODES = ("reverse", "forward", "tcp")
 
 
@@ -584,53 +586,6 @@ def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],
     return table.get(name, conv, default)
 
 
-def _log_format(value: Any) -> str:
-    """combined, json, or a template of $variables (fastproxy.accesslog.VARIABLES)."""
-    from fastproxy.accesslog import parse_template
-    v = _STR(value)
-    if v not in LOG_FORMATS:
-        parse_template(v)
-    return v
-
-
-def default_pidfile() -> str:
-    """Where the pidfile goes when the configuration does not say: the runtime directory."""
-    base = os.environ.get("RUNTIME_DIRECTORY")          # systemd's RuntimeDirectory=
-    if base:
-        return os.path.join(base.split(":")[0], "fastproxy.pid")
-    if os.geteuid() == 0:
-        return "/run/fastproxy.pid"
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base:
-        return os.path.join(base, "fastproxy.pid")
-    return f"/tmp/fastproxy-{os.getuid()}.pid"
-
-
-def _pidfile(value: Any) -> str | None:
-    """A file path, or false for no pidfile."""
-    if value is False:
-        return None
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise ValueError(f"expected a file path or false, got {value!r}")
-    if os.path.isdir(value):
-        raise ValueError(f"{value} is a directory, not a file")
-    return value
-
-
-def _account(kind: str) -> Callable[[Any], str]:
-    def conv(value: Any) -> str:
-        import grp
-        import pwd
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"expected a {kind} name, got {value!r}")
-        try:
-            (pwd.getpwnam if kind == "user" else grp.getgrnam)(value)
-        except KeyError:
-            raise ValueError(f"no {kind} named {value!r} on this system") from None
-        return value
-    return conv
-
-
 def from_dict(data: dict, source: str = "<dict>") -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -659,9 +614,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
-    pidfile = top.get("pidfile", _pidfile, "") if "pidfile" in top.data else default_pidfile()
-    user = top.get("user", _account("user"), None)
-    group = top.get("group", _account("group"), None)
+    pidfile = top.get("pidfile", pidfile_path, "") if "pidfile" in top.data else default_pidfile()
+    user = top.get("user", account_name("user"), None)
+    group = top.get("group", account_name("group"), None)
     admin = top.get("admin", _listen_address, None)
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
@@ -674,7 +629,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     log_t = top.table("access_log")
     access_log = AccessLog(
         path=log_t.get("path", log_path, None),
-        format=log_t.get("format", _log_format, "combined"),
+        format=log_t.get("format", log_format, "combined"),
     )
     log_t.finish()
     err_t = top.table("error_log")
