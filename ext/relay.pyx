@@ -120,6 +120,12 @@ cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
 cdef object _time = time.time
 
+
+cdef inline Py_ssize_t _body_bytes(bytes response):
+    """Body bytes of a complete response the proxy wrote itself (head and body in one)."""
+    cdef Py_ssize_t end = response.find(b"\r\n\r\n")
+    return len(response) - end - 4 if end >= 0 else 0
+
 cdef enum:
     BODY_NONE = 0
     BODY_LENGTH = 1

@@ -42,7 +42,8 @@ cdef class ListenerSettings:
         self.counters = gen.counters
         self.fast_hits = rt.fast_hits
         self.fast = getattr(handler, "fast", None)
-        self.access_log = gen.access_log
+        # The listener's recorder (latency, top URLs, then the generation's access log).
+        self.access_log = rt.access_log
         self.connections = rt.connections
         self.deadlines = gen.deadlines
         # Handlers that count connections (per-client limits) say so.
@@ -531,7 +532,9 @@ cdef class ClientConnection:
             self.t_start = _time()
         t = self.transport
         if t is not None and not t.is_closing():
-            t.write(error_response(status, detail, True, extra, self.head_request))
+            data = error_response(status, detail, True, extra, self.head_request)
+            t.write(data)
+            self.sent += _body_bytes(data)     # the access log counts the proxy's own answers
         self.log()
         self.req = None
         self._observer_failed()
@@ -543,8 +546,9 @@ cdef class ClientConnection:
         self.detail = detail
         self.resp_started = True
         keep = self.keep_alive and self.body_done
-        self.twrite(error_response(status, detail, not keep, extra,
-                                            self.head_request))
+        data = error_response(status, detail, not keep, extra, self.head_request)
+        self.twrite(data)
+        self.sent += _body_bytes(data)     # the access log counts the proxy's own answers
         self.exchange_done(keep)
 
     cpdef respond(self, object buffers, int status, long long body_bytes, bint keep=True):

@@ -7,11 +7,48 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
+from fastproxy.errorlog import describe, event, iso_time
+
 FLUSH_INTERVAL = 0.2
 FLUSH_BYTES = 65536
+
+# `access_log.format` may be a template of these (nginx log_format style); anything else
+# in it is copied as written. $cache, $user, $acl, ... are the exchange's extra fields.
+VARIABLES = ("remote_addr", "time_local", "time_iso8601", "request", "method", "target",
+             "version", "status", "bytes_sent", "bytes_received", "referer", "user_agent",
+             "request_time", "upstream", "upstream_time", "detail", "host")
+EXTRA_VARIABLES = ("cache", "user", "acl")
+_VAR_RE = re.compile(r"\$(\{[a-z_0-9]+\}|[a-z_0-9]+)")
+
+
+def log_format(value) -> str:
+    """`access_log.format`: combined, json, or a template of VARIABLES (ValueError if not)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    if value not in ("combined", "json"):
+        parse_template(value)
+    return value
+
+
+def parse_template(text: str) -> list[tuple[str, str]]:
+    """[(literal, variable)] of a log_format-like template; ValueError names a bad variable."""
+    parts, pos = [], 0
+    for m in _VAR_RE.finditer(text):
+        name = m.group(1).strip("{}")
+        if name not in VARIABLES and name not in EXTRA_VARIABLES:
+            raise ValueError(f"unknown variable ${name} (known: "
+                             + ", ".join("$" + v for v in VARIABLES + EXTRA_VARIABLES) + ")")
+        parts.append((text[pos:m.start()], name))
+        pos = m.end()
+    if not parts:
+        raise ValueError('expected "combined", "json" or a template with $variables, '
+                         f"got {text!r}")
+    parts.append((text[pos:], ""))
+    return parts
 
 
 class AccessLog:
@@ -20,22 +57,47 @@ class AccessLog:
     def __init__(self, path: str, fmt: str, loop) -> None:
         self.path = path
         self.json = fmt == "json"
+        self.template = parse_template(fmt) if fmt not in ("json", "combined") else None
         self.loop = loop
         if path == "-":
             self.fd = sys.stdout.fileno()
             self.own_fd = False
         else:
-            try:
-                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot open the access log {path}: "
-                                         f"{exc.strerror or exc}") from None
+            self.fd = self._open()
             self.own_fd = True
         self.lines: list[str] = []
         self.size = 0
         self.handle = None
         self._stamp_second = -1
         self._stamp = ""
+        self._iso_second = -1
+        self._iso_head = self._iso_tail = ""
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open the access log {self.path}: "
+                                     f"{exc.strerror or exc}") from None
+
+    def reopen(self) -> None:
+        """Write what is buffered, then continue in a fresh file at the same path
+        (logrotate renamed the old one; SIGUSR1). Raises OSError naming the file."""
+        self.flush()
+        if not self.own_fd:
+            return
+        fd = self._open()          # the old file stays in use if this fails
+        os.close(self.fd)
+        self.fd = fd
+
+    def _iso(self, t: float) -> str:
+        # ISO 8601 with milliseconds; the part up to the second is formatted once a second.
+        sec = int(t)
+        if sec != self._iso_second:
+            self._iso_second = sec
+            whole = iso_time(sec)           # "...T12:00:00.000+01:00"
+            self._iso_head, self._iso_tail = whole[:19], whole[23:]
+        return f"{self._iso_head}.{int((t - sec) * 1000):03d}{self._iso_tail}"
 
     def _timestamp(self, t: float) -> str:
         sec = int(t)
@@ -60,9 +122,11 @@ class AccessLog:
         else:
             method = target = version = "-"
         extra = conn.log_extra
-        if self.json:
+        if self.template is not None:
+            line = self._templated(conn, req, now, duration, upstream, method, target, version)
+        elif self.json:
             record = {
-                "time": round(now, 3), "client": conn.client_ip, "method": method,
+                "time": self._iso(now), "client": conn.client_ip, "method": method,
                 "target": target, "version": version, "status": conn.status,
                 "bytes_sent": conn.sent, "bytes_received": conn.received,
                 "duration_ms": round(duration * 1000, 3), "upstream": upstream,
@@ -97,10 +161,42 @@ class AccessLog:
         elif self.handle is None:
             self.handle = self.loop.call_later(FLUSH_INTERVAL, self.flush)
 
+    def _templated(self, conn, req, now, duration, upstream, method, target, version) -> str:
+        extra = conn.log_extra or {}
+
+        def header(name: bytes) -> str:
+            value = req.get(name) if req is not None else None
+            return value.decode("latin-1") if value else "-"
+        values = {
+            "remote_addr": conn.client_ip, "status": conn.status, "bytes_sent": conn.sent,
+            "bytes_received": conn.received, "method": method, "target": target,
+            "version": version, "request": f"{method} {target} {version}",
+            "request_time": f"{duration:.3f}", "upstream": upstream,
+            "upstream_time": f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-",
+            "detail": conn.detail or "-",
+        }
+        out = []
+        for literal, name in self.template or ():
+            out.append(literal)
+            if not name:
+                continue
+            if name in values:
+                out.append(str(values[name]))
+            elif name == "time_local":
+                out.append(self._timestamp(now))
+            elif name == "time_iso8601":
+                out.append(self._iso(now))
+            elif name in ("referer", "user_agent", "host"):
+                out.append(header(name.replace("_", "-").encode()))
+            else:
+                out.append(str(extra.get(name, "-")))
+        out.append("\n")
+        return "".join(out)
+
     def write_record(self, record: dict) -> None:
         """Log an event that is not an HTTP exchange (a tunnel, a TCP session)."""
         if self.json:
-            line = json.dumps({"time": round(time.time(), 3), **record},
+            line = json.dumps({"time": self._iso(time.time()), **record},
                               separators=(",", ":")) + "\n"
         else:
             line = f"{record.get('client', '-')} - - [{self._timestamp(time.time())}] " + \
@@ -125,7 +221,8 @@ class AccessLog:
                 n = os.write(self.fd, data)
                 data = data[n:]
         except OSError as exc:
-            print(f"fastproxy: access log {self.path}: {exc.strerror}", file=sys.stderr)
+            event("error", "access_log.write", f"access log {self.path}: {describe(exc)}",
+                  path=self.path)
 
     def close(self) -> None:
         self.flush()

@@ -1,4 +1,4 @@
-"""Command line: `fastproxy serve | check | version | hash-password`.
+"""Command line: `fastproxy serve | check | reload | stop | status | version | hash-password`.
 
 Flags and the TOML file meet as one TOML-shaped document (flags override the
 file), which `config.from_dict` validates; so a flag and the key it stands for
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from typing import NoReturn
 
@@ -41,11 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)")
+    defaults = ("With no --config, --listen, --mode or --upstream the built-in default runs: "
+                "a forward proxy on 127.0.0.1:8080 with a 64MiB cache and the access log on "
+                "stdout. Any of those flags replaces that whole default: the proxy then has "
+                "only what the flags (and --config) say, so add --cache and --access-log to "
+                "keep them. `fastproxy check --print` shows what will run.")
+    serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)",
+                           epilog=defaults)
     _listener_flags(serve)
     check = sub.add_parser("check", help="validate a configuration and exit 0, or print the "
-                                         "problems and exit 2")
+                                         "problems and exit 2", epilog=defaults)
     _listener_flags(check)
+    check.add_argument("--print", "-T", action="store_true", dest="print_config",
+                       help="print the effective configuration (after defaults and flags) "
+                            "as TOML")
+    for name, text in (("reload", "reload the running proxy's configuration (SIGHUP)"),
+                       ("stop", "stop the running proxy gracefully (SIGTERM) and wait for it"),
+                       ("status", "say whether the proxy is running (exit 0) or not (exit 3)")):
+        ctl = sub.add_parser(name, help=text)
+        ctl.add_argument("--config", "-c", metavar="FILE",
+                         help="the configuration the proxy runs (for its pidfile key)")
+        ctl.add_argument("--pidfile", metavar="PATH",
+                         help=f"the running proxy's pidfile (default: {cfgmod.default_pidfile()})")
+        if name == "stop":
+            ctl.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
+                             help="how long to wait for it to finish (default: %(default)g)")
     sub.add_parser("version", help="print the version and exit")
     hp = sub.add_parser("hash-password", help="print a salted hash for a proxy user's password")
     hp.add_argument("password", nargs="?",
@@ -55,25 +76,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _listener_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--mode", choices=cfgmod.MODES, help="mode of the (first) listener")
-    p.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener")
+    p.add_argument("--mode", choices=cfgmod.MODES,
+                   help="mode of the (first) listener (default: forward; reverse with "
+                        "--upstream, tcp when every --upstream is tcp://)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="address of the (first) listener (default: 127.0.0.1:8080)")
     p.add_argument("--upstream", action="append", metavar="URL",
                    help="upstream server, repeatable: http://host:port[#weight=N], tcp://host:port")
-    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES, help="balancing policy")
+    p.add_argument("--balance", choices=cfgmod.BALANCE_POLICIES,
+                   help="balancing policy (default: round_robin)")
     p.add_argument("--hash-key", metavar="KEY",
                    help="maglev key: path, uri, client_ip, header:NAME or cookie:NAME")
-    p.add_argument("--cache", metavar="SIZE", help='response cache size, e.g. "256MiB" (0 = off)')
+    p.add_argument("--cache", metavar="SIZE",
+                   help='response cache size per worker, e.g. "256MiB" (0 = off; default: '
+                        '64MiB with no other flags, else off)')
     p.add_argument("--peers", metavar="URL,URL,...",
                    help="every node of the caching fleet, this one included (with --self)")
     p.add_argument("--self", dest="self_url", metavar="URL",
                    help="this node's URL as its peers reach it (one of --peers)")
-    p.add_argument("--workers", metavar="N", help='worker processes, or "auto" (one per core)')
-    p.add_argument("--admin", metavar="HOST:PORT", help="admin/metrics listener")
-    p.add_argument("--access-log", metavar="PATH", help='access log file, "-" for stdout')
-    p.add_argument("--log-format", choices=cfgmod.LOG_FORMATS, help="access log format")
+    p.add_argument("--workers", metavar="N",
+                   help='worker processes, or "auto" (one per core) (default: 1)')
+    p.add_argument("--admin", metavar="HOST:PORT",
+                   help="admin listener: status page, /metrics, reload, purge (default: off)")
+    p.add_argument("--access-log", metavar="PATH",
+                   help='access log file, "-" for stdout (default: "-" with no other flags, '
+                        'else off)')
+    p.add_argument("--log-format", metavar="FORMAT",
+                   help='access log format: combined, json, or a template such as '
+                        '\'$remote_addr "$request" $status $bytes_sent $request_time\' '
+                        '(default: combined)')
     p.add_argument("--compress", action="store_true",
                    help="compress responses (br, zstd, gzip) on reverse listeners; "
-                        "[compression] in the file tunes it")
+                        "[compression] in the file tunes it (default: off)")
     p.add_argument("--tls-cert", metavar="FILE",
                    help="PEM certificate: the (first) listener speaks TLS (ALPN h2, http/1.1)")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
@@ -201,6 +235,8 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
         flags["listeners[0].tls.cert"] = f"--tls-cert {args.tls_cert}"
         flags["listeners[0].tls.key"] = f"--tls-key {args.tls_key}"
         flags["listeners[0].tls"] = "--tls-cert/--tls-key"
+    if args.log_format is not None:
+        flags["access_log.format"] = "--log-format"
     return f"{flags[key]}: {text}" if key in flags else problem
 
 
@@ -219,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command in ("reload", "stop", "status"):
+        from fastproxy import control
+        return control.main(args)
     if args.command not in ("serve", "check"):
         parser.print_help()
         return 0 if args.command is None else EXIT_BAD_INPUT
@@ -227,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _report(exc)
     if args.command == "check":
+        if args.print_config:
+            from fastproxy.config.show import render
+            sys.stdout.write(render(config))
+            return 0
         modes = ", ".join(f"{lc.address} ({lc.mode})" for lc in config.listeners)
         print(f"fastproxy: {config.source}: ok: {modes}")
         return 0
@@ -254,7 +297,19 @@ def _hash_password(args: argparse.Namespace) -> int:
         # and shell history); read a line from a pipe otherwise.
         if sys.stdin.isatty():
             import getpass
-            password = getpass.getpass("password: ")
+            try:
+                password = getpass.getpass("password: ")
+                if password and getpass.getpass("again: ") != password:
+                    print("fastproxy: hash-password: the two passwords differ",
+                          file=sys.stderr)
+                    return EXIT_BAD_INPUT
+            except (KeyboardInterrupt, EOFError):
+                # Ctrl-C or Ctrl-D at the prompt: a new line after the prompt, no traceback.
+                # Out at once: an interrupt can leave interpreter-exit hooks (logging's
+                # shutdown) with a lock in a bad state, and they would print a traceback.
+                sys.stderr.write("\nfastproxy: hash-password: cancelled\n")
+                sys.stderr.flush()
+                os._exit(130)
         else:
             password = sys.stdin.readline().rstrip("\n")
     if not password:

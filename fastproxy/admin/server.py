@@ -2,10 +2,13 @@
 
 A small HTTP/1.1 server on each worker's event loop, apart from the data path:
 
+    GET  /                           the status page (HTML, refreshes itself)
     GET  /status                     JSON: uptime, connections, the connection limit and
                                      its pauses, requests, per upstream group/server
                                      counters, cache counters
     GET  /metrics                    the same numbers in the Prometheus text format (0.0.4)
+    POST /reload                     check the configuration file, then reload it (400 and
+                                     the problems when it is not valid)
     POST /cache/purge?url=URL        drop one URL (all its Vary variants) from the cache
     POST /cache/purge?prefix=URL     drop every URL starting with the prefix
 
@@ -23,11 +26,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import time
 from urllib.parse import parse_qs, urlsplit
 
 from fastproxy import _http
+from fastproxy.admin.page import render_page
+from fastproxy.admin.view import WorkerView
 from fastproxy.cache import cache_key
+from fastproxy.errorlog import log
 
 MAX_BODY = 65536
 INTERNAL = b"x-fastproxy-internal"   # a sibling's request: answer for this worker only
@@ -40,27 +47,19 @@ def _sock_path(directory: str, index: int) -> str:
 class AdminServer:
     """The admin listener of one worker."""
 
-    def __init__(self, worker) -> None:
-        self.worker = worker
+    def __init__(self, view: WorkerView) -> None:
+        self.view = view
         self.servers: list[asyncio.AbstractServer] = []
 
-    async def start(self, host: str, port: int, socks=None) -> None:
-        """Listen on host:port, or on the sockets the master bound there for this worker
-        (and on this worker's sibling socket when there are several)."""
-        from fastproxy.server import listeners as listening
-        from fastproxy.errorlog import log
-
-        w = self.worker
-        if socks is None:
-            try:
-                socks = listening.bind(host, port)
-            except OSError as exc:
-                raise OSError(exc.errno, f"admin: {exc.strerror}") from None
+    async def start(self, socks) -> None:
+        """Serve on the listening sockets the worker bound for the admin address (and on
+        this worker's sibling socket when there are several)."""
+        v = self.view
         for sock in socks:
             self.servers.append(await asyncio.start_server(self._client, sock=sock))
         server = self.servers[0]
-        if w.peers_dir is not None:
-            path = _sock_path(w.peers_dir, w.index)
+        if v.peers_dir is not None:
+            path = _sock_path(v.peers_dir, v.index)
             if os.path.exists(path):
                 os.unlink(path)
             self.servers.append(await asyncio.start_unix_server(self._client, path))
@@ -125,12 +124,23 @@ class AdminServer:
             if path == "/metrics":
                 return 200, render_metrics(snap), "text/plain; version=0.0.4; charset=utf-8"
             return 200, status_document(snap), "application/json"
+        if path == "/":
+            if method not in (b"GET", b"HEAD"):
+                return 405, {"error": "/ answers GET"}, "application/json"
+            return 200, render_page(status_document(await self.gathered())), \
+                "text/html; charset=utf-8"
+        if path == "/reload":
+            if method != b"POST":
+                return 405, {"error": "/reload answers POST"}, "application/json"
+            ok, lines = self.view.reload()
+            return (200, {"reloaded": True, "detail": lines}, "application/json") if ok else \
+                (400, {"reloaded": False, "problems": lines}, "application/json")
         if path == "/cache/purge":
             if method != b"POST":
                 return 405, {"error": "/cache/purge answers POST"}, "application/json"
             return await self.purge(query, local)
         return 404, {"error": f"no such admin endpoint: {path}",
-                     "endpoints": ["GET /status", "GET /metrics",
+                     "endpoints": ["GET /", "GET /status", "GET /metrics", "POST /reload",
                                    "POST /cache/purge?url=URL", "POST /cache/purge?prefix=URL"]}, \
             "application/json"
 
@@ -138,9 +148,6 @@ class AdminServer:
 
     async def purge(self, query: str, local: bool) -> tuple[int, object, str]:
         """Purge by url= or prefix= in this worker (and its siblings unless local)."""
-        cache = self.worker.cache
-        if cache is None:
-            return 404, {"error": "this proxy has no cache (give --cache SIZE)"}, "application/json"
         params = parse_qs(query, keep_blank_values=True)
         urls, prefixes = params.get("url", []), params.get("prefix", [])
         if len(urls) + len(prefixes) != 1:
@@ -149,7 +156,9 @@ class AdminServer:
         key = _url_key(raw)
         if key is None:
             return 400, {"error": f"not an absolute http(s) URL: {raw!r}"}, "application/json"
-        n = cache.purge(key) if urls else cache.purge_prefix(key)
+        n = self.view.purge(key, prefix=not urls)
+        if n is None:
+            return 404, {"error": "this proxy has no cache (give --cache SIZE)"}, "application/json"
         workers = 1
         if not local:
             for other in await self._ask_siblings("POST", f"/cache/purge?{query}"):
@@ -163,39 +172,7 @@ class AdminServer:
 
     def snapshot(self) -> dict:
         """This worker's numbers."""
-        w = self.worker
-        c = w.counters
-        upstreams: dict = {}
-        rt = w.runtime
-        for name, group in (rt.groups.items() if rt is not None else ()):
-            servers = {}
-            for server in group.servers:
-                pool = group.pools.get(server)
-                ejected = server.ejected_until > w.loop.time()
-                servers[server.name] = {
-                    "active": server.active,
-                    "pending": server.pending,
-                    "open": getattr(pool, "open", 0),
-                    "idle": len(getattr(pool, "idle", ())),
-                    "opened": getattr(pool, "opened_total", 0),
-                    "failures": server.failures,
-                    "ejections": server.ejections,
-                    "healthy": 1 if server.healthy and not ejected else 0,
-                }
-            upstreams[name] = servers
-        snap = {
-            "started": w.started,
-            "workers": 1,
-            "connections": len(w.connections),
-            "requests": {"total": c.requests, **c.by_class()},
-            "bytes": {"sent": c.bytes_sent, "received": c.bytes_received},
-            "upstreams": upstreams,
-        }
-        if w.gate is not None:
-            snap["limits"] = w.gate.stats()
-        if w.cache is not None:
-            snap["cache"] = w.cache.stats()
-        return snap
+        return self.view.snapshot()
 
     async def gathered(self) -> dict:
         """The sum of every worker's snapshot."""
@@ -205,11 +182,11 @@ class AdminServer:
         return snap
 
     async def _ask_siblings(self, method: str, target: str) -> list[dict]:
-        w = self.worker
-        if w.peers_dir is None:
+        v = self.view
+        if v.peers_dir is None:
             return []
-        others = [i for i in range(w.config.workers) if i != w.index]
-        results = await asyncio.gather(*(self._ask(_sock_path(w.peers_dir, i), method, target)
+        others = [i for i in range(v.workers) if i != v.index]
+        results = await asyncio.gather(*(self._ask(_sock_path(v.peers_dir, i), method, target)
                                          for i in others), return_exceptions=True)
         return [r for r in results if isinstance(r, dict)]
 
@@ -242,6 +219,9 @@ def _url_key(raw: str) -> bytes | None:
                      target.encode("latin-1"))
 
 
+_FINE = (None, "UP", "ok", "closed", "off")
+
+
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
@@ -251,6 +231,8 @@ def _merge(a: dict, b: dict) -> dict:
             out[k] = _merge(out.get(k, {}), v)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = out.get(k, 0) + v
+        elif out.get(k) in _FINE:
+            out[k] = v      # a server DOWN in any worker is DOWN on the summed page
         else:
             out.setdefault(k, v)
     return out
@@ -279,6 +261,21 @@ def render_metrics(snap: dict) -> str:
             lab = ",".join(f'{k}="{_label(str(v))}"' for k, v in labels.items())
             out.append(f"fastproxy_{name}{{{lab}}} {value}" if lab else f"fastproxy_{name} {value}")
 
+    def histogram(name: str, help_text: str, label: str, series: dict) -> None:
+        out.append(f"# HELP fastproxy_{name} {help_text}")
+        out.append(f"# TYPE fastproxy_{name} histogram")
+        for key, h in series.items():
+            lab = f'{label}="{_label(key)}"'
+            running = 0
+            for le, n in sorted(h["buckets"].items(), key=lambda kv: float(kv[0])):
+                running += n
+                out.append(f'fastproxy_{name}_bucket{{{lab},le="{le}"}} {running}')
+            out.append(f'fastproxy_{name}_bucket{{{lab},le="+Inf"}} {h["count"]}')
+            out.append(f"fastproxy_{name}_sum{{{lab}}} {round(h['sum'], 6)}")
+            out.append(f"fastproxy_{name}_count{{{lab}}} {h['count']}")
+
+    metric("build_info", "gauge", "Always 1; the labels name the running build.",
+           [({"version": snap.get("version", ""), "python": platform.python_version()}, 1)])
     metric("uptime_seconds", "gauge", "Seconds since the oldest worker started.",
            [({}, round(time.time() - snap["started"], 3))])
     metric("workers", "gauge", "Worker processes answering.", [({}, snap["workers"])])
@@ -311,10 +308,20 @@ def render_metrics(snap: dict) -> str:
              "Requests waiting for a connection to the server."),
             ("ejections", "upstream_ejections", "gauge",
              "Consecutive passive-health ejections of the server."),
+            ("failures_total", "upstream_failures_total", "counter",
+             "Failures seen from the server (connect failures, resets, timeouts, 5xx)."),
+            ("ejections_total", "upstream_ejections_total", "counter",
+             "Times passive health detection took the server out."),
             ("healthy", "upstream_healthy", "gauge",
              "1 when the server passes health checks and is not ejected.")):
         metric(name, kind, help_text,
                [({"group": g, "server": s}, v.get(key, 0)) for g, s, v in ups])
+    latency = snap.get("latency", {})
+    histogram("request_duration_seconds", "Time from the request's first byte to the "
+              "logged end of the exchange, per listener.", "listener",
+              latency.get("listeners", {}))
+    histogram("upstream_response_seconds", "Time from the request sent upstream to the "
+              "response head, per upstream group.", "group", latency.get("groups", {}))
     cache = snap.get("cache")
     if cache is not None:
         for key, kind, help_text in (
@@ -355,7 +362,8 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method No
 
 
 # RFC 9110 15.5.6: a 405 lists the methods the resource answers.
-_ALLOW = {b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
+_ALLOW = {b"/": b"GET, HEAD", b"/reload": b"POST",
+          b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
           b"/cache/purge": b"POST"}
 
 

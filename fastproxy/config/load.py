@@ -11,9 +11,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from fastproxy.accesslog import log_format
+from fastproxy.errorlog import FORMATS as ERROR_LOG_FORMATS
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
-    ServerSpec, check_host, dataclass_from_table, format_address, int_range, log_path, read_cluster,
+    ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile, format_address,
+    int_range, log_path, pidfile_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
 )
@@ -129,6 +132,10 @@ class Config:
     # [cluster] / --peers --self: the fleet whose nodes cache as one (fastproxy.cache.peers)
     cluster_peers: tuple[ServerSpec, ...] = ()
     cluster_self: ServerSpec | None = None
+    pidfile: str | None = None       # None = no pidfile (`pidfile = false`)
+    error_log_format: str = "text"   # [error_log] format: text | json
+    user: str | None = None          # drop to this user after binding (started as root)
+    group: str | None = None         # and this group (default: the user's primary group)
     source: str = "<built-in default>"
 
 
@@ -552,6 +559,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
+    pidfile = top.get("pidfile", pidfile_path, "") if "pidfile" in top.data else default_pidfile()
+    user = top.get("user", account_name("user"), None)
+    group = top.get("group", account_name("group"), None)
     admin = top.get("admin", _listen_address, None)
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
@@ -564,12 +574,15 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     log_t = top.table("access_log")
     access_log = AccessLog(
         path=log_t.get("path", log_path, None),
-        format=log_t.get("format", _choice(LOG_FORMATS), "combined"),
+        format=log_t.get("format", log_format, "combined"),
     )
     log_t.finish()
     compression = _compression(top)
     cluster_peers, cluster_self = read_cluster(top.table("cluster"))
     cache = _section(top, "cache", CacheConfig.from_table) if top.has("cache") else None
+    err_t = top.table("error_log")
+    error_log_format = err_t.get("format", _choice(ERROR_LOG_FORMATS), "text")
+    err_t.finish()
     top.finish()
 
     # Cross references: every listener's and route's upstream must exist.
@@ -619,6 +632,10 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         compression=compression,
         cluster_peers=cluster_peers,
         cluster_self=cluster_self,
+        pidfile=pidfile or None,
+        error_log_format=error_log_format,
+        user=user,
+        group=group,
         source=source,
     )
 

@@ -415,3 +415,41 @@ def read_cluster(table) -> tuple[tuple[ServerSpec, ...], ServerSpec | None]:
     elif me is not None and not peers and not table.has("peers"):
         table.problem("peers", "required with self")
     return (peers, me) if peers and me is not None else ((), None)
+
+
+def default_pidfile() -> str:
+    """Where the pidfile goes when the configuration does not say: the runtime directory."""
+    base = os.environ.get("RUNTIME_DIRECTORY")          # systemd's RuntimeDirectory=
+    if base:
+        return os.path.join(base.split(":")[0], "fastproxy.pid")
+    if os.geteuid() == 0:
+        return "/run/fastproxy.pid"
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return os.path.join(base, "fastproxy.pid")
+    return f"/tmp/fastproxy-{os.getuid()}.pid"
+
+
+def pidfile_path(value: Any) -> str | None:
+    """A file path, or false for no pidfile."""
+    if value is False:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"expected a file path or false, got {value!r}")
+    if os.path.isdir(value):
+        raise ValueError(f"{value} is a directory, not a file")
+    return value
+
+
+def account_name(kind: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        import grp
+        import pwd
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a {kind} name, got {value!r}")
+        try:
+            (pwd.getpwnam if kind == "user" else grp.getgrnam)(value)
+        except KeyError:
+            raise ValueError(f"no {kind} named {value!r} on this system") from None
+        return value
+    return conv

@@ -24,7 +24,9 @@ from fastproxy.server import listeners as listening
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+# Signals the master passes on to every worker (it holds no log file itself).
+FORWARDED = (signal.SIGUSR1,)
 
 
 class _Slot:
@@ -64,6 +66,7 @@ class Master:
         self.stopping = False
         self.hup = False
         self.ever_ready = False
+        self.notified = False       # systemd heard READY=1
         self.exit_code = 0
         self.peers_dir: str | None = None
         self.sel = selectors.DefaultSelector()
@@ -147,7 +150,7 @@ class Master:
         self._close_socks(slot)     # the worker holds them now
 
     def _in_child(self, me: _Slot) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.sel.close()
@@ -184,6 +187,10 @@ class Master:
             if slot.message.startswith(b"ready\n") and not slot.ready:
                 slot.ready = True
                 self.ever_ready = True
+                if not self.notified and all(s.ready for s in self.slots):
+                    self.notified = True
+                    sd_notify(f"READY=1\nMAINPID={os.getpid()}\n"
+                              f"STATUS={len(self.slots)} workers")
 
     def _reap(self) -> None:
         while self.children:
@@ -237,6 +244,8 @@ class Master:
     # -- signals -----------------------------------------------------------------------
 
     def _stop(self) -> None:
+        if not self.stopping:
+            sd_notify("STOPPING=1")
         self.stopping = True
         for slot in self.slots:
             slot.due = None
@@ -251,15 +260,27 @@ class Master:
             self._stop()
         elif signum == signal.SIGHUP:
             self.hup = True
+        elif signum in FORWARDED:
+            self._tell_workers(signum)
         # SIGCHLD: the wake-up byte is the message; _reap runs after every select.
+
+    def _tell_workers(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def _reload(self) -> None:
         self.hup = False
-        for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
+        sd_notify(reloading_state())
+        try:
+            self._reload_workers()
+        finally:
+            sd_notify("READY=1")
+
+    def _reload_workers(self) -> None:
+        self._tell_workers(signal.SIGHUP)
         # Workers started later must start from the reloaded file too (the workers
         # themselves log whether the reload took).
         try:
@@ -296,7 +317,7 @@ class Master:
         os.set_blocking(self.wake_r, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, self._on_signal)
         try:
             for slot in self.slots:
@@ -334,3 +355,80 @@ class Master:
             for slot in self.slots:
                 if slot.due is not None and slot.due <= now and not self.stopping:
                     self._spawn(slot)
+
+
+# -- the pidfile and privileges (for both one worker and a master) ------------------------
+
+
+def write_pidfile(path: str) -> None:
+    """Write this process's pid to path (atomically: a reader never sees half a number)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(exc.errno, f"cannot write the pidfile {path}: {exc.strerror}") from None
+
+
+def remove_pidfile(path: str) -> None:
+    """Remove path if it still names this process (a newer instance may have replaced it)."""
+    try:
+        with open(path) as fh:
+            if fh.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def drop_privileges(user: str | None, group: str | None) -> str | None:
+    """Become user/group (after binding, so privileged ports work); a description or None.
+
+    Raises OSError when the switch is refused (not started as root)."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+    pw = pwd.getpwnam(user) if user is not None else None
+    gid = grp.getgrnam(group).gr_gid if group is not None else pw.pw_gid  # type: ignore[union-attr]  # one is set
+    try:
+        if pw is not None:
+            os.initgroups(pw.pw_name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+        if pw is not None:
+            os.setuid(pw.pw_uid)
+    except PermissionError as exc:
+        raise OSError(exc.errno, f"cannot switch to user {user or '-'} group {group or '-'}: "
+                                 f"{exc.strerror} (start as root, or leave user/group out)") \
+            from None
+    return f"running as user {user or os.getuid()} group {group or gid}"
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about a state change over $NOTIFY_SOCKET; False without one.
+
+    The protocol is one datagram of "KEY=VALUE" lines (sd_notify(3)); "@" starts a name
+    in the abstract namespace."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    import socket
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), addr)
+    except OSError:
+        return False    # systemd went away or the socket is not ours: nothing to tell
+    return True
+
+
+def reloading_state() -> str:
+    """The notify line for a reload (systemd 253 wants the monotonic time with it)."""
+    return f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"

@@ -18,18 +18,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastproxy import errorlog
 from fastproxy.errorlog import log
-from fastproxy.server import h2
+from fastproxy.server import h2, process
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
 from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
-from fastproxy.config.load import Config, ConfigError, ListenerConfig, format_address, show_size
+from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
+                                   format_address, show_size)
 from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
 from fastproxy.proxy.reverse import ReverseHandler
 from fastproxy.proxy.router import Router
+from fastproxy.server.stats import Recorder, Stats
 from fastproxy.server.timers import Deadlines
 from fastproxy.server.tls import CertSelector
 from fastproxy.upstream.group import Server, UpstreamGroup
@@ -41,8 +44,9 @@ class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
-                 counters=None) -> None:
+                 counters=None, stats=None) -> None:
         self.config = config
+        self.stats = stats if stats is not None else Stats()   # the worker's, across reloads
         self.loop = loop
         self.cache = cache          # the worker's WorkerCache (kept across reloads), or None
         self.counters = counters    # the worker's relay Counters (for the admin interface)
@@ -115,6 +119,8 @@ class ListenerRuntime:
                  index: int = 0) -> None:
         self.rt = rt
         self.listener = lcfg
+        # The relay's per-exchange call: latency and top URLs, then the access log.
+        self.access_log = Recorder(rt.stats, lcfg.name or f"listener{index}", rt.access_log)
         self.connections = connections
         self.draining = False
         self.fast_hits = None
@@ -219,12 +225,14 @@ class Worker:
         self.bound: list = []   # (listener config, port actually bound)
         self.started = time.time()
         self.counters = Counters()
+        self.stats = Stats()
         self.cache: WorkerCache | None = None
         self.admin: Any = None   # the admin.server.AdminServer when [admin] is set
         self.index = 0          # worker number (0 .. workers-1)
         self.peers_dir: str | None = None   # where workers' admin sockets are (workers > 1)
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
+        self.master_pid: int | None = None  # the master that forked this worker, if any
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
@@ -249,7 +257,7 @@ class Worker:
             size = self.config.cache.size if self.config.cache is not None else 0
             raise StartError(f"cannot allocate the cache ({show_size(size)} per worker): "
                              "out of memory") from None
-        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters)
+        self.runtime = Runtime(self.config, self.loop, self.cache, self.counters, self.stats)
         self.listener_rts = [self._listener_runtime(lcfg, index)
                              for index, lcfg in enumerate(self.config.listeners)]
 
@@ -265,9 +273,15 @@ class Worker:
             log(f"listening on {format_address(addr[0], addr[1])} ({lcfg.mode})")
         if self.config.admin is not None:
             from fastproxy.admin.server import AdminServer
-            self.admin = AdminServer(self)
-            await self.admin.start(*self.config.admin,
-                                   socks=self.sockets["admin"] if self.sockets else None)
+            from fastproxy.server.adminview import AdminView
+            socks = self.sockets["admin"] if self.sockets else None
+            if socks is None:
+                try:
+                    socks = listening.bind(*self.config.admin)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"admin: {exc.strerror}") from None
+            self.admin = AdminServer(AdminView(self, self.master_pid))
+            await self.admin.start(socks)
 
     def _listener_runtime(self, lcfg: ListenerConfig, index: int) -> Any:
         if lcfg.mode == "tcp":
@@ -292,11 +306,13 @@ class Worker:
         for sock in socks:
             await self.gate.serve(sock, factory, tls)
 
-    def reload(self, config: Config) -> None:
-        """Switch new connections to config; open connections finish on the old one."""
+    def reload(self, config: Config) -> bool:
+        """Switch new connections to config; open connections finish on the old one.
+
+        False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
         cache = self._cache_for(config)
-        new_rt = Runtime(config, self.loop, cache, self.counters)
+        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
@@ -308,7 +324,7 @@ class Worker:
                 cache.retire()
             self.loop.create_task(new_rt.aclose())
             log("reload: listener addresses or modes changed; restart to apply them")
-            return
+            return False
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
             new: Any
@@ -327,6 +343,7 @@ class Worker:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        errorlog.configure(config.error_log_format)
         if cache is not self.cache and self.cache is not None:
             # Settings changed: the new generation starts empty, and the old store's
             # memory goes when the last connection that may still use it ends.
@@ -337,6 +354,7 @@ class Worker:
             self.loop.create_task(old.stop_checks())
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
+        return True
 
     def _retire(self, rt: Runtime) -> None:
         """`drain` seconds after a reload: the old generation's connections close once idle.
@@ -382,6 +400,13 @@ class Worker:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
+        # The ports are bound: privileges can go.
+        became = process.drop_privileges(self.config.user, self.config.group)
+        if became:
+            log(became)
+        alone = self.master_pid is None
+        if alone:
+            process.sd_notify(f"READY=1\nMAINPID={os.getpid()}")
         if self.ready_fd is not None:
             fd, self.ready_fd = self.ready_fd, None
             os.write(fd, b"ready\n")
@@ -391,16 +416,40 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # Held since run_worker began (a SIGHUP from the master while starting would
         # otherwise kill this worker): delivered now, to the handlers above.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         await self.stopping.wait()
+        if alone:
+            process.sd_notify("STOPPING=1")
         log("draining")
         await self.drain()
         log("stopped")
         return 0
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's convention): every generation's access log starts a new file."""
+        reopened = 0
+        for rt in [self.runtime, *self.old_runtimes]:
+            if rt is not None and rt.access_log is not None and rt.access_log.own_fd:
+                try:
+                    rt.access_log.reopen()
+                    reopened += 1
+                except OSError as exc:
+                    log(f"reopen logs: {exc.strerror}; still writing to the old file")
+        log(f"reopened {reopened} log file{'s' if reopened != 1 else ''}")
+
     def _on_hup(self) -> None:
+        if self.master_pid is None:
+            process.sd_notify(process.reloading_state())
+        try:
+            self._reload_from_file()
+        finally:
+            if self.master_pid is None:
+                process.sd_notify("READY=1")
+
+    def _reload_from_file(self) -> None:
         if self.reload_fn is None:
             return
         try:
@@ -424,7 +473,7 @@ class _Holder:
         self.current = lrt
 
 
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def _install_loop() -> None:
@@ -455,6 +504,7 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
     worker.peers_dir = peers_dir
     worker.sockets = sockets
     worker.ready_fd = ready_fd
+    worker.master_pid = os.getppid() if sockets is not None else None
     try:
         return asyncio.run(worker.run())
     except (OSError, StartError) as exc:
@@ -474,9 +524,25 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
 
 
 def serve(config: Config, reload_fn=None) -> int:
-    """Run the configuration: in-process for one worker, else a master with forked workers."""
-    if config.workers <= 1:
-        return run_worker(config, reload_fn)
-    from fastproxy.server.process import Master
+    """Run the configuration: in-process for one worker, else a master with forked workers.
 
-    return Master(config, reload_fn, run_worker, log).run()
+    The pidfile names this process (the master with several workers) while it runs."""
+    errorlog.configure(config.error_log_format)
+    errorlog.install()
+    pidfile = config.pidfile
+    if pidfile is not None:
+        try:
+            process.write_pidfile(pidfile)
+        except OSError as exc:
+            if pidfile != default_pidfile():
+                log(exc.strerror or str(exc))
+                return 1
+            log(f"{exc.strerror}; going on without one (set pidfile = \"PATH\" or false)")
+            pidfile = None
+    try:
+        if config.workers <= 1:
+            return run_worker(config, reload_fn)
+        return process.Master(config, reload_fn, run_worker, log).run()
+    finally:
+        if pidfile is not None:
+            process.remove_pidfile(pidfile)

@@ -109,6 +109,7 @@ class OutlierDetector:
                  loop: asyncio.AbstractEventLoop | None = None, probe: Probe | None = None,
                  probe_checks_answers: bool = False) -> None:
         self.config = config or OutlierConfig()
+        self.group = ""     # the group's name, for the log
         self.on_change = on_change
         self._loop = loop
         self._probe = probe
@@ -165,6 +166,7 @@ class OutlierDetector:
         """Note a failure from `server` (`connect`: it refused or did not take a connection);
         True when it was ejected by this one."""
         server.failures += 1
+        server.failures_total += 1
         threshold = self.config.consecutive_failures
         if threshold == 0 or server.failures < threshold or server in self._ejected:
             return False
@@ -180,10 +182,14 @@ class OutlierDetector:
         duration = min(self.config.base_ejection * (2 ** min(server.ejections, 62)),
                        self.config.max_ejection)
         server.ejections += 1
+        server.ejections_total += 1
         server.ejected_until = now + duration
         self._ejected[server] = server.ejected_until
-        log.warning("upstream %s ejected for %.1fs after %d consecutive failures",
-                    server.name, duration, server.failures)
+        log.warning("upstream %s: server %s ejected for %.1fs after %d consecutive failures",
+                    self.group, server.name, duration, server.failures,
+                    extra={"event": "outlier.ejected", "fields": {
+                        "group": self.group, "server": server.name,
+                        "seconds": duration, "failures": server.failures}})
         if self._loop is not None:
             self._timers[server] = self._loop.call_at(server.ejected_until, self._on_timer, server)
             interval = self.config.probe_interval
@@ -207,7 +213,9 @@ class OutlierDetector:
                 ok = False
             if ok and server in self._ejected:
                 self._probes.pop(server, None)   # this task ends here: not cancelled
-                log.info("upstream %s answered a probe", server.name)
+                log.info("upstream %s: server %s answered a probe", self.group, server.name,
+                         extra={"event": "outlier.probe_ok",
+                                "fields": {"group": self.group, "server": server.name}})
                 self._return(server, self._now(None))
                 return
 
@@ -244,7 +252,9 @@ class OutlierDetector:
         # ejection now, so eligible_servers() agrees with the callback.
         server.ejected_until = min(server.ejected_until, now)
         self._returned_at[server] = now
-        log.info("upstream %s back from ejection", server.name)
+        log.info("upstream %s: server %s back from ejection", self.group, server.name,
+                 extra={"event": "outlier.returned",
+                        "fields": {"group": self.group, "server": server.name}})
         self._notify(server, True)
 
     def _notify(self, server: Any, eligible: bool) -> None:

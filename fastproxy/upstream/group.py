@@ -33,6 +33,7 @@ class Server:
         "ejected_until",   # loop time until which passive detection keeps it out
         "ejections",       # consecutive ejections, for the growing back-off
         "failures",        # consecutive connect failures / 5xx seen
+        "failures_total", "ejections_total",   # monotonic counts, for /metrics
         "conns",           # open upstream connections (breaker limit)
         "pending",         # requests waiting for a connection to it (breaker limit)
     )
@@ -48,6 +49,8 @@ class Server:
         self.ejected_until = 0.0
         self.ejections = 0
         self.failures = 0
+        self.failures_total = 0
+        self.ejections_total = 0
         self.conns = 0
         self.pending = 0
 
@@ -87,6 +90,8 @@ class UpstreamGroup:
             config.health is None or config.health.tls_verify) else None
         self.health = HealthChecker(self.servers, config.health, self._changed,
                                     ssl_context=tls) if config.health is not None else None
+        if self.health is not None:
+            self.health.group = self.name
         # Ejected servers are probed with the health check's own request when there is
         # one, else with a connect (a checker that is never started, used for its probe).
         prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
@@ -94,6 +99,7 @@ class UpstreamGroup:
         self.outliers = OutlierDetector(
             self.servers, config.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")
+        self.outliers.group = self.name
         self.pools: dict[Server, Any] = {}
         self.h2: dict = {}     # server -> H2Upstream, for h2c:// servers
         for server in self.servers:

@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fastproxy.errorlog import describe
+
 log = logging.getLogger("fastproxy.upstream.health")
+_reported: dict[tuple[str, str], bool] = {}   # (group, server) -> healthy, as last logged
 
 MODES = ("http", "tcp")
 # A status line longer than this is not from an HTTP server we want to send traffic to.
@@ -106,6 +109,7 @@ class HealthChecker:
         self._retired: set[asyncio.Task] = set()
         self._ssl_context = ssl_context
         self._running = False
+        self.group = ""     # the group's name, for the log
 
     @property
     def running(self) -> bool:
@@ -190,11 +194,21 @@ class HealthChecker:
 
     def _flip(self, server: Any, healthy: bool, error: str) -> None:
         server.healthy = healthy
-        if healthy:
-            log.info("upstream %s is up (health check passed %d times)",
-                     server.name, self.config.rise)
-        else:
-            log.warning("upstream %s is down (health check: %s)", server.name, error)
+        # A reload builds new checkers whose servers start up; a server that is still
+        # down then is not news: only changes from what was last logged are.
+        key = (self.group, server.name)
+        if _reported.get(key, True) != healthy:
+            _reported[key] = healthy
+            fields = {"group": self.group, "server": server.name}
+            if healthy:
+                log.info("upstream %s: server %s is up (health check passed %d times)",
+                         self.group, server.name, self.config.rise,
+                         extra={"event": "health.up", "fields": fields})
+            else:
+                log.warning("upstream %s: server %s is down (health check: %s)",
+                            self.group, server.name, error,
+                            extra={"event": "health.down", "fields": {**fields,
+                                                                      "reason": error}})
         if self.on_change is not None:
             try:
                 self.on_change(server, healthy)
@@ -239,7 +253,7 @@ class HealthChecker:
             return False, f"no answer within {cfg.timeout}s"
         except (OSError, EOFError, ValueError, ssl.SSLError) as exc:
             # ValueError: status line over MAX_STATUS_LINE (asyncio.LimitOverrunError's base).
-            return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return False, describe(exc)
         finally:
             if writer is not None:
                 writer.close()

@@ -1,0 +1,21 @@
+"""What the admin interface needs from the worker it runs in (implemented in server/)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class WorkerView(Protocol):
+    """The worker as the admin interface sees it."""
+
+    index: int                 # this worker's number (0 .. workers-1)
+    workers: int               # how many workers the configuration runs
+    peers_dir: str | None      # where the siblings' admin sockets are (workers > 1)
+
+    def snapshot(self) -> dict:
+        """This worker's numbers (the /status document before merging)."""
+
+    def purge(self, key: bytes, prefix: bool) -> int | None:
+        """Drop a cache key (or every key with that prefix); None when there is no cache."""
+
+    def reload(self) -> tuple[bool, list[str]]:
+        """Reload the configuration file: (accepted, problems or what happened)."""
