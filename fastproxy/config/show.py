@@ -12,7 +12,29 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 _SKIP = {"source"}
-_TABLE_KEYS = {"error_log_format": ("error_log", "format")}
+# Flat fields that stand for a key of a table in the file (a set one, or absent if unset).
+_TABLE_KEYS = {"error_log_format": ("error_log", "format"),
+               "cluster_peers": ("cluster", "peers"), "cluster_self": ("cluster", "self"),
+               "tls_cert": ("tls", "cert"), "tls_key": ("tls", "key"), "tls_sni": ("tls", "sni")}
+
+
+def _fold(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Gather _TABLE_KEYS fields into their tables; unset ones are left out (the file's
+    tables would refuse an empty value where the key is absent by default)."""
+    out: list[tuple[str, Any]] = []
+    tables: dict[str, dict[str, Any]] = {}
+    for key, value in items:
+        if key not in _TABLE_KEYS:
+            out.append((key, value))
+            continue
+        table, name = _TABLE_KEYS[key]
+        if value is None or value == () or value == []:
+            continue
+        if table not in tables:
+            tables[table] = {}
+            out.append((table, tables[table]))
+        tables[table][name] = value
+    return out
 _HOISTED = {"settings", "forward"}     # typed holders of a table's own sections
 
 
@@ -61,6 +83,7 @@ def _items(obj: Any) -> list[tuple[str, Any]]:
         # The typed form of the sections is there: show it, not the raw tables it came from.
         extras = [(k, v) for k, v in extras if not isinstance(v, dict)]
     items += extras
+    items = _fold(items)
     out = []
     for key, value in items:
         if key in _HOISTED and is_dataclass(value):
@@ -108,9 +131,7 @@ def render(config: Any) -> str:
            "# (every key with its value after built-in defaults and command-line flags)"]
     top = [(f.name, getattr(config, f.name)) for f in fields(config)
            if f.name not in ("listeners", "upstreams", "source")]
-    # Flat fields that stand for a table's key in the file.
-    top = [(key, value) if key not in _TABLE_KEYS else
-           (_TABLE_KEYS[key][0], {_TABLE_KEYS[key][1]: value}) for key, value in top]
+    top = _fold(top)
     for key, value in top:
         if key == "admin" and value is not None:
             host = f"[{value[0]}]" if ":" in value[0] else value[0]
