@@ -1,4 +1,4 @@
-"""The admin listener: /status, /metrics and cache purges. It reaches the running worker
-through the object it is given; of server/ it imports only `listeners`, to bind its socket as
-every listener is bound.
+"""The admin listener: the status page (`page`), /status, /metrics, POST /reload and cache
+purges (`server`). It reaches the running worker only through the `view.WorkerView` interface
+it is given (implemented by server/adminview.py), never by importing server/.
 """
