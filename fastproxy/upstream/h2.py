@@ -219,6 +219,12 @@ class StreamLink:
         authority = req.host or self.origin.authority
         headers = _h2msg.request_headers(req.method, b"http", authority, req.target,
                                          req.headers())
+        # The relay drops TE (hop-by-hop) but passes every response's trailers on (as
+        # chunked trailers, or HTTP/2 trailers to an HTTP/2 client), so the link accepts
+        # trailers whatever the client said (RFC 9113 8.2.2 allows `te: trailers`); gRPC
+        # servers refuse a request without it.
+        if not any(n == b"te" for n, _ in headers):
+            headers.append((b"te", b"trailers"))
         kind = req.body
         sid = self.origin.send_request(headers, kind == _http.BODY_NONE)
         if sid <= 0:
