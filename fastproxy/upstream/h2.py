@@ -316,8 +316,14 @@ class StreamLink:
 
     def response(self, headers, end_stream: bool) -> None:
         body = not end_stream
-        self.resp_chunked = body and not self.head_request and not any(
-            n == b"content-length" for n, _ in headers)
+        has_length = any(n == b"content-length" for n, _ in headers)
+        self.resp_chunked = body and not self.head_request and not has_length
+        if end_stream and not has_length and not self.head_request:
+            status = next((v for n, v in headers if n == b":status"), b"")
+            if status[:1] != b"1" and status not in (b"204", b"304"):
+                # HEADERS that end the stream (a gRPC trailers-only answer): without a
+                # length the HTTP/1.1 relay would read this response until the close.
+                headers = [*headers, (b"content-length", b"0")]
         self.up.data_received(_h2msg.response_head(headers, body))
         if end_stream:
             self._done()
