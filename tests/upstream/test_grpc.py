@@ -121,3 +121,35 @@ def test_grpc_many_calls_share_proxy(channel):
     for t in threads:
         t.join(15)
     assert sorted(results) == sorted(b"echo:n%d" % i for i in range(20))
+
+
+def test_grpc_over_tls_upstream_by_alpn(run_proxy, tmp_path):
+    """The same calls to a grpcio TLS server, reached as https:// with protocol = "auto"."""
+    trustme = pytest.importorskip("trustme", reason="trustme is not installed")
+    from conftest import reverse_config
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary, _ident, _ident),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat, _ident, _ident),
+    }),))
+    creds = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        cfg = reverse_config(f"https://127.0.0.1:{port}")
+        cfg["upstreams"]["app"].update(protocol="auto", tls={"ca": str(tmp_path / "ca.pem")})
+        p = run_proxy(cfg)
+        with grpc.insecure_channel(f"127.0.0.1:{p.port}") as ch:
+            unary, chat = _stubs(ch)
+            assert unary(b"tls", timeout=10) == b"echo:tls"
+            with pytest.raises(grpc.RpcError) as info:
+                unary(b"missing:x", timeout=10)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            got = list(chat(iter([b"a", b"bc"]), timeout=10))
+            assert got == [b"0:a", b"1:cb"]
+    finally:
+        server.stop(0)
