@@ -175,6 +175,10 @@ class StreamLink:
             self._head()
         elif self.state == _BODY:
             self._body(data)
+        else:
+            # The relay saw the whole response (its content-length) before the server's
+            # END_STREAM: the next request waits for the stream to end (_done).
+            self.buf += data
         self.origin.flush_soon()
 
     def writelines(self, buffers) -> None:
@@ -358,6 +362,9 @@ class StreamLink:
         self.origin.links.pop(self.sid, None)
         self.sid = 0
         self.state = _IDLE
+        if self.buf and not self.closing:
+            self._head()
+            self.origin.flush_soon()
 
     def lost(self, exc: BaseException) -> None:
         """The stream or the connection went away."""
