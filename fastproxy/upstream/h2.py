@@ -1,4 +1,4 @@
-"""HTTP/2 to upstream servers (`h2c://host:port`, prior knowledge): the sidecar upgrade.
+"""HTTP/2 to upstream servers (`h2c://host:port`, or https by ALPN): the sidecar upgrade.
 
 The relay's pools stay HTTP/1.1 state machines; a pool of an h2c server has an
 `opener` that connects each of its UpstreamConnections to a `StreamLink` instead of a
@@ -17,8 +17,10 @@ back to the server only as the relay takes it; while the relay's client is slow
 
 A stream refused by the server (REFUSED_STREAM, or above a GOAWAY's last stream) ends
 the link with a connection error before any response byte: the relay retries it as it
-would a stale keep-alive connection. Only cleartext prior knowledge for now (no ALPN
-`h2` to https servers).
+would a stale keep-alive connection. `https://` servers of a group with
+`protocol = "auto"` are offered ALPN h2: those that select it are spoken to as above
+over TLS (`_Alpn` hands the connection over at the handshake), the others get the
+relay's HTTP/1.1 connection.
 """
 from __future__ import annotations
 
