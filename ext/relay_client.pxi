@@ -105,7 +105,8 @@ cdef class ClientConnection:
     cdef public bytes client_ip_b
     cdef public object hash_key
     cdef double client_header, client_idle, client_body
-    cdef long long max_body, stash_limit, buffer_limit
+    cdef long long max_body, stash_limit
+    cdef public long long buffer_limit    # public: server/h2.py streams gRPC bodies (0)
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
     cdef object access_log
     cdef ListenerSettings ls

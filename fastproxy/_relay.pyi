@@ -55,6 +55,7 @@ class ClientConnection:
     received: int
     keep_alive: bool
     resp_started: bool
+    buffer_limit: int   # request buffering of this connection (0: stream the body)
     body_done: bool
     observer: Any
     log_extra: dict | None

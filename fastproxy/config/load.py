@@ -36,6 +36,7 @@ from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noq
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
+UPSTREAM_PROTOCOLS = ("http1", "auto")   # auto: ALPN h2 to https:// servers
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
 MODES = ("reverse", "forward", "tcp")
@@ -382,6 +383,7 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
         resolve=resolve,
+        protocol=table.get("protocol", _choice(UPSTREAM_PROTOCOLS), "http1"),
         tls=_upstream_tls(table, servers),
         **_group_sections(table, tcp),
     )

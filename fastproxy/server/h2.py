@@ -447,6 +447,11 @@ class H2Server(_h2.Connection):
             name == b"content-length" for name, _ in headers)
         stream.request_ended = end_stream
         relay = ClientConnection(self.rt)
+        if not end_stream and any(n == b"content-type" and v.startswith(b"application/grpc")
+                                  for n, v in headers):
+            # A gRPC call's messages answer each other (streaming RPCs): buffering the
+            # body before the upstream is taken would hold a bidirectional call forever.
+            relay.buffer_limit = 0
         stream.protocol = relay
         self.streams[stream_id] = stream
         self.deadline = 0.0

@@ -108,6 +108,14 @@ class UpstreamGroup:
                 # The relay's HTTP/1.1 exchanges ride streams of one HTTP/2 connection.
                 h2 = self.h2[server] = H2Upstream(loop, server, pool.max_head, pool.max_fields)
                 pool.opener = h2.open
+            elif server.scheme == "https" and config.protocol == "auto":
+                # Their own context: ALPN h2 must not reach health checks or shadows,
+                # which speak HTTP/1.1 over pool.ssl.
+                alpn = client_context(config.tls)
+                alpn.set_alpn_protocols(["h2", "http/1.1"])
+                h2 = self.h2[server] = H2Upstream(loop, server, pool.max_head, pool.max_fields,
+                                                  ssl=alpn)
+                pool.opener = h2.open
             pool.balancer = self.balancer
             pool.group = self
             pool.on_failure = self.record_failure

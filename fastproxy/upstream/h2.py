@@ -1,4 +1,4 @@
-"""HTTP/2 to upstream servers (`h2c://host:port`, prior knowledge): the sidecar upgrade.
+"""HTTP/2 to upstream servers (`h2c://host:port`, or https by ALPN): the sidecar upgrade.
 
 The relay's pools stay HTTP/1.1 state machines; a pool of an h2c server has an
 `opener` that connects each of its UpstreamConnections to a `StreamLink` instead of a
@@ -17,8 +17,10 @@ back to the server only as the relay takes it; while the relay's client is slow
 
 A stream refused by the server (REFUSED_STREAM, or above a GOAWAY's last stream) ends
 the link with a connection error before any response byte: the relay retries it as it
-would a stale keep-alive connection. Only cleartext prior knowledge for now (no ALPN
-`h2` to https servers).
+would a stale keep-alive connection. `https://` servers of a group with
+`protocol = "auto"` are offered ALPN h2: those that select it are spoken to as above
+over TLS (`_Alpn` hands the connection over at the handshake), the others get the
+relay's HTTP/1.1 connection.
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ _IDLE, _BODY, _WAIT = range(3)
 class H2Origin(_h2.Connection):
     """One HTTP/2 connection to a server (an asyncio protocol), shared by many links."""
 
-    def __init__(self, loop, authority: bytes, max_header_list_size: int) -> None:
+    def __init__(self, loop, authority: bytes, max_header_list_size: int,
+                 scheme: bytes = b"http") -> None:
         super().__init__(True, max_header_list_size=max_header_list_size)
         self.loop = loop
         self.authority = authority
+        self.scheme = scheme
         self.transport: Any = None
         self.links: dict[int, StreamLink] = {}     # by open stream
         self.all_links: set[StreamLink] = set()    # idle ones too: told when we go
@@ -173,6 +177,10 @@ class StreamLink:
             self._head()
         elif self.state == _BODY:
             self._body(data)
+        else:
+            # The relay saw the whole response (its content-length) before the server's
+            # END_STREAM: the next request waits for the stream to end (_done).
+            self.buf += data
         self.origin.flush_soon()
 
     def writelines(self, buffers) -> None:
@@ -217,8 +225,14 @@ class StreamLink:
         self.buf = b""
         self.head_request = req.method == b"HEAD"
         authority = req.host or self.origin.authority
-        headers = _h2msg.request_headers(req.method, b"http", authority, req.target,
+        headers = _h2msg.request_headers(req.method, self.origin.scheme, authority, req.target,
                                          req.headers())
+        # The relay drops TE (hop-by-hop) but passes every response's trailers on (as
+        # chunked trailers, or HTTP/2 trailers to an HTTP/2 client), so the link accepts
+        # trailers whatever the client said (RFC 9113 8.2.2 allows `te: trailers`); gRPC
+        # servers refuse a request without it.
+        if not any(n == b"te" for n, _ in headers):
+            headers.append((b"te", b"trailers"))
         kind = req.body
         sid = self.origin.send_request(headers, kind == _http.BODY_NONE)
         if sid <= 0:
@@ -310,8 +324,14 @@ class StreamLink:
 
     def response(self, headers, end_stream: bool) -> None:
         body = not end_stream
-        self.resp_chunked = body and not self.head_request and not any(
-            n == b"content-length" for n, _ in headers)
+        has_length = any(n == b"content-length" for n, _ in headers)
+        self.resp_chunked = body and not self.head_request and not has_length
+        if end_stream and not has_length and not self.head_request:
+            status = next((v for n, v in headers if n == b":status"), b"")
+            if status[:1] != b"1" and status not in (b"204", b"304"):
+                # HEADERS that end the stream (a gRPC trailers-only answer): without a
+                # length the HTTP/1.1 relay would read this response until the close.
+                headers = [*headers, (b"content-length", b"0")]
         self.up.data_received(_h2msg.response_head(headers, body))
         if end_stream:
             self._done()
@@ -344,6 +364,9 @@ class StreamLink:
         self.origin.links.pop(self.sid, None)
         self.sid = 0
         self.state = _IDLE
+        if self.buf and not self.closing:
+            self._head()
+            self.origin.flush_soon()
 
     def lost(self, exc: BaseException) -> None:
         """The stream or the connection went away."""
@@ -361,12 +384,37 @@ class StreamLink:
         self.lost(exc)
 
 
-class H2Upstream:
-    """The HTTP/2 connections to one h2c server (a second opens when the first is full)."""
+class _Alpn(asyncio.Protocol):
+    """A new TLS connection until its handshake is done: hands it over by ALPN."""
 
-    def __init__(self, loop, server, max_head: int, max_fields: int) -> None:
+    def __init__(self, owner: H2Upstream, up) -> None:
+        self.owner = owner
+        self.up = up
+        self.origin: H2Origin | None = None
+
+    def connection_made(self, transport) -> None:
+        # Switched here, before the loop can deliver the server's first bytes.
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if chosen == "h2":
+            self.origin = self.owner.adopt(transport)
+        elif self.up is None:
+            transport.close()      # wanted for HTTP/2 only (H2Upstream._connect)
+        else:
+            # http/1.1 (or no ALPN): the relay's connection speaks HTTP/1.1 over it.
+            transport.set_protocol(self.up)
+            self.up.connection_made(transport)
+
+
+class H2Upstream:
+    """The HTTP/2 connections to one server: h2c, or https that selected h2 by ALPN
+    (`protocol = "auto"`, `ssl` given); a second connection opens when one is full."""
+
+    def __init__(self, loop, server, max_head: int, max_fields: int, ssl=None) -> None:
         self.loop = loop
         self.server = server
+        self.ssl = ssl
+        self.speaks_h2 = False     # an https server said h2 once: share its connections
         self.authority = f"{server.host}:{server.port}".encode()
         self.max_head = max_head
         self.max_fields = max_fields
@@ -374,8 +422,17 @@ class H2Upstream:
         self._connecting: asyncio.Future | None = None
 
     async def open(self, up) -> None:
-        """The pool's opener: connect `up` to a link on a connection with a free stream."""
-        origin = await self._origin()
+        """The pool's opener: connect `up` to a link on a connection with a free stream
+        (an https server that did not select h2: `up` gets the TLS connection itself)."""
+        if self.ssl is not None and not self.speaks_h2:
+            _, alpn = await self.loop.create_connection(
+                lambda: _Alpn(self, up), self.server.host, self.server.port,
+                ssl=self.ssl, server_hostname=self.server.host)
+            if alpn.origin is None:
+                return
+            origin = alpn.origin
+        else:
+            origin = await self._origin()
         link = StreamLink(origin, up, self.max_head, self.max_fields)
         origin.all_links.add(link)
         up.connection_made(link)
@@ -395,10 +452,26 @@ class H2Upstream:
                 self._connecting = None
 
     async def _connect(self) -> H2Origin:
+        if self.ssl is not None:
+            _, alpn = await self.loop.create_connection(
+                lambda: _Alpn(self, None), self.server.host, self.server.port,
+                ssl=self.ssl, server_hostname=self.server.host)
+            if alpn.origin is None:
+                raise ConnectionResetError(f"{self.server.name} no longer selects h2 (ALPN)")
+            return alpn.origin
         _, origin = await self.loop.create_connection(
             lambda: H2Origin(self.loop, self.authority, self.max_head),
             self.server.host, self.server.port)
         self.conns.append(origin)
+        return origin
+
+    def adopt(self, transport) -> H2Origin:
+        """An HTTP/2 connection of a TLS transport whose ALPN said h2."""
+        origin = H2Origin(self.loop, self.authority, self.max_head, b"https")
+        transport.set_protocol(origin)
+        origin.connection_made(transport)
+        self.conns.append(origin)
+        self.speaks_h2 = True
         return origin
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ class UpstreamGroupConfig:
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
     resolve: str = "start"           # start: every host must resolve at load | runtime
+    protocol: str = "http1"          # http1 | auto: https:// servers offered h2 by ALPN
     tls: UpstreamTLS | None = None   # None: verify against the system CAs, default SNI
     health: HealthCheckConfig | None = None   # None: no active health checks
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
