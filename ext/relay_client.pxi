@@ -26,7 +26,7 @@ cdef class ListenerSettings:
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
     cdef long long max_body, stash_limit, buffer_limit
-    cdef double client_header, client_idle, client_body
+    cdef double client_header, client_idle, client_body, client_send
     cdef list parsers
 
     def __init__(self, rt, gen, long long buffer_limit):
@@ -58,6 +58,7 @@ cdef class ListenerSettings:
         self.client_header = t.client_header
         self.client_idle = t.client_idle
         self.client_body = t.client_body
+        self.client_send = t.client_send
         self.parsers = []
         self.open = 0
         self.on_idle = None
@@ -104,7 +105,7 @@ cdef class ClientConnection:
     cdef public str client_ip, detail
     cdef public bytes client_ip_b
     cdef public object hash_key
-    cdef double client_header, client_idle, client_body
+    cdef double client_header, client_idle, client_body, client_send
     cdef long long max_body, stash_limit
     cdef public long long buffer_limit    # public: server/h2.py streams gRPC bodies (0)
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
@@ -126,6 +127,7 @@ cdef class ClientConnection:
         self.client_header = ls.client_header
         self.client_idle = ls.client_idle
         self.client_body = ls.client_body
+        self.client_send = ls.client_send
         self.handler = ls.handler
         self.counters = ls.counters
         self.fast_hits = ls.fast_hits
@@ -330,9 +332,15 @@ cdef class ClientConnection:
             self.upstream.pause_reading()
         if self.state != S_BODY:
             self.pause_reading(P_CLIENT_FULL)
+        if self.state == S_WAIT:
+            # The upstream's idle timer stops with its reading; this one says how long
+            # the client may leave the response unread (nginx's send_timeout).
+            self.deadline = _now() + self.client_send
 
     def resume_writing(self):
         self.write_paused = False
+        if self.state == S_WAIT:
+            self.deadline = 0.0
         if self.upstream is not None:
             self.upstream.resume_reading()
         if self.paused & P_CLIENT_FULL:
@@ -500,7 +508,8 @@ cdef class ClientConnection:
 
     cdef _request_complete(self):
         self.body_done = True
-        self.deadline = 0.0
+        # A client that stopped reading while it still sent its body: see pause_writing.
+        self.deadline = _now() + self.client_send if self.write_paused else 0.0
         if self.state == S_BODY:
             self.state = S_WAIT
         if self.upstream is not None:
@@ -729,9 +738,20 @@ cdef class ClientConnection:
     cpdef on_timeout(self):
         """The deadline for the current phase passed."""
         cdef int state = self.state
-        if state == S_HEAD:
+        cdef UpstreamConnection up
+        if state == S_WAIT and self.write_paused:
+            # The client stopped reading the response: its fault, not the upstream's.
+            up = self.upstream
+            if up is not None:
+                self.upstream = None
+                up.abandon()
+            self.abort(f"client stalled: did not read the response for {self.client_send:g}s")
+        elif state == S_HEAD:
             if self.buf:
                 self.reject(408, "request head not received in time")
+            elif self.write_paused and self.transport is not None:
+                self.transport.abort()  # close() would wait for a flush that never comes
+                self.state = S_CLOSED
             else:
                 self.close()  # idle keep-alive connection: close quietly
         elif state == S_BODY:

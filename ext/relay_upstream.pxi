@@ -673,6 +673,8 @@ cdef class UpstreamConnection:
             self._failed(504, f"{self.server.name} did not answer within "
                               f"{self.pool.read_timeout:g}s", False)
         elif state == U_BODY:
+            if self.paused:
+                return  # the client is not reading (its client_send timer decides)
             self._broken(f"{self.server.name} stalled mid-body")
         else:
             self.close()

@@ -52,6 +52,7 @@ class Timeouts:
     upstream_connect: float = 5.0
     upstream_header: float = 60.0    # request sent -> response head complete
     upstream_idle: float = 60.0      # between response body bytes
+    client_send: float = 60.0        # a client that leaves the response unread this long
     tunnel_idle: float = 300.0       # CONNECT / Upgrade / TCP tunnels with no bytes either way
     drain: float = 30.0              # graceful shutdown: how long in-flight requests may finish
 

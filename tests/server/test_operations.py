@@ -551,6 +551,35 @@ fall = 1
 # -- the access log --------------------------------------------------------------------------
 
 
+def test_a_client_that_stops_reading_is_logged_as_slow_not_the_origin(run_proxy, origin, tmp_path):
+    """A client that never reads a large body: the proxy stops reading the origin (its idle
+    timer must not blame it) and cuts the client after timeouts.client_send."""
+    import json
+    import socket
+    log = tmp_path / "slow.log"
+    proxy = run_proxy({"listeners": [{"upstream": "app"}],
+                       "upstreams": {"app": {"servers": [origin.url]}},
+                       "timeouts": {"upstream_idle": "1s", "client_send": "2s"},
+                       "access_log": {"path": str(log), "format": "json"}, "pidfile": False})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", proxy.port))
+    try:
+        s.sendall(b"GET /size/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        assert _wait_for(lambda: log.exists() and log.read_text().strip(), timeout=10)
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    record = json.loads(log.read_text().splitlines()[0])
+    assert record["detail"] == "client stalled: did not read the response for 2s", record
+    assert 1.5 < waited < 6, waited          # client_send, not upstream_idle (1s)
+    assert 0 < record["bytes_sent"] < 200000000
+    # The origin was not blamed: the next request through the same group works at once.
+    assert _get(proxy.port, "/size/10")[0] == 200
+
+
+
 def test_access_log_counts_the_proxys_own_answers_and_writes_iso_time(start_proxy, tmp_path):
     import json
     log = tmp_path / "a.log"
