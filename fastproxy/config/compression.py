@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastproxy.config.schema import int_range, size_range
+from fastproxy.config.schema import int_range, size_range, unknown_key
 
 # Server preference when the client rates several equally (RFC 9110 12.5.3 leaves the
 # tie to the server): brotli and zstd compress web text smaller than gzip at the same speed.
@@ -48,7 +48,7 @@ class CompressionConfig:
         known = {"enabled", "encodings", "levels", "types", "min_size"}
         for key in raw:
             if key not in known:
-                raise ValueError(f"{key}: unknown key")
+                raise ValueError(f"{key}: {unknown_key(key, known)}")
         enabled = raw.get("enabled", True)
         if not isinstance(enabled, bool):
             raise ValueError(f"enabled: expected true or false, got {enabled!r}")

@@ -15,7 +15,8 @@ from fastproxy.accesslog import log_format
 from fastproxy.errorlog import FORMATS as ERROR_LOG_FORMATS
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
-    ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile, format_address,
+    ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile,
+    explain_unknown, format_address, unknown_key,
     int_range, log_path, pidfile_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
@@ -32,7 +33,7 @@ from fastproxy.upstream.settings import SECTIONS as GROUP_SECTIONS  # noqa: E402
 from fastproxy.upstream.settings import UpstreamGroupConfig, UpstreamTLS, read_sections  # noqa: E402
 from fastproxy.config.compression import CompressionConfig  # noqa: E402
 from fastproxy.config.tls import read_tls  # noqa: E402
-from fastproxy.config.routes import CanaryConfig, RouteConfig, read_route  # noqa: E402,F401
+from fastproxy.config.routes import CanaryConfig, RouteConfig, ROUTE_SECTIONS, read_route  # noqa: E402,F401
 
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
@@ -191,6 +192,9 @@ class _Table:
             data = {}
         self.data = data
         self.seen: set[str] = set()
+        # Keys its reader takes only when present (the rest it asks for anyway), named
+        # with the others when a key is unknown.
+        self.also: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -224,7 +228,7 @@ class _Table:
     def finish(self) -> None:
         for name in self.data:
             if name not in self.seen:
-                self.problem(name, "unknown key")
+                self.problem(name, unknown_key(name, self.seen | self.also))
 
 
 def _kind(py_type: type, label: str) -> Callable[[Any], Any]:
@@ -293,6 +297,7 @@ def _upgrade_protocols(value: Any) -> tuple[str, ...]:
 def _read_dataclass(table: _Table, cls: type, convs: dict[str, Callable[[Any], Any]]) -> Any:
     """Fill dataclass `cls` from table, one converter per field name."""
     kwargs = {}
+    table.also.update(convs)
     for f in fields(cls):
         if f.name in convs and table.has(f.name):
             kwargs[f.name] = table.get(f.name, convs[f.name], None)
@@ -337,6 +342,7 @@ def _problem(table: _Table, text: str) -> None:
 def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
     if table.bad:
         return None
+    table.also.update(("tls", *GROUP_SECTIONS))
     servers = []
     raw_servers = table.raw("servers")
     if raw_servers is None:
@@ -455,13 +461,16 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
     if addr is None and not table.has("listen"):
         table.problem("listen", 'required: an address like "127.0.0.1:8000"')
     mode = table.get("mode", _choice(MODES), "reverse")
+    table.also.update(["tls"] + [k for k, modes in LISTENER_KEYS.items() if mode in modes])
     routes = []
     raw_routes = table.raw("routes", [])
     if not isinstance(raw_routes, list):
         table.problem("routes", "expected a list of route tables ([[listeners.routes]])")
         raw_routes = []
     for i, r in enumerate(raw_routes):
-        route = read_route(_Table(r, table.key(f"routes[{i}]"), table.problems), _canary_key)
+        rt = _Table(r, table.key(f"routes[{i}]"), table.problems)
+        rt.also.update(ROUTE_SECTIONS)
+        route = read_route(rt, _canary_key)
         if route:
             routes.append(route)
     tls_cert = tls_key = None
@@ -538,6 +547,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
     top = _Table(data, "", problems)
+    top.also.update(("pidfile", "compression", "cache"))
 
     upstreams: dict[str, UpstreamGroupConfig] = {}
     ut = top.table("upstreams")
@@ -621,7 +631,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         seen_addr[where] = i
 
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([explain_unknown(p) for p in problems])
     return Config(
         listeners=tuple(listener for _, listener in listeners),
         upstreams=upstreams,

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fastproxy.config.schema import unknown_key
+
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VAR_RE = re.compile(r"\{([a-z_]+)\}")
 METHOD_RE = _TOKEN_RE
@@ -164,7 +166,7 @@ def _edits(value: Any, variables: tuple[str, ...] = REQUEST_VARIABLES) -> Header
         raise ValueError(f"expected a table with add, set and remove, got {value!r}")
     for key in value:
         if key not in ("add", "set", "remove"):
-            raise ValueError(f"{key}: unknown key (add, set or remove)")
+            raise ValueError(f"{key}: {unknown_key(key, ('add', 'set', 'remove'))}")
 
     def name_ok(key: str, name: Any) -> str:
         if not isinstance(name, str) or not _TOKEN_RE.match(name):
@@ -217,7 +219,7 @@ def _answer(value: Any) -> tuple[int, str | None, str]:
                          f"got {value!r}")
     for key in value:
         if key not in ("status", "location", "body"):
-            raise ValueError(f"{key}: unknown key (status, location, body)")
+            raise ValueError(f"{key}: {unknown_key(key, ('status', 'location', 'body'))}")
     status = value.get("status")
     if isinstance(status, bool) or not isinstance(status, int) or status not in ANSWER_STATUSES:
         raise ValueError(f"status: expected a status 200-599, got {status!r}")
@@ -244,6 +246,10 @@ def _force(value: Any) -> str:
     if kind not in ("header", "cookie") or not name or not _TOKEN_RE.match(name):
         raise ValueError(f'expected "header:NAME" or "cookie:NAME", got {value!r}')
     return f"{kind}:{name.lower() if kind == 'header' else name}"
+
+
+# The route keys read_route takes only when present.
+ROUTE_SECTIONS = ("return", "canary", "shadow", "request_headers", "response_headers")
 
 
 def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | None:

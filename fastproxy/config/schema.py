@@ -7,6 +7,7 @@ ValueError with the text that follows "key: ".
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import math
 import os
@@ -23,6 +24,47 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def unknown_key(key: str, known) -> str:
+    """The text after "KEY: " for a key its table does not have: the nearest valid name
+    (a typo is the usual cause) and every valid one."""
+    names = sorted(set(known))
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (expected one of {', '.join(names)})"
+
+
+# Valid keys of tables whose readers do not list them in their own "unknown key" line
+# (config/tls.py), or list only part (acl's deny_detail is the listener's, read first).
+# Paths as explain_unknown normalises them.
+_KNOWN_KEYS = {
+    "listeners[].tls": ("cert", "key", "sni"),
+    "listeners[].tls.sni[]": ("cert", "key", "names"),
+    "listeners[].acl": ("deny_detail",),
+}
+_UNKNOWN_LINE = re.compile(r"^(?P<path>[^ ]+?): unknown key(?P<rest>.*)$")
+_LISTED = re.compile(r"\((?:expected one of |expected )?(?P<names>[\w, -]+?)\)")
+
+
+def explain_unknown(problem: str) -> str:
+    """An "unknown key" problem line with the nearest valid name and the list, whichever
+    module's reader wrote it."""
+    m = _UNKNOWN_LINE.match(problem)
+    if m is None:
+        return problem
+    path = m.group("path")
+    parent, _, key = path.rpartition(".")
+    key = re.sub(r"\[\d+\]$", "", key)
+    known: set[str] = set()
+    listed = _LISTED.search(m.group("rest"))
+    if listed:
+        known.update(n for n in re.split(r",\s*|\s+or\s+", listed.group("names")) if n)
+    where = re.sub(r"^upstreams\.[^.]+", "upstreams.*", re.sub(r"\[\d+\]", "[]", parent))
+    known.update(_KNOWN_KEYS.get(where, ()))
+    if not known:
+        return problem
+    return f"{path}: {unknown_key(key, known)}"
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +206,7 @@ def dataclass_from_table(cls, raw: Any, durations: tuple[str, ...] = ()) -> Any:
     values = {}
     for key, value in raw.items():
         if key not in known:
-            raise ValueError(f"{key}: unknown key (expected one of {', '.join(sorted(known))})")
+            raise ValueError(f"{key}: {unknown_key(key, known)}")
         try:
             if key in durations and isinstance(value, (str, int, float)) \
                     and not isinstance(value, bool):
@@ -249,7 +291,8 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
     if isinstance(value, dict):
         unknown = set(value) - {"url", "weight"}
         if unknown:
-            raise ValueError(f"unknown key {sorted(unknown)[0]!r} (expected url, weight)")
+            key = sorted(unknown)[0]
+            raise ValueError(f"{key}: {unknown_key(key, ('url', 'weight'))}")
         weight = value.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= 10000:
             raise ValueError(f"weight: expected an integer 1-10000, got {weight!r}")

@@ -536,7 +536,8 @@ class Acl:
                 not (rule.dest_special is not None and rule.dest_special.contains(key)):
             return Decision(False, True, DEFAULT_PRIVATE, -1,
                             f"denied: destination {addr} is {special_range(addr)}; "
-                            f"set allow_private or add an allow rule with dest for it")
+                            f"set allow_private = true (or start with --allow-private), "
+                            f"or add an allow rule with dest for it")
         return rule.final
 
     def check(self, client: str, host, port: int, method, addr, url="") -> Decision:

@@ -173,7 +173,7 @@ class ForwardHandler:
         try:
             addrs = self.resolver.cached(host)
         except ResolveError as exc:
-            conn.respond_error(exc.status, exc.reason)
+            conn.respond_error(exc.status, str(exc))   # names the host
             return
         if addrs is None:
             conn.pause_reading(PAUSE_CONNECTING)
@@ -202,7 +202,7 @@ class ForwardHandler:
         except ResolveError as exc:
             if conn.state != STATE_CLOSED and conn.req is req:
                 conn.resume_reading(PAUSE_CONNECTING)
-                conn.respond_error(exc.status, exc.reason)
+                conn.respond_error(exc.status, str(exc))   # names the host
             return
         if conn.state == STATE_CLOSED or conn.req is not req:
             return
