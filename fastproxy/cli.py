@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import sys
 from typing import NoReturn
 
@@ -224,20 +225,48 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
     key, sep, text = problem.partition(": ")
     if not sep:
         return problem
-    flags = {}
+    flags: dict[str, str] = {}
+    listeners = doc.get("listeners") if isinstance(doc.get("listeners"), list) else []
+    group = listeners[0].get("upstream") if listeners and isinstance(listeners[0], dict) \
+        else None
     if args.upstream:
-        group = doc["listeners"][0].get("upstream")
         for i, value in enumerate(args.upstream):
             flags[f"upstreams.{group}.servers[{i}]"] = f"--upstream {value}"
-    if args.access_log is not None:
-        flags["access_log.path"] = f"--access-log {args.access_log}"
+    for flag, path in (("balance", f"upstreams.{group}.balance"),
+                       ("hash_key", f"upstreams.{group}.hash_key"),
+                       ("listen", "listeners[0].listen"), ("mode", "listeners[0].mode"),
+                       ("cache", "cache.size"), ("peers", "cluster.peers"),
+                       ("self_url", "cluster.self"), ("workers", "workers"), ("admin", "admin"),
+                       ("access_log", "access_log.path")):
+        value = getattr(args, flag)
+        if value is not None:
+            name = "--self" if flag == "self_url" else "--" + flag.replace("_", "-")
+            flags[path] = f"{name} {value}"
     if args.tls_cert and args.tls_key:
         flags["listeners[0].tls.cert"] = f"--tls-cert {args.tls_cert}"
         flags["listeners[0].tls.key"] = f"--tls-key {args.tls_key}"
         flags["listeners[0].tls"] = "--tls-cert/--tls-key"
     if args.log_format is not None:
         flags["access_log.format"] = "--log-format"
-    return f"{flags[key]}: {text}" if key in flags else problem
+    for i, lst in enumerate(listeners):
+        if isinstance(lst, dict) and lst.get("mode") == "forward":
+            # The loader reads the shorthands inside the listener's acl table.
+            if args.connect_ports:
+                flags[f"listeners[{i}].acl.connect_ports"] = \
+                    f"--connect-ports {args.connect_ports}"
+                flags[f"listeners[{i}].connect_ports"] = f"--connect-ports {args.connect_ports}"
+            if args.allow_private:
+                flags[f"listeners[{i}].acl.allow_private"] = "--allow-private"
+                flags[f"listeners[{i}].allow_private"] = "--allow-private"
+    # The key itself, or an item of its list (connect_ports[1]; "cluster.peers: [1]: "):
+    # the text quotes the bad item.
+    for path, flag in flags.items():
+        rest = key[len(path):] if key.startswith(path) else None
+        if rest == "" or (rest is not None and re.fullmatch(r"\[\d+\]", rest)):
+            return f"{flag}: " + re.sub(r"^\[\d+\]: ", "", text)
+        if rest is not None and rest.startswith("."):
+            return f"{flag}: {rest[1:]}: {text}"
+    return problem
 
 
 def _report(exc: ConfigError) -> int:
