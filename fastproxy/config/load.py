@@ -218,7 +218,12 @@ class _Table:
         try:
             return conv(self.data[name])
         except ValueError as exc:
-            self.problem(name, str(exc))
+            # "key: text" from a converter of a table value names a key below this one.
+            key, sep, text = str(exc).partition(": ")
+            if sep and re.fullmatch(r"[a-z_]+", key):
+                self.problem(f"{name}.{key}", text)
+            else:
+                self.problem(name, str(exc))
             return default
 
     def table(self, name: str) -> "_Table":
@@ -355,7 +360,10 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
             try:
                 spec = parse_server_url(item)
             except ValueError as exc:
-                table.problem(f"servers[{i}]", str(exc))
+                key, sep, text = str(exc).partition(": ")   # a key of { url, weight }?
+                table.problem(f"servers[{i}].{key}" if sep and " " not in key
+                              else f"servers[{i}]", text if sep and " " not in key
+                              else str(exc))
                 continue
             # A balancer counts each server once (weights say "more of it").
             if (spec.host, spec.port) in first:

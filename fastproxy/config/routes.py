@@ -198,6 +198,9 @@ def _edits(value: Any, variables: tuple[str, ...] = REQUEST_VARIABLES) -> Header
 
 
 def _rewrite(value: Any) -> tuple[str, str]:
+    for key in value if isinstance(value, dict) else ():
+        if key not in ("regex", "replace"):
+            raise ValueError(f"{key}: {unknown_key(key, ('regex', 'replace'))}")
     if not isinstance(value, dict) or set(value) != {"regex", "replace"}:
         raise ValueError(f'expected {{ regex = "^/old/(.*)", replace = "/new/\\\\1" }}, '
                          f"got {value!r}")

@@ -65,7 +65,7 @@ def test_server_urls():
 
 def test_example_file_is_valid():
     c = cfg.load(str(ROOT / "examples" / "fastproxy.toml"))
-    assert [lc.mode for lc in c.listeners] == ["reverse", "tcp", "forward"]
+    assert [lc.mode for lc in c.listeners] == ["reverse", "tcp", "forward", "forward"]
     assert c.upstreams["api"].balance == "maglev"
     assert c.upstreams["web"].servers[1].weight == 2
     route = c.listeners[0].routes[0]
