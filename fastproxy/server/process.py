@@ -360,30 +360,61 @@ class Master:
 # -- the pidfile and privileges (for both one worker and a master) ------------------------
 
 
+# The open pidfile, locked while this instance runs (forked workers share the lock).
+_pidfile_fd: int | None = None
+
+
 def write_pidfile(path: str) -> None:
-    """Write this process's pid to path (atomically: a reader never sees half a number)."""
+    """Take path for this process: its pid, under an exclusive lock held while it runs.
+
+    A second instance finds the lock and leaves the file to the first (OSError naming the
+    holder) instead of overwriting it; a file no one holds (a crash) is taken over. The
+    new content is written to a temporary file, locked, and renamed into place, so a reader
+    never sees half a number."""
+    global _pidfile_fd
+    import fcntl
     tmp = f"{path}.{os.getpid()}.tmp"
+    old = new = -1
     try:
-        with open(tmp, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
+        old = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(old, 32).decode("ascii", "replace").strip() or "?"
+            raise OSError(errno.EEXIST, f"the pidfile {path} is held by the running "
+                                        f"fastproxy pid {holder}") from None
+        new = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(new, f"{os.getpid()}\n".encode())
         os.replace(tmp, path)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for fd in (old, new):
+            if fd >= 0:
+                os.close(fd)
+        if new >= 0:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if exc.errno == errno.EEXIST:
+            raise
         raise OSError(exc.errno, f"cannot write the pidfile {path}: {exc.strerror}") from None
+    os.close(old)
+    _pidfile_fd = new
 
 
 def remove_pidfile(path: str) -> None:
     """Remove path if it still names this process (a newer instance may have replaced it)."""
+    global _pidfile_fd
     try:
         with open(path) as fh:
-            if fh.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
+            if fh.read().strip() == str(os.getpid()):
+                os.unlink(path)
     except OSError:
         pass
+    if _pidfile_fd is not None:
+        os.close(_pidfile_fd)
+        _pidfile_fd = None
 
 
 def drop_privileges(user: str | None, group: str | None) -> str | None:

@@ -47,8 +47,9 @@ def _wait_for(pred, timeout: float = 5.0) -> bool:
     return pred()
 
 
-def _cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
+def _cli(*args: str, timeout: float = 20.0, env: dict | None = None
+         ) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env, PYTHONPATH=PKG_PARENT)
     return subprocess.run([sys.executable, "-m", "fastproxy", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False,
                           stdin=subprocess.DEVNULL)
@@ -236,6 +237,52 @@ def test_pidfile_and_control_commands_against_a_running_proxy(start_proxy, origi
     assert r.returncode == 3 and "not running" in r.stderr
     assert _cli("stop", "--pidfile", str(pidfile)).returncode == 0   # already stopped
     assert _cli("reload", "--pidfile", str(pidfile)).returncode == 1
+
+
+def test_two_instances_do_not_fight_over_one_pidfile(origin, tmp_path):
+    """The first instance owns the default pidfile (locked while it runs); a second one
+    writes none and says so; with an explicit pidfile held, a second one does not start."""
+    from fastproxy.testing import Proxy
+    run = tmp_path / "run"
+    run.mkdir()
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(run), PYTHONPATH=PKG_PARENT)
+    pidfile = run / "fastproxy.pid"
+    args = ["serve", "--mode", "forward", "--listen", "127.0.0.1:0"]
+    first = Proxy(args, cwd=str(tmp_path), env=env).wait_ready()
+    second = None
+    try:
+        assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()
+                         == str(first.pid))
+        second = Proxy(args, cwd=str(tmp_path), env=env).wait_ready()
+        assert _wait_for(lambda: any(f"held by the running fastproxy pid {first.pid}" in x
+                                     for x in second.stderr_lines)), second.stderr_lines
+        assert pidfile.read_text().strip() == str(first.pid)
+        r = _cli("status", env=env)
+        assert r.returncode == 0 and f"running (pid {first.pid})" in r.stdout, r
+        assert second.stop() == 0
+        assert pidfile.read_text().strip() == str(first.pid)    # the second left it alone
+        r = _cli("stop", env=env)
+        assert r.returncode == 0 and f"stopped (pid {first.pid})" in r.stdout, r
+        assert first.proc.wait(5) == 0 and not pidfile.exists()
+        # An explicit pidfile: a crashed instance's file (nobody holds its lock) is taken
+        # over; one that a running instance holds makes a second one refuse to start.
+        explicit = tmp_path / "explicit.pid"
+        explicit.write_text("999999\n")
+        conf = tmp_path / "c.toml"
+        conf.write_text(f'pidfile = "{explicit}"\n[[listeners]]\nlisten = "127.0.0.1:0"\n'
+                        'mode = "forward"\n')
+        third = second = Proxy(["serve", "--config", str(conf)], cwd=str(tmp_path),
+                               env=env).wait_ready()
+        assert _wait_for(lambda: explicit.read_text().strip() == str(third.pid))
+        r = _cli("serve", "--config", str(conf), env=env, timeout=20)
+        assert r.returncode == 1, r
+        assert f"the pidfile {explicit} is held by the running fastproxy pid {third.pid}" \
+            in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert third.stop() == 0 and not explicit.exists()
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.stop()
 
 
 def test_control_commands_refuse_a_stale_pidfile(tmp_path):
