@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "a forward proxy on 127.0.0.1:8080 with a 64MiB cache and the access log on "
                 "stdout. Any of those flags replaces that whole default: the proxy then has "
                 "only what the flags (and --config) say, so add --cache and --access-log to "
-                "keep them. `fastproxy check --print` shows what will run.")
+                "keep them (serve names what was left out). `fastproxy check --print` shows "
+                "what will run.")
     serve = sub.add_parser("serve", help="run the proxy (default: forward proxy on 127.0.0.1:8080)",
                            epilog=defaults)
     _listener_flags(serve)
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         ctl.add_argument("--config", "-c", metavar="FILE",
                          help="the configuration the proxy runs (for its pidfile key)")
         ctl.add_argument("--pidfile", metavar="PATH",
-                         help=f"the running proxy's pidfile (default: {cfgmod.default_pidfile()})")
+                         help="the running proxy's pidfile (default: the one the --config "
+                              f"file names, else {cfgmod.default_pidfile()})")
         if name == "stop":
             ctl.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
                              help="how long to wait for it to finish (default: %(default)g)")
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         modes = ", ".join(f"{lc.address} ({lc.mode})" for lc in config.listeners)
         print(f"fastproxy: {config.source}: ok: {modes}")
         return 0
+    if config.source == "<command line>":
+        _note_dropped_defaults(config)
     from fastproxy.server import worker as server
 
     def reload_fn() -> cfgmod.Config:
@@ -311,6 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         return server.serve(config, reload_fn)
     except ConfigError as exc:
         return _report(exc)
+
+
+def _note_dropped_defaults(config: cfgmod.Config) -> None:
+    """Say which parts of the built-in default the flags left out (not silently)."""
+    dropped = [(name, flag) for name, flag, off in (
+        ("access log", "--access-log -", config.access_log.path is None),
+        ("cache", "--cache 64MiB", config.cache is None)) if off]
+    if dropped:
+        from fastproxy.errorlog import log
+        log(f"the flags replace the built-in default: no {' and no '.join(n for n, _ in dropped)}"
+            f" (add {' '.join(f for _, f in dropped)} to keep them)")
 
 
 def _hash_password(args: argparse.Namespace) -> int:

@@ -461,6 +461,24 @@ def test_check_print_shows_defaults_and_flags_as_toml(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
 
 
+def test_the_built_in_default_is_whole_or_replaced_and_never_silently(start_proxy):
+    import tomllib
+    r = _cli("check", "--print")
+    doc = tomllib.loads(r.stdout)
+    assert doc["listeners"][0]["mode"] == "forward" and doc["cache"]["size"] == 64 << 20
+    assert doc["access_log"]["path"] == "-"
+    r = _cli("check", "--print", "--listen", "127.0.0.1:0")
+    doc = tomllib.loads(r.stdout)
+    assert "cache" not in doc and "path" not in doc["access_log"], r.stdout
+    # serve says what the flags left out, and how to keep it.
+    proxy = start_proxy("serve", "--listen", "127.0.0.1:0", "--cache", "16MiB")
+    assert any("the flags replace the built-in default: no access log (add --access-log - "
+               "to keep them)" in x for x in proxy.stderr_lines), proxy.stderr_lines
+    proxy = start_proxy("serve", "--listen", "127.0.0.1:0", "--cache", "16MiB",
+                        "--access-log", "-")
+    assert not any("built-in default" in x for x in proxy.stderr_lines), proxy.stderr_lines
+
+
 def test_help_shows_the_defaults():
     r = _cli("serve", "--help")
     assert r.returncode == 0
