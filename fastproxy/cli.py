@@ -351,9 +351,14 @@ def _hash_password(args: argparse.Namespace) -> int:
                 # Ctrl-C or Ctrl-D at the prompt: a new line after the prompt, no traceback.
                 # Out at once: an interrupt can leave interpreter-exit hooks (logging's
                 # shutdown) with a lock in a bad state, and they would print a traceback.
-                sys.stderr.write("\nfastproxy: hash-password: cancelled\n")
-                sys.stderr.flush()
-                os._exit(130)
+                # os._exit in a finally: a second interrupt cannot take this path back
+                # to a traceback (seen under load on a pty).
+                try:
+                    import signal
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    os.write(2, b"\nfastproxy: hash-password: cancelled\n")
+                finally:
+                    os._exit(130)
         else:
             password = sys.stdin.readline().rstrip("\n")
     if not password:
