@@ -228,7 +228,8 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
     if not sep:
         return problem
     flags: dict[str, str] = {}
-    listeners = doc.get("listeners") if isinstance(doc.get("listeners"), list) else []
+    raw = doc.get("listeners")
+    listeners: list = raw if isinstance(raw, list) else []
     group = listeners[0].get("upstream") if listeners and isinstance(listeners[0], dict) \
         else None
     if args.upstream:
