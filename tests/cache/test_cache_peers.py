@@ -206,13 +206,13 @@ upstream = "o"
 
 @pytest.mark.parametrize("flags, message", [
     (["--peers", "http://127.0.0.1:8001,http://127.0.0.1:8002", "--self", "http://127.0.0.1:9"],
-     "cluster.self: 127.0.0.1:9 is not one of cluster.peers"),
+     "--self http://127.0.0.1:9: 127.0.0.1:9 is not one of cluster.peers"),
     (["--peers", "http://127.0.0.1:8001"], "cluster.self: required with peers"),
     (["--self", "http://127.0.0.1:8001"], "cluster.peers: required with self"),
     (["--peers", "http://127.0.0.1:8001,https://127.0.0.1:8002", "--self", "http://127.0.0.1:8001"],
-     "cluster.peers: [1]: a peer is an http:// URL"),
+     "--peers http://127.0.0.1:8001,https://127.0.0.1:8002: a peer is an http:// URL"),
     (["--peers", "http://127.0.0.1:8001,http://127.0.0.1:8001", "--self", "http://127.0.0.1:8001"],
-     "cluster.peers: a peer is listed twice"),
+     "--peers http://127.0.0.1:8001,http://127.0.0.1:8001: a peer is listed twice"),
 ])
 def test_bad_cluster_settings_are_one_line(flags, message):
     out = subprocess.run([sys.executable, "-m", "fastproxy", "check", "--mode", "reverse",
