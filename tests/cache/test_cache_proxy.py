@@ -619,7 +619,7 @@ def test_cache_flag_size_error(tmp_path):
                          capture_output=True, text=True, env={"PYTHONPATH": PKG_PARENT},
                          timeout=30)
     assert out.returncode == 2
-    assert out.stderr.strip() == "fastproxy: cache.size: 1024 is below the minimum of 16384 bytes"
+    assert out.stderr.strip() == "fastproxy: --cache 1KiB: 1024 is below the minimum of 16384 bytes"
 
 
 # -- forward mode and listener namespaces -------------------------------------------

@@ -168,7 +168,7 @@ def test_plain_routes_keep_the_fast_path_and_rules_leave_it():
     ({"regex": "(["}, "listeners[0].routes[0].regex: not a valid regular expression"),
     ({"path": "/a", "exact": "/a"}, "listeners[0].routes[0].exact: give one of path"),
     ({"methods": ["GE T"]}, "listeners[0].routes[0].methods: expected a list of methods"),
-    ({"headers": {"x": 3}}, "listeners[0].routes[0].headers: x: expected a value"),
+    ({"headers": {"x": 3}}, "listeners[0].routes[0].headers.x: expected a value"),
     ({"rewrite": {"regex": "^/a", "replace": "/\\2"}},
      "listeners[0].routes[0].rewrite: replace refers to group 2"),
     ({"request_headers": {"set": {"Host": "x"}}},
