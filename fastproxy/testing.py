@@ -212,6 +212,8 @@ class Proxy:
 
 
 def _with_ports(doc: dict[str, Any]) -> dict[str, Any]:
+    # A test proxy leaves the default pidfile to the instance the machine runs.
+    doc.setdefault("pidfile", False)
     listeners = doc.get("listeners")
     if isinstance(listeners, list):
         doc = dict(doc, listeners=[dict({"listen": "127.0.0.1:0"}, **lst) if isinstance(lst, Mapping)
