@@ -525,6 +525,7 @@ cdef class Server(Connection):
         stream.chunked_request = not end_stream and not stream.connect and not has_length
         stream.request_ended = end_stream
         relay = ClientConnection(self.rt)
+        relay.received_version = 20
         if not end_stream and grpc:
             # A gRPC call's messages answer each other (streaming RPCs): buffering the
             # body before the upstream is taken would hold a bidirectional call forever.

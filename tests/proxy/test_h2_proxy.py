@@ -444,6 +444,37 @@ def test_access_log_says_http2(start_proxy, origin, tmp_path):
     assert '"GET /size/2 HTTP/2.0" 200' in log.read_text()
 
 
+def _via(info: dict) -> list[str]:
+    return [v for n, v in info["headers"] if n.lower() == "via"]
+
+
+@needs_curl
+def test_via_names_the_received_protocol_2(reverse_proxy, start_proxy, origin):
+    # RFC 9110 7.6.3: received-protocol is the version the request came in: "2" for
+    # HTTP/2 (RFC 9113 3), whatever the proxy speaks upstream.
+    base = reverse_proxy.url
+    out = _curl("--http2-prior-knowledge", f"{base}/echo")
+    assert out.returncode == 0, out.stderr
+    assert _via(json.loads(out.stdout)) == ["2 fastproxy"]
+    # The Python handler (OPTIONS with Max-Forwards skips the compiled fast path) too.
+    out = _curl("--http2-prior-knowledge", "-H", "Max-Forwards: 5", "-X", "OPTIONS",
+                f"{base}/echo")
+    assert out.returncode == 0 and _via(json.loads(out.stdout)) == ["2 fastproxy"]
+    out = _curl("--http1.1", f"{base}/echo")
+    assert _via(json.loads(out.stdout)) == ["1.1 fastproxy"]
+    out = _curl("--http1.0", f"{base}/echo")
+    assert _via(json.loads(out.stdout)) == ["1.0 fastproxy"]
+    # A forward listener (the anonymity rules add Via) over HTTP/2.
+    p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0",
+                    "--allow-private")
+    c = Client(p.port)
+    try:
+        status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
+        assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
+    finally:
+        c.close()
+
+
 def test_streams_beyond_max_concurrent_are_refused(reverse_proxy, origin):
     # RFC 9113 5.1.2: we announce 128; the 129th and 130th open streams are refused
     # (REFUSED_STREAM: never processed, safe to retry) and never reach the origin.
