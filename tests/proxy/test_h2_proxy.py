@@ -541,6 +541,52 @@ def test_response_trailers_become_h2_trailers(start_proxy):
         srv.close()
 
 
+def test_response_fields_lowercased_and_connection_fields_dropped(start_proxy):
+    # RFC 9113 8.2.1/8.2.2: an HTTP/1.1 response's names go out lowercase, and the
+    # connection-specific fields (and those its Connection field names) never do; the
+    # `h2` client treats either as a protocol error.
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    answers = [b"HTTP/1.1 200 OK\r\nX-Mixed-Case: A b \r\nKeep-Alive: timeout=5\r\n"
+               b"Proxy-Connection: keep-alive\r\nUpgrade: foo\r\nTE: trailers\r\n"
+               b"Content-Length: 2\r\nETag: \"x\"\r\n\r\nok",
+               b"HTTP/1.1 201 Created\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Kept: 2\r\n"
+               b"Content-Length: 0\r\n\r\n"]
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            for answer in answers:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    buf += conn.recv(65536)
+                conn.sendall(answer)
+            time.sleep(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", f"http://127.0.0.1:{port}")
+    c = Client(p.port)
+    try:
+        status, headers, body = c.get("/a")
+        assert (status, body) == (200, b"ok")
+        assert headers[b"x-mixed-case"] == b"A b" and headers[b"etag"] == b'"x"'
+        hop = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te",
+               b"transfer-encoding"}
+        assert not hop & set(headers)
+        status, headers, body = c.get("/b")
+        assert status == 201 and headers[b"x-kept"] == b"2"
+        assert not (hop | {b"x-hop"}) & set(headers)
+    finally:
+        c.close()
+        srv.close()
+
+
 def test_hpack_bomb_is_a_stream_error_and_the_connection_lives(reverse_proxy, origin):
     # RFC 7541 7.3 / RFC 9113 6.5.2: a 4 KB field entered once in the dynamic table and
     # then referenced by one-byte indexes decodes to 80 KB, over the 64 KiB header list
