@@ -252,29 +252,35 @@ def request_head(list headers, bint body, bint absolute=False):
     """
     cdef bytes name, value, method = b"", scheme = b"", path = b"", authority = None
     cdef list cookies = None
-    cdef list lines = []
+    cdef list lines = []       # name, ": ", value, CRLF: one join, no per-field concatenation
     cdef bint has_cl = False
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
+    cdef const char* p
+    cdef Py_ssize_t n
+    for field in headers:
+        name = (<tuple>field)[0]
+        value = (<tuple>field)[1]
+        p = PyBytes_AS_STRING(name)
+        n = PyBytes_GET_SIZE(name)
+        if n and p[0] == b':':
+            if _eq(name, ":method", 7):
                 method = value
-            elif name == b":path":
+            elif _eq(name, ":path", 5):
                 path = value
-            elif name == b":authority":
+            elif _eq(name, ":authority", 10):
                 authority = value
-            elif name == b":scheme":
+            elif _eq(name, ":scheme", 7):
                 scheme = value
-        elif name == b"cookie":
+        elif _eq(name, "cookie", 6):
             if cookies is None:
                 cookies = []
             cookies.append(value)
-        elif name == b"host":
+        elif _eq(name, "host", 4):
             if authority is None:
                 authority = value
         else:
-            if name == b"content-length":
+            if _eq(name, "content-length", 14):
                 has_cl = True
-            lines.append(name + b": " + value + b"\r\n")
+            lines += (name, b": ", value, b"\r\n")
     if method == b"CONNECT":
         target = authority
     elif absolute:
@@ -283,10 +289,10 @@ def request_head(list headers, bint body, bint absolute=False):
         target = path
     head = [method, b" ", target, b" HTTP/1.1\r\n"]
     if authority is not None:
-        head.append(b"host: " + authority + b"\r\n")
-    head.extend(lines)
+        head += (b"host: ", authority, b"\r\n")
+    head += lines
     if cookies is not None:
-        head.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        head += (b"cookie: ", b"; ".join(cookies), b"\r\n")
     if body and not has_cl and method != b"CONNECT":
         head.append(b"transfer-encoding: chunked\r\n")
     head.append(b"\r\n")
