@@ -240,6 +240,7 @@ cdef frozenset _CONNECTION_FIELDS = frozenset(
 
 import http as _http_mod
 cdef dict _REASONS = {int(s): s.phrase.encode() for s in _http_mod.HTTPStatus}
+cdef dict _STATUS_LINES = {}
 
 
 def request_head(list headers, bint body, bint absolute=False):
@@ -366,18 +367,25 @@ def response_head(list headers, bint body):
     `Transfer-Encoding: chunked` (not for 1xx, 204 and 304, which have no content).
     """
     cdef int status = 0
-    cdef list lines = []
+    cdef list head = [None]    # the status line, then name, ": ", value, CRLF: one join
     cdef bint has_cl = False
-    for name, value in headers:
-        if name == b":status":
-            status = int(value)
-        elif name[:1] != b":":
-            if name == b"content-length":
+    cdef bytes name, value
+    for field in headers:
+        name = (<tuple>field)[0]
+        value = (<tuple>field)[1]
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+            if _eq(name, ":status", 7):
+                status = int(value)
+        else:
+            if _eq(name, "content-length", 14):
                 has_cl = True
-            lines.append(name + b": " + value + b"\r\n")
-    reason = _REASONS.get(status, b"")
-    head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    head.extend(lines)
+            head += (name, b": ", value, b"\r\n")
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = line
+    head[0] = line
     if body and not has_cl and status >= 200 and status not in (204, 304):
         head.append(b"transfer-encoding: chunked\r\n")
     head.append(b"\r\n")
