@@ -18,7 +18,7 @@ in that same flush (no callback per stream).
 import time
 
 from fastproxy import _h2msg, _http
-from fastproxy._relay import ClientConnection
+from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
@@ -32,6 +32,7 @@ STREAM_BUFFER = 65536        # response bytes held per stream before its upstrea
 CONNECTION_BUFFER = 1 << 20  # ... and per connection, before every stream holding some pauses
 DEF C_STREAM_BUFFER = 65536
 DEF C_CONNECTION_BUFFER = 1048576
+DEF IDLE_RELAYS = 32         # finished streams' relays kept per connection for the next ones
 
 cdef enum:
     R_DONE = 0       # the response is complete (or reset)
@@ -429,6 +430,9 @@ cdef class Server(Connection):
     cdef bint _flush_scheduled
     cdef list _finished              # streams whose relay may be let go at the next flush
     cdef object _flush_cb
+    cdef list _idle                  # relays of finished streams, kept for new streams
+    cdef bint _reuse                 # no per-connection hooks: a relay may serve many streams
+    cdef object _buffer_limit        # a new relay's request buffering (gRPC streams set 0)
 
     def __init__(self, lrt):
         limits = lrt.limits
@@ -452,6 +456,11 @@ cdef class Server(Connection):
         self._flush_scheduled = False
         self._finished = []
         self._flush_cb = self.flush
+        self._idle = []
+        # Per-client connection limits count relays (relay hooks): an idle one kept here
+        # would hold a slot, so with them on every stream gets a fresh relay.
+        self._reuse = not lrt.relay.hooks
+        self._buffer_limit = None
 
     # -- the socket --------------------------------------------------------------------
 
@@ -485,6 +494,7 @@ cdef class Server(Connection):
         self.rt.deadlines.discard(self)
         for stream in list(self.streams.values()):
             self._drop(stream)
+        self._release_idle()
 
     def pause_writing(self):
         # The client does not read what we write: read no more from it either, or its
@@ -548,6 +558,7 @@ cdef class Server(Connection):
         if not self.closing:
             self.closing = True
             self.goaway(E_NO)
+            self._release_idle()
             self.flush()
 
     # -- codec hooks -------------------------------------------------------------------
@@ -577,8 +588,15 @@ cdef class Server(Connection):
         head = request_head(headers, not end_stream and not stream.connect, self.forward)
         stream.chunked_request = not end_stream and not stream.connect and not has_length
         stream.request_ended = end_stream
-        relay = ClientConnection(self.rt)
-        relay.received_version = 20
+        relay = self._idle_relay() if self._idle else None
+        fresh = relay is None
+        if fresh:
+            relay = ClientConnection(self.rt)
+            relay.received_version = 20
+            if self._buffer_limit is None:
+                self._buffer_limit = relay.buffer_limit
+        else:
+            relay.buffer_limit = self._buffer_limit
         if not end_stream and grpc:
             # A gRPC call's messages answer each other (streaming RPCs): buffering the
             # body before the upstream is taken would hold a bidirectional call forever.
@@ -586,7 +604,11 @@ cdef class Server(Connection):
         stream.protocol = relay
         self.streams[stream_id] = stream
         self.deadline = 0.0
-        relay.connection_made(stream)
+        if fresh:
+            relay.connection_made(stream)
+        else:
+            relay.transport = stream
+            relay.twrite = stream.write
         if self.write_paused:
             stream.hold_upstream(True)
         relay.data_received(head)
@@ -714,6 +736,36 @@ cdef class Server(Connection):
             self.flush_soon()
         return 0
 
+    cdef object _idle_relay(self):
+        """A kept relay still waiting for a request head, or None."""
+        while self._idle:
+            relay = self._idle.pop()
+            if (relay.state == STATE_HEAD and not relay.closing and not relay.paused
+                    and not relay.write_paused and relay.buf is None):
+                return relay
+            relay.connection_lost(None)
+        return None
+
+    cdef int _relay_done(self, relay, bint complete) except -1:
+        """A stream is over: keep its relay for the next stream when its exchange ended
+        as a kept-alive HTTP/1.1 one would (waiting for the next head, nothing held),
+        else end it. Kept relays have no deadline; they end with the connection."""
+        if (complete and self._reuse and not self.closing and self.transport is not None
+                and len(self._idle) < IDLE_RELAYS and relay.state == STATE_HEAD
+                and relay.req is None and relay.upstream is None and relay.buf is None
+                and not relay.paused and not relay.write_paused and not relay.closing):
+            relay.deadline = 0.0
+            self._idle.append(relay)
+        else:
+            relay.connection_lost(None)
+        return 0
+
+    cdef int _release_idle(self) except -1:
+        idle, self._idle = self._idle, []
+        for relay in idle:
+            relay.connection_lost(None)
+        return 0
+
     cdef int _drop(self, Stream stream) except -1:
         cdef Stream other
         if self.streams.get(stream.stream_id) is not stream:
@@ -729,7 +781,7 @@ cdef class Server(Connection):
         if stream.state != R_DONE:
             self.reset_stream(stream.stream_id, E_CANCEL)
         if protocol is not None:
-            protocol.connection_lost(None)
+            self._relay_done(protocol, stream.state == R_DONE and not stream.tunneling)
         if not self.streams:
             self.deadline = _monotonic() + self.idle
             if self.closing:

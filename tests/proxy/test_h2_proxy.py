@@ -475,6 +475,45 @@ def test_via_names_the_received_protocol_2(reverse_proxy, start_proxy, origin):
         c.close()
 
 
+def test_streams_one_after_another_share_nothing(start_proxy, origin, tmp_path):
+    # A finished stream's relay serves the next stream of the connection (as a kept-alive
+    # HTTP/1.1 connection serves its next request): nothing of one exchange may leak into
+    # the next (HEAD's missing body, a request body, gRPC's unbuffered body, errors).
+    log = tmp_path / "access.log"
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url, "--access-log", str(log))
+    c = Client(p.port)
+    try:
+        for _ in range(2):
+            status, h, body = c.get("/size/10", method="HEAD")
+            assert (status, body) == (200, b"") and h[b"content-length"] == b"10"
+            assert c.get("/size/10") == (200, c.headers[c.h2.highest_outbound_stream_id],
+                                         b"0123456789")
+            status, _, body = c.get("/echo", method="POST", body=b"x" * 30000)
+            info = json.loads(body)
+            assert (status, info["method"], info["body_len"]) == (200, "POST", 30000)
+            status, _, body = c.get("/echo", method="POST", body=b"abc",
+                                    extra=[("content-type", "application/grpc")])
+            assert json.loads(body)["body_len"] == 3
+            assert c.get("/size/5?chunked=1")[2] == b"01234"
+            status, _, body = c.get("/echo")
+            info = json.loads(body)
+            assert (info["method"], info["body_len"]) == ("GET", 0)
+            assert _via(info) == ["2 fastproxy"]
+        # Many at once, then one by one again.
+        sids = [c.request(f"/size/{n}") for n in range(1, 60)]
+        c.run(lambda: all(c.finished(s) for s in sids))
+        assert [len(c.bodies[s]) for s in sids] == list(range(1, 60))
+        assert c.get("/size/3")[2] == b"012"
+    finally:
+        c.close()
+    p.stop()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 6 + 59 + 1
+    assert sum('"HEAD /size/10 HTTP/2.0" 200' in line for line in lines) == 2
+    assert sum('"POST /echo HTTP/2.0" 200' in line for line in lines) == 4
+
+
 def test_streams_beyond_max_concurrent_are_refused(reverse_proxy, origin):
     # RFC 9113 5.1.2: we announce 128; the 129th and 130th open streams are refused
     # (REFUSED_STREAM: never processed, safe to retry) and never reach the origin.
