@@ -56,6 +56,7 @@ cdef class H2Origin(Connection):
     cdef bint _flush_scheduled
     cdef public bint closed
     cdef object _flush_cb
+    cdef list _heads                 # links holding a response head for the DATA after it
 
     def __init__(self, loop, bytes authority, int max_header_list_size,
                  bytes scheme=b"http"):
@@ -69,14 +70,21 @@ cdef class H2Origin(Connection):
         self._flush_scheduled = False
         self.closed = False
         self._flush_cb = self.flush
+        self._heads = []
 
     def connection_made(self, transport):
         self.transport = transport
         self.flush()
 
     def data_received(self, data):
+        cdef StreamLink link
         try:
             self.feed(data)
+            # Heads whose DATA did not come in this read go to the relays now.
+            while self._heads:
+                heads, self._heads = self._heads, []
+                for link in heads:
+                    link.give_head()
         except Exception as exc:
             self.loop.call_exception_handler({"message": "HTTP/2 upstream failed",
                                               "exception": exc, "protocol": self})
@@ -245,6 +253,7 @@ cdef class StreamLink:
     cdef list held
     cdef bint resp_chunked
     cdef bint head_request
+    cdef bytes resp_head             # the response head, given with the first DATA
 
     def __init__(self, H2Origin origin, up, Py_ssize_t max_head, int max_fields):
         self.origin = origin
@@ -441,9 +450,23 @@ cdef class StreamLink:
                 # HEADERS that end the stream (a gRPC trailers-only answer): without a
                 # length the HTTP/1.1 relay would read this response until the close.
                 headers = headers + [CONTENT_LENGTH_0]
-        self.up.data_received(response_head(headers, body))
+        head = response_head(headers, body)
         if end_stream:
+            self.up.data_received(head)
             self._done()
+        else:
+            # The relay writes head and body to its client in one write when they come
+            # in one data_received: the head waits for this read's DATA (H2Origin).
+            self.resp_head = head
+            self.origin._heads.append(self)
+        return 0
+
+    cdef int give_head(self) except -1:
+        """Hand the relay a response head still held (its DATA was not in the read)."""
+        head = self.resp_head
+        if head is not None and not self.closing:
+            self.resp_head = None
+            self.up.data_received(head)
         return 0
 
     cdef int response_data(self, bytes data, bint end) except -1:
@@ -451,11 +474,17 @@ cdef class StreamLink:
             self.held.append((data, end))
             return 0
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        head = self.resp_head
+        if head is not None:
+            self.resp_head = None
+            if not n:
+                self.up.data_received(head)
         if n:
             if self.resp_chunked:
-                self.up.data_received(chunk_header(n) + data + CRLF)
+                piece = chunk_header(n) + data + CRLF
+                self.up.data_received(piece if head is None else head + piece)
             else:
-                self.up.data_received(data)
+                self.up.data_received(data if head is None else head + data)
             if self.sid:
                 self.origin.acknowledge_received(self.sid, n)
                 self.origin.flush_soon()
@@ -466,6 +495,7 @@ cdef class StreamLink:
         return 0
 
     cdef int response_trailers(self, list headers) except -1:
+        self.give_head()
         if self.resp_chunked:
             lines = [b"0\r\n"]
             for n, v in headers:
@@ -488,6 +518,7 @@ cdef class StreamLink:
     cdef int lost(self, exc) except -1:
         """The stream or the connection went away."""
         self.sid = 0
+        self.resp_head = None
         self.origin.all_links.discard(self)
         if not self.closing:
             self.closing = True
