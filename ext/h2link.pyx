@@ -15,11 +15,9 @@ from fastproxy import _h2msg, _http
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL
-from fastproxy._http cimport ChunkedDecoder, Field, Request, RequestParser
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcmp
-
-ctypedef unsigned char uchar
+from fastproxy._h2msg cimport h2_request_fields
+from fastproxy._http cimport ChunkedDecoder, Request, RequestParser
+from cpython.bytes cimport PyBytes_GET_SIZE
 
 STREAM_BUFFER = 65536        # request bytes a link holds before the client is paused
 DEF C_STREAM_BUFFER = 65536
@@ -31,15 +29,12 @@ cdef enum:
 
 cdef bytes CRLF = b"\r\n"
 cdef bytes M_HEAD = b"HEAD"
-cdef bytes N_TE = b"te"
 cdef bytes N_STATUS = b":status"
 cdef bytes N_CONTENT_LENGTH = b"content-length"
-cdef tuple TE_TRAILERS = (b"te", b"trailers")
 cdef tuple CONTENT_LENGTH_0 = (b"content-length", b"0")
 cdef object ParseError = _http.ParseError
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
-cdef object request_headers = _h2msg.request_headers
 cdef object response_head = _h2msg.response_head
 cdef object validate = _h2msg.validate
 cdef int BODY_NONE = _http.BODY_NONE
@@ -169,59 +164,6 @@ cdef class H2Origin(Connection):
         self.flush_soon()
 
 
-cdef bytes N_METHOD = b":method"
-cdef bytes N_SCHEME = b":scheme"
-cdef bytes N_AUTHORITY = b":authority"
-cdef bytes N_PATH = b":path"
-
-
-cdef inline bint _named(const char* p, Py_ssize_t n, const char* s, Py_ssize_t k) noexcept:
-    return n == k and memcmp(p, s, k) == 0
-
-
-cdef list _request_fields(Request req, bytes scheme, bytes authority):
-    """The HTTP/2 header list for a parsed HTTP/1.1 request, `te: trailers` included:
-    what _h2msg.request_headers(..., req.headers()) gives (names lowercased in place,
-    Host in :authority, connection fields dropped: RFC 9113 8.2.2), without the
-    intermediate list. A head with a Connection field takes that general path."""
-    cdef const uchar* h = req._h()
-    cdef list out = [(N_METHOD, req.method), (N_SCHEME, scheme), (N_AUTHORITY, authority),
-                     (N_PATH, req.target)]
-    cdef Field* f
-    cdef int i
-    cdef Py_ssize_t k, n
-    cdef bytes name
-    cdef char* q
-    cdef uchar c
-    for i in range(req._nf):
-        f = &req._fields[i]
-        n = f.name_len
-        name = PyBytes_FromStringAndSize(NULL, n)
-        q = PyBytes_AS_STRING(name)
-        for k in range(n):
-            c = h[f.name_off + k]
-            q[k] = <char>(c + 32 if 65 <= c <= 90 else c)
-        if _named(q, n, "connection", 10):
-            out = request_headers(req.method, scheme, authority, req.target, req.headers())
-            for field in out:
-                if (<tuple>field)[0] == N_TE:
-                    return out
-            out.append(TE_TRAILERS)
-            return out
-        if (_named(q, n, "host", 4) or _named(q, n, "te", 2)
-                or _named(q, n, "keep-alive", 10) or _named(q, n, "proxy-connection", 16)
-                or _named(q, n, "transfer-encoding", 17) or _named(q, n, "upgrade", 7)):
-            continue
-        out.append((name, PyBytes_FromStringAndSize(<const char*>h + f.value_off,
-                                                    f.value_len)))
-    # The relay drops TE (hop-by-hop) but passes every response's trailers on (as
-    # chunked trailers, or HTTP/2 trailers to an HTTP/2 client), so the link accepts
-    # trailers whatever the client said (RFC 9113 8.2.2 allows `te: trailers`); gRPC
-    # servers refuse a request without it.
-    out.append(TE_TRAILERS)
-    return out
-
-
 cdef list _trailer_fields(bytes raw):
     """HTTP/2 trailers from HTTP/1.1 trailer lines (already checked by the decoder)."""
     cdef list fields = []
@@ -336,7 +278,10 @@ cdef class StreamLink:
         self.buf = b""
         self.head_request = req.method == M_HEAD
         authority = req.host or origin.authority
-        cdef list headers = _request_fields(req, origin.scheme, authority)
+        # `te: trailers` always: the relay passes every response's trailers on (as chunked
+        # trailers, or HTTP/2 trailers to an HTTP/2 client) whatever the client said
+        # (RFC 9113 8.2.2 allows it); gRPC servers refuse a request without it.
+        cdef list headers = h2_request_fields(req, origin.scheme, authority)
         kind = req.body
         sid = origin.send_request(headers, kind == BODY_NONE)
         if sid <= 0:

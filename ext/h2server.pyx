@@ -22,11 +22,9 @@ from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._http cimport ChunkedDecoder, Field, Response, ResponseParser
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcmp
-
-ctypedef unsigned char uchar
+from fastproxy._h2msg cimport h2_response_fields
+from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
+from cpython.bytes cimport PyBytes_GET_SIZE
 
 STREAM_BUFFER = 65536        # response bytes held per stream before its upstream pauses
 CONNECTION_BUFFER = 1 << 20  # ... and per connection, before every stream holding some pauses
@@ -52,62 +50,11 @@ cdef object ParseError = _http.ParseError
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
 cdef object request_head = _h2msg.request_head
-cdef object response_headers = _h2msg.response_headers
 cdef object validate = _h2msg.validate
 cdef int BODY_NONE = _http.BODY_NONE
 cdef int BODY_LENGTH = _http.BODY_LENGTH
 cdef int BODY_CHUNKED = _http.BODY_CHUNKED
 cdef object _monotonic = time.monotonic
-
-
-cdef bytes N_STATUS = b":status"
-cdef dict _STATUS = {}
-
-
-cdef bytes _status_value(int status):
-    """The :status value (RFC 9113 8.3.2), made once per code."""
-    value = _STATUS.get(status)
-    if value is None:
-        value = str(status).encode()
-        _STATUS[status] = value
-    return value
-
-
-cdef inline bint _named(const char* p, Py_ssize_t n, const char* s, Py_ssize_t k) noexcept:
-    return n == k and memcmp(p, s, k) == 0
-
-
-cdef list _response_fields(Response resp):
-    """The HTTP/2 header list of a parsed HTTP/1.1 response head: what
-    _h2msg.response_headers(resp.status, resp.headers()) returns, without the
-    intermediate list (names lowercased in place, connection fields dropped: RFC 9113
-    8.2.2). A head with a Connection field (its names are dropped too) takes that
-    general path."""
-    cdef const uchar* h = resp._h()
-    cdef list out = [(N_STATUS, _status_value(resp.status))]
-    cdef Field* f
-    cdef int i
-    cdef Py_ssize_t k, n
-    cdef bytes name
-    cdef char* q
-    cdef uchar c
-    for i in range(resp._nf):
-        f = &resp._fields[i]
-        n = f.name_len
-        name = PyBytes_FromStringAndSize(NULL, n)
-        q = PyBytes_AS_STRING(name)
-        for k in range(n):
-            c = h[f.name_off + k]
-            q[k] = <char>(c + 32 if 65 <= c <= 90 else c)
-        if _named(q, n, "connection", 10):
-            return response_headers(resp.status, resp.headers())
-        if (_named(q, n, "keep-alive", 10) or _named(q, n, "proxy-connection", 16)
-                or _named(q, n, "transfer-encoding", 17) or _named(q, n, "upgrade", 7)
-                or _named(q, n, "te", 2)):
-            continue
-        out.append((name, PyBytes_FromStringAndSize(<const char*>h + f.value_off,
-                                                    f.value_len)))
-    return out
 
 
 cdef list _trailer_fields(bytes raw):
@@ -251,7 +198,7 @@ cdef class Stream:
             rest = self.buf[resp.head_length:]
             self.buf = None
             status = resp.status
-            headers = _response_fields(resp)
+            headers = h2_response_fields(resp)
             if status < 200:
                 if status != 101:
                     conn.send_headers(self.stream_id, headers, False)
