@@ -12,9 +12,11 @@ reverse ones for an HTTP/2 upstream.  The surface is documented in
 `fastproxy/_h2msg.pyi`.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
 from libc.string cimport memcmp
+
+from fastproxy._http cimport Field, Request, Response
 
 ctypedef unsigned char uchar
 
@@ -85,6 +87,18 @@ cdef inline bint _ieq(bytes a, bytes b) noexcept:
     return True
 
 
+cdef inline bint _peq(const char* p, Py_ssize_t n, const char* s, Py_ssize_t k) noexcept:
+    return n == k and memcmp(p, s, k) == 0
+
+
+cdef bint connection_field(const char* p, Py_ssize_t n) noexcept:
+    """RFC 9113 8.2.2: a connection-specific field name (lowercase; `te` apart). The one
+    list: the checks refuse these, the mappings drop them."""
+    return (_peq(p, n, "connection", 10) or _peq(p, n, "keep-alive", 10)
+            or _peq(p, n, "proxy-connection", 16) or _peq(p, n, "transfer-encoding", 17)
+            or _peq(p, n, "upgrade", 7))
+
+
 cdef int _regular(bytes name, bytes value, MsgInfo* info) except -1:
     """Check one regular field; fold content-length into info."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(name), vn = PyBytes_GET_SIZE(value)
@@ -94,9 +108,7 @@ cdef int _regular(bytes name, bytes value, MsgInfo* info) except -1:
         return K_FIELD_NAME
     if not _all(value, C_VALUE) or (vn and (v[0] in (32, 9) or v[vn - 1] in (32, 9))):
         return K_FIELD_VALUE
-    if (_eq(name, "connection", 10) or _eq(name, "keep-alive", 10)
-            or _eq(name, "proxy-connection", 16) or _eq(name, "transfer-encoding", 17)
-            or _eq(name, "upgrade", 7)):
+    if connection_field(PyBytes_AS_STRING(name), n):
         return K_CONNECTION_FIELD
     if _eq(name, "te", 2) and not _ieq(value, b"trailers"):
         return K_TE
@@ -234,12 +246,16 @@ def validate(list headers, str kind="request"):
 # ---------------------------------------------------------------------------
 # HTTP/1.1 <-> HTTP/2
 
-# RFC 9113 8.2.2: meaningless or dangerous across the protocol boundary.
-cdef frozenset _CONNECTION_FIELDS = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"))
+cdef inline bint _dropped(bytes name) noexcept:
+    """Not carried across the protocol boundary (RFC 9113 8.2.2): connection-specific
+    fields, and te (the request mapping keeps `te: trailers` itself)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    cdef const char* p = PyBytes_AS_STRING(name)
+    return connection_field(p, n) or _peq(p, n, "te", 2)
 
 import http as _http_mod
 cdef dict _REASONS = {int(s): s.phrase.encode() for s in _http_mod.HTTPStatus}
+cdef dict _STATUS_LINES = {}
 
 
 def request_head(list headers, bint body, bint absolute=False):
@@ -252,29 +268,35 @@ def request_head(list headers, bint body, bint absolute=False):
     """
     cdef bytes name, value, method = b"", scheme = b"", path = b"", authority = None
     cdef list cookies = None
-    cdef list lines = []
+    cdef list lines = []       # name, ": ", value, CRLF: one join, no per-field concatenation
     cdef bint has_cl = False
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
+    cdef const char* p
+    cdef Py_ssize_t n
+    for field in headers:
+        name = (<tuple>field)[0]
+        value = (<tuple>field)[1]
+        p = PyBytes_AS_STRING(name)
+        n = PyBytes_GET_SIZE(name)
+        if n and p[0] == b':':
+            if _eq(name, ":method", 7):
                 method = value
-            elif name == b":path":
+            elif _eq(name, ":path", 5):
                 path = value
-            elif name == b":authority":
+            elif _eq(name, ":authority", 10):
                 authority = value
-            elif name == b":scheme":
+            elif _eq(name, ":scheme", 7):
                 scheme = value
-        elif name == b"cookie":
+        elif _eq(name, "cookie", 6):
             if cookies is None:
                 cookies = []
             cookies.append(value)
-        elif name == b"host":
+        elif _eq(name, "host", 4):
             if authority is None:
                 authority = value
         else:
-            if name == b"content-length":
+            if _eq(name, "content-length", 14):
                 has_cl = True
-            lines.append(name + b": " + value + b"\r\n")
+            lines += (name, b": ", value, b"\r\n")
     if method == b"CONNECT":
         target = authority
     elif absolute:
@@ -283,10 +305,10 @@ def request_head(list headers, bint body, bint absolute=False):
         target = path
     head = [method, b" ", target, b" HTTP/1.1\r\n"]
     if authority is not None:
-        head.append(b"host: " + authority + b"\r\n")
-    head.extend(lines)
+        head += (b"host: ", authority, b"\r\n")
+    head += lines
     if cookies is not None:
-        head.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        head += (b"cookie: ", b"; ".join(cookies), b"\r\n")
     if body and not has_cl and method != b"CONNECT":
         head.append(b"transfer-encoding: chunked\r\n")
     head.append(b"\r\n")
@@ -315,9 +337,80 @@ def response_headers(int status, fields):
     cdef set named = _connection_names(fields)
     for name, value in fields:
         name = name.lower()
-        if name in _CONNECTION_FIELDS or name in named:
+        if _dropped(name) or name in named:
             continue
         out.append((name, value))
+    return out
+
+
+cdef dict _STATUS = {}
+
+
+cdef bytes _status_value(int status):
+    """The :status value (RFC 9113 8.3.2), made once per code."""
+    value = _STATUS.get(status)
+    if value is None:
+        value = str(status).encode()
+        _STATUS[status] = value
+    return value
+
+
+cdef inline bytes _lower_name(const uchar* h, Field* f):
+    """A field's name, lowercased into a new bytes object."""
+    cdef Py_ssize_t k, n = f.name_len
+    cdef bytes name = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* q = PyBytes_AS_STRING(name)
+    cdef uchar c
+    for k in range(n):
+        c = h[f.name_off + k]
+        q[k] = <char>(c + 32 if 65 <= c <= 90 else c)
+    return name
+
+
+cdef list h2_response_fields(Response resp):
+    """response_headers(resp.status, resp.headers()) for a parsed head, without the
+    intermediate list; a head with a Connection field takes that general path."""
+    cdef const uchar* h = resp._h()
+    cdef list out = [(b":status", _status_value(resp.status))]
+    cdef Field* f
+    cdef bytes name
+    cdef int i
+    for i in range(resp._nf):
+        f = &resp._fields[i]
+        name = _lower_name(h, f)
+        if _eq(name, "connection", 10):
+            return response_headers(resp.status, resp.headers())
+        if _dropped(name):
+            continue
+        out.append((name, PyBytes_FromStringAndSize(<const char*>h + f.value_off,
+                                                    f.value_len)))
+    return out
+
+
+cdef list h2_request_fields(Request req, bytes scheme, bytes authority):
+    """request_headers(req.method, scheme, authority, req.target, req.headers()) plus
+    `te: trailers`, for a parsed head, without the intermediate list; a head with a
+    Connection field takes that general path."""
+    cdef const uchar* h = req._h()
+    cdef list out = [(b":method", req.method), (b":scheme", scheme),
+                     (b":authority", authority), (b":path", req.target)]
+    cdef Field* f
+    cdef bytes name
+    cdef int i
+    for i in range(req._nf):
+        f = &req._fields[i]
+        name = _lower_name(h, f)
+        if _eq(name, "connection", 10):
+            out = request_headers(req.method, scheme, authority, req.target, req.headers())
+            for field in out:
+                if (<tuple>field)[0] == b"te":
+                    return out
+            break
+        if _dropped(name) or _eq(name, "host", 4):
+            continue
+        out.append((name, PyBytes_FromStringAndSize(<const char*>h + f.value_off,
+                                                    f.value_len)))
+    out.append((b"te", b"trailers"))
     return out
 
 
@@ -340,7 +433,7 @@ def request_headers(bytes method, bytes scheme, bytes authority, bytes path, fie
             if value.strip().lower() == b"trailers":
                 rest.append((b"te", b"trailers"))
             continue
-        if name in _CONNECTION_FIELDS or name in named:
+        if _dropped(name) or name in named:
             continue
         rest.append((name, value))
     cdef list out = [(b":method", method)]
@@ -360,18 +453,25 @@ def response_head(list headers, bint body):
     `Transfer-Encoding: chunked` (not for 1xx, 204 and 304, which have no content).
     """
     cdef int status = 0
-    cdef list lines = []
+    cdef list head = [None]    # the status line, then name, ": ", value, CRLF: one join
     cdef bint has_cl = False
-    for name, value in headers:
-        if name == b":status":
-            status = int(value)
-        elif name[:1] != b":":
-            if name == b"content-length":
+    cdef bytes name, value
+    for field in headers:
+        name = (<tuple>field)[0]
+        value = (<tuple>field)[1]
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+            if _eq(name, ":status", 7):
+                status = int(value)
+        else:
+            if _eq(name, "content-length", 14):
                 has_cl = True
-            lines.append(name + b": " + value + b"\r\n")
-    reason = _REASONS.get(status, b"")
-    head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    head.extend(lines)
+            head += (name, b": ", value, b"\r\n")
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = line
+    head[0] = line
     if body and not has_cl and status >= 200 and status not in (204, 304):
         head.append(b"transfer-encoding: chunked\r\n")
     head.append(b"\r\n")

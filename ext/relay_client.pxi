@@ -109,6 +109,9 @@ cdef class ClientConnection:
     cdef long long max_body, stash_limit
     cdef public long long buffer_limit    # public: server/h2.py streams gRPC bodies (0)
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
+    # The version requests arrived in when the head is a translation (20: an HTTP/2
+    # stream hands its relay HTTP/1.1 heads); 0: as parsed. Via says it (RFC 9110 7.6.3).
+    cdef public int received_version
     cdef object access_log
     cdef ListenerSettings ls
     cdef public object body_filter  # this response's body filter, or None
@@ -400,6 +403,8 @@ cdef class ClientConnection:
         """A complete head arrived: check framing limits, then let the handler decide."""
         cdef int kind = req.body
         self.started = True
+        if self.received_version:
+            req.version = self.received_version
         self.req = req
         self.t_start = _time()
         self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD

@@ -25,7 +25,7 @@ cdef class FastForward:
     """
 
     cdef object handler, router, only
-    cdef bytes via_11, via_10, xfp
+    cdef bytes via_11, via_10, via_20, xfp
     cdef bint xf
     # The single route's group, unpacked once (a generation's groups never change).
     cdef object group, key_fn
@@ -39,6 +39,7 @@ cdef class FastForward:
         self.only = handler.router.only
         self.via_11 = handler.via_11
         self.via_10 = handler.via_10
+        self.via_20 = handler.via_20
         self.xf = handler.xf
         self.xfp = b"\r\nX-Forwarded-Proto: " + handler.proto + CRLF
         self.group = None
@@ -97,7 +98,7 @@ cdef class FastForward:
             return X_CONTINUE
         # The forwarded head (same fields, same order as ReverseHandler._plan).
         cdef int version = req.version
-        extra = self.via_11 if version == 11 else self.via_10
+        extra = self.via_11 if version == 11 else (self.via_20 if version == 20 else self.via_10)
         cdef bint expect = req.expect_continue
         if self.xf:
             ip = conn.client_ip_b
@@ -110,7 +111,7 @@ cdef class FastForward:
             drop = DROP_EXPECT if expect else NO_DROP
         if conn.body_kind == BODY_CHUNKED:
             extra += TE_CHUNKED
-        start_line = None if version == 11 else req.method + b" " + req.target + b" HTTP/1.1"
+        start_line = None if version != 10 else req.method + b" " + req.target + b" HTTP/1.1"
         head = req.forward_c(start_line, extra, drop, False)
         group.requests_seen += 1
         conn.group = group

@@ -56,6 +56,7 @@ class ClientConnection:
     keep_alive: bool
     resp_started: bool
     buffer_limit: int   # request buffering of this connection (0: stream the body)
+    received_version: int   # 20: an HTTP/2 stream's relay (Request.version becomes 20)
     body_done: bool
     observer: Any
     log_extra: dict | None

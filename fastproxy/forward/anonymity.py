@@ -52,6 +52,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, cast
 
 from fastproxy.forward.acl import HostPatterns
+from fastproxy.proxy.intermediary import via_lines
 from fastproxy.config.schema import dataclass_from_table
 
 __all__ = ["AnonymityConfig", "HeaderRule", "Anonymizer", "LEVELS",
@@ -198,8 +199,7 @@ class Anonymizer:
     def __init__(self, config: AnonymityConfig = AnonymityConfig()) -> None:
         self.config = config
         self.level = config.level
-        via = config.via.encode()
-        self._via = {10: b"Via: 1.0 " + via + b"\r\n", 11: b"Via: 1.1 " + via + b"\r\n"}
+        self._via = via_lines(config.via)
         if config.level == "transparent":
             self._drop = _ALWAYS
         elif config.level == "anonymous":

@@ -4,6 +4,9 @@
 by the proxy itself when the value is 0, and forwarded with the value decremented
 otherwise, so a client can probe the chain hop by hop.
 
+`via_lines` implements 7.6.3's received-protocol: the version the request came in
+(`Request.version`: 10, 11, or 20 for an HTTP/2 stream, whose relay is told so).
+
 `upgrade_plan` implements the proxy's side of 7.8: an Upgrade offer goes upstream only
 for the protocols the listener tunnels (`upgrade`, websocket by default); the rest of
 the offer is dropped, and a request with nothing left goes as a plain request (a server
@@ -18,6 +21,14 @@ DROP_MAX_FORWARDS = (b"max-forwards",)
 # Fields never echoed by TRACE: credentials and cookies (RFC 9110 9.3.8).
 _TRACE_HIDDEN = frozenset((b"authorization", b"proxy-authorization", b"cookie"))
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT"
+# RFC 9110 7.6.3: received-protocol is the version only when the protocol is HTTP;
+# HTTP/2 is "2" (RFC 9113 3).
+_RECEIVED_PROTOCOL = {10: "1.0", 11: "1.1", 20: "2"}
+
+
+def via_lines(name: str) -> dict[int, bytes]:
+    """The `Via` line to add for each request version (Request.version -> bytes)."""
+    return {v: f"Via: {proto} {name}\r\n".encode() for v, proto in _RECEIVED_PROTOCOL.items()}
 
 
 def max_forwards(conn, req) -> tuple[tuple[bytes, ...], bytes] | None:

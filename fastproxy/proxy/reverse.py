@@ -14,7 +14,7 @@ import os
 from fastproxy import _http
 from fastproxy._relay import CONTINUE, IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, FastForward
 from fastproxy.proxy.errors import REASONS
-from fastproxy.proxy.intermediary import max_forwards, upgrade_plan
+from fastproxy.proxy.intermediary import max_forwards, upgrade_plan, via_lines
 from fastproxy.proxy.router import normalise_host, render
 from fastproxy.cache.peers import HOP
 from fastproxy.limits import RateLimits
@@ -91,8 +91,8 @@ class ReverseHandler:
         self.cache = cache
         hp = rt.config.headers
         self.via = hp.via
-        self.via_11 = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
-        self.via_10 = f"Via: 1.0 {hp.via_name}\r\n".encode() if hp.via else b""
+        self.via_lines = via_lines(hp.via_name) if hp.via else {10: b"", 11: b"", 20: b""}
+        self.via_10, self.via_11, self.via_20 = (self.via_lines[v] for v in (10, 11, 20))
         self.xf = hp.forwarded in ("x-forwarded", "both")
         self.fwd = hp.forwarded in ("forwarded", "both")
         self.preserve_host = hp.preserve_host
@@ -192,7 +192,7 @@ class ReverseHandler:
         start_line = None
         if form == TARGET_ORIGIN:
             path = target
-            if req.version != 11:
+            if req.version == 10:   # HTTP/2 streams come as HTTP/1.1 heads
                 start_line = req.method + b" " + target + b" HTTP/1.1"
         elif form == TARGET_ABSOLUTE:
             # RFC 9112 3.2.2: a server accepts absolute-form; its authority wins over Host.
@@ -204,7 +204,7 @@ class ReverseHandler:
             start_line = req.method + b" " + path + b" HTTP/1.1"
         elif form == TARGET_ASTERISK:
             path = b"*"
-            if req.version != 11:
+            if req.version == 10:
                 start_line = req.method + b" * HTTP/1.1"
         else:
             raise _Refused(405, "CONNECT is not served by a reverse proxy listener",
@@ -236,7 +236,7 @@ class ReverseHandler:
             raise _Refused(503, group.describe_limit(limit, server))
 
         # The forwarded head.
-        extra = self.via_11 if req.version == 11 else self.via_10
+        extra = self.via_lines[req.version]
         set_host = None
         if route is not None and route.upstream_host is not None:
             set_host = route.upstream_host

@@ -285,7 +285,10 @@ def test_client_role_respects_max_concurrent_streams_and_goaway():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(paths, fields, st.integers(0, 40000), st.booleans()), min_size=1, max_size=6),
+# Bodies up to half the 65535 window: h2 gives the window back only once less than half
+# is left, so two larger bodies in a row (27650 + 37886, found by hypothesis) could
+# exceed what the peer allows and send_data rightly sends less.
+@given(st.lists(st.tuples(paths, fields, st.integers(0, 32767), st.booleans()), min_size=1, max_size=6),
        st.lists(st.integers(0, 100000), max_size=5))
 def test_our_requests_read_by_h2_server_split_randomly(requests, cuts):
     """Client role: random requests (bodies within the windows, trailers) as h2 reads them,

@@ -444,6 +444,76 @@ def test_access_log_says_http2(start_proxy, origin, tmp_path):
     assert '"GET /size/2 HTTP/2.0" 200' in log.read_text()
 
 
+def _via(info: dict) -> list[str]:
+    return [v for n, v in info["headers"] if n.lower() == "via"]
+
+
+@needs_curl
+def test_via_names_the_received_protocol_2(reverse_proxy, start_proxy, origin):
+    # RFC 9110 7.6.3: received-protocol is the version the request came in: "2" for
+    # HTTP/2 (RFC 9113 3), whatever the proxy speaks upstream.
+    base = reverse_proxy.url
+    out = _curl("--http2-prior-knowledge", f"{base}/echo")
+    assert out.returncode == 0, out.stderr
+    assert _via(json.loads(out.stdout)) == ["2 fastproxy"]
+    # The Python handler (OPTIONS with Max-Forwards skips the compiled fast path) too.
+    out = _curl("--http2-prior-knowledge", "-H", "Max-Forwards: 5", "-X", "OPTIONS",
+                f"{base}/echo")
+    assert out.returncode == 0 and _via(json.loads(out.stdout)) == ["2 fastproxy"]
+    out = _curl("--http1.1", f"{base}/echo")
+    assert _via(json.loads(out.stdout)) == ["1.1 fastproxy"]
+    out = _curl("--http1.0", f"{base}/echo")
+    assert _via(json.loads(out.stdout)) == ["1.0 fastproxy"]
+    # A forward listener (the anonymity rules add Via) over HTTP/2.
+    p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0",
+                    "--allow-private")
+    c = Client(p.port)
+    try:
+        status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
+        assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
+    finally:
+        c.close()
+
+
+def test_streams_one_after_another_share_nothing(start_proxy, origin, tmp_path):
+    # A finished stream's relay serves the next stream of the connection (as a kept-alive
+    # HTTP/1.1 connection serves its next request): nothing of one exchange may leak into
+    # the next (HEAD's missing body, a request body, gRPC's unbuffered body, errors).
+    log = tmp_path / "access.log"
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url, "--access-log", str(log))
+    c = Client(p.port)
+    try:
+        for _ in range(2):
+            status, h, body = c.get("/size/10", method="HEAD")
+            assert (status, body) == (200, b"") and h[b"content-length"] == b"10"
+            assert c.get("/size/10") == (200, c.headers[c.h2.highest_outbound_stream_id],
+                                         b"0123456789")
+            status, _, body = c.get("/echo", method="POST", body=b"x" * 30000)
+            info = json.loads(body)
+            assert (status, info["method"], info["body_len"]) == (200, "POST", 30000)
+            status, _, body = c.get("/echo", method="POST", body=b"abc",
+                                    extra=[("content-type", "application/grpc")])
+            assert json.loads(body)["body_len"] == 3
+            assert c.get("/size/5?chunked=1")[2] == b"01234"
+            status, _, body = c.get("/echo")
+            info = json.loads(body)
+            assert (info["method"], info["body_len"]) == ("GET", 0)
+            assert _via(info) == ["2 fastproxy"]
+        # Many at once, then one by one again.
+        sids = [c.request(f"/size/{n}") for n in range(1, 60)]
+        c.run(lambda: all(c.finished(s) for s in sids))
+        assert [len(c.bodies[s]) for s in sids] == list(range(1, 60))
+        assert c.get("/size/3")[2] == b"012"
+    finally:
+        c.close()
+    p.stop()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 6 + 59 + 1
+    assert sum('"HEAD /size/10 HTTP/2.0" 200' in line for line in lines) == 2
+    assert sum('"POST /echo HTTP/2.0" 200' in line for line in lines) == 4
+
+
 def test_streams_beyond_max_concurrent_are_refused(reverse_proxy, origin):
     # RFC 9113 5.1.2: we announce 128; the 129th and 130th open streams are refused
     # (REFUSED_STREAM: never processed, safe to retry) and never reach the origin.
@@ -505,6 +575,52 @@ def test_response_trailers_become_h2_trailers(start_proxy):
         status, _, body = c.get("/x", extra=[("te", "trailers")])
         assert (status, body) == (200, b"hello")
         assert c.trailers[1] == {b"grpc-status": b"0", b"grpc-message": b"ok"}
+    finally:
+        c.close()
+        srv.close()
+
+
+def test_response_fields_lowercased_and_connection_fields_dropped(start_proxy):
+    # RFC 9113 8.2.1/8.2.2: an HTTP/1.1 response's names go out lowercase, and the
+    # connection-specific fields (and those its Connection field names) never do; the
+    # `h2` client treats either as a protocol error.
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    answers = [b"HTTP/1.1 200 OK\r\nX-Mixed-Case: A b \r\nKeep-Alive: timeout=5\r\n"
+               b"Proxy-Connection: keep-alive\r\nUpgrade: foo\r\nTE: trailers\r\n"
+               b"Content-Length: 2\r\nETag: \"x\"\r\n\r\nok",
+               b"HTTP/1.1 201 Created\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Kept: 2\r\n"
+               b"Content-Length: 0\r\n\r\n"]
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            for answer in answers:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    buf += conn.recv(65536)
+                conn.sendall(answer)
+            time.sleep(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", f"http://127.0.0.1:{port}")
+    c = Client(p.port)
+    try:
+        status, headers, body = c.get("/a")
+        assert (status, body) == (200, b"ok")
+        assert headers[b"x-mixed-case"] == b"A b" and headers[b"etag"] == b'"x"'
+        hop = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te",
+               b"transfer-encoding"}
+        assert not hop & set(headers)
+        status, headers, body = c.get("/b")
+        assert status == 201 and headers[b"x-kept"] == b"2"
+        assert not (hop | {b"x-hop"}) & set(headers)
     finally:
         c.close()
         srv.close()
