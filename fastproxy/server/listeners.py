@@ -178,12 +178,18 @@ class AcceptGate:
                                              backlog=BACKLOG)
 
     def _factory(self, make):
+        # Called for every accepted connection: what it reads is bound here once.
+        connections = self.connections
+        call_soon = self.loop.call_soon
+        reset = self._reset
+        limit_of = self.limit
+
         def factory():
             if not self._reset_scheduled:
                 self._reset_scheduled = True
-                self.loop.call_soon(self._reset)
-            count = len(self.connections) + self.pending
-            limit = self.limit()
+                call_soon(reset)
+            count = len(connections) + self.pending
+            limit = limit_of()
             if count >= limit:
                 self._pause()
                 return _Waiting(self, make)

@@ -27,7 +27,7 @@ from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, show_size)
-from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
+from fastproxy._relay import Accepting, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
 from fastproxy.proxy.reverse import ReverseHandler
@@ -304,7 +304,7 @@ class Worker:
         elif lcfg.tls_cert:
             factory = lambda: h2.AlpnSwitch(holder)  # noqa: E731
         else:
-            factory = lambda: ClientConnection(holder.current)  # noqa: E731
+            factory = Accepting(holder)
         selector = CertSelector(lcfg) if lcfg.tls_cert else None
         self.tls[lrt.holder] = selector
         tls = selector.context if selector is not None else None
