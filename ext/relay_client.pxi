@@ -411,7 +411,7 @@ cdef class ClientConnection:
         cdef int kind = req.body
         self.started = True
         self.req = req
-        self.t_start = _time()
+        self.t_start = _wall()
         self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD
         self.deadline = 0.0
         self.keep_alive = req.keep_alive and not self.closing
@@ -548,7 +548,7 @@ cdef class ClientConnection:
         self.status = status
         self.detail = detail
         if self.req is None:
-            self.t_start = _time()
+            self.t_start = _wall()
         t = self.transport
         if t is not None and not t.is_closing():
             data = error_response(status, detail, True, extra, self.head_request)
