@@ -17,6 +17,8 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from fastproxy import errorlog
@@ -255,7 +257,9 @@ class Worker:
         Raises StartError when the cache cannot be allocated."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.gate = listening.AcceptGate(self.loop, lambda: self.config.limits.max_connections)
+        # The limit is read at every accept (reloadable): a C-level getter, not a lambda's frame.
+        self.gate = listening.AcceptGate(self.loop,
+                                         partial(attrgetter("config.limits.max_connections"), self))
         self.connections = self.gate.connections
         try:
             self.cache = self._cache_for(self.config)
