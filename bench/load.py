@@ -23,11 +23,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from bench import configs, report
 from bench.hey import HeyError, run_hey
-from bench.procs import StartError, Supervisor, cpu_count, free_port, pinned, system_busy_seconds, tree_cpu_seconds
+from bench.procs import (StartError, Supervisor, connections_per_process, cpu_count, free_port, pinned, process_tree,
+                         system_busy_seconds, tree_cpu_seconds)
 from bench.rows import (GROUPS, ROW_NAMES, ROWS, Context, Endpoint, NotRunnable, check_serves, curl_download,
                         fastproxy_command, fetch, locate_fastproxy, origin_requests)
 from bench.tools import apt_install, can_install, missing, version, which
@@ -183,14 +185,38 @@ def _hey(ep: Endpoint, ctx: Context, size: str, connections: int, duration: int,
     return lambda: run_hey(url, connections, duration, core, proxy=proxy)
 
 
-def _measure(ep: Endpoint, origin_proc, ctx: Context, tool: str, load) -> dict:
-    """One load run (wrk or hey) with CPU accounting of the proxy, the origin and the rest of the machine."""
+def _per_worker(ep: Endpoint, at: float) -> tuple[threading.Timer, dict]:
+    """Count, `at` seconds from now, the established connections each worker of ep holds."""
+    seen: dict[int, int] = {}
+
+    def sample() -> None:
+        workers = [p for p in process_tree(ep.proc.pid) if p != ep.proc.pid]
+        seen.update(connections_per_process(workers, ep.port))
+    timer = threading.Timer(at, sample)
+    timer.start()
+    return timer, seen
+
+
+def _measure(ep: Endpoint, origin_proc, ctx: Context, tool: str, load, sample_at: float | None = None) -> dict:
+    """One load run (wrk or hey) with CPU accounting of the proxy, the origin and the rest of the machine.
+
+    With sample_at and a multi-worker endpoint, also how the kernel's SO_REUSEPORT spread
+    the load's connections over the workers, sampled that many seconds into the run.
+    """
+    sampler = _per_worker(ep, sample_at) if sample_at is not None and ep.proc and ep.workers > 1 else None
     proxy0 = tree_cpu_seconds(ep.proc.pid) if ep.proc else 0.0
     origin0 = tree_cpu_seconds(origin_proc.pid)
     busy0 = system_busy_seconds()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     served0 = origin_requests(ctx.origin_port)
-    res = load()
+    try:
+        res = load()
+    finally:
+        if sampler is not None:
+            sampler[0].cancel()
+            sampler[0].join()
+    if sampler is not None and sampler[1]:
+        res["per_worker"] = sorted(sampler[1].values(), reverse=True)
     served = origin_requests(ctx.origin_port) - served0 - 1
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy = system_busy_seconds() - busy0
@@ -366,8 +392,10 @@ def _run_rows(doc, selected, opts, sup, workdir, proxy_core, load_core, absent, 
                     loads.append(("hey", _hey, opts["connections"]))
                 for tool, make, conns in loads:
                     try:
+                        # Kept-alive connections stay put: mid-run shows where the kernel put them.
+                        at = opts["duration"] / 2 if tool == "wrk" and conns > 1 else None
                         res = _measure(ep, origin_proc, ctx, tool,
-                                       make(ep, ctx, size, conns, opts["duration"], load_core))
+                                       make(ep, ctx, size, conns, opts["duration"], load_core), at)
                     except (WrkError, HeyError, OSError) as exc:
                         res = {"failed": str(exc), "tool": tool}
                     res.update(repeat=rep, size=size, connections=conns)

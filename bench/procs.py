@@ -259,3 +259,41 @@ class Supervisor:
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def established_on(port: int) -> set[int]:
+    """Return the socket inodes of established TCP connections whose local port is port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            # local_address is HEXIP:HEXPORT; st 01 is ESTABLISHED; field 9 is the inode.
+            if len(f) > 9 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.add(int(f[9]))
+    return found
+
+
+def connections_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """Return how many established connections on local port each of pids holds."""
+    live = established_on(port)
+    return {pid: len(_socket_inodes(pid) & live) for pid in pids}

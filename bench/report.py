@@ -77,6 +77,11 @@ def summarize(doc: dict) -> None:
                 "failures": bad,
             }
             entry.update(_new_conn(new))
+            spread = [r["per_worker"] for r in hi if r.get("per_worker")]
+            if spread:
+                entry["per_worker"] = spread
+                entry["per_worker_max_min"] = _median([imbalance(c) for c in spread])
+                entry["per_worker_worst"] = max(imbalance(c) for c in spread)
             summary.append(entry)
     # Ratios against the reference row of each group (nginx, nginx-cache, squid, direct download).
     for e in summary:
@@ -93,6 +98,11 @@ def summarize(doc: dict) -> None:
             e["ratio_" + key] = mine / theirs if mine and theirs else None
     doc["summary"] = summary
     doc["busy"] = {"other_cores_median": _median(others), "other_cores_max": max(others, default=None)}
+
+
+def imbalance(counts: list[int]) -> float:
+    """max/min of connections per worker (inf when a worker got none)."""
+    return max(counts) / min(counts) if min(counts) > 0 else float("inf")
 
 
 def _new_conn(runs: list[dict]) -> dict:
@@ -264,6 +274,11 @@ def markdown(doc: dict) -> str:
             if e.get("close_share") and e["close_share"] > 0.5:
                 lines.append(f"- **{e['row']}** {e['size']}: closed the client connection after "
                              f"{100 * e['close_share']:.0f}% of responses (no keep-alive): wrk reconnected each time")
+            if e.get("per_worker"):
+                counts = ", ".join("/".join(str(n) for n in c) for c in e["per_worker"])
+                lines.append(f"- **{e['row']}** {e['size']}: connections per worker mid-run of wrk -c{o['connections']}: "
+                             f"{counts} (max/min median {e['per_worker_max_min']:.2f}x, worst "
+                             f"{e['per_worker_worst']:.2f}x)")
             for f in e.get("failures", []):
                 lines.append(f"- **{e['row']}** {e['size']}: a run failed: {f}")
     lines += ["", "Rows: " + "; ".join(f"{n}: {r['doc']}" for n, r in doc["rows"].items()) + "."]

@@ -40,6 +40,7 @@ class Endpoint:
     port: int
     proc: Proc | None  # None for the direct rows: there is no proxy
     forward: bool = False  # requests use absolute-form targets (or CONNECT for tunnels)
+    workers: int = 1  # worker processes (children of proc) that share the port with SO_REUSEPORT
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Row:
     @property
     def ours(self) -> bool:
         """True for the rows that run fastproxy: those are never skipped, only measured or failed."""
-        return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward)
+        return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward,
+                              start_fastproxy_workers)
 
 
 GROUPS = {
@@ -68,8 +70,9 @@ GROUPS = {
 }
 
 
-def _listen(ctx: Context, name: str, cmd: list[str], port: int, env: dict | None = None) -> Endpoint:
-    proc = ctx.sup.spawn(name, pinned(cmd, ctx.proxy_core), env=env)
+def _listen(ctx: Context, name: str, cmd: list[str], port: int, env: dict | None = None,
+            pin: bool = True) -> Endpoint:
+    proc = ctx.sup.spawn(name, pinned(cmd, ctx.proxy_core if pin else None), env=env)
     ctx.sup.wait_port(proc, port)
     return Endpoint(port, proc)
 
@@ -145,16 +148,29 @@ def start_tinyproxy(ctx: Context, name: str) -> Endpoint:
     return ep
 
 
-def _fastproxy(ctx: Context, name: str, args: list[str]) -> Endpoint:
+def _fastproxy(ctx: Context, name: str, args: list[str], pin: bool = True) -> Endpoint:
     port = free_port()
     cmd = [*ctx.fastproxy_cmd, "serve", "--listen", f"127.0.0.1:{port}", *args]
-    return _listen(ctx, name, cmd, port, env=ctx.fastproxy_env)
+    return _listen(ctx, name, cmd, port, env=ctx.fastproxy_env, pin=pin)
 
 
 def start_fastproxy(ctx: Context, name: str) -> Endpoint:
     """fastproxy reverse mode, one worker."""
     return _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
                                          "--workers", "1"])
+
+
+# Workers of the all-cores row: one per core of this 2-core machine.
+WORKERS = 2
+
+
+def start_fastproxy_workers(ctx: Context, name: str) -> Endpoint:
+    """fastproxy reverse mode with WORKERS workers on every core (not pinned: the load
+    generator and the origin share core 1 with one of them, so compare per CPU-second)."""
+    ep = _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
+                                "--workers", str(WORKERS)], pin=False)
+    ep.workers = WORKERS
+    return ep
 
 
 def start_fastproxy_cache(ctx: Context, name: str) -> Endpoint:
@@ -202,6 +218,8 @@ ROWS: tuple[Row, ...] = (
     Row("nginx", "reverse", ("nginx",), start_nginx, "nginx 1 worker, upstream keepalive 64"),
     Row("haproxy", "reverse", ("haproxy",), start_haproxy, "HAProxy nbthread 1, http-reuse always"),
     Row("fastproxy", "reverse", (), start_fastproxy, "fastproxy --mode reverse --workers 1"),
+    Row("fastproxy-2w", "reverse", (), start_fastproxy_workers,
+        f"fastproxy --workers {WORKERS}, not pinned (all cores)"),
     Row("nginx-cache", "cache", ("nginx",), start_nginx_cache, "nginx proxy_cache"),
     Row("varnish", "cache", ("varnishd",), start_varnish, "Varnish -s malloc,64m, thread_pools=1"),
     Row("fastproxy-cache", "cache", (), start_fastproxy_cache, "fastproxy --cache 64MiB"),

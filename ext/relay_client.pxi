@@ -28,6 +28,9 @@ cdef class ListenerSettings:
     cdef long long max_body, stash_limit, buffer_limit
     cdef double client_header, client_idle, client_body, client_send
     cdef list parsers
+    # The generation's Deadlines members as a C-level set: with a connection per request
+    # Deadlines.add/discard were two interpreted calls per connection.
+    cdef set deadline_set
 
     def __init__(self, rt, gen, long long buffer_limit):
         # rt: the listener's runtime (connections keep it as `rt`); gen: its configuration
@@ -46,6 +49,7 @@ cdef class ListenerSettings:
         self.access_log = rt.access_log
         self.connections = rt.connections
         self.deadlines = gen.deadlines
+        self.deadline_set = gen.deadlines.members
         # Handlers that count connections (per-client limits) say so.
         self.hooks = bool(getattr(handler, "connection_hooks", True))
         self.h2_switch = getattr(rt, "h2_switch", None)
@@ -74,6 +78,20 @@ cdef class ListenerSettings:
         if len(self.parsers) < 256:
             parser.reset()
             self.parsers.append(parser)
+
+
+cdef class Accepting:
+    """The protocol factory of a plain HTTP/1.1 listener: a ClientConnection on the
+    holder's current runtime (`holder.current`, swapped on reload). Compiled because
+    with a connection per request the Python lambda it replaces was a frame per accept."""
+
+    cdef object holder
+
+    def __init__(self, holder):
+        self.holder = holder
+
+    def __call__(self):
+        return ClientConnection(self.holder.current)
 
 
 cdef class ClientConnection:
@@ -240,7 +258,7 @@ cdef class ClientConnection:
         self.client_ip_b = self.client_ip.encode()
         cdef ListenerSettings ls = self.ls
         ls.connections.add(self)
-        ls.deadlines.add(self)
+        ls.deadline_set.add(self)
         ls.open += 1
         self.counted = True
         self.deadline = _now() + self.client_header
@@ -253,7 +271,7 @@ cdef class ClientConnection:
         self.state = S_CLOSED
         cdef ListenerSettings ls = self.ls
         ls.connections.discard(self)
-        ls.deadlines.discard(self)
+        ls.deadline_set.discard(self)
         self.deadline = 0.0
         cdef UpstreamConnection up = self.upstream
         if up is not None:
@@ -279,7 +297,7 @@ cdef class ClientConnection:
         cdef ListenerSettings ls = self.ls
         self.state = S_CLOSED
         ls.connections.discard(self)
-        ls.deadlines.discard(self)
+        ls.deadline_set.discard(self)
         self.deadline = 0.0
         self.transport = None
         self.twrite = None
@@ -406,7 +424,7 @@ cdef class ClientConnection:
         if self.received_version:
             req.version = self.received_version
         self.req = req
-        self.t_start = _time()
+        self.t_start = _wall()
         self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD
         self.deadline = 0.0
         self.keep_alive = req.keep_alive and not self.closing
@@ -544,7 +562,7 @@ cdef class ClientConnection:
         self.status = status
         self.detail = detail
         if self.req is None:
-            self.t_start = _time()
+            self.t_start = _wall()
         t = self.transport
         if t is not None and not t.is_closing():
             data = error_response(status, detail, True, extra, self.head_request)

@@ -22,6 +22,12 @@ def error_response(status: int, detail: str, close: bool = ..., extra: bytes = .
                    head_only: bool = ...) -> bytes:
     """A complete HTTP/1.1 error response with a one-line text/plain body naming the reason."""
 
+class Accepting:
+    """The protocol factory of a plain HTTP/1.1 listener (ClientConnection on holder.current)."""
+
+    def __init__(self, holder: Any) -> None: ...
+    def __call__(self) -> ClientConnection: ...
+
 class ListenerSettings:
     """What every connection of one listener copies at accept, gathered once."""
 

@@ -124,16 +124,14 @@ class _Waiting(asyncio.Protocol):
 
 
 class ConnectionSet(set):
-    """A worker's open client connections; a close below the limit lets the next one in."""
+    """A worker's open client connections; a close below the limit lets the next one in.
+
+    `add` is set.add: with a connection per request, an override was an interpreted call
+    per accept (the gate's `pending` count is cleared once per loop turn instead).
+    """
 
     __slots__ = ("gate",)
     gate: AcceptGate
-
-    def add(self, conn) -> None:
-        set.add(self, conn)
-        gate = self.gate
-        if gate.pending:
-            gate.pending -= 1
 
     def discard(self, conn) -> None:
         if conn in self:
@@ -147,9 +145,11 @@ class AcceptGate:
     """Stops a worker accepting at max_connections and starts it again below.
 
     `pending` counts connections whose protocol was made at accept but which are not in
-    the set yet (uvloop calls connection_made on the next loop turn; a TLS connection
-    after its handshake); it is cleared once per loop turn, so a TLS handshake that never
-    completes cannot hold a slot for ever (TLS connections count from the handshake on).
+    the set yet (uvloop calls connection_made on the next loop turn, after the reset that
+    the first accept of a turn schedules; a TLS connection after its handshake); it is
+    cleared once per loop turn, so a TLS handshake that never completes cannot hold a slot
+    for ever (TLS connections count from the handshake on). An admitted waiting connection
+    (below_limit) holds a pending slot until its connection_made.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit) -> None:
@@ -178,12 +178,18 @@ class AcceptGate:
                                              backlog=BACKLOG)
 
     def _factory(self, make):
+        # Called for every accepted connection: what it reads is bound here once.
+        connections = self.connections
+        call_soon = self.loop.call_soon
+        reset = self._reset
+        limit_of = self.limit
+
         def factory():
             if not self._reset_scheduled:
                 self._reset_scheduled = True
-                self.loop.call_soon(self._reset)
-            count = len(self.connections) + self.pending
-            limit = self.limit()
+                call_soon(reset)
+            count = len(connections) + self.pending
+            limit = limit_of()
             if count >= limit:
                 self._pause()
                 return _Waiting(self, make)
@@ -230,7 +236,8 @@ class AcceptGate:
 
     def _admit(self, waiting: _Waiting) -> None:
         if waiting.transport is not None and not waiting.transport.is_closing():
-            waiting.admit()    # its connection_made takes the pending slot back
+            waiting.admit()    # in the set now: its pending slot is taken back
+            self.pending = max(0, self.pending - 1)
             return
         self.pending = max(0, self.pending - 1)
         self.below_limit()

@@ -11,11 +11,14 @@ connections already open finish on the old one.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from fastproxy import errorlog
@@ -27,7 +30,7 @@ from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, show_size)
-from fastproxy._relay import ClientConnection, ConnectionPool, ListenerSettings, Counters
+from fastproxy._relay import Accepting, ConnectionPool, ListenerSettings, Counters
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
 from fastproxy.proxy.reverse import ReverseHandler
@@ -254,7 +257,9 @@ class Worker:
         Raises StartError when the cache cannot be allocated."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.gate = listening.AcceptGate(self.loop, lambda: self.config.limits.max_connections)
+        # The limit is read at every accept (reloadable): a C-level getter, not a lambda's frame.
+        self.gate = listening.AcceptGate(self.loop,
+                                         partial(attrgetter("config.limits.max_connections"), self))
         self.connections = self.gate.connections
         try:
             self.cache = self._cache_for(self.config)
@@ -304,7 +309,7 @@ class Worker:
         elif lcfg.tls_cert:
             factory = lambda: h2.AlpnSwitch(holder)  # noqa: E731
         else:
-            factory = lambda: ClientConnection(holder.current)  # noqa: E731
+            factory = Accepting(holder)
         selector = CertSelector(lcfg) if lcfg.tls_cert else None
         self.tls[lrt.holder] = selector
         tls = selector.context if selector is not None else None
@@ -348,6 +353,9 @@ class Worker:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        # The start-up generation frozen in run() may now become garbage (its cycles:
+        # runtime <-> listeners <-> handlers, maybe a retired cache): collectable again.
+        gc.unfreeze()
         errorlog.configure(config.error_log_format)
         if cache is not self.cache and self.cache is not None:
             # Settings changed: the new generation starts empty, and the old store's
@@ -409,6 +417,12 @@ class Worker:
         became = process.drop_privileges(self.config.user, self.config.group)
         if became:
             log(became)
+        # What starting made (modules, configuration, listeners) lives as long as the
+        # worker: frozen out of the collector's reach, a full collection under load scans
+        # only what requests made, not the ~23k start-up objects (a ~5 ms pause each time,
+        # which showed in the p99 latency at 64 connections). reload() unfreezes them.
+        gc.collect()
+        gc.freeze()
         alone = self.master_pid is None
         if alone:
             process.sd_notify(f"READY=1\nMAINPID={os.getpid()}")
