@@ -29,9 +29,7 @@ class CertSelector:
         # picked is the one that answers ALPN); TCP listeners offer nothing.
         self.alpn = ("h2", "http/1.1") if lcfg.mode != "tcp" else ()
         self.context = _context(lcfg.tls_cert, lcfg.tls_key, self.alpn)
-        self.context.sni_callback = self._pick
         self.by_name: dict[str, ssl.SSLContext] = {}
-        self.default = self.context
         self.load(lcfg)
 
     def load(self, lcfg) -> None:
@@ -41,10 +39,13 @@ class CertSelector:
             ctx = _context(cert, key, self.alpn)
             for name in names:
                 by_name[name] = ctx
-        default = _context(lcfg.tls_cert, lcfg.tls_key, self.alpn)
-        # Clients without SNI get the base context's own certificate: replace it too.
+        # The base context serves the default certificate (no SNI, or no name matched):
+        # reloading it in place reaches new handshakes only, open connections keep theirs.
         self.context.load_cert_chain(lcfg.tls_cert, lcfg.tls_key)
-        self.by_name, self.default = by_name, default
+        self.by_name = by_name
+        # Without SNI certificates no handshake needs the callback: a Python call per
+        # handshake saved (a reload that adds some installs it).
+        self.context.sni_callback = self._pick if by_name else None
 
     def _pick(self, sslobj, name, _ctx) -> None:
         if name is None:
@@ -55,5 +56,6 @@ class CertSelector:
             dot = name.find(".")
             if dot > 0:
                 ctx = self.by_name.get("*" + name[dot:])
-        sslobj.context = ctx if ctx is not None else self.default
+        if ctx is not None:
+            sslobj.context = ctx
         return None
