@@ -1,11 +1,20 @@
 """TLS on a listener: the default certificate and the ones chosen by SNI, reloadable.
 
-The listening server keeps one SSLContext for its life; its `sni_callback` hands each
-handshake the context of the name the client asked for (exact name first, then the
-`*.suffix` one level up, RFC 6125 6.4.3), else the default. A reload (SIGHUP) loads the
-files again into fresh contexts and swaps the table: new handshakes see the new
-certificates, open connections keep theirs. TLS 1.2 is the minimum; OpenSSL's session
+The listening server keeps one SSLContext for its life; it holds the default
+certificate, and its `sni_callback` (there when SNI certificates are) hands a handshake
+the context of the name the client asked for (exact name first, then the `*.suffix` one
+level up, RFC 6125 6.4.3). A reload (SIGHUP) loads the files again (the default one into
+the base context in place, the SNI ones into fresh contexts) and swaps the table: new
+handshakes see the new certificates, open connections keep theirs. TLS 1.2 is the minimum; OpenSSL's session
 tickets stay on (resumption without server-side state).
+
+The client's cipher order wins (as nginx's default `ssl_prefer_server_ciphers off`, and
+Mozilla's intermediate profile): every suite Python's default list allows is a secure
+one, and a client that lists TLS_AES_128_GCM_SHA256 first (Go, browsers on AES-NI) gets
+it instead of the AES-256/SHA-384 suite a server preference would force, whose SHA-384
+transcript and HKDF cost more per handshake on CPUs with SHA extensions. A TLS 1.3
+handshake issues one session ticket, not OpenSSL's two (each is an encryption and a
+write): tickets stay reusable, and every resumed handshake issues a fresh one.
 """
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ import ssl
 def _context(cert: str, key: str, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.num_tickets = 1
     ctx.load_cert_chain(cert, key)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
