@@ -5,12 +5,12 @@ certificate, and its `sni_callback` (there when SNI certificates are) hands a ha
 the context of the name the client asked for (exact name first, then the `*.suffix` one
 level up, RFC 6125 6.4.3). A reload (SIGHUP) loads the files again (the default one into
 the base context in place, the SNI ones into fresh contexts) and swaps the table: new
-handshakes see the new certificates, open connections keep theirs. TLS 1.2 is the minimum; OpenSSL's session
-tickets stay on (resumption without server-side state).
+handshakes see the new certificates, open connections keep theirs. TLS 1.2 is the
+minimum; OpenSSL's session tickets stay on (resumption without server-side state).
 
 The client's cipher order wins (as nginx's default `ssl_prefer_server_ciphers off`, and
-Mozilla's intermediate profile): every suite Python's default list allows is a secure
-one, and a client that lists TLS_AES_128_GCM_SHA256 first (Go, browsers on AES-NI) gets
+Mozilla's intermediate profile): Python's default list allows forward-secret AES and
+ChaCha20 suites only, without SHA-1, and a client that lists TLS_AES_128_GCM_SHA256 first (Go, browsers on AES-NI) gets
 it instead of the AES-256/SHA-384 suite a server preference would force, whose SHA-384
 transcript and HKDF cost more per handshake on CPUs with SHA extensions. A TLS 1.3
 handshake issues one session ticket, not OpenSSL's two (each is an encryption and a
