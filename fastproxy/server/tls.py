@@ -10,11 +10,13 @@ minimum; OpenSSL's session tickets stay on (resumption without server-side state
 
 The client's cipher order wins (as nginx's default `ssl_prefer_server_ciphers off`, and
 Mozilla's intermediate profile): Python's default list allows forward-secret AES and
-ChaCha20 suites only, without SHA-1, and a client that lists TLS_AES_128_GCM_SHA256 first (Go, browsers on AES-NI) gets
-it instead of the AES-256/SHA-384 suite a server preference would force, whose SHA-384
-transcript and HKDF cost more per handshake on CPUs with SHA extensions. A TLS 1.3
-handshake issues one session ticket, not OpenSSL's two (each is an encryption and a
-write): tickets stay reusable, and every resumed handshake issues a fresh one.
+ChaCha20 suites only, without SHA-1, and a client that lists TLS_AES_128_GCM_SHA256
+first (Go, browsers with AES-NI) gets it instead of the AES-256/SHA-384 suite a server
+preference forces, whose SHA-384 transcript and key schedule cost more per handshake on
+CPUs with SHA extensions. A TLS 1.3 handshake issues one session ticket, not OpenSSL's
+two (each is an encryption and a write): tickets stay reusable, and every resumed
+handshake issues a fresh one. Kernel TLS (OP_ENABLE_KTLS) is not asked for: this
+kernel has no `tls` ULP, and the record layer stays in OpenSSL.
 """
 from __future__ import annotations
 
