@@ -15,8 +15,7 @@ first (Go, browsers with AES-NI) gets it instead of the AES-256/SHA-384 suite a 
 preference forces, whose SHA-384 transcript and key schedule cost more per handshake on
 CPUs with SHA extensions. A TLS 1.3 handshake issues one session ticket, not OpenSSL's
 two (each is an encryption and a write): tickets stay reusable, and every resumed
-handshake issues a fresh one. Kernel TLS (OP_ENABLE_KTLS) is not asked for: this
-kernel has no `tls` ULP, and the record layer stays in OpenSSL.
+handshake issues a fresh one.
 """
 from __future__ import annotations
 
