@@ -207,3 +207,23 @@ def test_tls13_client_cipher_order_and_one_ticket(tls_proxy):
         assert f"Cipher is {want}" in text
         assert text.count("NewSessionTicket") == 1, text
         assert "HTTP/1.1 200" in text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize("version, how", [("-tls1_3", []), ("-tls1_2", []), ("-tls1_2", ["-no_ticket"])])
+def test_resumption_by_ticket_and_session_id(tls_proxy, tmp_path, version, how):
+    # A second connection presenting the first one's session resumes it: by ticket (TLS
+    # 1.3, TLS 1.2) or, for a TLS 1.2 client that takes no tickets, by session ID.
+    p, ca_pem = tls_proxy
+    sess = tmp_path / "session.pem"
+    seen = []
+    for io in (["-sess_out", str(sess)], ["-sess_in", str(sess)]):
+        out = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{p.port}", "-servername", "localhost",
+             "-CAfile", str(ca_pem), "-verify_return_error", version, *how, *io, "-ign_eof"],
+            input=b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            capture_output=True, timeout=30)
+        text = out.stdout.decode("latin-1")
+        assert out.returncode == 0 and "HTTP/1.1 200" in text, out.stderr[-500:]
+        seen.append("Reused," in text)
+    assert seen == [False, True]
