@@ -69,11 +69,15 @@ def _measure(pid: int, fn) -> tuple[dict, float]:
     return res, tree_cpu_seconds(pid) - before
 
 
-_S_TIME = re.compile(r"^(\d+) connections in [\d.]+ real seconds", re.M)
+_S_TIME = re.compile(r"^(\d+) connections in [\d.]+ real seconds, (\d+) bytes read per", re.M)
 
 
-def run_s_time(port: int, path: str, mode: str, clients: int, duration: int) -> dict:
-    """`openssl s_time -new|-reuse` x clients at once on core 1; connections per second."""
+def run_s_time(port: int, path: str, mode: str, clients: int, duration: int,
+               body: int) -> dict:
+    """`openssl s_time -new|-reuse` x clients at once on core 1; connections per second.
+
+    s_time looks at no status line: a connection counts only when it read at least the
+    body's bytes (an error page would be shorter)."""
     cmd = ["taskset", "-c", "1", "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
            mode, "-time", str(duration), "-www", path]
     start = time.monotonic()
@@ -91,18 +95,22 @@ def run_s_time(port: int, path: str, mode: str, clients: int, duration: int) -> 
         m = _S_TIME.findall(out)
         if not m:
             raise RuntimeError(f"openssl s_time printed no count: {out.strip()[-200:]}")
-        total += int(m[-1])
+        count, per = (int(x) for x in m[-1])
+        if count and per < body:
+            raise RuntimeError(f"openssl s_time read {per} bytes per connection, "
+                               f"fewer than the {body}-byte body: {out.strip()[-200:]}")
+        total += count
     wall = time.monotonic() - start
     return {"requests": total, "rps": total / wall}
 
 
-def _cases(url: str, port: int, connections: int, duration: int):
+def _cases(url: str, port: int, connections: int, duration: int, body: int = 0):
     path = "/" + url.split("/", 3)[3]
     clients = 8
     return (
         ("full (hey)", lambda: run_hey(url, connections, duration, 1)),
-        ("full (s_time)", lambda: run_s_time(port, path, "-new", clients, duration)),
-        ("resumed (s_time)", lambda: run_s_time(port, path, "-reuse", clients, duration)),
+        ("full (s_time)", lambda: run_s_time(port, path, "-new", clients, duration, body)),
+        ("resumed (s_time)", lambda: run_s_time(port, path, "-reuse", clients, duration, body)),
         ("keep-alive (wrk)", lambda: run_wrk(url, connections, duration, 1)),
     )
 
@@ -140,9 +148,9 @@ def run(duration: int = 5, connections: int = 32, size: str = "4k",
         for _ in range(repeats):
             for name, (proc, port) in procs.items():
                 url = f"https://localhost:{port}/{size}"
-                for case, fn in _cases(url, port, connections, duration):
+                for case, fn in _cases(url, port, connections, duration, configs.SIZES[size]):
                     res, cpu = _measure(proc.pid, fn)
-                    # hey and s_time: requests at their rate over the run; wrk: its count.
+                    # Answered requests (hey, wrk) or connections (s_time, one request each).
                     reqs = res["requests"]
                     samples.setdefault((name, case), []).append(
                         (res["rps"], cpu, reqs / cpu if cpu else 0.0, res.get("errors")))
