@@ -1,18 +1,27 @@
 """TLS termination: fastproxy against nginx with the same certificate, in one run.
 
-    python -m bench.tls [--duration 5] [--connections 32] [--size 4k]
+    python -m bench.tls [--duration 5] [--connections 32] [--size 4k] [--repeats 1]
 
 Both proxies terminate TLS (one worker each, pinned to core 0) in front of the same nginx
-origin; the load generators and the origin share the other core. Rows: full handshakes
-per second (`hey -disable-keepalive`: a new TLS connection per request, no resumption)
-and kept-alive requests over TLS (`wrk`), each with the proxy's CPU-seconds and requests
-per proxy CPU-second, and fastproxy/nginx per CPU-second. The certificate is one ECDSA
-P-256 key made with `openssl` for the run. Issue 13 asks for the first measurement; the
-goal is set from it. fastproxy is the installed one, or the one on an absolute PYTHONPATH.
+origin; the load generators and the origin share the other core. Cases, each with the
+proxy's CPU-seconds and requests per proxy CPU-second, and fastproxy/nginx per CPU-second:
+
+- `full (hey)`: a new TLS connection per request, no resumption (`hey -disable-keepalive`,
+  Go's client, sends SNI);
+- `full (s_time)` and `resumed (s_time)`: `openssl s_time -new` / `-reuse` (a new
+  connection per HTTP/1.0 request; `-reuse` resumes the first connection's session, by
+  ticket under TLS 1.3), several at once; no SNI;
+- `keep-alive (wrk)`: kept-alive requests over TLS.
+
+The certificate is one ECDSA P-256 key made with `openssl` for the run, the same for both.
+With --repeats N each case runs N times (fastproxy and nginx alternating) and the rows
+show the median. fastproxy is the installed one, or the one on an absolute PYTHONPATH.
 """
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,8 +69,55 @@ def _measure(pid: int, fn) -> tuple[dict, float]:
     return res, tree_cpu_seconds(pid) - before
 
 
-def run(duration: int = 5, connections: int = 32, size: str = "4k") -> list[dict]:
-    """Rows for fastproxy and nginx: handshakes and kept-alive requests per CPU-second."""
+_S_TIME = re.compile(r"^(\d+) connections in [\d.]+ real seconds, (\d+) bytes read per", re.M)
+
+
+def run_s_time(port: int, path: str, mode: str, clients: int, duration: int,
+               body: int) -> dict:
+    """`openssl s_time -new|-reuse` x clients at once on core 1; connections per second.
+
+    s_time looks at no status line: a connection counts only when it read at least the
+    body's bytes (an error page would be shorter)."""
+    cmd = ["taskset", "-c", "1", "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+           mode, "-time", str(duration), "-www", path]
+    start = time.monotonic()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              stdin=subprocess.DEVNULL) for _ in range(clients)]
+    total = 0
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError("openssl s_time did not finish") from None
+        # s_time prints the -new run first; with -reuse its first connection is a full one.
+        m = _S_TIME.findall(out)
+        if not m:
+            raise RuntimeError(f"openssl s_time printed no count: {out.strip()[-200:]}")
+        count, per = (int(x) for x in m[-1])
+        if count and per < body:
+            raise RuntimeError(f"openssl s_time read {per} bytes per connection, "
+                               f"fewer than the {body}-byte body: {out.strip()[-200:]}")
+        total += count
+    wall = time.monotonic() - start
+    return {"requests": total, "rps": total / wall}
+
+
+def _cases(url: str, port: int, connections: int, duration: int, body: int = 0):
+    path = "/" + url.split("/", 3)[3]
+    clients = 8
+    return (
+        ("full (hey)", lambda: run_hey(url, connections, duration, 1)),
+        ("full (s_time)", lambda: run_s_time(port, path, "-new", clients, duration, body)),
+        ("resumed (s_time)", lambda: run_s_time(port, path, "-reuse", clients, duration, body)),
+        ("keep-alive (wrk)", lambda: run_wrk(url, connections, duration, 1)),
+    )
+
+
+def run(duration: int = 5, connections: int = 32, size: str = "4k",
+        repeats: int = 1) -> list[dict]:
+    """Rows for fastproxy and nginx per case (median of repeats) and the ratios."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as d, Supervisor(Path(d)) as sup:
         tmp = Path(d)
@@ -85,23 +141,30 @@ def run(duration: int = 5, connections: int = 32, size: str = "4k") -> list[dict
                                      "serve", "--config", str(tmp / "fp.toml")])
         for port in (o_port, n_port, f_port):
             _wait(port)
-        results: dict = {}
-        for name, proc, port in (("fastproxy", fp, f_port), ("nginx", nginx, n_port)):
-            url = f"https://localhost:{port}/{size}"
-            run_wrk(url, connections, 1, 1)             # warm-up
-            hs, hs_cpu = _measure(proc.pid, lambda: run_hey(url, connections, duration, 1))
-            ka, ka_cpu = _measure(proc.pid, lambda: run_wrk(url, connections, duration, 1))
-            hs_rps = hs.get("rps") or hs.get("requests_per_sec") or 0.0
-            results[name] = (hs_rps * duration / hs_cpu if hs_cpu else 0.0,
-                             ka["requests"] / ka_cpu if ka_cpu else 0.0)
-            rows.append({"name": f"{name} handshakes", "req/s": hs_rps, "proxy CPU-s": hs_cpu,
-                         "req per CPU-s": results[name][0]})
-            rows.append({"name": f"{name} keep-alive", "req/s": ka["rps"], "proxy CPU-s": ka_cpu,
-                         "req per CPU-s": results[name][1], "errors": ka["errors"]})
-        for i, what in enumerate(("handshakes", "keep-alive")):
-            rows.append({"name": f"fastproxy/nginx {what} per CPU-s",
-                         "ratio": results["fastproxy"][i] / results["nginx"][i]
-                         if results["nginx"][i] else 0.0})
+        procs = {"fastproxy": (fp, f_port), "nginx": (nginx, n_port)}
+        for name, (_, port) in procs.items():
+            run_wrk(f"https://localhost:{port}/{size}", connections, 1, 1)   # warm-up
+        samples: dict = {}
+        for _ in range(repeats):
+            for name, (proc, port) in procs.items():
+                url = f"https://localhost:{port}/{size}"
+                for case, fn in _cases(url, port, connections, duration, configs.SIZES[size]):
+                    res, cpu = _measure(proc.pid, fn)
+                    # Answered requests (hey, wrk) or connections (s_time, one request each).
+                    reqs = res["requests"]
+                    samples.setdefault((name, case), []).append(
+                        (res["rps"], cpu, reqs / cpu if cpu else 0.0, res.get("errors")))
+        med: dict = {}
+        for (name, case), got in samples.items():
+            rps, cpu, per_cpu = (statistics.median(g[i] for g in got) for i in range(3))
+            med[(name, case)] = per_cpu
+            errors = [g[3] for g in got if g[3] is not None]
+            rows.append({"name": f"{name} {case}", "req/s": rps, "proxy CPU-s": cpu,
+                         "req per CPU-s": per_cpu, "errors": sum(errors) if errors else None})
+        for case, _ in _cases("https://x/y", 0, 0, 0):
+            n = med[("nginx", case)]
+            rows.append({"name": f"fastproxy/nginx {case} per CPU-s",
+                         "ratio": med[("fastproxy", case)] / n if n else 0.0})
     return rows
 
 
@@ -111,9 +174,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--size", default="4k", choices=sorted(configs.SIZES))
+    p.add_argument("--repeats", type=int, default=1, help="runs per case; rows show the median")
     a = p.parse_args(argv)
     from bench.micro import table
-    print(table(run(a.duration, a.connections, a.size)))
+    print(table(run(a.duration, a.connections, a.size, a.repeats)))
     return 0
 
 

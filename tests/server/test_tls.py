@@ -155,3 +155,75 @@ servers = ["http://127.0.0.1:9"]
         assert r.returncode == 2
         assert r.stderr.startswith("fastproxy: listeners[0].tls: cannot load")
         assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def tls_proxy(start_proxy, origin, certs, tmp_path):
+    cert_pem, key_pem, ca_pem = certs
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+tls = {{ cert = "{cert_pem}", key = "{key_pem}" }}
+[upstreams.app]
+servers = ["{origin.url}"]
+""")
+    return start_proxy("serve", "--config", str(cfg)), ca_pem
+
+
+def test_client_cipher_order_wins_tls12(tls_proxy):
+    # Every suite the server allows is a secure one, so the client's order decides (as
+    # nginx's default): a client that puts AES-128-GCM first gets it, one that puts
+    # AES-256-GCM first gets that.
+    p, ca_pem = tls_proxy
+    aes128 = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+    aes256 = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
+    for order, want in ((f"{aes128}:{aes256}", "AES128-GCM"), (f"{aes256}:{aes128}", "AES256-GCM")):
+        ctx = client_context(ca_pem)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(order)
+        raw = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert s.version() == "TLSv1.2"
+            assert want in s.cipher()[0], s.cipher()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_tls13_client_cipher_order_and_one_ticket(tls_proxy):
+    # TLS 1.3: the client's suite order wins (Python's client API cannot order TLS 1.3
+    # suites, the openssl client can), and a full handshake issues one session ticket.
+    p, ca_pem = tls_proxy
+    for suites, want in (("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"),
+                         ("TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")):
+        out = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{p.port}", "-servername", "localhost",
+             "-CAfile", str(ca_pem), "-verify_return_error", "-tls1_3", "-ciphersuites", suites,
+             "-msg", "-ign_eof"],
+            input=b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            capture_output=True, timeout=30)
+        text = out.stdout.decode("latin-1")
+        assert out.returncode == 0, out.stderr[-500:]
+        assert f"Cipher is {want}" in text
+        assert text.count("NewSessionTicket") == 1, text
+        assert "HTTP/1.1 200" in text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+@pytest.mark.parametrize("version, how", [("-tls1_3", []), ("-tls1_2", []), ("-tls1_2", ["-no_ticket"])])
+def test_resumption_by_ticket_and_session_id(tls_proxy, tmp_path, version, how):
+    # A second connection presenting the first one's session resumes it: by ticket (TLS
+    # 1.3, TLS 1.2) or, for a TLS 1.2 client that takes no tickets, by session ID.
+    p, ca_pem = tls_proxy
+    sess = tmp_path / "session.pem"
+    seen = []
+    for io in (["-sess_out", str(sess)], ["-sess_in", str(sess)]):
+        out = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{p.port}", "-servername", "localhost",
+             "-CAfile", str(ca_pem), "-verify_return_error", version, *how, *io, "-ign_eof"],
+            input=b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            capture_output=True, timeout=30)
+        text = out.stdout.decode("latin-1")
+        assert out.returncode == 0 and "HTTP/1.1 200" in text, out.stderr[-500:]
+        seen.append("Reused," in text)
+    assert seen == [False, True]

@@ -104,6 +104,37 @@ def test_sighup_reloads_certificates(sni_proxy, ca, tmp_path):
         raise AssertionError("the new certificate was not served after SIGHUP")
 
 
+def test_sighup_adds_sni_certificates(start_proxy, origin, ca, tmp_path):
+    # A listener that starts without SNI certificates takes them on a reload; the
+    # default one stays for the other names, and a reload that drops them again serves
+    # the default to every name.
+    d = write(ca.issue_cert("default.test"), tmp_path, "default")
+    a = write(ca.issue_cert("api.test"), tmp_path, "api")
+    cfg = tmp_path / "sni.toml"
+    plain = (f'[[listeners]]\nlisten = "127.0.0.1:0"\nupstream = "app"\n'
+             f'[listeners.tls]\ncert = "{d[0]}"\nkey = "{d[1]}"\n')
+    upstreams = f'[upstreams.app]\nservers = ["{origin.url}"]\n'
+    cfg.write_text(plain + upstreams)
+    p = start_proxy("serve", "--config", str(cfg))
+    assert handshake(p.port, ca, "api.test")[0] == ["default.test"]
+
+    def served_after_reload(text, name, want):
+        cfg.write_text(text)
+        p.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if handshake(p.port, ca, name)[0] == want:
+                return True
+            time.sleep(0.1)
+        return False
+
+    sni = f'sni = [ {{ names = ["api.test"], cert = "{a[0]}", key = "{a[1]}" }} ]\n'
+    assert served_after_reload(plain + sni + upstreams, "api.test", ["api.test"])
+    assert handshake(p.port, ca, "other.test")[0] == ["default.test"]
+    assert handshake(p.port, ca, None)[0] == ["default.test"]
+    assert served_after_reload(plain + upstreams, "api.test", ["default.test"])
+
+
 @pytest.mark.parametrize("sni, problem", [
     ([{"names": ["bad name"], "cert": "C", "key": "K"}], "listeners[0].tls.sni[0].names: "),
     ([{"names": ["a.test"], "cert": "/none.pem", "key": "K"}],
