@@ -176,3 +176,36 @@ def test_clients_that_leave_mid_body_release_their_pins_and_memory(big_proxy):
         r = c.response()
         assert r.status == 200 and r.getheader("Cache-Status").startswith("fastproxy; hit")
     assert proxy.rss_kib() - base_rss <= 24 * 1024
+
+
+@pytest.mark.slow
+def test_bytes_the_kernel_holds_stay_intact_when_their_segment_is_reused(big_proxy, origin):
+    # A hit the socket takes whole (sendfile from the arena: the kernel then references
+    # the arena's pages, no copy) to a client that reads nothing yet: nothing is pinned
+    # any more, so the churn recycles the segment. The client must still get the bytes
+    # it was sent, not the entries written over them later.
+    proxy, admin, _ = big_proxy
+    origin.override["/c/mid"] = {"cc": "max-age=600", "size": str(256 << 10)}
+    status, _, expected = _get(proxy.port, "/c/mid")
+    assert status == 200 and _get(proxy.port, "/c/mid")[1].startswith("fastproxy; hit")
+    socks = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", proxy.port))
+        s.settimeout(30)
+        s.sendall(crlf("GET /c/mid HTTP/1.1\nHost: t\n\n"))
+        socks.append(s)
+    time.sleep(0.5)
+    assert _cache_stats(admin)["pinned_segments"] == 0     # all of it is the kernel's
+    evictions = _cache_stats(admin)["evictions"]
+    for rnd in range(2):
+        for i in range(80):
+            assert _get(proxy.port, f"/c/churn{i}")[0] == 200
+    assert _cache_stats(admin)["evictions"] > evictions
+    for n, s in enumerate(socks):
+        fh = s.makefile("rb")
+        assert _read_head(fh) == 256 << 10
+        assert fh.read(256 << 10) == expected, n
+        fh.close()
+        s.close()
