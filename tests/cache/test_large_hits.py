@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from wire import Conn, crlf
+from wire import Conn, _FileSock, crlf
 
 BIG = 1 << 20
 CHURN = 300_000
@@ -209,3 +209,43 @@ def test_bytes_the_kernel_holds_stay_intact_when_their_segment_is_reused(big_pro
         assert fh.read(256 << 10) == expected, n
         fh.close()
         s.close()
+
+
+def test_a_large_hit_over_tls_goes_through_the_tls_layer(start_proxy, origin, tmp_path):
+    # Only a plain TCP connection gets the body by sendfile; over TLS it must be
+    # encrypted by the transport like any other write.
+    import ssl
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(f"""
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+tls = {{ cert = "{cert_pem}", key = "{key_pem}" }}
+[upstreams.app]
+servers = ["{origin.url}"]
+[cache]
+size = "16MiB"
+""")
+    origin.override["/c/tls"] = {"cc": "max-age=600", "size": str(300 << 10)}
+    p = start_proxy("serve", "--config", str(cfg))
+    raw = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    ctx = ssl.create_default_context(cafile=str(ca_pem))
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        fh = s.makefile("rb")
+        bodies = []
+        for _ in range(3):
+            s.sendall(b"GET /c/tls HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            resp = http.client.HTTPResponse(_FileSock(fh))
+            resp.begin()
+            bodies.append((resp.getheader("Cache-Status"), resp.read()))
+        fh.close()
+    assert bodies[0][1] == bodies[1][1] == bodies[2][1] and len(bodies[0][1]) == 300 << 10
+    assert bodies[2][0].startswith("fastproxy; hit")
+
