@@ -24,17 +24,13 @@ fetched from an address this client was admitted to (caching.py).
 A small value's answer is one bytes object (stored head, Age, Via/Connection,
 Cache-Status, blank line, body) handed to one transport write. A value larger than
 `copy_max` (the cache's zero_copy_min) is answered as [head bytes, a memoryview of the
-body in the arena], never copied: on a plain TCP connection with nothing queued the
-relay sends the head and sendfile(2)s the body from the arena's memfd (send_direct;
-the kernel takes references to the pages, and RingCache gives a segment fresh pages
-before reusing it, so bytes still in a socket are never rewritten); whatever the
-socket does not take, or every large hit over TLS and HTTP/2, goes to the transport
-as the view, which keeps the segment pinned (RingCache.pin: never evicted, its bytes
-never rewritten) while any of it is queued for a slow reader. Memory does not grow
-with slow readers: the queued bytes are the arena's; eviction passes over pinned
-segments (and a store that finds every segment pinned is refused, not grown); the
-relay stops reading a client whose transport is over its high-water mark, so one
-slow client pins at most what one response needs.
+body in the arena]: the transport writes both in one writev, and keeps the view, so
+the segment stays pinned (RingCache.pin: never evicted, its bytes never rewritten)
+while any of it is queued for a slow reader. Memory does not grow with slow readers:
+the queued bytes are the arena's; eviction passes over pinned segments (and a store
+that finds every segment pinned is refused, not grown); the relay stops reading a
+client whose transport is over its high-water mark, so one slow client pins at most
+what one response needs.
 
 The stored value's layout is fastproxy/cache/entry.py's: struct "<BBHIHHddddddH"
 (kind, flags, status, head_len, etag_len, lm_len, response_time,

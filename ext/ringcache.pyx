@@ -19,13 +19,6 @@ The index is open addressing with linear probing and backward-shift deletion
 the key. The full key is compared on every hit, so two keys with the same hash
 never answer for each other. Memory is the arena, the index and the ghost ring,
 all sized at construction: nothing grows with the number of keys ever seen.
-
-The arena is a memfd's shared mapping (anonymous memory where memfd_create fails), so
-a value can be sendfile(2)d to a socket from its pages (send_body). The kernel then
-holds those pages until the peer has the bytes, so a segment sent from is given fresh
-pages (a hole punched in the memfd) when it is recycled; the old ones stay with the
-sockets, unchanged, until they let go. Values still being written through a transport
-are protected by pinning instead (Pinned: the segment is not evicted meanwhile).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
