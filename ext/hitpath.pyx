@@ -46,13 +46,7 @@ from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 from fastproxy._http cimport Field, Request
-from fastproxy._ringcache cimport ENTRY_HDR, FREQ_MAX, Entry, Pinned, RingCache
-
-cdef extern from "<sys/socket.h>" nogil:
-    Py_ssize_t send(int fd, const void* buf, size_t n, int flags)
-    enum: MSG_MORE
-    enum: MSG_NOSIGNAL
-    enum: MSG_DONTWAIT
+from fastproxy._ringcache cimport ENTRY_HDR, FREQ_MAX, Entry, RingCache
 
 from fastproxy import _http
 
@@ -285,24 +279,3 @@ cdef class FreshHits:
             return [out, PyMemoryView_FromObject(ring.pin(
                 ring.slots[slot].seg, <char*>v + hs + head_len, blen))]
         return out
-
-    cdef object send_direct(self, int fd, list out):
-        """Write a large hit (serve's [head, pinned body view]) to the plain, non-blocking
-        TCP socket fd: the head by send(2), the body by sendfile(2) from the arena's
-        pages (RingCache.send_body). Return None when all of it went, else what is left
-        for the transport ([rest of head, view] or [rest of view]), in order."""
-        cdef bytes head = <bytes>out[0]
-        mv = out[1]
-        cdef Pinned p = <Pinned>mv.obj
-        cdef Py_ssize_t hlen = PyBytes_GET_SIZE(head)
-        cdef Py_ssize_t n, sent
-        # MSG_MORE: the head waits for the body's first bytes, one segment for both.
-        n = send(fd, PyBytes_AS_STRING(head), hlen, MSG_MORE | MSG_NOSIGNAL | MSG_DONTWAIT)
-        if n < 0:
-            return out          # full, or an error the transport will report
-        if n < hlen:
-            return [head[n:], mv]
-        sent = self.ring.send_body(fd, p.seg, p.ptr, p.length)
-        if sent >= p.length:
-            return None
-        return [mv[sent:]]

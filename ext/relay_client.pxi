@@ -94,7 +94,6 @@ cdef class ClientConnection:
     cdef public object deferred
     cdef bint buffering        # this request's body is being buffered
     cdef public int state, paused, body_kind, status, retries, client_port
-    cdef int direct_fd         # plain TCP socket for large cache hits (-1 none, -2 not known yet)
     cdef public bint write_paused, closing, keep_alive, resp_started, body_done
     cdef public bint head_request
     cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
@@ -132,7 +131,6 @@ cdef class ClientConnection:
         self.fast_hits = ls.fast_hits
         self.fast = ls.fast
         self.access_log = ls.access_log
-        self.direct_fd = -2
         self.buf = None
         self.state = S_HEAD
         self.deadline = 0.0
@@ -426,8 +424,6 @@ cdef class ClientConnection:
             out = hits.serve(req, self.keep_alive)
             if out is not None:
                 self.log_extra = hits.log_hit
-                if type(out) is list:
-                    out = _send_large_hit(self, hits, <list>out)   # relay_fastpath.pxi
                 self.respond(out, hits.status, hits.body_len)
                 return
         cdef FastForward fast = self.fast

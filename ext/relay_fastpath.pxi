@@ -1,6 +1,5 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
-# Fast paths: FastForward, ReverseHandler.forward for the common request in C; large
-# cache hits sent from the arena with sendfile(2).
+# Fast path: FastForward, ReverseHandler.forward for the common request in C.
 
 cdef tuple DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 cdef tuple DROP_XF_EXPECT = DROP_XF + (b"expect",)
@@ -119,37 +118,3 @@ cdef class FastForward:
         conn.replay = head
         conn.send_upstream(pool, head, None, False)
         return X_STOP
-
-
-cdef object _TCPTransport = None
-cdef tuple _NOTHING = ()
-
-
-cdef int _plain_fd(transport) except -2:
-    """The socket of a plain uvloop TCP transport, else -1: TLS, an HTTP/2 stream, or any
-    transport whose bytes are not the socket's must be written through it."""
-    global _TCPTransport
-    if _TCPTransport is None:
-        try:
-            from uvloop.loop import TCPTransport
-        except ImportError:
-            TCPTransport = False
-        _TCPTransport = TCPTransport
-    if transport is None or type(transport) is not _TCPTransport or transport.is_closing():
-        return -1
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else sock.fileno()
-
-
-cdef object _send_large_hit(ClientConnection conn, FreshHits hits, list out):
-    """A large fresh hit ([head, pinned body view]): when nothing else is queued on the
-    connection, send the head and sendfile(2) the body from the arena straight to the
-    socket (no copy of the body in user space or in the kernel); return what is left for
-    the transport to write, in order (the pinned view keeps its segment meanwhile)."""
-    cdef int fd = conn.direct_fd
-    if fd == -2:
-        fd = conn.direct_fd = _plain_fd(conn.transport)
-    if fd < 0 or conn.transport.get_write_buffer_size():
-        return out
-    left = hits.send_direct(fd, out)
-    return _NOTHING if left is None else left

@@ -26,26 +26,7 @@ from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
-                         madvise, mmap, munmap)
-from posix.types cimport off_t
-from posix.unistd cimport close, ftruncate
-
-cdef extern from "<sys/mman.h>" nogil:
-    int memfd_create(const char* name, unsigned int flags)
-    enum: MFD_CLOEXEC
-    enum: MADV_DONTFORK
-
-cdef extern from "<fcntl.h>" nogil:
-    int fallocate(int fd, int mode, off_t offset, off_t length)
-    enum: FALLOC_FL_KEEP_SIZE
-    enum: FALLOC_FL_PUNCH_HOLE
-
-cdef extern from "<sys/sendfile.h>" nogil:
-    Py_ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
-
-cdef extern from "<errno.h>" nogil:
-    int errno
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 from xxhash import xxh3_64_intdigest as _xxh3
 
@@ -93,7 +74,6 @@ cdef class RingCache:
                   Py_ssize_t max_entries=0, int promote_threshold=1, bint prefault=False):
         cdef uint32_t s
         cdef int q
-        self.fd = -1        # before anything can fail: __dealloc__ closes it
         if segment_size == 0:
             # Enough segments for the small queue to be a real FIFO (>= 10 of
             # them at 10%), segments big enough for typical responses.
@@ -134,36 +114,20 @@ cdef class RingCache:
 
         # Mapped, not malloc'ed: its pages go back to the system when it is unmapped,
         # whatever the allocator's thresholds (release() after a reload relies on it).
-        # A memfd's shared mapping when the system has them, so large hits can be sent
-        # with sendfile(2) from the arena's pages (send_body); never inherited by a fork.
-        self.fd = memfd_create(b"fastproxy-cache", MFD_CLOEXEC)
-        if self.fd >= 0 and ftruncate(self.fd, self.capacity) != 0:
-            close(self.fd)
-            self.fd = -1
-        if self.fd >= 0:
-            self.arena = <unsigned char*>mmap(NULL, self.capacity, PROT_READ | PROT_WRITE,
-                                              MAP_SHARED, self.fd, 0)
-            if <void*>self.arena == MAP_FAILED:
-                close(self.fd)
-                self.fd = -1
-            else:
-                madvise(self.arena, self.capacity, MADV_DONTFORK)
-        if self.fd < 0:
-            self.arena = <unsigned char*>mmap(NULL, self.capacity, PROT_READ | PROT_WRITE,
-                                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        self.arena = <unsigned char*>mmap(NULL, self.capacity, PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if <void*>self.arena == MAP_FAILED:
             self.arena = NULL
         self.seg_used = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_gen = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
         self.seg_pins = <uint32_t*>calloc(self.nseg, sizeof(uint32_t))
-        self.seg_sent = <uint8_t*>calloc(self.nseg, sizeof(uint8_t))
         self.seg_queue = <uint8_t*>calloc(self.nseg, sizeof(uint8_t))
         self.seg_next = <int32_t*>calloc(self.nseg, sizeof(int32_t))
         self.slots = <Slot*>malloc((self.slot_mask + 1) * sizeof(Slot))
         self.ghost_ring = <uint64_t*>calloc(self.ghost_size, sizeof(uint64_t))
         self.gslots = <GSlot*>calloc(self.gslot_mask + 1, sizeof(GSlot))
         if (self.arena == NULL or self.seg_used == NULL or self.seg_gen == NULL
-                or self.seg_pins == NULL or self.seg_sent == NULL or self.seg_queue == NULL or self.seg_next == NULL
+                or self.seg_pins == NULL or self.seg_queue == NULL or self.seg_next == NULL
                 or self.slots == NULL or self.ghost_ring == NULL or self.gslots == NULL):
             raise MemoryError()
         if prefault:
@@ -187,9 +151,6 @@ cdef class RingCache:
     def __dealloc__(self):
         if self.arena != NULL:
             munmap(self.arena, self.capacity)
-        if self.fd >= 0:
-            close(self.fd)
-        free(self.seg_sent)
         free(self.seg_used)
         free(self.seg_gen)
         free(self.seg_pins)
@@ -475,34 +436,8 @@ cdef class RingCache:
             off += size
         self.seg_gen[victim] += 1
         self.seg_used[victim] = 0
-        if self.seg_sent[victim]:
-            self.fresh_pages(victim)
         self.q_push(Q_FREE, victim)
         return True
-
-    cdef void fresh_pages(self, uint32_t seg) noexcept nogil:
-        # sendfile(2) leaves the kernel referencing the segment's pages until the peer
-        # has the bytes (on loopback: until it has read them), however long that is.
-        # Punching them out of the memfd gives the segment new pages for its next
-        # entries and leaves the old ones, unchanged, to the sockets that still hold
-        # them (freed with the last reference): no in-flight byte is ever rewritten.
-        self.seg_sent[seg] = 0
-        fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  <off_t>seg * self.seg_size, self.seg_size)
-
-    cdef Py_ssize_t send_body(self, int sock, uint32_t seg, const char* ptr,
-                              Py_ssize_t length) noexcept nogil:
-        """sendfile(2) length bytes at ptr (inside segment seg) to the non-blocking socket
-        sock, without copying them; return how many went (0 when none could, or when
-        the arena is not a memfd: the caller writes the rest as usual)."""
-        cdef off_t off
-        cdef Py_ssize_t n
-        if self.fd < 0 or self.arena == NULL:
-            return 0
-        off = <off_t>(<const unsigned char*>ptr - self.arena)
-        self.seg_sent[seg] = 1
-        n = sendfile(sock, self.fd, &off, <size_t>length)
-        return n if n > 0 else 0
 
     cdef bint ensure_room(self) noexcept nogil:
         cdef uint32_t n = 0
@@ -826,9 +761,6 @@ cdef class RingCache:
         munmap(self.arena, self.capacity)
         self.arena = NULL
         self.capacity = 0
-        if self.fd >= 0:
-            close(self.fd)
-            self.fd = -1
 
     def stats(self):
         """Return counters and sizes as a dict."""

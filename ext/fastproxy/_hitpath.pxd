@@ -19,4 +19,3 @@ cdef class FreshHits:
     cdef public object log_hit      # the access log's fields for a hit
 
     cdef object serve(self, Request req, bint keep)
-    cdef object send_direct(self, int fd, list out)

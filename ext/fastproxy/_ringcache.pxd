@@ -37,7 +37,6 @@ cdef class Pinned
 
 cdef class RingCache:
     cdef unsigned char* arena
-    cdef int fd                 # the arena's memfd, or -1 (anonymous memory)
     cdef Py_ssize_t capacity
     cdef uint32_t seg_size
     cdef uint32_t nseg
@@ -48,7 +47,6 @@ cdef class RingCache:
     cdef uint32_t* seg_used
     cdef uint32_t* seg_gen
     cdef uint32_t* seg_pins
-    cdef uint8_t* seg_sent      # sendfile(2) read from it since it was last recycled
     cdef uint8_t* seg_queue
     cdef int32_t* seg_next
     # FIFO queues of segments, oldest at head; index 0 free, 1 small, 2 main
@@ -99,9 +97,6 @@ cdef class RingCache:
     cdef uint64_t key_hash(self, bytes key, object h) except? 0
     cdef void free_arena_if_unpinned(self) noexcept nogil
     cdef Pinned pin(self, uint32_t seg, char* ptr, Py_ssize_t length)
-    cdef void fresh_pages(self, uint32_t seg) noexcept nogil
-    cdef Py_ssize_t send_body(self, int sock, uint32_t seg, const char* ptr,
-                              Py_ssize_t length) noexcept nogil
 
 
 cdef class Pinned:
