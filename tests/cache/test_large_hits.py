@@ -180,10 +180,11 @@ def test_clients_that_leave_mid_body_release_their_pins_and_memory(big_proxy):
 
 @pytest.mark.slow
 def test_bytes_the_kernel_holds_stay_intact_when_their_segment_is_reused(big_proxy, origin):
-    # A hit the socket takes whole (sendfile from the arena: the kernel then references
-    # the arena's pages, no copy) to a client that reads nothing yet: nothing is pinned
-    # any more, so the churn recycles the segment. The client must still get the bytes
-    # it was sent, not the entries written over them later.
+    # A hit the socket takes whole, to a client that reads nothing yet: nothing is
+    # pinned any more, so the churn recycles the segment. The client must still get the
+    # bytes it was sent, not the entries written over them later (a write path that
+    # left the kernel referencing arena pages, as sendfile(2) from a memfd arena does,
+    # fails this unless recycled segments get fresh pages: checked while trying one).
     proxy, admin, _ = big_proxy
     origin.override["/c/mid"] = {"cc": "max-age=600", "size": str(256 << 10)}
     status, _, expected = _get(proxy.port, "/c/mid")
