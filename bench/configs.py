@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # Response sizes the origin serves, by the name used on the command line and in URLs.
-SIZES = {"100b": 100, "4k": 4096, "64k": 65536}
+SIZES = {"100b": 100, "4k": 4096, "64k": 65536, "1m": 1 << 20}
 # Served to the CONNECT tunnel rows. Written out, not sparse: a sparse file's holes are
 # zero-filled on every read, which made the direct row (whose reads share a core with
 # curl) measure the kernel's zero-filling instead of the network path.

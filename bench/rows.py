@@ -58,7 +58,8 @@ class Row:
     def ours(self) -> bool:
         """True for the rows that run fastproxy: those are never skipped, only measured or failed."""
         return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward,
-                              start_fastproxy_workers)
+                              start_fastproxy_workers, start_fastproxy_admin,
+                              start_fastproxy_cache_admin)
 
 
 GROUPS = {
@@ -179,6 +180,19 @@ def start_fastproxy_cache(ctx: Context, name: str) -> Endpoint:
                                                "--workers", "1", "--cache", ctx.cache_size])
 
 
+def start_fastproxy_admin(ctx: Context, name: str) -> Endpoint:
+    """fastproxy reverse mode with an admin listener (per-request latency/top-URL counting on)."""
+    return _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
+                                  "--workers", "1", "--admin", f"127.0.0.1:{free_port()}"])
+
+
+def start_fastproxy_cache_admin(ctx: Context, name: str) -> Endpoint:
+    """fastproxy-cache with an admin listener (per-request latency/top-URL counting on)."""
+    return _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
+                                  "--workers", "1", "--cache", ctx.cache_size,
+                                  "--admin", f"127.0.0.1:{free_port()}"])
+
+
 def start_fastproxy_forward(ctx: Context, name: str) -> Endpoint:
     """fastproxy forward mode; the origin is on loopback, hence --allow-private."""
     ep = _fastproxy(ctx, name, ["--mode", "forward", "--allow-private", "--workers", "1"])
@@ -220,9 +234,11 @@ ROWS: tuple[Row, ...] = (
     Row("fastproxy", "reverse", (), start_fastproxy, "fastproxy --mode reverse --workers 1"),
     Row("fastproxy-2w", "reverse", (), start_fastproxy_workers,
         f"fastproxy --workers {WORKERS}, not pinned (all cores)"),
+    Row("fastproxy-admin", "reverse", (), start_fastproxy_admin, "fastproxy reverse with --admin"),
     Row("nginx-cache", "cache", ("nginx",), start_nginx_cache, "nginx proxy_cache"),
     Row("varnish", "cache", ("varnishd",), start_varnish, "Varnish -s malloc,64m, thread_pools=1"),
     Row("fastproxy-cache", "cache", (), start_fastproxy_cache, "fastproxy --cache 64MiB"),
+    Row("fastproxy-cache-admin", "cache", (), start_fastproxy_cache_admin, "fastproxy --cache 64MiB --admin"),
     Row("squid", "forward", ("squid",), start_squid, "Squid 1 worker, no cache"),
     Row("tinyproxy", "forward", ("tinyproxy",), start_tinyproxy, "tinyproxy"),
     Row("pproxy", "forward", (), start_pproxy, "pproxy (Python, uvloop), in the bench extra", ("pproxy",)),

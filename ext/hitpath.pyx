@@ -16,14 +16,21 @@ branch would, or returns None and the request goes the Python way
   response, not a
   Vary stub, that has not expired in the store;
 * it is fresh (RFC 9111 4.2: freshness_lifetime > current_age, 4.2.3) and not
-  `no-cache` (which needs validation before each use, 5.2.2.4);
-* the value is small enough to be copied (large ones are served from pinned views).
+  `no-cache` (which needs validation before each use, 5.2.2.4).
 
 Forward listeners do not use it: a hit there needs the full admission first and an entry
 fetched from an address this client was admitted to (caching.py).
 
-The answer is one bytes object (stored head, Age, Via/Connection, Cache-Status, blank
-line, body) handed to one transport write: a hit is a single write.
+A small value's answer is one bytes object (stored head, Age, Via/Connection,
+Cache-Status, blank line, body) handed to one transport write. A value larger than
+`copy_max` (the cache's zero_copy_min) is answered as [head bytes, a memoryview of the
+body in the arena]: the transport writes both in one writev, and keeps the view, so
+the segment stays pinned (RingCache.pin: never evicted, its bytes never rewritten)
+while any of it is queued for a slow reader. Memory does not grow with slow readers:
+the queued bytes are the arena's; eviction passes over pinned segments (and a store
+that finds every segment pinned is refused, not grown); the relay stops reading a
+client whose transport is over its high-water mark, so one slow client pins at most
+what one response needs.
 
 The stored value's layout is fastproxy/cache/entry.py's: struct "<BBHIHHddddddH"
 (kind, flags, status, head_len, etag_len, lm_len, response_time,
@@ -32,6 +39,7 @@ last-modified, origin address (forward mode only), head (CRLF-ended lines, no bl
 line), body.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromObject
 from libc.math cimport INFINITY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
 from libc.string cimport memcpy
@@ -124,7 +132,7 @@ cdef class FreshHits:
     """The fresh-hit fast path of one listener over the worker's store."""
 
     def __init__(self, RingCache ring not None, bytes ns not None, bytes scheme not None,
-                 bytes name not None, bytes via not None, log_hit, Py_ssize_t max_value):
+                 bytes name not None, bytes via not None, log_hit, Py_ssize_t copy_max):
         self.ring = ring
         self.ns = ns
         self.scheme = scheme.lower()
@@ -132,14 +140,15 @@ cdef class FreshHits:
         self.x_keep = via
         self.x_keep10 = via + b"Connection: keep-alive\r\n"
         self.x_close = via + b"Connection: close\r\n"
-        self.max_value = max_value
+        self.copy_max = copy_max
         self.log_hit = log_hit
         self.hits = 0
         self.status = 0
         self.body_len = 0
 
     def __call__(self, Request req not None, bint keep=True):
-        """The complete response for req (bytes) when it is a fresh hit, else None."""
+        """The complete response for req when it is a fresh hit (bytes, or [head bytes,
+        memoryview of the pinned body] for a large one), else None."""
         return self.serve(req, keep)
 
     cdef object serve(self, Request req, bint keep):
@@ -150,7 +159,7 @@ cdef class FreshHits:
         cdef Py_ssize_t host_len = 0, tlen, klen, slen, i, mlen, hs, head_len, blen, vlen
         cdef Py_ssize_t tail_len, total, xlen, plen, nslen
         cdef Field* f
-        cdef bint is_head
+        cdef bint is_head, pinned
         cdef bytes key, out, extra
         cdef int64_t slot
         cdef Entry* e
@@ -215,7 +224,7 @@ cdef class FreshHits:
         if e.expires != INFINITY and e.expires <= now:
             return None            # the Python way drops it
         vlen = e.val_len
-        if vlen < META_SIZE or vlen > self.max_value:
+        if vlen < META_SIZE:
             return None
         v = <const unsigned char*>e + ENTRY_HDR + e.key_len
         if v[0] != KIND_RESPONSE or v[1] & NO_CACHE:
@@ -239,7 +248,9 @@ cdef class FreshHits:
         xlen = PyBytes_GET_SIZE(extra)
         plen = PyBytes_GET_SIZE(self.status_prefix)
         tail_len = 5 + age_n + 2 + xlen + plen + ttl_n + 4
-        total = head_len + tail_len + (0 if is_head else blen)
+        # Large bodies are not copied: the head goes out with a view of the arena.
+        pinned = not is_head and vlen > self.copy_max
+        total = head_len + tail_len + (0 if is_head or pinned else blen)
         out = PyBytes_FromStringAndSize(NULL, total)
         o = PyBytes_AS_STRING(out)
         memcpy(o, v + hs, head_len)
@@ -254,7 +265,7 @@ cdef class FreshHits:
         memcpy(o + plen, ttl_s, ttl_n)
         o += plen + ttl_n
         memcpy(o, b"\r\n\r\n", 4)
-        if not is_head:
+        if not is_head and not pinned:
             memcpy(o + 4, v + hs + head_len, blen)
 
         # Counted as the store's get would count it (S3-FIFO frequency, hits).
@@ -264,4 +275,7 @@ cdef class FreshHits:
         self.hits += 1
         self.status = read_u16(v + 2)
         self.body_len = 0 if is_head else blen
+        if pinned and blen:
+            return [out, PyMemoryView_FromObject(ring.pin(
+                ring.slots[slot].seg, <char*>v + hs + head_len, blen))]
         return out

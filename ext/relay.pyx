@@ -235,6 +235,7 @@ cdef class UpstreamConnection
 cdef class ConnectionPool
 cdef class FastForward
 cdef class ListenerSettings
+cdef class Recorder
 
 
 cdef class Counters:
@@ -281,3 +282,4 @@ include "relay_upstream.pxi"
 include "relay_pool.pxi"
 include "relay_fastpath.pxi"
 include "relay_tunnel.pxi"
+include "relay_stats.pxi"

@@ -665,8 +665,12 @@ cdef class ClientConnection:
         cdef Counters c = self.counters
         if c is not None:
             c.count(self.status, self.sent, self.received)
-        if self.access_log is not None:
-            self.access_log.write(self)
+        al = self.access_log
+        if al is not None:
+            if type(al) is Recorder:
+                (<Recorder>al).record(self)     # the admin's counters, in C (relay_stats.pxi)
+            else:
+                al.write(self)
 
     # -- flow control -----------------------------------------------------------
 

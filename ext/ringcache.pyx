@@ -490,7 +490,6 @@ cdef class RingCache:
                                    PyBytes_GET_SIZE(key))
         cdef Entry* e
         cdef double t
-        cdef Pinned p
         if i < 0:
             self.misses += 1
             return None
@@ -505,12 +504,18 @@ cdef class RingCache:
         if e.freq < FREQ_MAX:
             e.freq += 1
         self.hits += 1
-        p = Pinned.__new__(Pinned)
+        return self.pin(self.slots[i].seg, <char*>e + ENTRY_HDR + e.key_len, e.val_len)
+
+    cdef Pinned pin(self, uint32_t seg, char* ptr, Py_ssize_t length):
+        """A view of length bytes at ptr inside segment seg, which stays unevicted (and
+        its bytes unchanged: entries are never moved or rewritten in place) while the
+        view, or any memoryview of it, is alive."""
+        cdef Pinned p = Pinned.__new__(Pinned)
         p.cache = self
-        p.seg = self.slots[i].seg
-        p.ptr = <char*>e + ENTRY_HDR + e.key_len
-        p.length = e.val_len
-        self.seg_pins[p.seg] += 1
+        p.seg = seg
+        p.ptr = ptr
+        p.length = length
+        self.seg_pins[seg] += 1
         return p
 
     def set(self, bytes key not None, value, double expires=INFINITY, now=None, h=None):
@@ -813,11 +818,6 @@ cdef class RingCache:
 
 cdef class Pinned:
     """A read-only buffer over a stored value; its segment cannot be evicted while alive."""
-    cdef RingCache cache
-    cdef uint32_t seg
-    cdef char* ptr
-    cdef Py_ssize_t length
-    cdef Py_ssize_t shape[1]
 
     def __dealloc__(self):
         if self.cache is not None:

@@ -11,6 +11,7 @@ class FreshHits:
     body_len: int      # body bytes of the last answer
     log_hit: object    # access-log fields of a hit
     def __init__(self, ring: RingCache, ns: bytes, scheme: bytes, name: bytes, via: bytes,
-                 log_hit: object, max_value: int) -> None: ...
-    def __call__(self, req: Request, keep: bool = True) -> bytes | None:
-        """The complete response for req when it is a fresh hit, else None."""
+                 log_hit: object, copy_max: int) -> None: ...
+    def __call__(self, req: Request, keep: bool = True) -> bytes | list | None:
+        """The complete response for req when it is a fresh hit (bytes, or [head bytes,
+        memoryview of the pinned body] above copy_max), else None."""

@@ -12,7 +12,7 @@ cdef class FreshHits:
     cdef bytes x_keep               # lines after Age: Via (HTTP/1.1 keep-alive)
     cdef bytes x_keep10             # Via + Connection: keep-alive (HTTP/1.0 keep-alive)
     cdef bytes x_close              # Via + Connection: close
-    cdef Py_ssize_t max_value       # larger values go the Python way (pinned, zero-copy)
+    cdef Py_ssize_t copy_max        # larger values' bodies are written from pinned views
     cdef public long long hits      # requests answered here
     cdef public int status          # status of the last answer
     cdef public long long body_len  # body bytes of the last answer

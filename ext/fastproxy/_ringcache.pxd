@@ -32,6 +32,9 @@ cdef struct GSlot:
     uint64_t seq            # 0 marks an empty slot
 
 
+cdef class Pinned
+
+
 cdef class RingCache:
     cdef unsigned char* arena
     cdef Py_ssize_t capacity
@@ -93,3 +96,12 @@ cdef class RingCache:
     cdef bint ensure_room(self) noexcept nogil
     cdef uint64_t key_hash(self, bytes key, object h) except? 0
     cdef void free_arena_if_unpinned(self) noexcept nogil
+    cdef Pinned pin(self, uint32_t seg, char* ptr, Py_ssize_t length)
+
+
+cdef class Pinned:
+    cdef RingCache cache
+    cdef uint32_t seg
+    cdef char* ptr
+    cdef Py_ssize_t length
+    cdef Py_ssize_t shape[1]

@@ -145,6 +145,8 @@ class WorkerCache:
             "refreshes": self.refreshes, "refresh_failures": self.refresh_failures,
             "evictions": ring["evictions"], "expirations": ring["expirations"],
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
+            # Segments a transport still writes from (large hits queued for slow readers).
+            "pinned_segments": ring["pinned_segments"],
             "peer_asked": self.peer_asked, "peer_failed": self.peer_failed,
             **(self.shared.stats if self.shared is not None else {}),
         }

@@ -139,15 +139,18 @@ servers = ["{origin.url}"]
         c.close()
 
 
-def test_cache_hit_on_a_stream(start_proxy, origin):
+@pytest.mark.parametrize("size", [None, 300 << 10])   # a large hit: a pinned arena view
+def test_cache_hit_on_a_stream(start_proxy, origin, size):
     p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
                     "--upstream", origin.url, "--cache", "64MiB")
     c = Client(p.port)
+    target = "/c/h2hit?cc=max-age%3D60" + (f"&size={size}" if size else "")
     try:
-        first = c.get("/c/h2hit?cc=max-age%3D60")
-        second = c.get("/c/h2hit?cc=max-age%3D60")
+        first = c.get(target)
+        second = c.get(target)
         assert first[0] == second[0] == 200 and first[2] == second[2]
-        assert origin.count("/c/h2hit?cc=max-age%3D60") == 1
+        assert size is None or len(second[2]) == size
+        assert origin.count(target) == 1
     finally:
         c.close()
 

@@ -20,7 +20,7 @@ from wire import Conn, _FileSock, crlf
 
 MIB = 1024  # KiB
 OBJ = 61440          # a cached object below zero_copy_min: answered by the compiled path
-BIG = 100 * 1024     # above it: answered by the Python path from a pinned view
+BIG = 100 * 1024     # above it: the compiled path too, from a pinned view of the arena
 
 
 @pytest.fixture
@@ -101,8 +101,8 @@ def _read_in_order(conn_file, expected) -> None:
 
 @pytest.mark.slow
 def test_pipelined_answers_arrive_in_order_once_the_client_reads(cached_proxy):
-    # Every kind of answer in one pipeline: compiled hits, Python hits (pinned view
-    # too), TRACE/OPTIONS answered by the proxy, an error answer, relayed requests
+    # Every kind of answer in one pipeline: compiled hits (small, and large from a
+    # pinned view), Python hits, TRACE/OPTIONS answered by the proxy, an error answer, relayed requests
     # (with and without a body). The client reads nothing for a while (the proxy
     # pauses), then reads them all.
     def hit(name, size):
