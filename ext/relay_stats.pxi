@@ -25,11 +25,7 @@ for _i, _b in enumerate(BUCKETS):
 assert len(BUCKETS) == NBUCKETS
 
 
-cdef inline double _wall() noexcept nogil:
-    """time.time() without the call (the clock of ClientConnection.t_start)."""
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
+# _wall() (relay.pyx) is the clock of ClientConnection.t_start and of the latency here.
 
 
 cdef class Histogram:
