@@ -238,6 +238,23 @@ class Anonymizer:
         self._per_host[host] = found
         return found
 
+    def fixed_plan(self, host: str) -> tuple[tuple[bytes, ...], bytes, bytes] | None:
+        """(drop, extra for HTTP/1.0, extra for HTTP/1.1): what `plan` answers for every
+        request to `host` when it does not read the request (the anonymous level), else None.
+        The compiled forward path keeps it per destination."""
+        if self.level != "anonymous":
+            return None
+        drop = self._drop
+        extra = b""
+        ruled: frozenset = frozenset()
+        if self._rules:
+            rule_drop, extra, ruled = self._for_host(host)
+            if rule_drop:
+                drop = drop + rule_drop
+        if b"via" in ruled:
+            return drop, extra, extra
+        return drop, self._via[10] + extra, self._via[11] + extra
+
     def plan(self, request, client_ip: str, host: str) -> tuple[tuple[bytes, ...], bytes]:
         """(drop, extra) for forward_head: lowercase names to remove, header lines to add.
 
