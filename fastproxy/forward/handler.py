@@ -263,7 +263,9 @@ class ForwardHandler:
             self._deny(conn, refusal)
             return
         if self.memo is not None:
-            self.memo.put(conn.client_ip, req, self._new_route(target, allowed, origins))
+            route = self._new_route(target, allowed, origins)
+            if route.expires > time.monotonic():    # not when the resolver keeps nothing
+                self.memo.put(conn.client_ip, req, route)
         self._route(conn, req, target, allowed, origins)
 
     def _new_route(self, target, allowed, origins) -> ForwardRoute:
