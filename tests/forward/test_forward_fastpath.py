@@ -238,3 +238,36 @@ positive_ttl = "2s"
         if proxy is not None:
             proxy.stop()
         other.stop()
+
+
+@pytest.mark.parametrize("fastpath", [True, False], ids=["compiled", "python"])
+def test_reload_forgets_memoised_routes(start_proxy, origin, tmp_path, fastpath):
+    import signal
+
+    conf = tmp_path / "reload.toml"
+    text = """
+[[listeners]]
+listen = "127.0.0.1:%s"
+mode = "forward"
+allow_private = true
+"""
+    conf.write_text(text % 0)
+    env_before = os.environ.get("FASTPROXY_NO_FASTPATH")
+    if not fastpath:
+        os.environ["FASTPROXY_NO_FASTPATH"] = "1"
+    try:
+        proxy = start_proxy("serve", "--config", str(conf))
+    finally:
+        if env_before is None:
+            os.environ.pop("FASTPROXY_NO_FASTPATH", None)
+    raw = crlf(f"GET {origin.url}/size/2 HTTP/1.1\nHost: x\n\n")
+    assert [s for s, _, _ in exchange(origin, proxy.port, [raw, raw])] == [200, 200]
+    conf.write_text(text % proxy.port + '[[listeners.acl.rules]]\nname = "closed"\n'
+                    'action = "deny"\ndest = ["127.0.0.1/32"]\n')
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any("reloaded configuration" in line for line in proxy.stderr_lines) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = exchange(origin, proxy.port, [raw])
+    assert got[0][0] == 403 and got[0][2] is None, got
