@@ -10,6 +10,7 @@ cdef bytes PROXY_AUTHORIZATION = b"proxy-authorization"
 cdef bytes SLASH = b"/"
 cdef bytes SP = b" "
 cdef bytes HTTP11_TAIL = b" HTTP/1.1"
+cdef bytes X_FORWARDED_FOR = b"x-forwarded-for"
 
 
 cdef class ForwardRoute:
@@ -19,7 +20,8 @@ cdef class ForwardRoute:
     `expires` is the monotonic time after which the admission must be decided again: never
     later than the resolver keeps the addresses. `drop`/`extra_10`/`extra_11` are the
     forwarded head's edits for HTTP/1.0 and 1.1 clients (anonymity, Proxy-Authorization,
-    Host) when they do not depend on the request; drop None: ask the anonymizer per request.
+    Host) when they do not depend on the request (or, with `no_xff`, for a request without
+    X-Forwarded-For); drop None: ask the anonymizer per request.
     `log_extra` is shared by every request of the route and never mutated (readers copy).
     """
 
@@ -35,10 +37,12 @@ cdef class ForwardRoute:
     cdef public bytes host_line
     cdef public tuple drop
     cdef public bytes extra_10, extra_11
+    cdef public bint no_xff        # the edits hold only for a request without X-Forwarded-For
 
     def __init__(self, double expires, bytes scheme, str host, bytes host_b, long port,
                  decision, allowed, origins, tuple addrs, ConnectionPool pool, str rule,
-                 bytes host_line, tuple drop, bytes extra_10, bytes extra_11):
+                 bytes host_line, tuple drop, bytes extra_10, bytes extra_11,
+                 bint no_xff=False):
         self.expires = expires
         self.scheme = scheme
         self.host = host
@@ -56,6 +60,7 @@ cdef class ForwardRoute:
         self.drop = drop
         self.extra_10 = extra_10
         self.extra_11 = extra_11
+        self.no_xff = no_xff
 
 
 cdef bytes _target_prefix(Request req):
@@ -180,8 +185,9 @@ cdef class ForwardFast(FastForward):
         cdef int version = req.version
         cdef tuple drop = route.drop
         cdef bytes extra
-        if drop is None:
-            # The anonymity plan reads the request (transparent, elite): ask it.
+        if drop is None or (route.no_xff and req.has_c(X_FORWARDED_FOR)):
+            # The anonymity plan reads the request (elite; transparent with an
+            # X-Forwarded-For to append to): ask it.
             drop, extra = self.anonymizer.plan(req, conn.client_ip, route.host)
             drop = drop + self.drop_always
             extra = extra + route.host_line

@@ -142,12 +142,13 @@ class ForwardRoute:
     drop: tuple[bytes, ...] | None
     extra_10: bytes | None
     extra_11: bytes | None
+    no_xff: bool
 
     def __init__(self, expires: float, scheme: bytes, host: str, host_b: bytes, port: int,
                  decision: Any, allowed: Any, origins: Any, addrs: tuple[str, ...],
                  pool: ConnectionPool | None, rule: str, host_line: bytes,
                  drop: tuple[bytes, ...] | None, extra_10: bytes | None,
-                 extra_11: bytes | None) -> None: ...
+                 extra_11: bytes | None, no_xff: bool = ...) -> None: ...
 
 class RouteMemo:
     """(client address, target prefix, method) -> ForwardRoute, until it expires."""

@@ -263,12 +263,12 @@ class ForwardHandler:
             self._deny(conn, refusal)
             return
         if self.memo is not None:
-            route = self._new_route(target, allowed, origins)
+            route = self._new_route(conn.client_ip, target, allowed, origins)
             if route.expires > time.monotonic():    # not when the resolver keeps nothing
                 self.memo.put(conn.client_ip, req, route)
         self._route(conn, req, target, allowed, origins)
 
-    def _new_route(self, target, allowed, origins) -> ForwardRoute:
+    def _new_route(self, client_ip: str, target, allowed, origins) -> ForwardRoute:
         """What the memo keeps of an admission: the decision, the addresses and, for the
         compiled path, the pool and the head edits that do not depend on the request."""
         scheme, host, host_b, port, _path, decision = target
@@ -276,16 +276,18 @@ class ForwardHandler:
         expires = min(time.monotonic() + ROUTE_TTL, self.resolver.expires(host))
         pool = self._pool(addrs[0], scheme, host, port) if scheme != b"tcp" else None
         host_line = _host_line(scheme, host_b, port)
-        fixed = self.anonymizer.fixed_plan(host)
+        fixed = self.anonymizer.fixed_plan(host, client_ip)
         if fixed is None:
             drop = extra_10 = extra_11 = None
+            no_xff = False
         else:
             drop = fixed[0] + DROP_ALWAYS
             extra_10 = fixed[1] + host_line
             extra_11 = fixed[2] + host_line
+            no_xff = fixed[3]
         return ForwardRoute(expires, scheme, host, host_b, port, decision, allowed, origins,
                             addrs, pool, allowed[0][1].rule, host_line, drop, extra_10,
-                            extra_11)
+                            extra_11, no_xff)
 
     def _route(self, conn, req, target, allowed, origins) -> None:
         """Fully admitted: the cache may answer (from these addresses only), else connect."""
