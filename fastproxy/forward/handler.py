@@ -13,6 +13,13 @@ to a byte tunnel after the 200.
 
 Authentication and DNS may need to wait; the request then waits off the hot path (a
 task per such request; a request whose answers are cached is dispatched at once).
+
+An admission is memoised (RouteMemo: client, target prefix, method -> ForwardRoute) until
+the resolver's answer or ROUTE_TTL runs out, unless an ACL rule reads the URL. The
+compiled path (relay.ForwardFast) serves requests from the memo: it checks credentials
+through the authenticator's cache, then does what _route/_head/_connect_allowed do with
+the route's precomputed pieces; anything it does not cover comes here. CONNECT setup is
+compiled for both (relay.TunnelSetup).
 """
 from __future__ import annotations
 
