@@ -249,9 +249,8 @@ cdef class TunnelSetup:
             self.deadline = 0.0
         self.deadlines.discard(self)
         cdef ClientConnection conn = self.conn
-        where = f"connect to {self.host}:{self.port} ({self.addr})"
         if task.cancelled():
-            self.last, self.status = f"{where} timed out", 504
+            self.last, self.status = f"{self._where()} timed out", 504
         else:
             exc = task.exception()
             if exc is None:
@@ -263,10 +262,13 @@ cdef class TunnelSetup:
                 return
             # OSError: refused, unreachable, ...; anything else is answered the same way.
             reason = getattr(exc, "strerror", None) or exc.__class__.__name__
-            self.last, self.status = f"{where} failed: {reason}", 502
+            self.last, self.status = f"{self._where()} failed: {reason}", 502
         if conn.state == S_CLOSED or conn.req is not self.req:
             return
         self.start()
+
+    cdef str _where(self):
+        return f"connect to {self.host}:{self.port} ({self.addr})"
 
     cdef _established(self, Holding held):
         cdef ClientConnection conn = self.conn
