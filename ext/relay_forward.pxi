@@ -11,6 +11,10 @@ cdef bytes SLASH = b"/"
 cdef bytes SP = b" "
 cdef bytes HTTP11_TAIL = b" HTTP/1.1"
 cdef bytes X_FORWARDED_FOR = b"x-forwarded-for"
+# Own names rather than relay_fastpath.pxi's (the reverse fast path may change them).
+cdef bytes FWD_MAX_FORWARDS = b"max-forwards"
+cdef frozenset FWD_MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
+cdef tuple FWD_DROP_EXPECT = (b"expect",)
 
 
 cdef class ForwardRoute:
@@ -160,7 +164,7 @@ cdef class ForwardFast(FastForward):
             return X_CONTINUE
         if req._conn_upgrade and req._upgrade_i >= 0:
             return X_CONTINUE    # an Upgrade offer: the handler's upgrade_plan decides
-        if req.method in MAX_FORWARDS_METHODS and req.has_c(MAX_FORWARDS):
+        if req.method in FWD_MAX_FORWARDS_METHODS and req.has_c(FWD_MAX_FORWARDS):
             return X_CONTINUE
         cdef bytes prefix = _target_prefix(req)
         cdef ForwardRoute route = self.memo.routes.get((conn.client_ip, prefix, req.method))
@@ -194,7 +198,7 @@ cdef class ForwardFast(FastForward):
         else:
             extra = route.extra_11 if version == 11 else route.extra_10
         if req.expect_continue:
-            drop = drop + DROP_EXPECT
+            drop = drop + FWD_DROP_EXPECT
         if conn.body_kind == BODY_CHUNKED:
             extra = extra + TE_CHUNKED
         start_line = req.method + SP + _target_path(req, len(prefix)) + HTTP11_TAIL
