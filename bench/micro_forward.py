@@ -9,6 +9,14 @@ patterns, and the uncached work the caches avoid (scrypt, getaddrinfo).
     python -m bench.micro_forward [--quick]
 
 ratio = peer ns / ours ns (higher is better for us).
+
+    python -m bench.micro_forward --connect [--tunnels N] [--concurrency C] [--repeats R]
+
+measures CONNECT setup instead, over loopback: fastproxy (forward mode, one worker, pinned to
+core 0) and a tiny echo target and the asyncio client (core 1). Each tunnel is a new
+connection: CONNECT, 200, 4 bytes there and back through the tunnel, close. It prints
+tunnels per proxy CPU-second (the proxy's user+system time), the median of the repeats.
+Wrap it in `flock /work/notes/bench.lock` on a shared machine.
 """
 from __future__ import annotations
 
@@ -233,9 +241,105 @@ def main(argv: list[str] | None = None) -> int:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer loops (a smoke run)")
+    parser.add_argument("--connect", action="store_true",
+                        help="measure CONNECT setups per proxy CPU-second instead")
+    parser.add_argument("--tunnels", type=int, default=5000, help="tunnels per repeat (--connect)")
+    parser.add_argument("--concurrency", type=int, default=16, help="tunnels at a time (--connect)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats (--connect)")
     args = parser.parse_args(argv)
+    if args.connect:
+        if not 1 <= args.tunnels <= 200_000 or not 1 <= args.concurrency <= 256 \
+                or not 1 <= args.repeats <= 10:
+            parser.error("--tunnels 1-200000, --concurrency 1-256, --repeats 1-10")
+        return connect_main(args.tunnels, args.concurrency, args.repeats)
     print(_table(run(args.quick)))
     print(f"\nratio = peer ns / ours ns (higher is better for us); python {sys.version.split()[0]}")
+    return 0
+
+
+# -- CONNECT setup under load ----------------------------------------------------------
+
+async def _echo(reader, writer) -> None:
+    try:
+        data = await reader.read(64)
+        writer.write(data)
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def _one_tunnel(proxy_port: int, target_port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    try:
+        writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                     % (target_port, target_port))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"CONNECT answered {head[:40]!r}")
+        writer.write(b"ping")
+        if await asyncio.wait_for(reader.readexactly(4), 10) != b"ping":
+            raise RuntimeError("the tunnel did not echo")
+    finally:
+        writer.close()
+
+
+async def _tunnels(proxy_port: int, target_port: int, n: int, concurrency: int) -> None:
+    left = [n]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await _one_tunnel(proxy_port, target_port)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def connect_main(tunnels: int, concurrency: int, repeats: int) -> int:
+    """CONNECT setups per proxy CPU-second through fastproxy (this Python's package)."""
+    import os
+    import subprocess
+    from bench.procs import free_port, pinned, tree_cpu_seconds
+
+    async def main() -> list[tuple[float, float]]:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0, backlog=1024)
+        target_port = server.sockets[0].getsockname()[1]
+        port = free_port()
+        cmd = pinned([sys.executable, "-P", "-m", "fastproxy", "serve", "--listen",
+                      f"127.0.0.1:{port}", "--mode", "forward", "--allow-private",
+                      "--connect-ports", str(target_port), "--workers", "1"], 0)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        results = []
+        try:
+            for _ in range(100):
+                try:
+                    await _one_tunnel(port, target_port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("fastproxy did not start: " + proc.stderr.read(500).decode())
+            await _tunnels(port, target_port, 200, concurrency)   # warm up
+            for _ in range(repeats):
+                cpu0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
+                await _tunnels(port, target_port, tunnels, concurrency)
+                results.append((tree_cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            server.close()
+        return results
+
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    results = asyncio.run(main())
+    rates = sorted(tunnels / cpu for cpu, _wall in results if cpu > 0)
+    for cpu, wall in results:
+        print(f"{tunnels} tunnels in {wall:.2f}s, proxy CPU {cpu:.2f}s: "
+              f"{tunnels / cpu if cpu else float('nan'):,.0f} per proxy CPU-second")
+    if rates:
+        print(f"median: {rates[len(rates) // 2]:,.0f} CONNECT setups per proxy CPU-second "
+              f"(c{concurrency})")
     return 0
 
 

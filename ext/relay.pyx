@@ -23,7 +23,8 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_upstream.pxi   UpstreamConnection (response head, body relay, the filter hook)
     relay_pool.pxi       ConnectionPool (idle keep-alive connections per server)
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
-    relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding
+    relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
+    relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
 
 Why includes and not one module per role: the upstream side calls the client side's cdef
 methods and C fields on every read (sent, observer, twrite, the sink below), and the
@@ -283,3 +284,4 @@ include "relay_pool.pxi"
 include "relay_fastpath.pxi"
 include "relay_tunnel.pxi"
 include "relay_stats.pxi"
+include "relay_forward.pxi"

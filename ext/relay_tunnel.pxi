@@ -1,5 +1,8 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
-# Tunnels and holding: splice(), splice_held(), Tunnel, TunnelEnd, Holding.
+# Tunnels and holding: splice(), splice_held(), Tunnel, TunnelEnd, Holding; CONNECT setup
+# (TunnelSetup).
+
+cdef bytes CONNECT_OK = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
 cdef class Tunnel:
     """Two ends, the shared idle deadline and the byte counts.
@@ -170,3 +173,119 @@ cpdef Tunnel splice(a, b, bytes to_b, bytes to_a, double idle, deadlines, on_clo
         deadlines.add(tunnel)
     return tunnel
 
+
+
+cdef class TunnelPeer:
+    """What the access log prints as the upstream of a tunnel (`name`)."""
+
+    cdef public str name
+
+    def __init__(self, str name):
+        self.name = name
+
+
+cdef class TunnelSetup:
+    """CONNECT after admission (RFC 9110 9.3.6): connect to the allowed addresses in order,
+    answer 200, then splice the two sockets; a 502/504 naming the last failure otherwise.
+
+    One connect task per address and the worker's deadline sweep for the connect timeout
+    (no coroutine of our own, no wait_for), since a tunnel per connection makes setup cost
+    count. The access log line is written when the tunnel ends, with the bytes both ways
+    (the client's upload as received, the download as sent).
+    """
+
+    cdef ClientConnection conn
+    cdef Request req
+    cdef str host, addr, last
+    cdef long port
+    cdef tuple addrs
+    cdef Py_ssize_t next
+    cdef int status
+    cdef double timeout, idle
+    cdef object task, loop, deadlines
+    cdef public double deadline
+
+    def __init__(self, ClientConnection conn, Request req, str host, long port, tuple addrs,
+                 double timeout, double idle):
+        self.conn = conn
+        self.req = req
+        self.host = host
+        self.port = port
+        self.addrs = addrs
+        self.next = 0
+        self.timeout = timeout
+        self.idle = idle
+        self.loop = conn.loop
+        self.deadlines = conn.ls.deadlines
+        self.deadline = 0.0
+        self.task = None
+        self.last = "no address"
+        self.status = 502
+
+    cpdef start(self):
+        """Connect to the first address (then the next on failure)."""
+        cdef Py_ssize_t i = self.next
+        if i >= len(self.addrs):
+            if self.conn.state != S_CLOSED and self.conn.req is self.req:
+                self.conn.respond_error(self.status, self.last)
+            return
+        self.next = i + 1
+        self.addr = self.addrs[i]
+        self.task = self.loop.create_task(
+            self.loop.create_connection(Holding, self.addr, self.port))
+        self.task.add_done_callback(self._connected)
+        if self.timeout:
+            self.deadline = _now() + self.timeout
+            self.deadlines.add(self)
+
+    cpdef on_timeout(self):
+        """The connect took longer than upstream_connect: give up on this address."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def _connected(self, task):
+        self.task = None
+        if self.deadline:
+            self.deadline = 0.0
+        self.deadlines.discard(self)
+        cdef ClientConnection conn = self.conn
+        if task.cancelled():
+            self.last, self.status = f"{self._where()} timed out", 504
+        else:
+            exc = task.exception()
+            if exc is None:
+                transport, held = task.result()
+                if conn.state == S_CLOSED or conn.req is not self.req:
+                    transport.close()
+                    return
+                self._established(held)
+                return
+            # OSError: refused, unreachable, ...; anything else is answered the same way.
+            reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+            self.last, self.status = f"{self._where()} failed: {reason}", 502
+        if conn.state == S_CLOSED or conn.req is not self.req:
+            return
+        self.start()
+
+    cdef str _where(self):
+        return f"connect to {self.host}:{self.port} ({self.addr})"
+
+    cdef _established(self, Holding held):
+        cdef ClientConnection conn = self.conn
+        addr = self.addr
+        conn.status = 200
+        conn.resp_started = True
+        conn.server = TunnelPeer(f"{self.host}:{self.port}" if ":" not in addr
+                                 else f"[{addr}]:{self.port}")
+        conn.twrite(CONNECT_OK)
+        early = conn.take_buffered()
+        conn.tunnel(held, early, b"", self.idle, self._closed)
+
+    def _closed(self, long long up, long long down):
+        cdef ClientConnection conn = self.conn
+        conn.req = self.req
+        conn.received = up
+        conn.sent = down
+        conn.upstream_time = -1.0
+        conn.log()
+        conn.req = None

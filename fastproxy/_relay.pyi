@@ -129,6 +129,58 @@ class FastForward:
     def __init__(self, handler: Any) -> None: ...
     def forward(self, conn: ClientConnection, req: Any) -> bool: ...
 
+class ForwardRoute:
+    """An admission the forward handler memoised (client, destination, method)."""
+
+    expires: float
+    scheme: bytes
+    host: str
+    host_b: bytes
+    port: int
+    decision: Any
+    allowed: Any
+    origins: Any
+    addrs: tuple[str, ...]
+    group: tuple[bytes, str, int]
+    pool: ConnectionPool | None
+    rule: str
+    log_extra: dict
+    host_line: bytes
+    drop: tuple[bytes, ...] | None
+    extra_10: bytes | None
+    extra_11: bytes | None
+    no_xff: bool
+
+    def __init__(self, expires: float, scheme: bytes, host: str, host_b: bytes, port: int,
+                 decision: Any, allowed: Any, origins: Any, addrs: tuple[str, ...],
+                 pool: ConnectionPool | None, rule: str, host_line: bytes,
+                 drop: tuple[bytes, ...] | None, extra_10: bytes | None,
+                 extra_11: bytes | None, no_xff: bool = ...) -> None: ...
+
+class RouteMemo:
+    """(client address, target prefix, method) -> ForwardRoute, until it expires."""
+
+    def __init__(self, max_size: int = ...) -> None: ...
+    def get(self, client: str, req: Any) -> ForwardRoute | None: ...
+    def put(self, client: str, req: Any, route: ForwardRoute) -> None: ...
+    def __len__(self) -> int: ...
+
+class ForwardFast(FastForward):
+    """The forward handler's memoised requests sent or tunnelled in C."""
+
+class TunnelPeer:
+    name: str
+    def __init__(self, name: str) -> None: ...
+
+class TunnelSetup:
+    """CONNECT after admission: connect to the addresses in order, 200, splice."""
+
+    deadline: float
+    def __init__(self, conn: ClientConnection, req: Any, host: str, port: int,
+                 addrs: tuple[str, ...], timeout: float, idle: float) -> None: ...
+    def start(self) -> None: ...
+    def on_timeout(self) -> None: ...
+
 class Tunnel:
     deadline: float
     done: bool

@@ -238,6 +238,30 @@ class Anonymizer:
         self._per_host[host] = found
         return found
 
+    def fixed_plan(self, host: str, client_ip: str
+                   ) -> tuple[tuple[bytes, ...], bytes, bytes, bool] | None:
+        """(drop, extra for HTTP/1.0, extra for HTTP/1.1, only without X-Forwarded-For): what
+        `plan` answers for every request from `client_ip` to `host`, or (last item True) for
+        every such request that carries no X-Forwarded-For; None when it reads more of the
+        request (elite). The compiled forward path keeps it per client and destination."""
+        if self.level == "elite":
+            return None
+        drop = self._drop
+        extra = b""
+        ruled: frozenset = frozenset()
+        if self._rules:
+            rule_drop, extra, ruled = self._for_host(host)
+            if rule_drop:
+                drop = drop + rule_drop
+        if b"via" in ruled:
+            extra_10 = extra_11 = extra
+        else:
+            extra_10, extra_11 = self._via[10] + extra, self._via[11] + extra
+        if self.level == "transparent" and b"x-forwarded-for" not in ruled:
+            xff = b"X-Forwarded-For: " + _unmapped(client_ip).encode() + b"\r\n"
+            return drop, xff + extra_10, xff + extra_11, True
+        return drop, extra_10, extra_11, False
+
     def plan(self, request, client_ip: str, host: str) -> tuple[tuple[bytes, ...], bytes]:
         """(drop, extra) for forward_head: lowercase names to remove, header lines to add.
 

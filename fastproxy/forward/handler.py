@@ -13,15 +13,22 @@ to a byte tunnel after the 200.
 
 Authentication and DNS may need to wait; the request then waits off the hot path (a
 task per such request; a request whose answers are cached is dispatched at once).
+
+An admission is memoised (RouteMemo: client, target prefix, method -> ForwardRoute) until
+the resolver's answer or ROUTE_TTL runs out, unless an ACL rule reads the URL. The
+compiled path (relay.ForwardFast) serves requests from the memo: it checks credentials
+through the authenticator's cache, then does what _route/_head/_connect_allowed do with
+the route's precomputed pieces; anything it does not cover comes here. CONNECT setup is
+compiled for both (relay.TunnelSetup).
 """
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 
 from fastproxy import _http
 from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, ConnectionPool,
-                              Holding)
+                              ForwardFast, ForwardRoute, RouteMemo, TunnelSetup)
 from fastproxy.forward.acl import Acl
 from fastproxy.forward.anonymity import Anonymizer
 from fastproxy.forward.auth import Authenticator
@@ -37,7 +44,6 @@ TARGET_AUTHORITY = _http.TARGET_AUTHORITY
 split_absolute = _http.split_absolute
 split_authority = _http.split_authority
 
-CONNECT_OK = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 CRLF = b"\r\n"
 # Fields that never go to the destination: the proxy's own credentials (RFC 9110 11.7.2)
 # and Host, which the target's authority replaces (RFC 9112 3.2.2).
@@ -49,6 +55,8 @@ ROUTE_CACHE_MAX = 4096
 
 class ForwardHandler:
     """Dispatches requests of one forward listener."""
+
+    DROP_ALWAYS = DROP_ALWAYS   # read by the compiled path (relay.ForwardFast)
 
     def __init__(self, rt, lcfg) -> None:
         self.rt = rt
@@ -63,16 +71,14 @@ class ForwardHandler:
         self.limits = RateLimits(lcfg.rate_limit)
         self.limit_conns = lcfg.rate_limit.max_connections > 0
         self.connection_hooks = self.limit_conns  # the relay calls connection_made/lost
-        self.fast = None                          # no compiled path in forward mode
         self.limit_rate = lcfg.rate_limit.rate > 0
         self.resolver = Resolver(settings.resolver)
         self.tls = lcfg.tls_cert is not None
-        # Recent admissions: (client, scheme, host, port, method) -> (expires, host,
-        # decision, allowed addresses, their set as bytes for the cache). Only when no rule
-        # reads the URL (then the ACL's answer depends on nothing else), and never longer
-        # than the DNS cache would keep the addresses.
-        self.routes: dict | None = {} if not any(r.url for r in settings.acl.rules) else None
-        self.route_ttl = min(settings.resolver.positive_ttl, ROUTE_TTL)
+        # Recent admissions (client, target prefix, method) -> ForwardRoute, reused here and
+        # by the compiled path. Only when no rule reads the URL (then the ACL's answer
+        # depends on nothing else), and never longer than the DNS cache keeps the addresses.
+        self.memo: RouteMemo | None = (RouteMemo(ROUTE_CACHE_MAX)
+                                       if not any(r.url for r in settings.acl.rules) else None)
         # Phase two is a pure function of the phase-one decision and the addresses (both
         # shared objects while cached), so its answer is kept: (decision, addrs) ->
         # (allowed, refusal, origins).
@@ -80,7 +86,27 @@ class ForwardHandler:
         # A pool per destination (address, port, scheme, TLS name); created on demand.
         self.pools: dict[tuple, ConnectionPool] = {}
         self.pool_cfg = UpstreamGroupConfig(name="forward", servers=())
-        self.cache = None   # the listener's caching.CacheLayer, set by the server
+        self._cache = None
+        self.fast = self._fast_path()
+
+    @property
+    def cache(self):
+        """The listener's CacheLayer (set by the server after construction), or None."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, layer) -> None:
+        self._cache = layer
+        self.fast = self._fast_path()
+
+    def _fast_path(self) -> ForwardFast | None:
+        """The compiled common path (relay.ForwardFast) where this listener allows it: it
+        reuses memoised admissions, so none without a memo; rate limits and the cache must
+        see every request first."""
+        if (self.memo is None or self.limit_rate or self._cache is not None
+                or os.environ.get("FASTPROXY_NO_FASTPATH")):  # debugging, differential tests
+            return None
+        return ForwardFast(self)
 
     # -- connection-level hooks (called by the relay) -------------------------------
 
@@ -149,17 +175,19 @@ class ForwardHandler:
         except (_http.ParseError, HostError) as exc:
             conn.respond_error(400, f"bad request target: {exc}")
             return
-        if scheme not in (b"http", b"https", b"tcp"):
+        if scheme not in (b"http", b"https") and form == TARGET_ABSOLUTE:
+            # "tcp" names a CONNECT tunnel inside this handler: never from a URL, or a GET
+            # would open a tunnel past connect_ports.
             conn.respond_error(400, f"unsupported URL scheme {scheme.decode('latin-1')!r}")
             return
-        if self.routes is not None:
-            hit = self.routes.get((conn.client_ip, scheme, host_b, port, req.method))
-            if hit is not None and hit[0] > time.monotonic():
+        memo = self.memo
+        if memo is not None:
+            route = memo.get(conn.client_ip, req)
+            if route is not None:
                 # The same client reached the same destination a moment ago: the ACL's
                 # answer and the resolved, allowed addresses are still valid.
-                _expires, host, decision, allowed, origins = hit
-                self._route(conn, req, (scheme, host, host_b, port, path, decision), allowed,
-                            origins)
+                self._route(conn, req, (scheme, host, host_b, port, path, route.decision),
+                            route.allowed, route.origins)
                 return
         decision = self.acl.check_request(conn.client_ip, host, port, req.method, req.target)
         if not decision.allow:
@@ -241,12 +269,32 @@ class ForwardHandler:
         if not allowed:
             self._deny(conn, refusal)
             return
-        if self.routes is not None:
-            if len(self.routes) >= ROUTE_CACHE_MAX:
-                self.routes.clear()
-            self.routes[(conn.client_ip, scheme, host_b, port, req.method)] = (
-                time.monotonic() + self.route_ttl, host, decision, allowed, origins)
+        if self.memo is not None:
+            route = self._new_route(conn.client_ip, target, allowed, origins)
+            if route.expires > time.monotonic():    # not when the resolver keeps nothing
+                self.memo.put(conn.client_ip, req, route)
         self._route(conn, req, target, allowed, origins)
+
+    def _new_route(self, client_ip: str, target, allowed, origins) -> ForwardRoute:
+        """What the memo keeps of an admission: the decision, the addresses and, for the
+        compiled path, the pool and the head edits that do not depend on the request."""
+        scheme, host, host_b, port, _path, decision = target
+        addrs = tuple(a for a, _ in allowed)
+        expires = min(time.monotonic() + ROUTE_TTL, self.resolver.expires(host))
+        pool = self._pool(addrs[0], scheme, host, port) if scheme != b"tcp" else None
+        host_line = _host_line(scheme, host_b, port)
+        fixed = self.anonymizer.fixed_plan(host, client_ip)
+        if fixed is None:
+            drop = extra_10 = extra_11 = None
+            no_xff = False
+        else:
+            drop = fixed[0] + DROP_ALWAYS
+            extra_10 = fixed[1] + host_line
+            extra_11 = fixed[2] + host_line
+            no_xff = fixed[3]
+        return ForwardRoute(expires, scheme, host, host_b, port, decision, allowed, origins,
+                            addrs, pool, allowed[0][1].rule, host_line, drop, extra_10,
+                            extra_11, no_xff)
 
     def _route(self, conn, req, target, allowed, origins) -> None:
         """Fully admitted: the cache may answer (from these addresses only), else connect."""
@@ -259,7 +307,9 @@ class ForwardHandler:
     def _connect_allowed(self, conn, req, target, allowed, more: bytes) -> None:
         scheme, host, host_b, port, path, decision = target
         if scheme == b"tcp":
-            self.rt.loop.create_task(self._tunnel(conn, req, host, port, allowed))
+            t = self.rt.timeouts
+            TunnelSetup(conn, req, host, port, tuple(a for a, _ in allowed),
+                        t.upstream_connect, t.tunnel_idle).start()
             return
         head = self._head(conn, req, scheme, host, host_b, port, path, more)
         conn.upgrade_sent = req.upgrade is not None and upgrade_plan(req, self.upgrade)[1] != b""
@@ -271,9 +321,7 @@ class ForwardHandler:
     def _head(self, conn, req, scheme, host, host_b, port, path, more: bytes = b"") -> bytes:
         drop, extra = self.anonymizer.plan(req, conn.client_ip, host)
         drop = drop + DROP_ALWAYS
-        default_port = 443 if scheme == b"https" else 80
-        authority = host_b if port == default_port else host_b + b":%d" % port
-        extra += b"Host: " + authority + CRLF
+        extra += _host_line(scheme, host_b, port)
         if req.expect_continue:
             drop += (b"expect",)
         if conn.body_kind == _http.BODY_CHUNKED:
@@ -339,55 +387,10 @@ class ForwardHandler:
             return   # the cache answered (stale-if-error, or the error with Cache-Status)
         conn.respond_error(status, detail)
 
-    # -- CONNECT ------------------------------------------------------------------
 
-    async def _tunnel(self, conn, req, host: str, port: int, allowed) -> None:
-        """RFC 9110 9.3.6: connect, answer 200, then relay bytes both ways."""
-        loop = self.rt.loop
-        timeout = self.rt.timeouts.upstream_connect
-        last = "no address"
-        status = 502
-        for addr, _final in allowed:
-            try:
-                transport, pending = await asyncio.wait_for(
-                    loop.create_connection(Holding, addr, port), timeout)
-            except asyncio.TimeoutError:
-                last, status = f"connect to {host}:{port} ({addr}) timed out", 504
-                continue
-            except OSError as exc:
-                last, status = (f"connect to {host}:{port} ({addr}) failed: "
-                                f"{exc.strerror or exc.__class__.__name__}", 502)
-                continue
-            if conn.state == STATE_CLOSED or conn.req is not req:
-                transport.close()
-                return
-            conn.status = 200
-            conn.resp_started = True
-            conn.server = _Addr(f"{host}:{port}" if ":" not in addr else f"[{addr}]:{port}")
-            conn.transport.write(CONNECT_OK)
-            early = conn.take_buffered()
-            started = loop.time()
-            conn.tunnel(pending, early, b"", self.rt.timeouts.tunnel_idle,
-                        lambda up, down: self._tunnel_closed(conn, req, up, down, started))
-            return
-        if conn.state != STATE_CLOSED and conn.req is req:
-            conn.respond_error(status, last)
-
-    def _tunnel_closed(self, conn, req, up: int, down: int, started: float) -> None:
-        # The access log line of a CONNECT is written when the tunnel ends, with bytes
-        # both ways (the client's upload as received, the download as sent).
-        conn.req = req
-        conn.received = up
-        conn.sent = down
-        conn.upstream_time = -1.0
-        conn.log()
-        conn.req = None
-
-
-class _Addr:
-    """What the access log prints as the upstream of a tunnel."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+def _host_line(scheme: bytes, host_b: bytes, port: int) -> bytes:
+    """The Host field for the destination: the target's authority (RFC 9112 3.2.2), the
+    port only when it is not the scheme's default."""
+    default_port = 443 if scheme == b"https" else 80
+    authority = host_b if port == default_port else host_b + b":%d" % port
+    return b"Host: " + authority + CRLF

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -263,6 +264,14 @@ class Resolver:
         if isinstance(result, ResolveError):
             raise result
         return cast("tuple[str, ...]", result)
+
+    def expires(self, host: str) -> float:
+        """When the answer `cached(host)` gives stops being valid (this resolver's clock):
+        never for an IP literal, the past when nothing is cached."""
+        if is_ip_literal(host):
+            return math.inf
+        entry = self._cache.get(host)
+        return entry[0] if entry is not None else 0.0
 
     async def resolve(self, host: str) -> tuple[str, ...]:
         """Addresses (canonical strings, in getaddrinfo's preference order) for a normalised host."""

@@ -360,3 +360,37 @@ def test_from_table_names_unknown_keys():
     assert AnonymityConfig.from_table({"level": "elite"}).level == "elite"
     with pytest.raises(ValueError, match=r"^mode: unknown key"):
         AnonymityConfig.from_table({"mode": "elite"})
+
+
+@pytest.mark.parametrize("config", [
+    AnonymityConfig(),
+    AnonymityConfig(level="transparent", via="edge"),
+    AnonymityConfig(level="elite"),
+    AnonymityConfig(rules=(HeaderRule(hosts=(".example",), remove=("Cookie", "Via"),
+                                      set={"User-Agent": "P/1"}),)),
+    AnonymityConfig(level="transparent", rules=(HeaderRule(remove=("X-Forwarded-For",)),)),
+    AnonymityConfig(level="transparent", rules=(HeaderRule(set={"Via": "1.1 other"}),)),
+])
+@pytest.mark.parametrize("client", ["10.0.0.7", "::ffff:10.0.0.8", "2001:db8::1"])
+def test_fixed_plan_is_plan_for_every_request_it_covers(config, client):
+    # The compiled forward path keeps fixed_plan per client and destination instead of
+    # calling plan: for every request it covers, the two must be the same answer.
+    from fastproxy._http import RequestParser
+
+    anon = Anonymizer(config)
+    heads = [b"GET http://a.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+             b"GET http://a.example/ HTTP/1.0\r\nHost: a\r\nCookie: c\r\n\r\n",
+             b"GET http://a.example/ HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n"
+             b"Via: 1.1 x\r\nX-Forwarded-Proto: http\r\n\r\n"]
+    for host in ("a.example", "other.test"):
+        fixed = anon.fixed_plan(host, client)
+        if config.level == "elite":
+            assert fixed is None
+            continue
+        drop, extra_10, extra_11, no_xff = fixed
+        for head in heads:
+            req = RequestParser().feed(head)
+            if no_xff and req.get(b"x-forwarded-for") is not None:
+                continue   # not covered: the compiled path asks plan()
+            extra = extra_11 if req.version == 11 else extra_10
+            assert anon.plan(req, client, host) == (drop, extra), (host, head)
