@@ -52,6 +52,7 @@ from fastproxy.addresses import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
+from fastproxy.cache import entry
 from fastproxy.cache.peers import HOP, PeerRing
 from fastproxy.cache.ranges import respond_hit
 from fastproxy.cache.shared import SharedTier
@@ -82,6 +83,9 @@ LOG_SHARED = {"cache": "HIT-SHARED"}
 LOG_PEER = {"cache": "PEER"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
+# Stored bodies up to this size are encoded at once (about a millisecond at the
+# configured levels); larger ones a slice per loop turn.
+ENCODE_INLINE = 256 * 1024
 
 
 def _body_len(buffers) -> int:
@@ -131,6 +135,8 @@ class WorkerCache:
         self.refresh_failures = 0
         self.peer_asked = 0       # misses sent to the fleet node owning the key
         self.peer_failed = 0      # ... whose owner failed (then fetched here)
+        self.encoded = 0          # copies of stored responses encoded (one per coding)
+        self.encoding: dict[bytes, asyncio.Future] = {}   # copies being made, by key
         self.shared = (SharedTier(config.shared, config.keep_stale)
                        if config.shared is not None else None)
 
@@ -146,6 +152,7 @@ class WorkerCache:
             "evictions": ring["evictions"], "expirations": ring["expirations"],
             "entries": ring["entries"], "bytes": ring["bytes"], "capacity": ring["capacity"],
             "peer_asked": self.peer_asked, "peer_failed": self.peer_failed,
+            "encoded": self.encoded,
             **(self.shared.stats if self.shared is not None else {}),
         }
 
@@ -222,6 +229,11 @@ class CacheLayer:
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
         self.peers: PeerRing | None = None     # a peers.PeerRing when this node is part of a caching fleet
+        # The listener's compression (proxy/compress.Compression), None when off: set
+        # by the worker through `compress_with`.
+        self.compression = None
+        self.negotiate = None
+        self.codings: tuple = ()
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -229,6 +241,25 @@ class CacheLayer:
                          self.wc.config.zero_copy_min - 1)
         self.wc.fast.append(fast)
         return fast
+
+    def compress_with(self, compression) -> None:
+        """Store what this listener compresses once per negotiated coding (issue 13).
+
+        A response the listener would encode is stored as its identity variant (Vary
+        stub naming keys.CODING); a hit whose coding has no copy yet encodes one from
+        the stored identity response, stores it, and answers from it, so every later hit
+        in that coding is a stored response like any other (no compression per hit).
+        """
+        self.compression = compression
+        self.negotiate = compression.coding_for if compression is not None else None
+        self.codings = compression.offered if compression is not None else ()
+
+    def codings_for(self, resp) -> tuple:
+        """The codings resp is stored for (see compress_with); () when not encoded here."""
+        if self.compression is None or self.compression.inspect(resp.status,
+                                                                resp.headers()) is None:
+            return ()
+        return self.codings
 
     # -- keys -------------------------------------------------------------------
 
@@ -264,10 +295,11 @@ class CacheLayer:
 
     # -- the request ------------------------------------------------------------
 
-    def handle(self, conn, req, ctx=None, origins=None) -> None:
+    def handle(self, conn, req, ctx=None, origins=None, encoded: bool = False) -> None:
         """Answer req from the cache, wait for a coalesced request, or send it upstream.
 
-        `origins`: forward mode's admitted destination addresses (see the module doc)."""
+        `origins`: forward mode's admitted destination addresses (see the module doc);
+        `encoded`: an encoded copy was just made for req (do not try again)."""
         method = req.method
         if method == PURGE:
             self.purge(conn, req)
@@ -281,12 +313,16 @@ class CacheLayer:
             self.go(conn, req, key, None, False, LOG_BYPASS, ctx, origins)
             return
         now = _time()
-        lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins)
+        lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins,
+                              self.negotiate)
         kind = lk.kind
         if kind is HIT:
             self.wc.hits += 1
             _log(conn, LOG_HIT)
             respond_hit(conn, req, lk)
+            return
+        if lk.coding is not None and not encoded and self.encode_copy(
+                conn, req, key, lk.coding, ctx, origins):
             return
         if kind is STALE:
             self.wc.stale += 1
@@ -351,7 +387,8 @@ class CacheLayer:
                 wc.coalescer.finish(key, None)
             return     # the client left while Redis answered
         if stored:
-            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
+                              self.negotiate)
             if found.kind is HIT:
                 wc.hits += 1
                 _log(conn, LOG_SHARED)
@@ -381,7 +418,11 @@ class CacheLayer:
 
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
-        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
+                              self.negotiate)
+        if lk.coding is not None and lk.kind is not HIT and self.encode_copy(
+                conn, req, key, lk.coding, ctx, origins):
+            return
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
@@ -398,6 +439,55 @@ class CacheLayer:
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
+
+    # -- encoded copies (compress_with) -------------------------------------------
+
+    def encode_copy(self, conn, req, key: bytes, coding: bytes, ctx, origins) -> bool:
+        """Make the copy of the stored identity response in req's coding, then answer
+        req from the cache; False when there is no fresh identity response to encode."""
+        wc = self.wc
+        found = self.cache.identity_for(req, key, _time(), coding)
+        if found is None:
+            return False
+        st, ckey = found
+        waiting = wc.encoding.get(ckey)
+        if waiting is None:
+            _, fields = entry.parse_head(st.head)
+            head = self.compression.head_for(st.status, fields, coding)
+            if head is None:
+                return False    # not encoded by this listener's settings (a reload)
+            body = st.body
+            if len(body) <= ENCODE_INLINE:
+                self._store_copy(st, ckey, head, self.compression.encode(coding, body))
+                self.handle(conn, req, ctx, origins, True)
+                return True
+            # A large body is encoded a slice per loop turn; requests for the same copy
+            # meanwhile wait for it instead of encoding it again.
+            waiting = wc.encoding[ckey] = self.loop.create_future()
+            task = self.loop.create_task(self._encode_large(st, ckey, head, coding, waiting))
+            wc.tasks.add(task)
+            task.add_done_callback(wc.tasks.discard)
+        waiting.add_done_callback(lambda _: self._after_encode(conn, req, ctx, origins))
+        return True
+
+    def _store_copy(self, st, ckey: bytes, head: list, data: bytes) -> None:
+        if self.cache.store_encoded(st, ckey, head, data, _time()):
+            self.wc.encoded += 1
+        else:
+            self.wc.store_failures += 1
+
+    async def _encode_large(self, st, ckey: bytes, head: list, coding: bytes, done) -> None:
+        try:
+            self._store_copy(st, ckey, head, await self.compression.encode_async(coding,
+                                                                                  st.body))
+        finally:
+            self.wc.encoding.pop(ckey, None)
+            done.set_result(None)
+
+    def _after_encode(self, conn, req, ctx, origins) -> None:
+        if conn.req is not req or conn.state == STATE_CLOSED:
+            return   # the client left while the copy was made
+        self.handle(conn, req, ctx, origins, True)
 
     # -- stale-while-revalidate ------------------------------------------------
 
@@ -433,7 +523,7 @@ class CacheLayer:
                 decision = cache.storable(req, resp, t_response)
                 if decision and body is not None:
                     if cache.store(req, key, resp, body, t_request, t_response, decision,
-                                   origin):
+                                   origin, self.codings_for(resp)):
                         wc.stores += 1
                 else:
                     # The new response may not be stored: the old one must not be served
@@ -620,13 +710,15 @@ class _Exchange:
             if conn.status == resp.status:
                 body = b"".join(parts)
                 if resp.body != BODY_LENGTH or len(body) == resp.content_length:
+                    codings = layer.codings_for(resp)
                     stored = layer.cache.store(self.req, self.key, resp, body, self.t_request,
-                                               self.t_response, self.decision, self.origin)
+                                               self.t_response, self.decision, self.origin,
+                                               codings)
                     if stored:
                         layer.wc.stores += 1
                         if layer.wc.shared is not None:
                             layer.wc.shared.share_from(layer.cache.ring, self.key, self.req,
-                                                       bool(self.decision.vary))
+                                                       bool(self.decision.vary or codings))
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:
