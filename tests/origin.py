@@ -26,7 +26,8 @@ Responses built by send() carry `X-Origin: <port>` so balancing tests see who an
                      status=N, delay=S, chunked=1, size=N (body length), cut=1 (send
                      half the body, then close), location=..., content_location=...,
                      force304=1 (304 to any If-None-Match), cdn=CDN-Cache-Control,
-                     fcc=Fastproxy-Cache-Control, drop=1 (close without answering);
+                     fcc=Fastproxy-Cache-Control, drop=1 (close without answering),
+                     ctype=Content-Type;
                      the body says how many times the URL was asked for; Date always.
                      `Origin.override[path]` (a dict of the same parameters) wins over
                      the query; `Origin.count(target)` is how often a target was asked.
@@ -222,6 +223,8 @@ class Origin:
             fields.append(("Cache-Control", p["cc"]))
         if "cdn" in p:
             fields.append(("CDN-Cache-Control", p["cdn"]))
+        if "ctype" in p:
+            fields.append(("Content-Type", p["ctype"]))
         if "fcc" in p:
             fields.append(("Fastproxy-Cache-Control", p["fcc"]))
         etag = p.get("etag")
