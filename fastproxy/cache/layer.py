@@ -54,7 +54,7 @@ from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
 from fastproxy.cache import entry
 from fastproxy.cache.peers import HOP, PeerRing
-from fastproxy.cache.ranges import respond_hit
+from fastproxy.cache.ranges import respond_fetched, respond_hit
 from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
@@ -340,10 +340,8 @@ class CacheLayer:
             if self.coalesce and req.cache_control is None:
                 coalescer = self.wc.coalescer
                 fut: asyncio.Future | None
-                if is_get:
-                    leader, fut = coalescer.begin(key)
-                else:
-                    fut = coalescer.pending(key)   # a HEAD never leads: it stores nothing
+                # A HEAD miss is filled with a GET (fill below): it leads as a GET does.
+                leader, fut = coalescer.begin(key)
                 if not leader and fut is not None:
                     _Follower(self, conn, req, key, fut, ctx, origins)
                     return
@@ -370,9 +368,76 @@ class CacheLayer:
             wc.tasks.add(task)
             task.add_done_callback(wc.tasks.discard)
             return
-        wc.misses += 1
+        self.miss(conn, req, key, lk, leader, ctx, origins)
+
+    def miss(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
+        """Nothing stored answers req: fill the cache with a GET for a HEAD or a Range
+        request, else send req upstream."""
+        self.wc.misses += 1
+        if lk.stored is None and (req.method == HEAD or req.get(b"range") is not None):
+            target = self.handler.refresh_target(conn, req, b"", ctx)
+            if target is not None:
+                task = self.loop.create_task(self._fill(conn, req, key, lk, leader, ctx,
+                                                        origins, target))
+                self.wc.tasks.add(task)
+                task.add_done_callback(self.wc.tasks.discard)
+                return
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
+
+    async def _fill(self, conn, req, key, lk, leader: bool, ctx, origins, target) -> None:
+        """Fetch the whole response with a GET, store it, and answer req (a HEAD, or a
+        GET with Range) from it, as Varnish and nginx's proxy_cache do on a miss.
+
+        A response too large to store answers a HEAD with its head; a Range request for
+        it goes upstream as it is (the origin cuts the range). A fetch that fails sends
+        req upstream the usual way (retries, the error answer)."""
+        wc = self.wc
+        host, port, ssl, server_hostname, head = target
+        try:
+            t_request = _time()
+            resp, body = await fetch(host, port, _as_full_get(head), ssl=ssl,
+                                     server_hostname=server_hostname,
+                                     timeout=self.refresh_timeout, max_head=self.max_head,
+                                     max_body=self.max_object_size)
+        except (FetchError, asyncio.TimeoutError, OSError):
+            resp = body = None
+        gone = conn.req is not req or conn.state == STATE_CLOSED
+        stored = False
+        try:
+            if resp is None or (body is None and req.method != HEAD):
+                if not gone:
+                    self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
+                return
+            t_response = _time()
+            as_get = _AsGet(req)
+            decision = self.cache.storable(as_get, resp, t_response)
+            if decision and body is not None:
+                origin = host.encode() if origins is not None else b""
+                stored = self.cache.store(as_get, key, resp, body, t_request, t_response,
+                                          decision, origin, self.codings_for(resp))
+                if stored:
+                    wc.stores += 1
+            if gone:
+                return
+            _log(conn, LOG_MISS)
+            extra = self.extra(conn, req)
+            status = self.cache.status_field(lk, decision, resp.status, stored=stored)
+            if stored:
+                found = self.cache.lookup(req, key, _time(), extra, origins, self.negotiate)
+                if found.kind is HIT:
+                    # The stored response, with this exchange's Cache-Status (not a hit).
+                    found.buffers = ([found.buffers[0], b"Age: 0\r\n" + extra + status
+                                      + b"\r\n"] + found.buffers[2:])
+                    respond_hit(conn, req, found)
+                    return
+                if found.coding is not None and self.encode_copy(conn, req, key, found.coding,
+                                                                 ctx, origins):
+                    return
+            respond_fetched(conn, req, resp, body, extra + status)
+        finally:
+            if leader:
+                wc.coalescer.finish(key, True if stored else None)
 
     async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Answer a local miss from the shared tier, or send it upstream as before."""
@@ -398,9 +463,7 @@ class CacheLayer:
                 return
             if found.kind is not GATEWAY_TIMEOUT:
                 lk = found      # stale there too: revalidate it
-        wc.misses += 1
-        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
-                ctx, origins)
+        self.miss(conn, req, key, lk, leader, ctx, origins)
 
     def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None,
            peer=None) -> None:
@@ -771,3 +834,25 @@ class _Exchange:
         if self.lookup is None:
             return b"Cache-Status: " + self.layer.name + b"; fwd=bypass\r\n"
         return self.layer.cache.status_field(self.lookup)
+
+
+class _AsGet:
+    """A HEAD request seen as the GET that fills the cache for it (policy reads these)."""
+
+    __slots__ = ("req",)
+    method = GET
+
+    def __init__(self, req) -> None:
+        self.req = req
+
+    def __getattr__(self, name):
+        return getattr(self.req, name)
+
+
+def _as_full_get(head: bytes) -> bytes:
+    """A forwarded request head as a GET of the whole representation (no Range)."""
+    if head.startswith(b"HEAD "):
+        head = b"GET " + head[5:]
+    lines = head.split(b"\r\n")
+    return b"\r\n".join(ln for ln in lines if not ln.lower().startswith((b"range:",
+                                                                        b"if-range:")))
