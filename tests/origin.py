@@ -130,6 +130,7 @@ class _Conn(asyncio.Protocol):
             "body_len": self.body_len, "body_sha256": self.body_hash.hexdigest(),
         }
         url = self.url
+        self.server.completed.append(info)
         self._reset()
         asyncio.ensure_future(self.server.respond(self, method, url, info, keep))
 
@@ -149,6 +150,7 @@ class Origin:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.connections = 0
         self.requests: list = []
+        self.completed: list = []  # the info dict of each complete request (body length, sha256)
         self.port = 0
         self.ident = b""          # "X-Origin: <port>" once bound (on responses built by send)
         self.health_status = 200  # what /health answers

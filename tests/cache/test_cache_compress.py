@@ -17,7 +17,6 @@ import brotli
 import pytest
 import zstandard
 
-import test_cache_proxy
 from test_cache_proxy import admin, admin_port, get, is_hit, status_of, u
 
 TEXT = "text/html; charset=utf-8"
