@@ -13,6 +13,10 @@ routing. What happens next depends on the lookup (`fastproxy.cache.HttpCache`, R
                            invalidates after unsafe methods (4.4)
     PURGE                  from clients in `cache.purge_allow` only: drop the URL (a
                            target ending in "*" drops the prefix)
+    HEAD or Range, miss    fill.py: fetch the whole response with a GET, store it,
+                           answer from it
+    coding without a copy  fill.py (compressing listener): encode the stored identity
+                           response once, store the copy, answer from it
 
 Concurrent GET misses for one URL are coalesced: the first goes upstream, the others wait
 (up to `coalesce_timeout`) and answer from what it stored, or go upstream themselves when
@@ -52,9 +56,9 @@ from fastproxy.addresses import CidrSet, client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer, HttpCache, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
-from fastproxy.cache import entry
 from fastproxy.cache.peers import HOP, PeerRing
-from fastproxy.cache.ranges import respond_fetched, respond_hit
+from fastproxy.cache.fill import encode_copy, fill
+from fastproxy.cache.ranges import respond_hit
 from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
@@ -83,9 +87,6 @@ LOG_SHARED = {"cache": "HIT-SHARED"}
 LOG_PEER = {"cache": "PEER"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
-# Stored bodies up to this size are encoded at once (about a millisecond at the
-# configured levels); larger ones a slice per loop turn.
-ENCODE_INLINE = 256 * 1024
 
 
 def _body_len(buffers) -> int:
@@ -207,6 +208,8 @@ class WorkerCache:
 class CacheLayer:
     """The cache step of one listener: lookup, coalescing, PURGE; `_Exchange` does the rest."""
 
+    LOG_MISS = LOG_MISS       # for fill.py, which cannot import this module
+
     def __init__(self, wc: WorkerCache, handler, scheme: bytes, via: bytes, loop,
                  timeouts, limits, index: int = 0) -> None:
         self.wc = wc
@@ -321,8 +324,8 @@ class CacheLayer:
             _log(conn, LOG_HIT)
             respond_hit(conn, req, lk)
             return
-        if lk.coding is not None and not encoded and self.encode_copy(
-                conn, req, key, lk.coding, ctx, origins):
+        if lk.coding is not None and not encoded and encode_copy(
+                self, conn, req, key, lk.coding, ctx, origins):
             return
         if kind is STALE:
             self.wc.stale += 1
@@ -370,6 +373,10 @@ class CacheLayer:
             return
         self.miss(conn, req, key, lk, leader, ctx, origins)
 
+    def note_miss(self, conn) -> None:
+        """The access log's cache field for a request answered after a miss."""
+        _log(conn, LOG_MISS)
+
     def miss(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Nothing stored answers req: fill the cache with a GET for a HEAD or a Range
         request, else send req upstream."""
@@ -377,67 +384,13 @@ class CacheLayer:
         if lk.stored is None and (req.method == HEAD or req.get(b"range") is not None):
             target = self.handler.refresh_target(conn, req, b"", ctx)
             if target is not None:
-                task = self.loop.create_task(self._fill(conn, req, key, lk, leader, ctx,
-                                                        origins, target))
+                task = self.loop.create_task(fill(self, conn, req, key, lk, leader, ctx,
+                                                  origins, target))
                 self.wc.tasks.add(task)
                 task.add_done_callback(self.wc.tasks.discard)
                 return
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
-
-    async def _fill(self, conn, req, key, lk, leader: bool, ctx, origins, target) -> None:
-        """Fetch the whole response with a GET, store it, and answer req (a HEAD, or a
-        GET with Range) from it, as Varnish and nginx's proxy_cache do on a miss.
-
-        A response too large to store answers a HEAD with its head; a Range request for
-        it goes upstream as it is (the origin cuts the range). A fetch that fails sends
-        req upstream the usual way (retries, the error answer)."""
-        wc = self.wc
-        host, port, ssl, server_hostname, head = target
-        try:
-            t_request = _time()
-            resp, body = await fetch(host, port, _as_full_get(head), ssl=ssl,
-                                     server_hostname=server_hostname,
-                                     timeout=self.refresh_timeout, max_head=self.max_head,
-                                     max_body=self.max_object_size)
-        except (FetchError, asyncio.TimeoutError, OSError):
-            resp = body = None
-        gone = conn.req is not req or conn.state == STATE_CLOSED
-        stored = False
-        try:
-            if resp is None or (body is None and req.method != HEAD):
-                if not gone:
-                    self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
-                return
-            t_response = _time()
-            as_get = _AsGet(req)
-            decision = self.cache.storable(as_get, resp, t_response)
-            if decision and body is not None:
-                origin = host.encode() if origins is not None else b""
-                stored = self.cache.store(as_get, key, resp, body, t_request, t_response,
-                                          decision, origin, self.codings_for(resp))
-                if stored:
-                    wc.stores += 1
-            if gone:
-                return
-            _log(conn, LOG_MISS)
-            extra = self.extra(conn, req)
-            status = self.cache.status_field(lk, decision, resp.status, stored=stored)
-            if stored:
-                found = self.cache.lookup(req, key, _time(), extra, origins, self.negotiate)
-                if found.kind is HIT:
-                    # The stored response, with this exchange's Cache-Status (not a hit).
-                    found.buffers = ([found.buffers[0], b"Age: 0\r\n" + extra + status
-                                      + b"\r\n"] + found.buffers[2:])
-                    respond_hit(conn, req, found)
-                    return
-                if found.coding is not None and self.encode_copy(conn, req, key, found.coding,
-                                                                 ctx, origins):
-                    return
-            respond_fetched(conn, req, resp, body, extra + status)
-        finally:
-            if leader:
-                wc.coalescer.finish(key, True if stored else None)
 
     async def _from_shared(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
         """Answer a local miss from the shared tier, or send it upstream as before."""
@@ -461,6 +414,14 @@ class CacheLayer:
                     wc.coalescer.finish(key, True)
                 respond_hit(conn, req, found)
                 return
+            if found.coding is not None:
+                # The identity response came from the tier; this client's coding is
+                # made from it here (its waiters look again for themselves).
+                if leader:
+                    wc.coalescer.finish(key, None)
+                    leader = False
+                if encode_copy(self, conn, req, key, found.coding, ctx, origins):
+                    return
             if found.kind is not GATEWAY_TIMEOUT:
                 lk = found      # stale there too: revalidate it
         self.miss(conn, req, key, lk, leader, ctx, origins)
@@ -483,8 +444,8 @@ class CacheLayer:
         """A coalesced request's leader finished (or the wait timed out)."""
         lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
                               self.negotiate)
-        if lk.coding is not None and lk.kind is not HIT and self.encode_copy(
-                conn, req, key, lk.coding, ctx, origins):
+        if lk.coding is not None and lk.kind is not HIT and encode_copy(
+                self, conn, req, key, lk.coding, ctx, origins):
             return
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
@@ -502,55 +463,6 @@ class CacheLayer:
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
-
-    # -- encoded copies (compress_with) -------------------------------------------
-
-    def encode_copy(self, conn, req, key: bytes, coding: bytes, ctx, origins) -> bool:
-        """Make the copy of the stored identity response in req's coding, then answer
-        req from the cache; False when there is no fresh identity response to encode."""
-        wc = self.wc
-        found = self.cache.identity_for(req, key, _time(), coding)
-        if found is None:
-            return False
-        st, ckey = found
-        waiting = wc.encoding.get(ckey)
-        if waiting is None:
-            _, fields = entry.parse_head(st.head)
-            head = self.compression.head_for(st.status, fields, coding)
-            if head is None:
-                return False    # not encoded by this listener's settings (a reload)
-            body = st.body
-            if len(body) <= ENCODE_INLINE:
-                self._store_copy(st, ckey, head, self.compression.encode(coding, body))
-                self.handle(conn, req, ctx, origins, True)
-                return True
-            # A large body is encoded a slice per loop turn; requests for the same copy
-            # meanwhile wait for it instead of encoding it again.
-            waiting = wc.encoding[ckey] = self.loop.create_future()
-            task = self.loop.create_task(self._encode_large(st, ckey, head, coding, waiting))
-            wc.tasks.add(task)
-            task.add_done_callback(wc.tasks.discard)
-        waiting.add_done_callback(lambda _: self._after_encode(conn, req, ctx, origins))
-        return True
-
-    def _store_copy(self, st, ckey: bytes, head: list, data: bytes) -> None:
-        if self.cache.store_encoded(st, ckey, head, data, _time()):
-            self.wc.encoded += 1
-        else:
-            self.wc.store_failures += 1
-
-    async def _encode_large(self, st, ckey: bytes, head: list, coding: bytes, done) -> None:
-        try:
-            self._store_copy(st, ckey, head, await self.compression.encode_async(coding,
-                                                                                  st.body))
-        finally:
-            self.wc.encoding.pop(ckey, None)
-            done.set_result(None)
-
-    def _after_encode(self, conn, req, ctx, origins) -> None:
-        if conn.req is not req or conn.state == STATE_CLOSED:
-            return   # the client left while the copy was made
-        self.handle(conn, req, ctx, origins, True)
 
     # -- stale-while-revalidate ------------------------------------------------
 
@@ -835,24 +747,3 @@ class _Exchange:
             return b"Cache-Status: " + self.layer.name + b"; fwd=bypass\r\n"
         return self.layer.cache.status_field(self.lookup)
 
-
-class _AsGet:
-    """A HEAD request seen as the GET that fills the cache for it (policy reads these)."""
-
-    __slots__ = ("req",)
-    method = GET
-
-    def __init__(self, req) -> None:
-        self.req = req
-
-    def __getattr__(self, name):
-        return getattr(self.req, name)
-
-
-def _as_full_get(head: bytes) -> bytes:
-    """A forwarded request head as a GET of the whole representation (no Range)."""
-    if head.startswith(b"HEAD "):
-        head = b"GET " + head[5:]
-    lines = head.split(b"\r\n")
-    return b"\r\n".join(ln for ln in lines if not ln.lower().startswith((b"range:",
-                                                                        b"if-range:")))

@@ -520,43 +520,6 @@ class HttpCache:
             self.ring.delete(variant_key(key_base, epoch, vary, request, coding))
         return variant_key(key_base, epoch, vary, request)
 
-    # ------------------------------------------------------------------ encoded copies
-
-    def identity_for(self, request, key_base: bytes, now: float,
-                     coding: bytes) -> tuple[entry.Stored, bytes] | None:
-        """(the fresh identity response, the key of its copy encoded with coding) for a
-        request whose encoded copy is missing; None when there is no such response."""
-        stub = self.ring.get(key_base, now)
-        if stub is None or stub[0] != entry.KIND_STUB:
-            return None
-        names, epoch = entry.decode_stub(stub)
-        if CODING not in names:
-            return None
-        value = self.ring.get(variant_key(key_base, epoch, names, request), now)
-        if value is None or value[0] != entry.KIND_RESPONSE:
-            return None
-        st = entry.Stored(bytes(value))
-        if st.flags & entry.NO_CACHE or st.lifetime <= st.age(now):
-            return None     # it needs the origin first: the request goes upstream
-        return st, variant_key(key_base, epoch, names, request, coding)
-
-    def store_encoded(self, st: entry.Stored, key: bytes, fields: list, body: bytes,
-                      now: float) -> bool:
-        """Store a copy of st encoded by the listener (fields: its head, no Content-Length)
-        under key, with st's freshness; its ETag is the weak form (RFC 9110 8.8.3)."""
-        status_line = st.head.split(b"\r\n", 1)[0]
-        head = entry.build_head(status_line, fields + [(b"Content-Length", b"%d" % len(body))])
-        etag = st.etag
-        if etag and not etag.startswith(b"W/"):
-            etag = b"W/" + etag
-        parts = entry.encode(st.status, st.flags | entry.ENCODED, head, body, etag,
-                             st.last_modified, st.response_time, st.corrected_initial_age,
-                             st.lifetime, st.swr, st.sie, st.ims_basis, st.origin)
-        expires = (_INF if (etag or st.last_modified) else
-                   st.response_time - st.corrected_initial_age + st.lifetime
-                   + max(st.swr, st.sie, self.config.keep_stale))
-        return self.ring.set(key, parts, expires=expires, now=now)
-
     def _lifetime(self, response, cc: CacheControl, date_value: float, last_modified: float | None) -> float:
         # RFC 9111 4.2.1: s-maxage, then max-age, then Expires - Date, then 4.2.2.
         if b"s-maxage" in cc:
