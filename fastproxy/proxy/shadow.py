@@ -52,11 +52,8 @@ class Shadow:
                 (kind != _http.BODY_LENGTH and kind != _http.BODY_CHUNKED):
             self.too_large += 1
             return
-        try:
-            conn.body_tap = _BodyCopy(self, loop, head, key)
-        except AttributeError:
-            # A connection without the relay's tap (an HTTP/2 stream): no copy of it.
-            self.dropped += 1
+        # Every exchange runs on a relay ClientConnection (an HTTP/2 stream too).
+        conn.body_tap = _BodyCopy(self, loop, head, key)
 
     def _send_copy(self, loop, head: bytes, body: bytes, key) -> None:
         if self.in_flight >= self.max_in_flight:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -125,7 +127,6 @@ def test_a_silent_shadow_never_slows_a_request_with_a_body(start_proxy, two, tmp
 
 
 def test_max_body_is_checked(tmp_path):
-    import subprocess
     import sys
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\nupstream = "a"\n'
@@ -137,3 +138,18 @@ def test_max_body_is_checked(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith(
         "fastproxy: listeners[0].routes[0].shadow.max_body: expected a size from 0B to 16MiB")
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2-client) not installed")
+def test_an_http2_request_body_is_copied_too(start_proxy, two, tmp_path):
+    primary, shadow = two
+    p = start_proxy("serve", "--config", config(tmp_path, primary.url, shadow.url))
+    body = os.urandom(3000)
+    (tmp_path / "body.bin").write_bytes(body)
+    # nghttp speaks h2c with prior knowledge: each stream is a relay connection of its own.
+    r = subprocess.run(["nghttp", "-d", str(tmp_path / "body.bin"),
+                        f"http://127.0.0.1:{p.port}/echo"], capture_output=True, timeout=20)
+    assert r.returncode == 0 and b'"method": "POST"' in r.stdout, r.stderr
+    assert wait_for(lambda: len(shadow.completed) == 1)
+    copy = shadow.completed[0]
+    assert copy["body_len"] == 3000 and copy["body_sha256"] == hashlib.sha256(body).hexdigest()
