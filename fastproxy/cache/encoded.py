@@ -43,7 +43,7 @@ def store_encoded(cache, st: entry.Stored, key: bytes, fields: list, body: bytes
     etag = st.etag
     if etag and not etag.startswith(b"W/"):
         etag = b"W/" + etag
-    parts = entry.encode(st.status, st.flags | entry.ENCODED, head, body, etag,
+    parts = entry.encode(st.status, st.flags | entry.ENCODED | entry.CODED, head, body, etag,
                          st.last_modified, st.response_time, st.corrected_initial_age,
                          st.lifetime, st.swr, st.sie, st.ims_basis, st.origin)
     expires = (math.inf if (etag or st.last_modified) else

@@ -465,7 +465,7 @@ class HttpCache:
             lm_raw = b""     # an invalid validator cannot be sent back
         etag = response.get(b"etag") or b""
         lifetime = self._lifetime(response, cc, date_value, last_modified)
-        flags = 0
+        flags = entry.CODED if codings else 0
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
             flags |= entry.MUST_REVALIDATE
         if b"no-cache" in cc:
@@ -584,13 +584,12 @@ class HttpCache:
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
         merged += [(n, v) for n, v in new_fields if n.lower() in replace]
         if st.flags & entry.ENCODED:
-            # An encoded copy keeps what encoding made of its head: the weak ETag (the
-            # 304 names the identity bytes) and Accept-Encoding in Vary.
+            # An encoded copy keeps the weak ETag (the 304 names the identity bytes).
             merged = [(n, b"W/" + v if n.lower() == b"etag" and not v.startswith(b"W/")
                        else v) for n, v in merged]
-            if replace & {b"vary"} and not any(
-                    b"accept-encoding" in v.lower() for n, v in merged if n.lower() == b"vary"):
-                merged.append((b"Vary", b"Accept-Encoding"))
+        if st.flags & entry.CODED and b"vary" in replace and not any(
+                b"accept-encoding" in v.lower() for n, v in merged if n.lower() == b"vary"):
+            merged.append((b"Vary", b"Accept-Encoding"))   # the listener's, whatever the 304 says
         view = entry.Fields(merged, st.status)
         cc = response_cache_control(view, self._targeted)
         if cc.malformed or b"no-store" in cc or b"private" in cc:
@@ -611,7 +610,7 @@ class HttpCache:
             flags |= entry.MUST_REVALIDATE
         if b"no-cache" in cc:
             flags |= entry.NO_CACHE
-        flags |= st.flags & entry.ENCODED
+        flags |= st.flags & (entry.ENCODED | entry.CODED)
         swr = sie = 0.0
         if not flags & entry.MUST_REVALIDATE:
             swr = _directive_seconds(cc, b"stale-while-revalidate",

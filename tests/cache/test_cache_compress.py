@@ -191,3 +191,20 @@ def test_what_is_not_compressed_is_stored_as_before(cproxy, origin):
     r, body, ce = fetch(cproxy, t, "gzip", headers={"Cache-Control": "no-transform"})
     assert is_hit(r) and ce is None and len(body) == 3000
     assert stats(cproxy)["encoded"] == 0
+
+
+def test_a_304_with_its_own_vary_keeps_accept_encoding_in_the_answers(cproxy, origin):
+    # The origin varies on Accept-Language; the listener adds Accept-Encoding. A 304 that
+    # repeats the origin's Vary must not drop the listener's part of it.
+    t = u("ce9", cc="max-age=1", etag='"v9"', ctype=TEXT, size="3000", vary="Accept-Language")
+    for ae in (None, "br", "br"):
+        fetch(cproxy, t, ae)
+    time.sleep(1.3)
+    for ae, want in ((None, None), ("br", "br")):
+        r, body, ce = fetch(cproxy, t, ae)
+        assert "fwd-status=304" in status_of(r) and ce == want, status_of(r)
+        vary = [m.strip().lower() for m in r.getheader("Vary").split(",")]
+        assert "accept-encoding" in vary and "accept-language" in vary, vary
+        r, body, ce = fetch(cproxy, t, ae)
+        assert is_hit(r) and "accept-encoding" in r.getheader("Vary").lower()
+    assert origin.count(t) == 3
