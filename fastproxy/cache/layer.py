@@ -58,7 +58,7 @@ from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
 from fastproxy.cache.peers import HOP, PeerRing
 from fastproxy.cache.fill import encode_copy, fill
-from fastproxy.cache.ranges import respond_hit
+from fastproxy.cache.ranges import hit_buffers, respond_hit
 from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
@@ -609,9 +609,9 @@ class _Exchange:
         self.peer = None           # (group, server) when the request went to the owning peer
 
     def _answer(self, conn, hit) -> list:
-        """Replace the upstream response with hit's buffers (relay hook)."""
-        buffers = hit.buffers
-        conn.status = hit.status
+        """Replace the upstream response with hit's buffers, or the range of it the
+        request asks for (relay hook)."""
+        buffers, conn.status = hit_buffers(self.req, hit)
         conn.sent += _body_len(buffers)
         return buffers
 
@@ -735,8 +735,8 @@ class _Exchange:
             if hit is not None:
                 layer.wc.stale += 1
                 _log(conn, LOG_STALE_ERROR)
-                buffers = hit.buffers
-                conn.respond(buffers, hit.status, _body_len(buffers))
+                buffers, status = hit_buffers(self.req, hit)
+                conn.respond(buffers, status, _body_len(buffers))
                 return True
         conn.respond_error(status, detail, self.status_line())
         return True

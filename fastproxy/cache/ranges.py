@@ -91,15 +91,20 @@ def answer(lookup, request, tail: bytes) -> list | None:
     return [head, tail, memoryview(body)[a:b + 1]]
 
 
-def respond_hit(conn, req, lk) -> None:
-    """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
+def hit_buffers(req, lk) -> tuple[list, int]:
+    """(buffers, status) of a HIT or STALE lookup's answer: the stored response, or a
+    206/416 for a Range."""
     buffers = lk.buffers
-    status = lk.status
     if req.get(b"range") is not None:
         ranged = answer(lk, req, buffers[1])
         if ranged is not None:
-            buffers = ranged
-            status = 206 if len(ranged) == 3 else 416
+            return ranged, 206 if len(ranged) == 3 else 416
+    return buffers, lk.status
+
+
+def respond_hit(conn, req, lk) -> None:
+    """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
+    buffers, status = hit_buffers(req, lk)
     conn.respond(buffers, status, len(buffers[2]) if len(buffers) == 3 else 0)
 
 

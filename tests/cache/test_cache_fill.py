@@ -123,3 +123,17 @@ def test_stale_if_error_on_a_closed_connection_respects_must_revalidate(cache_pr
     r, body = get(cache_proxy, u("sc3", cc="max-age=1, stale-if-error=60", etag='"x"'))
     assert r.status == 200 and body.startswith(b"/c/sc3 #1")
     assert "stale-if-error" in status_of(r)
+
+
+def test_a_range_on_a_stale_entry_is_cut_from_the_revalidated_response(cache_proxy, origin):
+    t = u("fr5", cc="max-age=1, stale-if-error=60", etag='"r5"', size="100")
+    r, whole = get(cache_proxy, t)
+    time.sleep(1.3)
+    r, part = get(cache_proxy, t, headers={"Range": "bytes=0-9"})
+    assert r.status == 206 and part == whole[:10], (r.status, status_of(r))
+    assert "fwd-status=304" in status_of(r)
+    # The same when the origin is gone and stale-if-error answers.
+    time.sleep(1.3)
+    origin.override["/c/fr5"] = {"drop": "1"}
+    r, part = get(cache_proxy, t, headers={"Range": "bytes=90-"})
+    assert r.status == 206 and part == whole[90:] and "stale-if-error" in status_of(r)
