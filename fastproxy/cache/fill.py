@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fastproxy import _http
 from fastproxy._relay import STATE_CLOSED
 from fastproxy.cache import entry
 from fastproxy.cache.encoded import identity_for, store_encoded
@@ -91,6 +92,8 @@ async def fill(layer, conn, req, key, lk, leader: bool, ctx, origins, target) ->
     req upstream the usual way (retries, the error answer)."""
     wc = layer.wc
     host, port, ssl, server_hostname, head = target
+    resp: _http.Response | None = None
+    body: bytes | None = None
     try:
         t_request = _time()
         resp, body = await fetch(host, port, _as_full_get(head), ssl=ssl,
@@ -98,7 +101,7 @@ async def fill(layer, conn, req, key, lk, leader: bool, ctx, origins, target) ->
                                  timeout=layer.refresh_timeout, max_head=layer.max_head,
                                  max_body=layer.max_object_size)
     except (FetchError, asyncio.TimeoutError, OSError):
-        resp = body = None
+        resp = None
     gone = conn.req is not req or conn.state == STATE_CLOSED
     stored = False
     try:
