@@ -317,7 +317,7 @@ class CacheLayer:
             return
         now = _time()
         lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins,
-                              self.negotiate)
+                               self.negotiate)
         kind = lk.kind
         if kind is HIT:
             self.wc.hits += 1
@@ -406,7 +406,7 @@ class CacheLayer:
             return     # the client left while Redis answered
         if stored:
             found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
-                              self.negotiate)
+                                      self.negotiate)
             if found.kind is HIT:
                 wc.hits += 1
                 _log(conn, LOG_SHARED)
@@ -443,7 +443,7 @@ class CacheLayer:
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
         lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
-                              self.negotiate)
+                               self.negotiate)
         if lk.coding is not None and lk.kind is not HIT and encode_copy(
                 self, conn, req, key, lk.coding, ctx, origins):
             return
