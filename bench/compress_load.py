@@ -1,6 +1,6 @@
 """Compressed responses through the proxy: fastproxy `--compress` against nginx `gzip on`.
 
-    python -m bench.compress_load [--duration 5] [--connections 32] [--encoding gzip]
+    python -m bench.compress_load [--duration 5] [--connections 32] [--encoding gzip] [--cache]
 
 One nginx origin serves a 64 KiB generated HTML page (bench/textcorpus.py); nginx
 (`gzip on`, level 1, its default) and fastproxy (`[compression]`, the same encoding only)
@@ -10,6 +10,10 @@ CPU-second, and fastproxy/nginx per CPU-second. Issue 13's goal: at least 1.0x n
 CPU-second at a comparable ratio. fastproxy is the installed one, or the one on an
 absolute PYTHONPATH (the proxies run in a temporary directory). A fastproxy whose relay
 has no response-body filter slot sends identity: its row then says so instead of a number.
+
+`--cache` puts a cache in both (nginx `proxy_cache`, fastproxy `[cache]`): every request
+after the first is a hit. nginx compresses each hit again (its gzip filter runs after the
+cache); fastproxy stores one copy per coding and serves hits from it (issue 13).
 """
 from __future__ import annotations
 
@@ -28,16 +32,17 @@ from bench.wrk import run_wrk
 PAGE = "page.html"
 
 
-def _nginx_gzip(tmp: Path, port: int, origin_port: int) -> str:
-    main = configs.nginx_proxy(tmp, port, origin_port, cache=False)
+def _nginx_gzip(tmp: Path, port: int, origin_port: int, cache: bool = False) -> str:
+    main = configs.nginx_proxy(tmp, port, origin_port, cache=cache)
     return main.replace("    server {\n", "    gzip on;\n    gzip_comp_level 1;\n"
                         "    gzip_proxied any;\n    gzip_vary on;\n    gzip_min_length 256;\n"
                         "    gzip_types text/plain text/css application/json "
                         "application/javascript;\n    server {\n", 1)
 
 
-def run(duration: int = 5, connections: int = 32, encoding: str = "gzip") -> list[dict]:
-    """Rows for fastproxy and nginx relaying a compressed 64 KiB page."""
+def run(duration: int = 5, connections: int = 32, encoding: str = "gzip",
+        cache: bool = False) -> list[dict]:
+    """Rows for fastproxy and nginx relaying (or, with cache, serving) a compressed 64 KiB page."""
     import fastproxy._relay
     slot = hasattr(fastproxy._relay.ListenerSettings, "filter_factory")
     rows = []
@@ -54,13 +59,14 @@ def run(duration: int = 5, connections: int = 32, encoding: str = "gzip") -> lis
                                                   "types { text/html html; }"))
         sup.spawn("origin", ["taskset", "-c", "1", "nginx", "-c", str(tmp / "origin.conf"),
                              "-p", str(tmp / "origin")])
-        (tmp / "nginx.conf").write_text(_nginx_gzip(tmp / "proxy", n_port, o_port))
+        (tmp / "nginx.conf").write_text(_nginx_gzip(tmp / "proxy", n_port, o_port, cache))
         nginx = sup.spawn("nginx", ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nginx.conf"),
                                     "-p", str(tmp / "proxy")])
         (tmp / "fp.toml").write_text(
             f'[[listeners]]\nlisten = "127.0.0.1:{f_port}"\nupstream = "o"\n'
             f'[upstreams.o]\nservers = ["http://127.0.0.1:{o_port}"]\n'
-            f'[compression]\nencodings = ["{encoding}"]\n')
+            f'[compression]\nencodings = ["{encoding}"]\n'
+            + ('[cache]\nsize = "64MiB"\n' if cache else ''))
         fp = sup.spawn("fastproxy", ["taskset", "-c", "0", sys.executable, "-m", "fastproxy",
                                      "serve", "--config", str(tmp / "fp.toml")])
         for port, proc in ((o_port, None), (n_port, nginx), (f_port, fp)):
@@ -100,9 +106,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--encoding", default="gzip", choices=("gzip", "br", "zstd"))
+    p.add_argument("--cache", action="store_true", help="both proxies cache (hits)")
     a = p.parse_args(argv)
     from bench.micro import table
-    print(table(run(a.duration, a.connections, a.encoding)))
+    print(table(run(a.duration, a.connections, a.encoding, a.cache)))
     return 0
 
 

@@ -106,6 +106,9 @@ cdef class ClientConnection:
     cdef public FreshHits fast_hits
     cdef public FastForward fast     # compiled common path of the handler, or None
     cdef public object server, replay, tried, group, log_extra, observer
+    # Called with each piece of the request body as it is forwarded (framing as sent
+    # upstream), then with None once the body is complete; None = no copy (shadowing).
+    cdef public object body_tap
     cdef public list held      # request body bytes read before an upstream connection
     cdef public long long held_bytes
     # Request buffering: (pool, head, pending, fresh) of a send_upstream that waits for
@@ -196,6 +199,7 @@ cdef class ClientConnection:
         self.deferred = None
         self.buffering = False
         self.body_filter = None
+        self.body_tap = None
 
     # -- the response sink (the exchange, see ext/relay.pyx) ----------------------
 
@@ -480,10 +484,13 @@ cdef class ClientConnection:
             if n:
                 self.body_left -= n
                 self.received += n
+                piece = _piece(data, pos, n)
+                if self.body_tap is not None:
+                    self.body_tap(piece)
                 if up is not None:
-                    up.write(_piece(data, pos, n))
+                    up.write(piece)
                 else:
-                    self._hold(_piece(data, pos, n))
+                    self._hold(piece)
             if self.body_left == 0:
                 self._request_complete()
             elif self.client_body:
@@ -503,6 +510,8 @@ cdef class ClientConnection:
                                           "limit")
                     return avail
                 piece = _chunked_out(dec, data, pos, n)
+                if piece and self.body_tap is not None:
+                    self.body_tap(piece)
                 if not piece:
                     pass
                 elif up is not None:
@@ -533,6 +542,10 @@ cdef class ClientConnection:
         self.body_done = True
         # A client that stopped reading while it still sent its body: see pause_writing.
         self.deadline = _now() + self.client_send if self.write_paused else 0.0
+        tap = self.body_tap
+        if tap is not None:
+            self.body_tap = None
+            tap(None)
         if self.state == S_BODY:
             self.state = S_WAIT
         if self.upstream is not None:

@@ -26,7 +26,8 @@ Responses built by send() carry `X-Origin: <port>` so balancing tests see who an
                      status=N, delay=S, chunked=1, size=N (body length), cut=1 (send
                      half the body, then close), location=..., content_location=...,
                      force304=1 (304 to any If-None-Match), cdn=CDN-Cache-Control,
-                     fcc=Fastproxy-Cache-Control, drop=1 (close without answering);
+                     fcc=Fastproxy-Cache-Control, drop=1 (close without answering),
+                     ctype=Content-Type;
                      the body says how many times the URL was asked for; Date always.
                      `Origin.override[path]` (a dict of the same parameters) wins over
                      the query; `Origin.count(target)` is how often a target was asked.
@@ -129,6 +130,7 @@ class _Conn(asyncio.Protocol):
             "body_len": self.body_len, "body_sha256": self.body_hash.hexdigest(),
         }
         url = self.url
+        self.server.completed.append(info)
         self._reset()
         asyncio.ensure_future(self.server.respond(self, method, url, info, keep))
 
@@ -148,6 +150,7 @@ class Origin:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.connections = 0
         self.requests: list = []
+        self.completed: list = []  # the info dict of each complete request (body length, sha256)
         self.port = 0
         self.ident = b""          # "X-Origin: <port>" once bound (on responses built by send)
         self.health_status = 200  # what /health answers
@@ -222,6 +225,8 @@ class Origin:
             fields.append(("Cache-Control", p["cc"]))
         if "cdn" in p:
             fields.append(("CDN-Cache-Control", p["cdn"]))
+        if "ctype" in p:
+            fields.append(("Content-Type", p["ctype"]))
         if "fcc" in p:
             fields.append(("Fastproxy-Cache-Control", p["fcc"]))
         etag = p.get("etag")

@@ -26,6 +26,8 @@ KIND_STUB = 2
 # flags
 MUST_REVALIDATE = 1     # must-revalidate, proxy-revalidate or s-maxage (RFC 9111 5.2.2.2, .8, .10)
 NO_CACHE = 2            # response no-cache: validate before every use (RFC 9111 5.2.2.4)
+ENCODED = 4             # a copy the listener encoded from the stored identity response
+CODED = 8               # stored under a stub naming keys.CODING: answers vary on the coding
 
 # kind, flags, status, head_len, etag_len, lm_len, then seconds: response_time,
 # corrected_initial_age, freshness_lifetime, stale-while-revalidate,

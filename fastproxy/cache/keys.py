@@ -36,10 +36,23 @@ def _normalise_vary_value(name: bytes, values: list[bytes]) -> bytes:
     return b",".join(members)
 
 
-def variant_key(key_base: bytes, epoch: int, names: tuple[bytes, ...], request) -> bytes:
-    """The key of request's variant under a Vary stub naming `names` (and its epoch)."""
+# A pseudo field name in a Vary stub (a colon never occurs in a field name, RFC 9110 5.1):
+# the listener encodes this response itself, and the coding it negotiates for a request
+# (not the raw Accept-Encoding text) selects the variant: identity or one copy per coding.
+CODING = b":coding"
+
+
+def variant_key(key_base: bytes, epoch: int, names: tuple[bytes, ...], request,
+                coding: bytes | None = None) -> bytes:
+    """The key of request's variant under a Vary stub naming `names` (and its epoch).
+
+    `coding` is the negotiated content coding when names hold CODING (None: identity).
+    """
     parts = [key_base, b"%016x" % epoch]
     for name in names:
+        if name == CODING:
+            parts.append(b"ce=" + (coding or b"identity"))
+            continue
         values = request.get_all(name)
         # NUL never occurs in a field value (RFC 9110 5.5), so it separates;
         # "-" and "=" tell an absent field from an empty one.
@@ -65,16 +78,3 @@ def resolve_ref(base: bytes, ref: bytes) -> bytes | None:
     target = (p.path or "/") + ("?" + p.query if p.query else "")
     return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
                      target.encode("latin-1"))
-
-
-def encoded_key(key: bytes, coding: bytes | None) -> bytes:
-    """The key of the stored copy of a response encoded with coding (None: identity).
-
-    Compression (proxy/compress.py) negotiates one coding per request; storing each
-    encoded copy under its own key (the variant key plus the coding) makes a compressed
-    hit one lookup and one write, as an identity hit is, with one compression per
-    variant instead of one per hit. The coding is what was negotiated, not the raw
-    Accept-Encoding, so "gzip, br" and "br;q=1, gzip;q=0.5" share the br copy.
-    NUL separates as in variant_key (it never occurs in a field value).
-    """
-    return key if coding is None else key + b"\x00ce=" + coding

@@ -13,6 +13,10 @@ routing. What happens next depends on the lookup (`fastproxy.cache.HttpCache`, R
                            invalidates after unsafe methods (4.4)
     PURGE                  from clients in `cache.purge_allow` only: drop the URL (a
                            target ending in "*" drops the prefix)
+    HEAD or Range, miss    fill.py: fetch the whole response with a GET, store it,
+                           answer from it
+    coding without a copy  fill.py (compressing listener): encode the stored identity
+                           response once, store the copy, answer from it
 
 Concurrent GET misses for one URL are coalesced: the first goes upstream, the others wait
 (up to `coalesce_timeout`) and answer from what it stored, or go upstream themselves when
@@ -53,7 +57,8 @@ from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, CacheConfig, Coalescer,
 from fastproxy.cache.policy import SAFE_METHODS, Decision
 from fastproxy.cache.fetch import FetchError, fetch
 from fastproxy.cache.peers import HOP, PeerRing
-from fastproxy.cache.ranges import respond_hit
+from fastproxy.cache.fill import encode_copy, fill
+from fastproxy.cache.ranges import hit_buffers, respond_hit
 from fastproxy.cache.shared import SharedTier
 
 BODY_NONE = _http.BODY_NONE
@@ -131,6 +136,8 @@ class WorkerCache:
         self.refresh_failures = 0
         self.peer_asked = 0       # misses sent to the fleet node owning the key
         self.peer_failed = 0      # ... whose owner failed (then fetched here)
+        self.encoded = 0          # copies of stored responses encoded (one per coding)
+        self.encoding: dict[bytes, asyncio.Future] = {}   # copies being made, by key
         self.shared = (SharedTier(config.shared, config.keep_stale)
                        if config.shared is not None else None)
 
@@ -148,6 +155,7 @@ class WorkerCache:
             # Segments a transport still writes from (large hits queued for slow readers).
             "pinned_segments": ring["pinned_segments"],
             "peer_asked": self.peer_asked, "peer_failed": self.peer_failed,
+            "encoded": self.encoded,
             **(self.shared.stats if self.shared is not None else {}),
         }
 
@@ -202,6 +210,8 @@ class WorkerCache:
 class CacheLayer:
     """The cache step of one listener: lookup, coalescing, PURGE; `_Exchange` does the rest."""
 
+    LOG_MISS = LOG_MISS       # for fill.py, which cannot import this module
+
     def __init__(self, wc: WorkerCache, handler, scheme: bytes, via: bytes, loop,
                  timeouts, limits, index: int = 0) -> None:
         self.wc = wc
@@ -224,6 +234,11 @@ class CacheLayer:
         self.max_head = limits.max_header_size
         self._prefixes: dict = {}
         self.peers: PeerRing | None = None     # a peers.PeerRing when this node is part of a caching fleet
+        # The listener's compression (proxy/compress.Compression), None when off: set
+        # by the worker through `compress_with`.
+        self.compression = None
+        self.negotiate = None
+        self.codings: tuple = ()
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -231,6 +246,25 @@ class CacheLayer:
                          self.wc.config.zero_copy_min - 1)
         self.wc.fast.append(fast)
         return fast
+
+    def compress_with(self, compression) -> None:
+        """Store what this listener compresses once per negotiated coding (issue 13).
+
+        A response the listener would encode is stored as its identity variant (Vary
+        stub naming keys.CODING); a hit whose coding has no copy yet encodes one from
+        the stored identity response, stores it, and answers from it, so every later hit
+        in that coding is a stored response like any other (no compression per hit).
+        """
+        self.compression = compression
+        self.negotiate = compression.coding_for if compression is not None else None
+        self.codings = compression.offered if compression is not None else ()
+
+    def codings_for(self, resp) -> tuple:
+        """The codings resp is stored for (see compress_with); () when not encoded here."""
+        if self.compression is None or self.compression.inspect(resp.status,
+                                                                resp.headers()) is None:
+            return ()
+        return self.codings
 
     # -- keys -------------------------------------------------------------------
 
@@ -266,10 +300,11 @@ class CacheLayer:
 
     # -- the request ------------------------------------------------------------
 
-    def handle(self, conn, req, ctx=None, origins=None) -> None:
+    def handle(self, conn, req, ctx=None, origins=None, encoded: bool = False) -> None:
         """Answer req from the cache, wait for a coalesced request, or send it upstream.
 
-        `origins`: forward mode's admitted destination addresses (see the module doc)."""
+        `origins`: forward mode's admitted destination addresses (see the module doc);
+        `encoded`: an encoded copy was just made for req (do not try again)."""
         method = req.method
         if method == PURGE:
             self.purge(conn, req)
@@ -283,12 +318,16 @@ class CacheLayer:
             self.go(conn, req, key, None, False, LOG_BYPASS, ctx, origins)
             return
         now = _time()
-        lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins)
+        lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins,
+                               self.negotiate)
         kind = lk.kind
         if kind is HIT:
             self.wc.hits += 1
             _log(conn, LOG_HIT)
             respond_hit(conn, req, lk)
+            return
+        if lk.coding is not None and not encoded and encode_copy(
+                self, conn, req, key, lk.coding, ctx, origins):
             return
         if kind is STALE:
             self.wc.stale += 1
@@ -306,10 +345,8 @@ class CacheLayer:
             if self.coalesce and req.cache_control is None:
                 coalescer = self.wc.coalescer
                 fut: asyncio.Future | None
-                if is_get:
-                    leader, fut = coalescer.begin(key)
-                else:
-                    fut = coalescer.pending(key)   # a HEAD never leads: it stores nothing
+                # A HEAD miss is filled with a GET (fill below): it leads as a GET does.
+                leader, fut = coalescer.begin(key)
                 if not leader and fut is not None:
                     _Follower(self, conn, req, key, fut, ctx, origins)
                     return
@@ -336,7 +373,24 @@ class CacheLayer:
             wc.tasks.add(task)
             task.add_done_callback(wc.tasks.discard)
             return
-        wc.misses += 1
+        self.miss(conn, req, key, lk, leader, ctx, origins)
+
+    def note_miss(self, conn) -> None:
+        """The access log's cache field for a request answered after a miss."""
+        _log(conn, LOG_MISS)
+
+    def miss(self, conn, req, key, lk, leader: bool, ctx, origins) -> None:
+        """Nothing stored answers req: fill the cache with a GET for a HEAD or a Range
+        request, else send req upstream."""
+        self.wc.misses += 1
+        if lk.stored is None and (req.method == HEAD or req.get(b"range") is not None):
+            target = self.handler.refresh_target(conn, req, b"", ctx)
+            if target is not None:
+                task = self.loop.create_task(fill(self, conn, req, key, lk, leader, ctx,
+                                                  origins, target))
+                self.wc.tasks.add(task)
+                task.add_done_callback(self.wc.tasks.discard)
+                return
         self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
                 ctx, origins)
 
@@ -353,7 +407,8 @@ class CacheLayer:
                 wc.coalescer.finish(key, None)
             return     # the client left while Redis answered
         if stored:
-            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+            found = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
+                                      self.negotiate)
             if found.kind is HIT:
                 wc.hits += 1
                 _log(conn, LOG_SHARED)
@@ -361,11 +416,17 @@ class CacheLayer:
                     wc.coalescer.finish(key, True)
                 respond_hit(conn, req, found)
                 return
+            if found.coding is not None:
+                # The identity response came from the tier; this client's coding is
+                # made from it here (its waiters look again for themselves).
+                if leader:
+                    wc.coalescer.finish(key, None)
+                    leader = False
+                if encode_copy(self, conn, req, key, found.coding, ctx, origins):
+                    return
             if found.kind is not GATEWAY_TIMEOUT:
                 lk = found      # stale there too: revalidate it
-        wc.misses += 1
-        self.go(conn, req, key, lk, leader, LOG_REVALIDATE if lk.conditional else LOG_MISS,
-                ctx, origins)
+        self.miss(conn, req, key, lk, leader, ctx, origins)
 
     def go(self, conn, req, key, lk, leader: bool, log: dict, ctx, origins=None,
            peer=None) -> None:
@@ -383,7 +444,11 @@ class CacheLayer:
 
     def after_wait(self, conn, req, key, shared, ctx, origins=None) -> None:
         """A coalesced request's leader finished (or the wait timed out)."""
-        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins)
+        lk = self.cache.lookup(req, key, _time(), self.extra(conn, req), origins,
+                               self.negotiate)
+        if lk.coding is not None and lk.kind is not HIT and encode_copy(
+                self, conn, req, key, lk.coding, ctx, origins):
+            return
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
@@ -435,7 +500,7 @@ class CacheLayer:
                 decision = cache.storable(req, resp, t_response)
                 if decision and body is not None:
                     if cache.store(req, key, resp, body, t_request, t_response, decision,
-                                   origin):
+                                   origin, self.codings_for(resp)):
                         wc.stores += 1
                 else:
                     # The new response may not be stored: the old one must not be served
@@ -546,9 +611,9 @@ class _Exchange:
         self.peer = None           # (group, server) when the request went to the owning peer
 
     def _answer(self, conn, hit) -> list:
-        """Replace the upstream response with hit's buffers (relay hook)."""
-        buffers = hit.buffers
-        conn.status = hit.status
+        """Replace the upstream response with hit's buffers, or the range of it the
+        request asks for (relay hook)."""
+        buffers, conn.status = hit_buffers(self.req, hit)
         conn.sent += _body_len(buffers)
         return buffers
 
@@ -622,13 +687,15 @@ class _Exchange:
             if conn.status == resp.status:
                 body = b"".join(parts)
                 if resp.body != BODY_LENGTH or len(body) == resp.content_length:
+                    codings = layer.codings_for(resp)
                     stored = layer.cache.store(self.req, self.key, resp, body, self.t_request,
-                                               self.t_response, self.decision, self.origin)
+                                               self.t_response, self.decision, self.origin,
+                                               codings)
                     if stored:
                         layer.wc.stores += 1
                         if layer.wc.shared is not None:
                             layer.wc.shared.share_from(layer.cache.ring, self.key, self.req,
-                                                       bool(self.decision.vary))
+                                                       bool(self.decision.vary or codings))
                     else:
                         layer.wc.store_failures += 1
         elif self.req.method not in SAFE_METHODS and self.key is not None:
@@ -670,8 +737,8 @@ class _Exchange:
             if hit is not None:
                 layer.wc.stale += 1
                 _log(conn, LOG_STALE_ERROR)
-                buffers = hit.buffers
-                conn.respond(buffers, hit.status, _body_len(buffers))
+                buffers, status = hit_buffers(self.req, hit)
+                conn.respond(buffers, status, _body_len(buffers))
                 return True
         conn.respond_error(status, detail, self.status_line())
         return True
@@ -681,3 +748,4 @@ class _Exchange:
         if self.lookup is None:
             return b"Cache-Status: " + self.layer.name + b"; fwd=bypass\r\n"
         return self.layer.cache.status_field(self.lookup)
+

@@ -46,7 +46,7 @@ from .directives import (
     strong_match,
     weak_match,
 )
-from .keys import origin_of, resolve_ref, variant_key
+from .keys import CODING, origin_of, resolve_ref, variant_key
 from .targeted import response_cache_control
 
 # Lookup kinds
@@ -84,6 +84,7 @@ class Lookup:
     stale_if_error = False              # serve_stale() allowed if upstream fails
     stored: entry.Stored | None = None  # the entry (non-HIT kinds)
     client_304 = False                  # buffers are a 304 for the client's conditional
+    coding: bytes | None = None         # vary-miss: the missing encoded copy's coding
 
     def __init__(self, kind: str, fwd: str = "", detail: str = "") -> None:
         self.kind = kind
@@ -171,11 +172,13 @@ class HttpCache:
     # ------------------------------------------------------------------ lookup
 
     def lookup(self, request, key_base: bytes, now: float, extra: bytes = b"",
-               origins=None) -> Lookup:
+               origins=None, negotiate=None) -> Lookup:
         """Decide how to answer request from the cache; `extra` lines go into served heads.
 
         `origins` (forward mode): the addresses, as bytes, this client was admitted to for
         the request's destination; an entry fetched from any other address is not used.
+        `negotiate(request)`: the content coding the listener would answer with (None:
+        identity), which selects the variant of a response stored with `codings`.
         """
         method = request.method
         if method != b"GET" and method != b"HEAD":
@@ -190,10 +193,14 @@ class HttpCache:
         key = key_base
         if value[0] == entry.KIND_STUB:
             names, epoch = entry.decode_stub(value)
-            key = variant_key(key_base, epoch, names, request)
+            coding = (negotiate(request) if negotiate is not None and CODING in names
+                      else None)
+            key = variant_key(key_base, epoch, names, request, coding)
             value = self._get(key, now)
             if value is None:
-                return self._miss(rcc, "vary-miss")
+                out = self._miss(rcc, "vary-miss")
+                out.coding = coding
+                return out
         (_, flags, status, head_len, etag_len, lm_len, response_time, corrected_initial_age,
          lifetime, _, _, _, origin_len) = _unpack_meta(value)
         hs = _META_SIZE + etag_len + lm_len
@@ -427,10 +434,15 @@ class HttpCache:
 
     def store(self, request, key_base: bytes, response, body: bytes,
               request_time: float, response_time: float,
-              decision: Decision | None = None, origin: bytes = b"") -> bool:
+              decision: Decision | None = None, origin: bytes = b"",
+              codings: tuple = ()) -> bool:
         """Store a complete response (body dechunked); return True if it was stored.
 
         `origin` is the address it came from (forward mode; see lookup's `origins`).
+        `codings`: the listener encodes this response itself with these codings; it is
+        stored as the identity variant of a stub naming CODING (with `Vary:
+        Accept-Encoding`, which its answers carry), and the encoded copies of the
+        response it replaces are dropped (`store_encoded` makes new ones on demand).
         """
         if decision is None:
             decision = self.storable(request, response, response_time)
@@ -453,7 +465,7 @@ class HttpCache:
             lm_raw = b""     # an invalid validator cannot be sent back
         etag = response.get(b"etag") or b""
         lifetime = self._lifetime(response, cc, date_value, last_modified)
-        flags = 0
+        flags = entry.CODED if codings else 0
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
             flags |= entry.MUST_REVALIDATE
         if b"no-cache" in cc:
@@ -467,6 +479,13 @@ class HttpCache:
                 and not (sie and not flags & entry.NO_CACHE)):
             return False     # it could never be reused
 
+        vary = decision.vary
+        if codings:
+            # The origin's own Accept-Encoding dependence is this listener's now: it
+            # answers every client from the identity bytes, in the coding it negotiates.
+            vary = tuple(n for n in vary if n != b"accept-encoding") + (CODING,)
+            if b"accept-encoding" not in decision.vary:
+                fields = fields + [(b"Vary", b"Accept-Encoding")]
         head = self._stored_head(response, fields, len(body), date_value)
         ims_basis = last_modified if last_modified is not None else date_value
         parts = entry.encode(response.status, flags, head, body, etag, lm_raw, response_time,
@@ -476,12 +495,13 @@ class HttpCache:
         else:
             expires = (response_time - corrected_initial_age + lifetime
                        + max(swr, sie, self.config.keep_stale))
-        key = self._key_for_store(request, key_base, decision.vary, response_time)
+        key = self._key_for_store(request, key_base, vary, response_time, codings)
         if key is None:
             return False
         return self.ring.set(key, parts, expires=expires, now=response_time)
 
-    def _key_for_store(self, request, key_base: bytes, vary: tuple, now: float) -> bytes | None:
+    def _key_for_store(self, request, key_base: bytes, vary: tuple, now: float,
+                       codings: tuple = ()) -> bytes | None:
         if not vary:
             return key_base
         current = self.ring.get(key_base, now)
@@ -495,6 +515,9 @@ class HttpCache:
             epoch = int.from_bytes(os.urandom(8), "little")
             if not self.ring.set(key_base, entry.encode_stub(vary, epoch), now=now):
                 return None
+        for coding in codings:
+            # Copies encoded from the response being replaced must not outlive it.
+            self.ring.delete(variant_key(key_base, epoch, vary, request, coding))
         return variant_key(key_base, epoch, vary, request)
 
     def _lifetime(self, response, cc: CacheControl, date_value: float, last_modified: float | None) -> float:
@@ -560,6 +583,13 @@ class HttpCache:
         replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
         merged += [(n, v) for n, v in new_fields if n.lower() in replace]
+        if st.flags & entry.ENCODED:
+            # An encoded copy keeps the weak ETag (the 304 names the identity bytes).
+            merged = [(n, b"W/" + v if n.lower() == b"etag" and not v.startswith(b"W/")
+                       else v) for n, v in merged]
+        if st.flags & entry.CODED and b"vary" in replace and not any(
+                b"accept-encoding" in v.lower() for n, v in merged if n.lower() == b"vary"):
+            merged.append((b"Vary", b"Accept-Encoding"))   # the listener's, whatever the 304 says
         view = entry.Fields(merged, st.status)
         cc = response_cache_control(view, self._targeted)
         if cc.malformed or b"no-store" in cc or b"private" in cc:
@@ -580,6 +610,7 @@ class HttpCache:
             flags |= entry.MUST_REVALIDATE
         if b"no-cache" in cc:
             flags |= entry.NO_CACHE
+        flags |= st.flags & (entry.ENCODED | entry.CODED)
         swr = sie = 0.0
         if not flags & entry.MUST_REVALIDATE:
             swr = _directive_seconds(cc, b"stale-while-revalidate",

@@ -6,13 +6,21 @@ satisfied. `If-Range` (14.3) keeps the range only while the stored response is t
 client names: a strong ETag match, or a Last-Modified equal to the date given (a date only
 counts when the stored Last-Modified is one). Anything else (another unit, several ranges,
 a syntax error) is answered with the whole 200, which 14.2 allows a server to do.
+
+On a miss, a Range request (and a HEAD) is not sent upstream as it is: the cache layer
+fetches the whole response with a GET, stores it, and answers the range from it, as
+Varnish and nginx's proxy_cache do (layer.CacheLayer._fill). A response too large to
+store (`max_object_size`) is left to the origin: the Range request goes upstream as sent,
+and the origin's 206 is relayed (what nginx's slice module users get per slice).
+`respond_fetched` answers from a fetched response that was not stored.
 """
 from __future__ import annotations
 
 import re
+import time
 
 from . import entry
-from .directives import parse_http_date
+from .directives import format_http_date, parse_http_date
 
 _SPEC = re.compile(rb"^[ \t]*bytes[ \t]*=[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*$", re.IGNORECASE)
 
@@ -83,18 +91,62 @@ def answer(lookup, request, tail: bytes) -> list | None:
     return [head, tail, memoryview(body)[a:b + 1]]
 
 
-def respond_hit(conn, req, lk) -> None:
-    """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
+def hit_buffers(req, lk) -> tuple[list, int]:
+    """(buffers, status) of a HIT or STALE lookup's answer: the stored response, or a
+    206/416 for a Range."""
     buffers = lk.buffers
-    status = lk.status
     if req.get(b"range") is not None:
         ranged = answer(lk, req, buffers[1])
         if ranged is not None:
-            buffers = ranged
-            status = 206 if len(ranged) == 3 else 416
+            return ranged, 206 if len(ranged) == 3 else 416
+    return buffers, lk.status
+
+
+def respond_hit(conn, req, lk) -> None:
+    """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
+    buffers, status = hit_buffers(req, lk)
     conn.respond(buffers, status, len(buffers[2]) if len(buffers) == 3 else 0)
 
 
 def _whole(lookup) -> bytes:
     # The fresh-hit branch of lookup() keeps no Stored; its buffers are views of the value.
     return bytes(lookup.buffers[0].obj) if isinstance(lookup.buffers[0], memoryview) else b""
+
+
+class _Fetched:
+    """A response fetched for one request and not stored, in the shape answer() reads."""
+
+    __slots__ = ("stored", "status", "buffers")
+    client_304 = False
+
+    def __init__(self, stored: entry.Stored, status: int, buffers: list) -> None:
+        self.stored = stored
+        self.status = status
+        self.buffers = buffers
+
+
+def respond_fetched(conn, req, resp, body: bytes | None, lines: bytes) -> None:
+    """Answer req from a response fetched for it that was not stored (a HEAD filled with a
+    GET, a Range request fetched whole): its head (`lines` added: Via, Connection,
+    Cache-Status), and its body, or the range of it req asks for, unless req is a HEAD.
+
+    body None: too large to hold (a HEAD gets the head with the origin's Content-Length).
+    """
+    fields = resp.headers()
+    drop = entry.HOP_BY_HOP | entry.connection_listed(fields)
+    kept = [(n, v) for n, v in fields if n.lower() not in drop
+            and (body is None or n.lower() != b"content-length")]
+    status = resp.status
+    if body is not None and status not in (204, 304):
+        kept.append((b"Content-Length", b"%d" % len(body)))
+    if resp.get(b"date") is None:
+        kept.append((b"Date", format_http_date(time.time())))
+    head = entry.build_head(b"HTTP/1.1 %d %s" % (status, resp.reason or b""), kept)
+    tail = lines + b"\r\n"
+    if req.method == b"HEAD" or body is None or status in (204, 304):
+        conn.respond([head, tail], status, 0)
+        return
+    stored = entry.Stored(b"".join(entry.encode(
+        status, 0, head, body, resp.get(b"etag") or b"", resp.get(b"last-modified") or b"",
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0)))
+    respond_hit(conn, req, _Fetched(stored, status, [head, tail, body]))

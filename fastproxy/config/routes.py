@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastproxy.config.schema import unknown_key
+from fastproxy.config.schema import size_range, unknown_key
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VAR_RE = re.compile(r"\{([a-z_]+)\}")
@@ -41,11 +41,13 @@ class CanaryConfig:
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    """Copy a share of a route's requests (without a body) to another group; answers ignored."""
+    """Copy a share of a route's requests (bodies up to max_body) to another group; answers
+    ignored."""
 
     upstream: str
     percent: float = 100.0
     max_in_flight: int = 16          # copies under way at once, per worker; more are dropped
+    max_body: int = 64 * 1024        # a request with a larger body is not copied (counted)
 
 
 @dataclass(frozen=True)
@@ -311,9 +313,10 @@ def read_route(table: Any, canary_key: Callable[[Any], str]) -> RouteConfig | No
         mif = st.get("max_in_flight", _int, 16)
         if mif < 1:
             st.problem("max_in_flight", f"expected 1-1000, got {mif!r}")
+        max_body = st.get("max_body", size_range(0, 16 << 20), 64 * 1024)
         st.finish()
         if su is not None:
-            shadow = ShadowConfig(su, pct, mif)
+            shadow = ShadowConfig(su, pct, mif, max_body)
     strip = table.get("strip_prefix", _bool, False)
     if strip and (exact or regex):
         table.problem("strip_prefix", "applies to a path prefix route (use rewrite with "

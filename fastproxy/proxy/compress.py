@@ -16,6 +16,7 @@ gets the head the GET would have (RFC 9110 9.3.2) and no body.
 """
 from __future__ import annotations
 
+import asyncio
 import types
 import zlib
 
@@ -44,6 +45,7 @@ SLICE = 64 * 1024
 _DROP = frozenset((b"content-length", b"transfer-encoding", b"accept-ranges",
                    b"content-md5", b"content-digest", b"repr-digest", b"etag", b"vary"))
 _NO_BODY_STATUS = frozenset((204, 304))
+_UNSET = object()
 
 
 def parse_accept_encoding(value: bytes | None) -> dict[bytes, float] | None:
@@ -191,59 +193,14 @@ class CompressFilter:
 
     def start(self, status: int, headers: list) -> list | None:
         """The head to send instead of headers, or None to let the response pass untouched."""
-        if status < 200 or status in _NO_BODY_STATUS or status == 206:
-            return None
         s = self.settings
-        ctype = None
-        length = None
-        etag = None
-        vary = []
-        for name, value in headers:
-            n = name.lower()
-            if n == b"content-type":
-                ctype = value
-            elif n == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    return None
-            elif n == b"content-encoding":
-                if value.strip().lower() not in (b"", b"identity"):
-                    return None   # encoded already; never twice
-            elif n == b"content-range":
-                return None
-            elif n == b"cache-control":
-                if _has_no_transform(value):
-                    return None
-            elif n == b"etag":
-                etag = value
-            elif n == b"vary":
-                vary.append(value)
-        if ctype is None or not s.types(_media_type(ctype)):
+        seen = s.inspect(status, headers)
+        if seen is None:
             return None
-        if length is not None and length < s.min_size:
-            return None
-        vary_line = _vary(vary)
-        if self.coding is None:
-            # Identity for this client, but a cache must learn the answer depends on it.
-            if vary_line is None:
-                return None
-            out = [(k, v) for k, v in headers if k.lower() not in (b"vary", b"content-length",
-                                                                    b"transfer-encoding")]
-            out.append((b"Vary", vary_line))
-            return out
-        out = [(k, v) for k, v in headers if k.lower() not in _DROP
-               and k.lower() != b"content-encoding"]
-        out.append((b"Content-Encoding", self.coding))
-        if vary_line is not None:
-            out.append((b"Vary", vary_line))
-        elif vary:
-            out.append((b"Vary", b", ".join(vary)))
-        if etag is not None:
-            # RFC 9110 8.8.3: the encoded bytes differ, so a strong validator of the
-            # identity bytes cannot stand for them; a weak one still revalidates.
-            out.append((b"ETag", etag if etag.startswith(b"W/") else b"W/" + etag))
-        if not self.head:
+        if self.coding is None and seen[1] is None:
+            return None     # identity, and Vary names Accept-Encoding already
+        out = _rewrite(headers, self.coding, *seen)
+        if self.coding is not None and not self.head:
             self.encoder = _Encoder(self.coding, s.level(self.coding))
         return out
 
@@ -286,6 +243,34 @@ def _vary(values: list[bytes]) -> bytes | None:
     return b", ".join(members + [b"Accept-Encoding"])
 
 
+def _rewrite(headers: list, coding: bytes | None, etag: bytes | None,
+             vary_line: bytes | None, vary: list) -> list:
+    """headers as sent encoded with coding (None: identity, only Vary changes)."""
+    if coding is None:
+        # Identity for this client, but a cache must learn the answer depends on it.
+        out = [(k, v) for k, v in headers if k.lower() not in (b"vary", b"content-length",
+                                                                b"transfer-encoding")]
+        out.append((b"Vary", vary_line))
+        return out
+    out = [(k, v) for k, v in headers if k.lower() not in _DROP
+           and k.lower() != b"content-encoding"]
+    out.append((b"Content-Encoding", coding))
+    if vary_line is not None:
+        out.append((b"Vary", vary_line))
+    elif vary:
+        out.append((b"Vary", b", ".join(vary)))
+    if etag is not None:
+        # RFC 9110 8.8.3: the encoded bytes differ, so a strong validator of the
+        # identity bytes cannot stand for them; a weak one still revalidates.
+        out.append((b"ETag", weak(etag)))
+    return out
+
+
+def weak(etag: bytes) -> bytes:
+    """The weak form of an entity tag (RFC 9110 8.8.3)."""
+    return etag if etag.startswith(b"W/") else b"W/" + etag
+
+
 class Compression:
     """A listener's compression settings, compiled; calling it is the filter factory."""
 
@@ -295,10 +280,96 @@ class Compression:
         self.types = _TypeMatcher(cfg.types)
         self.min_size = cfg.min_size
         self._levels = {e.encode(): cfg.level(e) for e in cfg.encodings}
+        self._memo: dict = {}    # Accept-Encoding value -> negotiated coding
+        self.encodes = 0         # whole stored bodies encoded for the cache
 
     def level(self, coding: bytes) -> int:
         """The configured level of coding."""
         return self._levels[coding]
+
+    def inspect(self, status: int, headers: list) -> tuple | None:
+        """(etag, Vary value to send or None when it names Accept-Encoding, Vary values)
+        when a response with this head is one the listener encodes; None when it is not."""
+        if status < 200 or status in _NO_BODY_STATUS or status == 206:
+            return None
+        ctype = None
+        length = None
+        etag = None
+        vary = []
+        for name, value in headers:
+            n = name.lower()
+            if n == b"content-type":
+                ctype = value
+            elif n == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return None
+            elif n == b"content-encoding":
+                if value.strip().lower() not in (b"", b"identity"):
+                    return None   # encoded already; never twice
+            elif n == b"content-range":
+                return None
+            elif n == b"cache-control":
+                if _has_no_transform(value):
+                    return None
+            elif n == b"etag":
+                etag = value
+            elif n == b"vary":
+                vary.append(value)
+        if ctype is None or not self.types(_media_type(ctype)):
+            return None
+        if length is not None and length < self.min_size:
+            return None
+        return etag, _vary(vary), vary
+
+    # -- the cache's side (cache/layer.py): encoded copies of stored responses -----------
+
+    def coding_for(self, req) -> bytes | None:
+        """The coding req negotiates (None: identity), as the filter would choose it."""
+        if _has_no_transform(req.get(b"cache-control")):
+            return None
+        value = req.get(b"accept-encoding")
+        if value is None:
+            return None
+        memo = self._memo
+        coding = memo.get(value, _UNSET)
+        if coding is _UNSET:
+            if len(memo) >= 512:   # the field is the client's to choose: bounded
+                memo.clear()
+            coding = memo[value] = negotiate(parse_accept_encoding(value), self.offered)
+        return coding
+
+    def head_for(self, status: int, fields: list, coding: bytes | None) -> list | None:
+        """The fields of a stored response served with coding (identity: Vary added),
+        or None when the listener does not encode such a response."""
+        seen = self.inspect(status, fields)
+        if seen is None:
+            return None
+        if coding is None and seen[1] is None:
+            return list(fields)
+        return _rewrite(fields, coding, *seen)
+
+    def encode(self, coding: bytes, body) -> bytes:
+        """A whole stored body encoded with coding (one call per variant, not per hit)."""
+        enc = _Encoder(coding, self.level(coding))
+        self.encodes += 1
+        view = memoryview(body)
+        out = [enc.compress(view[i:i + SLICE]) for i in range(0, len(view), SLICE)]
+        out.append(enc.finish())
+        return b"".join(out)
+
+    async def encode_async(self, coding: bytes, body) -> bytes:
+        """encode() for a large body, one slice per loop turn (the loop is never held)."""
+        enc = _Encoder(coding, self.level(coding))
+        self.encodes += 1
+        view = memoryview(body)
+        out = []
+        for i in range(0, len(view), SLICE):
+            out.append(enc.compress(view[i:i + SLICE]))
+            await asyncio.sleep(0)
+        out.append(enc.finish())
+        return b"".join(out)
 
     def __call__(self, method: bytes, headers, version=None) -> CompressFilter | None:
         """The filter for one exchange, or None when the response cannot change."""

@@ -282,9 +282,8 @@ class ReverseHandler:
         if more:
             extra += more
         head = req.forward_head(start_line, extra, drop, keep_upgrade)
-        if route is not None and route.shadow is not None and conn.body_kind == _http.BODY_NONE and not upgrading \
-                and shadow:
-            route.shadow.copy(self.rt.loop, head, key)
+        if route is not None and route.shadow is not None and not upgrading and shadow:
+            route.shadow.copy(self.rt.loop, head, key, conn)
         return group, server, key, head, bool(upgrading)
 
     def _forwarded(self, conn, host: bytes | None) -> bytes:

@@ -338,7 +338,8 @@ class Router:
                 rc, i)))
             if rc.shadow is not None:
                 sh = rc.shadow
-                routes[-1][1].shadow = Shadow(groups[sh.upstream], sh.percent, sh.max_in_flight)
+                routes[-1][1].shadow = Shadow(groups[sh.upstream], sh.percent, sh.max_in_flight,
+                                              sh.max_body)
                 routes[-1][1].plain = False
         self.routes = [r for _, r in routes]
         self.levels = [_Level([r for p, r in routes if p == prio])

@@ -163,8 +163,12 @@ class ListenerRuntime:
         # The response-body filter factory (compression), None when off; the relay's
         # ListenerSettings takes it (docs: the filter contract).
         router = getattr(self.handler, "router", None)
+        compression = compression_factory(rt.config, lcfg)
         self.filter_factory = chain(edits_factory(router) if router is not None else None,
-                                    compression_factory(rt.config, lcfg))
+                                    compression)
+        if lcfg.mode == "reverse" and self.handler.cache is not None:
+            # Cache hits do not pass the filter: the cache stores what it encodes.
+            self.handler.cache.compress_with(compression)
         # HTTP/2 with prior knowledge: the relay hands a connection that starts with the
         # preface to fastproxy.server.h2.
         self.h2_switch = h2.switch if self.handler is not None else None

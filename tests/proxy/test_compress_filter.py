@@ -360,10 +360,13 @@ def test_compress_flag_and_bad_table_exit_2(tmp_path):
 
 
 def test_cache_key_of_an_encoded_copy():
-    from fastproxy.cache.keys import cache_key, encoded_key
+    from fastproxy.cache.keys import CODING, cache_key, variant_key
     base = cache_key(b"http", b"a.test", b"/x")
+
+    def key(coding):
+        return variant_key(base, 7, (CODING,), {}, coding)
     accept = [b"gzip, br", b"br;q=1, gzip;q=0.5", b"BR"]
-    keys = {encoded_key(base, negotiate(parse_accept_encoding(a), OFFER)) for a in accept}
-    assert keys == {base + b"\x00ce=br"}        # one stored copy for all three clients
-    assert encoded_key(base, negotiate(parse_accept_encoding(b"identity"), OFFER)) == base
-    assert encoded_key(base, b"gzip") != encoded_key(base, b"zstd")
+    keys = {key(negotiate(parse_accept_encoding(a), OFFER)) for a in accept}
+    assert keys == {key(b"br")}        # one stored copy for all three clients
+    assert key(negotiate(parse_accept_encoding(b"identity"), OFFER)) == key(None)
+    assert len({key(None), key(b"gzip"), key(b"zstd"), key(b"br")}) == 4
