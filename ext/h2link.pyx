@@ -15,7 +15,7 @@ from fastproxy import _h2msg, _http
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL
-from fastproxy._h2msg cimport h2_request_fields
+from fastproxy._h2msg cimport h2_request_fields, h2_trailer_fields
 from fastproxy._http cimport ChunkedDecoder, Request, RequestParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -162,16 +162,6 @@ cdef class H2Origin(Connection):
 
     cpdef on_connection_error(self, int error_code, str kind):
         self.flush_soon()
-
-
-cdef list _trailer_fields(bytes raw):
-    """HTTP/2 trailers from HTTP/1.1 trailer lines (already checked by the decoder)."""
-    cdef list fields = []
-    for line in raw.split(CRLF):
-        name, sep, value = line.partition(b":")
-        if sep:
-            fields.append((name.strip().lower(), value.strip()))
-    return fields
 
 
 cdef class StreamLink:
@@ -322,7 +312,7 @@ cdef class StreamLink:
         if not dec.done:
             self._queue(body, False)
             return 0
-        fields = _trailer_fields(dec.kept_trailers())
+        fields = h2_trailer_fields(dec.kept_trailers())
         if fields and validate(fields, "trailers") is None:
             self.trailers = fields
         self._queue(body, True)

@@ -476,3 +476,13 @@ def response_head(list headers, bint body):
         head.append(b"transfer-encoding: chunked\r\n")
     head.append(b"\r\n")
     return b"".join(head)
+
+
+cdef list h2_trailer_fields(bytes raw):
+    """HTTP/2 trailers from HTTP/1.1 trailer lines (already checked by the decoder)."""
+    cdef list fields = []
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name:
+            fields.append((name.strip().lower(), value.strip()))
+    return fields

@@ -22,7 +22,7 @@ from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._h2msg cimport h2_response_fields
+from fastproxy._h2msg cimport h2_response_fields, h2_trailer_fields
 from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -55,16 +55,6 @@ cdef int BODY_NONE = _http.BODY_NONE
 cdef int BODY_LENGTH = _http.BODY_LENGTH
 cdef int BODY_CHUNKED = _http.BODY_CHUNKED
 cdef object _monotonic = time.monotonic
-
-
-cdef list _trailer_fields(bytes raw):
-    """HTTP/2 trailers from HTTP/1.1 trailer lines (already checked by the decoder)."""
-    cdef list fields = []
-    for line in raw.split(CRLF):
-        name, sep, value = line.partition(b":")
-        if sep and name:
-            fields.append((name.strip().lower(), value.strip()))
-    return fields
 
 
 cdef class Stream:
@@ -258,7 +248,7 @@ cdef class Stream:
             if body:
                 self._send(body, False)
             return 0
-        fields = _trailer_fields(dec.kept_trailers())
+        fields = h2_trailer_fields(dec.kept_trailers())
         if fields and validate(fields, "trailers") is None:
             if body:
                 self._send(body, False)

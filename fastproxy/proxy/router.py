@@ -29,6 +29,15 @@ from fastproxy.upstream.balance import make_key_fn
 _VAR_RE = re.compile(rb"\{([a-z_]+)\}")
 
 
+
+def _condition_holds(value, want) -> bool:
+    """A header or query condition: None = must be present, False = must be absent, else equal."""
+    if want is None:
+        return value is not None
+    if want is False:
+        return value is None
+    return value == want
+
 class Route:
     """One compiled route: match data, its group, canary split, rewrite and header edits."""
 
@@ -112,29 +121,12 @@ class Route:
             return not (self.methods or self.headers or self.query)
         if self.methods and req.method not in self.methods:
             return False
-        for name, want in self.headers:
-            value = req.get(name)
-            if want is None:
-                if value is None:
-                    return False
-            elif want is False:
-                if value is not None:
-                    return False
-            elif value != want:
-                return False
+        if not all(_condition_holds(req.get(name), want) for name, want in self.headers):
+            return False
         if self.query:
             _, q, query = target.partition(b"?")
             args = dict(parse_qsl(query, keep_blank_values=True)) if q else {}
-            for name, want in self.query:
-                value = args.get(name)
-                if want is None:
-                    if value is None:
-                        return False
-                elif want is False:
-                    if value is not None:
-                        return False
-                elif value != want:
-                    return False
+            return all(_condition_holds(args.get(name), want) for name, want in self.query)
         return True
 
     def choose(self, req, client_ip: str):
