@@ -379,7 +379,14 @@ def log_path(value: Any) -> str:
         return path
     if not path or "\0" in path:
         raise ValueError(f'expected a file path or "-", got {value!r}')
-    if os.path.isdir(path):
+    return _file_serve_can_write(path)
+
+
+def _file_serve_can_write(path: str) -> str:
+    """`path` when serve can open it for appending or create it; ValueError saying why not.
+
+    Checks only, so `check` leaves nothing behind."""
+    if os.path.isdir(path) or path.endswith(os.sep):
         raise ValueError(f"{path} is a directory, not a file")
     if os.path.exists(path):
         try:
@@ -387,7 +394,7 @@ def log_path(value: Any) -> str:
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
         except OSError as exc:
             if exc.errno != errno.ENXIO:   # a FIFO nobody reads yet
-                raise ValueError(f"cannot open {path} for appending: "
+                raise ValueError(f"cannot open {path} for writing: "
                                  f"{exc.strerror or exc}") from None
         return path
     parent = os.path.dirname(os.path.abspath(path))
@@ -479,9 +486,7 @@ def pidfile_path(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value or "\0" in value:
         raise ValueError(f"expected a file path or false, got {value!r}")
-    if os.path.isdir(value):
-        raise ValueError(f"{value} is a directory, not a file")
-    return value
+    return _file_serve_can_write(value)
 
 
 def account_name(kind: str) -> Callable[[Any], str]:

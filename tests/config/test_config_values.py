@@ -104,6 +104,16 @@ def test_non_utf8_file_names_the_file(tmp_path):
         one_line_naming(r, f"{path}: invalid TOML: not UTF-8")
 
 
+def test_pidfile_serve_cannot_write_is_a_config_error(tmp_path):
+    # serve used to fail only when writing it (exit 1) while check said the file was fine.
+    for pidfile in (tmp_path / "missing" / "x.pid", str(tmp_path / "dir") + "/"):
+        path = tmp_path / "c.toml"
+        path.write_text(f'pidfile = "{pidfile}"\n' + BASE)
+        for command in ("check", "serve"):
+            r = run(command, "--config", str(path))
+            one_line_naming(r, "pidfile:")
+
+
 def test_access_log_in_a_missing_directory(tmp_path):
     path = tmp_path / "c.toml"
     log = tmp_path / "missing" / "access.log"
@@ -117,6 +127,13 @@ def test_access_log_in_a_missing_directory(tmp_path):
     # A directory is not a log file either; a writable file path is fine.
     r = run("check", "--upstream", "http://127.0.0.1:9", "--access-log", str(tmp_path))
     one_line_naming(r, "--access-log")
+    # A path ending in "/" names a directory even when nothing exists there yet (open()
+    # would fail with IsADirectoryError inside the worker); found by the config fuzz test.
+    for command in ("check", "serve"):
+        r = run(command, "--upstream", "http://127.0.0.1:9", "--access-log",
+                str(tmp_path / "notyet") + "/")
+        one_line_naming(r, "--access-log")
+        assert "directory" in r.stderr
     r = run("check", "--upstream", "http://127.0.0.1:9", "--access-log",
             str(tmp_path / "fine.log"))
     assert r.returncode == 0, r.stderr
