@@ -710,7 +710,13 @@ def _on_a_terminal(keys: list[bytes], interrupt: bool = False) -> tuple[int, str
                 elif interrupt:
                     os.kill(pid, signal.SIGINT)
     finally:
+        # The terminal reads EOF while the child is still exiting (its files close before it
+        # becomes reapable): give it a moment before calling it hung.
+        reap_by = time.monotonic() + 10
         done, status = os.waitpid(pid, os.WNOHANG)
+        while done == 0 and time.monotonic() < reap_by:
+            time.sleep(0.02)
+            done, status = os.waitpid(pid, os.WNOHANG)
         if done == 0:
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
