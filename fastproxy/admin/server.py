@@ -132,7 +132,7 @@ class AdminServer:
         if path == "/reload":
             if method != b"POST":
                 return 405, {"error": "/reload answers POST"}, "application/json"
-            ok, lines = self.view.reload()
+            ok, lines = await self.view.reload()
             return (200, {"reloaded": True, "detail": lines}, "application/json") if ok else \
                 (400, {"reloaded": False, "problems": lines}, "application/json")
         if path == "/cache/purge":

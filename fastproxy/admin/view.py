@@ -17,5 +17,5 @@ class WorkerView(Protocol):
     def purge(self, key: bytes, prefix: bool) -> int | None:
         """Drop a cache key (or every key with that prefix); None when there is no cache."""
 
-    def reload(self) -> tuple[bool, list[str]]:
+    async def reload(self) -> tuple[bool, list[str]]:
         """Reload the configuration file: (accepted, problems or what happened)."""

@@ -89,13 +89,13 @@ class AdminView:
             return None
         return cache.purge_prefix(key) if prefix else cache.purge(key)
 
-    def reload(self) -> tuple[bool, list[str]]:
+    async def reload(self) -> tuple[bool, list[str]]:
         """Check the file; when it is good, reload (through the master with several workers)."""
         w = self.worker
         if w.reload_fn is None:
             return False, ["this proxy was started without a reloadable configuration"]
         try:
-            config = w.reload_fn()
+            config = await w.load_config()
         except ConfigError as exc:
             return False, list(exc.problems)
         except OSError as exc:

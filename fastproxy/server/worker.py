@@ -15,6 +15,7 @@ import gc
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -245,6 +246,8 @@ class Worker:
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
         self.master_pid: int | None = None  # the master that forked this worker, if any
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task] = set()
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
         """The worker cache for config: the current one when its settings did not change."""
@@ -464,27 +467,56 @@ class Worker:
         log(f"reopened {reopened} log file{'s' if reopened != 1 else ''}")
 
     def _on_hup(self) -> None:
-        if self.master_pid is None:
-            process.sd_notify(process.reloading_state())
-        try:
-            self._reload_from_file()
-        finally:
-            if self.master_pid is None:
-                process.sd_notify("READY=1")
+        task = self.loop.create_task(self._reload_from_file())
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
-    def _reload_from_file(self) -> None:
+    async def load_config(self) -> Config:
+        """The configuration file, loaded in a thread: reading it resolves upstream names and
+        reads certificates, which may take seconds (a slow DNS server) the loop must not lose."""
+        assert self.reload_fn is not None
+        loop = self.loop
+        done: asyncio.Future = loop.create_future()
+        reload_fn = self.reload_fn
+
+        def settle(value, exc) -> None:
+            if not done.done():
+                done.set_exception(exc) if exc is not None else done.set_result(value)
+
+        def load() -> None:
+            try:
+                config = reload_fn()
+            except BaseException as exc:  # handed to the loop, which decides
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, config, None)
+
+        # A daemon thread rather than the loop's executor: a lookup that never returns must
+        # not hold up the worker's exit.
+        threading.Thread(target=load, name="fastproxy-reload", daemon=True).start()
+        return await done
+
+    async def _reload_from_file(self) -> None:
         if self.reload_fn is None:
             return
-        try:
-            config = self.reload_fn()
-        except ConfigError as exc:
-            for line in exc.problems:
-                log(f"reload refused: {line}")
-            return
-        except Exception as exc:  # never let a bad file take the running proxy down
-            log(f"reload refused: {exc.__class__.__name__}: {exc}")
-            return
-        self.reload(config)
+        async with self._reload_lock:   # reloads apply in the order they were asked for
+            if self.master_pid is None:
+                process.sd_notify(process.reloading_state())
+            try:
+                try:
+                    config = await self.load_config()
+                except ConfigError as exc:
+                    for line in exc.problems:
+                        log(f"reload refused: {line}")
+                    return
+                except Exception as exc:  # never let a bad file take the running proxy down
+                    log(f"reload refused: {exc.__class__.__name__}: {exc}")
+                    return
+                if not self.stopping.is_set():
+                    self.reload(config)
+            finally:
+                if self.master_pid is None:
+                    process.sd_notify("READY=1")
 
 
 class _Holder:

@@ -205,6 +205,51 @@ def test_admin_post_reload_applies_a_good_file_and_refuses_a_bad_one(start_proxy
     assert proxy.proc.poll() is None
 
 
+def test_the_worker_serves_while_a_reload_is_still_loading_the_file(start_proxy, origin,
+                                                                  tmp_path):
+    # Loading a configuration can take seconds (upstream names resolved through a slow DNS
+    # server, a file on a slow disk). The worker used to load it inside its event loop, so
+    # every connection waited. Here the file becomes a FIFO: the reload's open() blocks
+    # until the test writes the new text, and requests must be answered meanwhile.
+    conf = tmp_path / "r.toml"
+    _two_groups_config(conf, origin, "a", admin=False)
+    proxy = start_proxy("serve", "--config", str(conf), "--workers", "1")
+    assert _get(proxy.port, "/size/1")[0] == 200
+    text = conf.read_text().replace('via_name = "a"', 'via_name = "b"')
+    conf.unlink()
+    os.mkfifo(conf)
+    proxy.signal(signal.SIGHUP)
+    # The reload is now waiting for a writer on the FIFO (O_NONBLOCK opens for writing fail
+    # with ENXIO until a reader is there): once it is, the worker must still answer.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            fd = os.open(conf, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the reload never opened the file"
+            time.sleep(0.02)
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=3)
+        c.request("GET", "/size/1")
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("via").endswith(" a")
+        r.read()
+        c.close()
+    finally:
+        os.write(fd, text.encode())
+        os.close(fd)
+
+    def reloaded() -> bool:
+        c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        c.request("GET", "/size/1")
+        r = c.getresponse()
+        r.read()
+        c.close()
+        return r.getheader("via").endswith(" b")
+    assert _wait_for(reloaded), proxy.stderr_lines
+
+
 # -- the pidfile and `fastproxy reload | stop | status` --------------------------------
 
 
