@@ -56,9 +56,12 @@ class Runtime:
         self.counters = counters    # the worker's relay Counters (for the admin interface)
         self.timeouts = config.timeouts
         self.limits = config.limits
-        shortest = min(v for v in vars(config.timeouts).values() if v > 0) \
-            if any(v > 0 for v in vars(config.timeouts).values()) else 1.0
-        self.deadlines = Deadlines(loop, shortest)
+        # A group's own connect/read timeout counts too: a 100 ms read_timeout swept once a
+        # second would fire up to a second late.
+        waits = [v for v in vars(config.timeouts).values() if v > 0] + [
+            v for g in config.upstreams.values()
+            for v in (g.connect_timeout, g.read_timeout) if v is not None and v > 0]
+        self.deadlines = Deadlines(loop, min(waits) if waits else 1.0)
         self.deadlines.start()
         al = config.access_log
         self.access_log = AccessLog(al.path, al.format, loop) if al.path else None

@@ -113,3 +113,20 @@ def test_ejected_server_is_back_as_soon_as_it_answers(start_proxy):
     finally:
         for s in servers + ([revived] if revived else []):
             s.stop()
+
+
+def test_a_groups_own_read_timeout_fires_on_time(run_proxy, origin):
+    # The deadline sweep ran at a fraction of the shortest *global* timeout (5 s connect:
+    # once a second), so a group's read_timeout of 0.2 s fired anywhere up to 1.2 s.
+    p = run_proxy(group_cfg([origin], {}, read_timeout="0.2s", retry={"retries": 0}))
+    took = []
+    for i in range(5):
+        with Conn(p.port) as c:
+            t0 = time.monotonic()
+            c.send(crlf(f"GET /slow/2?i={i} HTTP/1.1\nHost: h\n\n"))
+            r = c.response()
+            took.append(time.monotonic() - t0)
+        assert r.status == 504 and b"did not answer within 0.2s" in r.body, r.body
+    # Not a speed claim: a timeout's meaning. The sweep runs every 0.05 s now, every 1 s
+    # before (each firing 0.2-1.2 s: five all below 0.7 s about 1 time in 30).
+    assert max(took) < 0.7, took
