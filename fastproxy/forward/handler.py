@@ -33,7 +33,8 @@ from fastproxy.forward.acl import Acl
 from fastproxy.forward.anonymity import Anonymizer
 from fastproxy.forward.auth import Authenticator
 from fastproxy.upstream.settings import UpstreamGroupConfig
-from fastproxy.proxy.intermediary import max_forwards, max_forwards_plan, upgrade_plan
+from fastproxy.proxy.intermediary import (answer_failure, max_forwards, max_forwards_plan,
+                                          upgrade_plan)
 from fastproxy.limits import RateLimits
 from fastproxy.forward.resolver import HostError, ResolveError, Resolver, normalize_host
 from fastproxy.upstream.group import Server
@@ -378,14 +379,7 @@ class ForwardHandler:
                 conn.retries += 1
                 self._send(conn, up.pool.connect_host, scheme, host, port, conn.replay, True)
                 return
-        conn.resume_reading(PAUSE_CONNECTING)
-        if conn.resp_started:
-            conn.abort(detail)
-            return
-        observer = conn.observer
-        if observer is not None and observer.upstream_failed(conn, status, detail):
-            return   # the cache answered (stale-if-error, or the error with Cache-Status)
-        conn.respond_error(status, detail)
+        answer_failure(conn, status, detail)
 
 
 def _host_line(scheme: bytes, host_b: bytes, port: int) -> bytes:

@@ -16,6 +16,8 @@ that no route or rule of the listener ever saw.
 """
 from __future__ import annotations
 
+from fastproxy._relay import PAUSE_CONNECTING
+
 MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
 DROP_MAX_FORWARDS = (b"max-forwards",)
 # Fields never echoed by TRACE: credentials and cookies (RFC 9110 9.3.8).
@@ -92,3 +94,18 @@ def upgrade_plan(req, allowed: frozenset[bytes]) -> tuple[bool, bytes]:
     if len(kept) == len(protocols):
         return True, CONNECTION_UPGRADE
     return False, b"Upgrade: " + b", ".join(kept) + b"\r\n" + CONNECTION_UPGRADE
+
+
+def answer_failure(conn, status: int, detail: str) -> None:
+    """Tell the client an upstream attempt failed for good (no retry is left).
+
+    Mid-response the connection can only be cut; before it, the cache may still answer
+    (stale-if-error, or the error with its Cache-Status); otherwise the 502/504 page."""
+    conn.resume_reading(PAUSE_CONNECTING)
+    if conn.resp_started:
+        conn.abort(detail)
+        return
+    observer = conn.observer
+    if observer is not None and observer.upstream_failed(conn, status, detail):
+        return
+    conn.respond_error(status, detail)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 
 from fastproxy import _http
-from fastproxy._relay import CONTINUE, IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, FastForward
+from fastproxy._relay import CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP, FastForward
 from fastproxy.proxy.errors import REASONS
-from fastproxy.proxy.intermediary import max_forwards, upgrade_plan, via_lines
+from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_plan, via_lines
 from fastproxy.proxy.router import normalise_host, render
 from fastproxy.cache.peers import HOP
 from fastproxy.limits import RateLimits
@@ -341,11 +341,4 @@ class ReverseHandler:
                     conn.retries += 1
                     self.start(conn, group, server, conn.replay)
                     return
-        conn.resume_reading(PAUSE_CONNECTING)
-        if conn.resp_started:
-            conn.abort(detail)
-            return
-        observer = conn.observer
-        if observer is not None and observer.upstream_failed(conn, status, detail):
-            return   # the cache answered (stale-if-error, or the error with Cache-Status)
-        conn.respond_error(status, detail)
+        answer_failure(conn, status, detail)
