@@ -34,6 +34,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def best_ns(fn, loops: int, repeats: int) -> float:
+    """Best mean ns per item of fn(loops) over `repeats` runs, with the collector off."""
+    import gc
+    import time
+    best = float("inf")
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            fn(loops)
+            best = min(best, (time.perf_counter_ns() - t0) / loops)
+    finally:
+        gc.enable()
+    return best
+
+
 def _cell(v) -> str:
     if v is None:
         return "–"

@@ -24,12 +24,12 @@ import argparse
 import asyncio
 import base64
 import fnmatch
-import gc
 import ipaddress
 import socket
 import sys
 import time
 
+from bench.micro import best_ns, table
 from fastproxy.addresses import SPECIAL_SET, address_key
 from fastproxy.forward.acl import Acl, AclConfig, AclRule, HostPatterns
 from fastproxy.forward.anonymity import AnonymityConfig, Anonymizer
@@ -75,18 +75,6 @@ def _request():
         return _Request(GET), "stand-in"
 
 
-def _best_ns(fn, loops: int, repeats: int) -> float:
-    """Best per-call time of `fn(loops)` over repeats, in ns (GC off while timing)."""
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            fn(loops)
-            best = min(best, (time.perf_counter_ns() - t0) / loops)
-    finally:
-        gc.enable()
-    return best
 
 
 RULES = (
@@ -112,10 +100,10 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
 
     def row(name, ours, peer=None, peer_fn=None, peer_loops=None, **extra):
-        ns = _best_ns(ours, loops, repeats)
+        ns = best_ns(ours, loops, repeats)
         r = dict(name=name, ours_ns=round(ns), peer=peer, peer_ns=None, ratio=None, **extra)
         if peer_fn is not None:
-            pns = _best_ns(peer_fn, peer_loops or loops, repeats if peer_loops is None else 1)
+            pns = best_ns(peer_fn, peer_loops or loops, repeats if peer_loops is None else 1)
             r.update(peer_ns=round(pns), ratio=round(pns / ns, 2))
         rows.append(r)
 
@@ -228,13 +216,6 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    out = ["| what | ours ns | peer | peer ns | ratio |", "|---|---:|---|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r['name']} | {r['ours_ns']} | {r['peer'] or ''} | "
-                   f"{r['peer_ns'] if r['peer_ns'] is not None else ''} | "
-                   f"{r['ratio'] if r['ratio'] is not None else ''} |")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 or not 1 <= args.repeats <= 10:
             parser.error("--tunnels 1-200000, --concurrency 1-256, --repeats 1-10")
         return connect_main(args.tunnels, args.concurrency, args.repeats)
-    print(_table(run(args.quick)))
+    print(table(run(args.quick)))
     print(f"\nratio = peer ns / ours ns (higher is better for us); python {sys.version.split()[0]}")
     return 0
 

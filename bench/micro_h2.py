@@ -12,10 +12,9 @@ in 16 KiB frames.  HPACK rows time the header codecs alone.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
 
+from bench.micro import best_ns, table
 from fastproxy import _h2, _hpack
 
 try:
@@ -48,18 +47,6 @@ RESPONSE = [
 BODY = b"hello"
 
 
-def _best_ns(fn, loops: int, repeats: int) -> float:
-    """Best mean ns per item of fn(loops) over `repeats` runs."""
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            fn(loops)
-            best = min(best, (time.perf_counter_ns() - t0) / loops)
-    finally:
-        gc.enable()
-    return best
 
 
 def _client_wire(n: int) -> tuple[bytes, list[bytes]]:
@@ -141,10 +128,10 @@ def _hpack_rows(loops: int, repeats: int) -> list[dict]:
     rows = []
     for name, ours, peer in ((f"HPACK decode browser request, cold table ({len(block_warm)} B)", ours_dec, peer_dec),
                              ("HPACK encode response head, warm table", ours_enc, peer_enc)):
-        ns = _best_ns(ours, loops, repeats)
+        ns = best_ns(ours, loops, repeats)
         row = {"name": name, "ours_ns": round(ns)}
         if hpack is not None:
-            pns = _best_ns(peer, loops, repeats)
+            pns = best_ns(peer, loops, repeats)
             row.update(peer="hpack", peer_ns=round(pns), ratio=round(pns / ns, 1))
         rows.append(row)
     rows[0]["hot_block_B"] = len(block_hot)
@@ -219,8 +206,8 @@ def _data_rows(quick: bool) -> list[dict]:
     rows = []
     for name, ours, peer in (("DATA in: 1 MiB, 16 KiB frames, 64 KiB reads", ours_in, peer_in),
                              ("DATA out: 1 MiB, 16 KiB frames, 64 KiB writes", ours_out, peer_out)):
-        ns = _best_ns(ours, loops, 3 if quick else 5)
-        pns = _best_ns(peer, loops, 3 if quick else 5)
+        ns = best_ns(ours, loops, 3 if quick else 5)
+        pns = best_ns(peer, loops, 3 if quick else 5)
         rows.append({"name": name, "ours_ns": round(ns), "peer": "h2", "peer_ns": round(pns),
                      "ratio": round(pns / ns, 1), "ours_MBps": round(total / ns * 1e3),
                      "peer_MBps": round(total / pns * 1e3)})
@@ -234,8 +221,8 @@ def run(quick: bool = False) -> list[dict]:
     loops = 2_000 if quick else 20_000
     repeats = 3 if quick else 5
     preface, frames = _client_wire(loops)
-    ns = _best_ns(ours_requests(preface, frames), loops, repeats)
-    pns = _best_ns(peer_requests(preface, frames), loops, repeats)
+    ns = best_ns(ours_requests(preface, frames), loops, repeats)
+    pns = best_ns(peer_requests(preface, frames), loops, repeats)
     rows = [{"name": "request: HEADERS in, response HEADERS+DATA out", "ours_ns": round(ns),
              "peer": "h2", "peer_ns": round(pns), "ratio": round(pns / ns, 1)}]
     rows += _hpack_rows(loops * 5, repeats)
@@ -243,21 +230,13 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer loops (CI smoke run)")
     args = ap.parse_args(argv)
-    print(_table(run(args.quick)))
+    print(table(run(args.quick)))
     print(f"\nratio = h2 ns / ours ns (higher is better for us); python {sys.version.split()[0]}")
     return 0
 

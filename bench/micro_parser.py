@@ -10,10 +10,9 @@ the headers; for ours, `feed` plus attribute reads.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
 
+from bench.micro import best_ns, table
 from fastproxy import _http
 
 try:
@@ -98,18 +97,6 @@ class _BodyProto:
         self.done = True
 
 
-def _best_ns(fn, loops: int, repeats: int) -> float:
-    """Best mean ns per call of fn() over `repeats` runs of `loops` calls."""
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter_ns()
-            fn(loops)
-            best = min(best, (time.perf_counter_ns() - t0) / loops)
-    finally:
-        gc.enable()
-    return best
 
 
 def ours_get(loops: int) -> None:
@@ -220,10 +207,10 @@ def _chunked_rows(quick: bool) -> list[dict]:
 
         for name, fn in ((f"chunked 1 MiB in {chunk} B chunks, validate", ours),
                          (f"chunked 1 MiB in {chunk} B chunks, de-chunk", ours_out)):
-            ns = _best_ns(fn, loops, 3 if quick else 5)
+            ns = best_ns(fn, loops, 3 if quick else 5)
             row = {"name": name, "ours_ns": round(ns), "ours_MBps": round(total / ns * 1e3)}
             if httptools is not None:
-                pns = _best_ns(peer, loops, 3 if quick else 5)
+                pns = best_ns(peer, loops, 3 if quick else 5)
                 row.update(peer="httptools", peer_ns=round(pns),
                            peer_MBps=round(total / pns * 1e3), ratio=round(pns / ns, 2))
             rows.append(row)
@@ -243,31 +230,23 @@ def run(quick: bool = False) -> list[dict]:
     ]
     rows = []
     for name, ours, peer in cases:
-        ns = _best_ns(ours, loops, repeats)
+        ns = best_ns(ours, loops, repeats)
         row = {"name": name, "ours_ns": round(ns)}
         if httptools is not None:
-            pns = _best_ns(peer, loops, repeats)
+            pns = best_ns(peer, loops, repeats)
             row.update(peer="httptools", peer_ns=round(pns), ratio=round(pns / ns, 2))
         rows.append(row)
     rows.extend(_chunked_rows(quick))
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer loops (CI smoke run)")
     args = ap.parse_args(argv)
-    print(_table(run(args.quick)))
+    print(table(run(args.quick)))
     print(f"\nratio = httptools ns / ours ns (higher is better for us); python {sys.version.split()[0]}")
     return 0
 
