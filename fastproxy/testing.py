@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -173,6 +174,18 @@ class Proxy:
         """http://HOST:PORT of the first listener."""
         host, port = self.address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def admin_port(self, timeout: float = 10.0) -> int:
+        """The admin listener's port, from its "listening on ... (admin)" line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.stderr_lines):
+                m = re.search(r"listening on \[?[^\]]+?\]?:(\d+) \(admin\)", line)
+                if m:
+                    return int(m.group(1))
+            if time.monotonic() >= deadline:
+                raise AssertionError("no admin listener: " + "\n".join(self.stderr_lines))
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:

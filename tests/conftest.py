@@ -45,6 +45,15 @@ def origin():
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A private redis-server on a free loopback port (see tests/redis_server.py)."""
+    from redis_server import RedisServer
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def start_proxy(tmp_path):
     """Factory: start `fastproxy serve ARGS...` and wait until it listens."""
     procs: list[ProxyProcess] = []

@@ -17,7 +17,7 @@ import brotli
 import pytest
 import zstandard
 
-from test_cache_proxy import admin, admin_port, get, is_hit, status_of, u
+from test_cache_proxy import admin, get, is_hit, status_of, u
 
 TEXT = "text/html; charset=utf-8"
 
@@ -43,7 +43,7 @@ def cproxy(start_proxy, origin):
 
 
 def stats(proxy) -> dict:
-    r, body = admin(admin_port(proxy), "GET", "/status")
+    r, body = admin(proxy.admin_port(), "GET", "/status")
     assert r.status == 200
     return json.loads(body)["cache"]
 

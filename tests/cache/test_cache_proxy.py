@@ -53,12 +53,6 @@ def is_hit(r) -> bool:
     return re.match(r"fastproxy; hit\b", status_of(r)) is not None
 
 
-def admin_port(proxy) -> int:
-    for line in proxy.stderr_lines:
-        m = re.search(r"listening on \[?[^\]]+?\]?:(\d+) \(admin\)", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError("no admin listener in: " + "\n".join(proxy.stderr_lines))
 
 
 def admin(port: int, method: str, target: str):
@@ -517,7 +511,7 @@ def test_purge_method_refused_outside_the_allowed_networks(configured, origin):
 def test_admin_status_metrics_and_purge(start_proxy, origin):
     proxy = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--upstream",
                         origin.url, "--cache", "16MiB", "--admin", "127.0.0.1:0", listeners=2)
-    port = admin_port(proxy)
+    port = proxy.admin_port()
     for name in ("a1", "a2", "b1"):
         origin.override[f"/c/{name}"] = {"cc": "max-age=60"}
         get(proxy, f"/c/{name}")
@@ -556,7 +550,7 @@ def test_two_workers_each_cache_and_admin_purge_reaches_both(start_proxy, origin
     proxy = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--upstream",
                         origin.url, "--cache", "16MiB", "--workers", "2",
                         "--admin", "127.0.0.1:0", listeners=4)
-    port = admin_port(proxy)
+    port = proxy.admin_port()
     origin.override["/c/w"] = {"cc": "max-age=60"}
     for _ in range(40):
         get(proxy, "/c/w")
@@ -681,7 +675,7 @@ def test_listeners_do_not_share_entries(run_proxy, origin):
             c.getresponse().read()
             c.close()
         assert origin.count("/c/shared") == 1 and other.count("/c/shared") == 1
-        r, body = admin(admin_port(proxy), "POST",
+        r, body = admin(proxy.admin_port(), "POST",
                         "/cache/purge?url=" + quote("http://site.example/c/shared", safe=""))
         assert json.loads(body)["purged"] == 2
     finally:

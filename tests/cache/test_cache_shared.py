@@ -13,22 +13,14 @@ import time
 
 import pytest
 
-from redis_server import RedisServer
 from test_cache_proxy import get as get_any_host
-from test_cache_proxy import admin, admin_port, is_hit, status_of, u
+from test_cache_proxy import admin, is_hit, status_of, u
 
 HOST = {"Host": "www.example"}   # the fleet's one name, whichever node a client reaches
 
 
 def get(proxy, target: str, headers: dict | None = None):
     return get_any_host(proxy, target, headers={**HOST, **(headers or {})})
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -87,7 +79,7 @@ def test_a_second_node_answers_from_the_shared_tier(node, origin, redis_server):
     r3, _ = get(b, t)                 # now in B's own cache as well
     assert is_hit(r3)
     assert origin.count(t) == 1
-    _, metrics = admin(admin_port(b), "GET", "/metrics")
+    _, metrics = admin(b.admin_port(), "GET", "/metrics")
     assert b"fastproxy_cache_shared_hits_total 1" in metrics or \
         b"cache_shared_hits_total 1" in metrics, metrics[-1500:]
 

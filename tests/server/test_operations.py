@@ -27,15 +27,6 @@ def _get(port: int, target: str, method: str = "GET", body: bytes | None = None)
         c.close()
 
 
-def _admin_port(proxy) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in list(proxy.stderr_lines):
-            m = re.search(r"listening on \[?[^\]]+?\]?:(\d+) \(admin\)", line)
-            if m:
-                return int(m.group(1))
-        time.sleep(0.05)
-    raise AssertionError("no admin listener: " + "\n".join(proxy.stderr_lines))
 
 
 def _wait_for(pred, timeout: float = 5.0) -> bool:
@@ -130,7 +121,7 @@ interval = "0.1s"
 fall = 1
 """)
     proxy = start_proxy("serve", "--config", str(conf), listeners=3)
-    admin = _admin_port(proxy)
+    admin = proxy.admin_port()
     for _ in range(40):    # traffic reveals the dead server: it is ejected
         _get(proxy.port, "/size/3")
     dom = _chromium_dom(f"http://127.0.0.1:{admin}/")
@@ -171,7 +162,7 @@ def test_admin_post_reload_applies_a_good_file_and_refuses_a_bad_one(start_proxy
     conf = tmp_path / "r.toml"
     _two_groups_config(conf, origin, "a")
     proxy = start_proxy("serve", "--config", str(conf), "--workers", workers, listeners=2)
-    admin = _admin_port(proxy)
+    admin = proxy.admin_port()
     c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
 
     def via() -> str:
@@ -566,7 +557,7 @@ upstream = "app"
 servers = ["{origin.url}", "http://127.0.0.1:{dead}"]
 """)
     proxy = start_proxy("serve", "--config", str(conf), listeners=2)
-    admin = _admin_port(proxy)
+    admin = proxy.admin_port()
     for i in range(30):
         assert _get(proxy.port, f"/size/{i % 3}?n={i % 3}")[0] == 200
     m = _metrics(admin)

@@ -42,12 +42,6 @@ def _admin(port: int, target: str) -> bytes:
         c.close()
 
 
-def _admin_port(proxy) -> int:
-    for line in proxy.stderr_lines:
-        m = re.search(r"listening on \[?[^\]]+?\]?:(\d+) \(admin\)", line)
-        if m:
-            return int(m.group(1))
-    raise AssertionError("no admin listener: " + "\n".join(proxy.stderr_lines))
 
 
 def _pids(proxy, needle: str) -> set[int]:
@@ -71,7 +65,7 @@ def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origi
         s.sendall(GET)
     assert not any(_answered(s, 0.05) for s in extra[:1]) and \
         sum(_answered(s, 0.3) for s in extra) == 0
-    snap = json.loads(_admin(_admin_port(proxy), "/status"))
+    snap = json.loads(_admin(proxy.admin_port(), "/status"))
     assert snap["connections"] == 3
     assert snap["limits"] == {"max_connections": 3, "accept_paused": 1, "accept_pauses": 1,
                               "waiting": 0}
@@ -88,7 +82,7 @@ def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origi
                 waiting.remove(s)
     assert len(served) == 3
     assert sum(_answered(s, 0.05) for s in waiting) == 0
-    limits = json.loads(_admin(_admin_port(proxy), "/status"))["limits"]
+    limits = json.loads(_admin(proxy.admin_port(), "/status"))["limits"]
     assert limits["accept_paused"] == 1 and limits["accept_pauses"] >= 2, limits
     for s in served:
         s.close()
@@ -99,7 +93,7 @@ def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origi
                 waiting.remove(s)
                 s.close()
     assert not waiting, "connections left in the backlog were never served"
-    metrics = _admin(_admin_port(proxy), "/metrics").decode()
+    metrics = _admin(proxy.admin_port(), "/metrics").decode()
     assert re.search(r"^fastproxy_accept_pauses_total [1-9]", metrics, re.M), metrics
     assert "fastproxy_accept_paused 0" in metrics
     assert "fastproxy_max_connections 3" in metrics

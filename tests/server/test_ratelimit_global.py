@@ -10,15 +10,7 @@ import sys
 
 import pytest
 
-from redis_server import RedisServer
 from test_cache_proxy import get
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
-import time
 from collections import Counter
 
 from hypothesis import given, settings
@@ -57,15 +55,6 @@ def test_urls_are_cut_and_histograms_bucket_like_bisect_left():
     assert Stats().snapshot() == {"listeners": {}, "groups": {}, "top_urls": {}}
 
 
-def _admin_port(proxy) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in list(proxy.stderr_lines):
-            m = re.search(r"listening on \[?[^\]]+?\]?:(\d+) \(admin\)", line)
-            if m:
-                return int(m.group(1))
-        time.sleep(0.05)
-    raise AssertionError("no admin listener: " + "\n".join(proxy.stderr_lines))
 
 
 def test_every_answer_is_counted_once_with_its_hits(start_proxy, origin):
@@ -74,7 +63,7 @@ def test_every_answer_is_counted_once_with_its_hits(start_proxy, origin):
     p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
                     "--upstream", origin.url, "--cache", "64MiB", "--admin", "127.0.0.1:0",
                     listeners=2)
-    admin = _admin_port(p)
+    admin = p.admin_port()
     c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
     sent = Counter()
 
