@@ -129,12 +129,12 @@ async def fill(layer, conn, req, key, lk, leader: bool, ctx, origins, target) ->
                 # The stored response, with this exchange's Cache-Status (not a hit).
                 found.buffers = ([found.buffers[0], b"Age: 0\r\n" + extra + status
                                   + b"\r\n"] + found.buffers[2:])
-                respond_hit(conn, req, found)
+                respond_hit(conn, req, found, layer.edits)
                 return
             if found.coding is not None and encode_copy(layer, conn, req, key,
                                                         found.coding, ctx, origins):
                 return
-        respond_fetched(conn, req, resp, body, extra + status)
+        respond_fetched(conn, req, resp, body, extra + status, layer.edits)
     finally:
         if leader:
             wc.coalescer.finish(key, True if stored else None)

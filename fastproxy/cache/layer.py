@@ -239,6 +239,9 @@ class CacheLayer:
         self.compression = None
         self.negotiate = None
         self.codings: tuple = ()
+        # The listener's route response-header edits (proxy.filters.edits_factory), None
+        # when no route has any: hits get them as relayed responses do.
+        self.edits = None
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -324,7 +327,7 @@ class CacheLayer:
         if kind is HIT:
             self.wc.hits += 1
             _log(conn, LOG_HIT)
-            respond_hit(conn, req, lk)
+            respond_hit(conn, req, lk, self.edits)
             return
         if lk.coding is not None and not encoded and encode_copy(
                 self, conn, req, key, lk.coding, ctx, origins):
@@ -333,7 +336,7 @@ class CacheLayer:
             self.wc.stale += 1
             _log(conn, LOG_STALE)
             self.refresh_later(conn, req, key, lk, ctx, origins)
-            respond_hit(conn, req, lk)
+            respond_hit(conn, req, lk, self.edits)
             return
         if kind is GATEWAY_TIMEOUT:
             _log(conn, LOG_ONLY_IF_CACHED)
@@ -414,7 +417,7 @@ class CacheLayer:
                 _log(conn, LOG_SHARED)
                 if leader:
                     wc.coalescer.finish(key, True)
-                respond_hit(conn, req, found)
+                respond_hit(conn, req, found, self.edits)
                 return
             if found.coding is not None:
                 # The identity response came from the tier; this client's coding is
@@ -452,7 +455,7 @@ class CacheLayer:
         if lk.kind is HIT and shared:
             self.wc.collapsed += 1
             _log(conn, LOG_COLLAPSED)
-            respond_hit(conn, req, lk)
+            respond_hit(conn, req, lk, self.edits)
             return
         if lk.kind is HIT or lk.kind is STALE:
             # Stored by someone else in the meantime (or still servable stale).
@@ -461,7 +464,7 @@ class CacheLayer:
             else:
                 self.wc.stale += 1
             _log(conn, LOG_HIT if lk.kind is HIT else LOG_STALE)
-            respond_hit(conn, req, lk)
+            respond_hit(conn, req, lk, self.edits)
             return
         self.wc.misses += 1
         self.go(conn, req, key, lk, False, LOG_MISS, ctx, origins)
@@ -613,7 +616,7 @@ class _Exchange:
     def _answer(self, conn, hit) -> list:
         """Replace the upstream response with hit's buffers, or the range of it the
         request asks for (relay hook)."""
-        buffers, conn.status = hit_buffers(self.req, hit)
+        buffers, conn.status = hit_buffers(self.req, hit, self.layer.edits)
         conn.sent += _body_len(buffers)
         return buffers
 
@@ -737,7 +740,7 @@ class _Exchange:
             if hit is not None:
                 layer.wc.stale += 1
                 _log(conn, LOG_STALE_ERROR)
-                buffers, status = hit_buffers(self.req, hit)
+                buffers, status = hit_buffers(self.req, hit, self.layer.edits)
                 conn.respond(buffers, status, _body_len(buffers))
                 return True
         conn.respond_error(status, detail, self.status_line())

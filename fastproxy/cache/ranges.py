@@ -91,20 +91,31 @@ def answer(lookup, request, tail: bytes) -> list | None:
     return [head, tail, memoryview(body)[a:b + 1]]
 
 
-def hit_buffers(req, lk) -> tuple[list, int]:
+def hit_buffers(req, lk, edits=None) -> tuple[list, int]:
     """(buffers, status) of a HIT or STALE lookup's answer: the stored response, or a
-    206/416 for a Range."""
+    206/416 for a Range; `edits`: the listener's route header edits (filters.edits_factory)."""
     buffers = lk.buffers
+    status = lk.status
     if req.get(b"range") is not None:
         ranged = answer(lk, req, buffers[1])
         if ranged is not None:
-            return ranged, 206 if len(ranged) == 3 else 416
-    return buffers, lk.status
+            buffers, status = ranged, 206 if len(ranged) == 3 else 416
+    return edited(buffers, status, req, edits), status
 
 
-def respond_hit(conn, req, lk) -> None:
+def edited(buffers: list, status: int, req, edits) -> list:
+    """buffers with the route's response header edits applied to the head, as a relayed
+    response gets them (the cache stores the origin's head, before the edits)."""
+    f = edits(req.method, req) if edits is not None else None
+    if f is None:
+        return buffers
+    status_line, fields = entry.parse_head(bytes(buffers[0]))
+    return [entry.build_head(status_line, f.start(status, fields)), *buffers[1:]]
+
+
+def respond_hit(conn, req, lk, edits=None) -> None:
     """Write a HIT or STALE lookup's response: the stored one, or a 206/416 for a Range."""
-    buffers, status = hit_buffers(req, lk)
+    buffers, status = hit_buffers(req, lk, edits)
     conn.respond(buffers, status, len(buffers[2]) if len(buffers) == 3 else 0)
 
 
@@ -125,7 +136,7 @@ class _Fetched:
         self.buffers = buffers
 
 
-def respond_fetched(conn, req, resp, body: bytes | None, lines: bytes) -> None:
+def respond_fetched(conn, req, resp, body: bytes | None, lines: bytes, edits=None) -> None:
     """Answer req from a response fetched for it that was not stored (a HEAD filled with a
     GET, a Range request fetched whole): its head (`lines` added: Via, Connection,
     Cache-Status), and its body, or the range of it req asks for, unless req is a HEAD.
@@ -144,9 +155,9 @@ def respond_fetched(conn, req, resp, body: bytes | None, lines: bytes) -> None:
     head = entry.build_head(b"HTTP/1.1 %d %s" % (status, resp.reason or b""), kept)
     tail = lines + b"\r\n"
     if req.method == b"HEAD" or body is None or status in (204, 304):
-        conn.respond([head, tail], status, 0)
+        conn.respond(edited([head, tail], status, req, edits), status, 0)
         return
     stored = entry.Stored(b"".join(entry.encode(
         status, 0, head, body, resp.get(b"etag") or b"", resp.get(b"last-modified") or b"",
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0)))
-    respond_hit(conn, req, _Fetched(stored, status, [head, tail, body]))
+    respond_hit(conn, req, _Fetched(stored, status, [head, tail, body]), edits)

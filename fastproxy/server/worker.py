@@ -152,9 +152,11 @@ class ListenerRuntime:
                 me = rt.config.cluster_self
                 if rt.peer_group is not None and me is not None:
                     layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
-                if not self.handler.limit_rate:
+                layer.edits = edits_factory(self.handler.router)
+                if not self.handler.limit_rate and layer.edits is None:
                     # Fresh hits answered by the relay itself (hitpath.pyx); with rate
-                    # limits every request must reach the handler first.
+                    # limits every request must reach the handler first, and with route
+                    # header edits every hit must get them (the compiled path has none).
                     self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
             from fastproxy.forward.handler import ForwardHandler

@@ -386,3 +386,27 @@ def test_http_to_https_listener_needs_no_upstream(start_proxy, tmp_path):
     p = start_proxy("serve", "--config", str(cfg))
     r = request(p.port, crlf("GET /login?next=%2F HTTP/1.1\nHost: shop.test:80\n\n"))
     assert (r.status, r.getheader("Location")) == (308, "https://shop.test/login?next=%2F")
+
+
+def test_route_response_header_edits_apply_to_cache_hits(start_proxy, three, tmp_path):
+    # The cache stores the origin's head; hits were written from it without the route's
+    # edits (a miss had X-Route, the hit after it did not).
+    p = start(start_proxy, tmp_path, three, """
+[[listeners.routes]]
+path = "/c/"
+upstream = "v1"
+response_headers = { set = { X-Frame-Options = "DENY" }, add = { X-Route = "{method} {path}" }, remove = ["X-Origin"] }
+[cache]
+size = "32MiB"
+""")
+    target = "/c/edited?cc=max-age%3D600"
+    seen = []
+    for method, extra in (("GET", ""), ("GET", ""), ("HEAD", ""), ("GET", "Range: bytes=0-1\n")):
+        r = request(p.port, crlf(f"{method} {target} HTTP/1.1\nHost: x.test\n{extra}\n"),
+                    method=method)
+        seen.append((r.status, r.getheader("Cache-Status", "")))
+        assert r.getheader("X-Route") == f"{method} {target}", (method, r.headers)
+        assert r.getheader("X-Frame-Options") == "DENY" and r.getheader("X-Origin") is None
+        assert len(r.headers.get_all("X-Route")) == 1
+    assert [s for s, _ in seen] == [200, 200, 200, 206], seen
+    assert all("hit" in cs for _, cs in seen[1:]), seen   # answered from the cache
