@@ -299,7 +299,8 @@ class CacheLayer:
         """Via and Connection lines for a response written from the cache."""
         if not conn.keep_alive or not conn.body_done:
             return self.x_close
-        return self.x_keep if req.version == 11 else self.x_keep10
+        # Only HTTP/1.0 needs keep-alive said; an HTTP/2 stream (version 20) takes none.
+        return self.x_keep10 if req.version == 10 else self.x_keep
 
     # -- the request ------------------------------------------------------------
 
