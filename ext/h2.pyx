@@ -632,8 +632,14 @@ cdef class Connection(FrameWriter):
         if sid <= <uint32_t>self.last_peer_stream:
             if self._was_reset(sid):
                 return 0
+            if self._was_skipped(sid):      # 5.1.1: a new stream below the last one
+                return self._conn_error(E_PROTOCOL, K_STREAM_ID)
             return self._conn_error(E_STREAM_CLOSED, K_STREAM_CLOSED)
         # A new stream from the peer (server role).
+        if sid > <uint32_t>self.last_peer_stream + 2:
+            self._skipped[self._nskipped % 16][0] = <uint32_t>self.last_peer_stream + 1
+            self._skipped[self._nskipped % 16][1] = sid - 1
+            self._nskipped += 1
         self.last_peer_stream = sid
         if not self._take(&self._stream_tokens, self.stream_rate, self.stream_burst):
             return self._conn_error(E_CALM, K_STREAM_RATE)
@@ -913,6 +919,13 @@ cdef class Connection(FrameWriter):
         cdef int i
         for i in range(min(self._nresets, 256)):
             if self._resets[i] == <int>sid:
+                return True
+        return False
+
+    cdef bint _was_skipped(self, uint32_t sid) noexcept:
+        cdef int i
+        for i in range(min(self._nskipped, 16)):
+            if self._skipped[i][0] <= sid <= self._skipped[i][1]:
                 return True
         return False
 

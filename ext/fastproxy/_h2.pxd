@@ -64,6 +64,11 @@ cdef class Connection(FrameWriter):
     cdef long long _errors[N_KINDS]
     cdef int _resets[256]                   # streams we reset lately: their frames are ignored
     cdef int _nresets
+    # Peer stream ids skipped when a higher one opened (RFC 9113 5.1.1: never used, closed
+    # implicitly), as [first, last] ranges: a HEADERS on one is a PROTOCOL_ERROR, on a
+    # stream that was open and ended a STREAM_CLOSED. The last 16 gaps are kept.
+    cdef uint32_t _skipped[16][2]
+    cdef int _nskipped
     # frame reader
     cdef int _rstate
     cdef uchar _hdr[10]
@@ -126,6 +131,7 @@ cdef class Connection(FrameWriter):
     cdef int _forget(self, _Stream st) except -1
     cdef _Stream _get(self, uint32_t sid)
     cdef bint _was_reset(self, uint32_t sid) noexcept
+    cdef bint _was_skipped(self, uint32_t sid) noexcept
     cdef int _remember_reset(self, uint32_t sid) noexcept
     cdef bint _is_idle(self, uint32_t sid) noexcept
     cdef bint _take(self, double* tokens, double rate, double burst) noexcept

@@ -291,6 +291,26 @@ def test_rfc9113_5_1_headers_on_a_closed_stream_is_a_connection_error():
     assert goaway_of(out)[1] == STREAM_CLOSED and ours.errors == {"stream_closed": 1}
 
 
+@pytest.mark.parametrize("first,lower", [(5, 3), (3, 1), (9, 5), (101, 99)])
+def test_rfc9113_5_1_1_a_new_stream_below_the_last_one_is_a_protocol_error(first, lower):
+    # The lower id was never used: opening it now is an unexpected identifier (PROTOCOL_ERROR,
+    # as h2spec 5.1.1 and the h2 package say), not a frame on a closed stream.
+    ours = raw_server()
+    send(ours, headers_frame(first, REQ))
+    out = send(ours, headers_frame(lower, REQ))
+    assert goaway_of(out)[1] == PROTOCOL_ERROR and ours.errors == {"stream_id": 1}
+
+
+def test_rfc9113_5_1_1_a_reused_stream_id_among_skipped_ones_is_stream_closed():
+    # 1 and 5 were used and ended, 3 was skipped: HEADERS on 5 again is STREAM_CLOSED.
+    ours = raw_server()
+    for sid in (1, 5, 7):
+        send(ours, headers_frame(sid, REQ))
+        ours.send_headers(sid, [(b":status", b"204")], end_stream=True)
+    out = send(ours, headers_frame(5, REQ))
+    assert goaway_of(out)[1] == STREAM_CLOSED and ours.errors == {"stream_closed": 1}
+
+
 def test_rfc9113_5_3_1_headers_depending_on_itself():
     ours = raw_server()
     payload = b"\0\0\0\x01\x10" + hpack.Encoder().encode(REQ)
