@@ -140,6 +140,7 @@ class ListenerRuntime:
         self.handler: Any = None    # ReverseHandler or ForwardHandler
         # A listener uses the worker's cache unless its `cache = false`.
         self.cache = rt.cache if lcfg.cache else None
+        edits = None        # the routes' response header edits (reverse listeners)
         if lcfg.mode == "reverse":
             tls = lcfg.tls_cert is not None
             layer = None
@@ -147,12 +148,13 @@ class ListenerRuntime:
                 layer = CacheLayer(self.cache, None, b"https" if tls else b"http",
                                    rt.response_via, rt.loop, rt.timeouts, rt.limits, index)
             self.handler = ReverseHandler(self, Router(lcfg, rt.groups), tls, layer)
+            edits = edits_factory(self.handler.router)
             if layer is not None:
                 layer.handler = self.handler
                 me = rt.config.cluster_self
                 if rt.peer_group is not None and me is not None:
                     layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
-                layer.edits = edits_factory(self.handler.router)
+                layer.edits = edits
                 if not self.handler.limit_rate and layer.edits is None:
                     # Fresh hits answered by the relay itself (hitpath.pyx); with rate
                     # limits every request must reach the handler first, and with route
@@ -168,10 +170,8 @@ class ListenerRuntime:
                                                 rt.limits, index)
         # The response-body filter factory (compression), None when off; the relay's
         # ListenerSettings takes it (docs: the filter contract).
-        router = getattr(self.handler, "router", None)
         compression = compression_factory(rt.config, lcfg)
-        self.filter_factory = chain(edits_factory(router) if router is not None else None,
-                                    compression)
+        self.filter_factory = chain(edits, compression)
         if lcfg.mode == "reverse" and self.handler.cache is not None:
             # Cache hits do not pass the filter: the cache stores what it encodes.
             self.handler.cache.compress_with(compression)
