@@ -156,6 +156,10 @@ cdef class Connection:
         self.raw_write = None
         if app is not None:
             app.connection_lost(exc)
+            # The protocol keeps us as its transport; we let go of it (no cycle for the
+            # collector to find, with a connection per request).
+            self.app = None
+            self.app_data = None
 
     def pause_writing(self):
         if self.app is not None:
@@ -359,6 +363,8 @@ cdef class Connection:
         self.raw.set_write_buffer_limits(high, low)
 
     def get_extra_info(self, name, default=None):
+        if name == "peername":   # the relay asks at every connection_made
+            return self.raw.get_extra_info(name, default)
         if name == "ssl_object":
             return self.sslobj
         if name == "peercert":
