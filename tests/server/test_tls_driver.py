@@ -49,8 +49,12 @@ servers = ["{origin.url}"]
 class BioClient:
     """A TLS client whose ciphertext goes out exactly as the test says."""
 
-    def __init__(self, port: int, ca_pem, chunk: int = 0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, ca_pem, chunk: int = 0, rcvbuf: int = 0) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:   # a small window: the proxy's socket fills after a few responses
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         ctx = ssl.create_default_context(cafile=str(ca_pem))
@@ -224,3 +228,48 @@ def test_large_body_both_ways_with_a_slow_reader(start_proxy, tls_config):
             if data.startswith(b"HTTP/1.1 200") and len(data.partition(b"\r\n\r\n")[2]) == 7:
                 break
         assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_pipelined_requests_in_one_write_read_slowly(start_proxy, tls_config, origin):
+    # Twenty requests, each its own TLS record, arrive in one TCP write; their large
+    # responses fill the socket, so the relay stops reading (the requests not read yet
+    # wait in the driver's BIO) and starts again as the client catches up: every
+    # response comes, in order.
+    # The cached ones are answered inside the read that decrypts their request: the
+    # socket fills and the relay pauses reading there, with records still in the BIO.
+    write, ca_pem = tls_config
+    p = start_proxy("serve", "--config", write('[cache]\nsize = "16MiB"\n'))
+    origin.override["/c/pipe"] = {"cc": "max-age=600", "size": "300000"}
+    warm = BioClient(p.port, ca_pem)
+    warm.handshake()
+    warm.send(b"GET /c/pipe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert len(warm.read_all()) > 300000
+    c = BioClient(p.port, ca_pem, rcvbuf=32768)
+    c.handshake()
+    sizes = [300_000 + i for i in range(20)]
+    for i, n in enumerate(sizes):
+        path = b"/size/%d" % n if i % 2 else b"/c/pipe"
+        if not i % 2:
+            sizes[i] = 300000
+        c.tls.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+    c.send_pending()
+    time.sleep(0.5)
+    buf = b""
+
+    def more() -> bytes:
+        while True:
+            try:
+                return c.tls.read(65536)
+            except ssl.SSLWantReadError:
+                assert c.recv(), "the proxy closed"
+
+    for n in sizes:
+        while b"\r\n\r\n" not in buf:
+            buf += more()
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"content-length: %d" % n in head.lower()
+        while len(buf) < n:
+            buf += more()
+        buf = buf[n:]
+    assert buf == b""
