@@ -95,7 +95,7 @@ cdef class Connection:
     """One TLS client connection: the socket's protocol and its protocol's transport."""
 
     cdef Terminating f
-    cdef object lrt, loop
+    cdef object lrt
     cdef object raw, raw_write, sslobj, c, inbio, outbio
     cdef public object app
     cdef object app_data
@@ -199,10 +199,7 @@ cdef class Connection:
         self.deadlines.discard(self)
         self.deadline = 0.0
         self.state = OPEN
-        if not self.inbio.pending:
-            # Request bytes that came with the client's Finished take the tickets along
-            # in the response's write; otherwise they go now.
-            self._flush()
+        self._flush()    # the session ticket (uvloop sends it with what follows this turn)
         lrt = self.lrt
         if self.c.selected_alpn_protocol() == "h2":
             app = self.f.h2(lrt)
