@@ -199,7 +199,11 @@ cdef class Connection:
         self.deadlines.discard(self)
         self.deadline = 0.0
         self.state = OPEN
-        self._flush()    # the session ticket (uvloop sends it with what follows this turn)
+        if not self.inbio.pending:
+            self._flush()
+        # else: the request came with the client's Finished: the session ticket goes out
+        # in the same socket write as what the request makes us write (uvloop writes
+        # at once, a syscall per transport write), or at the end of the read below.
         lrt = self.lrt
         if self.c.selected_alpn_protocol() == "h2":
             app = self.f.h2(lrt)
