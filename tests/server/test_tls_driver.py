@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import socket
 import ssl
 import time
@@ -273,3 +274,25 @@ def test_pipelined_requests_in_one_write_read_slowly(start_proxy, tls_config, or
             buf += more()
         buf = buf[n:]
     assert buf == b""
+
+
+def test_graceful_stop_finishes_the_request_in_flight_then_says_close_notify(start_proxy,
+                                                                           tls_config):
+    # SIGTERM while a request over TLS waits for a slow upstream: the response still
+    # comes, then the connection ends with our close_notify (a clean TLS EOF).
+    write, ca_pem = tls_config
+    p = start_proxy("serve", "--config", write())
+    c = BioClient(p.port, ca_pem)
+    c.handshake()
+    c.send(b"GET /slow/0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle = BioClient(p.port, ca_pem)
+    idle.handshake()
+    time.sleep(0.2)
+    p.signal(signal.SIGTERM)
+    data = c.read_all()
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    # b"" once close_notify came; a bare FIN would be SSLEOFError (a MemoryBIO client
+    # does not suppress ragged EOFs).
+    assert c.tls.read(1) == b""
+    assert idle.read_all() == b""  # the idle keep-alive connection is closed too
+    assert idle.tls.read(1) == b""
