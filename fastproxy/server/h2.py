@@ -1,7 +1,8 @@
 """HTTP/2 from clients (RFC 9113): each stream drives the HTTP/1.1 exchange path.
 
 A client connection that starts with the HTTP/2 preface (prior knowledge on a plain
-port) or negotiates `h2` by ALPN on a TLS listener gets an `H2Server`: the compiled
+port) or negotiates `h2` by ALPN on a TLS listener (ext/tls.pyx picks it after the
+handshake) gets an `H2Server`: the compiled
 codec (fastproxy._h2) parses frames; every request stream gets its own relay
 ClientConnection, so routing, the reverse and forward handlers, the cache, rate
 limits, the access log and metrics run unchanged. The stream hands that connection
@@ -32,7 +33,7 @@ from __future__ import annotations
 from fastproxy._h2server import CONNECTION_BUFFER, STREAM_BUFFER, Server, Stream
 from fastproxy._relay import ClientConnection
 
-__all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "H2Server", "Stream", "AlpnSwitch", "switch"]
+__all__ = ["CONNECTION_BUFFER", "STREAM_BUFFER", "H2Server", "Stream", "switch"]
 
 # The connection and its streams are compiled (ext/h2server.pyx): they only move bytes
 # between the codec and the relays; every decision about a request is the relay's.
@@ -48,21 +49,3 @@ def switch(relay: ClientConnection, data: bytes) -> None:
     transport.set_protocol(conn)
     conn.connection_made(transport)
     conn.data_received(data)
-
-
-class AlpnSwitch:
-    """TLS listener protocol until the handshake: picks HTTP/2 or HTTP/1.1 by ALPN."""
-
-    def __init__(self, holder) -> None:
-        self.holder = holder
-
-    def connection_made(self, transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        lrt = self.holder.current
-        h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-        proto: H2Server | ClientConnection = H2Server(lrt) if h2 else ClientConnection(lrt)
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
-
-    def connection_lost(self, exc) -> None:
-        pass

@@ -31,7 +31,9 @@ from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, show_size)
-from fastproxy._relay import Accepting, ConnectionPool, ListenerSettings, Counters
+from fastproxy._relay import (Accepting, ClientConnection, ConnectionPool, ListenerSettings,
+                              Counters)
+from fastproxy._tls import Terminating
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
 from fastproxy.proxy.reverse import ReverseHandler
@@ -318,13 +320,16 @@ class Worker:
         if lcfg.mode == "tcp":
             from fastproxy.tcp import TcpClient
             factory = lambda: TcpClient(holder.current)  # noqa: E731
-        elif lcfg.tls_cert:
-            factory = lambda: h2.AlpnSwitch(holder)  # noqa: E731
         else:
             factory = Accepting(holder)
         selector = CertSelector(lcfg) if lcfg.tls_cert else None
         self.tls[lrt.holder] = selector
         tls = selector.context if selector is not None else None
+        if tls is not None and lcfg.mode != "tcp":
+            # HTTP over TLS: the socket is served plain, our compiled driver does TLS
+            # (ext/tls.pyx) and picks HTTP/2 or HTTP/1.1 by ALPN after the handshake.
+            factory = Terminating(holder, tls, ClientConnection, h2.H2Server)
+            tls = None
         for sock in socks:
             await self.gate.serve(sock, factory, tls)
 
