@@ -174,8 +174,12 @@ def test_max_connections_out_of_range_is_a_config_error(tmp_path):
 # -- worker supervision ----------------------------------------------------------------
 
 
-def _run(*args, timeout=30, **kw):
+def _run(*args, timeout=30, runtime_dir=None, **kw):
     env = dict(os.environ, PYTHONPATH=PKG_PARENT)
+    if runtime_dir is not None:
+        # A private default pidfile: another fastproxy on the machine holding
+        # /run/fastproxy.pid would add its own line to stderr.
+        env["RUNTIME_DIRECTORY"] = str(runtime_dir)
     return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True,
                           text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, **kw)
 
@@ -229,7 +233,8 @@ def test_no_worker_started_exits_with_the_reason(tmp_path, origin, workers):
     # fails at start, and the proxy exits 1 saying why (no traceback, no respawn loop).
     t0 = time.monotonic()
     r = _run("serve", "--listen", "127.0.0.1:0", "--upstream", origin.url,
-             "--workers", workers, "--cache", "4GiB", preexec_fn=_no_memory)
+             "--workers", workers, "--cache", "4GiB", preexec_fn=_no_memory,
+             runtime_dir=tmp_path)
     assert r.returncode == 1, r.stderr
     assert time.monotonic() - t0 < 20
     assert "Traceback" not in r.stderr, r.stderr
