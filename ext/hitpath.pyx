@@ -13,14 +13,17 @@ branch would, or returns None and the request goes the Python way
   conditional field (If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since,
   If-Range, nor Range: 304s, preconditions and 206s are Python's);
 * the key namespace + scheme://host/target (as `CacheLayer.key` builds it) holds a
-  response, not a
-  Vary stub, that has not expired in the store;
+  response that has not expired in the store, or a Vary stub naming only `:coding` (a
+  response the listener compresses, issue 13) whose variant for the coding the request
+  negotiates (`compression.coding_for`, remembered per Accept-Encoding value) is stored:
+  the first hit in a coding, which makes the copy, and other Vary stubs are Python's;
 * it is fresh (RFC 9111 4.2: freshness_lifetime > current_age, 4.2.3) and not
   `no-cache` (which needs validation before each use, 5.2.2.4).
 
 Forward listeners do not use it: a hit there needs the full admission first and an entry
 fetched from an address this client was admitted to (caching.py).
 
+The relay writes the answer to the socket itself when it can (relay_hitwrite.pxi).
 A small value's answer is one bytes object (stored head, Age, Via/Connection,
 Cache-Status, blank line, body) handed to one transport write. A value larger than
 `copy_max` (the cache's zero_copy_min) is answered as [head bytes, a memoryview of the
