@@ -14,6 +14,11 @@ has no response-body filter slot sends identity: its row then says so instead of
 `--cache` puts a cache in both (nginx `proxy_cache`, fastproxy `[cache]`): every request
 after the first is a hit. nginx compresses each hit again (its gzip filter runs after the
 cache); fastproxy stores one copy per coding and serves hits from it (issue 13).
+
+`--stored` (gzip only) is the like-for-like hit: nginx's `proxy_cache` holds the gzip
+response a second origin (`gzip on`, level 1, `gzip_vary`) sent, so each nginx hit writes
+stored gzip bytes, as each fastproxy hit writes the copy it encoded once (fastproxy keeps
+the identity origin: it compresses itself, the `:coding` variant path).
 """
 from __future__ import annotations
 
@@ -41,8 +46,9 @@ def _nginx_gzip(tmp: Path, port: int, origin_port: int, cache: bool = False) -> 
 
 
 def run(duration: int = 5, connections: int = 32, encoding: str = "gzip",
-        cache: bool = False) -> list[dict]:
+        cache: bool = False, stored: bool = False) -> list[dict]:
     """Rows for fastproxy and nginx relaying (or, with cache, serving) a compressed 64 KiB page."""
+    cache = cache or stored
     import fastproxy._relay
     slot = hasattr(fastproxy._relay.ListenerSettings, "filter_factory")
     rows = []
@@ -59,7 +65,22 @@ def run(duration: int = 5, connections: int = 32, encoding: str = "gzip",
                                                   "types { text/html html; }"))
         sup.spawn("origin", ["taskset", "-c", "1", "nginx", "-c", str(tmp / "origin.conf"),
                              "-p", str(tmp / "origin")])
-        (tmp / "nginx.conf").write_text(_nginx_gzip(tmp / "proxy", n_port, o_port, cache))
+        if stored:
+            # nginx's reference origin compresses; nginx caches what it sent (per Vary).
+            z_port = free_port()
+            (tmp / "zorigin").mkdir()
+            (tmp / "zorigin.conf").write_text(
+                configs.nginx_origin(tmp / "zorigin", z_port, docroot)
+                .replace("default_type application/octet-stream;",
+                         "types { text/html html; }\n    gzip on;\n    gzip_comp_level 1;\n"
+                         "    gzip_vary on;\n    gzip_types text/html;"))
+            sup.spawn("zorigin", ["taskset", "-c", "1", "nginx", "-c", str(tmp / "zorigin.conf"),
+                                  "-p", str(tmp / "zorigin")])
+            _wait(z_port)
+            (tmp / "nginx.conf").write_text(configs.nginx_proxy(tmp / "proxy", n_port, z_port,
+                                                                cache=True))
+        else:
+            (tmp / "nginx.conf").write_text(_nginx_gzip(tmp / "proxy", n_port, o_port, cache))
         nginx = sup.spawn("nginx", ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nginx.conf"),
                                     "-p", str(tmp / "proxy")])
         (tmp / "fp.toml").write_text(
@@ -107,9 +128,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--encoding", default="gzip", choices=("gzip", "br", "zstd"))
     p.add_argument("--cache", action="store_true", help="both proxies cache (hits)")
+    p.add_argument("--stored", action="store_true",
+                   help="hits of stored gzip bytes in both (nginx caches a gzip origin's answer)")
     a = p.parse_args(argv)
+    if a.stored and a.encoding != "gzip":
+        p.error("--stored: nginx's origin compresses with gzip only")
     from bench.micro import table
-    print(table(run(a.duration, a.connections, a.encoding, a.cache)))
+    print(table(run(a.duration, a.connections, a.encoding, a.cache, a.stored)))
     return 0
 
 

@@ -13,14 +13,17 @@ branch would, or returns None and the request goes the Python way
   conditional field (If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since,
   If-Range, nor Range: 304s, preconditions and 206s are Python's);
 * the key namespace + scheme://host/target (as `CacheLayer.key` builds it) holds a
-  response, not a
-  Vary stub, that has not expired in the store;
+  response that has not expired in the store, or a Vary stub naming only `:coding` (a
+  response the listener compresses, issue 13) whose variant for the coding the request
+  negotiates (`compression.coding_for`, remembered per Accept-Encoding value) is stored:
+  the first hit in a coding, which makes the copy, and other Vary stubs are Python's;
 * it is fresh (RFC 9111 4.2: freshness_lifetime > current_age, 4.2.3) and not
   `no-cache` (which needs validation before each use, 5.2.2.4).
 
 Forward listeners do not use it: a hit there needs the full admission first and an entry
 fetched from an address this client was admitted to (caching.py).
 
+The relay writes the answer to the socket itself when it can (relay_hitwrite.pxi).
 A small value's answer is one bytes object (stored head, Age, Via/Connection,
 Cache-Status, blank line, body) handed to one transport write. A value larger than
 `copy_max` (the cache's zero_copy_min) is answered as [head bytes, a memoryview of the
@@ -41,8 +44,8 @@ line), body.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromObject
 from libc.math cimport INFINITY
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
-from libc.string cimport memcpy
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcmp, memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 from fastproxy._http cimport Field, Request
@@ -54,9 +57,13 @@ cdef int TARGET_ORIGIN = _http.TARGET_ORIGIN
 
 cdef enum:
     META_SIZE = 62          # struct.calcsize("<BBHIHHddddddH")
+    STUB_SIZE = 16          # entry.STUB.size ("<BBHIQ": kind, 0, 0, names length, epoch)
     KIND_RESPONSE = 1       # entry.KIND_RESPONSE
+    KIND_STUB = 2           # entry.KIND_STUB
+    MEMO_MAX = 512          # Accept-Encoding values remembered (the client chooses them)
     NO_CACHE = 2            # entry.NO_CACHE
 
+cdef const char* HEX = b"0123456789abcdef"
 cdef uint16_t _probe = 1
 # The stored metadata is little-endian; on another host every lookup goes the Python way.
 cdef bint LITTLE_ENDIAN = (<unsigned char*>&_probe)[0] == 1
@@ -114,6 +121,12 @@ cdef inline int put_uint(char* out, long long v) noexcept nogil:
     return n
 
 
+cdef inline uint64_t read_u64(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
 cdef inline double read_f64(const unsigned char* p) noexcept nogil:
     cdef double v
     memcpy(&v, p, 8)
@@ -132,7 +145,8 @@ cdef class FreshHits:
     """The fresh-hit fast path of one listener over the worker's store."""
 
     def __init__(self, RingCache ring not None, bytes ns not None, bytes scheme not None,
-                 bytes name not None, bytes via not None, log_hit, Py_ssize_t copy_max):
+                 bytes name not None, bytes via not None, log_hit, Py_ssize_t copy_max,
+                 negotiate=None):
         self.ring = ring
         self.ns = ns
         self.scheme = scheme.lower()
@@ -142,6 +156,8 @@ cdef class FreshHits:
         self.x_close = via + b"Connection: close\r\n"
         self.copy_max = copy_max
         self.log_hit = log_hit
+        self.negotiate = negotiate
+        self.memo = {}
         self.hits = 0
         self.status = 0
         self.body_len = 0
@@ -163,6 +179,7 @@ cdef class FreshHits:
         cdef bytes key, out, extra
         cdef int64_t slot
         cdef Entry* e
+        cdef Entry* stub = NULL
         cdef RingCache ring = self.ring
         cdef double now, age, ttl, response_time
         cdef char age_s[32]
@@ -224,11 +241,20 @@ cdef class FreshHits:
         if e.expires != INFINITY and e.expires <= now:
             return None            # the Python way drops it
         vlen = e.val_len
+        v = <const unsigned char*>e + ENTRY_HDR + e.key_len
+        if vlen >= STUB_SIZE and v[0] == KIND_STUB:
+            # A response the listener encodes: the variant of the coding req negotiates.
+            stub = e
+            slot = self.variant(req, key, v, vlen, now)
+            if slot < 0:
+                return None
+            e = ring.entry_at(ring.slots[slot].seg, ring.slots[slot].off)
+            vlen = e.val_len
+            v = <const unsigned char*>e + ENTRY_HDR + e.key_len
         if vlen < META_SIZE:
             return None
-        v = <const unsigned char*>e + ENTRY_HDR + e.key_len
         if v[0] != KIND_RESPONSE or v[1] & NO_CACHE:
-            return None            # a Vary stub, or validation needed before each use
+            return None            # another Vary stub, or validation needed before each use
         response_time = read_f64(v + 12)
         # RFC 9111 4.2.3 current_age; 4.2 fresh while freshness_lifetime > current_age.
         age = read_f64(v + 20) + (now - response_time if now > response_time else 0.0)
@@ -269,6 +295,10 @@ cdef class FreshHits:
             memcpy(o + 4, v + hs + head_len, blen)
 
         # Counted as the store's get would count it (S3-FIFO frequency, hits).
+        if stub != NULL:
+            if stub.freq < FREQ_MAX:
+                stub.freq += 1
+            ring.hits += 1
         if e.freq < FREQ_MAX:
             e.freq += 1
         ring.hits += 1
@@ -279,3 +309,53 @@ cdef class FreshHits:
             return [out, PyMemoryView_FromObject(ring.pin(
                 ring.slots[slot].seg, <char*>v + hs + head_len, blen))]
         return out
+
+    cdef int64_t variant(self, Request req, bytes key, const unsigned char* v,
+                         Py_ssize_t vlen, double now) except? -2:
+        """The slot of req's variant under the Vary stub v (the value of key) when the stub
+        names only keys.CODING and that variant is stored and unexpired, else -1."""
+        cdef Py_ssize_t nlen = read_u32(v + 4), klen = PyBytes_GET_SIZE(key), clen, i
+        cdef uint64_t epoch = read_u64(v + 8)
+        cdef bytes vkey
+        cdef char* o
+        cdef int64_t slot
+        cdef Entry* e
+        if self.negotiate is None or nlen != 7 or vlen < STUB_SIZE + 7 \
+                or memcmp(v + STUB_SIZE, b":coding", 7) != 0:
+            return -1
+        # The coding as compression.coding_for chooses it (one definition), remembered per
+        # Accept-Encoding value: the fast path takes no request with Cache-Control, so
+        # no-transform is not in play and the value alone decides.
+        ae = req.get_c(b"accept-encoding")
+        if ae is None:
+            coding = b"identity"
+        else:
+            coding = self.memo.get(ae)
+            if coding is None:
+                coding = self.negotiate(req)
+                if coding is None:
+                    coding = b"identity"
+                if len(self.memo) >= MEMO_MAX:
+                    self.memo.clear()
+                self.memo[ae] = coding
+        # keys.variant_key: key, epoch as 16 hex digits, "ce=" coding, NUL-separated.
+        clen = PyBytes_GET_SIZE(coding)
+        vkey = PyBytes_FromStringAndSize(NULL, klen + 1 + 16 + 1 + 3 + clen)
+        o = PyBytes_AS_STRING(vkey)
+        memcpy(o, PyBytes_AS_STRING(key), klen)
+        o += klen
+        o[0] = 0
+        for i in range(16):
+            o[16 - i] = HEX[(epoch >> (4 * i)) & 15]
+        o[17] = 0
+        memcpy(o + 18, b"ce=", 3)
+        memcpy(o + 21, PyBytes_AS_STRING(coding), clen)
+        slot = self.ring.find(self.ring.key_hash(vkey, None),
+                              <const unsigned char*>PyBytes_AS_STRING(vkey),
+                              PyBytes_GET_SIZE(vkey))
+        if slot < 0:
+            return -1              # no copy in this coding yet: the Python way makes one
+        e = self.ring.entry_at(self.ring.slots[slot].seg, self.ring.slots[slot].off)
+        if e.expires != INFINITY and e.expires <= now:
+            return -1
+        return slot

@@ -130,6 +130,10 @@ cdef class ClientConnection:
     cdef long long max_body, stash_limit
     cdef public long long buffer_limit    # public: server/h2.py streams gRPC bodies (0)
     cdef public object twrite      # transport.write, bound once (a lookup saved per write)
+    # Cache hits are written straight to this plain TCP socket when the transport holds
+    # nothing (relay_hitwrite.pxi): -2 not known yet, -1 not a plain uvloop TCP transport.
+    cdef int direct_fd
+    cdef object t_pending          # transport.get_write_buffer_size, bound with direct_fd
     # The version requests arrived in when the head is a translation (20: an HTTP/2
     # stream hands its relay HTTP/1.1 heads); 0: as parsed. Via says it (RFC 9110 7.6.3).
     cdef public int received_version
@@ -156,6 +160,7 @@ cdef class ClientConnection:
         self.counters = ls.counters
         self.fast_hits = ls.fast_hits
         self.fast = ls.fast
+        self.direct_fd = -2
         self.access_log = ls.access_log
         self.buf = None
         self.state = S_HEAD
@@ -459,7 +464,15 @@ cdef class ClientConnection:
             out = hits.serve(req, self.keep_alive)
             if out is not None:
                 self.log_extra = hits.log_hit
-                self.respond(out, hits.status, hits.body_len)
+                self.status = hits.status
+                self.resp_started = True
+                self.sent += hits.body_len
+                if not write_hit(self, out):
+                    if type(out) is bytes:
+                        self.twrite(out)
+                    else:
+                        self.transport.writelines(out)
+                self.exchange_done(self.keep_alive and self.body_done)
                 return
         cdef FastForward fast = self.fast
         if fast is None or fast.forward(self, req) == X_CONTINUE:

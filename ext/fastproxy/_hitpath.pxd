@@ -1,6 +1,7 @@
 # Declarations of fastproxy._hitpath (implementation in ext/hitpath.pyx), so the relay
 # can answer fresh cache hits without a Python call.
 from fastproxy._http cimport Request
+from libc.stdint cimport int64_t
 from fastproxy._ringcache cimport RingCache
 
 
@@ -17,5 +18,9 @@ cdef class FreshHits:
     cdef public int status          # status of the last answer
     cdef public long long body_len  # body bytes of the last answer
     cdef public object log_hit      # the access log's fields for a hit
+    cdef public object negotiate    # compression.coding_for, None when the listener encodes nothing
+    cdef dict memo                  # Accept-Encoding value -> the coding it negotiates
 
     cdef object serve(self, Request req, bint keep)
+    cdef int64_t variant(self, Request req, bytes key, const unsigned char* v,
+                         Py_ssize_t vlen, double now) except? -2

@@ -146,6 +146,8 @@ class WorkerCache:
         ring = self.http.stats()
         return {
             "hits": self.hits + sum(f.hits for f in self.fast), "stale": self.stale, "misses": self.misses,
+            # Of the hits, those the relay answered itself (hitpath.pyx).
+            "compiled_hits": sum(f.hits for f in self.fast),
             "revalidated": self.revalidated, "stores": self.stores,
             "store_failures": self.store_failures, "collapsed": self.collapsed,
             "invalidations": self.invalidations, "purges": self.purges,
@@ -242,12 +244,14 @@ class CacheLayer:
         # The listener's route response-header edits (proxy.filters.edits_factory), None
         # when no route has any: hits get them as relayed responses do.
         self.edits = None
+        self.fast: FreshHits | None = None     # the relay's fast path (fresh_hits), once made
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
         fast = FreshHits(self.cache.ring, self.ns, self.scheme, self.name, self.x_keep, LOG_HIT,
-                         self.wc.config.zero_copy_min - 1)
+                         self.wc.config.zero_copy_min - 1, self.negotiate)
         self.wc.fast.append(fast)
+        self.fast = fast
         return fast
 
     def compress_with(self, compression) -> None:
@@ -261,6 +265,9 @@ class CacheLayer:
         self.compression = compression
         self.negotiate = compression.coding_for if compression is not None else None
         self.codings = compression.offered if compression is not None else ()
+        if self.fast is not None:
+            # Hits on encoded copies are the relay's too (hitpath: the `:coding` stub).
+            self.fast.negotiate = self.negotiate
 
     def codings_for(self, resp) -> tuple:
         """The codings resp is stored for (see compress_with); () when not encoded here."""

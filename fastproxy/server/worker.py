@@ -157,10 +157,13 @@ class ListenerRuntime:
                 if rt.peer_group is not None and me is not None:
                     layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
                 layer.edits = edits
-                if not self.handler.limit_rate and layer.edits is None:
+                if not self.handler.limit_rate and layer.edits is None \
+                        and not os.environ.get("FASTPROXY_NO_FASTPATH"):
                     # Fresh hits answered by the relay itself (hitpath.pyx); with rate
                     # limits every request must reach the handler first, and with route
                     # header edits every hit must get them (the compiled path has none).
+                    # The variable (debugging, differential tests) sends every hit the
+                    # Python way.
                     self.fast_hits = layer.fresh_hits()
         elif lcfg.mode == "forward":
             from fastproxy.forward.handler import ForwardHandler

@@ -97,7 +97,6 @@ def test_a_1mib_hit_read_slowly_while_the_cache_churns_is_exact(big_proxy):
     base_rss = proxy.rss_kib()
     evictions = _cache_stats(admin)["evictions"]
     s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", proxy.port))
     s.settimeout(30)
     # Pipelined, so more is answered than the kernel's socket buffers (up to 4 MiB on
@@ -151,7 +150,6 @@ def test_clients_that_leave_mid_body_release_their_pins_and_memory(big_proxy):
     socks = []
     for _ in range(40):
         s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", proxy.port))
         # Pipelined: the proxy must not queue 20 MiB per client; it stops reading.
         s.sendall(crlf("GET /c/big HTTP/1.1\nHost: t\n\n") * 20)
@@ -192,7 +190,6 @@ def test_bytes_the_kernel_holds_stay_intact_when_their_segment_is_reused(big_pro
     socks = []
     for _ in range(3):
         s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", proxy.port))
         s.settimeout(30)
         s.sendall(crlf("GET /c/mid HTTP/1.1\nHost: t\n\n"))
@@ -250,3 +247,64 @@ size = "16MiB"
     assert bodies[0][1] == bodies[1][1] == bodies[2][1] and len(bodies[0][1]) == 300 << 10
     assert bodies[2][0].startswith("fastproxy; hit")
 
+
+
+class _Slow:
+    """readline/read over a socket, taking at most 8 KiB per recv and pausing between."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _more(self) -> None:
+        time.sleep(0.0002)
+        chunk = self.sock.recv(8192)
+        assert chunk, "the proxy closed the connection"
+        self.buf += chunk
+
+    def readline(self) -> bytes:
+        while (i := self.buf.find(b"\n")) < 0:
+            self._more()
+        line = bytes(self.buf[:i + 1])
+        del self.buf[:i + 1]
+        return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._more()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
+def test_pipelined_hits_of_every_size_to_a_slow_reader_arrive_whole_and_in_order(
+        big_proxy, origin):
+    # The relay writes a hit to the socket itself only while the transport holds nothing
+    # (relay_hitwrite.pxi); a client that reads slowly makes writes go part-way, and the
+    # rest, and every answer after it, must queue behind them in order.
+    proxy, admin, big = big_proxy
+    sizes = {"/c/p0": 0, "/c/p1": 100, "/c/p4k": 4096, "/c/p20k": 20_000,
+             "/c/p64k": 65536, "/c/p300k": 300_000}
+    for path, size in sizes.items():
+        origin.override[path] = {"cc": "max-age=600", "size": str(size)}
+    expected = {"/c/big": big}
+    for path in sizes:
+        status, _, body = _get(proxy.port, path)
+        assert status == 200 and len(body) == sizes[path]
+        expected[path] = body
+    order = [p for _ in range(3) for p in (*sizes, "/c/big")]
+    order += [p for _ in range(30) for p in ("/c/p20k", "/c/p1", "/c/p4k", "/c/p64k")]
+    want = b"".join(expected[p] for p in order)
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    got = bytearray()
+    try:
+        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p.encode() for p in order))
+        fh = _Slow(s)
+        for path in order:
+            length = _read_head(fh)
+            assert length == len(expected[path]), path
+            got += fh.read(length)
+    finally:
+        s.close()
+    assert got == want
+    assert _cache_stats(admin)["compiled_hits"] >= len(order)

@@ -173,3 +173,90 @@ def test_a_retired_cache_answers_nothing_and_stores_nothing():
     d = wc.http.storable(req, resp, DATE_T)
     assert d and not wc.http.store(req, layer.key(req), resp, b"hi", DATE_T, DATE_T, d)
     assert fast(req) is None
+
+
+# -- encoded copies (issue 13's `:coding` Vary stub) -----------------------------------
+# A compressing listener stores a text response as the identity variant of a stub naming
+# keys.CODING and one copy per negotiated coding; the compiled path must answer a hit on
+# any stored copy exactly as the policy does, and leave missing copies to Python.
+
+def _coded_setup():
+    from fastproxy.cache import entry
+    from fastproxy.cache.encoded import identity_for, store_encoded
+    from fastproxy.config.compression import CompressionConfig
+    from fastproxy.proxy.compress import Compression
+
+    wc = WorkerCache(CacheConfig(size=4 << 20, max_object_size=256 << 10, prefault=False,
+                                 zero_copy_min=MAX_VALUE + 1))
+    layer = CacheLayer(wc, None, b"http", VIA, None, Timeouts(), Limits())
+    fast = layer.fresh_hits()
+    comp = Compression(CompressionConfig.from_table({}))
+    layer.compress_with(comp)    # after fresh_hits, as the worker does
+    bodies = {"small": b"<p>hello hello hello</p>" * 20, "large": b"<p>text</p>" * 2000}
+    for name, body in bodies.items():
+        req = request(f"GET /{name} HTTP/1.1\nHost: a.example".encode())
+        resp = response(f"HTTP/1.1 200 OK\nDate: {format_http_date(DATE_T).decode()}\n"
+                        f"Content-Length: {len(body)}\nContent-Type: text/html\n"
+                        "Cache-Control: max-age=3600\nETag: \"t1\"".encode())
+        rt = DATE_T + 0.25
+        d = wc.http.storable(req, resp, rt)
+        assert wc.http.store(req, layer.key(req), resp, body, rt, rt, d,
+                             codings=layer.codings_for(resp)), name
+        # Copies in gzip and br (not zstd: its hits must go the Python way, to make one).
+        for coding in (b"gzip", b"br"):
+            found = identity_for(wc.http, req, layer.key(req), time.time(), coding)
+            assert found is not None
+            st, ckey = found
+            _, fields = entry.parse_head(st.head)
+            assert store_encoded(wc.http, st, ckey, comp.head_for(st.status, fields, coding),
+                                 comp.encode(coding, st.body), time.time())
+    return wc, layer, fast, comp
+
+
+CWC, CLAYER, CFAST, CCOMP = _coded_setup()
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD"]),
+       name=st.sampled_from(["small", "large", "absent"]),
+       ae=st.sampled_from([None, "gzip", "br", "br, gzip", "gzip;q=0.5, br;q=0.9", "zstd",
+                           "identity", "*", "gzip;q=0", "GZIP", "deflate", ""]),
+       fields=st.lists(st.sampled_from(["User-Agent: t", 'If-None-Match: W/"t1"',
+                                        "Cache-Control: no-transform", "Range: bytes=0-3"]),
+                       max_size=2, unique=True),
+       keep=st.booleans())
+def test_hits_on_encoded_copies_answer_exactly_what_the_policy_would(method, name, ae,
+                                                                     fields, keep):
+    lines = [f"{method} /{name} HTTP/1.1", "Host: a.example"]
+    if ae is not None:
+        lines.append(f"Accept-Encoding: {ae}")
+    req = request("\n".join(lines + fields).encode())
+    fast = _joined(CFAST(req, keep))
+    extra = CLAYER.x_close if not keep else CLAYER.x_keep
+    py = CWC.http.lookup(req, CLAYER.key(req), time.time(), extra, None, CLAYER.negotiate)
+    coding = CCOMP.coding_for(req)
+    if fast is not None:
+        assert py.kind is HIT
+        expected = b"".join(bytes(b) for b in py.buffers)
+        assert TICKS.sub(rb"\1N", fast) == TICKS.sub(rb"\1N", expected)
+        assert CFAST.status == py.status
+    if name != "absent" and not fields and coding in (None, b"gzip", b"br"):
+        # A stored copy, a plain request: answered here, in the negotiated coding.
+        assert fast is not None, (lines, py.kind)
+        ce = re.search(rb"\r\nContent-Encoding: ([^\r]*)\r\n", fast)
+        assert (ce.group(1) if ce else None) == coding
+        assert b"\r\nVary: Accept-Encoding\r\n" in fast
+    if coding == b"zstd" or name == "absent":
+        assert fast is None     # no copy yet: Python makes it (or the miss goes upstream)
+
+
+def test_encoded_hits_count_the_stub_and_the_copy_as_the_store_would():
+    ring = CWC.http.ring
+    before, hits = ring.stats()["hits"], CFAST.hits
+    out = CFAST(request(b"GET /small HTTP/1.1\nHost: a.example\nAccept-Encoding: gzip"), True)
+    assert out is not None and b"Content-Encoding: gzip\r\n" in out
+    assert ring.stats()["hits"] == before + 2 and CFAST.hits == hits + 1
+    # A miss in the copy's coding counts nothing here (the Python way counts it).
+    assert CFAST(request(b"GET /small HTTP/1.1\nHost: a.example\nAccept-Encoding: zstd"),
+                 True) is None
+    assert ring.stats()["hits"] == before + 2 and CFAST.hits == hits + 1
