@@ -16,7 +16,7 @@ cdef class UpstreamConnection:
     cdef public bint reused, got_bytes, reusable, paused, sent_continue, counted
     cdef public bint timed_out     # this exchange failed by a timeout (never "stale")
     cdef public long long left
-    cdef bytes via
+    cdef public bytes via       # the response's Via line (names the protocol received)
     cdef double upstream_idle
     cdef object twrite
 
