@@ -7,10 +7,11 @@ cleartext HTTP/2 with prior knowledge, to each proxy in front of the same nginx 
 the origin share the other. The figure that matters on a shared machine is requests per
 proxy CPU-second (CPU of the proxy's process tree from /proc), not requests per second.
 
-Upstream keep-alive: nginx and fastproxy keep `--keepalive` idle connections (default
-64, as in the other benches); HAProxy keeps every one. With -m 32, 512 requests are in
-flight, so 64 makes most requests open a new upstream connection: `--keepalive 1024`
-compares the HTTP/2 sides without that churn.
+Upstream keep-alive: nginx and fastproxy keep `--keepalive` idle connections for ever
+(default 64, as in the other benches). With -m 32, 512 requests are in flight: nginx
+closes the surplus at once, so most of its requests open a new upstream connection;
+HAProxy (pool-purge-delay) and fastproxy (pool_purge_delay) keep it 5 s for the next
+burst. `--keepalive 1024` compares the HTTP/2 sides without any churn.
 
 `--sidecar` adds the other direction: HTTP/1.1 clients in (`wrk -t1 -c16` for
 `--sidecar-seconds`; h2load --h1 rejects HAProxy's status line without a reason phrase), HTTP/2 with prior knowledge out to an nginx origin listening `http2` (fastproxy

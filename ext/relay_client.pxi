@@ -266,7 +266,10 @@ cdef class ClientConnection:
             self.client_port = 0
         self.client_ip_b = self.client_ip.encode()
         cdef ListenerSettings ls = self.ls
-        ls.connections.add(self)
+        if self.received_version != 20:
+            # An HTTP/2 stream's relay is not a client connection: its Server is the one
+            # counted against max_connections (and drained).
+            ls.connections.add(self)
         ls.deadline_set.add(self)
         ls.open += 1
         self.counted = True

@@ -12,6 +12,11 @@ cdef class ConnectionPool:
     least likely to have been closed by the server). A connection goes back only after
     a complete, well-framed response; one the server closed while idle is dropped as
     soon as the close is seen, and `acquire` skips any that is closing.
+
+    `keepalive` idle connections are kept for `keepalive_timeout`; the surplus a burst
+    leaves (HTTP/2 clients multiplex hundreds of requests) is kept `purge_delay` more
+    and then closed by the deadline sweep, as HAProxy's pool-purge-delay does: a second
+    burst within the delay reuses the connections instead of opening new ones.
     """
 
     cdef public object loop, server, deadlines, timeouts, ssl, on_failure, on_response
@@ -25,7 +30,7 @@ cdef class ConnectionPool:
     cdef public Py_ssize_t max_head
     cdef public int max_fields, keepalive
     cdef public long keepalive_requests
-    cdef public double keepalive_timeout, connect_timeout, read_timeout
+    cdef public double keepalive_timeout, connect_timeout, read_timeout, purge_delay
     cdef public list idle
     cdef public long open, opened_total
     cdef public bint closed
@@ -42,6 +47,7 @@ cdef class ConnectionPool:
         self.keepalive = group_cfg.keepalive
         self.keepalive_timeout = group_cfg.keepalive_timeout
         self.keepalive_requests = group_cfg.keepalive_requests
+        self.purge_delay = min(group_cfg.pool_purge_delay, self.keepalive_timeout)
         self.connect_timeout = group_cfg.connect_timeout or rt.timeouts.upstream_connect
         self.read_timeout = group_cfg.read_timeout or rt.timeouts.upstream_header
         self.ssl = _ssl.create_default_context() if server.scheme == "https" else None
@@ -100,14 +106,27 @@ cdef class ConnectionPool:
     cpdef release(self, UpstreamConnection up):
         """Take a connection back after a complete exchange, or close it."""
         t = up.transport
-        if (not self.closed and len(self.idle) < self.keepalive
+        cdef Py_ssize_t n = len(self.idle)
+        if (not self.closed and (n < self.keepalive or self.purge_delay > 0.0)
                 and up.requests < self.keepalive_requests
                 and t is not None and not t.is_closing()):
             up.state = U_IDLE
-            up.deadline = _now() + self.keepalive_timeout
+            up.idle_since = _now()
+            # Every idle connection is looked at again after the purge delay (idle_expired);
+            # with no delay only those within `keepalive` are kept at all.
+            up.deadline = up.idle_since + (self.purge_delay if self.purge_delay > 0.0
+                                           else self.keepalive_timeout)
             self.idle.append(up)
         else:
             up.close()
+
+    cdef void idle_expired(self, UpstreamConnection up):
+        """An idle connection's deadline passed: close it if surplus or past its lifetime."""
+        cdef double end = up.idle_since + self.keepalive_timeout
+        if len(self.idle) > self.keepalive or end <= _now() or self.closed:
+            up.close()
+        else:
+            up.deadline = end
 
     cpdef opened(self, UpstreamConnection up):
         """A connection is established (counted once until forgotten)."""

@@ -11,12 +11,12 @@ cdef class UpstreamConnection:
     cdef public list pending
     cdef public ClientConnection client
     cdef public int state, mode
-    cdef public double deadline, t_sent
+    cdef public double deadline, t_sent, idle_since
     cdef public long requests
     cdef public bint reused, got_bytes, reusable, paused, sent_continue, counted
     cdef public bint timed_out     # this exchange failed by a timeout (never "stale")
     cdef public long long left
-    cdef bytes via
+    cdef public bytes via       # the response's Via line (names the protocol received)
     cdef double upstream_idle
     cdef object twrite
 
@@ -32,6 +32,7 @@ cdef class UpstreamConnection:
         self.parser = ResponseParser(max_head=pool.max_head, max_fields=pool.max_fields)
         self.state = U_CONNECTING
         self.deadline = 0.0
+        self.idle_since = 0.0
         self.requests = 0
         self.reused = False
         self.got_bytes = False
@@ -676,6 +677,8 @@ cdef class UpstreamConnection:
             if self.paused:
                 return  # the client is not reading (its client_send timer decides)
             self._broken(f"{self.server.name} stalled mid-body")
+        elif state == U_IDLE and self.client is None:
+            self.pool.idle_expired(self)
         else:
             self.close()
 

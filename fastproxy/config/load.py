@@ -17,7 +17,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
     ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile,
     explain_unknown, format_address, unknown_key,
-    int_range, log_path, pidfile_path, read_cluster,
+    duration_range, int_range, log_path, pidfile_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
 )
@@ -172,6 +172,9 @@ RANGES: dict[str, Callable[[Any], Any]] = {
     "request_buffering": _request_buffering,        # 0 (stream) to 1GiB
     "keepalive": int_range(0, 100_000),
     "keepalive_requests": int_range(1, 1_000_000_000),
+    # Idle connections above `keepalive` wait this long for the next burst (HAProxy's
+    # pool-purge-delay, 5s by default); 0 closes them at once (nginx).
+    "pool_purge_delay": duration_range(0.0, 3600.0),
     "hash_balance_factor": number_range(1.0, 100.0),
 }
 
@@ -395,6 +398,7 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         keepalive=table.get("keepalive", RANGES["keepalive"], 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
         keepalive_requests=table.get("keepalive_requests", RANGES["keepalive_requests"], 10000),
+        pool_purge_delay=table.get("pool_purge_delay", RANGES["pool_purge_delay"], 5.0),
         connect_timeout=table.get("connect_timeout", parse_duration, None),
         read_timeout=table.get("read_timeout", parse_duration, None),
         resolve=resolve,

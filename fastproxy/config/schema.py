@@ -139,6 +139,28 @@ def size_range(low: int, high: int) -> Callable[[Any], int]:
     return conv
 
 
+def show_duration(seconds: float) -> str:
+    """A duration as the configuration writes it: 0, 5s, 250ms, 1h."""
+    if seconds == 0:
+        return "0"
+    for unit, name in ((86400.0, "d"), (3600.0, "h"), (60.0, "m"), (1.0, "s")):
+        if seconds >= unit and seconds % unit == 0:
+            return f"{seconds / unit:g}{name}"
+    return f"{seconds * 1000:g}ms"
+
+
+def duration_range(low: float, high: float) -> Callable[[Any], float]:
+    """A converter: parse_duration, then low <= seconds <= high."""
+    def conv(value: Any) -> float:
+        v = parse_duration(value)
+        if not low <= v <= high:
+            raise ValueError(f"expected a duration from {show_duration(low)} to "
+                             f"{show_duration(high)}, got {value!r}")
+        return v
+
+    return conv
+
+
 def int_range(low: int, high: int) -> Callable[[Any], int]:
     """A converter: an integer (not a bool) with low <= value <= high."""
     def conv(value: Any) -> int:

@@ -86,6 +86,9 @@ class H2Upstream:
             origin = await self._origin()
         link = StreamLink(origin, up, self.max_head, self.max_fields)
         origin.all_links.add(link)
+        if up.via:
+            # RFC 9110 7.6.3: the response's Via names the protocol it was received in.
+            up.via = up.via.replace(b"Via: 1.1 ", b"Via: 2 ", 1)
         up.connection_made(link)
 
     async def _origin(self) -> H2Origin:

@@ -28,6 +28,7 @@ class UpstreamGroupConfig:
     keepalive: int = 64              # idle connections kept per server
     keepalive_timeout: float = 60.0  # idle connection lifetime
     keepalive_requests: int = 10000  # requests per upstream connection before it is retired
+    pool_purge_delay: float = 5.0    # idle connections above keepalive kept this long
     connect_timeout: float | None = None   # None: timeouts.upstream_connect
     read_timeout: float | None = None      # None: timeouts.upstream_header
     resolve: str = "start"           # start: every host must resolve at load | runtime

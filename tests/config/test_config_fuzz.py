@@ -119,6 +119,7 @@ def group(draw):
         "hash_balance_factor": value_for(1.25),
         "keepalive": value_for(64), "keepalive_timeout": value_for(60.0),
         "keepalive_requests": value_for(10000), "connect_timeout": value_for(5.0),
+        "pool_purge_delay": value_for(5.0),
         "read_timeout": value_for(60.0),
         "resolve": st.one_of(st.sampled_from(cfg.RESOLVE_MODES), anything),
         "health": table_of(HealthCheckConfig), "outlier": table_of(OutlierConfig),

@@ -59,6 +59,8 @@ GROUP_CASES = [
     (f"keepalive_requests = {2**63 - 1}", "upstreams.app.keepalive_requests:"),
     ("hash_balance_factor = inf", "upstreams.app.hash_balance_factor:"),
     ("keepalive_timeout = nan", "upstreams.app.keepalive_timeout:"),
+    ('pool_purge_delay = "2h"', "upstreams.app.pool_purge_delay:"),
+    ("pool_purge_delay = -1", "upstreams.app.pool_purge_delay:"),
     (f"[upstreams.app.health]\ninterval = {2**63 - 1}", "upstreams.app.health.interval:"),
     (f"[upstreams.app.breaker]\nmax_requests = {2**63 - 1}", "upstreams.app.breaker.max_requests:"),
     ("[upstreams.app.retry]\nbudget_ratio = nan", "upstreams.app.retry.budget_ratio:"),
@@ -207,6 +209,7 @@ servers = ["{origin.url}"]
 keepalive = 100000
 keepalive_requests = 1000000000
 hash_balance_factor = 100
+pool_purge_delay = "1h"
 """)
     from conftest import ProxyProcess
 

@@ -695,3 +695,27 @@ def test_headless_chromium_over_tls_gets_the_page_by_h2(start_proxy, origin, tls
             seen = {r["target"]: r["version"] for r in map(json.loads, log.read_text().splitlines())}
         time.sleep(0.1)
     assert {t: seen.get(t) for t in want} == dict.fromkeys(want, "HTTP/2.0")
+
+
+def test_streams_do_not_count_as_connections(run_proxy, origin):
+    # max_connections counts client connections: one HTTP/2 connection with 4 streams in
+    # flight is one, so a second client is served at once (each stream's relay used to
+    # count too, idle ones included: the second client waited in the backlog).
+    from conftest import reverse_config
+    from wire import crlf, request
+    p = run_proxy(reverse_config(origin.url, limits={"max_connections": 2}))
+    c = Client(p.port)
+    try:
+        sids = [c.request(f"/slow/1.5?s={i}") for i in range(4)]
+        end = time.monotonic() + 5
+        while len(origin.requests) < 4 and time.monotonic() < end:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        r = request(p.port, crlf("GET /size/3 HTTP/1.1\nHost: x\n\n"))
+        assert (r.status, r.body) == (200, b"012")
+        assert time.monotonic() - t0 < 1.0, "the second client waited for the streams"
+        assert not any(c.finished(s) for s in sids)
+        c.run(lambda: all(c.finished(s) for s in sids), timeout=10)
+        assert all(c.headers[s][b":status"] == b"200" for s in sids)
+    finally:
+        c.close()

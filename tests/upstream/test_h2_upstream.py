@@ -74,6 +74,9 @@ def test_h2c_upstream_get_post_and_one_connection(start_proxy, h2c_origin):
     from wire import crlf, request
     r = request(p.port, crlf("GET /size/5 HTTP/1.1\nHost: x\n\n"))
     assert (r.status, r.body) == (200, b"01234")
+    # RFC 9110 7.6.3: Via names the protocol the response was received in (and nginx's
+    # own hop is not one: the test origin adds none).
+    assert r.getheader("Via") == "2 fastproxy"
     r = request(p.port, crlf("GET /size/200000?chunked=1 HTTP/1.1\nHost: x\n\n"))
     assert r.status == 200 and len(r.body) == 200000
     payload = bytes(range(256)) * 3000
