@@ -47,7 +47,9 @@ cdef class ConnectionPool:
         self.keepalive = group_cfg.keepalive
         self.keepalive_timeout = group_cfg.keepalive_timeout
         self.keepalive_requests = group_cfg.keepalive_requests
-        self.purge_delay = min(group_cfg.pool_purge_delay, self.keepalive_timeout)
+        # keepalive = 0 keeps meaning "no reuse" (nginx without keepalive): no delay either.
+        self.purge_delay = min(group_cfg.pool_purge_delay, self.keepalive_timeout) \
+            if self.keepalive > 0 else 0.0
         self.connect_timeout = group_cfg.connect_timeout or rt.timeouts.upstream_connect
         self.read_timeout = group_cfg.read_timeout or rt.timeouts.upstream_header
         self.ssl = _ssl.create_default_context() if server.scheme == "https" else None

@@ -81,3 +81,15 @@ def test_kept_connections_still_expire_after_keepalive_timeout(run_proxy, origin
     assert burst(p.port, 4) == [200] * 4
     assert wait_open(origin, 2, 3.0) == 2
     assert wait_open(origin, 0, 4.0) == 0
+
+
+def test_keepalive_zero_still_means_no_reuse(run_proxy, origin):
+    # As nginx without `keepalive`: every request on a connection of its own, closed after
+    # it, whatever the purge delay says (it keeps a burst's surplus, and there is no pool).
+    p = run_proxy(reverse_config(origin.url, upstreams={
+        "app": {"servers": [origin.url], "keepalive": 0}}))
+    for i in range(3):
+        r = request(p.port, crlf(f"GET /size/1?i={i} HTTP/1.1\nHost: x\n\n"))
+        assert r.status == 200
+    assert origin.connections == 3
+    assert wait_open(origin, 0, 2.0) == 0
