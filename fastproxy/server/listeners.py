@@ -83,6 +83,18 @@ def bind(host: str, port: int, share: bool = False, join: bool = False) -> list[
     return socks
 
 
+def defer_accept(sock: socket.socket, seconds: float) -> None:
+    """Have the kernel hand sock's connections over once their first bytes arrived.
+
+    For listeners whose clients speak first (plain HTTP): TCP_DEFER_ACCEPT (nginx's
+    `listen ... deferred`) saves the wake-up between accept and the request with a
+    connection per request, and a connect that sends nothing waits in the kernel, not in
+    the worker. After `seconds` (the client_header timeout) the kernel passes it on anyway.
+    """
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(seconds + 0.999)))
+
+
 class _Waiting(asyncio.Protocol):
     """A connection accepted past the limit: held unread until a slot frees."""
 

@@ -140,6 +140,21 @@ def test_simultaneous_connects_are_admitted_in_batches_within_the_limit(run_prox
         s.close()
 
 
+def test_a_silent_connect_waits_in_the_kernel_until_it_sends(run_proxy, origin):
+    # Plain HTTP listeners defer accept (TCP_DEFER_ACCEPT): a client that connected and
+    # sent nothing holds no worker connection; its first bytes get it accepted and served.
+    proxy = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    silent = socket.create_connection(("127.0.0.1", proxy.port))
+    try:
+        time.sleep(0.3)
+        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 0
+        silent.sendall(GET)
+        assert _answered(silent, 5)
+        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 1
+    finally:
+        silent.close()
+
+
 def test_an_accept_burst_past_the_limit_waits_unread():
     # uvloop may accept several connections in one loop turn, before any connection_made:
     # those past the limit are held unread and let in, data and all, as others close.
