@@ -88,6 +88,7 @@ from fastproxy._hashing cimport Core
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
 
+from cpython.set cimport PySet_Discard
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from fastproxy._hitpath cimport FreshHits
 
@@ -236,6 +237,7 @@ cdef class UpstreamConnection
 cdef class ConnectionPool
 cdef class FastForward
 cdef class ListenerSettings
+cdef class Admission
 cdef class Recorder
 
 

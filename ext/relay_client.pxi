@@ -16,6 +16,7 @@ cdef class ListenerSettings:
 
     cdef public object rt, loop, handler, counters, fast_hits, fast, access_log
     cdef public object connections, deadlines
+    cdef Admission admission        # the gate's compiled half, or None (no gate)
     cdef public object h2_switch    # (conn, data) -> None: takes over on the HTTP/2 preface
     cdef public bint hooks
     cdef public long open           # connections accepted and not gone yet
@@ -48,6 +49,7 @@ cdef class ListenerSettings:
         # The listener's recorder (latency, top URLs, then the generation's access log).
         self.access_log = rt.access_log
         self.connections = rt.connections
+        self.admission = getattr(rt.connections, "admission", None)
         self.deadlines = gen.deadlines
         self.deadline_set = gen.deadlines.members
         # Handlers that count connections (per-client limits) say so.
@@ -92,6 +94,97 @@ cdef class Accepting:
 
     def __call__(self):
         return ClientConnection(self.holder.current)
+
+
+cdef class Admission:
+    """The per-connection half of listeners.AcceptGate (max_connections), compiled.
+
+    With a connection per request the gate's factory closure and its ConnectionSet.discard
+    override were two interpreted frames per connection. Here the count and the check are
+    C; the gate (Python) is called only at the limit (`over`: pause, hold the connection)
+    and, on a close, only while it is paused or holds waiting connections (`alert`).
+
+    `pending` counts connections whose protocol was made at accept but which are not in
+    `connections` yet (see AcceptGate); it is cleared once per loop turn.
+    """
+
+    cdef public object connections   # the gate's ConnectionSet (a set)
+    cdef public long pending
+    cdef public bint alert           # the gate is paused or holds waiting connections
+    cdef bint scheduled
+    cdef object gate, limit_of, call_soon, reset_cb
+
+    def __init__(self, gate, connections, limit_of, loop):
+        self.gate = gate
+        self.connections = connections
+        self.limit_of = limit_of       # callable: the current max_connections (reloadable)
+        self.call_soon = loop.call_soon
+        self.reset_cb = self.reset
+        self.pending = 0
+        self.alert = False
+        self.scheduled = False
+
+    def reset(self):
+        """Once per loop turn: connections made this turn are in the set by now."""
+        self.scheduled = False
+        self.pending = 0
+
+    def factory(self, make):
+        """A protocol factory for loop.create_server: make() within the limit."""
+        if type(make) is Accepting:
+            return GatedAccepting(self, make)
+        return Gated(self, make)
+
+    cdef object admit(self, make):
+        cdef Py_ssize_t count
+        cdef long limit
+        if not self.scheduled:
+            self.scheduled = True
+            self.call_soon(self.reset_cb)
+        count = len(self.connections) + self.pending
+        limit = self.limit_of()
+        if count >= limit:
+            return self.gate.over(make)
+        self.pending += 1
+        if count + 1 >= limit:   # this one is the last: the next ones wait in the backlog
+            self.gate.pause()
+        return None
+
+    cdef inline void discard(self, conn) except *:
+        if PySet_Discard(self.connections, conn) == 1 and self.alert:
+            self.gate.below_limit()
+
+
+cdef class Gated:
+    """A gated protocol factory (any protocol)."""
+
+    cdef Admission adm
+    cdef object make
+
+    def __init__(self, Admission adm, make):
+        self.adm = adm
+        self.make = make
+
+    def __call__(self):
+        held = self.adm.admit(self.make)
+        return self.make() if held is None else held
+
+
+cdef class GatedAccepting:
+    """A gated Accepting: the plain HTTP/1.1 listener's factory, no call in between."""
+
+    cdef Admission adm
+    cdef Accepting make
+    cdef object holder
+
+    def __init__(self, Admission adm, Accepting make):
+        self.adm = adm
+        self.make = make
+        self.holder = make.holder
+
+    def __call__(self):
+        held = self.adm.admit(self.make)
+        return ClientConnection(self.holder.current) if held is None else held
 
 
 cdef class ClientConnection:
@@ -282,7 +375,10 @@ cdef class ClientConnection:
     def connection_lost(self, exc):
         self.state = S_CLOSED
         cdef ListenerSettings ls = self.ls
-        ls.connections.discard(self)
+        if ls.admission is not None:
+            ls.admission.discard(self)
+        else:
+            ls.connections.discard(self)
         ls.deadline_set.discard(self)
         self.deadline = 0.0
         cdef UpstreamConnection up = self.upstream
@@ -308,7 +404,10 @@ cdef class ClientConnection:
         """Give the socket to another protocol (HTTP/2): forget it here, log nothing."""
         cdef ListenerSettings ls = self.ls
         self.state = S_CLOSED
-        ls.connections.discard(self)
+        if ls.admission is not None:
+            ls.admission.discard(self)
+        else:
+            ls.connections.discard(self)
         ls.deadline_set.discard(self)
         self.deadline = 0.0
         self.transport = None

@@ -28,6 +28,16 @@ class Accepting:
     def __init__(self, holder: Any) -> None: ...
     def __call__(self) -> ClientConnection: ...
 
+class Admission:
+    """The compiled half of listeners.AcceptGate: the count and check at accept and close."""
+
+    connections: Any
+    pending: int
+    alert: bool
+    def __init__(self, gate: Any, connections: Any, limit_of: Callable[[], int], loop: Any) -> None: ...
+    def reset(self) -> None: ...
+    def factory(self, make: Callable[[], Any]) -> Callable[[], Any]: ...
+
 class ListenerSettings:
     """What every connection of one listener copies at accept, gathered once."""
 

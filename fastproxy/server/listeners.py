@@ -25,6 +25,8 @@ import socket
 from collections import deque
 from typing import Any
 
+from fastproxy._relay import Admission
+
 BACKLOG = 2048
 
 
@@ -81,6 +83,18 @@ def bind(host: str, port: int, share: bool = False, join: bool = False) -> list[
     return socks
 
 
+def defer_accept(sock: socket.socket, seconds: float) -> None:
+    """Have the kernel hand sock's connections over once their first bytes arrived.
+
+    For listeners whose clients speak first (plain HTTP): TCP_DEFER_ACCEPT (nginx's
+    `listen ... deferred`) saves the wake-up between accept and the request with a
+    connection per request, and a connect that sends nothing waits in the kernel, not in
+    the worker. After `seconds` (the client_header timeout) the kernel passes it on anyway.
+    """
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(seconds + 0.999)))
+
+
 class _Waiting(asyncio.Protocol):
     """A connection accepted past the limit: held unread until a slot frees."""
 
@@ -95,6 +109,7 @@ class _Waiting(asyncio.Protocol):
         self.transport = transport
         transport.pause_reading()
         self.gate.waiting.append(self)
+        self.gate.admission.alert = True
 
     def data_received(self, data: bytes) -> None:
         self.data.append(data)
@@ -127,18 +142,19 @@ class ConnectionSet(set):
     """A worker's open client connections; a close below the limit lets the next one in.
 
     `add` is set.add: with a connection per request, an override was an interpreted call
-    per accept (the gate's `pending` count is cleared once per loop turn instead).
+    per accept (the gate's `pending` count is cleared once per loop turn instead). The
+    HTTP/1.1 relay discards through `admission` (compiled); this override serves the rest.
     """
 
-    __slots__ = ("gate",)
+    __slots__ = ("gate", "admission")
     gate: AcceptGate
+    admission: Admission
 
     def discard(self, conn) -> None:
         if conn in self:
             set.discard(self, conn)
-            gate = self.gate
-            if gate.waiting or gate.paused:
-                gate.below_limit()
+            if self.admission.alert:
+                self.gate.below_limit()
 
 
 class AcceptGate:
@@ -149,16 +165,18 @@ class AcceptGate:
     the first accept of a turn schedules; a TLS connection after its handshake); it is
     cleared once per loop turn, so a TLS handshake that never completes cannot hold a slot
     for ever (TLS connections count from the handshake on). An admitted waiting connection
-    (below_limit) holds a pending slot until its connection_made.
+    (below_limit) holds a pending slot until its connection_made. The count and the check
+    at accept live in `admission` (compiled, fastproxy._relay.Admission); it calls `over`
+    and `pause` at the limit, and `below_limit` on a close while `alert` is set.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit) -> None:
         self.loop = loop
         self.limit = limit            # callable: the current max_connections (reloadable)
         self.connections = ConnectionSet()
+        self.admission = Admission(self, self.connections, limit, loop)
         self.connections.gate = self
-        self.pending = 0
-        self._reset_scheduled = False
+        self.connections.admission = self.admission
         self.waiting: deque[_Waiting] = deque()
         self.listeners: list[list] = []   # [sock, factory, ssl, server or None]
         self.paused = False
@@ -167,7 +185,7 @@ class AcceptGate:
 
     async def serve(self, sock: socket.socket, make, ssl=None) -> None:
         """Accept on sock (a listening socket this gate now owns), protocols from make()."""
-        entry = [sock, self._factory(make), ssl, None]
+        entry = [sock, self.admission.factory(make), ssl, None]
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
 
@@ -177,36 +195,22 @@ class AcceptGate:
         return await self.loop.create_server(factory, sock=sock.dup(), ssl=ssl,
                                              backlog=BACKLOG)
 
-    def _factory(self, make):
-        # Called for every accepted connection: what it reads is bound here once.
-        connections = self.connections
-        call_soon = self.loop.call_soon
-        reset = self._reset
-        limit_of = self.limit
+    @property
+    def pending(self) -> int:
+        """Connections admitted at accept and not in the set yet (see the class note)."""
+        return self.admission.pending
 
-        def factory():
-            if not self._reset_scheduled:
-                self._reset_scheduled = True
-                call_soon(reset)
-            count = len(connections) + self.pending
-            limit = limit_of()
-            if count >= limit:
-                self._pause()
-                return _Waiting(self, make)
-            self.pending += 1
-            if count + 1 >= limit:   # this one is the last: the next ones wait in the backlog
-                self._pause()
-            return make()
-        return factory
+    def over(self, make) -> _Waiting:
+        """At the limit (from admission): stop accepting, hold this connection unread."""
+        self.pause()
+        return _Waiting(self, make)
 
-    def _reset(self) -> None:
-        self._reset_scheduled = False
-        self.pending = 0
-
-    def _pause(self) -> None:
+    def pause(self) -> None:
+        """Stop accepting (from admission at the limit): on the next loop turn."""
         if self.paused or self.closed:
             return
         self.paused = True
+        self.admission.alert = True
         self.pauses += 1
         # Not from inside uvloop's accept callback (closing the handle there would close
         # the connection being accepted): on the next loop turn.
@@ -223,23 +227,26 @@ class AcceptGate:
     def below_limit(self) -> None:
         """A connection closed: let a waiting one in, or start accepting again."""
         limit = self.limit()
-        while self.waiting and len(self.connections) + self.pending < limit:
+        adm = self.admission
+        while self.waiting and len(self.connections) + adm.pending < limit:
             waiting = self.waiting.popleft()
             if waiting.transport is not None and not waiting.transport.is_closing():
                 # On the next turn, not inside the connection_lost that got us here.
-                self.pending += 1
+                adm.pending += 1
                 self.loop.call_soon(self._admit, waiting)
         if self.paused and not self.waiting and len(self.connections) < limit \
                 and not self.closed:
             self.paused = False
             self.loop.create_task(self._resume())
+        adm.alert = self.paused or bool(self.waiting)
 
     def _admit(self, waiting: _Waiting) -> None:
+        adm = self.admission
         if waiting.transport is not None and not waiting.transport.is_closing():
             waiting.admit()    # in the set now: its pending slot is taken back
-            self.pending = max(0, self.pending - 1)
+            adm.pending = max(0, adm.pending - 1)
             return
-        self.pending = max(0, self.pending - 1)
+        adm.pending = max(0, adm.pending - 1)
         self.below_limit()
 
     async def _resume(self) -> None:

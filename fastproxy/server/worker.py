@@ -325,6 +325,8 @@ class Worker:
             factory = lambda: TcpClient(holder.current)  # noqa: E731
         else:
             factory = Accepting(holder)
+            for sock in socks:   # HTTP clients speak first
+                listening.defer_accept(sock, self.config.timeouts.client_header)
         selector = CertSelector(lcfg) if lcfg.tls_cert else None
         self.tls[lrt.holder] = selector
         tls = selector.context if selector is not None else None

@@ -369,6 +369,8 @@ def test_connection_limit(forward, origin):
             c.send(crlf(f"GET {origin.url}/size/1 HTTP/1.1\nHost: x\n\n"))
             assert c.response().status == 200
         with Conn(p.port) as third:
+            # It sends its request: plain HTTP listeners accept once the client spoke.
+            third.send(crlf(f"GET {origin.url}/size/1 HTTP/1.1\nHost: x\n\n"))
             r = third.response()
             assert r.status == 429
     finally:

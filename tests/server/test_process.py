@@ -99,6 +99,56 @@ def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origi
     assert "fastproxy_max_connections 3" in metrics
 
 
+def test_simultaneous_connects_are_admitted_in_batches_within_the_limit(run_proxy, origin):
+    # Forty connects land in the backlog at once, so the worker accepts several per
+    # wake-up (the compiled admission counts them before any connection_made); no more
+    # than max_connections are ever served together, and every one is served in the end.
+    proxy = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0", limits={"max_connections": 4}))
+    socks = []
+    for _ in range(40):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", proxy.port))
+        socks.append(s)
+    for s in socks:
+        s.setblocking(True)
+        s.sendall(GET)
+    waiting = list(socks)
+    served = 0
+    deadline = time.monotonic() + 20
+    while waiting and time.monotonic() < deadline:
+        now = [s for s in waiting if _answered(s, 0.02)]
+        # The ones answered this round are still open: all of them count against the limit.
+        assert len(now) <= 4, len(now)
+        if now:
+            snap = json.loads(_admin(_admin_port(proxy), "/status"))
+            assert snap["connections"] <= 4, snap
+        for s in now:
+            waiting.remove(s)
+            s.close()
+            served += 1
+    assert served == 40, f"{len(waiting)} connections never served"
+    limits = json.loads(_admin(_admin_port(proxy), "/status"))["limits"]
+    assert limits["accept_pauses"] >= 1, limits
+    for s in waiting:
+        s.close()
+
+
+def test_a_silent_connect_waits_in_the_kernel_until_it_sends(run_proxy, origin):
+    # Plain HTTP listeners defer accept (TCP_DEFER_ACCEPT): a client that connected and
+    # sent nothing holds no worker connection; its first bytes get it accepted and served.
+    proxy = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    silent = socket.create_connection(("127.0.0.1", proxy.port))
+    try:
+        time.sleep(0.3)
+        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 0
+        silent.sendall(GET)
+        assert _answered(silent, 5)
+        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 1
+    finally:
+        silent.close()
+
+
 def test_an_accept_burst_past_the_limit_waits_unread():
     # uvloop may accept several connections in one loop turn, before any connection_made:
     # those past the limit are held unread and let in, data and all, as others close.
@@ -123,7 +173,7 @@ def test_an_accept_burst_past_the_limit_waits_unread():
         global gate
         loop = asyncio.get_running_loop()
         gate = AcceptGate(loop, lambda: 2)
-        factory = gate._factory(Echo)
+        factory = gate.admission.factory(Echo)
         pairs = [socket.socketpair() for _ in range(5)]
         # Five accepts in one turn: every factory call before any connection_made.
         made = await asyncio.gather(*(loop.connect_accepted_socket(factory, sock=a)
