@@ -121,14 +121,14 @@ def test_simultaneous_connects_are_admitted_in_batches_within_the_limit(run_prox
         # The ones answered this round are still open: all of them count against the limit.
         assert len(now) <= 4, len(now)
         if now:
-            snap = json.loads(_admin(_admin_port(proxy), "/status"))
+            snap = json.loads(_admin(proxy.admin_port(), "/status"))
             assert snap["connections"] <= 4, snap
         for s in now:
             waiting.remove(s)
             s.close()
             served += 1
     assert served == 40, f"{len(waiting)} connections never served"
-    limits = json.loads(_admin(_admin_port(proxy), "/status"))["limits"]
+    limits = json.loads(_admin(proxy.admin_port(), "/status"))["limits"]
     assert limits["accept_pauses"] >= 1, limits
     for s in waiting:
         s.close()
@@ -141,10 +141,10 @@ def test_a_silent_connect_waits_in_the_kernel_until_it_sends(run_proxy, origin):
     silent = socket.create_connection(("127.0.0.1", proxy.port))
     try:
         time.sleep(0.3)
-        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 0
+        assert json.loads(_admin(proxy.admin_port(), "/status"))["connections"] == 0
         silent.sendall(GET)
         assert _answered(silent, 5)
-        assert json.loads(_admin(_admin_port(proxy), "/status"))["connections"] == 1
+        assert json.loads(_admin(proxy.admin_port(), "/status"))["connections"] == 1
     finally:
         silent.close()
 
