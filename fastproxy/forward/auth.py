@@ -227,6 +227,8 @@ class AuthConfig:
             users = tuple(users.items())
         elif not isinstance(users, (list, tuple)):
             raise ValueError("users: expected a table of user = \"scrypt$...\" entries")
+        if not all(isinstance(u, (list, tuple)) and len(u) == 2 for u in users):
+            raise ValueError("users: expected a table of user = \"scrypt$...\" entries")
         users = tuple(tuple(u) for u in users)
         for name, encoded in users:
             if not isinstance(name, str) or not name or ":" in name or \

@@ -87,7 +87,11 @@ def _documents():
         yield BASE.replace('upstream = "app"\n', 'upstream = "app"\n' + extra + "\n", 1), key
 
 
-DOCS = list(_documents())
+DOCS = list(_documents()) + [
+    # Found by the fuzzer: a list of numbers for the users table (TypeError in AuthConfig).
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n[listeners.auth]\n'
+     'users = [0]\n', "listeners[0].auth.users:"),
+]
 
 
 @pytest.mark.parametrize("text,key", DOCS, ids=[k for _, k in DOCS])
