@@ -94,12 +94,17 @@ class AdminView:
         w = self.worker
         if w.reload_fn is None:
             return False, ["this proxy was started without a reloadable configuration"]
-        try:
-            config = await w.load_config()
-        except ConfigError as exc:
-            return False, list(exc.problems)
-        except OSError as exc:
-            return False, [exc.strerror or str(exc)]
+        async with w.reload_lock:   # after a SIGHUP reload in progress, not beside it
+            try:
+                config = await w.load_config()
+            except ConfigError as exc:
+                return False, list(exc.problems)
+            except OSError as exc:
+                return False, [exc.strerror or str(exc)]
+            return self._apply(config)
+
+    def _apply(self, config) -> tuple[bool, list[str]]:
+        w = self.worker
         if self.master_pid is not None:
             # The master reloads every worker (and remembers the file for new ones).
             os.kill(self.master_pid, signal.SIGHUP)

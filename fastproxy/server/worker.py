@@ -256,7 +256,7 @@ class Worker:
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
         self.master_pid: int | None = None  # the master that forked this worker, if any
-        self._reload_lock = asyncio.Lock()
+        self.reload_lock = asyncio.Lock()   # reloads (SIGHUP, POST /reload) apply in order
         self._reload_tasks: set[asyncio.Task] = set()
 
     def _cache_for(self, config: Config) -> WorkerCache | None:
@@ -514,7 +514,7 @@ class Worker:
     async def _reload_from_file(self) -> None:
         if self.reload_fn is None:
             return
-        async with self._reload_lock:   # reloads apply in the order they were asked for
+        async with self.reload_lock:
             if self.master_pid is None:
                 process.sd_notify(process.reloading_state())
             try:
