@@ -70,6 +70,43 @@ DEF JOIN_BELOW = 16384
 # before anything else runs.
 cdef bytearray _rbuf = bytearray(READ_SIZE)
 
+# Distinct failure reasons kept by name; past this many, the rest count as "other" (a
+# client cannot grow the table: OpenSSL's reason codes are a fixed set, but be bounded).
+DEF MAX_REASONS = 32
+
+
+cdef class HandshakeCounts:
+    """This worker's TLS handshakes by outcome (the admin interface's /metrics reads them).
+
+    A failed handshake is otherwise silent (the client gets OpenSSL's alert): these say how
+    many, and why (OpenSSL's reason, lower-cased: "http_request" is plain HTTP sent to a
+    TLS port, "no_shared_cipher", "unsupported_protocol", ...)."""
+
+    cdef public long long ok, timeout, closed
+    cdef readonly dict failed
+
+    def __init__(self):
+        self.ok = self.timeout = self.closed = 0
+        self.failed = {}
+
+    cdef void fail(self, exc) noexcept:
+        reason = getattr(exc, "reason", None)
+        key = reason.lower() if isinstance(reason, str) and reason else "other"
+        failed = self.failed
+        if key not in failed and len(failed) >= MAX_REASONS:
+            key = "other"
+        failed[key] = failed.get(key, 0) + 1
+
+    def snapshot(self):
+        """{"ok": n, "timeout": n, "closed": n, "failed": {reason: n}}."""
+        return {"ok": self.ok, "timeout": self.timeout, "closed": self.closed,
+                "failed": dict(self.failed)}
+
+
+# One per process (a worker is a process): every TLS listener of the worker counts here.
+cdef HandshakeCounts _counts = HandshakeCounts()
+counts = _counts
+
 
 cdef class Terminating:
     """The protocol factory of a TLS listener: a Connection per accepted socket.
@@ -153,10 +190,14 @@ cdef class Connection:
                 return self._eof()
             return True
         # Mid-handshake (or already closing): nothing to answer.
+        if self.state == HANDSHAKE:
+            _counts.closed += 1
         self._close_raw()
         return False
 
     def connection_lost(self, exc):
+        if self.state == HANDSHAKE:
+            _counts.closed += 1    # reset by the client mid-handshake
         self.state = LOST
         if self.deadline:
             self.deadline = 0.0
@@ -182,6 +223,7 @@ cdef class Connection:
         """The handshake took longer than the listener's client_header timeout."""
         if self.state == HANDSHAKE:
             self.state = CLOSING
+            _counts.timeout += 1
             self.raw.abort()
 
     # -- driving OpenSSL ---------------------------------------------------------
@@ -196,9 +238,10 @@ cdef class Connection:
         except SSLWantReadError:
             self._flush()
             return
-        except (SSLError, ValueError):
+        except (SSLError, ValueError) as exc:
             # A bad ClientHello, no shared cipher or version, an unknown CA...: the
             # alert OpenSSL wrote goes out, then the socket closes.
+            _counts.fail(exc)
             self.state = CLOSING
             self.deadlines.discard(self)
             self.deadline = 0.0
@@ -208,6 +251,7 @@ cdef class Connection:
         self.deadlines.discard(self)
         self.deadline = 0.0
         self.state = OPEN
+        _counts.ok += 1
         if not self.inbio.pending:
             self._flush()
         # else: the request came with the client's Finished: the session ticket goes out

@@ -2,6 +2,16 @@
 import ssl
 from typing import Any, Callable
 
+class HandshakeCounts:
+    """This worker's TLS handshakes by outcome."""
+    ok: int
+    timeout: int
+    closed: int
+    failed: dict[str, int]
+    def snapshot(self) -> dict[str, Any]: ...
+
+counts: HandshakeCounts
+
 class Terminating:
     """The protocol factory of a TLS listener: a Connection per accepted socket."""
     def __init__(self, holder: Any, context: ssl.SSLContext, h1: Callable[[Any], Any],

@@ -105,6 +105,13 @@ def render_page(doc: dict) -> str:
                               cache["hits"], cache["stale"], cache["misses"], cache["stores"],
                               cache["evictions"], cache["expirations"], cache["purges"]]],
                             left=0))
+    tls = doc.get("tls")
+    if tls is not None:
+        hs = tls["handshakes"]
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(hs["failed"].items())) or "-"
+        parts.append("<h2>TLS handshakes</h2>")
+        parts.append(_table(["completed", "timed out", "closed by the client", "failed"],
+                            [[hs["ok"], hs["timeout"], hs["closed"], ("l", failed)]], left=0))
     top = sorted(doc.get("top_urls", {}).items(), key=lambda kv: -kv[1]["requests"])[:TOP_SHOWN]
     if top:
         parts.append("<h2>Most requested URLs</h2>")

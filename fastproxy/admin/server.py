@@ -290,6 +290,16 @@ def render_metrics(snap: dict) -> str:
                "max_connections.", [({}, limits["accept_pauses"])])
         metric("connections_waiting", "gauge", "Connections accepted past max_connections in "
                "one burst, held unread until a slot frees.", [({}, limits["waiting"])])
+    tls = snap.get("tls")
+    if tls is not None:
+        hs = tls["handshakes"]
+        metric("tls_handshakes_total", "counter", "TLS handshakes on client connections, by "
+               "outcome (failed: see tls_handshake_failures_total).",
+               [({"result": r}, hs[r]) for r in ("ok", "timeout", "closed")] +
+               [({"result": "failed"}, sum(hs["failed"].values()))])
+        metric("tls_handshake_failures_total", "counter", "TLS handshakes refused, by "
+               "OpenSSL's reason (http_request: plain HTTP sent to a TLS port).",
+               [({"reason": k}, v) for k, v in sorted(hs["failed"].items())])
     req = snap["requests"]
     metric("requests_total", "counter", "Requests answered, by status class.",
            [({"class": k}, v) for k, v in req.items() if k != "total"])

@@ -5,6 +5,7 @@ import os
 import signal
 
 from fastproxy import __version__
+from fastproxy._tls import counts as tls_counts
 from fastproxy.config.load import ConfigError, format_address
 
 
@@ -80,6 +81,8 @@ class AdminView:
             snap["limits"] = gate.stats()
         if w.cache is not None:
             snap["cache"] = w.cache.stats()
+        if any(sel is not None for sel in w.tls.values()):
+            snap["tls"] = {"handshakes": tls_counts.snapshot()}
         return snap
 
     def purge(self, key: bytes, prefix: bool) -> int | None:

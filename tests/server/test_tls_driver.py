@@ -296,3 +296,61 @@ def test_graceful_stop_finishes_the_request_in_flight_then_says_close_notify(sta
     assert c.tls.read(1) == b""
     assert idle.read_all() == b""  # the idle keep-alive connection is closed too
     assert idle.tls.read(1) == b""
+
+
+def _metrics(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def test_handshake_outcomes_are_counted_in_the_metrics(start_proxy, tls_config):
+    # A failed handshake is otherwise silent (the client gets an alert, the operator
+    # nothing): /metrics counts completed, failed (by OpenSSL's reason), timed-out and
+    # abandoned handshakes.
+    write, ca_pem = tls_config
+    p = start_proxy("serve", "--config",
+                    write('admin = "127.0.0.1:0"\n[timeouts]\nclient_header = "1s"\n'))
+    admin = p.admin_port()
+    ok = BioClient(p.port, ca_pem)
+    ok.handshake()
+    ok.send(b"GET /size/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.read_all().startswith(b"HTTP/1.1 200")
+    # Plain HTTP to the TLS port: OpenSSL's HTTP_REQUEST.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while s.recv(4096):
+            pass
+    # Half a ClientHello, then close.
+    c = BioClient(p.port, ca_pem)
+    try:
+        c.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = c.out.read()
+    c.sock.sendall(hello[:len(hello) // 2])
+    c.sock.close()
+    # A ClientHello's first bytes, then silence: closed by the client_header timeout.
+    slow = BioClient(p.port, ca_pem)
+    try:
+        slow.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    slow.sock.sendall(slow.out.read()[:20])
+    slow.sock.settimeout(8)
+    assert slow.sock.recv(100) == b""
+    want = {'fastproxy_tls_handshakes_total{result="ok"} 1',
+            'fastproxy_tls_handshakes_total{result="failed"} 1',
+            'fastproxy_tls_handshakes_total{result="closed"} 1',
+            'fastproxy_tls_handshakes_total{result="timeout"} 1',
+            'fastproxy_tls_handshake_failures_total{reason="http_request"} 1'}
+    deadline = time.monotonic() + 5
+    while True:    # the closed one is counted when the worker reads the FIN
+        lines = set(_metrics(admin).splitlines())
+        if want <= lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert want <= lines, sorted(x for x in lines if "tls" in x)
