@@ -91,7 +91,12 @@ def test_dead_server_is_invisible_to_clients(run_proxy, origins):
     before = {path: who(p.port, path)[1] for path in paths}
     dead = str(b.port)
     b.stop()  # killed: refuses connections from now on
-    with Conn(p.port) as conn:
+    # Held, not listening: another test's origin starting meanwhile cannot take the port
+    # and answer for the dead server (connects to a bound, unlistening port are refused).
+    hold = socket.socket()
+    hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hold.bind(("127.0.0.1", b.port))
+    with hold, Conn(p.port) as conn:
         for _ in range(2):
             for path in paths:
                 status, origin = who(p.port, path, conn)
