@@ -178,22 +178,26 @@ class AcceptGate:
         self.connections.gate = self
         self.connections.admission = self.admission
         self.waiting: deque[_Waiting] = deque()
-        self.listeners: list[list] = []   # [sock, factory, ssl, server or None]
+        self.listeners: list[list] = []   # [sock, factory, ssl, server or None, handshake timeout]
         self.paused = False
         self.pauses = 0               # times accepting stopped at the limit
         self.closed = False
 
-    async def serve(self, sock: socket.socket, make, ssl=None) -> None:
-        """Accept on sock (a listening socket this gate now owns), protocols from make()."""
-        entry = [sock, self.admission.factory(make), ssl, None]
+    async def serve(self, sock: socket.socket, make, ssl=None,
+                    handshake_timeout: float = 60.0) -> None:
+        """Accept on sock (a listening socket this gate now owns), protocols from make();
+        with ssl, a handshake not done within handshake_timeout seconds is closed."""
+        entry = [sock, self.admission.factory(make), ssl, None, handshake_timeout]
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
 
     async def _open(self, entry) -> asyncio.AbstractServer:
-        sock, factory, ssl, _ = entry
+        sock, factory, ssl, _, handshake_timeout = entry
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
-        return await self.loop.create_server(factory, sock=sock.dup(), ssl=ssl,
-                                             backlog=BACKLOG)
+        if ssl is None:
+            return await self.loop.create_server(factory, sock=sock.dup(), backlog=BACKLOG)
+        return await self.loop.create_server(factory, sock=sock.dup(), ssl=ssl, backlog=BACKLOG,
+                                             ssl_handshake_timeout=handshake_timeout)
 
     @property
     def pending(self) -> int:

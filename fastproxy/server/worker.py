@@ -336,7 +336,8 @@ class Worker:
             factory = Terminating(holder, tls, ClientConnection, h2.H2Server)
             tls = None
         for sock in socks:
-            await self.gate.serve(sock, factory, tls)
+            # uvloop's TLS layer (tcp listeners) gets the same handshake bound as ours.
+            await self.gate.serve(sock, factory, tls, self.config.timeouts.client_header)
 
     def reload(self, config: Config) -> bool:
         """Switch new connections to config; open connections finish on the old one.

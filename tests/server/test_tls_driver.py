@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import ssl
+import threading
 import time
 
 import pytest
@@ -354,3 +355,48 @@ def test_handshake_outcomes_are_counted_in_the_metrics(start_proxy, tls_config):
             break
         time.sleep(0.05)
     assert want <= lines, sorted(x for x in lines if "tls" in x)
+
+
+def test_tcp_listener_with_tls_bounds_the_handshake_too(start_proxy, ca, tmp_path):
+    # tcp listeners terminate TLS in uvloop's layer, whose own handshake timeout is 60 s:
+    # it gets timeouts.client_header as the HTTP listeners' driver does.
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def echo():
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=echo, daemon=True).start()
+    cfg = tmp_path / "tcp.toml"
+    cfg.write_text(f"""
+[timeouts]
+client_header = "1s"
+[[listeners]]
+listen = "127.0.0.1:0"
+mode = "tcp"
+upstream = "db"
+tls = {{ cert = "{cert_pem}", key = "{key_pem}" }}
+[upstreams.db]
+servers = ["tcp://127.0.0.1:{srv.getsockname()[1]}"]
+""")
+    p = start_proxy("serve", "--config", str(cfg))
+    silent = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    start = time.monotonic()
+    assert silent.recv(100) == b""
+    # 1 s configured; 60 s was uvloop's own bound.
+    assert time.monotonic() - start < 10
+    ctx = ssl.create_default_context(cafile=None)
+    ca.configure_trust(ctx)
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), timeout=10),
+                         server_hostname="localhost") as s:
+        s.sendall(b"over tls")
+        assert s.recv(100) == b"OVER TLS"
+    srv.close()
