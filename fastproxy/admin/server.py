@@ -293,8 +293,9 @@ def render_metrics(snap: dict) -> str:
     tls = snap.get("tls")
     if tls is not None:
         hs = tls["handshakes"]
-        metric("tls_handshakes_total", "counter", "TLS handshakes on HTTP listeners (tcp listeners: not counted), by "
-               "outcome (failed: see tls_handshake_failures_total).",
+        metric("tls_handshakes_total", "counter", "TLS handshakes on HTTP listeners (tcp "
+               "listeners: not counted), by outcome (failed: see "
+               "tls_handshake_failures_total).",
                [({"result": r}, hs[r]) for r in ("ok", "timeout", "closed")] +
                [({"result": "failed"}, sum(hs["failed"].values()))])
         metric("tls_handshake_failures_total", "counter", "TLS handshakes refused, by "
