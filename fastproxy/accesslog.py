@@ -24,6 +24,20 @@ VARIABLES = ("remote_addr", "time_local", "time_iso8601", "request", "method", "
 EXTRA_VARIABLES = ("cache", "user", "acl")
 _VAR_RE = re.compile(r"\$(\{[a-z_0-9]+\}|[a-z_0-9]+)")
 
+# What the client chooses (target, Referer, User-Agent, Host, a reason quoting its input)
+# must not forge fields of a text line: as nginx's log escaping, '"', '\\', control
+# characters and bytes past ASCII become \xHH (latin-1 decoded, so one char is one byte).
+_UNSAFE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _hex(m: re.Match) -> str:
+    return "".join(f"\\x{b:02X}" for b in m.group().encode("latin-1", "replace"))
+
+
+def escape(text: str) -> str:
+    """text safe inside a field of a text log line (nginx's escaping)."""
+    return _UNSAFE.sub(_hex, text)
+
 
 def log_format(value) -> str:
     """`access_log.format`: combined, json, or a template of VARIABLES (ValueError if not)."""
@@ -143,16 +157,16 @@ class AccessLog:
             if req is not None:
                 r = req.get(b"referer")
                 u = req.get(b"user-agent")
-                referer = r.decode("latin-1") if r else "-"
-                ua = u.decode("latin-1") if u else "-"
+                referer = escape(r.decode("latin-1")) if r else "-"
+                ua = escape(u.decode("latin-1")) if u else "-"
             ut = f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-"
-            line = (f'{conn.client_ip} - - [{self._timestamp(now)}] "{method} {target} '
+            line = (f'{conn.client_ip} - - [{self._timestamp(now)}] "{method} {escape(target)} '
                     f'{version}" {conn.status} {conn.sent} "{referer}" "{ua}" '
                     f'rt={duration:.3f} ua={upstream} ut={ut}')
             if extra:
-                line += "".join(f" {k}={v}" for k, v in extra.items())
+                line += "".join(f" {k}={escape(str(v))}" for k, v in extra.items())
             if conn.detail:
-                line += f' err="{conn.detail}"'
+                line += f' err="{escape(conn.detail)}"'
             line += "\n"
         self.lines.append(line)
         self.size += len(line)
@@ -166,14 +180,15 @@ class AccessLog:
 
         def header(name: bytes) -> str:
             value = req.get(name) if req is not None else None
-            return value.decode("latin-1") if value else "-"
+            return escape(value.decode("latin-1")) if value else "-"
+        target = escape(target)
         values = {
             "remote_addr": conn.client_ip, "status": conn.status, "bytes_sent": conn.sent,
             "bytes_received": conn.received, "method": method, "target": target,
             "version": version, "request": f"{method} {target} {version}",
             "request_time": f"{duration:.3f}", "upstream": upstream,
             "upstream_time": f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-",
-            "detail": conn.detail or "-",
+            "detail": escape(conn.detail) if conn.detail else "-",
         }
         out = []
         for literal, name in self.template or ():
@@ -189,7 +204,7 @@ class AccessLog:
             elif name in ("referer", "user_agent", "host"):
                 out.append(header(name.replace("_", "-").encode()))
             else:
-                out.append(str(extra.get(name, "-")))
+                out.append(escape(str(extra.get(name, "-"))))
         out.append("\n")
         return "".join(out)
 
@@ -200,7 +215,8 @@ class AccessLog:
                               separators=(",", ":")) + "\n"
         else:
             line = f"{record.get('client', '-')} - - [{self._timestamp(time.time())}] " + \
-                " ".join(f"{k}={v}" for k, v in record.items() if k != "client") + "\n"
+                " ".join(f"{k}={escape(str(v))}" for k, v in record.items()
+                         if k != "client") + "\n"
         self.lines.append(line)
         self.size += len(line)
         if self.handle is None:
