@@ -689,6 +689,15 @@ cdef class _Message:
             out = PyBytes_FromStringAndSize(NULL, size)
             o = <uchar*>PyBytes_AS_STRING(out)
             memcpy(o, sl, sl_len)
+            if start_line is None and sl_len >= 8:
+                # RFC 9110 2.5: an intermediary sends its own version. A higher 1.x minor
+                # was parsed as 1.1 (RFC 9112 2.3) and goes on as HTTP/1.1 (a client or
+                # server that knows no "HTTP/1.2" would refuse the message).
+                if memcmp(sl, b"HTTP/1.", 7) == 0:
+                    if o[7] > b'1':
+                        o[7] = b'1'
+                elif o[sl_len - 1] > b'1' and memcmp(sl + sl_len - 8, b"HTTP/1.", 7) == 0:
+                    o[sl_len - 1] = b'1'
             o += sl_len
             o[0] = 13
             o[1] = 10
