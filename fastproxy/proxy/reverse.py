@@ -25,6 +25,8 @@ TARGET_ASTERISK = _http.TARGET_ASTERISK
 split_absolute = _http.split_absolute
 
 CRLF = b"\r\n"
+# The schemes an absolute-form target may name, and the port each leaves implicit.
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 # Client-supplied forwarding fields are replaced, never trusted: otherwise a client
 # could claim any address or scheme to the upstream.
 DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
@@ -197,10 +199,20 @@ class ReverseHandler:
         elif form == TARGET_ABSOLUTE:
             # RFC 9112 3.2.2: a server accepts absolute-form; its authority wins over Host.
             try:
-                _scheme, a_host, a_port, path = split_absolute(target)
+                scheme, a_host, a_port, path = split_absolute(target)
             except _http.ParseError as exc:
                 raise _Refused(400, f"bad request target: {exc}") from None
-            host = a_host if a_port in (80, 443) else a_host + b":%d" % a_port
+            default_port = _DEFAULT_PORTS.get(scheme)
+            if default_port is None:
+                # No default port to name (the Host went out as "a:-1"), and no HTTP
+                # resource: as the forward proxy, only http and https URLs.
+                raise _Refused(400, "unsupported URL scheme "
+                                    f"{scheme.decode('latin-1')!r} in the request target")
+            if b":" in a_host:
+                a_host = b"[" + a_host + b"]"      # an IPv6 literal (RFC 3986 3.2.2)
+            # Only the scheme's own default port may be left out (RFC 9110 4.2.3):
+            # http://h:443/ is not http://h/.
+            host = a_host if a_port == default_port else a_host + b":%d" % a_port
             start_line = req.method + b" " + path + b" HTTP/1.1"
         elif form == TARGET_ASTERISK:
             path = b"*"
