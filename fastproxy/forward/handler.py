@@ -386,5 +386,7 @@ def _host_line(scheme: bytes, host_b: bytes, port: int) -> bytes:
     """The Host field for the destination: the target's authority (RFC 9112 3.2.2), the
     port only when it is not the scheme's default."""
     default_port = 443 if scheme == b"https" else 80
+    if b":" in host_b:
+        host_b = b"[" + host_b + b"]"    # an IPv6 literal keeps its brackets (RFC 3986 3.2.2)
     authority = host_b if port == default_port else host_b + b":%d" % port
     return b"Host: " + authority + CRLF

@@ -84,6 +84,24 @@ def test_absolute_form_get_and_pooling(forward, origin):
     assert seen_by_origin(origin)["host"] == f"127.0.0.1:{origin.port}"  # authority wins
 
 
+def test_ipv6_literal_destination_keeps_its_brackets_in_host(forward):
+    # The Host sent on was "::1:PORT", which no server reads as an authority (outside
+    # probe, 12-05): an IPv6 literal is bracketed in a URI's host (RFC 3986 3.2.2).
+    try:
+        origin6 = Origin(host="::1").start()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    try:
+        p = forward("allow_private = true")
+        for target, host in ((f"http://[::1]:{origin6.port}/echo", f"[::1]:{origin6.port}"),
+                             (f"http://[0:0::1]:{origin6.port}/echo", f"[0:0::1]:{origin6.port}")):
+            r = request(p.port, crlf(f"GET {target} HTTP/1.1\nHost: x\n\n"))
+            assert r.status == 200, r.body
+            assert seen_by_origin(origin6)["host"] == host
+    finally:
+        origin6.stop()
+
+
 def test_post_body_through_forward_proxy(forward, origin):
     p = forward("allow_private = true")
     r = request(p.port, crlf(f"POST {origin.url}/echo HTTP/1.1\nHost: x\nContent-Length: 5\n\n")
