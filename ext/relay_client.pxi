@@ -496,7 +496,7 @@ cdef class ClientConnection:
                 # HTTP/2 with prior knowledge (RFC 9113 3.3) on this HTTP/1.1 port.
                 self.ls.h2_switch(self, bytes(data))
                 return
-            self.reject(exc.status, f"{exc.code}: {exc}")
+            self.reject(exc.status, str(exc))
             return
         if req is None:
             if self.buf is None:
@@ -616,7 +616,7 @@ cdef class ClientConnection:
             try:
                 n = dec.feed_c(data, pos, None)
             except ParseError as exc:
-                self._body_error(exc.status, f"{exc.code}: {exc}")
+                self._body_error(exc.status, str(exc))
                 return avail
             if n:
                 self.received += n

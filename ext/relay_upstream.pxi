@@ -240,8 +240,7 @@ cdef class UpstreamConnection:
             try:
                 resp = self.parser.feed_c(data, pos, client.head_request, False)
             except ParseError as exc:
-                self._failed(502, f"invalid response from {self.server.name}: "
-                                  f"{exc.code}: {exc}", False)
+                self._failed(502, f"invalid response from {self.server.name}: {exc}", False)
                 return
             if resp is None:
                 if pos:
