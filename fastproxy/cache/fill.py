@@ -111,7 +111,7 @@ async def fill(layer, conn, req, key, lk, leader: bool, ctx, origins, target) ->
             return
         t_response = _time()
         as_get = _AsGet(req)
-        decision = layer.cache.storable(as_get, resp, t_response)
+        decision = layer.storable(as_get, resp, t_response)
         if decision and body is not None:
             origin = host.encode() if origins is not None else b""
             stored = layer.cache.store(as_get, key, resp, body, t_request, t_response,

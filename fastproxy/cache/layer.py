@@ -87,6 +87,7 @@ LOG_SHARED = {"cache": "HIT-SHARED"}
 LOG_PEER = {"cache": "PEER"}
 
 _CLOSE_DELIMITED = Decision(False, "close-delimited")
+_CANARY_SPLIT = Decision(False, "canary-split")
 
 
 def _body_len(buffers) -> int:
@@ -245,6 +246,24 @@ class CacheLayer:
         # when no route has any: hits get them as relayed responses do.
         self.edits = None
         self.fast: FreshHits | None = None     # the relay's fast path (fresh_hits), once made
+
+    def storable(self, req, resp, now: float) -> Decision:
+        """cache.storable, keyed also on the fields the listener's routes choose by.
+
+        The cache answers before routing, so a response a route condition (`headers`) or
+        canary (`force`, `key`) chose must be a variant of those fields, as if the
+        response said Vary for them: else one client's `X-Env: beta` fills the entry
+        every client is answered with. A split no field decides is not stored."""
+        decision = self.cache.storable(req, resp, now)
+        router = getattr(self.handler, "router", None)
+        if not decision.store or router is None:
+            return decision
+        if router.split_unkeyed(req.host, req.target):
+            return _CANARY_SPLIT
+        if router.cache_vary:
+            vary = tuple(sorted(set(decision.vary).union(router.cache_vary)))
+            return Decision(True, decision.detail, decision.cc, vary)
+        return decision
 
     def fresh_hits(self) -> FreshHits:
         """The relay's compiled fast path for this listener's fresh hits (hitpath.pyx)."""
@@ -508,7 +527,7 @@ class CacheLayer:
                 if cache.refresh(lk, req, resp, t_request, t_response) is not None:
                     wc.revalidated += 1
             elif resp.status < 500:
-                decision = cache.storable(req, resp, t_response)
+                decision = self.storable(req, resp, t_response)
                 if decision and body is not None:
                     if cache.store(req, key, resp, body, t_request, t_response, decision,
                                    origin, self.codings_for(resp)):
@@ -659,7 +678,7 @@ class _Exchange:
         decision = None
         method = req.method
         if method == GET and lk is not None:
-            decision = cache.storable(req, resp, now)
+            decision = layer.storable(req, resp, now)
             if decision.store:
                 if resp.body == BODY_CLOSE:
                     decision = _CLOSE_DELIMITED

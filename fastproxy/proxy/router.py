@@ -42,7 +42,7 @@ class Route:
     """One compiled route: match data, its group, canary split, rewrite and header edits."""
 
     __slots__ = ("host", "wildcard", "prefix", "exact", "regex", "group", "strip", "canary",
-                 "percent", "canary_key", "force", "methods", "headers", "query",
+                 "percent", "canary_key", "canary_by", "force", "methods", "headers", "query",
                  "rewrite", "upstream_host", "edits", "response_edits", "answer", "shadow", "plain",
                  "order")
 
@@ -58,6 +58,7 @@ class Route:
         self.percent = percent
         # A stable split hashes the same request keys the balancers use (balance/keys.py).
         self.canary_key = None if canary_key == "random" else make_key_fn(canary_key)
+        self.canary_by = canary_key
         self.order = order
         self.exact: bytes | None = None
         self.regex: re.Pattern | None = None
@@ -316,6 +317,27 @@ class _Level:
         return None
 
 
+def _cache_dependence(routes) -> tuple[tuple[bytes, ...], tuple[Route, ...]]:
+    """(field names the routes' choice reads, routes whose split no field decides)."""
+    names: set[bytes] = set()
+    unkeyed = []
+    for r in routes:
+        names.update(name.lower() for name, _ in r.headers)
+        if r.canary is None:
+            continue
+        if r.force is not None:
+            cookie, name = r.force
+            names.add(b"cookie" if cookie else name.lower())
+        kind, _, name = r.canary_by.partition(":")
+        if kind == "header":
+            names.add(name.lower().encode())
+        elif kind == "cookie":
+            names.add(b"cookie")
+        elif 0.0 < r.percent < 100.0:
+            unkeyed.append(r)
+    return tuple(sorted(names)), tuple(unkeyed)
+
+
 class Router:
     """Compiled routes of one listener."""
 
@@ -342,6 +364,21 @@ class Router:
         self.only = self.default if not routes else None
         # Only host and prefix routes: the compiled fast path routes with match(host, path).
         self.simple = all(r.plain for r in self.routes)
+        # What a cache in front of these routes must key on besides the URL (the cache
+        # looks up before routing): the fields route conditions and canary splits read,
+        # and the canary routes whose split no field decides (random, client_ip).
+        self.cache_vary, self.unkeyed = _cache_dependence(self.routes)
+
+    def split_unkeyed(self, host: bytes | None, target: bytes) -> bool:
+        """Whether a request for host and target may take a route whose upstream no
+        request field decides (a random or client_ip canary share)."""
+        if not self.unkeyed:
+            return False
+        if not target.startswith(b"/"):
+            return True      # absolute-form: not worth splitting; say it may
+        host = normalise_host(host)
+        path = target.partition(b"?")[0]
+        return any(r.matches(host, path) for r in self.unkeyed)
 
     def match(self, host: bytes | None, target: bytes, req=None) -> Route | None:
         """The route for host and target (path and query), else the default (or None).
