@@ -75,15 +75,25 @@ class AdminServer:
     # -- HTTP -------------------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The proxy listeners' client timeouts bound every wait, else a client that
+        # sends half a head, or nothing, or never reads, holds one of the worker's
+        # descriptors (which its proxied connections need too) for ever.
+        first = True
         try:
             while True:
+                t = self.view.timeouts
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = await _within(reader.readuntil(b"\r\n\r\n"), t.client_header if first
+                                         else t.client_idle + t.client_header)
                 except asyncio.IncompleteReadError:
                     break
                 except asyncio.LimitOverrunError:
                     writer.write(_response(431, {"error": "request head too large"}, False))
                     break
+                except TimeoutError:
+                    writer.write(_response(408, {"error": "request head timed out"}, False))
+                    break
+                first = False
                 try:
                     req = _http.RequestParser().feed(head)
                 except _http.ParseError as exc:
@@ -96,17 +106,23 @@ class AdminServer:
                     if req.content_length > MAX_BODY:
                         writer.write(_response(413, {"error": "request body too large"}, False))
                         break
-                    await reader.readexactly(req.content_length)   # no endpoint reads it
+                    try:   # no endpoint reads it
+                        await _within(reader.readexactly(req.content_length), t.client_body)
+                    except TimeoutError:
+                        writer.write(_response(408, {"error": "request body timed out"},
+                                               False))
+                        break
                 status, payload, ctype = await self.route(req)
                 keep = req.keep_alive
                 allow = _ALLOW.get(req.target.partition(b"?")[0]) if status == 405 else None
                 writer.write(_response(status, payload, keep, ctype, req.method == b"HEAD",
                                        allow))
-                await writer.drain()
+                await _within(writer.drain(), t.client_send)
                 if not keep:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass   # the client left, or the worker is stopping
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError,
+                TimeoutError):
+            pass   # the client left or stopped reading, or the worker is stopping
         finally:
             writer.close()
 
@@ -204,6 +220,13 @@ class AdminServer:
             _, _, body = data.partition(b"\r\n\r\n")
             return json.loads(body)
         return await asyncio.wait_for(exchange(), 5.0)
+
+
+async def _within(aw, seconds: float):
+    """await aw, raising TimeoutError after `seconds` (0: no limit, as in [timeouts])."""
+    if seconds <= 0:
+        return await aw
+    return await asyncio.wait_for(aw, seconds)
 
 
 def _url_key(raw: str) -> bytes | None:

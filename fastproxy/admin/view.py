@@ -1,7 +1,7 @@
 """What the admin interface needs from the worker it runs in (implemented in server/)."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class WorkerView(Protocol):
@@ -10,6 +10,10 @@ class WorkerView(Protocol):
     index: int                 # this worker's number (0 .. workers-1)
     workers: int               # how many workers the configuration runs
     peers_dir: str | None      # where the siblings' admin sockets are (workers > 1)
+
+    @property
+    def timeouts(self) -> Any:
+        """[timeouts] of the running configuration (client_header, client_idle, ...)."""
 
     def snapshot(self) -> dict:
         """This worker's numbers (the /status document before merging)."""

@@ -30,6 +30,11 @@ class AdminView:
         self.workers = worker.config.workers
         self.peers_dir = worker.peers_dir
 
+    @property
+    def timeouts(self):
+        """[timeouts] of the running configuration (reloads change them)."""
+        return self.worker.config.timeouts
+
     def snapshot(self) -> dict:
         """This worker's numbers."""
         w = self.worker
