@@ -579,6 +579,10 @@ class HttpCache:
                 return None
         status_line, old_fields = entry.parse_head(st.head)
         new_fields = response.headers()
+        if response.get(b"date") is None:
+            # RFC 9110 6.6.1: a response without Date is dated when received, as store
+            # does; else the entry kept its first Date and the fresh 304 aged from it.
+            new_fields = new_fields + [(b"Date", format_http_date(response_time))]
         conn = entry.connection_listed(new_fields)
         replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
