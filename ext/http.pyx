@@ -654,9 +654,14 @@ cdef class _Message:
         cdef uchar* o
         cdef bytes out
         cdef object d
+        cdef Py_ssize_t add_sp = 0
         if start_line is None:
             sl = h
             sl_len = self._sl_len
+            # RFC 9112 4: status-line = HTTP-version SP status-code SP [reason-phrase].
+            # The parser takes a status line without the last SP; what we send has it.
+            if sl_len == 12 and memcmp(sl, b"HTTP/", 5) == 0:
+                add_sp = 1
         else:
             sl = <const uchar*>PyBytes_AS_STRING(start_line)
             sl_len = PyBytes_GET_SIZE(start_line)
@@ -667,7 +672,7 @@ cdef class _Message:
             if skip == NULL:
                 raise MemoryError()
         try:
-            size = sl_len + 2 + ex_len + 2
+            size = sl_len + add_sp + 2 + ex_len + 2
             for i in range(self._nf):
                 f = &self._fields[i]
                 skip[i] = (f.flags & (F_HOP | F_DUP_CL)) != 0
@@ -698,7 +703,9 @@ cdef class _Message:
                         o[7] = b'1'
                 elif o[sl_len - 1] > b'1' and memcmp(sl + sl_len - 8, b"HTTP/1.", 7) == 0:
                     o[sl_len - 1] = b'1'
-            o += sl_len
+            if add_sp:
+                o[sl_len] = b' '
+            o += sl_len + add_sp
             o[0] = 13
             o[1] = 10
             o += 2

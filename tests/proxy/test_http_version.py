@@ -69,3 +69,23 @@ def test_forward_proxy_request_line_goes_out_as_http11(run_proxy, origin):
         r = c.response()
     assert r.status == 200, r.body
     assert json.loads(r.body)["version"] == "1.1"
+
+
+def test_a_status_line_without_reason_goes_out_with_its_space(run_proxy):
+    # RFC 9112 4: HTTP-version SP status-code SP [reason-phrase]. The parser takes
+    # "HTTP/1.1 200" (no last SP) from an origin; it went on as received (outside probe).
+    def origin(server, s):
+        while True:
+            server.read_head(s)
+            s.sendall(b"HTTP/1.1 200\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok")
+
+    raw = RawServer(origin)
+    try:
+        cfg = reverse_config(raw.url)
+        cfg["cache"] = {"size": "16MiB"}
+        p = run_proxy(cfg)
+        for _ in range(2):     # relayed, then a hit written from the stored head
+            line, data = _raw_status_line(p.port, crlf("GET /v HTTP/1.1\nHost: h\n\n"))
+            assert line == b"HTTP/1.1 200 ", data
+    finally:
+        raw.close()
