@@ -1,7 +1,9 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Fast path: FastForward, ReverseHandler.forward for the common request in C.
 
-cdef tuple DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+# As proxy/reverse.py's DROP_XF (underscore spellings included: CGI/WSGI merge them).
+cdef tuple DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                      b"x_forwarded_for", b"x_forwarded_proto", b"x_forwarded_host")
 cdef tuple DROP_XF_EXPECT = DROP_XF + (b"expect",)
 cdef tuple DROP_EXPECT = (b"expect",)
 cdef tuple NO_DROP = ()

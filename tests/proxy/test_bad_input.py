@@ -295,3 +295,23 @@ def test_the_reason_names_the_parsers_code_once(run_proxy, origin):
         assert r.body.decode().count("conflicting_content_length") == 1, r.body
     finally:
         bad.close()
+
+
+@pytest.mark.parametrize("listener", [
+    {},                                                     # the compiled fast path
+    {"routes": [{"path": "/", "upstream": "app",            # the handler's own path
+                 "request_headers": {"set": {"X-Env": "t"}}}]},
+])
+def test_underscore_spellings_of_forwarding_fields_do_not_reach_the_upstream(
+        run_proxy, origin, listener):
+    # CGI and WSGI servers read X_Forwarded_Proto as X-Forwarded-Proto: the client's
+    # value went on beside ours (outside probe, 12-05), so an application taking the
+    # first of "https,http" believed the client's scheme.
+    p = run_proxy(reverse_cfg(origin.url, **listener))
+    with Conn(p.port) as c:
+        c.send(crlf("GET /echo HTTP/1.1\nHost: h\nX_Forwarded_For: 6.6.6.6\n"
+                    "X_Forwarded_Proto: https\nx_forwarded_host: evil\nX_Other: kept\n\n"))
+        r = c.response()
+    names = [n.lower() for n, _ in json.loads(r.body)["headers"]]
+    assert not [n for n in names if n.startswith("x_forwarded")], names
+    assert "x_other" in names and "x-forwarded-proto" in names
