@@ -1,9 +1,14 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Fast path: FastForward, ReverseHandler.forward for the common request in C.
 
-# As proxy/reverse.py's DROP_XF (underscore spellings included: CGI/WSGI merge them).
+# Client-supplied forwarding fields are replaced, never trusted: otherwise a client could
+# claim any address or scheme to the upstream. Their underscore spellings go too: CGI and
+# WSGI servers map "_" and "-" to one name, so X_Forwarded_Proto: https would reach the
+# application beside ours (nginx drops fields with "_" by default). The one definition:
+# proxy/reverse.py imports it as FORWARDING_FIELDS.
 cdef tuple DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                       b"x_forwarded_for", b"x_forwarded_proto", b"x_forwarded_host")
+FORWARDING_FIELDS = DROP_XF
 cdef tuple DROP_XF_EXPECT = DROP_XF + (b"expect",)
 cdef tuple DROP_EXPECT = (b"expect",)
 cdef tuple NO_DROP = ()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from fastproxy import _http
-from fastproxy._relay import CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP, FastForward
+from fastproxy._relay import (CONTINUE, FORWARDING_FIELDS, IDEMPOTENT, STATE_CLOSED, STOP,
+                              FastForward)
 from fastproxy.proxy.errors import REASONS
 from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_plan, via_lines
 from fastproxy.proxy.router import normalise_host, render
@@ -27,12 +28,8 @@ split_absolute = _http.split_absolute
 CRLF = b"\r\n"
 # The schemes an absolute-form target may name, and the port each leaves implicit.
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
-# Client-supplied forwarding fields are replaced, never trusted: otherwise a client
-# could claim any address or scheme to the upstream. Their underscore spellings go too:
-# CGI and WSGI servers map "_" and "-" to one name, so X_Forwarded_Proto: https would
-# reach the application beside ours (nginx drops fields with "_" by default).
-DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-           b"x_forwarded_for", b"x_forwarded_proto", b"x_forwarded_host")
+# Client-supplied forwarding fields (and their underscore spellings): see relay_fastpath.pxi.
+DROP_XF = FORWARDING_FIELDS
 DROP_XF_EXPECT = DROP_XF + (b"expect",)
 DROP_XF_HOST = DROP_XF + (b"host",)
 DROP_XF_HOST_EXPECT = DROP_XF + (b"host", b"expect")
