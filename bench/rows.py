@@ -58,7 +58,8 @@ class Row:
     def ours(self) -> bool:
         """True for the rows that run fastproxy: those are never skipped, only measured or failed."""
         return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward,
-                              start_fastproxy_workers, start_fastproxy_admin,
+                              start_fastproxy_workers, start_fastproxy_workers_hash,
+                              start_fastproxy_admin,
                               start_fastproxy_cache_admin)
 
 
@@ -184,6 +185,14 @@ def start_fastproxy_workers(ctx: Context, name: str) -> Endpoint:
     return ep
 
 
+def start_fastproxy_workers_hash(ctx: Context, name: str) -> Endpoint:
+    """fastproxy-2w with the kernel's SO_REUSEPORT hash instead of round-robin."""
+    ep = _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
+                                "--workers", str(WORKERS), "--reuseport-balance", "hash"], pin=False)
+    ep.workers = WORKERS
+    return ep
+
+
 def start_fastproxy_cache(ctx: Context, name: str) -> Endpoint:
     """fastproxy reverse mode with its ring-buffer cache."""
     return _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
@@ -246,6 +255,8 @@ ROWS: tuple[Row, ...] = (
     Row("fastproxy", "reverse", (), start_fastproxy, "fastproxy --mode reverse --workers 1"),
     Row("fastproxy-2w", "reverse", (), start_fastproxy_workers,
         f"fastproxy --workers {WORKERS}, not pinned (all cores)"),
+    Row("fastproxy-2w-hash", "reverse", (), start_fastproxy_workers_hash,
+        "fastproxy-2w with --reuseport-balance hash (the kernel's spread)"),
     Row("fastproxy-admin", "reverse", (), start_fastproxy_admin, "fastproxy reverse with --admin"),
     Row("nginx-cache", "cache", ("nginx",), start_nginx_cache, "nginx proxy_cache"),
     Row("varnish", "cache", ("varnishd",), start_varnish, "Varnish -s malloc,64m, thread_pools=1"),
