@@ -342,7 +342,9 @@ class Master:
             for slot in self.slots:
                 if not self.stopping:
                     self._spawn(slot)
-            self.log(f"master: {len(self.slots)} workers")
+            spread = "round-robin" if self.config.reuseport_balance == "round-robin" \
+                and not self.balance_failed else "the kernel's hash"
+            self.log(f"master: {len(self.slots)} workers (new connections: {spread})")
             self._loop()
         finally:
             signal.set_wakeup_fd(-1)

@@ -137,6 +137,8 @@ def test_round_robin_lands_every_batch_exactly_evenly(start_proxy, origin, worke
         (counts,) = _batch([("127.0.0.1", p.port)], n, kids)
         assert sorted(counts.values()) == [n // workers] * workers, counts
     assert not any(REFUSED in line for line in p.stderr_lines), p.stderr_lines
+    assert any(f"master: {workers} workers (new connections: round-robin)" in line
+               for line in p.stderr_lines), p.stderr_lines
 
 
 def test_round_robin_holds_after_a_worker_is_replaced(start_proxy, origin):
@@ -188,6 +190,8 @@ def test_hash_when_configured(start_proxy, origin):
     p, kids = _serve(start_proxy, origin, 2, "--reuseport-balance", "hash")
     _assert_hash_spread(p, kids)
     assert not any(REFUSED in line for line in p.stderr_lines), p.stderr_lines
+    assert any("master: 2 workers (new connections: the kernel's hash)" in line
+               for line in p.stderr_lines), p.stderr_lines
 
 
 def test_refused_round_robin_falls_back_to_the_hash_with_one_line(start_proxy, origin, monkeypatch):
