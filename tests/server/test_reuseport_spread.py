@@ -170,19 +170,22 @@ def _ipv6() -> bool:
 
 def test_each_listener_counts_for_itself(run_proxy, origin):
     """Connections alternating between two listeners (IPv4 and IPv6 where the machine has
-    ::1): with one counter for both, each listener's would all reach the same worker."""
+    ::1): with one counter for both, each listener's would all reach the same worker. A tcp
+    listener is balanced as well."""
     second = "[::1]:0" if _ipv6() else "127.0.0.1:0"
+    tcp_url = "tcp://" + origin.url.split("://", 1)[1].rstrip("/")
     config = {"workers": 2,
               "listeners": [{"listen": "127.0.0.1:0", "upstream": "app"},
-                            {"listen": second, "upstream": "app"}],
-              "upstreams": {"app": {"servers": [origin.url]}}}
-    p = run_proxy(config, listeners=4)
+                            {"listen": second, "upstream": "app"},
+                            {"listen": "127.0.0.1:0", "mode": "tcp", "upstream": "raw"}],
+              "upstreams": {"app": {"servers": [origin.url]}, "raw": {"servers": [tcp_url]}}}
+    p = run_proxy(config, listeners=6)
     kids = _children(p.proc.pid)
     assert len(kids) == 2, kids
     ports = sorted(set(p.addresses), key=p.addresses.index)
-    assert len(ports) == 2, p.addresses
+    assert len(ports) == 3, p.addresses
     for _ in range(2):
-        for counts in _batch(ports, 2 * BATCH, kids):
+        for counts in _batch(ports[:2], 2 * BATCH, kids) + _batch(ports[2:], BATCH, kids):
             assert sorted(counts.values()) == [32, 32], counts
 
 
