@@ -109,9 +109,10 @@ class Master:
             return
         try:
             reuseport.round_robin(socks, len(self.slots))
-        except OSError as exc:
+        except Exception as exc:   # whatever fails here, the hash still serves: never fatal
             self.balance_failed = True
-            self.log(f"reuseport_balance: round-robin unavailable ({exc.strerror or exc}); "
+            why = getattr(exc, "strerror", None) or exc
+            self.log(f"reuseport_balance: round-robin unavailable ({why}); "
                      f"the kernel's hash spreads connections over the workers")
 
     def _split(self, socks: list) -> dict:
