@@ -33,11 +33,11 @@ def write_origin_files(root: Path, big_bytes: int) -> None:
             left -= len(block)
 
 
-def _nginx_main(tmp: Path, http_body: str) -> str:
+def _nginx_main(tmp: Path, http_body: str, workers: int = 1) -> str:
     return f"""
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 user root;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
@@ -76,7 +76,7 @@ def nginx_origin(tmp: Path, port: int, docroot: Path) -> str:
 """)
 
 
-def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool) -> str:
+def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool, workers: int = 1) -> str:
     """nginx reverse proxy (upstream keepalive 64), optionally with proxy_cache."""
     cache_decl = ""
     cache_use = ""
@@ -101,7 +101,7 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool) -> str:
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;{cache_use}
         }}
     }}
-""")
+""", workers)
 
 
 def haproxy(port: int, origin_port: int) -> str:

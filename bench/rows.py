@@ -58,7 +58,8 @@ class Row:
     def ours(self) -> bool:
         """True for the rows that run fastproxy: those are never skipped, only measured or failed."""
         return self.start in (start_fastproxy, start_fastproxy_cache, start_fastproxy_forward,
-                              start_fastproxy_workers, start_fastproxy_admin,
+                              start_fastproxy_workers, start_fastproxy_workers_hash,
+                              start_fastproxy_admin,
                               start_fastproxy_cache_admin)
 
 
@@ -71,6 +72,10 @@ GROUPS = {
 }
 
 
+# Workers of the all-cores row: one per core of this 2-core machine.
+WORKERS = 2
+
+
 def _listen(ctx: Context, name: str, cmd: list[str], port: int, env: dict | None = None,
             pin: bool = True) -> Endpoint:
     proc = ctx.sup.spawn(name, pinned(cmd, ctx.proxy_core if pin else None), env=env)
@@ -78,13 +83,14 @@ def _listen(ctx: Context, name: str, cmd: list[str], port: int, env: dict | None
     return Endpoint(port, proc)
 
 
-def _nginx(ctx: Context, name: str, text_fn) -> Endpoint:
+def _nginx(ctx: Context, name: str, text_fn, pin: bool = True) -> Endpoint:
     tmp = ctx.workdir / name
     tmp.mkdir()
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(text_fn(tmp, port))
-    return _listen(ctx, name, [which("nginx"), "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)], port)
+    return _listen(ctx, name, [which("nginx"), "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)], port,
+                   pin=pin)
 
 
 def start_direct(ctx: Context, name: str) -> Endpoint:
@@ -95,6 +101,15 @@ def start_direct(ctx: Context, name: str) -> Endpoint:
 def start_nginx(ctx: Context, name: str) -> Endpoint:
     """nginx reverse proxy, one worker, upstream keepalive 64."""
     return _nginx(ctx, name, lambda tmp, port: configs.nginx_proxy(tmp, port, ctx.origin_port, cache=False))
+
+
+def start_nginx_workers(ctx: Context, name: str) -> Endpoint:
+    """nginx with worker_processes WORKERS, not pinned: what two workers cost on this
+    machine (beside fastproxy-2w), as opposed to what they cost fastproxy."""
+    ep = _nginx(ctx, name, lambda tmp, port: configs.nginx_proxy(tmp, port, ctx.origin_port, cache=False,
+                                                                 workers=WORKERS), pin=False)
+    ep.workers = WORKERS
+    return ep
 
 
 def start_nginx_cache(ctx: Context, name: str) -> Endpoint:
@@ -161,15 +176,19 @@ def start_fastproxy(ctx: Context, name: str) -> Endpoint:
                                          "--workers", "1"])
 
 
-# Workers of the all-cores row: one per core of this 2-core machine.
-WORKERS = 2
-
-
 def start_fastproxy_workers(ctx: Context, name: str) -> Endpoint:
     """fastproxy reverse mode with WORKERS workers on every core (not pinned: the load
     generator and the origin share core 1 with one of them, so compare per CPU-second)."""
     ep = _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
                                 "--workers", str(WORKERS)], pin=False)
+    ep.workers = WORKERS
+    return ep
+
+
+def start_fastproxy_workers_hash(ctx: Context, name: str) -> Endpoint:
+    """fastproxy-2w with the kernel's SO_REUSEPORT hash instead of round-robin."""
+    ep = _fastproxy(ctx, name, ["--mode", "reverse", "--upstream", f"http://127.0.0.1:{ctx.origin_port}",
+                                "--workers", str(WORKERS), "--reuseport-balance", "hash"], pin=False)
     ep.workers = WORKERS
     return ep
 
@@ -230,10 +249,14 @@ def start_tunnel_direct(ctx: Context, name: str) -> Endpoint:
 ROWS: tuple[Row, ...] = (
     Row("direct", "reverse", (), start_direct, "wrk straight to the origin (the ceiling)"),
     Row("nginx", "reverse", ("nginx",), start_nginx, "nginx 1 worker, upstream keepalive 64"),
+    Row("nginx-2w", "reverse", ("nginx",), start_nginx_workers,
+        f"nginx worker_processes {WORKERS}, reuseport, not pinned (all cores)"),
     Row("haproxy", "reverse", ("haproxy",), start_haproxy, "HAProxy nbthread 1, http-reuse always"),
     Row("fastproxy", "reverse", (), start_fastproxy, "fastproxy --mode reverse --workers 1"),
     Row("fastproxy-2w", "reverse", (), start_fastproxy_workers,
         f"fastproxy --workers {WORKERS}, not pinned (all cores)"),
+    Row("fastproxy-2w-hash", "reverse", (), start_fastproxy_workers_hash,
+        "fastproxy-2w with --reuseport-balance hash (the kernel's spread)"),
     Row("fastproxy-admin", "reverse", (), start_fastproxy_admin, "fastproxy reverse with --admin"),
     Row("nginx-cache", "cache", ("nginx",), start_nginx_cache, "nginx proxy_cache"),
     Row("varnish", "cache", ("varnishd",), start_varnish, "Varnish -s malloc,64m, thread_pools=1"),

@@ -99,6 +99,9 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
                    help="this node's URL as its peers reach it (one of --peers)")
     p.add_argument("--workers", metavar="N",
                    help='worker processes, or "auto" (one per core) (default: 1)')
+    p.add_argument("--reuseport-balance", metavar="MODE",
+                   help='how new connections spread over the workers: round-robin or hash '
+                        '(the kernel\'s) (default: round-robin)')
     p.add_argument("--admin", metavar="HOST:PORT",
                    help="admin listener: status page, /metrics, reload, purge (default: off)")
     p.add_argument("--access-log", metavar="PATH",
@@ -173,6 +176,8 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
         doc.setdefault("cluster", {})["self"] = args.self_url
     if args.workers is not None:
         doc["workers"] = int(args.workers) if args.workers.isdigit() else args.workers
+    if args.reuseport_balance is not None:
+        doc["reuseport_balance"] = args.reuseport_balance
     if args.admin is not None:
         doc["admin"] = args.admin
     if args.access_log is not None:
@@ -240,6 +245,7 @@ def _name_flag(problem: str, doc: dict, args: argparse.Namespace) -> str:
                        ("listen", "listeners[0].listen"), ("mode", "listeners[0].mode"),
                        ("cache", "cache.size"), ("peers", "cluster.peers"),
                        ("self_url", "cluster.self"), ("workers", "workers"), ("admin", "admin"),
+                       ("reuseport_balance", "reuseport_balance"),
                        ("access_log", "access_log.path")):
         value = getattr(args, flag)
         if value is not None:

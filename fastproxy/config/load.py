@@ -125,6 +125,9 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     upstreams: dict[str, UpstreamGroupConfig] = field(default_factory=dict)
     workers: int = 1
+    # How the kernel spreads new connections over the workers' SO_REUSEPORT sockets
+    # (fastproxy.server.reuseport): "round-robin" (an eBPF program) or "hash".
+    reuseport_balance: str = "round-robin"
     admin: tuple[str, int] | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
@@ -265,6 +268,9 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         return value
 
     return conv
+
+
+REUSEPORT_BALANCE = ("round-robin", "hash")
 
 
 def _workers(value: Any) -> int:
@@ -584,6 +590,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             listeners.append((lt, listener))
 
     workers = top.get("workers", _workers, 1)
+    reuseport_balance = top.get("reuseport_balance", _choice(REUSEPORT_BALANCE), "round-robin")
     pidfile = top.get("pidfile", pidfile_path, "") if "pidfile" in top.data else default_pidfile()
     user = top.get("user", account_name("user"), None)
     group = top.get("group", account_name("group"), None)
@@ -648,6 +655,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         listeners=tuple(listener for _, listener in listeners),
         upstreams=upstreams,
         workers=workers,
+        reuseport_balance=reuseport_balance,
         admin=admin,
         timeouts=timeouts,
         limits=limits,

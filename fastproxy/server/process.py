@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 
 from fastproxy.server import listeners as listening
+from fastproxy.server import reuseport
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
@@ -69,6 +70,7 @@ class Master:
         self.notified = False       # systemd heard READY=1
         self.exit_code = 0
         self.peers_dir: str | None = None
+        self.balance_failed = False  # round-robin refused once (logged): hash from then on
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
 
@@ -84,9 +86,10 @@ class Master:
         """Bind every address for every worker; the first bind of each is exclusive."""
         per_slot: list[list] = [[] for _ in self.slots]
         fixed = []
-        for host, port in self._addresses():
+        for index, (host, port) in enumerate(self._addresses()):
             first = listening.bind(host, port, share=True)
             per_slot[0].append(first)
+            self._balance(index, first)
             port = first[0].getsockname()[1]
             fixed.append(port)
             for socks in per_slot[1:]:
@@ -98,6 +101,20 @@ class Master:
         for slot, socks in zip(self.slots, per_slot):
             slot.socks = self._split(socks)
 
+    def _balance(self, index: int, socks: list) -> None:
+        """Round-robin for the new SO_REUSEPORT groups of listener `index` (not the admin's:
+        any worker answers it); on refusal one log line and the kernel's hash from then on."""
+        if index >= len(self.config.listeners) or self.balance_failed \
+                or self.config.reuseport_balance != "round-robin":
+            return
+        try:
+            reuseport.round_robin(socks, len(self.slots))
+        except Exception as exc:   # whatever fails here, the hash still serves: never fatal
+            self.balance_failed = True
+            why = getattr(exc, "strerror", None) or exc
+            self.log(f"reuseport_balance: round-robin unavailable ({why}); "
+                     f"the kernel's hash spreads connections over the workers")
+
     def _split(self, socks: list) -> dict:
         n = len(self.config.listeners)
         return {"listeners": socks[:n], "admin": socks[n] if len(socks) > n else None}
@@ -107,8 +124,10 @@ class Master:
         join = any(s.pid for s in self.slots if s is not slot)
         socks = []
         try:
-            for host, port in self._addresses():
+            for index, (host, port) in enumerate(self._addresses()):
                 socks.append(listening.bind(host, port, share=not join, join=join))
+                if not join:     # a new group: the old one left with its program
+                    self._balance(index, socks[-1])
         except OSError:
             for group in socks:
                 for sock in group:
@@ -296,7 +315,8 @@ class Master:
                 new.admin is not None and (new.admin[0] != old.admin[0]
                                            or new.admin[1] not in (0, old.admin[1]))):
             return
-        self.config = replace(new, workers=old.workers, admin=old.admin, listeners=tuple(
+        self.config = replace(new, workers=old.workers, admin=old.admin,
+                              reuseport_balance=old.reuseport_balance, listeners=tuple(
             replace(b, port=a.port) for a, b in zip(old.listeners, new.listeners)))
 
     # -- main loop ---------------------------------------------------------------------
@@ -323,7 +343,9 @@ class Master:
             for slot in self.slots:
                 if not self.stopping:
                     self._spawn(slot)
-            self.log(f"master: {len(self.slots)} workers")
+            spread = "round-robin" if self.config.reuseport_balance == "round-robin" \
+                and not self.balance_failed else "the kernel's hash"
+            self.log(f"master: {len(self.slots)} workers (new connections: {spread})")
             self._loop()
         finally:
             signal.set_wakeup_fd(-1)

@@ -53,6 +53,8 @@ CASES = [
     ("[timeouts]\ndrain = 1e300", "timeouts.drain:"),
     ("[timeouts]\ndrain = inf", "timeouts.drain:"),
     ("workers = 1e3", "workers:"),
+    ('reuseport_balance = "random"', "reuseport_balance:"),
+    ("reuseport_balance = true", "reuseport_balance:"),
 ]
 GROUP_CASES = [
     (f"keepalive = {2**63 - 1}", "upstreams.app.keepalive:"),

@@ -99,6 +99,8 @@ def test_every_table_lists_its_keys():
      "--connect-ports 443,abc: expected a port or \"a-b\", got 'abc'"),
     (["--mode", "forward", "--connect-ports", "0"], "--connect-ports 0: "),
     (["--workers", "0"], "--workers 0: expected an integer 1-256"),
+    (["--workers", "2", "--reuseport-balance", "rr"],
+     "--reuseport-balance rr: expected one of round-robin, hash, got 'rr'"),
     (["--listen", "nope"], "--listen nope: "),
     (["--admin", "nope"], "--admin nope: "),
     (["--cache", "3x"], "--cache 3x: expected a size"),
