@@ -694,13 +694,17 @@ cdef class Acceptor:
                 return
             t = SockTransport.__new__(SockTransport)
             t.setup(cfd, &addr, alen, self.poller)
-            held = adm.admit(self.make)
-            if held is None:
-                t.start(ClientConnection(self.holder.current))
+            try:
+                held = adm.admit(self.make)
+                proto = ClientConnection(self.holder.current) if held is None else held
+            except Exception as exc:
+                t._force_close(exc)     # the socket is not left open behind a failure
+                self.loop.call_exception_handler({"message": "accept: no protocol",
+                                                  "exception": exc})
+                continue
+            t.start(proto)
+            if held is None and adm.pending > 0:
                 # In the connection set now (connection_made ran): not pending any more.
-                if adm.pending > 0:
-                    adm.pending -= 1
-            else:
-                t.start(held)
+                adm.pending -= 1
             if adm.alert:
                 return      # at the limit: the gate decides what happens next

@@ -197,7 +197,7 @@ class AcceptGate:
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
 
-    async def _open(self, entry) -> asyncio.AbstractServer:
+    async def _open(self, entry) -> asyncio.AbstractServer | Acceptor:
         sock, factory, ssl, _ = entry
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
