@@ -150,10 +150,16 @@ cdef class Poller:
     cdef int epfd
     cdef dict conns         # fd -> SockTransport, for the sockets in the set
     cdef public object loop
+    # Closed transports whose connection_lost is due: one call_soon per loop turn for all
+    # of them, not a Handle per connection.
+    cdef list dead
+    cdef bint burying
 
     def __init__(self, loop):
         self.loop = loop
         self.conns = {}
+        self.dead = []
+        self.burying = False
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise _oserror(errno)
@@ -179,6 +185,22 @@ cdef class Poller:
     cdef void forget(self, int fd, SockTransport t):
         if self.conns.get(fd) is t:
             del self.conns[fd]
+
+    cdef void bury(self, SockTransport t, exc) except *:
+        self.dead.append(t)
+        t.lost_exc = exc
+        if not self.burying:
+            self.burying = True
+            self.loop.call_soon(self.bury_all)
+
+    def bury_all(self):
+        """connection_lost for the transports closed since the last turn."""
+        cdef SockTransport t
+        dead = self.dead
+        self.dead = []
+        self.burying = False
+        for t in dead:
+            t._lost()
 
     def ready(self):
         """The epoll fd is readable: run the sockets' events (a batch per loop turn)."""
@@ -212,6 +234,7 @@ cdef class SockTransport:
 
     cdef public int fd
     cdef object protocol, loop, peer, sockname
+    cdef object lost_exc      # for connection_lost (Poller.bury)
     cdef Poller poller
     cdef list wbuf            # pending output: bytes, memoryviews (a pinned cache view)
     cdef Py_ssize_t woff      # bytes of wbuf[0] already sent
@@ -251,6 +274,7 @@ cdef class SockTransport:
         self.nodelay = False
         self.peer = None
         self.sockname = None
+        self.lost_exc = None
         if alen > sizeof(sockaddr_storage):
             alen = sizeof(sockaddr_storage)
         memcpy(&self.addr, addr, alen)
@@ -399,6 +423,8 @@ cdef class SockTransport:
 
     cdef int _queue(self, data, Py_ssize_t sent) except -1:
         """Keep data[sent:] for later and make sure an EPOLLOUT will come for it."""
+        if type(data) is bytearray:
+            data = bytes(data)      # the caller may reuse its buffer
         if sent:
             data = memoryview(data).cast("B")[sent:]
         if not self.nodelay:
@@ -564,9 +590,11 @@ cdef class SockTransport:
         if self.registered:
             self.poller.forget(fd, self)
         _close_fd(fd)
-        self.loop.call_soon(self._lost, exc)
+        self.poller.bury(self, exc)
 
-    def _lost(self, exc):
+    cdef void _lost(self) except *:
+        exc = self.lost_exc
+        self.lost_exc = None
         protocol = self.protocol
         self.protocol = None      # no cycle through the protocol's `transport`
         if protocol is not None:
