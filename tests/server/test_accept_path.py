@@ -321,3 +321,40 @@ def test_many_new_connections_at_once_are_all_answered(run_proxy, origin, accept
     assert len(results) == 400
     body = (b"0123456789abcdef" * 256)
     assert all(r == [(200, body)] for r in results)
+
+
+def test_the_socket_changes_hands_h2_preface_and_upgrade_tunnel(run_proxy, origin, accept,
+                                                                tmp_path):
+    """What the compiled transport hands on: HTTP/2 with prior knowledge (the relay gives the
+    socket to H2Server) and an Upgrade that becomes a byte tunnel, with large writes both
+    ways and the client's half-close ending it."""
+    from h2_client import Client
+    proxy = _proxy(run_proxy, origin, accept, tmp_path)
+    c = Client(proxy.port)
+    try:
+        sizes = [1, 70000, 300000]
+        sids = [c.request(f"/size/{n}") for n in sizes]
+        c.run(lambda: all(c.finished(s) for s in sids))
+        assert [len(c.bodies[s]) for s in sids] == sizes
+        assert all(c.headers[s][b":status"] == b"200" for s in sids)
+    finally:
+        c.close()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        s.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        msg = bytes(range(256)) * 8192          # 2 MiB echoed back through the tunnel
+        sender = threading.Thread(target=s.sendall, args=(msg,))
+        sender.start()
+        got = bytearray(rest)
+        while len(got) < len(msg):
+            got += s.recv(65536)
+        sender.join(10)
+        assert bytes(got) == msg
+        s.shutdown(socket.SHUT_WR)
+        assert _read_all(s) == b""      # the half-close travelled and the tunnel ended
