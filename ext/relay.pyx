@@ -25,6 +25,7 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
     relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
+    relay_accept.pxi     Acceptor, SockTransport, Poller (plain HTTP listeners' accept path)
 
 Why includes and not one module per role: the upstream side calls the client side's cdef
 methods and C fields on every read (sent, observer, twrite, the sink below), and the
@@ -288,3 +289,4 @@ include "relay_hitwrite.pxi"
 include "relay_tunnel.pxi"
 include "relay_stats.pxi"
 include "relay_forward.pxi"
+include "relay_accept.pxi"

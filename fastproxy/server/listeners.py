@@ -16,6 +16,12 @@ worker stops accepting (its listening servers are closed, the sockets themselves
 new connections wait in the kernel's backlog) and starts again below it. uvloop accepts
 everything pending in one go; connections of such a burst past the limit are held unread
 (`_Waiting`) and let in first, one per connection that closes.
+
+Accept path. Plain HTTP/1.1 listeners accept through the relay's compiled Acceptor
+(ext/relay_accept.pxi: accept4 in a batch, the request read at once, the socket polled only
+if it has to wait); TLS and TCP listeners through uvloop's server. FASTPROXY_UVLOOP_ACCEPT=1
+in the environment sends plain HTTP listeners through uvloop's server too (debugging, the
+differential tests).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import socket
 from collections import deque
 from typing import Any
 
-from fastproxy._relay import Admission
+from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller
 
 BACKLOG = 2048
 
@@ -182,6 +188,8 @@ class AcceptGate:
         self.paused = False
         self.pauses = 0               # times accepting stopped at the limit
         self.closed = False
+        self.direct = not os.environ.get("FASTPROXY_UVLOOP_ACCEPT")
+        self.poller: Poller | None = None    # the Acceptors' epoll set, made at first use
 
     async def serve(self, sock: socket.socket, make, ssl=None,
                     handshake_timeout: float = 60.0) -> None:
@@ -191,8 +199,12 @@ class AcceptGate:
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
 
-    async def _open(self, entry) -> asyncio.AbstractServer:
+    async def _open(self, entry) -> asyncio.AbstractServer | Acceptor:
         sock, factory, ssl, _, handshake_timeout = entry
+        if ssl is None and self.direct and type(factory) is GatedAccepting:
+            if self.poller is None:
+                self.poller = Poller(self.loop)
+            return Acceptor(sock, factory, self.poller).start()
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
         if ssl is None:
             return await self.loop.create_server(factory, sock=sock.dup(), backlog=BACKLOG)
@@ -272,6 +284,12 @@ class AcceptGate:
             waiting = self.waiting.popleft()
             if waiting.transport is not None:
                 waiting.transport.close()
+
+    def release(self) -> None:
+        """After the drain: the accepted sockets are closed, their epoll set can go."""
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
 
     def stats(self) -> dict:
         """Numbers for the admin interface."""

@@ -432,6 +432,7 @@ class Worker:
         old, self.old_runtimes = self.old_runtimes, []
         for rt in [self.runtime, *old]:
             await rt.aclose()
+        self.gate.release()
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""

@@ -1,0 +1,667 @@
+# Included by ext/relay.pyx (one extension module: see the note there).
+# The accept path of plain HTTP/1.1 listeners: Acceptor (accept4 in a batch), SockTransport
+# (the client socket's transport) and Poller (one edge-triggered epoll set per worker).
+#
+# Why: with a connection per request, uvloop's server spends per connection what the
+# request itself does not need: getsockname, getpeername and TCP_NODELAY (three syscalls),
+# a libuv stream handle and a TCPTransport object, an epoll registration queued through
+# io_uring and removed again (EPOLL_CTL_DEL) before close, a call_soon for
+# connection_made, and a loop turn between the accept and the first read even though
+# TCP_DEFER_ACCEPT (listeners.defer_accept) means the request is already there. Here the
+# peer address comes from accept4, the request is read at once, and the socket joins the
+# epoll set only if it outlives that turn (one EPOLL_CTL_ADD, edge-triggered; close(2)
+# removes it), as nginx does.
+#
+# SockTransport implements the asyncio transport calls the relay and its successors on a
+# socket make (ClientConnection, H2Server after the preface, TunnelEnd after an Upgrade or
+# CONNECT, listeners._Waiting at the connection limit): write, writelines, close, abort,
+# is_closing, pause/resume_reading, is_reading, write_eof, can_write_eof, set_protocol,
+# get_extra_info (peername, sockname), write buffer size and limits with
+# pause_writing/resume_writing to the protocol. connection_lost comes on a later loop turn,
+# as asyncio does it. TLS and TCP listeners keep uvloop's server (listeners.AcceptGate).
+#
+# TCP_NODELAY: set before a socket's second write, or when a write has to wait. A response
+# written in one send and followed by close (a connection per request) never meets Nagle
+# (nothing is unacknowledged when it goes out, and close pushes the tail), so the syscall
+# is saved there; everything else (keep-alive, a head and a body written apart, a large
+# body) gets it before Nagle could hold a small segment back for the peer's delayed ACK.
+
+cimport cython
+from cpython.buffer cimport PyObject_CheckBuffer
+from libc.string cimport memcpy
+from posix.unistd cimport close as _close_fd
+
+import os as _os
+
+include "relay_syscalls.pxi"
+
+DEF READ_SIZE = 262144      # as uvloop reads
+DEF READS_PER_TURN = 16     # then the rest of the loop gets a turn
+DEF IOV_BATCH = 64
+DEF ACCEPT_BATCH = 64
+DEF EVENT_BATCH = 256
+DEF WRITE_HIGH = 65536      # asyncio's default write buffer limits
+DEF ACCEPT_RETRY = 0.5      # after EMFILE and the like
+
+cdef char _rbuf[READ_SIZE]
+
+
+cdef object _oserror(int err):
+    """The OSError subclass for err (ConnectionResetError, ...)."""
+    return OSError(err, _os.strerror(err))
+
+
+cdef object _addr_tuple(sockaddr_storage *ss):
+    """A socket address as Python's socket module gives it: (host, port[, flow, scope])."""
+    cdef char text[64]
+    cdef sockaddr_in *a4
+    cdef sockaddr_in6 *a6
+    if ss.ss_family == AF_INET:
+        a4 = <sockaddr_in*>ss
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(a4.sin_port))
+    if ss.ss_family == AF_INET6:
+        a6 = <sockaddr_in6*>ss
+        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+        return (text.decode("ascii"), ntohs(a6.sin6_port), ntohl(a6.sin6_flowinfo),
+                a6.sin6_scope_id)
+    return None
+
+
+cdef class Poller:
+    """One edge-triggered epoll set for a worker's accepted sockets, itself polled by the
+    loop (add_reader on the epoll fd): one registration per socket that has to wait
+    (EPOLLIN|EPOLLRDHUP|EPOLLET), EPOLLOUT added the first time a write has to wait (and
+    kept: edge-triggered, it reports only when a full send buffer drains), removal by
+    close(2). Not EPOLLOUT from the start: a fresh socket is writable, so it would wake
+    the loop once per connection for nothing."""
+
+    cdef int epfd
+    cdef dict conns         # fd -> SockTransport, for the sockets in the set
+    cdef public object loop
+    # Closed transports whose connection_lost is due: one call_soon per loop turn for all
+    # of them, not a Handle per connection.
+    cdef list dead
+    cdef bint burying
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.conns = {}
+        self.dead = []
+        self.burying = False
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise _oserror(errno)
+        loop.add_reader(self.epfd, self.ready)
+
+    cdef int add(self, SockTransport t, bint out) except -1:
+        """Put t's socket in the set (out: EPOLLOUT too), or add EPOLLOUT to it."""
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET
+        if out:
+            ev.events |= EPOLLOUT
+        ev.data.u64 = 0
+        ev.data.fd = t.fd
+        if epoll_ctl(self.epfd, EPOLL_CTL_MOD if t.registered else EPOLL_CTL_ADD, t.fd,
+                     &ev) < 0:
+            raise _oserror(errno)
+        if not t.registered:
+            self.conns[t.fd] = t
+            t.registered = True
+        t.out = out
+        return 0
+
+    cdef void forget(self, int fd, SockTransport t):
+        if self.conns.get(fd) is t:
+            del self.conns[fd]
+
+    cdef void bury(self, SockTransport t, exc) except *:
+        self.dead.append(t)
+        t.lost_exc = exc
+        if not self.burying:
+            self.burying = True
+            self.loop.call_soon(self.bury_all)
+
+    def bury_all(self):
+        """connection_lost for the transports closed since the last turn."""
+        cdef SockTransport t
+        dead = self.dead
+        self.dead = []
+        self.burying = False
+        for t in dead:
+            t._lost()
+
+    def ready(self):
+        """The epoll fd is readable: run the sockets' events (a batch per loop turn)."""
+        cdef epoll_event evs[EVENT_BATCH]
+        cdef int n, i
+        if self.epfd < 0:
+            return
+        n = epoll_wait(self.epfd, evs, EVENT_BATCH, 0)
+        for i in range(n):
+            # A socket closed earlier in this batch is gone from conns; its fd number may
+            # only come back through accept, which does not run inside this loop.
+            t = self.conns.get(evs[i].data.fd)
+            if t is not None:
+                (<SockTransport>t).on_events(evs[i].events)
+
+    def open_count(self):
+        """Sockets in the epoll set (for tests and the admin)."""
+        return len(self.conns)
+
+    def close(self):
+        """Stop polling and close the epoll fd (the worker is done)."""
+        if self.epfd >= 0:
+            self.loop.remove_reader(self.epfd)
+            _close_fd(self.epfd)
+            self.epfd = -1
+
+
+@cython.freelist(64)
+cdef class SockTransport:
+    """An accepted client socket's transport (see the note at the top of this file)."""
+
+    cdef public int fd
+    cdef object protocol, loop, peer, sockname
+    cdef object lost_exc      # for connection_lost (Poller.bury)
+    cdef Poller poller
+    cdef list wbuf            # pending output: bytes, memoryviews (a pinned cache view)
+    cdef Py_ssize_t woff      # bytes of wbuf[0] already sent
+    cdef Py_ssize_t wsize, high, low
+    cdef bint registered      # in the poller's epoll set
+    cdef bint out             # ... with EPOLLOUT
+    cdef bint closing         # close()/abort() called, or a fatal error
+    cdef bint read_paused
+    cdef bint readable        # the kernel may hold unread bytes (edge-triggered: our flag)
+    cdef bint hup             # the peer shut down its side (EPOLLRDHUP): read to the EOF
+    cdef bint eof             # recv returned 0
+    cdef bint eof_out         # write_eof() asked: shutdown(SHUT_WR) once wbuf is empty
+    cdef bint write_paused    # the protocol was told pause_writing
+    cdef bint wrote           # a send happened (the next one sets TCP_NODELAY first)
+    cdef bint nodelay
+    cdef sockaddr_storage addr
+
+    cdef void setup(self, int fd, sockaddr_storage *addr, socklen_t alen, Poller poller):
+        self.fd = fd
+        self.poller = poller
+        self.loop = poller.loop
+        self.wbuf = []
+        self.woff = 0
+        self.wsize = 0
+        self.high = WRITE_HIGH
+        self.low = WRITE_HIGH // 4
+        self.registered = False
+        self.out = False
+        self.closing = False
+        self.read_paused = False
+        self.readable = True      # deferred accept: the request is normally there
+        self.hup = False
+        self.eof = False
+        self.eof_out = False
+        self.write_paused = False
+        self.wrote = False
+        self.nodelay = False
+        self.peer = None
+        self.sockname = None
+        self.lost_exc = None
+        if alen > sizeof(sockaddr_storage):
+            alen = sizeof(sockaddr_storage)
+        memcpy(&self.addr, addr, alen)
+
+    cdef int start(self, protocol) except -1:
+        """connection_made, the first read, then the epoll set if the socket stays open."""
+        self.protocol = protocol
+        try:
+            protocol.connection_made(self)
+            if not self.read_paused:
+                self._read()
+            if self.fd >= 0 and not self.registered:
+                self.poller.add(self, False)
+        except Exception as exc:
+            self._protocol_error(exc)
+        return 0
+
+    # -- events -------------------------------------------------------------------
+
+    cdef void on_events(self, unsigned int ev):
+        if ev & EPOLLRDHUP:
+            self.hup = True
+        if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+        try:
+            if self.readable and not self.read_paused and not self.closing and not self.eof:
+                self._read()
+            if self.fd >= 0 and self.wsize and ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                self._flush()
+        except Exception as exc:
+            self._protocol_error(exc)
+
+    cdef int _read(self) except -1:
+        cdef ssize_t n
+        cdef int err, turns = 0
+        while self.fd >= 0 and not self.read_paused and not self.closing and not self.eof:
+            if turns == READS_PER_TURN:
+                self.loop.call_soon(self._resume_read)
+                return 0
+            turns += 1
+            n = recv(self.fd, _rbuf, READ_SIZE, 0)
+            if n > 0:
+                if n < READ_SIZE and not self.hup:
+                    # Drained (edge-triggered: new bytes bring a new event).
+                    self.readable = False
+                self.protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+                if not self.readable:
+                    return 0
+            elif n == 0:
+                self.readable = False
+                self.eof = True
+                if not self.protocol.eof_received():
+                    self.close()
+                return 0
+            else:
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    self.readable = False
+                    return 0
+                self._force_close(_oserror(err))
+                return 0
+        return 0
+
+    def _resume_read(self):
+        if self.readable and not self.read_paused and not self.closing and not self.eof \
+                and self.fd >= 0:
+            try:
+                self._read()
+            except Exception as exc:
+                self._protocol_error(exc)
+
+    # -- writing ------------------------------------------------------------------
+
+    cdef inline void _before_send(self):
+        if self.wrote and not self.nodelay:
+            self._set_nodelay()
+        self.wrote = True
+
+    cdef void _set_nodelay(self):
+        cdef int one = 1
+        self.nodelay = True
+        setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+
+    def write(self, data):
+        """Send data now as far as the socket takes it; queue the rest."""
+        cdef Py_buffer view
+        cdef Py_ssize_t n, done = 0
+        cdef int err
+        if self.closing or self.eof_out or self.fd < 0:
+            return
+        if not PyObject_CheckBuffer(data):
+            raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}")
+        if self.wsize:
+            self._queue(data, 0)
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len == 0:
+                return
+            self._before_send()
+            while done < view.len:
+                n = send(self.fd, <char*>view.buf + done, view.len - done, MSG_NOSIGNAL)
+                if n >= 0:
+                    done += n
+                    continue
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    break
+                self._force_close(_oserror(err))
+                return
+            if done == view.len:
+                return
+        finally:
+            PyBuffer_Release(&view)
+        self._queue(data, done)
+
+    def writelines(self, list_of_data):
+        """write() for several pieces: one writev."""
+        if self.closing or self.eof_out or self.fd < 0:
+            return
+        was = self.wsize
+        for data in list_of_data:
+            if not PyObject_CheckBuffer(data):
+                raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}")
+            self._append(data)
+        if not was and self.wsize:
+            self._flush()
+        else:
+            self._check_high()
+
+    cdef void _append(self, data):
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data) if type(data) is bytes \
+            else memoryview(data).nbytes
+        if size == 0:
+            return
+        if type(data) is bytearray:
+            data = bytes(data)      # the caller may reuse its buffer
+        elif type(data) is memoryview and (<object>data).itemsize != 1:
+            data = (<object>data).cast("B")
+        self.wbuf.append(data)
+        self.wsize += size
+
+    cdef int _queue(self, data, Py_ssize_t sent) except -1:
+        """Keep data[sent:] for later and make sure an EPOLLOUT will come for it."""
+        if type(data) is bytearray:
+            data = bytes(data)      # the caller may reuse its buffer
+        if sent:
+            data = memoryview(data).cast("B")[sent:]
+        if not self.nodelay:
+            self._set_nodelay()
+        self._append(data)
+        if not self.out and self.fd >= 0:
+            self.poller.add(self, True)
+        self._check_high()
+        return 0
+
+    cdef int _flush(self) except -1:
+        """Write what is queued (writev, IOV_BATCH pieces at a time) until EAGAIN."""
+        cdef iovec iov[IOV_BATCH]
+        cdef Py_buffer views[IOV_BATCH]
+        cdef int count, i, err
+        cdef Py_ssize_t n, left
+        cdef list wbuf = self.wbuf
+        while wbuf and self.fd >= 0:
+            count = 0
+            try:
+                while count < IOV_BATCH and count < len(wbuf):
+                    PyObject_GetBuffer(wbuf[count], &views[count], PyBUF_SIMPLE)
+                    iov[count].iov_base = views[count].buf
+                    iov[count].iov_len = views[count].len
+                    count += 1
+                iov[0].iov_base = <char*>iov[0].iov_base + self.woff
+                iov[0].iov_len -= self.woff
+                self._before_send()
+                n = writev(self.fd, iov, count)
+                err = errno
+            finally:
+                for i in range(count):
+                    PyBuffer_Release(&views[i])
+            if n < 0:
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    break
+                self._force_close(_oserror(err))
+                return 0
+            self.wsize -= n
+            i = 0
+            left = n
+            while i < count and left >= <Py_ssize_t>iov[i].iov_len:
+                left -= iov[i].iov_len
+                i += 1
+            if i:
+                del wbuf[:i]
+                self.woff = 0
+            self.woff += left
+        if self.fd < 0:
+            return 0
+        if not wbuf:
+            if self.closing:
+                self._close_now(None)
+                return 0
+            if self.eof_out:
+                shutdown(self.fd, SHUT_WR)
+        elif not self.out:
+            if not self.nodelay:
+                self._set_nodelay()
+            self.poller.add(self, True)
+        self._check_low()
+        self._check_high()
+        return 0
+
+    cdef void _check_high(self) except *:
+        if not self.write_paused and self.wsize > self.high and self.protocol is not None:
+            self.write_paused = True
+            try:
+                self.protocol.pause_writing()
+            except Exception as exc:
+                self._report(exc, "protocol.pause_writing() failed")
+
+    cdef void _check_low(self) except *:
+        if self.write_paused and self.wsize <= self.low and self.protocol is not None:
+            self.write_paused = False
+            try:
+                self.protocol.resume_writing()
+            except Exception as exc:
+                self._report(exc, "protocol.resume_writing() failed")
+
+    def get_write_buffer_size(self):
+        """Bytes queued, not yet taken by the socket."""
+        return self.wsize
+
+    def get_write_buffer_limits(self):
+        """(low, high) water marks."""
+        return (self.low, self.high)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        """The water marks for pause_writing/resume_writing (asyncio's defaults and rules)."""
+        if high is None:
+            high = 4 * low if low is not None else WRITE_HIGH
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self.high = high
+        self.low = low
+        self._check_high()
+
+    def can_write_eof(self):
+        """A TCP socket can half-close."""
+        return True
+
+    def write_eof(self):
+        """Shut the sending side down once the queued bytes are out."""
+        if self.closing or self.eof_out:
+            return
+        self.eof_out = True
+        if not self.wsize and self.fd >= 0:
+            shutdown(self.fd, SHUT_WR)
+
+    # -- reading control ------------------------------------------------------------
+
+    def pause_reading(self):
+        """Stop calling data_received until resume_reading."""
+        if not self.closing:
+            self.read_paused = True
+
+    def resume_reading(self):
+        """Read again: what arrived meanwhile comes on the next loop turn."""
+        if self.read_paused:
+            self.read_paused = False
+            if self.readable and not self.closing and not self.eof and self.fd >= 0:
+                self.loop.call_soon(self._resume_read)
+
+    def is_reading(self):
+        """True while data_received may be called."""
+        return not self.read_paused and not self.closing
+
+    # -- closing ------------------------------------------------------------------
+
+    def is_closing(self):
+        """True once close()/abort() was called or the connection failed."""
+        return self.closing
+
+    def close(self):
+        """Close once the queued bytes are out; connection_lost(None) follows."""
+        if self.closing:
+            return
+        self.closing = True
+        if not self.wsize:
+            self._close_now(None)
+
+    def abort(self):
+        """Close now, dropping what is queued; connection_lost(None) follows."""
+        self._force_close(None)
+
+    cdef void _force_close(self, exc) except *:
+        self.closing = True
+        self.wbuf = []
+        self.wsize = 0
+        self.woff = 0
+        self._close_now(exc)
+
+    cdef void _close_now(self, exc) except *:
+        cdef int fd = self.fd
+        if fd < 0:
+            return
+        self.fd = -1
+        if self.registered:
+            self.poller.forget(fd, self)
+        _close_fd(fd)
+        self.poller.bury(self, exc)
+
+    cdef void _lost(self) except *:
+        exc = self.lost_exc
+        self.lost_exc = None
+        protocol = self.protocol
+        self.protocol = None      # no cycle through the protocol's `transport`
+        if protocol is not None:
+            try:
+                protocol.connection_lost(exc)
+            except Exception as err:
+                self._report(err, "protocol.connection_lost() failed")
+
+    cdef void _protocol_error(self, exc) except *:
+        self._report(exc, "Fatal error: protocol.data_received() call failed.")
+        self._force_close(exc)
+
+    cdef void _report(self, exc, str message) except *:
+        self.loop.call_exception_handler({"message": message, "exception": exc,
+                                          "transport": self, "protocol": self.protocol})
+
+    # -- the rest of the transport interface ---------------------------------------
+
+    def set_protocol(self, protocol):
+        """Hand the socket's events to another protocol (HTTP/2, a tunnel, ...)."""
+        self.protocol = protocol
+
+    def get_protocol(self):
+        """The protocol the events go to."""
+        return self.protocol
+
+    def get_extra_info(self, name, default=None):
+        """peername (from accept4) and sockname (asked once, on demand)."""
+        if name == "peername":
+            if self.peer is None:
+                self.peer = _addr_tuple(&self.addr)
+            return self.peer
+        if name == "sockname":
+            if self.sockname is None and self.fd >= 0:
+                self.sockname = self._sockname()
+            return self.sockname if self.sockname is not None else default
+        return default
+
+    cdef object _sockname(self):
+        cdef sockaddr_storage ss
+        cdef socklen_t alen = sizeof(ss)
+        if getsockname(self.fd, <sockaddr*>&ss, &alen) < 0:
+            return None
+        return _addr_tuple(&ss)
+
+
+cdef class Acceptor:
+    """Accepts on one listening socket of a plain HTTP/1.1 listener (the GatedAccepting's
+    gate and runtime holder): accept4 until EAGAIN or the gate says stop, each connection
+    a SockTransport and a ClientConnection (or the gate's waiting protocol)."""
+
+    cdef object sock, loop, retry
+    cdef Admission adm
+    cdef Accepting make
+    cdef object holder
+    cdef Poller poller
+    cdef int fd
+    cdef bint active, polling
+
+    def __init__(self, sock, GatedAccepting factory, Poller poller):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.adm = factory.adm
+        self.make = factory.make
+        self.holder = factory.holder
+        self.poller = poller
+        self.loop = poller.loop
+        self.retry = None
+        self.active = False
+        self.polling = False
+
+    def start(self):
+        """Start accepting; returns self (what AcceptGate keeps as the listener's server)."""
+        self.active = True
+        self._poll()
+        return self
+
+    cdef void _poll(self) except *:
+        if not self.polling:
+            self.loop.add_reader(self.fd, self.ready)
+            self.polling = True
+
+    def close(self):
+        """Stop accepting (the socket stays open: its backlog waits)."""
+        self.active = False
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        if self.polling:
+            self.polling = False
+            self.loop.remove_reader(self.fd)
+
+    def _again(self):
+        self.retry = None
+        if self.active:
+            self._poll()
+
+    def ready(self):
+        """The listening socket is readable: accept what is pending."""
+        cdef sockaddr_storage addr
+        cdef socklen_t alen
+        cdef int cfd, err, i
+        cdef Admission adm = self.adm
+        cdef SockTransport t
+        for i in range(ACCEPT_BATCH):
+            if not self.active:
+                return
+            alen = sizeof(addr)
+            cfd = accept4(self.fd, <sockaddr*>&addr, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if cfd < 0:
+                err = errno
+                if err == EAGAIN:
+                    return
+                if err == EINTR or err == ECONNABORTED or err == EPROTO or err == EPERM:
+                    continue
+                # Out of descriptors or memory: a level-triggered reader would spin on
+                # the pending connection. Stop polling for a moment (asyncio does so too).
+                if self.polling:
+                    self.polling = False
+                    self.loop.remove_reader(self.fd)
+                self.retry = self.loop.call_later(ACCEPT_RETRY, self._again)
+                self.loop.call_exception_handler({
+                    "message": f"accept failed ({_os.strerror(err)}); accepting again in "
+                               f"{ACCEPT_RETRY:g}s", "exception": _oserror(err)})
+                return
+            t = SockTransport.__new__(SockTransport)
+            t.setup(cfd, &addr, alen, self.poller)
+            try:
+                held = adm.admit(self.make)
+                proto = ClientConnection(self.holder.current) if held is None else held
+            except Exception as exc:
+                t._force_close(exc)     # the socket is not left open behind a failure
+                self.loop.call_exception_handler({"message": "accept: no protocol",
+                                                  "exception": exc})
+                continue
+            t.start(proto)
+            if held is None and adm.pending > 0:
+                # In the connection set now (connection_made ran): not pending any more.
+                adm.pending -= 1
+            if adm.alert:
+                return      # at the limit: the gate decides what happens next

@@ -1,0 +1,75 @@
+# Included by ext/relay_accept.pxi: the Linux socket and epoll declarations it calls
+# (Cython ships no posix/socket.pxd).
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        ECONNABORTED
+        EPROTO
+        EPERM
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        unsigned int u32
+        unsigned long long u64
+    cdef struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLLERR
+        EPOLLHUP
+        EPOLLRDHUP
+        EPOLLET
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CLOEXEC
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct sockaddr:
+        unsigned short sa_family
+    cdef struct sockaddr_storage:
+        unsigned short ss_family
+    int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int shutdown(int fd, int how)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t size)
+    int getsockname(int fd, sockaddr *addr, socklen_t *addrlen)
+    enum:
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        MSG_NOSIGNAL
+        SHUT_WR
+        AF_INET
+        AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        pass
+    cdef struct in6_addr:
+        pass
+    cdef struct sockaddr_in:
+        unsigned short sin_port
+        in_addr sin_addr
+    cdef struct sockaddr_in6:
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+    unsigned short ntohs(unsigned short)
+    unsigned int ntohl(unsigned int)
+    enum:
+        IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
