@@ -387,6 +387,28 @@ cdef list h2_response_fields(Response resp):
     return out
 
 
+cdef list h2_forward_fields(Response resp, bytes extra):
+    """The HTTP/2 header list of the head the relay forwards to an HTTP/1.1 client,
+    resp.forward_c(None, extra, (), False), without making that head: the same fields
+    (Response.forward_fields, one definition of what is dropped) and `extra`'s lines
+    (Via, Date, the cache's fields), lowercase, less the connection-specific ones
+    (RFC 9113 8.2.2: the relay's Transfer-Encoding and Connection lines)."""
+    cdef list out = [(b":status", _status_value(resp.status))]
+    cdef bytes line, name
+    cdef Py_ssize_t i
+    out += resp.forward_fields((), False)
+    if extra:
+        for line in extra.split(b"\r\n"):
+            i = line.find(b":")
+            if i <= 0:
+                continue
+            name = line[:i].lower()
+            if _dropped(name):
+                continue
+            out.append((name, line[i + 1:].strip(b" \t")))
+    return out
+
+
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority):
     """request_headers(req.method, scheme, authority, req.target, req.headers()) plus
     `te: trailers`, for a parsed head, without the intermediate list; a head with a
