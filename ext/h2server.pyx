@@ -22,7 +22,8 @@ from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._h2msg cimport h2_forward_fields, h2_response_fields, h2_trailer_fields
+from fastproxy._h2msg cimport (h2_forward_fields, h2_request_head, h2_response_fields,
+                               h2_trailer_fields)
 from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -49,7 +50,6 @@ cdef bytes GRPC = b"application/grpc"
 cdef object ParseError = _http.ParseError
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
-cdef object request_head = _h2msg.request_head
 cdef object validate = _h2msg.validate
 cdef int BODY_NONE = _http.BODY_NONE
 cdef int BODY_LENGTH = _http.BODY_LENGTH
@@ -548,7 +548,7 @@ cdef class Server(Connection):
         stream.head_request = method == M_HEAD
         stream.connect = method == M_CONNECT
         stream.state = R_HEAD
-        head = request_head(headers, not end_stream and not stream.connect, self.forward)
+        head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
         stream.chunked_request = not end_stream and not stream.connect and not has_length
         stream.request_ended = end_stream
         relay = self._idle_relay() if self._idle else None
