@@ -5,8 +5,10 @@ fastproxy.server.h2 (the docs of the behaviour) builds a `Server` per client
 connection. Each request stream gets a `Stream`, the transport of its own relay
 ClientConnection, so routing, handlers, cache, limits, log and metrics run unchanged:
 the stream hands the relay an HTTP/1.1 head (fastproxy._h2msg.request_head, from a
-header list the codec has already checked) and the DATA; what the relay writes back
-is parsed by the compiled ResponseParser and sent as HEADERS, DATA and trailers.
+header list the codec has already checked) and the DATA. An upstream's response head
+comes back parsed (relay_head); the body and the answers the proxy writes itself come
+as HTTP/1.1 bytes, parsed by the compiled ResponseParser; all go out as HEADERS, DATA
+and trailers.
 
 Why compiled: a profile of the Python version (py-spy --native, h2load -m 32) showed
 the interpreter running the stream transport, the codec hooks and the per-stream
