@@ -440,6 +440,51 @@ cdef list h2_response_fields(Response resp):
     return out
 
 
+cdef bytes _last_extra = b""
+cdef list _last_extra_fields = []
+
+
+cdef list _extra_fields(bytes extra):
+    """`extra`'s "Name: value" CRLF lines as (lowercase name, value) pairs, less the
+    connection-specific ones. The relay's extra lines are mostly the same bytes from one
+    response to the next (Via; Date changes once a second), so the last result is kept:
+    the same value objects also spare the HPACK encoder hashing them again."""
+    global _last_extra, _last_extra_fields
+    if extra == _last_extra:
+        return _last_extra_fields
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(extra)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(extra), a = 0, e, c, v, w, k
+    cdef list out = []
+    cdef bytes name
+    cdef char* q
+    while a < n:
+        e = a
+        while e < n and p[e] != 13 and p[e] != 10:
+            e += 1
+        c = a
+        while c < e and p[c] != 58:      # ':'
+            c += 1
+        if a < c < e:
+            name = PyBytes_FromStringAndSize(NULL, c - a)
+            q = PyBytes_AS_STRING(name)
+            for k in range(c - a):
+                q[k] = <char>(p[a + k] + 32 if 65 <= p[a + k] <= 90 else p[a + k])
+            if not _dropped(name):
+                v = c + 1
+                w = e
+                while v < w and (p[v] == 32 or p[v] == 9):
+                    v += 1
+                while w > v and (p[w - 1] == 32 or p[w - 1] == 9):
+                    w -= 1
+                out.append((name, PyBytes_FromStringAndSize(<const char*>p + v, w - v)))
+        a = e
+        while a < n and (p[a] == 13 or p[a] == 10):
+            a += 1
+    _last_extra = extra
+    _last_extra_fields = out
+    return out
+
+
 cdef list h2_forward_fields(Response resp, bytes extra):
     """The HTTP/2 header list of the head the relay forwards to an HTTP/1.1 client,
     resp.forward_c(None, extra, (), False), without making that head: the same fields
@@ -447,18 +492,9 @@ cdef list h2_forward_fields(Response resp, bytes extra):
     (Via, Date, the cache's fields), lowercase, less the connection-specific ones
     (RFC 9113 8.2.2: the relay's Transfer-Encoding and Connection lines)."""
     cdef list out = [(b":status", _status_value(resp.status))]
-    cdef bytes line, name
-    cdef Py_ssize_t i
     out += resp.forward_fields((), False)
     if extra:
-        for line in extra.split(b"\r\n"):
-            i = line.find(b":")
-            if i <= 0:
-                continue
-            name = line[:i].lower()
-            if _dropped(name):
-                continue
-            out.append((name, line[i + 1:].strip(b" \t")))
+        out += _extra_fields(extra)
     return out
 
 
