@@ -14,7 +14,7 @@ reverse ones for an HTTP/2 upstream.  The surface is documented in
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from fastproxy._http cimport Field, Request, Response
 
@@ -266,15 +266,36 @@ def request_head(list headers, bint body, bint absolute=False):
     the absolute form `scheme://authority/path` (for a forward proxy's next hop).
     Cookie crumbs are joined with "; " (RFC 9113 8.2.3); Host comes from :authority.
     """
+    return h2_request_head(headers, body, absolute)
+
+
+cdef inline char* _put(char* o, bytes b) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    memcpy(o, PyBytes_AS_STRING(b), n)
+    return o + n
+
+
+cdef inline char* _putc(char* o, const char* s, Py_ssize_t n) noexcept:
+    memcpy(o, s, n)
+    return o + n
+
+
+cdef bytes h2_request_head(list headers, bint body, bint absolute):
+    """request_head, compiled: the size is counted in a first pass over the fields, then
+    the head is copied into one bytes object (a profile showed the list of pieces and
+    its join per request)."""
     cdef bytes name, value, method = b"", scheme = b"", path = b"", authority = None
-    cdef list cookies = None
-    cdef list lines = []       # name, ": ", value, CRLF: one join, no per-field concatenation
-    cdef bint has_cl = False
+    cdef bytes target, out
+    cdef Py_ssize_t size = 0, cookie_size = 0, ncookies = 0, n
+    cdef bint has_cl = False, chunked
     cdef const char* p
-    cdef Py_ssize_t n
+    cdef char* o
+    cdef tuple field
     for field in headers:
-        name = (<tuple>field)[0]
-        value = (<tuple>field)[1]
+        if type(field[0]) is not bytes or type(field[1]) is not bytes:
+            raise TypeError("field names and values must be bytes")
+        name = field[0]
+        value = field[1]
         p = PyBytes_AS_STRING(name)
         n = PyBytes_GET_SIZE(name)
         if n and p[0] == b':':
@@ -287,32 +308,64 @@ def request_head(list headers, bint body, bint absolute=False):
             elif _eq(name, ":scheme", 7):
                 scheme = value
         elif _eq(name, "cookie", 6):
-            if cookies is None:
-                cookies = []
-            cookies.append(value)
+            ncookies += 1
+            cookie_size += PyBytes_GET_SIZE(value)
         elif _eq(name, "host", 4):
             if authority is None:
                 authority = value
         else:
             if _eq(name, "content-length", 14):
                 has_cl = True
-            lines += (name, b": ", value, b"\r\n")
-    if method == b"CONNECT":
+            size += n + PyBytes_GET_SIZE(value) + 4
+    if _eq(method, "CONNECT", 7):
         target = authority
     elif absolute:
         target = scheme + b"://" + authority + path
     else:
         target = path
-    head = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if target is None:
+        raise TypeError("a CONNECT or absolute-form head needs an authority")
+    chunked = body and not has_cl and not _eq(method, "CONNECT", 7)
+    size += PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 11 + 2
     if authority is not None:
-        head += (b"host: ", authority, b"\r\n")
-    head += lines
-    if cookies is not None:
-        head += (b"cookie: ", b"; ".join(cookies), b"\r\n")
-    if body and not has_cl and method != b"CONNECT":
-        head.append(b"transfer-encoding: chunked\r\n")
-    head.append(b"\r\n")
-    return b"".join(head)
+        size += 6 + PyBytes_GET_SIZE(authority) + 2
+    if ncookies:
+        size += 8 + cookie_size + 2 * (ncookies - 1) + 2
+    if chunked:
+        size += 28
+    out = PyBytes_FromStringAndSize(NULL, size)
+    o = PyBytes_AS_STRING(out)
+    o = _put(o, method)
+    o[0] = b' '
+    o = _put(o + 1, target)
+    o = _putc(o, " HTTP/1.1\r\n", 11)
+    if authority is not None:
+        o = _putc(o, "host: ", 6)
+        o = _put(o, authority)
+        o = _putc(o, "\r\n", 2)
+    for field in headers:
+        name = field[0]
+        p = PyBytes_AS_STRING(name)
+        n = PyBytes_GET_SIZE(name)
+        if (n and p[0] == b':') or _eq(name, "cookie", 6) or _eq(name, "host", 4):
+            continue
+        o = _put(o, name)
+        o = _putc(o, ": ", 2)
+        o = _put(o, <bytes>field[1])
+        o = _putc(o, "\r\n", 2)
+    if ncookies:
+        o = _putc(o, "cookie: ", 8)
+        for field in headers:
+            if _eq(<bytes>field[0], "cookie", 6):
+                if ncookies < 0:
+                    o = _putc(o, "; ", 2)
+                ncookies = -1
+                o = _put(o, <bytes>field[1])
+        o = _putc(o, "\r\n", 2)
+    if chunked:
+        o = _putc(o, "transfer-encoding: chunked\r\n", 28)
+    _putc(o, "\r\n", 2)
+    return out
 
 
 cdef set _connection_names(fields):
@@ -384,6 +437,64 @@ cdef list h2_response_fields(Response resp):
             continue
         out.append((name, PyBytes_FromStringAndSize(<const char*>h + f.value_off,
                                                     f.value_len)))
+    return out
+
+
+cdef bytes _last_extra = b""
+cdef list _last_extra_fields = []
+
+
+cdef list _extra_fields(bytes extra):
+    """`extra`'s "Name: value" CRLF lines as (lowercase name, value) pairs, less the
+    connection-specific ones. The relay's extra lines are mostly the same bytes from one
+    response to the next (Via; Date changes once a second), so the last result is kept:
+    the same value objects also spare the HPACK encoder hashing them again."""
+    global _last_extra, _last_extra_fields
+    if extra == _last_extra:
+        return _last_extra_fields
+    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(extra)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(extra), a = 0, e, c, v, w, k
+    cdef list out = []
+    cdef bytes name
+    cdef char* q
+    while a < n:
+        e = a
+        while e < n and p[e] != 13 and p[e] != 10:
+            e += 1
+        c = a
+        while c < e and p[c] != 58:      # ':'
+            c += 1
+        if a < c < e:
+            name = PyBytes_FromStringAndSize(NULL, c - a)
+            q = PyBytes_AS_STRING(name)
+            for k in range(c - a):
+                q[k] = <char>(p[a + k] + 32 if 65 <= p[a + k] <= 90 else p[a + k])
+            if not _dropped(name):
+                v = c + 1
+                w = e
+                while v < w and (p[v] == 32 or p[v] == 9):
+                    v += 1
+                while w > v and (p[w - 1] == 32 or p[w - 1] == 9):
+                    w -= 1
+                out.append((name, PyBytes_FromStringAndSize(<const char*>p + v, w - v)))
+        a = e
+        while a < n and (p[a] == 13 or p[a] == 10):
+            a += 1
+    _last_extra = extra
+    _last_extra_fields = out
+    return out
+
+
+cdef list h2_forward_fields(Response resp, bytes extra):
+    """The HTTP/2 header list of the head the relay forwards to an HTTP/1.1 client,
+    resp.forward_c(None, extra, (), False), without making that head: the same fields
+    (Response.forward_fields, one definition of what is dropped) and `extra`'s lines
+    (Via, Date, the cache's fields), lowercase, less the connection-specific ones
+    (RFC 9113 8.2.2: the relay's Transfer-Encoding and Connection lines)."""
+    cdef list out = [(b":status", _status_value(resp.status))]
+    out += resp.forward_fields((), False)
+    if extra:
+        out += _extra_fields(extra)
     return out
 
 

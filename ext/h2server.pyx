@@ -5,8 +5,10 @@ fastproxy.server.h2 (the docs of the behaviour) builds a `Server` per client
 connection. Each request stream gets a `Stream`, the transport of its own relay
 ClientConnection, so routing, handlers, cache, limits, log and metrics run unchanged:
 the stream hands the relay an HTTP/1.1 head (fastproxy._h2msg.request_head, from a
-header list the codec has already checked) and the DATA; what the relay writes back
-is parsed by the compiled ResponseParser and sent as HEADERS, DATA and trailers.
+header list the codec has already checked) and the DATA. An upstream's response head
+comes back parsed (relay_head); the body and the answers the proxy writes itself come
+as HTTP/1.1 bytes, parsed by the compiled ResponseParser; all go out as HEADERS, DATA
+and trailers.
 
 Why compiled: a profile of the Python version (py-spy --native, h2load -m 32) showed
 the interpreter running the stream transport, the codec hooks and the per-stream
@@ -22,7 +24,8 @@ from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._h2msg cimport h2_response_fields, h2_trailer_fields
+from fastproxy._h2msg cimport (h2_forward_fields, h2_request_head, h2_response_fields,
+                               h2_trailer_fields)
 from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -49,7 +52,6 @@ cdef bytes GRPC = b"application/grpc"
 cdef object ParseError = _http.ParseError
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
-cdef object request_head = _h2msg.request_head
 cdef object validate = _h2msg.validate
 cdef int BODY_NONE = _http.BODY_NONE
 cdef int BODY_LENGTH = _http.BODY_LENGTH
@@ -113,6 +115,32 @@ cdef class Stream:
         else:
             self._send(bytes(data), False)
         self.conn.flush_soon()
+
+    def relay_head(self, Response resp, bytes extra, long long length):
+        """The relay's response head, handed over parsed instead of written: the fields
+        it would forward to an HTTP/1.1 client (h2_forward_fields) go out as HEADERS,
+        and what the relay writes next is the body in its framing (`length` > 0: that
+        many bytes; 0: none, the stream ends here; -1: chunked). False: the stream
+        cannot take it now (a CONNECT, bytes of a head already written, a closed
+        stream): the relay writes the head instead."""
+        if self.closing or self.state != R_HEAD or self.buf or self.connect:
+            return False
+        cdef Server conn = self.conn
+        cdef list headers = h2_forward_fields(resp, extra)
+        if length == 0:
+            conn.send_headers(self.stream_id, headers, True)
+            self.state = R_DONE
+            conn.stream_finished(self)
+        else:
+            conn.send_headers(self.stream_id, headers, False)
+            if length > 0:
+                self.state = R_LENGTH
+                self.left = length
+            else:
+                self.state = R_CHUNKED
+                self.chunks = ChunkedDecoder()
+        conn.flush_soon()
+        return True
 
     def writelines(self, buffers):
         for data in buffers:
@@ -522,7 +550,7 @@ cdef class Server(Connection):
         stream.head_request = method == M_HEAD
         stream.connect = method == M_CONNECT
         stream.state = R_HEAD
-        head = request_head(headers, not end_stream and not stream.connect, self.forward)
+        head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
         stream.chunked_request = not end_stream and not stream.connect and not has_length
         stream.request_ended = end_stream
         relay = self._idle_relay() if self._idle else None

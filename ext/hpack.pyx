@@ -59,6 +59,10 @@ cdef dict _STATIC_NAME = {}
 for _i in range(len(STATIC_TABLE) - 1, -1, -1):     # the lowest index wins
     _STATIC_FULL[STATIC_TABLE[_i]] = _i + 1
     _STATIC_NAME[STATIC_TABLE[_i][0]] = _i + 1
+# Every static entry with a value is a pseudo-header or accept-encoding (Appendix A), so
+# any other field can be a full static match only with an empty value: the encoder skips
+# the lookup (a tuple hash and a probe per field) for the rest.
+assert all(not v or n[:1] == b":" or n == b"accept-encoding" for n, v in STATIC_TABLE)
 
 # RFC 7541 Appendix B: code length in bits of each symbol 0..255 and EOS (256).
 HUFFMAN_LENGTHS = (
@@ -513,15 +517,17 @@ cdef class Encoder(_Table):
 
     cdef int _field(self, bytearray out, bytes name, bytes value) except -1:
         cdef tuple key = (name, value)
-        cdef object hit = _STATIC_FULL.get(key)
-        if hit is not None:
-            _put_int(out, <Py_ssize_t>hit, 7, 0x80)
-            return 0
+        cdef Py_ssize_t nlen = PyBytes_GET_SIZE(name), vlen = PyBytes_GET_SIZE(value)
+        cdef object hit
+        if vlen == 0 or (nlen and PyBytes_AS_STRING(name)[0] == b":") or nlen == 15:
+            hit = _STATIC_FULL.get(key)
+            if hit is not None:
+                _put_int(out, <Py_ssize_t>hit, 7, 0x80)
+                return 0
         hit = self._full.get(key)
         if hit is not None:
             _put_int(out, _NSTATIC + self._inserted - <Py_ssize_t>hit + 1, 7, 0x80)
             return 0
-        cdef Py_ssize_t nlen = PyBytes_GET_SIZE(name), vlen = PyBytes_GET_SIZE(value)
         cdef Py_ssize_t esize = nlen + vlen + 32
         cdef bint never = name in _SENSITIVE or (vlen < 20 and name == b"cookie")
         # Index what fits in a quarter of the table; big or sensitive values go literal.

@@ -641,19 +641,69 @@ cdef class _Message:
             self._connection = tuple(toks)
         return self._connection
 
-    cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
+    cdef int _skips(self, uint8_t* skip, tuple drop, bint keep_upgrade) except -1:
+        """The one definition of the fields a forwarded head leaves out (skip[i] = 1):
+        hop-by-hop (RFC 9110 7.6.1), a repeated Content-Length, Upgrade unless kept, and
+        the lowercase names in `drop`. forward_c and forward_fields both use it."""
         cdef const uchar* h = self._h()
-        cdef Py_ssize_t size, sl_len, ex_len, k
-        cdef const uchar* sl
-        cdef const uchar* ex
         cdef const uchar* nm
+        cdef Py_ssize_t k
+        cdef Field* f
+        cdef int i
+        cdef object d
+        for i in range(self._nf):
+            f = &self._fields[i]
+            skip[i] = (f.flags & (F_HOP | F_DUP_CL)) != 0
+            if f.flags & F_UPGRADE and not keep_upgrade:
+                skip[i] = 1
+        for d in drop:
+            if not PyBytes_CheckExact(d):
+                raise TypeError("drop must hold lowercase bytes field names")
+            nm = <const uchar*>PyBytes_AS_STRING(d)
+            k = PyBytes_GET_SIZE(d)
+            for i in range(self._nf):
+                f = &self._fields[i]
+                if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+                    skip[i] = 1
+        return 0
+
+    cdef list forward_fields(self, tuple drop, bint keep_upgrade):
+        """The fields forward_c keeps, as (lowercase name, value) pairs, in order: the
+        same head for a next hop that takes a header list (HTTP/2, RFC 9113 8.2.1)."""
+        cdef const uchar* h = self._h()
         cdef uint8_t stackmask[128]
         cdef uint8_t* skip = stackmask
-        cdef int i, j
+        cdef list out = []
+        cdef Field* f
+        cdef int i
+        if self._nf > 128:
+            skip = <uint8_t*>malloc(self._nf)
+            if skip == NULL:
+                raise MemoryError()
+        try:
+            self._skips(skip, drop, keep_upgrade)
+            for i in range(self._nf):
+                if not skip[i]:
+                    f = &self._fields[i]
+                    out.append((_lower_bytes(h + f.name_off, f.name_len),
+                                PyBytes_FromStringAndSize(<const char*>h + f.value_off,
+                                                          f.value_len)))
+            return out
+        finally:
+            if skip != stackmask:
+                free(skip)
+
+    cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade):
+        cdef const uchar* h = self._h()
+        cdef Py_ssize_t size, sl_len, ex_len
+        cdef const uchar* sl
+        cdef const uchar* ex
+        cdef uint8_t stackmask[128]
+        cdef uint8_t* skip = stackmask
+        cdef int i
         cdef Field* f
         cdef uchar* o
         cdef bytes out
-        cdef object d
         cdef Py_ssize_t add_sp = 0
         if start_line is None:
             sl = h
@@ -673,20 +723,7 @@ cdef class _Message:
                 raise MemoryError()
         try:
             size = sl_len + add_sp + 2 + ex_len + 2
-            for i in range(self._nf):
-                f = &self._fields[i]
-                skip[i] = (f.flags & (F_HOP | F_DUP_CL)) != 0
-                if f.flags & F_UPGRADE and not keep_upgrade:
-                    skip[i] = 1
-            for d in drop:
-                if not PyBytes_CheckExact(d):
-                    raise TypeError("drop must hold lowercase bytes field names")
-                nm = <const uchar*>PyBytes_AS_STRING(d)
-                k = PyBytes_GET_SIZE(d)
-                for i in range(self._nf):
-                    f = &self._fields[i]
-                    if f.name_len == k and _ieq2(h + f.name_off, nm, k):
-                        skip[i] = 1
+            self._skips(skip, drop, keep_upgrade)
             for i in range(self._nf):
                 if not skip[i]:
                     f = &self._fields[i]

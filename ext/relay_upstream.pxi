@@ -321,8 +321,16 @@ cdef class UpstreamConnection:
             extra += CONNECTION_CLOSE
         elif not http11:
             extra += CONNECTION_KEEP_ALIVE
-        head = resp.forward_c(None if resp.version == 11 else
-                              b"HTTP/1.1 %d %s" % (status, resp.reason), extra, (), False)
+        if client.received_version == 20 and client.ls.filter_factory is None and \
+                client.transport.relay_head(resp, extra, self.left if mode == M_LENGTH
+                                            else (0 if mode == M_NONE else -1)):
+            # An HTTP/2 stream takes the head as parsed (ext/h2server.pyx relay_head): the
+            # same fields, no HTTP/1.1 head made for it to parse again; the body follows
+            # in the framing above.
+            head = None
+        else:
+            head = resp.forward_c(None if resp.version == 11 else
+                                  b"HTTP/1.1 %d %s" % (status, resp.reason), extra, (), False)
         if client.ls.filter_factory is not None and mode == M_NONE and client.head_request \
                 and status != 204 and status != 304:
             # HEAD: the filter sees the head so it is the one the GET would get (RFC 9110
@@ -352,20 +360,25 @@ cdef class UpstreamConnection:
             client.sent += n
             if n:
                 piece = data[pos:pos + n]
-                client.send_head(head + piece)
+                if head is None:
+                    client.send_data(piece)
+                else:
+                    client.send_head(head + piece)
                 if observer is not None:
                     observer.response_body(piece)
-            else:
+            elif head is not None:
                 client.send_head(head)
             self._finish()
             return
         if mode == M_NONE:
             if rest:
                 self.reusable = False
-            client.send_head(head)
+            if head is not None:
+                client.send_head(head)
             self._finish()
             return
-        client.send_head(head)
+        if head is not None:
+            client.send_head(head)
         self.deadline = now + self.upstream_idle
         if rest:
             if mode == M_LENGTH:

@@ -31,6 +31,7 @@ class Client:
             self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.flush()
         self.headers: dict[int, dict] = {}
+        self.header_lists: dict[int, list] = {}   # as received: order and repeats kept
         self.informational: dict[int, list] = {}
         self.bodies: dict[int, bytearray] = {}
         self.trailers: dict[int, dict] = {}
@@ -92,6 +93,7 @@ class Client:
     def handle(self, ev) -> None:
         if isinstance(ev, h2.events.ResponseReceived):
             self.headers[ev.stream_id] = dict(ev.headers)
+            self.header_lists[ev.stream_id] = list(ev.headers)
             self.bodies.setdefault(ev.stream_id, bytearray())
         elif isinstance(ev, h2.events.InformationalResponseReceived):
             self.informational.setdefault(ev.stream_id, []).append(dict(ev.headers))

@@ -49,6 +49,8 @@ from fastproxy._http cimport Request, Response
 
 cdef bint connection_field(const char* p, Py_ssize_t n) noexcept
 cdef list h2_response_fields(Response resp)
+cdef list h2_forward_fields(Response resp, bytes extra)
+cdef bytes h2_request_head(list headers, bint body, bint absolute)
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority)
 cdef list h2_trailer_fields(bytes raw)
 cdef int check_request(list headers, MsgInfo* info) except -1

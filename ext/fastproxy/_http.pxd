@@ -7,6 +7,7 @@
 #   ResponseParser.feed_c(data, start, head_request, connect_request) -> Response or None
 #   ChunkedDecoder.feed_c(data, start, out) -> bytes consumed
 #   _Message.forward_c(start_line or None, extra, drop, keep_upgrade) -> bytes
+#   _Message.forward_fields(drop, keep_upgrade) -> [(lowercase name, value)], the same fields
 # Readonly attributes below are plain struct reads on a typed object.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING
@@ -56,6 +57,8 @@ cdef class _Message:
     cdef bytes _value(self, int i)
     cdef bytes _join(self, uint8_t kind, int first)
     cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade)
+    cdef int _skips(self, uint8_t* skip, tuple drop, bint keep_upgrade) except -1
+    cdef list forward_fields(self, tuple drop, bint keep_upgrade)
     cdef int _analyze(self, bint response) except -1
 
 

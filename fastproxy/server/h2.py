@@ -8,9 +8,11 @@ ClientConnection, so routing, the reverse and forward handlers, the cache, rate
 limits, the access log and metrics run unchanged. The stream hands that connection
 an HTTP/1.1 head built by fastproxy._h2msg.request_head from a header list the codec
 has already checked (RFC 9113 8.1-8.3: nothing ambiguous reaches HTTP/1.1) and the
-DATA (re-chunked when no content-length was given); what the relay writes back is an
-HTTP/1.1 response, parsed by the compiled ResponseParser and sent as HEADERS, DATA
-and trailers on the stream.
+DATA (re-chunked when no content-length was given). An upstream's response head comes
+back parsed (Stream.relay_head: the fields the relay forwards to HTTP/1.1 clients, as
+HEADERS); the body, and every answer the proxy writes itself (errors, cache hits, 1xx,
+filtered responses), come as HTTP/1.1 bytes, parsed by the compiled ResponseParser;
+all of it goes out as HEADERS, DATA and trailers on the stream.
 
 Flow control, both ways. In: a stream's DATA is acknowledged (the peer gets its
 window back) only once its relay took it; when the relay stops reading (its upstream
@@ -21,8 +23,8 @@ upstream (pause_writing), as for a slow HTTP/1.1 client; the socket's own backpr
 pauses every stream. A peer that keeps windows shut while we hold data, or a
 connection without streams, is closed after the client idle timeout.
 
-This is a specialisation of the exchange path, meant to move onto the protocol-neutral
-exchange sink when the relay has one (then the HTTP/1.1 round trip goes away). The
+This is a specialisation of the exchange path (the request side is still an HTTP/1.1
+head inside the process). The
 streams and the connection are compiled (fastproxy._h2server): frames for a client go
 out in one write per event-loop turn, and finished streams are let go in that flush.
 CONNECT (RFC 9113 8.5, forward listeners): the relay's tunnel takes the stream as its

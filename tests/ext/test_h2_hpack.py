@@ -193,3 +193,14 @@ def test_entry_larger_than_table_empties_it_rfc7541_4_4():
     assert len(d) == 1
     d.decode(b"\x40\x01c\x7f\x10" + b"v" * 143)   # 1 + 143 + 32 > 100
     assert len(d) == 0 and d.size == 0
+
+
+def test_full_static_entries_are_one_byte_indexes_rfc7541_appendix_a():
+    # The encoder looks a field up in the static table only when it can be a full entry
+    # there (a pseudo-header, accept-encoding, or an empty value): these must still be
+    # found, each an indexed field (6.1) of one byte.
+    enc = H.Encoder()
+    fields = [(b":status", b"200"), (b":status", b"404"), (b":method", b"POST"),
+              (b":path", b"/index.html"), (b"accept-encoding", b"gzip, deflate"),
+              (b"age", b""), (b"www-authenticate", b"")]
+    assert enc.encode(fields) == bytes([0x88, 0x8d, 0x83, 0x85, 0x90, 0x95, 0xbd])

@@ -132,3 +132,76 @@ def test_raw_frames_split_anywhere_same_outcome(fs, cuts):
     assert [e for e in split.events if e[0] != "data"] == [e for e in whole.events if e[0] != "data"]
     assert split.data_to_send() == whole.data_to_send()
     assert (split.dead, split.errors) == (whole.dead, whole.errors)
+
+
+def _request_head_reference(headers, body, absolute=False):
+    """request_head as it was written before it was compiled into one copy (list of
+    pieces, one join): the oracle for the compiled builder."""
+    method = scheme = path = b""
+    authority = None
+    cookies = None
+    lines = []
+    has_cl = False
+    for name, value in headers:
+        if name.startswith(b":"):
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":scheme":
+                scheme = value
+        elif name == b"cookie":
+            cookies = (cookies or []) + [value]
+        elif name == b"host":
+            if authority is None:
+                authority = value
+        else:
+            has_cl = has_cl or name == b"content-length"
+            lines += (name, b": ", value, b"\r\n")
+    if method == b"CONNECT":
+        target = authority
+    elif absolute:
+        target = scheme + b"://" + authority + path
+    else:
+        target = path
+    head = [method, b" ", target, b" HTTP/1.1\r\n"]
+    if authority is not None:
+        head += (b"host: ", authority, b"\r\n")
+    head += lines
+    if cookies is not None:
+        head += (b"cookie: ", b"; ".join(cookies), b"\r\n")
+    if body and not has_cl and method != b"CONNECT":
+        head.append(b"transfer-encoding: chunked\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
+_names = st.sampled_from([b"cookie", b"host", b"content-length", b"accept", b"x-a",
+                          b"user-agent", b"te", b""])
+_values = st.binary(max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b""]),
+       authority=st.one_of(st.none(), st.binary(min_size=1, max_size=30)),
+       path=st.binary(max_size=30), scheme=st.sampled_from([b"http", b"https"]),
+       fields=st.lists(st.tuples(_names, _values), max_size=12),
+       body=st.booleans(), absolute=st.booleans())
+def test_compiled_request_head_is_the_reference_byte_for_byte(method, authority, path, scheme,
+                                                              fields, body, absolute):
+    headers = [(b":method", method), (b":scheme", scheme), (b":path", path)]
+    if authority is not None:
+        headers.append((b":authority", authority))
+    headers += fields
+    try:
+        want = _request_head_reference(headers, body, absolute)
+    except TypeError:
+        # No authority anywhere for a target that needs one: refused, not a bad head.
+        try:
+            _h2msg.request_head(headers, body, absolute)
+        except TypeError:
+            return
+        raise AssertionError("request_head made a head without an authority")
+    assert _h2msg.request_head(headers, body, absolute) == want
