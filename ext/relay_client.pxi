@@ -214,6 +214,9 @@ cdef class ClientConnection:
     cdef public bint upgrade_sent  # the handler forwarded an Upgrade offer (a 101 may come)
     cdef bint counted          # in ls.open
     cdef bint started          # a request head was parsed on this connection
+    # The client half-closed with pipelined requests still to answer: they are answered,
+    # then the connection closes (eof_last: the request being begun is the last one).
+    cdef bint client_eof, eof_last
     cdef public double deadline, t_start, upstream_time
     cdef public long long body_left, sent, received
     cdef public str client_ip, detail
@@ -447,9 +450,17 @@ cdef class ClientConnection:
 
     def eof_received(self):
         # A client that half-closes after its request still gets its response
-        # (RFC 9112 9.6); close once the exchange in flight is done.
+        # (RFC 9112 9.6), and so do the complete requests it pipelined before the FIN;
+        # close once the last of them is answered.
         if (self.state == S_WAIT or self.state == S_BODY) and self.req is not None:
-            self.keep_alive = False
+            if self.buf:
+                self.client_eof = True
+            else:
+                self.keep_alive = False
+            return True
+        if self.state == S_HEAD and self.buf and self.started:
+            # Between two pipelined requests (the next one starts on the next turn).
+            self.client_eof = True
             return True
         return False
 
@@ -499,6 +510,11 @@ cdef class ClientConnection:
             self.reject(exc.status, str(exc))
             return
         if req is None:
+            if self.client_eof:
+                # The client has half-closed: the rest of this head will never come.
+                self.buf = None
+                self.close()
+                return
             if self.buf is None:
                 # First bytes of a new head: from now on the whole head must arrive
                 # within client_header (slow-loris guard), however it trickles in.
@@ -507,6 +523,9 @@ cdef class ClientConnection:
             return
         self.buf = None
         pos = req.head_length
+        if self.client_eof:
+            # No more bytes after this head: its response is the last (Connection: close).
+            self.eof_last = req.body == BODY_NONE and pos >= len(data)
         self._begin(req)
         if self.state == S_BODY and pos < len(data):
             pos += self._feed_body(data, pos)
@@ -538,7 +557,7 @@ cdef class ClientConnection:
         self.t_start = _wall()
         self.head_request = req.method is METHOD_HEAD or req.method == METHOD_HEAD
         self.deadline = 0.0
-        self.keep_alive = req.keep_alive and not self.closing
+        self.keep_alive = req.keep_alive and not self.closing and not self.eof_last
         self.body_kind = kind
         if kind == BODY_LENGTH:
             self.body_left = req.content_length
@@ -759,6 +778,8 @@ cdef class ClientConnection:
         self._reset_exchange()
         if self.paused & (P_UPSTREAM_FULL | P_CONNECTING | P_HANDLER):
             self.resume_reading(P_UPSTREAM_FULL | P_CONNECTING | P_HANDLER)
+        if self.client_eof and not self.buf:
+            keep = False    # the half-closed client's last pipelined request is answered
         if not keep or self.closing:
             self.close()
             return

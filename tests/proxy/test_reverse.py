@@ -132,6 +132,34 @@ def test_pipelined_requests_answered_in_order(reverse_proxy):
     assert bodies == [b"slow\n", b"0", b"slow\n", b"012", b"slow\n", b"01234"]
 
 
+@pytest.mark.parametrize("accept", ["compiled", "uvloop"])
+def test_pipelined_requests_then_half_close_are_all_answered(start_proxy, origin, accept,
+                                                              monkeypatch):
+    # RFC 9112 9.6/9.3.2: a client may send its requests and shut its sending side; every
+    # complete request it pipelined before the FIN is answered, in order, and the last
+    # answer says Connection: close. Only the request in flight was, the others dropped.
+    if accept == "uvloop":
+        monkeypatch.setenv("FASTPROXY_UVLOOP_ACCEPT", "1")
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url)
+    with Conn(p.port) as c:
+        c.send(crlf("GET /slow/0.3 HTTP/1.1\nHost: x\n\n") +
+               crlf("GET /size/3 HTTP/1.1\nHost: x\n\n") +
+               crlf("GET /size/5 HTTP/1.1\nHost: x\n\n"))
+        c.sock.shutdown(socket.SHUT_WR)
+        answers = [c.response() for _ in range(3)]
+        assert c.closed_by_peer()
+    assert [(r.status, r.body) for r in answers] == [(200, b"slow\n"), (200, b"012"),
+                                                     (200, b"01234")]
+    assert answers[2].getheader("connection") == "close"
+    # A head cut short by the FIN can never complete: the answers before it, then close.
+    with Conn(p.port) as c:
+        c.send(crlf("GET /slow/0.2 HTTP/1.1\nHost: x\n\n") + b"GET /size/3 HT")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.response().body == b"slow\n"
+        assert c.closed_by_peer()
+
+
 def test_pipelined_with_bodies_split_across_writes(reverse_proxy):
     msg = (crlf("POST /echo HTTP/1.1\nHost: x\nContent-Length: 5\n\n") + b"abcde" +
            crlf("POST /echo HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n3\nxyz\n0\n\n") +
