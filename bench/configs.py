@@ -93,7 +93,8 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool, workers: in
         keepalive_requests {MANY};
     }}
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
+        # deferred: TCP_DEFER_ACCEPT, as fastproxy's HTTP listeners (an equal accept path).
+        listen 127.0.0.1:{port} reuseport deferred backlog=4096;
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -123,7 +124,7 @@ defaults
     timeout http-keep-alive 75s
 
 frontend bench
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port} defer-accept
     default_backend origin
 
 backend origin

@@ -45,8 +45,8 @@ def _cert(tmp: Path) -> tuple[Path, Path]:
 
 def _nginx_tls(tmp: Path, port: int, origin_port: int, cert: Path, key: Path) -> str:
     main = configs.nginx_proxy(tmp, port, origin_port, cache=False)
-    return main.replace(f"listen 127.0.0.1:{port} reuseport backlog=4096;",
-                        f"listen 127.0.0.1:{port} ssl reuseport backlog=4096;\n"
+    return main.replace(f"listen 127.0.0.1:{port} reuseport deferred backlog=4096;",
+                        f"listen 127.0.0.1:{port} ssl reuseport deferred backlog=4096;\n"
                         f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
                         "        ssl_protocols TLSv1.2 TLSv1.3;")
 
