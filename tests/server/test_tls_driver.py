@@ -80,6 +80,14 @@ class BioClient:
         self.inc.write(data)
         return True
 
+    def hello(self) -> bytes:
+        """The ClientHello this client would send (nothing sent yet)."""
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        return self.out.read()
+
     def handshake(self) -> None:
         while True:
             try:
@@ -167,19 +175,11 @@ def test_client_closing_mid_handshake_and_a_silent_one_timed_out(start_proxy, tl
     p = start_proxy("serve", "--config", write("[timeouts]\nclient_header = \"1s\"\n"))
     for _ in range(3):
         c = BioClient(p.port, ca_pem)
-        try:
-            c.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        hello = c.out.read()
+        hello = c.hello()
         c.sock.sendall(hello[:len(hello) // 2])
         c.sock.close()
     c = BioClient(p.port, ca_pem)
-    try:
-        c.tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    c.sock.sendall(c.out.read()[:20])
+    c.sock.sendall(c.hello()[:20])
     start = time.monotonic()
     c.sock.settimeout(8)
     assert c.sock.recv(100) == b""
@@ -327,20 +327,12 @@ def test_handshake_outcomes_are_counted_in_the_metrics(start_proxy, tls_config):
             pass
     # Half a ClientHello, then close.
     c = BioClient(p.port, ca_pem)
-    try:
-        c.tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    hello = c.out.read()
+    hello = c.hello()
     c.sock.sendall(hello[:len(hello) // 2])
     c.sock.close()
     # A ClientHello's first bytes, then silence: closed by the client_header timeout.
     slow = BioClient(p.port, ca_pem)
-    try:
-        slow.tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    slow.sock.sendall(slow.out.read()[:20])
+    slow.sock.sendall(slow.hello()[:20])
     slow.sock.settimeout(8)
     assert slow.sock.recv(100) == b""
     want = {'fastproxy_tls_handshakes_total{result="ok"} 1',
