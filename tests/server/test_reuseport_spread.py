@@ -17,10 +17,12 @@ Real `fastproxy serve --workers N`, real sockets; who holds which connection is 
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -205,6 +207,7 @@ def test_refused_round_robin_falls_back_to_the_hash_with_one_line(start_proxy, o
     assert sum(REFUSED in line for line in p.stderr_lines) == 1, p.stderr_lines
 
 
+@functools.lru_cache(maxsize=None)
 def _unprivileged_bpf_refused() -> str | None:
     if os.geteuid() != 0:
         return "needs root to start the proxy as another user"
@@ -215,6 +218,14 @@ def _unprivileged_bpf_refused() -> str | None:
             return "this kernel lets unprivileged users load socket filters"
     except OSError:
         pass
+    # The proxy runs as nobody from this Python environment: .ci/run's venv sits in a
+    # private (0700) temporary directory that nobody cannot enter.
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c", "import fastproxy._relay"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return (f"user nobody cannot import fastproxy from {sys.executable} "
+                f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no output'})")
     return None
 
 
