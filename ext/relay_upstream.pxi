@@ -461,6 +461,16 @@ cdef class UpstreamConnection:
             # Framing and connection handling stay the relay's, whatever the filter left.
             if low != b"content-length" and low != b"transfer-encoding" and low != b"connection":
                 out.append(name + b": " + value)
+        if getattr(f, "body_unchanged", False):
+            # Only fields changed (compression's identity answer gains Vary): the body goes
+            # as the relay framed it, Content-Length and all (wget sends identity).
+            for name, value in fields:
+                low = name.lower()
+                if low == b"content-length" or low == b"transfer-encoding" or low == b"connection":
+                    out.append(name + b": " + value)
+            out.append(b"")
+            out.append(b"")
+            return CRLF.join(out)
         if http11:
             out.append(b"Transfer-Encoding: chunked")
         else:

@@ -182,7 +182,7 @@ class _Encoder:
 class CompressFilter:
     """The filter of one exchange (the contract's start/feed/flush/finish)."""
 
-    __slots__ = ("settings", "coding", "head", "encoder", "pending")
+    __slots__ = ("settings", "coding", "head", "encoder", "pending", "body_unchanged")
 
     def __init__(self, settings: "Compression", coding: bytes | None, head: bool) -> None:
         self.settings = settings
@@ -190,6 +190,9 @@ class CompressFilter:
         self.head = head
         self.encoder: _Encoder | None = None
         self.pending = False        # bytes went in since the last flush
+        # start() changed only fields (identity: Vary added): the relay keeps the body
+        # and its framing (Content-Length stays), and feeds nothing to the filter.
+        self.body_unchanged = False
 
     def start(self, status: int, headers: list) -> list | None:
         """The head to send instead of headers, or None to let the response pass untouched."""
@@ -200,7 +203,9 @@ class CompressFilter:
         if self.coding is None and seen[1] is None:
             return None     # identity, and Vary names Accept-Encoding already
         out = _rewrite(headers, self.coding, *seen)
-        if self.coding is not None and not self.head:
+        if self.coding is None:
+            self.body_unchanged = True
+        elif not self.head:
             self.encoder = _Encoder(self.coding, s.level(self.coding))
         return out
 

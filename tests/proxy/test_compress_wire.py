@@ -187,6 +187,26 @@ def test_q_values_and_identity_vary(proxy):
     assert f["vary"] == "Accept-Encoding"          # the identity variant too
 
 
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_identity_answer_keeps_its_length_and_framing(proxy, version):
+    # A client that negotiates identity (wget sends "Accept-Encoding: identity") gets the
+    # origin's body and framing, Vary added: it lost Content-Length (chunked to 1.1,
+    # close-delimited to 1.0), so no progress and no way to tell a cut-short body.
+    for method in ("GET", "HEAD"):
+        status, f, body = request(proxy.port, "/t?size=5000", {"Accept-Encoding": "identity"},
+                                  method=method, version=version)
+        assert status == 200 and "content-encoding" not in f
+        assert f["vary"] == "Accept-Encoding"
+        assert f.get("content-length") == "5000" and "transfer-encoding" not in f, f
+        assert body == (text(5000) if method == "GET" else b"")
+    # A chunked origin answer stays chunked to HTTP/1.1 (the relay's framing, unchanged).
+    if version == "1.1":
+        _, f, body = request(proxy.port, "/t?size=5000&chunked=1",
+                             {"Accept-Encoding": "gzip;q=0"})
+        assert f["vary"] == "Accept-Encoding" and f.get("transfer-encoding") == "chunked"
+        assert body == text(5000)
+
+
 @pytest.mark.parametrize("query, headers", [
     ("cache-control=no-transform", {}),
     ("content-encoding=gzip", {}),
