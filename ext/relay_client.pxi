@@ -21,7 +21,7 @@ cdef class ListenerSettings:
     cdef public bint hooks
     cdef public long open           # connections accepted and not gone yet
     cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
-    # Response-body filter factory (notes/filter-contract.md), None = bodies pass as read.
+    # Response-body filter factory (the contract: fastproxy/proxy/filters.py), None = bodies pass as read.
     cdef public object filter_factory
     cdef object __weakref__
     cdef Py_ssize_t max_line, max_head

@@ -439,7 +439,7 @@ cdef class UpstreamConnection:
 
     cdef bytes _filter_start(self, ClientConnection client, int status, bytes head,
                              bint http11, bint body):
-        """Offer the response to the listener's body filter (notes/filter-contract.md);
+        """Offer the response to the listener's body filter (the contract: proxy/filters.py);
         return the head to send: as it was when the filter steps aside, else the filter's
         fields with the relay's own framing (chunked to 1.1, close-delimited to 1.0)."""
         cdef Request req = client.req

@@ -98,7 +98,7 @@ class ListenerSettings:
     hooks: bool
     open: int
     on_idle: Callable[[], None] | None
-    # Response-body filter factory (notes/filter-contract.md): None = bodies pass untouched.
+    # Response-body filter factory (the contract: fastproxy/proxy/filters.py): None = bodies pass untouched.
     filter_factory: Callable[[bytes, list[tuple[bytes, bytes]], int], Any] | None
     h2_switch: Callable[[Any, bytes], None] | None   # takes a connection on the HTTP/2 preface
     def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...

@@ -1,4 +1,4 @@
-"""Response compression: a body filter (docs: /work/notes/filter-contract.md) per exchange.
+"""Response compression: a body filter (the contract: proxy/filters.py) per exchange.
 
 The relay asks the listener's filter factory once per response head. The factory reads
 the request (method, Accept-Encoding, a request `no-transform`) and returns a

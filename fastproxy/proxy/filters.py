@@ -1,10 +1,22 @@
 """Response-body filters beyond compression: per-route response header edits, and the
-chain that runs several filters as one (docs: the filter contract).
+chain that runs several filters as one.
+
+The filter contract (the relay's `ListenerSettings.filter_factory`, ext/relay_upstream.pxi
+`_filter_start`): `factory(method, request, version)` is called once per response head and
+returns None (no filter) or an object with
+- `start(status, headers) -> headers | None`: None steps aside (the response passes
+  untouched); else the fields to send. Framing (Content-Length, Transfer-Encoding) and
+  Connection stay the relay's whatever the filter returns;
+- `body_unchanged` (optional, read after start): True when only fields changed; the relay
+  then keeps its framing lines and sends the body as it is, with no feed calls. Otherwise
+  the relay frames the filtered body itself (chunked to HTTP/1.1, close-delimited to 1.0);
+- `feed(data) -> bytes`, `flush() -> bytes` (the origin paused: what a client can use
+  now), `finish() -> bytes` (the tail); bounded work per call. An exception aborts the
+  response (the connection closes, never a half-framed body presented as complete).
 
 A listener has one filter factory slot; `chain` fills it with the factories that apply
 (route header edits first, so compression sees the edited head, e.g. a `no-transform`
-set by a route). A filter that changes the head makes the relay frame the body itself
-(chunked to HTTP/1.1 clients), so edits cost re-framing on the routes that have them.
+set by a route). Header edits change fields only: the body keeps its framing.
 """
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ class EditFilter:
     """Apply one route's response header edits to the head; the body passes as it is."""
 
     __slots__ = ("edits", "values")
+    body_unchanged = True    # fields only: the relay keeps the body and its framing
 
     def __init__(self, edits, values: dict) -> None:
         self.edits = edits
@@ -61,10 +74,11 @@ def edits_factory(router):
 class _Chained:
     """Several filters as one: each one's output is the next one's input."""
 
-    __slots__ = ("filters",)
+    __slots__ = ("filters", "body_unchanged")
 
     def __init__(self, filters: list) -> None:
         self.filters = filters
+        self.body_unchanged = False
 
     def start(self, status: int, headers: list):
         """Each filter's head in turn; None when every filter steps aside."""
@@ -75,6 +89,7 @@ class _Chained:
                 headers = out
                 active.append(f)
         self.filters = active
+        self.body_unchanged = all(getattr(f, "body_unchanged", False) for f in active)
         return headers if active else None
 
     def feed(self, data: bytes) -> bytes:

@@ -352,5 +352,10 @@ servers = ["{text_origin}"]
     status, f, body = request(p.port, "/t?size=3000", {"Accept-Encoding": "br"})
     assert status == 200 and f["x-route"] == "t GET" and f["cache-control"] == "no-transform"
     assert "content-encoding" not in f and body == text(3000)   # no-transform: not compressed
+    # Header edits change fields only: the body keeps the origin's Content-Length (it was
+    # re-framed chunked), also through a chain with compression's identity answer.
+    assert f.get("content-length") == "3000" and "transfer-encoding" not in f, f
+    status, f, body = request(p.port, "/t?size=3000", {"Accept-Encoding": "identity"})
+    assert f["x-route"] == "t GET" and f.get("content-length") == "3000" and body == text(3000)
     status, f, body = request(p.port, "/other?size=3000", {"Accept-Encoding": "br"})
     assert "x-route" not in f and f["content-encoding"] == "br"
