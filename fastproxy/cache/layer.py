@@ -328,6 +328,12 @@ class CacheLayer:
         # Only HTTP/1.0 needs keep-alive said; an HTTP/2 stream (version 20) takes none.
         return self.x_keep10 if req.version == 10 else self.x_keep
 
+    def gateway_timeout(self, conn, lk) -> None:
+        """Answer only-if-cached when nothing stored can (RFC 9111 5.2.1.7)."""
+        _log(conn, LOG_ONLY_IF_CACHED)
+        buffers = lk.buffers
+        conn.respond(buffers, 504, len(buffers[1]))
+
     # -- the request ------------------------------------------------------------
 
     def handle(self, conn, req, ctx=None, origins=None, encoded: bool = False) -> None:
@@ -345,7 +351,11 @@ class CacheLayer:
                 conn.body_kind != BODY_NONE and (is_get or method == HEAD)):
             # A GET with a body has no defined semantics (RFC 9110 9.3.1); an Upgrade is
             # a tunnel request: neither is answered from nor stored in the cache.
-            self.go(conn, req, key, None, False, LOG_BYPASS, ctx, origins)
+            lk = self.cache.uncacheable(req, "bypass", self.extra(conn, req))
+            if lk.kind is GATEWAY_TIMEOUT:
+                self.gateway_timeout(conn, lk)
+            else:
+                self.go(conn, req, key, None, False, LOG_BYPASS, ctx, origins)
             return
         now = _time()
         lk = self.cache.lookup(req, key, now, self.extra(conn, req), origins,
@@ -366,9 +376,7 @@ class CacheLayer:
             respond_hit(conn, req, lk, self.edits)
             return
         if kind is GATEWAY_TIMEOUT:
-            _log(conn, LOG_ONLY_IF_CACHED)
-            buffers = lk.buffers
-            conn.respond(buffers, 504, len(buffers[1]))
+            self.gateway_timeout(conn, lk)
             return
         leader = False
         if is_get or method == HEAD:

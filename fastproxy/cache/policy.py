@@ -181,15 +181,17 @@ class HttpCache:
         identity), which selects the variant of a response stored with `codings`.
         """
         method = request.method
-        if method != b"GET" and method != b"HEAD":
-            return Lookup(MISS, "method")
         rcc = _request_cc(request)
+        if method != b"GET" and method != b"HEAD":
+            # RFC 9111 5.2.1.7: only-if-cached keeps the origin out whatever the method;
+            # no stored response can answer this one, so it is a 504.
+            return self._miss(rcc, "method", "", extra)
         if (request.get(b"if-match") is not None or request.get(b"if-unmodified-since") is not None):
             # Preconditions other than 4.3.2's are the origin's to evaluate.
-            return self._miss(rcc, "request", "precondition")
+            return self._miss(rcc, "request", "precondition", extra)
         value = self._get(key_base, now)
         if value is None:
-            return self._miss(rcc, "uri-miss")
+            return self._miss(rcc, "uri-miss", "", extra)
         key = key_base
         if value[0] == entry.KIND_STUB:
             names, epoch = entry.decode_stub(value)
@@ -198,7 +200,7 @@ class HttpCache:
             key = variant_key(key_base, epoch, names, request, coding)
             value = self._get(key, now)
             if value is None:
-                out = self._miss(rcc, "vary-miss")
+                out = self._miss(rcc, "vary-miss", "", extra)
                 out.coding = coding
                 return out
         (_, flags, status, head_len, etag_len, lm_len, response_time, corrected_initial_age,
@@ -207,7 +209,7 @@ class HttpCache:
         if origins is not None and bytes(value[hs:hs + origin_len]) not in origins:
             # Forward mode: this entry came from an address the client may not reach (the
             # name moved, or the rules differ per client): not even its validators are used.
-            return self._miss(rcc, "miss", "origin-address")
+            return self._miss(rcc, "miss", "origin-address", extra)
         hs += origin_len
         # RFC 9111 4.2.3 current_age; 4.2 fresh while lifetime > age.
         age = corrected_initial_age + (now - response_time if now > response_time else 0.0)
@@ -288,9 +290,13 @@ class HttpCache:
         return (st.sie > 0 and staleness <= st.sie
                 and not st.flags & (entry.MUST_REVALIDATE | entry.NO_CACHE))
 
-    def _miss(self, rcc: dict, fwd: str, detail: str = "") -> Lookup:
+    def uncacheable(self, request, fwd: str, extra: bytes = b"") -> Lookup:
+        """The lookup of a request the cache cannot answer (a 504 if it says only-if-cached)."""
+        return self._miss(_request_cc(request), fwd, "", extra)
+
+    def _miss(self, rcc: dict, fwd: str, detail: str = "", extra: bytes = b"") -> Lookup:
         if b"only-if-cached" in rcc:
-            return self._gateway_timeout(b"")
+            return self._gateway_timeout(extra)
         return Lookup(MISS, fwd, detail)
 
     def _gateway_timeout(self, extra: bytes) -> Lookup:

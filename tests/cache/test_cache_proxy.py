@@ -352,6 +352,36 @@ def test_only_if_cached(cache_proxy, origin):
     assert origin.count(t) == 1
 
 
+@pytest.mark.parametrize("method, body", [("GET", b"x=1"), ("HEAD", b"x=1"), ("POST", b"x=1"),
+                                          ("DELETE", None)])
+def test_only_if_cached_never_reaches_the_origin_for_requests_the_cache_cannot_answer(
+        cache_proxy, origin, method, body):
+    # RFC 9111 5.2.1.7: a request the cache passes by (a GET or HEAD with a body, another
+    # method) still said "only what you have": 504, never the origin. Before, these went
+    # upstream.
+    t = u("oic-" + method.lower(), cc="max-age=60")
+    r, _ = get(cache_proxy, t, method, {"Cache-Control": "max-age=0, only-if-cached"}, body)
+    assert r.status == 504 and "detail=only-if-cached" in status_of(r)
+    # The unread body cannot be told from a next request: the 504 says the connection closes.
+    assert r.getheader("Connection") == ("close" if body else None)
+    assert origin.count(t) == 0
+    r, _ = get(cache_proxy, t, method, body=body)     # without the directive it is relayed
+    assert r.status == 200 and origin.count(t) == 1
+
+
+def test_only_if_cached_miss_on_http10_keep_alive_says_keep_alive(cache_proxy, origin):
+    # The 504 carries the cache's connection lines like any answer it writes (before: none,
+    # so an HTTP/1.0 keep-alive client saw its connection kept without being told).
+    with Conn(cache_proxy.port) as c:
+        c.send(b"GET /c/oic-10 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n"
+               b"Cache-Control: only-if-cached\r\n\r\n")
+        r = c.response()
+        assert r.status == 504 and r.getheader("Connection") == "keep-alive"
+        c.send(b"GET /c/oic-10 HTTP/1.0\r\nHost: a\r\n\r\n")     # the kept connection works
+        assert c.response().status == 200
+    assert origin.count("/c/oic-10") == 1
+
+
 # -- stale responses --------------------------------------------------------------
 
 
