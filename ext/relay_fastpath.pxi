@@ -4,14 +4,22 @@
 # Client-supplied forwarding fields are replaced, never trusted: otherwise a client could
 # claim any address or scheme to the upstream. Their underscore spellings go too: CGI and
 # WSGI servers map "_" and "-" to one name, so X_Forwarded_Proto: https would reach the
-# application beside ours (nginx drops fields with "_" by default). The one definition:
-# proxy/reverse.py imports it as FORWARDING_FIELDS.
-cdef tuple DROP_XF = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                      b"x_forwarded_for", b"x_forwarded_proto", b"x_forwarded_host")
-FORWARDING_FIELDS = DROP_XF
-cdef tuple DROP_XF_EXPECT = DROP_XF + (b"expect",)
-cdef tuple DROP_EXPECT = (b"expect",)
-cdef tuple NO_DROP = ()
+# application beside ours (nginx drops fields with "_" by default).
+cdef tuple X_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                          b"x_forwarded_for", b"x_forwarded_proto", b"x_forwarded_host")
+# What a listener drops from the client's head in each `headers.forwarded` mode: every field
+# that claims an address or scheme and that this hop neither writes nor appends to. Behind an
+# x-forwarded listener a client's own Forwarded would be the only element an application
+# finds there, and taken for ours (and the reverse in forwarded mode); X-Real-IP is nobody's
+# standard but many frameworks read it first. `none` passes all of them: that listener sits
+# behind another proxy whose fields must arrive. The one definition: proxy/reverse.py and
+# FastForward both take their drop lists from here.
+CLIENT_CLAIMS = {
+    "x-forwarded": X_FORWARDED + (b"forwarded", b"x-real-ip"),
+    "forwarded": X_FORWARDED + (b"x-real-ip",),
+    "both": X_FORWARDED + (b"x-real-ip",),
+    "none": (),
+}
 cdef bytes XFF = b"x-forwarded-for"
 cdef bytes MAX_FORWARDS = b"max-forwards"
 cdef frozenset MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
@@ -33,6 +41,7 @@ cdef class FastForward:
 
     cdef object handler, router, only
     cdef bytes via_11, via_10, via_20, xfp
+    cdef tuple claims, claims_expect
     cdef bint xf
     # The single route's group, unpacked once (a generation's groups never change).
     cdef object group, key_fn
@@ -49,6 +58,8 @@ cdef class FastForward:
         self.via_20 = handler.via_20
         self.xf = handler.xf
         self.xfp = b"\r\nX-Forwarded-Proto: " + handler.proto + CRLF
+        self.claims = handler.claims
+        self.claims_expect = handler.claims + (b"expect",)
         self.group = None
         if self.only is not None:
             group = self.only.group
@@ -113,9 +124,7 @@ cdef class FastForward:
             extra = b"".join((extra, b"X-Forwarded-For: ",
                               ip if xff is None else xff + b", " + ip,
                               self.xfp, b"X-Forwarded-Host: ", host, CRLF))
-            drop = DROP_XF_EXPECT if expect else DROP_XF
-        else:
-            drop = DROP_EXPECT if expect else NO_DROP
+        drop = self.claims_expect if expect else self.claims
         if conn.body_kind == BODY_CHUNKED:
             extra += TE_CHUNKED
         start_line = None if version != 10 else req.method + b" " + req.target + b" HTTP/1.1"

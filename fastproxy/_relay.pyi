@@ -6,7 +6,7 @@ The request path's per-byte and per-request state machine; the listener handlers
 from typing import Any, Callable
 
 IDEMPOTENT: frozenset[bytes]
-FORWARDING_FIELDS: tuple[bytes, ...]    # replaced, never trusted from clients
+CLIENT_CLAIMS: dict[str, tuple[bytes, ...]]   # per forwarding mode: client fields dropped
 STATE_HEAD: int
 STATE_BODY: int
 STATE_WAIT: int

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from fastproxy import _http
-from fastproxy._relay import (CONTINUE, FORWARDING_FIELDS, IDEMPOTENT, STATE_CLOSED, STOP,
+from fastproxy._relay import (CLIENT_CLAIMS, CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP,
                               FastForward)
 from fastproxy.proxy.errors import REASONS
 from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_plan, via_lines
@@ -29,13 +29,6 @@ CRLF = b"\r\n"
 # The schemes an absolute-form target may name, and the port each leaves implicit.
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 # Client-supplied forwarding fields (and their underscore spellings): see relay_fastpath.pxi.
-DROP_XF = FORWARDING_FIELDS
-DROP_XF_EXPECT = DROP_XF + (b"expect",)
-DROP_XF_HOST = DROP_XF + (b"host",)
-DROP_XF_HOST_EXPECT = DROP_XF + (b"host", b"expect")
-DROP_EXPECT = (b"expect",)
-DROP_HOST = (b"host",)
-DROP_HOST_EXPECT = (b"host", b"expect")
 # Retries on a stale keep-alive connection use a fresh connection to the same server.
 MAX_STALE_RETRIES = 2
 
@@ -97,6 +90,10 @@ class ReverseHandler:
         self.via_10, self.via_11, self.via_20 = (self.via_lines[v] for v in (10, 11, 20))
         self.xf = hp.forwarded in ("x-forwarded", "both")
         self.fwd = hp.forwarded in ("forwarded", "both")
+        self.claims = claims = CLIENT_CLAIMS[hp.forwarded]
+        # Indexed by (Host replaced) * 2 + (Expect present).
+        self._drops = (claims, claims + (b"expect",), claims + (b"host",),
+                       claims + (b"host", b"expect"))
         self.preserve_host = hp.preserve_host
         self.proto = b"https" if tls else b"http"
         self.upgrade = frozenset(p.encode() for p in rt.listener.upgrade)
@@ -263,14 +260,7 @@ class ReverseHandler:
                 b"\r\nX-Forwarded-Proto: " + self.proto + CRLF
             if host is not None:
                 extra += b"X-Forwarded-Host: " + host + CRLF
-            if set_host is not None:
-                drop = DROP_XF_HOST_EXPECT if expect else DROP_XF_HOST
-            else:
-                drop = DROP_XF_EXPECT if expect else DROP_XF
-        elif set_host is not None:
-            drop = DROP_HOST_EXPECT if expect else DROP_HOST
-        else:
-            drop = DROP_EXPECT if expect else ()
+        drop = self._drops[(set_host is not None) * 2 + expect]
         if self.fwd:
             extra += self._forwarded(conn, host)
         if set_host is not None:

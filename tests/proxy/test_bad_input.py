@@ -315,3 +315,50 @@ def test_underscore_spellings_of_forwarding_fields_do_not_reach_the_upstream(
     names = [n.lower() for n, _ in json.loads(r.body)["headers"]]
     assert not [n for n in names if n.startswith("x_forwarded")], names
     assert "x_other" in names and "x-forwarded-proto" in names
+
+
+# What the upstream sees of a client's own forwarding claims, per `headers.forwarded` mode:
+# (fields that must be gone, fields that must arrive as the client sent them).
+CLAIMS = {
+    "x-forwarded": ({"forwarded", "x-real-ip"}, set()),
+    "forwarded": ({"x-real-ip", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}, set()),
+    "both": ({"x-real-ip"}, set()),
+    "none": (set(), {"forwarded", "x-real-ip", "x-forwarded-proto", "x-forwarded-host"}),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(CLAIMS))
+@pytest.mark.parametrize("listener", [
+    {},                                                     # the compiled fast path
+    {"routes": [{"path": "/", "upstream": "app",            # the handler's own path
+                 "request_headers": {"set": {"X-Env": "t"}}}]},
+])
+def test_client_forwarding_claims_the_mode_does_not_write_do_not_reach_the_upstream(
+        run_proxy, origin, listener, mode):
+    # A client's Forwarded went on untouched behind an x-forwarded listener, and its
+    # X-Forwarded-Proto behind a forwarded one: the application found one element there,
+    # the client's, and took it for the proxy's (outside probe, 12-05). X-Real-IP likewise.
+    cfg = reverse_cfg(origin.url, **listener)
+    cfg["headers"] = {"forwarded": mode}
+    p = run_proxy(cfg)
+    with Conn(p.port) as c:
+        c.send(crlf("GET /echo HTTP/1.1\nHost: h\nForwarded: for=6.6.6.6;proto=https\n"
+                    "X-Real-IP: 6.6.6.6\nX-Forwarded-Proto: https\nX-Forwarded-Host: evil\n"
+                    "X-Forwarded-For: 6.6.6.6\n\n"))
+        r = c.response()
+    fields = json.loads(r.body)["headers"]
+    values: dict[str, list[str]] = {}
+    for n, v in fields:
+        values.setdefault(n.lower(), []).append(v)
+    gone, kept = CLAIMS[mode]
+    assert not gone & set(values), values
+    for name in kept:
+        assert values[name] == [{"forwarded": "for=6.6.6.6;proto=https", "x-real-ip": "6.6.6.6",
+                                 "x-forwarded-proto": "https",
+                                 "x-forwarded-host": "evil"}[name]], values
+    if mode in ("x-forwarded", "both"):
+        assert values["x-forwarded-proto"] == ["http"] and values["x-forwarded-host"] == ["h"]
+        assert values["x-forwarded-for"] == ["6.6.6.6, 127.0.0.1"]   # appended, as nginx does
+    if mode in ("forwarded", "both"):
+        # The client's element is kept before ours: the chain is appended to, never trusted.
+        assert values["forwarded"][-1].startswith("for=127.0.0.1;proto=http"), values
