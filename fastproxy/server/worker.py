@@ -27,7 +27,8 @@ from fastproxy.errorlog import log
 from fastproxy.server import h2, process
 from fastproxy.server import listeners as listening
 from fastproxy.accesslog import AccessLog
-from fastproxy.cache.layer import CacheLayer, WorkerCache
+from fastproxy.cache.layer import CacheLayer
+from fastproxy.cache.worker import WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, show_size)
