@@ -278,17 +278,24 @@ class HttpCache:
         out.stored = st
         out.ttl = int(ttl) if ttl > 0 else -int(staleness)
         out.conditional = self._conditional(st, request)
-        out.stale_if_error = self._may_serve_on_error(st, staleness)
+        out.stale_if_error = self._may_serve_on_error(st, staleness, rcc)
         return out
 
     @staticmethod
-    def _may_serve_on_error(st: entry.Stored, staleness: float) -> bool:
-        # RFC 5861 4: only with stale-if-error's permission, and RFC 9111 4.2.4 never
+    def _may_serve_on_error(st: entry.Stored, staleness: float, rcc: dict) -> bool:
+        # RFC 5861 4: only with stale-if-error's permission, the response's or this
+        # request's own (its scope is the request it appears in), and RFC 9111 4.2.4 never
         # against no-cache (5.2.2.4), must-revalidate, proxy-revalidate or s-maxage: those
         # forbid any use without validation, and an entry the cache would need to
         # validate is not made servable by being fresh (negative staleness).
-        return (st.sie > 0 and staleness <= st.sie
-                and not st.flags & (entry.MUST_REVALIDATE | entry.NO_CACHE))
+        if st.flags & (entry.MUST_REVALIDATE | entry.NO_CACHE):
+            return False
+        if st.sie > 0 and staleness <= st.sie:
+            return True
+        if b"stale-if-error" in rcc:
+            allowed = delta_seconds(rcc[b"stale-if-error"])
+            return allowed is not None and staleness <= allowed
+        return False
 
     def uncacheable(self, request, fwd: str, extra: bytes = b"") -> Lookup:
         """The lookup of a request the cache cannot answer (a 504 if it says only-if-cached)."""
@@ -650,7 +657,7 @@ class HttpCache:
         if st is None or not lookup.stale_if_error:
             return None
         age = st.age(now)
-        if not self._may_serve_on_error(st, age - st.lifetime):
+        if not self._may_serve_on_error(st, age - st.lifetime, _request_cc(request)):
             return None
         fwd = b"; fwd=stale; fwd-status=%d" % fwd_status if fwd_status else b"; fwd=stale"
         return self._hit(st, lookup.key, request, age, st.lifetime - age, extra, "stale-if-error",

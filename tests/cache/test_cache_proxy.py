@@ -427,6 +427,30 @@ def test_stale_if_error_serves_stale_when_the_origin_is_down(cache_proxy, origin
     assert "detail=stale-if-error" in status_of(r)
 
 
+@pytest.mark.parametrize("cc, request_sie, served", [
+    ("max-age=1", "60", True),                      # the request's own permission
+    ("max-age=1", "0", False),                      # ... is not enough for 1 s stale
+    ("max-age=1, must-revalidate", "60", False),    # never against must-revalidate
+])
+def test_stale_if_error_in_the_request_serves_stale_when_the_origin_fails(
+        cache_proxy, origin, cc, request_sie, served):
+    # RFC 5861 4: stale-if-error is a request directive too, scoped to that request. Before,
+    # only the response's counted: the client's permission got the origin's 503.
+    name = "rsie-" + request_sie + ("-mr" if "must" in cc else "")
+    t = u(name, cc=cc, etag='"r"')
+    get(cache_proxy, t)
+    time.sleep(1.2)
+    origin.override["/c/" + name] = {"status": "503"}
+    r, body = get(cache_proxy, t, headers={"Cache-Control": "stale-if-error=" + request_sie})
+    if served:
+        assert r.status == 200 and body == f"/c/{name} #1\n".encode()
+        assert "detail=stale-if-error" in status_of(r)
+    else:
+        assert r.status == 503
+    r, _ = get(cache_proxy, t)         # without the directive: the origin's answer
+    assert r.status == 503
+
+
 def test_must_revalidate_forbids_stale_on_error(cache_proxy, origin):
     t = u("mr", cc="max-age=1, must-revalidate, stale-if-error=60")
     get(cache_proxy, t)
