@@ -238,3 +238,40 @@ def test_a_server_listed_twice_in_a_group(tmp_path):
                                  '["http://127.0.0.1:9", "127.0.0.1:9#weight=2"]'))
     for command in ("check", "serve"):
         one_line_naming(run(command, "--config", str(path)), "upstreams.app.servers[1]:")
+
+
+# str.isdigit() is true for "²" and int() takes "٤٤٣" and "4_43": digits a config never
+# means. Each used to be a traceback (exit 1), Python's "invalid literal for int()", or a
+# value silently read as a number.
+NON_ASCII_DIGIT_FLAGS = [
+    (("--mode", "forward", "--connect-ports", "¹"), "--connect-ports ¹:"),
+    (("--mode", "forward", "--connect-ports", "4_43"), "--connect-ports 4_43:"),
+    (("--upstream", "http://127.0.0.1:9", "--workers", "²"), "--workers ²:"),
+    (("--listen", "127.0.0.1:¹", "--upstream", "http://127.0.0.1:9"), "--listen 127.0.0.1:¹:"),
+    (("--upstream", "http://127.0.0.1:¹"), "--upstream http://127.0.0.1:¹:"),
+]
+NON_ASCII_DIGIT_DOCS = [
+    ('[timeouts]\nclient_idle = "٥s"\n' + BASE, "timeouts.client_idle:"),
+    ('[limits]\nmax_body = "١KiB"\n' + BASE, "limits.max_body:"),
+    ('[cache]\nsize = "1０MiB"\n' + BASE, "cache.size:"),
+    ('admin = "127.0.0.1:²"\n' + BASE, "admin:"),
+    (BASE.replace("127.0.0.1:9", "127.0.0.1:9#weight=²"), "upstreams.app.servers[0]:"),
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\nconnect_ports = ["٤٤٣"]\n',
+     "listeners[0]"),
+]
+
+
+@pytest.mark.parametrize("args,key", NON_ASCII_DIGIT_FLAGS, ids=[k for _, k in NON_ASCII_DIGIT_FLAGS])
+def test_non_ascii_digits_in_a_flag(args, key):
+    r = run("check", *args)
+    one_line_naming(r, key)
+    assert "invalid literal" not in r.stderr
+
+
+@pytest.mark.parametrize("text,key", NON_ASCII_DIGIT_DOCS, ids=[k for _, k in NON_ASCII_DIGIT_DOCS])
+def test_non_ascii_digits_in_the_file(tmp_path, text, key):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    r = run("check", "--config", str(path))
+    one_line_naming(r, key)
+    assert "invalid literal" not in r.stderr
