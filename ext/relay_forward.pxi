@@ -15,6 +15,7 @@ cdef bytes X_FORWARDED_FOR = b"x-forwarded-for"
 cdef bytes FWD_MAX_FORWARDS = b"max-forwards"
 cdef frozenset FWD_MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
 cdef tuple FWD_DROP_EXPECT = (b"expect",)
+cdef bytes FWD_OPTIONS = b"OPTIONS"
 
 
 cdef class ForwardRoute:
@@ -167,6 +168,8 @@ cdef class ForwardFast(FastForward):
         if req.method in FWD_MAX_FORWARDS_METHODS and req.has_c(FWD_MAX_FORWARDS):
             return X_CONTINUE
         cdef bytes prefix = _target_prefix(req)
+        if form == 1 and len(prefix) == req._t_len and req.method == FWD_OPTIONS:
+            return X_CONTINUE    # "OPTIONS http://host": the handler sends "*" (RFC 9112 3.2.4)
         cdef ForwardRoute route = self.memo.routes.get((conn.client_ip, prefix, req.method))
         if route is None or route.expires <= _now():
             return X_CONTINUE

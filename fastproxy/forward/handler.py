@@ -168,6 +168,8 @@ class ForwardHandler:
                 path = b""
             elif form == TARGET_ABSOLUTE:
                 scheme, host_b, port, path = split_absolute(req.target)
+                if req.method == b"OPTIONS" and _server_wide(req.target):
+                    path = b"*"
             else:
                 conn.respond_error(400, "a forward proxy needs an absolute URL "
                                         "(http://host/path) or CONNECT host:port")
@@ -380,6 +382,13 @@ class ForwardHandler:
                 self._send(conn, up.pool.connect_host, scheme, host, port, conn.replay, True)
                 return
         answer_failure(conn, status, detail)
+
+
+def _server_wide(target: bytes) -> bool:
+    """True for an absolute-form target with an empty path and no query: RFC 9112 3.2.4
+    says the last proxy MUST send an OPTIONS for it as "OPTIONS *" (the server itself)."""
+    authority = target.partition(b"://")[2]
+    return b"/" not in authority and b"?" not in authority
 
 
 def _host_line(scheme: bytes, host_b: bytes, port: int) -> bytes:
