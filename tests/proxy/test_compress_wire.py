@@ -160,6 +160,27 @@ def decode(coding: str, data: bytes) -> bytes:
     return gzip.decompress(data)
 
 
+def test_access_log_counts_the_bytes_the_client_got(start_proxy, text_origin, tmp_path):
+    # $bytes_sent said the origin's size (30000) for a body sent as a few hundred gzip bytes.
+    import json
+    log = tmp_path / "access.log"
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0", "--upstream",
+                    text_origin, "--compress", "--access-log", str(log), "--log-format", "json")
+    got = []
+    for headers, version in (({"Accept-Encoding": "gzip"}, "1.1"), ({"Accept-Encoding": "br"}, "1.0"),
+                             ({}, "1.1")):
+        status, fields, body = request(p.port, "/?size=30000", headers, version=version)
+        assert status == 200
+        got.append(len(body))
+    assert got[0] < 30000 and got[1] < 30000 and got[2] == 30000
+    deadline = time.monotonic() + 5
+    lines: list = []
+    while time.monotonic() < deadline and len(lines) < 3:
+        lines = log.read_text().splitlines() if log.exists() else []
+        time.sleep(0.05)
+    assert [json.loads(line)["bytes_sent"] for line in lines] == got
+
+
 def test_digests_of_the_identity_bytes_are_dropped(proxy):
     # RFC 9530 2/3 and RFC 3230 4.3.2: each digest covers the bytes before our coding;
     # passed on beside Content-Encoding it fails any client that checks it.
