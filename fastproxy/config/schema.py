@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -181,6 +182,22 @@ def number_range(low: float, high: float) -> Callable[[Any], float]:
         return float(value)
 
     return conv
+
+
+def binds_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """True when the kernel would not bind both addresses: the same port and the same
+    address, or a wildcard (0.0.0.0, ::) of the same family (IPv6 listeners are V6ONLY)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if not port_a or port_a != port_b:
+        return False     # port 0: each bind gets its own port
+    if host_a == host_b:
+        return True
+    try:
+        ip_a, ip_b = ipaddress.ip_address(host_a), ipaddress.ip_address(host_b)
+    except ValueError:
+        return False     # a name: what it resolves to is the bind's business
+    return ip_a.version == ip_b.version and (ip_a == ip_b or ip_a.is_unspecified
+                                             or ip_b.is_unspecified)
 
 
 def is_ascii_number(text: str) -> bool:

@@ -275,3 +275,42 @@ def test_non_ascii_digits_in_the_file(tmp_path, text, key):
     r = run("check", "--config", str(path))
     one_line_naming(r, key)
     assert "invalid literal" not in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("first,second,admin", [
+    ("0.0.0.0", "127.0.0.1", None),     # a wildcard and an address of its family
+    ("[::]", "[::1]", None),
+    ("127.0.0.1", "0.0.0.0", None),
+    ("127.0.0.1", None, "127.0.0.1"),   # the admin on a listener's address
+], ids=["wildcard-first", "ipv6-wildcard", "wildcard-second", "admin"])
+def test_listen_addresses_the_kernel_would_refuse_together(tmp_path, first, second, admin):
+    # check said ok and serve bound the first one, then exited 1 with "Address already in
+    # use": a configuration error found late, with the wrong exit code.
+    port = _free_port()
+    text = f'pidfile = false\nadmin = "{admin}:{port}"\n' if admin else "pidfile = false\n"
+    text += BASE.replace('"127.0.0.1:0"', f'"{first}:{port}"')
+    if second:
+        text += f'[[listeners]]\nlisten = "{second}:{port}"\nmode = "forward"\n'
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    key = "admin:" if admin else "listeners[1].listen:"
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), key)
+
+
+def test_listen_addresses_that_coexist(tmp_path):
+    # IPv6 listeners are V6ONLY: [::] and 0.0.0.0 on one port both bind; port 0 is one each.
+    port = _free_port()
+    path = tmp_path / "c.toml"
+    path.write_text('admin = "127.0.0.1:0"\n' + BASE.replace('"127.0.0.1:0"', f'"[::]:{port}"')
+                    + f'[[listeners]]\nlisten = "0.0.0.0:{port}"\nmode = "forward"\n'
+                    + '[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n'
+                    + '[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n')
+    r = run("check", "--config", str(path))
+    assert r.returncode == 0, r.stderr
