@@ -100,8 +100,19 @@ class AdminServer:
                     writer.write(_response(exc.status, {"error": str(exc)}, False))
                     break
                 if req.body == _http.BODY_CHUNKED:
-                    writer.write(_response(411, {"error": "send a Content-Length body"}, False))
-                    break
+                    # RFC 9112 7.1: every HTTP/1.1 recipient parses chunked (curl -T - sends it).
+                    try:
+                        fits = await _within(_read_chunked(reader, MAX_BODY), t.client_body)
+                    except _http.ParseError as exc:
+                        writer.write(_response(400, {"error": f"bad chunked body: {exc}"}, False))
+                        break
+                    except TimeoutError:
+                        writer.write(_response(408, {"error": "request body timed out"},
+                                               False))
+                        break
+                    if not fits:
+                        writer.write(_response(413, {"error": "request body too large"}, False))
+                        break
                 if req.body == _http.BODY_LENGTH:
                     if req.content_length > MAX_BODY:
                         writer.write(_response(413, {"error": "request body too large"}, False))
@@ -114,7 +125,8 @@ class AdminServer:
                         break
                 status, payload, ctype = await self.route(req)
                 keep = req.keep_alive
-                allow = _ALLOW.get(req.target.partition(b"?")[0]) if status == 405 else None
+                allow = _ALLOW.get(_origin_form(req).partition(b"?")[0]) if status == 405 \
+                    else None
                 writer.write(_response(status, payload, keep, ctype, req.method == b"HEAD",
                                        allow))
                 await _within(writer.drain(), t.client_send)
@@ -128,7 +140,7 @@ class AdminServer:
 
     async def route(self, req) -> tuple[int, object, str]:
         """(status, payload, content type) for one admin request."""
-        path, _, query = req.target.decode("latin-1").partition("?")
+        path, _, query = _origin_form(req).decode("latin-1").partition("?")
         method = req.method
         local = req.get(INTERNAL) is not None
         if path == "/status" or path == "/metrics" or path == "/snapshot":
@@ -220,6 +232,34 @@ class AdminServer:
             _, _, body = data.partition(b"\r\n\r\n")
             return json.loads(body)
         return await asyncio.wait_for(exchange(), 5.0)
+
+
+def _origin_form(req) -> bytes:
+    """req's target as path and query: an absolute-form one ("GET http://host/status",
+    which a server MUST accept, RFC 9112 3.2.2) loses its scheme and authority."""
+    if req.target_form != _http.TARGET_ABSOLUTE:
+        return req.target
+    rest = req.target.partition(b"://")[2]
+    ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+    target = rest[min(ends):] if ends else b""
+    return target if target.startswith(b"/") else b"/" + target
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bool:
+    """Consume a chunked request body (no endpoint reads one); False past `limit` bytes.
+    Line by line, so nothing of a pipelined next request is read; ParseError if bad."""
+    decoder = _http.ChunkedDecoder()
+    total = 0
+    while not decoder.done:
+        try:
+            piece = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            return False
+        total += len(piece)
+        if total > limit:
+            return False
+        decoder.feed(piece)
+    return True
 
 
 async def _within(aw, seconds: float):
