@@ -430,9 +430,11 @@ def render_metrics(snap: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# Every status the admin writes (the parser's refusals included: 414, 501, 505).
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            411: b"Length Required", 413: b"Content Too Large",
-            431: b"Request Header Fields Too Large"}
+            408: b"Request Timeout", 411: b"Length Required", 413: b"Content Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
 
 
 # RFC 9110 15.5.6: a 405 lists the methods the resource answers.

@@ -46,3 +46,14 @@ def test_chunked_request_bodies(run_proxy, origin):
                           "-T", "-", f"http://127.0.0.1:{p.admin_port()}/cache/purge?url=x"],
                          input=b"", capture_output=True, timeout=10)
     assert out.stdout != b"411", out
+
+
+def test_status_lines_name_their_status(run_proxy, origin):
+    # A 505 (and a 408) said "505 Error".
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    for request, line in ((b"GET /status HTTP/2.0\r\n\r\n", b"HTTP/1.1 505 HTTP Version Not Supported\r\n"),
+                          (b"GET /status HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+                           b"HTTP/1.1 431 Request Header Fields Too Large\r\n")):
+        with Conn(p.admin_port()) as c:
+            c.send(request)
+            assert c.read_all().startswith(line)
