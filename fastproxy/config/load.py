@@ -456,6 +456,11 @@ def _forward_settings(table: _Table) -> ForwardSettings | None:
     return None
 
 
+def listener_label(name: str, index: int) -> str:
+    """The listener's name in /status, metrics and the access log: its own or listenerN."""
+    return name or f"listener{index}"
+
+
 def _listen_address(value: Any) -> tuple[str, int]:
     """A listener's (host, port): the host must be an address or a name that resolves."""
     host, port = parse_address(value)
@@ -652,6 +657,14 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
             lt.problem("listen", f"{listener.address} is also used by listeners[{other}]"
                        + ("" if listeners[other][1].address == listener.address
                           else f" ({listeners[other][1].address})"))
+    # The name keys the listener in /status and labels its metrics: two alike would be
+    # shown as one (the last), their histograms summed.
+    labels = [listener_label(lst.name, i) for i, (_, lst) in enumerate(listeners)]
+    for i, (lt, listener) in enumerate(listeners):
+        if labels[i] in labels[:i]:
+            j = labels.index(labels[i])
+            named, other = (lt, j) if listener.name else (listeners[j][0], i)
+            named.problem("name", f"{labels[i]!r} also names listeners[{other}]")
     if admin is not None:
         other = next((j for j, (_, lst) in enumerate(listeners)
                       if binds_overlap((lst.host, lst.port), admin)), None)

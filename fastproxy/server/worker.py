@@ -30,7 +30,7 @@ from fastproxy.accesslog import AccessLog
 from fastproxy.cache.layer import CacheLayer, WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
-                                   format_address, show_size)
+                                   format_address, listener_label, show_size)
 from fastproxy._relay import (Accepting, ClientConnection, ConnectionPool, ListenerSettings,
                               Counters)
 from fastproxy._tls import Terminating
@@ -133,7 +133,7 @@ class ListenerRuntime:
         # and no per-request Python call (it costs ~10% of a relayed request).
         self.access_log: Any = rt.access_log
         if rt.config.admin is not None:
-            self.access_log = Recorder(rt.stats, lcfg.name or f"listener{index}",
+            self.access_log = Recorder(rt.stats, listener_label(lcfg.name, index),
                                        rt.access_log)
         self.connections = connections
         self.draining = False

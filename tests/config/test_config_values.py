@@ -314,3 +314,20 @@ def test_listen_addresses_that_coexist(tmp_path):
                     + '[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n')
     r = run("check", "--config", str(path))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("first,second,key", [
+    ('name = "x"\n', 'name = "x"\n', "listeners[1].name: 'x' also names listeners[0]"),
+    ("", 'name = "listener0"\n', "listeners[1].name: 'listener0' also names listeners[0]"),
+    ('name = "listener1"\n', "", "listeners[0].name: 'listener1' also names listeners[1]"),
+], ids=["same-name", "second-takes-the-default", "first-takes-the-default"])
+def test_two_listeners_with_one_name(tmp_path, first, second, key):
+    # The name keys /status's listeners and labels the metrics: two alike were shown as
+    # one (the last) and their request histograms summed.
+    text = ("pidfile = false\n[upstreams.app]\nservers = [\"http://127.0.0.1:9\"]\n"
+            f'[[listeners]]\n{first}listen = "127.0.0.1:0"\nupstream = "app"\n'
+            f'[[listeners]]\n{second}listen = "127.0.0.1:0"\nmode = "forward"\n')
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), key)
