@@ -311,14 +311,15 @@ class Master:
         except Exception as exc:  # never let a bad file take the running proxy down
             self.log(f"reload refused: {exc.__class__.__name__}: {exc}")
             return
-        # Workers started later must start from the reloaded file too (the workers
-        # themselves log whether the reload took).
-        self._tell_workers(signal.SIGHUP)
         old = self.config
         if len(new.listeners) != len(old.listeners) or any(
                 (a.host, a.mode, a.tls_cert) != (b.host, b.mode, b.tls_cert)
                 or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
+            self.log("reload refused: listener addresses or modes changed; restart to apply them")
             return
+        # Workers started later must start from the reloaded file too (the workers
+        # themselves log whether the reload took).
+        self._tell_workers(signal.SIGHUP)
         if (new.admin is None) != (old.admin is None) or (
                 new.admin is not None and (new.admin[0] != old.admin[0]
                                            or new.admin[1] not in (0, old.admin[1]))):

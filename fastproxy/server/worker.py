@@ -356,7 +356,7 @@ class Worker:
             if cache is not self.cache and cache is not None:
                 cache.retire()
             self.loop.create_task(new_rt.aclose())
-            log("reload: listener addresses or modes changed; restart to apply them")
+            log("reload refused: listener addresses or modes changed; restart to apply them")
             return False
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):

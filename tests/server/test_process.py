@@ -411,6 +411,16 @@ servers = ["{origin.url}"]
     refused = [x for x in proxy.stderr_lines if "reload refused" in x]
     assert refused == [f"fastproxy[{master}]: reload refused: timeouts.client_idle: "
                        f"expected a duration like \"5s\", got '5x'"], refused
+    # A listener that moved needs a restart: said once too, by the master.
+    conf.write_text(good.replace("127.0.0.1:0", "127.0.0.1:1"))
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while len(proxy.stderr_lines) < 1 + len(refused) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    moved = [x for x in proxy.stderr_lines if "restart to apply" in x]
+    assert moved == [f"fastproxy[{master}]: reload refused: listener addresses or modes "
+                     "changed; restart to apply them"], moved
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.sendall(b"GET /size/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         s.settimeout(5)
