@@ -31,6 +31,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from fastproxy import _http
+from fastproxy._relay import date_line
 from fastproxy.admin.page import render_page
 from fastproxy.admin.view import WorkerView
 from fastproxy.cache import cache_key
@@ -453,6 +454,7 @@ def _response(status: int, payload, keep: bool, ctype: str = "application/json",
     if allow:
         extra += b"Allow: " + allow + b"\r\n"
     head = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            b"Cache-Control: no-store\r\n%s\r\n"
-            % (status, _REASONS.get(status, b"Error"), ctype.encode(), len(body), extra))
+            b"Cache-Control: no-store\r\n%s%s\r\n"
+            % (status, _REASONS.get(status, b"Error"), ctype.encode(), len(body), date_line(),
+               extra))
     return head if head_only else head + body
