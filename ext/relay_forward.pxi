@@ -192,9 +192,10 @@ cdef class ForwardFast(FastForward):
         cdef int version = req.version
         cdef tuple drop = route.drop
         cdef bytes extra
-        if drop is None or (route.no_xff and req.has_c(X_FORWARDED_FOR)):
+        if drop is None or version == 20 or (route.no_xff and req.has_c(X_FORWARDED_FOR)):
             # The anonymity plan reads the request (elite; transparent with an
-            # X-Forwarded-For to append to): ask it.
+            # X-Forwarded-For to append to; an HTTP/2 stream, whose Via says "2" where the
+            # route keeps only the 1.0 and 1.1 lines): ask it.
             drop, extra = self.anonymizer.plan(req, conn.client_ip, route.host)
             drop = drop + self.drop_always
             extra = extra + route.host_line

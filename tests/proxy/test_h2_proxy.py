@@ -487,6 +487,13 @@ def test_via_names_the_received_protocol_2(reverse_proxy, start_proxy, origin):
                     "--allow-private")
     c = Client(p.port)
     try:
+        # Twice: the second comes from the memoised admission (the compiled forward path,
+        # which said "1.0" for an HTTP/2 stream), then once more after an HTTP/1.1 one.
+        for _ in range(2):
+            status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
+            assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
+        out = _curl("--http1.1", "-x", f"http://127.0.0.1:{p.port}", f"{origin.url}/echo")
+        assert _via(json.loads(out.stdout)) == ["1.1 fastproxy"]
         status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
         assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
     finally:
