@@ -426,9 +426,15 @@ class Worker:
         deadline = time.monotonic() + self.config.timeouts.drain
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        cut = [conn for conn in self.connections if conn.transport is not None]
+        if cut:
+            # Said, so that an operator knows the stop cut requests short (their clients
+            # saw a close, or a truncated response).
+            errorlog.event("warning", "drain.cut", f"drain: {len(cut)} connection(s) still "
+                           f"open after {self.config.timeouts.drain:g}s; closed",
+                           connections=len(cut))
+        for conn in cut:
+            conn.transport.abort()
         old, self.old_runtimes = self.old_runtimes, []
         for rt in [self.runtime, *old]:
             await rt.aclose()
