@@ -49,9 +49,7 @@ def max_forwards(conn, req) -> tuple[tuple[bytes, ...], bytes] | None:
     if value > 0:
         return DROP_MAX_FORWARDS, b"Max-Forwards: %d\r\n" % (value - 1)
     if req.method == b"OPTIONS":
-        head = (b"HTTP/1.1 200 OK\r\nAllow: " + ALLOW + b"\r\nContent-Length: 0\r\n" + date_line() +
-                (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
-        conn.respond(head, 200, 0)
+        answer_options(conn)
         return None
     # TRACE with Max-Forwards: 0 is for us: echo the request as received (9.3.8).
     lines = [req.head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]]
@@ -61,6 +59,13 @@ def max_forwards(conn, req) -> tuple[tuple[bytes, ...], bytes] | None:
             % len(body) + date_line() + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
     conn.respond(head + body, 200, len(body))
     return None
+
+
+def answer_options(conn) -> None:
+    """Answer an OPTIONS meant for the proxy itself: 200 with the methods it relays."""
+    head = (b"HTTP/1.1 200 OK\r\nAllow: " + ALLOW + b"\r\nContent-Length: 0\r\n" + date_line()
+            + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
+    conn.respond(head, 200, 0)
 
 
 def max_forwards_plan(req) -> tuple[tuple[bytes, ...], bytes]:

@@ -271,6 +271,16 @@ def test_origin_form_is_400(forward):
     assert r.status == 400
 
 
+def test_options_asterisk_is_answered_by_the_proxy(forward):
+    # RFC 9110 9.3.7: "OPTIONS *" asks the server in general, here the proxy; it was a 400
+    # ("a forward proxy needs an absolute URL"), as if the request were malformed.
+    p = forward("allow_private = true")
+    r = request(p.port, crlf(f"OPTIONS * HTTP/1.1\nHost: 127.0.0.1:{p.port}\n\n"))
+    assert r.status == 200 and b"CONNECT" in r.getheader("Allow").encode()
+    r = request(p.port, crlf("GET * HTTP/1.1\nHost: x\n\n"))
+    assert r.status == 400
+
+
 def test_options_to_an_empty_path_is_sent_as_asterisk(forward, origin):
     # RFC 9112 3.2.4: "OPTIONS http://host:port HTTP/1.1" (empty path, no query) asks the
     # server itself; the last proxy MUST send it as "OPTIONS * HTTP/1.1". It went as "/".
