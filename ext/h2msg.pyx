@@ -320,7 +320,9 @@ cdef bytes h2_request_head(list headers, bint body, bint absolute):
     if _eq(method, "CONNECT", 7):
         target = authority
     elif absolute:
-        target = scheme + b"://" + authority + path
+        # ":path *" (server-wide OPTIONS, RFC 9113 8.3.1) is an absolute form without a
+        # path (RFC 9112 3.2.4); the forward handler sends it on as "OPTIONS *".
+        target = scheme + b"://" + authority + (b"" if _eq(path, "*", 1) else path)
     else:
         target = path
     if target is None:

@@ -343,6 +343,7 @@ cdef class ClientConnection:
 
     cdef _framed(self, out):
         if out:
+            self.sent += len(out)   # what the client gets (compressed), not the origin's size
             if self.filter_chunked:
                 self.transport.writelines((chunk_header(len(out)), out, CRLF))
             else:

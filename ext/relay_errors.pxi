@@ -1,5 +1,6 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
-# Answers the proxy writes itself: errors with a short reason, and the interim 100.
+# Answers the proxy writes itself: errors with a short reason, and the interim 100; each
+# carries a Date (RFC 9110 6.6.1).
 # The one definition (fastproxy.proxy.errors re-exports it for the Python layer).
 
 REASONS = {
@@ -28,5 +29,11 @@ cpdef bytes error_response(int status, str detail, bint close=True, bytes extra=
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
-    ).encode() + extra + (b"Connection: close\r\n\r\n" if close else b"\r\n")
+    ).encode() + _date_line() + extra + (b"Connection: close\r\n\r\n" if close else b"\r\n")
     return head if head_only else head + body
+
+
+def date_line() -> bytes:
+    """`Date: <IMF-fixdate>\\r\\n` for now (RFC 9110 6.6.1: a server's own 2xx, 3xx and 4xx
+    answers MUST carry one), formatted once per second for every caller."""
+    return _date_line()

@@ -15,6 +15,7 @@ cdef bytes X_FORWARDED_FOR = b"x-forwarded-for"
 cdef bytes FWD_MAX_FORWARDS = b"max-forwards"
 cdef frozenset FWD_MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
 cdef tuple FWD_DROP_EXPECT = (b"expect",)
+cdef bytes FWD_OPTIONS = b"OPTIONS"
 
 
 cdef class ForwardRoute:
@@ -167,6 +168,8 @@ cdef class ForwardFast(FastForward):
         if req.method in FWD_MAX_FORWARDS_METHODS and req.has_c(FWD_MAX_FORWARDS):
             return X_CONTINUE
         cdef bytes prefix = _target_prefix(req)
+        if form == 1 and len(prefix) == req._t_len and req.method == FWD_OPTIONS:
+            return X_CONTINUE    # "OPTIONS http://host": the handler sends "*" (RFC 9112 3.2.4)
         cdef ForwardRoute route = self.memo.routes.get((conn.client_ip, prefix, req.method))
         if route is None or route.expires <= _now():
             return X_CONTINUE
@@ -189,9 +192,10 @@ cdef class ForwardFast(FastForward):
         cdef int version = req.version
         cdef tuple drop = route.drop
         cdef bytes extra
-        if drop is None or (route.no_xff and req.has_c(X_FORWARDED_FOR)):
+        if drop is None or version == 20 or (route.no_xff and req.has_c(X_FORWARDED_FOR)):
             # The anonymity plan reads the request (elite; transparent with an
-            # X-Forwarded-For to append to): ask it.
+            # X-Forwarded-For to append to; an HTTP/2 stream, whose Via says "2" where the
+            # route keeps only the 1.0 and 1.1 lines): ask it.
             drop, extra = self.anonymizer.plan(req, conn.client_ip, route.host)
             drop = drop + self.drop_always
             extra = extra + route.host_line

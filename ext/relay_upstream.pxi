@@ -493,7 +493,8 @@ cdef class UpstreamConnection:
         return CRLF.join(out)
 
     cdef _filtered(self, data, Py_ssize_t pos):
-        """Body bytes of a filtered response: unframe, feed the filter, flush when drained."""
+        """Body bytes of a filtered response: unframe, feed the filter, flush when drained.
+        client.sent counts the filter's output (ClientConnection._framed), not this input."""
         cdef ClientConnection client = self.client
         cdef int mode = self.mode
         cdef Py_ssize_t n
@@ -509,7 +510,6 @@ cdef class UpstreamConnection:
                 if n:
                     piece = _piece(data, pos, n)
                     self.left -= n
-                    client.sent += n
                     if observer is not None:
                         observer.response_body(piece)
                     client.send_body(piece)
@@ -521,7 +521,6 @@ cdef class UpstreamConnection:
                 except ParseError as exc:
                     self._broken(f"bad chunked body from {self.server.name}: {exc.code}")
                     return
-                client.sent += n
                 for p in out:
                     piece = bytes(p)
                     if observer is not None:
@@ -535,7 +534,6 @@ cdef class UpstreamConnection:
                 n = len(data) - pos
                 if n:
                     piece = _piece(data, pos, n)
-                    client.sent += n
                     if observer is not None:
                         observer.response_body(piece)
                     client.send_body(piece)

@@ -19,6 +19,9 @@ CONTINUE_100: bytes
 STOP: int        # a request step answered, or carries the request on itself
 CONTINUE: int    # the next step decides
 
+def date_line() -> bytes:
+    """`Date: <IMF-fixdate>\\r\\n` for now, formatted once per second."""
+
 def error_response(status: int, detail: str, close: bool = ..., extra: bytes = ...,
                    head_only: bool = ...) -> bytes:
     """A complete HTTP/1.1 error response with a one-line text/plain body naming the reason."""

@@ -16,6 +16,7 @@ from typing import NoReturn
 from fastproxy import __version__
 from fastproxy.config import load as cfgmod
 from fastproxy.config.load import ConfigError
+from fastproxy.config.schema import is_ascii_number
 
 EXIT_BAD_INPUT = 2
 
@@ -175,7 +176,7 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
     if args.self_url is not None:
         doc.setdefault("cluster", {})["self"] = args.self_url
     if args.workers is not None:
-        doc["workers"] = int(args.workers) if args.workers.isdigit() else args.workers
+        doc["workers"] = int(args.workers) if is_ascii_number(args.workers) else args.workers
     if args.reuseport_balance is not None:
         doc["reuseport_balance"] = args.reuseport_balance
     if args.admin is not None:
@@ -203,7 +204,7 @@ def document_from_args(args: argparse.Namespace) -> tuple[dict, str]:
             ports = []
             for part in args.connect_ports.split(","):
                 part = part.strip()
-                ports.append(int(part) if part.isdigit() else part)
+                ports.append(int(part) if is_ascii_number(part) else part)
             lst["connect_ports"] = ports
     if args.tls_cert or args.tls_key:
         if not args.tls_cert or not args.tls_key:

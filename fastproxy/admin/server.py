@@ -31,6 +31,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from fastproxy import _http
+from fastproxy._relay import date_line
 from fastproxy.admin.page import render_page
 from fastproxy.admin.view import WorkerView
 from fastproxy.cache import cache_key
@@ -100,8 +101,19 @@ class AdminServer:
                     writer.write(_response(exc.status, {"error": str(exc)}, False))
                     break
                 if req.body == _http.BODY_CHUNKED:
-                    writer.write(_response(411, {"error": "send a Content-Length body"}, False))
-                    break
+                    # RFC 9112 7.1: every HTTP/1.1 recipient parses chunked (curl -T - sends it).
+                    try:
+                        fits = await _within(_read_chunked(reader, MAX_BODY), t.client_body)
+                    except _http.ParseError as exc:
+                        writer.write(_response(400, {"error": f"bad chunked body: {exc}"}, False))
+                        break
+                    except TimeoutError:
+                        writer.write(_response(408, {"error": "request body timed out"},
+                                               False))
+                        break
+                    if not fits:
+                        writer.write(_response(413, {"error": "request body too large"}, False))
+                        break
                 if req.body == _http.BODY_LENGTH:
                     if req.content_length > MAX_BODY:
                         writer.write(_response(413, {"error": "request body too large"}, False))
@@ -114,7 +126,8 @@ class AdminServer:
                         break
                 status, payload, ctype = await self.route(req)
                 keep = req.keep_alive
-                allow = _ALLOW.get(req.target.partition(b"?")[0]) if status == 405 else None
+                allow = _ALLOW.get(_origin_form(req).partition(b"?")[0]) if status == 405 \
+                    else None
                 writer.write(_response(status, payload, keep, ctype, req.method == b"HEAD",
                                        allow))
                 await _within(writer.drain(), t.client_send)
@@ -128,7 +141,7 @@ class AdminServer:
 
     async def route(self, req) -> tuple[int, object, str]:
         """(status, payload, content type) for one admin request."""
-        path, _, query = req.target.decode("latin-1").partition("?")
+        path, _, query = _origin_form(req).decode("latin-1").partition("?")
         method = req.method
         local = req.get(INTERNAL) is not None
         if path == "/status" or path == "/metrics" or path == "/snapshot":
@@ -220,6 +233,34 @@ class AdminServer:
             _, _, body = data.partition(b"\r\n\r\n")
             return json.loads(body)
         return await asyncio.wait_for(exchange(), 5.0)
+
+
+def _origin_form(req) -> bytes:
+    """req's target as path and query: an absolute-form one ("GET http://host/status",
+    which a server MUST accept, RFC 9112 3.2.2) loses its scheme and authority."""
+    if req.target_form != _http.TARGET_ABSOLUTE:
+        return req.target
+    rest = req.target.partition(b"://")[2]
+    ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+    target = rest[min(ends):] if ends else b""
+    return target if target.startswith(b"/") else b"/" + target
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bool:
+    """Consume a chunked request body (no endpoint reads one); False past `limit` bytes.
+    Line by line, so nothing of a pipelined next request is read; ParseError if bad."""
+    decoder = _http.ChunkedDecoder()
+    total = 0
+    while not decoder.done:
+        try:
+            piece = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            return False
+        total += len(piece)
+        if total > limit:
+            return False
+        decoder.feed(piece)
+    return True
 
 
 async def _within(aw, seconds: float):
@@ -390,9 +431,11 @@ def render_metrics(snap: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# Every status the admin writes (the parser's refusals included: 414, 501, 505).
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            411: b"Length Required", 413: b"Content Too Large",
-            431: b"Request Header Fields Too Large"}
+            408: b"Request Timeout", 411: b"Length Required", 413: b"Content Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
 
 
 # RFC 9110 15.5.6: a 405 lists the methods the resource answers.
@@ -411,6 +454,7 @@ def _response(status: int, payload, keep: bool, ctype: str = "application/json",
     if allow:
         extra += b"Allow: " + allow + b"\r\n"
     head = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-            b"Cache-Control: no-store\r\n%s\r\n"
-            % (status, _REASONS.get(status, b"Error"), ctype.encode(), len(body), extra))
+            b"Cache-Control: no-store\r\n%s%s\r\n"
+            % (status, _REASONS.get(status, b"Error"), ctype.encode(), len(body), date_line(),
+               extra))
     return head if head_only else head + body

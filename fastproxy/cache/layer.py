@@ -49,7 +49,7 @@ import time
 
 from fastproxy import _http
 from fastproxy._hitpath import FreshHits
-from fastproxy._relay import STATE_CLOSED
+from fastproxy._relay import STATE_CLOSED, date_line
 from fastproxy.addresses import client_key
 from fastproxy.cache import GATEWAY_TIMEOUT, HIT, STALE, cache_key
 from fastproxy.cache.policy import SAFE_METHODS, Decision
@@ -474,7 +474,7 @@ class CacheLayer:
         body = b'{"purged": %d}\n' % n
         status = 200 if n else 404
         head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                % (status, b"OK" if n else b"Not Found", len(body))
+                % (status, b"OK" if n else b"Not Found", len(body)) + date_line()
                 + self.extra(conn, req) + status_line + b"\r\n")
         conn.respond([head, body] if not conn.head_request else [head], status,
                      0 if conn.head_request else len(body))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from fastproxy.accesslog import log_format
 from fastproxy.errorlog import FORMATS as ERROR_LOG_FORMATS
 from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature modules import them here)
+    binds_overlap,
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
     ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile,
     explain_unknown, format_address, unknown_key,
@@ -455,6 +456,11 @@ def _forward_settings(table: _Table) -> ForwardSettings | None:
     return None
 
 
+def listener_label(name: str, index: int) -> str:
+    """The listener's name in /status, metrics and the access log: its own or listenerN."""
+    return name or f"listener{index}"
+
+
 def _listen_address(value: Any) -> tuple[str, int]:
     """A listener's (host, port): the host must be an address or a name that resolves."""
     host, port = parse_address(value)
@@ -641,13 +647,30 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
                         lt.problem(key, f"a tcp listener needs tcp:// servers in {name!r}")
         elif listener.mode == "forward" and listener.routes:
             lt.problem("routes", "routes apply to reverse listeners only")
-    seen_addr: dict[tuple[str, int], int] = {}
+    # Caught here, not at bind time (exit 1 after the first listener came up, and check
+    # said ok): the same address twice, a wildcard beside an address, the admin on one.
     for i, (lt, listener) in enumerate(listeners):
         where = (listener.host, listener.port)
-        if listener.port and where in seen_addr:
-            lt.problem("listen", f"{listener.address} is also used by "
-                                 f"listeners[{seen_addr[where]}]")
-        seen_addr[where] = i
+        other = next((j for j, (_, earlier) in enumerate(listeners[:i])
+                      if binds_overlap((earlier.host, earlier.port), where)), None)
+        if other is not None:
+            lt.problem("listen", f"{listener.address} is also used by listeners[{other}]"
+                       + ("" if listeners[other][1].address == listener.address
+                          else f" ({listeners[other][1].address})"))
+    # The name keys the listener in /status and labels its metrics: two alike would be
+    # shown as one (the last), their histograms summed.
+    labels = [listener_label(lst.name, i) for i, (_, lst) in enumerate(listeners)]
+    for i, (lt, listener) in enumerate(listeners):
+        if labels[i] in labels[:i]:
+            j = labels.index(labels[i])
+            named, other = (lt, j) if listener.name else (listeners[j][0], i)
+            named.problem("name", f"{labels[i]!r} also names listeners[{other}]")
+    if admin is not None:
+        other = next((j for j, (_, lst) in enumerate(listeners)
+                      if binds_overlap((lst.host, lst.port), admin)), None)
+        if other is not None:
+            top.problem("admin", f"{admin[0]}:{admin[1]} is also used by listeners[{other}] "
+                                 f"({listeners[other][1].address})")
 
     if problems:
         raise ConfigError([explain_unknown(p) for p in problems])

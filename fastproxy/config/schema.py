@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -71,7 +72,8 @@ def explain_unknown(problem: str) -> str:
 # Value parsers. Each takes the raw value and returns the parsed one or raises
 # ValueError with the text that follows "key: ".
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# re.ASCII: \d would take any Unicode digit ("٥s", "1０MiB"), which no one means in a config.
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # The longest duration any setting takes: timers far beyond it are mistakes, and a bound
 # keeps every value a finite float that the event loop's timers accept.
@@ -94,7 +96,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 # The largest size any setting takes (fits a C long long with room to add to it).
 MAX_SIZE = 1 << 50
@@ -182,6 +184,27 @@ def number_range(low: float, high: float) -> Callable[[Any], float]:
     return conv
 
 
+def binds_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """True when the kernel would not bind both addresses: the same port and the same
+    address, or a wildcard (0.0.0.0, ::) of the same family (IPv6 listeners are V6ONLY)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if not port_a or port_a != port_b:
+        return False     # port 0: each bind gets its own port
+    if host_a == host_b:
+        return True
+    try:
+        ip_a, ip_b = ipaddress.ip_address(host_a), ipaddress.ip_address(host_b)
+    except ValueError:
+        return False     # a name: what it resolves to is the bind's business
+    return ip_a.version == ip_b.version and (ip_a == ip_b or ip_a.is_unspecified
+                                             or ip_b.is_unspecified)
+
+
+def is_ascii_number(text: str) -> bool:
+    """True for a non-empty run of ASCII digits (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """(host, port) from "host:port", "[::1]:port", ":port" or "port"."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -201,7 +224,7 @@ def parse_address(value: Any, default_host: str = "127.0.0.1") -> tuple[str, int
         host = host or default_host
     else:
         host, port_s = default_host, text
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+    if not is_ascii_number(port_s) or not 0 <= int(port_s) <= 65535:
         raise ValueError(f"expected a port number 0-65535 in {value!r}")
     return host, int(port_s)
 
@@ -326,7 +349,7 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
         text, _, frag = text.partition("#")
         for part in frag.split(","):
             k, _, v = part.partition("=")
-            if k.strip() != "weight" or not v.strip().isdigit() or not 0 < int(v) <= 10000:
+            if k.strip() != "weight" or not is_ascii_number(v.strip()) or not 0 < int(v) <= 10000:
                 raise ValueError(f'expected "#weight=N" (N 1-10000) in {value!r}')
             weight = int(v)
     scheme = default_scheme

@@ -72,7 +72,7 @@ from typing import Iterable
 from fastproxy.addresses import (
     DEFAULT_CLIENT_NETS, SPECIAL_SET, CidrSet, address_key, client_key, special_range, within_special)
 from fastproxy.forward.resolver import HostError, is_ip_literal, normalize_host
-from fastproxy.config.schema import dataclass_from_table
+from fastproxy.config.schema import dataclass_from_table, is_ascii_number
 
 __all__ = [
     "AclRule", "AclConfig", "Acl", "Decision", "HostPatterns", "CidrSet", "PortSet",
@@ -169,12 +169,12 @@ def _port_range(item, where: str) -> tuple[int, int]:
         text = item.strip()
         if text == "*":
             return 1, 65535
-        lo_s, sep, hi_s = text.partition("-")
-        try:
-            lo = int(lo_s)
-            hi = int(hi_s) if sep else lo
-        except ValueError:
-            raise ValueError(f"{where}: expected a port or \"a-b\", got {item!r}") from None
+        lo_s, sep, hi_s = (part.strip() for part in text.partition("-"))
+        # int() alone would take "٤٤٣", "4_43" and "+443".
+        if not is_ascii_number(lo_s) or (sep and not is_ascii_number(hi_s)):
+            raise ValueError(f"{where}: expected a port or \"a-b\", got {item!r}")
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
     else:
         raise ValueError(f"{where}: expected a port or \"a-b\", got {item!r}")
     if not 1 <= lo <= hi <= 65535:

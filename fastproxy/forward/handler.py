@@ -33,8 +33,8 @@ from fastproxy.forward.acl import Acl
 from fastproxy.forward.anonymity import Anonymizer
 from fastproxy.forward.auth import Authenticator
 from fastproxy.upstream.settings import UpstreamGroupConfig
-from fastproxy.proxy.intermediary import (answer_failure, max_forwards, max_forwards_plan,
-                                          upgrade_plan)
+from fastproxy.proxy.intermediary import (answer_failure, answer_options, max_forwards,
+                                          max_forwards_plan, upgrade_plan)
 from fastproxy.limits import RateLimits
 from fastproxy.forward.resolver import HostError, ResolveError, Resolver, normalize_host
 from fastproxy.upstream.group import Server
@@ -42,6 +42,7 @@ from fastproxy.upstream.group import Server
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
 TARGET_AUTHORITY = _http.TARGET_AUTHORITY
+TARGET_ASTERISK = _http.TARGET_ASTERISK
 split_absolute = _http.split_absolute
 split_authority = _http.split_authority
 
@@ -168,6 +169,13 @@ class ForwardHandler:
                 path = b""
             elif form == TARGET_ABSOLUTE:
                 scheme, host_b, port, path = split_absolute(req.target)
+                if req.method == b"OPTIONS" and _server_wide(req.target):
+                    path = b"*"
+            elif form == TARGET_ASTERISK and req.method == b"OPTIONS":
+                # "OPTIONS *" asks the server itself (RFC 9110 9.3.7), here the proxy: a
+                # valid request, not a malformed one.
+                answer_options(conn)
+                return
             else:
                 conn.respond_error(400, "a forward proxy needs an absolute URL "
                                         "(http://host/path) or CONNECT host:port")
@@ -380,6 +388,13 @@ class ForwardHandler:
                 self._send(conn, up.pool.connect_host, scheme, host, port, conn.replay, True)
                 return
         answer_failure(conn, status, detail)
+
+
+def _server_wide(target: bytes) -> bool:
+    """True for an absolute-form target with an empty path and no query: RFC 9112 3.2.4
+    says the last proxy MUST send an OPTIONS for it as "OPTIONS *" (the server itself)."""
+    authority = target.partition(b"://")[2]
+    return b"/" not in authority and b"?" not in authority
 
 
 def _host_line(scheme: bytes, host_b: bytes, port: int) -> bytes:

@@ -41,9 +41,10 @@ except ImportError:  # pragma: no cover - isal ships wheels for the platforms we
 # for more than one slice of compression work (tens of microseconds at these levels).
 SLICE = 64 * 1024
 # Headers the filter replaces or drops in an encoded response: framing (the relay frames
-# the new body), ranges (they would address the identity bytes) and digests of those bytes.
-_DROP = frozenset((b"content-length", b"transfer-encoding", b"accept-ranges",
-                   b"content-md5", b"content-digest", b"repr-digest", b"etag", b"vary"))
+# the new body), ranges (they would address the identity bytes) and digests of those bytes
+# (RFC 3230's Digest, obsoleted by RFC 9530 but still sent, covers the content-coded instance).
+_DROP = frozenset((b"content-length", b"transfer-encoding", b"accept-ranges", b"content-md5",
+                   b"digest", b"content-digest", b"repr-digest", b"etag", b"vary"))
 _NO_BODY_STATUS = frozenset((204, 304))
 _UNSET = object()
 

@@ -16,7 +16,7 @@ that no route or rule of the listener ever saw.
 """
 from __future__ import annotations
 
-from fastproxy._relay import PAUSE_CONNECTING
+from fastproxy._relay import PAUSE_CONNECTING, date_line
 
 MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
 DROP_MAX_FORWARDS = (b"max-forwards",)
@@ -49,18 +49,23 @@ def max_forwards(conn, req) -> tuple[tuple[bytes, ...], bytes] | None:
     if value > 0:
         return DROP_MAX_FORWARDS, b"Max-Forwards: %d\r\n" % (value - 1)
     if req.method == b"OPTIONS":
-        head = (b"HTTP/1.1 200 OK\r\nAllow: " + ALLOW + b"\r\nContent-Length: 0\r\n" +
-                (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
-        conn.respond(head, 200, 0)
+        answer_options(conn)
         return None
     # TRACE with Max-Forwards: 0 is for us: echo the request as received (9.3.8).
     lines = [req.head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]]
     lines += [n + b": " + v for n, v in req.headers() if n.lower() not in _TRACE_HIDDEN]
     body = b"\r\n".join(lines) + b"\r\n\r\n"
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: %d\r\n"
-            % len(body) + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
+            % len(body) + date_line() + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
     conn.respond(head + body, 200, len(body))
     return None
+
+
+def answer_options(conn) -> None:
+    """Answer an OPTIONS meant for the proxy itself: 200 with the methods it relays."""
+    head = (b"HTTP/1.1 200 OK\r\nAllow: " + ALLOW + b"\r\nContent-Length: 0\r\n" + date_line()
+            + (b"" if conn.keep_alive else b"Connection: close\r\n") + b"\r\n")
+    conn.respond(head, 200, 0)
 
 
 def max_forwards_plan(req) -> tuple[tuple[bytes, ...], bytes]:

@@ -14,7 +14,7 @@ import os
 from fastproxy import _http
 from fastproxy._relay import (CLIENT_CLAIMS, CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP,
                               FastForward)
-from fastproxy.proxy.errors import REASONS
+from fastproxy.proxy.errors import REASONS, date_line
 from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_plan, via_lines
 from fastproxy.proxy.router import normalise_host, render
 from fastproxy.cache.peers import HOP
@@ -65,7 +65,7 @@ def _fixed_answer(conn, req, route, host: bytes | None, path: bytes, proto: byte
     if content and not content.endswith(b"\n"):
         content += b"\n"
     keep = conn.keep_alive and conn.body_done
-    head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())
+    head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode()) + date_line()
     if location is not None:
         head += b"Location: " + render(location, values) + CRLF
     if content:

@@ -6,7 +6,7 @@ import signal
 
 from fastproxy import __version__
 from fastproxy._tls import counts as tls_counts
-from fastproxy.config.load import ConfigError, format_address
+from fastproxy.config.load import ConfigError, format_address, listener_label
 
 
 def server_state(server, ejected: bool, draining: bool) -> str:
@@ -70,7 +70,7 @@ class AdminView:
             "started": w.started,
             "version": __version__,
             "workers": 1,
-            "listeners": {lc.name or f"listener{i}": {
+            "listeners": {listener_label(lc.name, i): {
                 "address": format_address(lc.host, port), "mode": lc.mode}
                 for i, (lc, port) in enumerate(w.bound)},
             "connections": len(w.connections),

@@ -19,6 +19,7 @@ import signal
 import time
 from dataclasses import replace
 
+from fastproxy.config.schema import ConfigError
 from fastproxy.server import listeners as listening
 from fastproxy.server import reuseport
 
@@ -299,18 +300,26 @@ class Master:
             sd_notify("READY=1")
 
     def _reload_workers(self) -> None:
-        self._tell_workers(signal.SIGHUP)
-        # Workers started later must start from the reloaded file too (the workers
-        # themselves log whether the reload took).
+        # The master reads the file first: a broken one is refused here in one line (each
+        # worker said it again, N identical lines) and the workers are not disturbed.
         try:
             new = self.reload_fn()
-        except Exception:
+        except ConfigError as exc:
+            for line in exc.problems:
+                self.log(f"reload refused: {line}")
+            return
+        except Exception as exc:  # never let a bad file take the running proxy down
+            self.log(f"reload refused: {exc.__class__.__name__}: {exc}")
             return
         old = self.config
         if len(new.listeners) != len(old.listeners) or any(
                 (a.host, a.mode, a.tls_cert) != (b.host, b.mode, b.tls_cert)
                 or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
+            self.log("reload refused: listener addresses or modes changed; restart to apply them")
             return
+        # Workers started later must start from the reloaded file too (the workers
+        # themselves log whether the reload took).
+        self._tell_workers(signal.SIGHUP)
         if (new.admin is None) != (old.admin is None) or (
                 new.admin is not None and (new.admin[0] != old.admin[0]
                                            or new.admin[1] not in (0, old.admin[1]))):

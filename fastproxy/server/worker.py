@@ -31,7 +31,7 @@ from fastproxy.cache.layer import CacheLayer
 from fastproxy.cache.worker import WorkerCache
 from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
-                                   format_address, show_size)
+                                   format_address, listener_label, show_size)
 from fastproxy._relay import (Accepting, ClientConnection, ConnectionPool, ListenerSettings,
                               Counters)
 from fastproxy._tls import Terminating
@@ -134,7 +134,7 @@ class ListenerRuntime:
         # and no per-request Python call (it costs ~10% of a relayed request).
         self.access_log: Any = rt.access_log
         if rt.config.admin is not None:
-            self.access_log = Recorder(rt.stats, lcfg.name or f"listener{index}",
+            self.access_log = Recorder(rt.stats, listener_label(lcfg.name, index),
                                        rt.access_log)
         self.connections = connections
         self.draining = False
@@ -357,7 +357,7 @@ class Worker:
             if cache is not self.cache and cache is not None:
                 cache.retire()
             self.loop.create_task(new_rt.aclose())
-            log("reload: listener addresses or modes changed; restart to apply them")
+            log("reload refused: listener addresses or modes changed; restart to apply them")
             return False
         self.runtime = new_rt
         for index, (lrt_old, lcfg) in enumerate(zip(self.listener_rts, config.listeners)):
@@ -427,9 +427,15 @@ class Worker:
         deadline = time.monotonic() + self.config.timeouts.drain
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        cut = [conn for conn in self.connections if conn.transport is not None]
+        if cut:
+            # Said, so that an operator knows the stop cut requests short (their clients
+            # saw a close, or a truncated response).
+            errorlog.event("warning", "drain.cut", f"drain: {len(cut)} connection(s) still "
+                           f"open after {self.config.timeouts.drain:g}s; closed",
+                           connections=len(cut))
+        for conn in cut:
+            conn.transport.abort()
         old, self.old_runtimes = self.old_runtimes, []
         for rt in [self.runtime, *old]:
             await rt.aclose()

@@ -238,3 +238,96 @@ def test_a_server_listed_twice_in_a_group(tmp_path):
                                  '["http://127.0.0.1:9", "127.0.0.1:9#weight=2"]'))
     for command in ("check", "serve"):
         one_line_naming(run(command, "--config", str(path)), "upstreams.app.servers[1]:")
+
+
+# str.isdigit() is true for "²" and int() takes "٤٤٣" and "4_43": digits a config never
+# means. Each used to be a traceback (exit 1), Python's "invalid literal for int()", or a
+# value silently read as a number.
+NON_ASCII_DIGIT_FLAGS = [
+    (("--mode", "forward", "--connect-ports", "¹"), "--connect-ports ¹:"),
+    (("--mode", "forward", "--connect-ports", "4_43"), "--connect-ports 4_43:"),
+    (("--upstream", "http://127.0.0.1:9", "--workers", "²"), "--workers ²:"),
+    (("--listen", "127.0.0.1:¹", "--upstream", "http://127.0.0.1:9"), "--listen 127.0.0.1:¹:"),
+    (("--upstream", "http://127.0.0.1:¹"), "--upstream http://127.0.0.1:¹:"),
+]
+NON_ASCII_DIGIT_DOCS = [
+    ('[timeouts]\nclient_idle = "٥s"\n' + BASE, "timeouts.client_idle:"),
+    ('[limits]\nmax_body = "١KiB"\n' + BASE, "limits.max_body:"),
+    ('[cache]\nsize = "1０MiB"\n' + BASE, "cache.size:"),
+    ('admin = "127.0.0.1:²"\n' + BASE, "admin:"),
+    (BASE.replace("127.0.0.1:9", "127.0.0.1:9#weight=²"), "upstreams.app.servers[0]:"),
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\nconnect_ports = ["٤٤٣"]\n',
+     "listeners[0]"),
+]
+
+
+@pytest.mark.parametrize("args,key", NON_ASCII_DIGIT_FLAGS, ids=[k for _, k in NON_ASCII_DIGIT_FLAGS])
+def test_non_ascii_digits_in_a_flag(args, key):
+    r = run("check", *args)
+    one_line_naming(r, key)
+    assert "invalid literal" not in r.stderr
+
+
+@pytest.mark.parametrize("text,key", NON_ASCII_DIGIT_DOCS, ids=[k for _, k in NON_ASCII_DIGIT_DOCS])
+def test_non_ascii_digits_in_the_file(tmp_path, text, key):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    r = run("check", "--config", str(path))
+    one_line_naming(r, key)
+    assert "invalid literal" not in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("first,second,admin", [
+    ("0.0.0.0", "127.0.0.1", None),     # a wildcard and an address of its family
+    ("[::]", "[::1]", None),
+    ("127.0.0.1", "0.0.0.0", None),
+    ("127.0.0.1", None, "127.0.0.1"),   # the admin on a listener's address
+], ids=["wildcard-first", "ipv6-wildcard", "wildcard-second", "admin"])
+def test_listen_addresses_the_kernel_would_refuse_together(tmp_path, first, second, admin):
+    # check said ok and serve bound the first one, then exited 1 with "Address already in
+    # use": a configuration error found late, with the wrong exit code.
+    port = _free_port()
+    text = f'pidfile = false\nadmin = "{admin}:{port}"\n' if admin else "pidfile = false\n"
+    text += BASE.replace('"127.0.0.1:0"', f'"{first}:{port}"')
+    if second:
+        text += f'[[listeners]]\nlisten = "{second}:{port}"\nmode = "forward"\n'
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    key = "admin:" if admin else "listeners[1].listen:"
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), key)
+
+
+def test_listen_addresses_that_coexist(tmp_path):
+    # IPv6 listeners are V6ONLY: [::] and 0.0.0.0 on one port both bind; port 0 is one each.
+    port = _free_port()
+    path = tmp_path / "c.toml"
+    path.write_text('admin = "127.0.0.1:0"\n' + BASE.replace('"127.0.0.1:0"', f'"[::]:{port}"')
+                    + f'[[listeners]]\nlisten = "0.0.0.0:{port}"\nmode = "forward"\n'
+                    + '[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n'
+                    + '[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n')
+    r = run("check", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("first,second,key", [
+    ('name = "x"\n', 'name = "x"\n', "listeners[1].name: 'x' also names listeners[0]"),
+    ("", 'name = "listener0"\n', "listeners[1].name: 'listener0' also names listeners[0]"),
+    ('name = "listener1"\n', "", "listeners[0].name: 'listener1' also names listeners[1]"),
+], ids=["same-name", "second-takes-the-default", "first-takes-the-default"])
+def test_two_listeners_with_one_name(tmp_path, first, second, key):
+    # The name keys /status's listeners and labels the metrics: two alike were shown as
+    # one (the last) and their request histograms summed.
+    text = ("pidfile = false\n[upstreams.app]\nservers = [\"http://127.0.0.1:9\"]\n"
+            f'[[listeners]]\n{first}listen = "127.0.0.1:0"\nupstream = "app"\n'
+            f'[[listeners]]\n{second}listen = "127.0.0.1:0"\nmode = "forward"\n')
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    for command in ("check", "serve"):
+        one_line_naming(run(command, "--config", str(path)), key)

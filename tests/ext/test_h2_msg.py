@@ -163,7 +163,7 @@ def _request_head_reference(headers, body, absolute=False):
     if method == b"CONNECT":
         target = authority
     elif absolute:
-        target = scheme + b"://" + authority + path
+        target = scheme + b"://" + authority + (b"" if path == b"*" else path)
     else:
         target = path
     head = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -186,7 +186,7 @@ _values = st.binary(max_size=40)
 @settings(max_examples=400, deadline=None)
 @given(method=st.sampled_from([b"GET", b"POST", b"HEAD", b"CONNECT", b""]),
        authority=st.one_of(st.none(), st.binary(min_size=1, max_size=30)),
-       path=st.binary(max_size=30), scheme=st.sampled_from([b"http", b"https"]),
+       path=st.one_of(st.just(b"*"), st.binary(max_size=30)), scheme=st.sampled_from([b"http", b"https"]),
        fields=st.lists(st.tuples(_names, _values), max_size=12),
        body=st.booleans(), absolute=st.booleans())
 def test_compiled_request_head_is_the_reference_byte_for_byte(method, authority, path, scheme,

@@ -271,6 +271,37 @@ def test_origin_form_is_400(forward):
     assert r.status == 400
 
 
+def test_options_asterisk_is_answered_by_the_proxy(forward):
+    # RFC 9110 9.3.7: "OPTIONS *" asks the server in general, here the proxy; it was a 400
+    # ("a forward proxy needs an absolute URL"), as if the request were malformed.
+    p = forward("allow_private = true")
+    r = request(p.port, crlf(f"OPTIONS * HTTP/1.1\nHost: 127.0.0.1:{p.port}\n\n"))
+    assert r.status == 200 and b"CONNECT" in r.getheader("Allow").encode()
+    r = request(p.port, crlf("GET * HTTP/1.1\nHost: x\n\n"))
+    assert r.status == 400
+
+
+def test_options_to_an_empty_path_is_sent_as_asterisk(forward, origin):
+    # RFC 9112 3.2.4: "OPTIONS http://host:port HTTP/1.1" (empty path, no query) asks the
+    # server itself; the last proxy MUST send it as "OPTIONS * HTTP/1.1". It went as "/".
+    p = forward("allow_private = true")
+    with Conn(p.port) as c:
+        # Twice: the second comes from the memoised admission (the compiled path).
+        for _ in range(2):
+            c.send(crlf(f"OPTIONS {origin.url} HTTP/1.1\nHost: x\n\n"))
+            c.response()
+            assert origin.requests[-1][:2] == (b"OPTIONS", b"*")
+        # A path or a query names a resource: it is sent as it is.
+        for target, sent in ((f"{origin.url}/", b"/"), (f"{origin.url}?q=1", b"/?q=1")):
+            for _ in range(2):
+                c.send(crlf(f"OPTIONS {target} HTTP/1.1\nHost: x\n\n"))
+                c.response()
+                assert origin.requests[-1][:2] == (b"OPTIONS", sent)
+        c.send(crlf(f"GET {origin.url} HTTP/1.1\nHost: x\n\n"))
+        c.response()
+        assert origin.requests[-1][:2] == (b"GET", b"/")
+
+
 def test_dns_failure_is_502_with_reason(forward):
     p = forward()
     r = request(p.port, crlf("GET http://no-such-host.invalid/ HTTP/1.1\nHost: x\n\n"))

@@ -185,6 +185,21 @@ def test_forward_proxy_request_and_connect_over_h2(start_proxy, origin):
         c.close()
 
 
+def test_server_wide_options_over_h2_through_the_forward_proxy(start_proxy, origin):
+    # RFC 9113 8.3.1: ":path *" is OPTIONS for the server itself; the next hop gets
+    # "OPTIONS * HTTP/1.1" (RFC 9112 3.2.4). It was a 400 (bad_authority: the head said
+    # "OPTIONS http://host:port* HTTP/1.1").
+    p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0", "--allow-private")
+    c = Client(p.port)
+    try:
+        status, _, _ = c.get("*", method="OPTIONS", authority=f"127.0.0.1:{origin.port}")
+        assert status != 400 and origin.requests[-1][:2] == (b"OPTIONS", b"*")
+        c.get("/size/1", method="OPTIONS", authority=f"127.0.0.1:{origin.port}")
+        assert origin.requests[-1][:2] == (b"OPTIONS", b"/size/1")
+    finally:
+        c.close()
+
+
 def test_connect_over_h2_refused_port_and_reverse_mode(start_proxy, origin, reverse_proxy):
     p = start_proxy("serve", "--mode", "forward", "--listen", "127.0.0.1:0", "--allow-private")
     for port in (p.port, reverse_proxy.port):
@@ -472,6 +487,13 @@ def test_via_names_the_received_protocol_2(reverse_proxy, start_proxy, origin):
                     "--allow-private")
     c = Client(p.port)
     try:
+        # Twice: the second comes from the memoised admission (the compiled forward path,
+        # which said "1.0" for an HTTP/2 stream), then once more after an HTTP/1.1 one.
+        for _ in range(2):
+            status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
+            assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
+        out = _curl("--http1.1", "-x", f"http://127.0.0.1:{p.port}", f"{origin.url}/echo")
+        assert _via(json.loads(out.stdout)) == ["1.1 fastproxy"]
         status, _, body = c.get("/echo", authority=f"127.0.0.1:{origin.port}")
         assert status == 200 and _via(json.loads(body)) == ["2 fastproxy"]
     finally:

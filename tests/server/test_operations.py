@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -771,3 +772,29 @@ def test_hash_password_asks_twice_and_cancels_cleanly():
     assert code == 130 and "cancelled" in out and "Traceback" not in out, out
     code, out = _on_a_terminal([], interrupt=True)       # Ctrl-C at the prompt
     assert code == 130 and "cancelled" in out and "Traceback" not in out, out
+
+
+def test_a_drain_that_runs_out_says_how_many_it_cut(start_proxy, origin, tmp_path):
+    # After timeouts.drain the requests still in flight are cut; the log said only
+    # "draining", "stopped", as if every one had finished.
+    conf = tmp_path / "d.toml"
+    conf.write_text(f"""
+pidfile = false
+[timeouts]
+drain = "0.5s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+""")
+    proxy = start_proxy("serve", "--config", str(conf))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET /slow/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        proxy.signal(signal.SIGTERM)
+        assert s.recv(100) == b""          # cut at the end of the drain, no response
+    assert _wait_for(lambda: any("stopped" in x for x in proxy.stderr_lines))
+    assert any(re.fullmatch(r"fastproxy\[\d+\]: warning: drain: 1 connection\(s\) still open "
+                            r"after 0\.5s; closed", x) for x in proxy.stderr_lines), \
+        proxy.stderr_lines

@@ -385,3 +385,43 @@ servers = ["{origin.url}"]
                 data += chunk
         vias.update(re.findall(rb"(?im)^via: 1\.1 (\w+)", data))
     assert vias == {b"after"}, vias
+
+
+def test_a_broken_file_on_reload_is_one_line_from_the_master(start_proxy, origin, tmp_path):
+    # Each worker loaded the file and said "reload refused" itself: N identical lines for
+    # N workers. The master checks first and says it once; the workers are left alone.
+    conf = tmp_path / "r.toml"
+    good = f"""
+workers = 2
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+"""
+    conf.write_text(good)
+    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+    master = proxy.proc.pid
+    conf.write_text(good + '[timeouts]\nclient_idle = "5x"\n')
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while not any("reload refused" in x for x in proxy.stderr_lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)    # time for the workers to have said it too, as they did
+    refused = [x for x in proxy.stderr_lines if "reload refused" in x]
+    assert refused == [f"fastproxy[{master}]: reload refused: timeouts.client_idle: "
+                       f"expected a duration like \"5s\", got '5x'"], refused
+    # A listener that moved needs a restart: said once too, by the master.
+    conf.write_text(good.replace("127.0.0.1:0", "127.0.0.1:1"))
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while len(proxy.stderr_lines) < 1 + len(refused) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    moved = [x for x in proxy.stderr_lines if "restart to apply" in x]
+    assert moved == [f"fastproxy[{master}]: reload refused: listener addresses or modes "
+                     "changed; restart to apply them"], moved
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"GET /size/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")

@@ -1,0 +1,59 @@
+"""The admin listener is an HTTP/1.1 server and takes what RFC 9112 says every server
+takes: a request-target in absolute form (3.2.2: a server MUST accept it; it was a 404,
+"no such admin endpoint: http://a/status") and a chunked request body (7.1: every
+recipient parses chunked; it was a 411, so `curl -T - .../reload` could not reload).
+"""
+from __future__ import annotations
+
+import subprocess
+
+from conftest import reverse_config
+from wire import Conn
+
+
+def test_absolute_form_targets(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    with Conn(p.admin_port()) as c:
+        for target in (b"http://admin.test/status", b"http://admin.test:9/metrics?x=1",
+                       b"HTTP://ADMIN.TEST/status"):
+            c.send(b"GET " + target + b" HTTP/1.1\r\nHost: admin.test\r\n\r\n")
+            r = c.response()
+            assert r.status == 200, (target, r.body[:200])
+        # The 405's Allow is the endpoint's, whatever the target's form.
+        c.send(b"POST http://admin.test/metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        r = c.response()
+        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+
+
+def test_chunked_request_bodies(run_proxy, origin):
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    with Conn(p.admin_port()) as c:
+        # Read to its end (trailers too), and the pipelined request after it is answered.
+        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\n{}\n\r\n0\r\nX-T: 1\r\n\r\n"
+               b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert c.response().status in (200, 400)   # the reload's own answer
+        assert c.response().status == 200
+    with Conn(p.admin_port()) as c:
+        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        assert c.response().status == 400
+    with Conn(p.admin_port()) as c:
+        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"10000\r\n" + b"x" * 65536 + b"\r\n0\r\n\r\n")
+        assert c.response().status == 413
+    # What curl sends for -T - (a body of unknown length): chunked.
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                          "-T", "-", f"http://127.0.0.1:{p.admin_port()}/cache/purge?url=x"],
+                         input=b"", capture_output=True, timeout=10)
+    assert out.stdout != b"411", out
+
+
+def test_status_lines_name_their_status(run_proxy, origin):
+    # A 505 (and a 408) said "505 Error".
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    for request, line in ((b"GET /status HTTP/2.0\r\n\r\n", b"HTTP/1.1 505 HTTP Version Not Supported\r\n"),
+                          (b"GET /status HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+                           b"HTTP/1.1 431 Request Header Fields Too Large\r\n")):
+        with Conn(p.admin_port()) as c:
+            c.send(request)
+            assert c.read_all().startswith(line)
