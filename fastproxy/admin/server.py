@@ -381,7 +381,9 @@ def render_metrics(snap: dict) -> str:
             ("active", "upstream_active_requests", "gauge", "Requests in flight to the server."),
             ("pending", "upstream_pending_requests", "gauge",
              "Requests waiting for a connection to the server."),
-            ("ejections", "upstream_ejections", "gauge",
+            # Not "upstream_ejections": that is the family name of the counter below in
+            # OpenMetrics (a counter's name less _total), and parsers refuse a clash.
+            ("ejections", "upstream_consecutive_ejections", "gauge",
              "Consecutive passive-health ejections of the server."),
             ("failures_total", "upstream_failures_total", "counter",
              "Failures seen from the server (connect failures, resets, timeouts, 5xx)."),

@@ -573,6 +573,14 @@ servers = ["{origin.url}", "http://127.0.0.1:{dead}"]
     assert failed >= 1
     assert m[f'fastproxy_upstream_failures_total{{group="app",server="127.0.0.1:{origin.port}"}}'] == 0
     assert f'fastproxy_upstream_ejections_total{{group="app",server="127.0.0.1:{dead}"}}' in m
+    # One family per name, as OpenMetrics parsers read them: a counter's family is its name
+    # less _total, so a gauge "x" beside a counter "x_total" is refused (it was, for
+    # upstream_ejections).
+    _, text = _get(admin, "/metrics")
+    types = [line.split()[2:4] for line in text.decode().splitlines() if line.startswith("# TYPE ")]
+    families = [n[:-len("_total")] if kind == "counter" and n.endswith("_total") else n
+                for n, kind in types]
+    assert len(families) == len(set(families)), sorted(families)
     # The top URLs are on the status page, with their counts summed over workers.
     _, page = _get(admin, "/")
     assert b"Most requested URLs" in page and b"/size/1?n=1</td><td class=\"\">10<" in page, page
