@@ -6,6 +6,7 @@ are collected before giving up, so a user fixes a file in one pass.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -204,6 +205,10 @@ class _Table:
         self.also: set[str] = set()
 
     def key(self, name: str) -> str:
+        # A name with control characters is shown quoted and escaped, as TOML writes
+        # it: one problem stays one line.
+        if _CONTROL_RE.search(name):
+            name = json.dumps(name)
         return f"{self.path}.{name}" if self.path else name
 
     def problem(self, name: str, text: str) -> None:
@@ -517,7 +522,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         host=addr[0] if addr else "127.0.0.1",
         port=addr[1] if addr else 0,
         mode=mode,
-        name=table.get("name", _STR, ""),
+        name=table.get("name", _label, ""),
         upstream=table.get("upstream", _STR, None),
         routes=tuple(routes),
         tls_cert=tls_cert,
@@ -577,6 +582,9 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     ut = top.table("upstreams")
     for name in list(ut.data):
         ut.seen.add(name)
+        if _CONTROL_RE.search(name):
+            ut.problem(name, f"a group name cannot hold control characters, got {name!r}")
+            continue
         group = _read_upstream(name, _Table(ut.data[name], ut.key(name), problems))
         if group:
             upstreams[name] = group
@@ -697,6 +705,15 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
 
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Names go into log lines, metric labels and the status page: a newline would forge a line.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _label(value: Any) -> str:
+    v = _STR(value)
+    if _CONTROL_RE.search(v):
+        raise ValueError(f"a name cannot hold control characters, got {value!r}")
+    return v
 
 
 def _token(value: Any) -> str:

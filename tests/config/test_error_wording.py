@@ -145,3 +145,20 @@ def test_forward_answers_name_the_flag_and_the_host(start_proxy):
     assert status == 502 and "name-that-does-not-exist.invalid" in body, body
     status, body = _via_proxy(proxy.port, "name-that-does-not-exist.invalid:443", "CONNECT")
     assert status == 502 and "name-that-does-not-exist.invalid" in body, body
+
+
+def test_names_with_control_characters_are_refused_on_one_line(tmp_path):
+    # Listener and group names go into log lines, metric labels and the status page: a
+    # newline in one forged a log line (outside probe, 12-05). Refused, and the problem
+    # line shows the name escaped, so it stays one line.
+    conf = tmp_path / "n.toml"
+    conf.write_text('[[listeners]]\nlisten = "127.0.0.1:0"\nname = "a\\nfake line"\n'
+                    'upstream = "app"\n[upstreams."b\\tx"]\nservers = ["http://127.0.0.1:1"]\n'
+                    '[upstreams.app]\nservers = ["http://127.0.0.1:1"]\n')
+    r = run("check", "--config", str(conf))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines() == [
+        'fastproxy: upstreams."b\\tx": a group name cannot hold control characters, '
+        "got 'b\\tx'",
+        "fastproxy: listeners[0].name: a name cannot hold control characters, "
+        "got 'a\\nfake line'"], r.stderr
