@@ -455,8 +455,8 @@ cdef class RingCache:
 
     # ---------------------------------------------------------------- public API
 
-    def get(self, bytes key not None, now=None, h=None):
-        """Return a copy of the value stored under key, or None (miss or expired)."""
+    cdef int64_t live(self, bytes key, object now, object h) except -2:
+        """The slot of the live entry under key, counted as a hit (or -1, counted as a miss)."""
         cdef uint64_t hv = self.key_hash(key, h)
         cdef int64_t i = self.find(hv, <const unsigned char*>PyBytes_AS_STRING(key),
                                    PyBytes_GET_SIZE(key))
@@ -464,7 +464,7 @@ cdef class RingCache:
         cdef double t
         if i < 0:
             self.misses += 1
-            return None
+            return -1
         e = self.entry_at(self.slots[i].seg, self.slots[i].off)
         if e.expires != INFINITY:
             t = wall_now() if now is None else <double>now
@@ -472,10 +472,18 @@ cdef class RingCache:
                 self.drop_slot(i)
                 self.expirations += 1
                 self.misses += 1
-                return None
+                return -1
         if e.freq < FREQ_MAX:
             e.freq += 1
         self.hits += 1
+        return i
+
+    def get(self, bytes key not None, now=None, h=None):
+        """Return a copy of the value stored under key, or None (miss or expired)."""
+        cdef int64_t i = self.live(key, now, h)
+        if i < 0:
+            return None
+        cdef Entry* e = self.entry_at(self.slots[i].seg, self.slots[i].off)
         return PyBytes_FromStringAndSize(
             <char*>e + ENTRY_HDR + e.key_len, e.val_len)
 
@@ -485,25 +493,10 @@ cdef class RingCache:
         The segment is not evicted while the returned object (or any memoryview
         of it) is alive, so a transport may hold it until the bytes are written.
         """
-        cdef uint64_t hv = self.key_hash(key, h)
-        cdef int64_t i = self.find(hv, <const unsigned char*>PyBytes_AS_STRING(key),
-                                   PyBytes_GET_SIZE(key))
-        cdef Entry* e
-        cdef double t
+        cdef int64_t i = self.live(key, now, h)
         if i < 0:
-            self.misses += 1
             return None
-        e = self.entry_at(self.slots[i].seg, self.slots[i].off)
-        if e.expires != INFINITY:
-            t = wall_now() if now is None else <double>now
-            if e.expires <= t:
-                self.drop_slot(i)
-                self.expirations += 1
-                self.misses += 1
-                return None
-        if e.freq < FREQ_MAX:
-            e.freq += 1
-        self.hits += 1
+        cdef Entry* e = self.entry_at(self.slots[i].seg, self.slots[i].off)
         return self.pin(self.slots[i].seg, <char*>e + ENTRY_HDR + e.key_len, e.val_len)
 
     cdef Pinned pin(self, uint32_t seg, char* ptr, Py_ssize_t length):

@@ -95,6 +95,7 @@ cdef class RingCache:
     cdef bint evict_one(self, bint force, bint by_count) noexcept nogil
     cdef bint ensure_room(self) noexcept nogil
     cdef uint64_t key_hash(self, bytes key, object h) except? 0
+    cdef int64_t live(self, bytes key, object now, object h) except -2
     cdef void free_arena_if_unpinned(self) noexcept nogil
     cdef Pinned pin(self, uint32_t seg, char* ptr, Py_ssize_t length)
 
