@@ -1,6 +1,7 @@
 # Declarations of fastproxy._h2frames (implementation in ext/h2frames.pyx): the frame
 # constants of RFC 9113 and the sending half of an HTTP/2 connection, which
 # fastproxy._h2.Connection extends with the receiving half.
+from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t
 from fastproxy._hpack cimport Encoder
 
@@ -39,8 +40,10 @@ cdef enum:
 
 
 cdef class FrameWriter:
-    cdef uchar* _obuf                       # frames not yet taken by data_to_send
+    cdef PyObject* _obytes                  # the bytes object data_to_send hands over (owned)
+    cdef uchar* _obuf                       # its buffer: frames not yet taken
     cdef Py_ssize_t _olen, _ocap
+    cdef Py_ssize_t _ohint                  # the size of the last take: the next buffer's start
     cdef Encoder _encoder
     cdef bytearray _hscratch                # one encoded header block
     cdef readonly int peer_max_frame_size
