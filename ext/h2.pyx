@@ -29,6 +29,7 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastproxy._hpack cimport Decoder, Encoder
+from fastproxy._http cimport Response
 from fastproxy._h2msg cimport *
 from fastproxy._h2frames cimport *
 
@@ -253,6 +254,20 @@ cdef class Connection(FrameWriter):
         if self.dead or st is None or not st.local_open:
             return -1
         self._write_headers_frames(stream_id, headers, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return 0
+
+    cdef int send_forward_head(self, int stream_id, Response resp, bytes extra,
+                               bint end_stream) except -2:
+        """Send the HEADERS of the head the relay forwards (h2msg.h2_encode_forward),
+        encoded straight from the parsed head; -1 if it cannot send."""
+        cdef _Stream st = self._get(stream_id)
+        if self.dead or st is None or not st.local_open:
+            return -1
+        PyByteArray_Resize(self._hscratch, 0)
+        h2_encode_forward(self._encoder, self._hscratch, resp, extra)
+        self._write_block_frames(stream_id, end_stream)
         if end_stream:
             self._close_local(st)
         return 0

@@ -119,9 +119,13 @@ cdef class FrameWriter:
         return self._put(PyBytes_AS_STRING(debug), n)
 
     cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1:
+        PyByteArray_Resize(self._hscratch, 0)
+        self._encoder.encode_c(self._hscratch, headers)
+        return self._write_block_frames(sid, end_stream)
+
+    cdef int _write_block_frames(self, uint32_t sid, bint end_stream) except -1:
+        """The header block in _hscratch as HEADERS (and CONTINUATION) frames."""
         cdef bytearray block = self._hscratch
-        PyByteArray_Resize(block, 0)
-        self._encoder.encode_c(block, headers)
         cdef Py_ssize_t blen = PyByteArray_GET_SIZE(block), off = 0, chunk
         cdef const uchar* p = <const uchar*>PyByteArray_AS_STRING(block)
         cdef int flags = F_END_STREAM if end_stream else 0

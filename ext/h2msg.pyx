@@ -14,9 +14,11 @@ reverse ones for an HTTP/2 upstream.  The surface is documented in
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
 from fastproxy._http cimport Field, Request, Response
+from fastproxy._hpack cimport Encoder
 
 ctypedef unsigned char uchar
 
@@ -485,17 +487,42 @@ cdef list _extra_fields(bytes extra):
     return out
 
 
-cdef list h2_forward_fields(Response resp, bytes extra):
-    """The HTTP/2 header list of the head the relay forwards to an HTTP/1.1 client,
-    resp.forward_c(None, extra, (), False), without making that head: the same fields
-    (Response.forward_fields, one definition of what is dropped) and `extra`'s lines
-    (Via, Date, the cache's fields), lowercase, less the connection-specific ones
-    (RFC 9113 8.2.2: the relay's Transfer-Encoding and Connection lines)."""
-    cdef list out = [(b":status", _status_value(resp.status))]
-    out += resp.forward_fields((), False)
+cdef int h2_encode_forward(Encoder enc, bytearray out, Response resp, bytes extra) except -1:
+    """The HTTP/2 header block of the head the relay forwards to an HTTP/1.1 client,
+    resp.forward_c(None, extra, (), False), HPACK-encoded into `out` without making
+    that head or a header list: :status, the same fields (Response._skips, one
+    definition of what is dropped; names lowercased by the encoder, which makes no
+    objects for a field it sent at this place in the last block) and `extra`'s lines
+    (Via, Date, the cache's fields), less the connection-specific ones (RFC 9113 8.2.2:
+    the relay's Transfer-Encoding and Connection lines)."""
+    cdef const uchar* h = resp._h()
+    cdef uint8_t stackmask[128]
+    cdef uint8_t* skip = stackmask
+    cdef Field* f
+    cdef int i
+    cdef Py_ssize_t at = 1
+    if resp._nf > 128:
+        skip = <uint8_t*>malloc(resp._nf)
+        if skip == NULL:
+            raise MemoryError()
+    try:
+        resp._skips(skip, (), False)
+        enc.begin_block(out)
+        enc.field_at(out, 0, b":status", _status_value(resp.status))
+        for i in range(resp._nf):
+            if not skip[i]:
+                f = &resp._fields[i]
+                enc.field_raw(out, at, h + f.name_off, f.name_len, h + f.value_off,
+                              f.value_len)
+                at += 1
+    finally:
+        if skip != stackmask:
+            free(skip)
     if extra:
-        out += _extra_fields(extra)
-    return out
+        for field in _extra_fields(extra):
+            enc.field_at(out, at, <bytes>(<tuple>field)[0], <bytes>(<tuple>field)[1])
+            at += 1
+    return 0
 
 
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority):

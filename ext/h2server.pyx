@@ -24,7 +24,7 @@ from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._h2msg cimport (h2_forward_fields, h2_request_head, h2_response_fields,
+from fastproxy._h2msg cimport (h2_request_head, h2_response_fields,
                                h2_trailer_fields)
 from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
 from cpython.bytes cimport PyBytes_GET_SIZE
@@ -118,7 +118,8 @@ cdef class Stream:
 
     def relay_head(self, Response resp, bytes extra, long long length):
         """The relay's response head, handed over parsed instead of written: the fields
-        it would forward to an HTTP/1.1 client (h2_forward_fields) go out as HEADERS,
+        it would forward to an HTTP/1.1 client (encoded straight from `resp`:
+        h2_encode_forward) go out as HEADERS,
         and what the relay writes next is the body in its framing (`length` > 0: that
         many bytes; 0: none, the stream ends here; -1: chunked). False: the stream
         cannot take it now (a CONNECT, bytes of a head already written, a closed
@@ -126,13 +127,12 @@ cdef class Stream:
         if self.closing or self.state != R_HEAD or self.buf or self.connect:
             return False
         cdef Server conn = self.conn
-        cdef list headers = h2_forward_fields(resp, extra)
         if length == 0:
-            conn.send_headers(self.stream_id, headers, True)
+            conn.send_forward_head(self.stream_id, resp, extra, True)
             self.state = R_DONE
             conn.stream_finished(self)
         else:
-            conn.send_headers(self.stream_id, headers, False)
+            conn.send_forward_head(self.stream_id, resp, extra, False)
             if length > 0:
                 self.state = R_LENGTH
                 self.left = length

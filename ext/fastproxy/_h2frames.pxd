@@ -55,4 +55,5 @@ cdef class FrameWriter:
     cdef int _write_u32_frame(self, int ftype, uint32_t sid, uint32_t value) except -1
     cdef int _write_goaway(self, uint32_t last, uint32_t code, bytes debug) except -1
     cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1
+    cdef int _write_block_frames(self, uint32_t sid, bint end_stream) except -1
     cdef int _write_data(self, uint32_t sid, const uchar* p, Py_ssize_t n, bint end) except -1
