@@ -84,6 +84,7 @@ cdef class Stream:
     cdef bint request_ended
     cdef object trailers           # response trailers, sent after `out`
     cdef bint released             # queued for release (once)
+    cdef object kept               # finished and idle: its relay, kept for a next stream
 
     @property
     def http_version(self):
@@ -395,7 +396,7 @@ cdef class Server(Connection):
     cdef bint _flush_scheduled
     cdef list _finished              # streams whose relay may be let go at the next flush
     cdef object _flush_cb
-    cdef list _idle                  # relays of finished streams, kept for new streams
+    cdef list _idle                  # finished streams with their relays, kept for new streams
     cdef bint _reuse                 # no per-connection hooks: a relay may serve many streams
     cdef object _buffer_limit        # a new relay's request buffering (gRPC streams set 0)
 
@@ -544,8 +545,24 @@ cdef class Server(Connection):
                 has_length = True
             elif name == N_CONTENT_TYPE and (<bytes>field[1]).startswith(GRPC):
                 grpc = True
-        stream = Stream.__new__(Stream)
-        stream.conn = self
+        stream = self._idle_stream() if self._idle else None
+        fresh = stream is None
+        if fresh:
+            stream = Stream.__new__(Stream)
+            stream.conn = self
+            relay = ClientConnection(self.rt)
+            relay.received_version = 20
+            if self._buffer_limit is None:
+                self._buffer_limit = relay.buffer_limit
+        else:
+            # A kept pair: the relay's transport is this stream already (no new Stream,
+            # no new bound write method); the stream starts again from a clean state.
+            relay, stream.kept = stream.kept, None
+            stream.tunneling = stream.client_eof = stream.closing = False
+            stream.blocked = stream.paused = stream.out_end = stream.released = False
+            stream.buf = stream.chunks = stream.held = stream.trailers = None
+            stream.left = stream.out_bytes = 0
+            relay.buffer_limit = self._buffer_limit
         stream.stream_id = stream_id
         stream.head_request = method == M_HEAD
         stream.connect = method == M_CONNECT
@@ -553,15 +570,6 @@ cdef class Server(Connection):
         head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
         stream.chunked_request = not end_stream and not stream.connect and not has_length
         stream.request_ended = end_stream
-        relay = self._idle_relay() if self._idle else None
-        fresh = relay is None
-        if fresh:
-            relay = ClientConnection(self.rt)
-            relay.received_version = 20
-            if self._buffer_limit is None:
-                self._buffer_limit = relay.buffer_limit
-        else:
-            relay.buffer_limit = self._buffer_limit
         if not end_stream and grpc:
             # A gRPC call's messages answer each other (streaming RPCs): buffering the
             # body before the upstream is taken would hold a bidirectional call forever.
@@ -571,9 +579,6 @@ cdef class Server(Connection):
         self.deadline = 0.0
         if fresh:
             relay.connection_made(stream)
-        else:
-            relay.transport = stream
-            relay.twrite = stream.write
         if self.write_paused:
             stream.hold_upstream(True)
         relay.data_received(head)
@@ -701,33 +706,42 @@ cdef class Server(Connection):
             self.flush_soon()
         return 0
 
-    cdef object _idle_relay(self):
-        """A kept relay still waiting for a request head, or None."""
+    cdef Stream _idle_stream(self):
+        """A kept stream whose relay still waits for a request head, or None."""
+        cdef Stream stream
         while self._idle:
-            relay = self._idle.pop()
-            if (relay.state == STATE_HEAD and not relay.closing and not relay.paused
-                    and not relay.write_paused and relay.buf is None):
-                return relay
+            stream = self._idle.pop()
+            relay = stream.kept
+            # Kept only when clean (_relay_done); nothing drives an idle relay but a
+            # worker drain or a close, which these two show.
+            if relay.state == STATE_HEAD and not relay.closing:
+                return stream
+            stream.kept = None
             relay.connection_lost(None)
         return None
 
-    cdef int _relay_done(self, relay, bint complete) except -1:
-        """A stream is over: keep its relay for the next stream when its exchange ended
-        as a kept-alive HTTP/1.1 one would (waiting for the next head, nothing held),
-        else end it. Kept relays have no deadline; they end with the connection."""
+    cdef int _relay_done(self, Stream stream, relay, bint complete) except -1:
+        """A stream is over: keep it with its relay for the next stream when its
+        exchange ended as a kept-alive HTTP/1.1 one would (waiting for the next head,
+        nothing held), else end the relay. Kept relays have no deadline; they end with
+        the connection."""
         if (complete and self._reuse and not self.closing and self.transport is not None
                 and len(self._idle) < IDLE_RELAYS and relay.state == STATE_HEAD
                 and relay.req is None and relay.upstream is None and relay.buf is None
-                and not relay.paused and not relay.write_paused and not relay.closing):
+                and not relay.paused and not relay.write_paused and not relay.closing
+                and relay.transport is stream):
             relay.deadline = 0.0
-            self._idle.append(relay)
+            stream.kept = relay
+            self._idle.append(stream)
         else:
             relay.connection_lost(None)
         return 0
 
     cdef int _release_idle(self) except -1:
+        cdef Stream stream
         idle, self._idle = self._idle, []
-        for relay in idle:
+        for stream in idle:
+            relay, stream.kept = stream.kept, None
             relay.connection_lost(None)
         return 0
 
@@ -746,7 +760,7 @@ cdef class Server(Connection):
         if stream.state != R_DONE:
             self.reset_stream(stream.stream_id, E_CANCEL)
         if protocol is not None:
-            self._relay_done(protocol, stream.state == R_DONE and not stream.tunneling)
+            self._relay_done(stream, protocol, stream.state == R_DONE and not stream.tunneling)
         if not self.streams:
             self.deadline = _monotonic() + self.idle
             if self.closing:
