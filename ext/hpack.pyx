@@ -354,6 +354,10 @@ cdef class _Table:
 cdef class Decoder(_Table):
     """Decodes header blocks of one connection; keeps the peer encoder's dynamic table."""
 
+    def __cinit__(self, *args, **kwargs):
+        self._mraw = [b""] * MEMO_FIELDS
+        self._mentry = [None] * MEMO_FIELDS
+
     def __init__(self, Py_ssize_t max_table_size=4096):
         self.settings_max_size = max_table_size
         self._hbuf = NULL
@@ -408,13 +412,36 @@ cdef class Decoder(_Table):
 
     cdef list decode_c(self, const uchar* p, Py_ssize_t n, Py_ssize_t max_list_size):
         cdef list out = []
-        cdef Py_ssize_t pos = 0, idx, total = 0, size
+        cdef Py_ssize_t pos = 0, idx, total = 0, size, i = 0, start, k
         cdef uchar b
         cdef bint fields_seen = False, keep = True
         cdef tuple entry
-        cdef bytes name, value
+        cdef bytes name, value, raw
         while pos < n:
             b = p[pos]
+            start = pos
+            if i < MEMO_FIELDS and not b & 0x80 and b & 0xe0 != 0x20:
+                # A literal whose bytes are those of the last block's field here decodes
+                # to the same field (its name is not in the dynamic table): no Huffman
+                # decoding, no new objects. Servers send their changing fields (date,
+                # etag) as literals without indexing, block after block.
+                raw = <bytes>self._mraw[i]
+                k = PyBytes_GET_SIZE(raw)
+                if k and k <= n - pos and memcmp(PyBytes_AS_STRING(raw), p + pos, k) == 0:
+                    entry = <tuple>self._mentry[i]
+                    pos += k
+                    if b & 0x40:
+                        self.add(entry, PyBytes_GET_SIZE(<bytes>entry[0])
+                                 + PyBytes_GET_SIZE(<bytes>entry[1]) + 32)
+                    i += 1
+                    fields_seen = True
+                    total += PyBytes_GET_SIZE(<bytes>entry[0]) + PyBytes_GET_SIZE(<bytes>entry[1]) + 32
+                    if total > max_list_size:
+                        keep = False
+                        out = None
+                    if keep:
+                        out.append(entry)
+                    continue
             if b & 0x80:                           # indexed field (6.1)
                 idx = _int(p, n, &pos, 7)
                 entry = self._index(idx)
@@ -438,6 +465,16 @@ cdef class Decoder(_Table):
                 entry = (name, value)
                 if b & 0x40:
                     self.add(entry, PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 32)
+                if i < MEMO_FIELDS:
+                    # Remembered only when the name is not from the dynamic table (the
+                    # bytes alone then say what the field is).
+                    if idx <= _NSTATIC:
+                        self._mraw[i] = PyBytes_FromStringAndSize(<const char*>p + start,
+                                                                  pos - start)
+                        self._mentry[i] = entry
+                    else:
+                        self._mraw[i] = b""
+            i += 1
             fields_seen = True
             total += PyBytes_GET_SIZE(<bytes>entry[0]) + PyBytes_GET_SIZE(<bytes>entry[1]) + 32
             if total > max_list_size:

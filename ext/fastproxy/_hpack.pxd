@@ -30,18 +30,20 @@ cdef class _Table:
     cdef tuple get(self, Py_ssize_t i)     # 0 = newest
 
 
+cdef enum:
+    MEMO_FIELDS = 32                  # positions of a header block the codecs remember
+
+
 cdef class Decoder(_Table):
     cdef readonly Py_ssize_t settings_max_size   # what we announced; updates may not exceed it
+    # The last block's literal at each position: its bytes and the field they gave.
+    cdef list _mraw, _mentry
     cdef uchar* _hbuf                            # Huffman output scratch
     cdef Py_ssize_t _hcap
 
     cdef list decode_c(self, const uchar* p, Py_ssize_t n, Py_ssize_t max_list_size)
     cdef bytes _string(self, const uchar* p, Py_ssize_t n, Py_ssize_t* pos)
     cdef tuple _index(self, Py_ssize_t idx)
-
-
-cdef enum:
-    MEMO_FIELDS = 32                  # positions of a header block the Encoder remembers
 
 
 cdef class Encoder(_Table):

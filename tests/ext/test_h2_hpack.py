@@ -244,3 +244,49 @@ def test_a_repeated_list_is_all_indexes_rfc7541_6_1():
         [f for f in RESPONSE_HEAD if f[0] != b"authorization"]))
     assert len(again) == len(RESPONSE_HEAD) - 1 + cred
     assert H.Decoder(4096).decode(first + again) == RESPONSE_HEAD * 2
+
+
+def _literal(first: int, prefix: int, name_index: int, name: bytes, value: bytes, huff: bool) -> bytes:
+    """One literal field representation (RFC 7541 6.2), written by hand."""
+    def integer(v: int, bits: int, flags: int) -> bytes:
+        mask = (1 << bits) - 1
+        if v < mask:
+            return bytes([flags | v])
+        out, v = [flags | mask], v - mask
+        while v >= 128:
+            out.append((v & 0x7f) | 0x80)
+            v >>= 7
+        return bytes(out + [v])
+
+    def string(s: bytes) -> bytes:
+        if huff:
+            h = H.huffman_encode(s)
+            return integer(len(h), 7, 0x80) + h
+        return integer(len(s), 7, 0) + s
+
+    rep = integer(name_index, prefix, first)
+    return rep + (b"" if name_index else string(name)) + string(value)
+
+
+NAMES = [(b"date", 33), (b"etag", 34), (b"x-trace", 0), (b"content-length", 28)]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.lists(st.tuples(st.integers(0, len(NAMES) - 1), st.sampled_from([b"a", b"Mon", b""]) | st.binary(max_size=40),
+                                   st.sampled_from([(0x00, 4), (0x10, 4), (0x40, 6)]),
+                                   st.booleans(), st.booleans()), max_size=6),
+                min_size=1, max_size=8))
+def test_repeated_literals_decode_as_hpack_does_rfc7541_6_2(blocks):
+    """Servers repeat literals block after block (nginx sends date and etag without
+    indexing); the decoder remembers each position's literal bytes and its field. The
+    same bytes again, or changed, with indexing or not, by static name index or a
+    literal name: every block decodes as hpack decodes it, tables in step."""
+    ours, oracle = H.Decoder(4096), hpack.Decoder()
+    for block in blocks:
+        for _ in range(2):
+            data = b"".join(_literal(first, prefix, idx if by_index else 0, name, value, huff)
+                            for n, value, (first, prefix), by_index, huff in block
+                            for name, idx in [NAMES[n]])
+            assert ours.decode(data) == oracle.decode(data, raw=True)
+            assert [tuple(e) for e in ours.entries()] == \
+                [tuple(e) for e in oracle.header_table.dynamic_entries]
