@@ -271,6 +271,10 @@ def request_head(list headers, bint body, bint absolute=False):
     return h2_request_head(headers, body, absolute)
 
 
+cdef const char* _TE_CHUNKED = "transfer-encoding: chunked\r\n"
+cdef Py_ssize_t _TE_CHUNKED_LEN = 28
+
+
 cdef inline char* _put(char* o, bytes b) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     memcpy(o, PyBytes_AS_STRING(b), n)
@@ -590,30 +594,57 @@ def response_head(list headers, bint body):
     `body`: DATA follows; without a content-length the head then says
     `Transfer-Encoding: chunked` (not for 1xx, 204 and 304, which have no content).
     """
+    return h2_response_head(headers, body)
+
+
+cdef bytes h2_response_head(list headers, bint body):
+    """response_head, a C call for the upstream links (ext/h2link.pyx): the head is
+    measured, then written once."""
     cdef int status = 0
-    cdef list head = [None]    # the status line, then name, ": ", value, CRLF: one join
-    cdef bint has_cl = False
-    cdef bytes name, value
+    cdef bint has_cl = False, chunked
+    cdef bytes name, value, line
+    cdef Py_ssize_t size = 2, k, nl, vl
+    cdef const char* v
     for field in headers:
-        name = (<tuple>field)[0]
-        value = (<tuple>field)[1]
-        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+        name = <bytes>(<tuple>field)[0]
+        value = <bytes>(<tuple>field)[1]
+        nl = PyBytes_GET_SIZE(name)
+        if nl and PyBytes_AS_STRING(name)[0] == b':':
             if _eq(name, ":status", 7):
-                status = int(value)
+                # Three digits: the codec checked :status (RFC 9113 8.3.2).
+                v = PyBytes_AS_STRING(value)
+                vl = PyBytes_GET_SIZE(value)
+                status = 0
+                for k in range(vl):
+                    if not 48 <= v[k] <= 57 or k >= 3:
+                        raise ValueError(f"bad :status {value!r}")
+                    status = status * 10 + (v[k] - 48)
         else:
             if _eq(name, "content-length", 14):
                 has_cl = True
-            head += (name, b": ", value, b"\r\n")
+            size += nl + 4 + PyBytes_GET_SIZE(value)
     line = _STATUS_LINES.get(status)
     if line is None:
         line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
         if 100 <= status <= 999:
             _STATUS_LINES[status] = line
-    head[0] = line
-    if body and not has_cl and status >= 200 and status not in (204, 304):
-        head.append(b"transfer-encoding: chunked\r\n")
-    head.append(b"\r\n")
-    return b"".join(head)
+    chunked = body and not has_cl and status >= 200 and status != 204 and status != 304
+    size += PyBytes_GET_SIZE(line) + (_TE_CHUNKED_LEN if chunked else 0)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* o = PyBytes_AS_STRING(out)
+    o = _put(o, line)
+    for field in headers:
+        name = <bytes>(<tuple>field)[0]
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+            continue
+        o = _put(o, name)
+        o = _putc(o, ": ", 2)
+        o = _put(o, <bytes>(<tuple>field)[1])
+        o = _putc(o, "\r\n", 2)
+    if chunked:
+        o = _putc(o, _TE_CHUNKED, _TE_CHUNKED_LEN)
+    _putc(o, "\r\n", 2)
+    return out
 
 
 cdef list h2_trailer_fields(bytes raw):

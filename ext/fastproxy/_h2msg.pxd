@@ -52,6 +52,7 @@ cdef bint connection_field(const char* p, Py_ssize_t n) noexcept
 cdef list h2_response_fields(Response resp)
 cdef int h2_encode_forward(Encoder enc, bytearray out, Response resp, bytes extra) except -1
 cdef bytes h2_request_head(list headers, bint body, bint absolute)
+cdef bytes h2_response_head(list headers, bint body)
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority)
 cdef list h2_trailer_fields(bytes raw)
 cdef int check_request(list headers, MsgInfo* info) except -1
