@@ -257,7 +257,10 @@ cdef class Stream:
         cdef Py_ssize_t size = len(data)
         cdef long long n = size if size < self.left else self.left
         self.left -= n
-        piece = bytes(data) if n == size else bytes(data[:n])
+        if n == size:
+            piece = data if type(data) is bytes else bytes(data)
+        else:
+            piece = bytes(data[:n])
         self._send(piece, self.left == 0)
         if self.left == 0:
             self.state = R_DONE
@@ -292,6 +295,30 @@ cdef class Stream:
 
     cdef int _send(self, bytes data, bint end) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Server conn
+        cdef long long took
+        if not self.out and not self.out_end and self.trailers is None:
+            # Nothing waits before it: straight to the codec, kept only if the windows
+            # do not take it all (as _flush_out would do with a queue of one).
+            conn = self.conn
+            took = conn.send_data(self.stream_id, data, end)
+            if took < 0:
+                self._discard()
+                return 0
+            if took < n:
+                if self.out is None:
+                    self.out = [data[took:]]
+                else:
+                    self.out.append(data[took:])
+                self.out_bytes += n - took
+                conn.buffered += n - took
+                self.out_end = end
+                conn.stall(self)
+                conn.check_buffered(self)
+            elif self.blocked or conn.over or conn.write_paused:
+                conn.check_buffered(self)
+            conn.flush_soon()
+            return 0
         if n:
             if self.out is None:
                 self.out = [data]
