@@ -19,6 +19,27 @@ cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
     char* PyBytes_AS_STRING_raw "PyBytes_AS_STRING" (PyObject*) noexcept
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void fp_keep_heap(void) {
+        mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        mallopt(M_TRIM_THRESHOLD, 8 << 20);
+    }
+    #else
+    static void fp_keep_heap(void) {}
+    #endif
+    """
+    void fp_keep_heap() noexcept
+
+# A connection's flush takes a buffer of up to a few hundred KiB (32 streams of 4 KiB
+# answers) and frees it after the write. With glibc's defaults the freed heap top is
+# given back (brk) and the next flush faults its pages in again: 60,000 page faults
+# per 100,000 requests at h2load -m 32, 4 KiB, 3 % of the worker's CPU. Once a process
+# speaks HTTP/2, blocks under 1 MiB come from the heap and up to 8 MiB of free top stays.
+cdef bint _heap_kept = False
+
 # The frames are written straight into the bytes object data_to_send returns (no copy
 # at the take). Its first size is the last take's (a connection's flushes are alike),
 # within these bounds: a large burst does not make every later PING reply allocate big.
@@ -49,6 +70,10 @@ cdef class FrameWriter:
     """Frames out: the buffer, the HPACK encoder, the peer's frame size."""
 
     def __cinit__(self, *args, **kwargs):
+        global _heap_kept
+        if not _heap_kept:
+            _heap_kept = True
+            fp_keep_heap()
         self._obytes = NULL
         self._obuf = NULL
         self._olen = self._ocap = 0
