@@ -114,7 +114,7 @@ cdef class Stream:
         elif state == R_CHUNKED:
             self._body_chunked(data)
         else:
-            self._send(bytes(data), False)
+            self._send(data, False)
         self.conn.flush_soon()
 
     def relay_head(self, Response resp, bytes extra, long long length):
@@ -257,11 +257,7 @@ cdef class Stream:
         cdef Py_ssize_t size = len(data)
         cdef long long n = size if size < self.left else self.left
         self.left -= n
-        if n == size:
-            piece = data if type(data) is bytes else bytes(data)
-        else:
-            piece = bytes(data[:n])
-        self._send(piece, self.left == 0)
+        self._send(data if n == size else data[:n], self.left == 0)
         if self.left == 0:
             self.state = R_DONE
             self.conn.stream_finished(self)
@@ -293,8 +289,10 @@ cdef class Stream:
         self._flush_out()
         return 0
 
-    cdef int _send(self, bytes data, bint end) except -1:
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int _send(self, object data, bint end) except -1:
+        """Body bytes for DATA: any bytes-like object (a relay may hand a view of its
+        read); what waits for a window is kept as bytes of its own."""
+        cdef Py_ssize_t n = len(data)
         cdef Server conn
         cdef long long took
         if not self.out and not self.out_end and self.trailers is None:
@@ -306,10 +304,11 @@ cdef class Stream:
                 self._discard()
                 return 0
             if took < n:
+                rest = bytes(data[took:])
                 if self.out is None:
-                    self.out = [data[took:]]
+                    self.out = [rest]
                 else:
-                    self.out.append(data[took:])
+                    self.out.append(rest)
                 self.out_bytes += n - took
                 conn.buffered += n - took
                 self.out_end = end
@@ -319,6 +318,8 @@ cdef class Stream:
                 conn.check_buffered(self)
             conn.flush_soon()
             return 0
+        if type(data) is not bytes:
+            data = bytes(data)
         if n:
             if self.out is None:
                 self.out = [data]
