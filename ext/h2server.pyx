@@ -22,7 +22,7 @@ import time
 from fastproxy import _h2msg, _http
 from fastproxy._relay import STATE_HEAD, ClientConnection
 
-from fastproxy._h2 cimport Connection
+from fastproxy._h2 cimport Connection, _Stream
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
 from fastproxy._h2msg cimport (h2_request_head, h2_response_fields,
                                h2_trailer_fields)
@@ -43,10 +43,6 @@ cdef enum:
     R_CLOSE = 4      # the body ends when the relay closes (or a CONNECT tunnel)
 
 cdef bytes CRLF = b"\r\n"
-cdef bytes M_HEAD = b"HEAD"
-cdef bytes M_CONNECT = b"CONNECT"
-cdef bytes N_METHOD = b":method"
-cdef bytes N_CONTENT_LENGTH = b"content-length"
 cdef bytes N_CONTENT_TYPE = b"content-type"
 cdef bytes GRPC = b"application/grpc"
 cdef object ParseError = _http.ParseError
@@ -559,20 +555,21 @@ cdef class Server(Connection):
 
     cpdef on_headers(self, int stream_id, list headers, bint end_stream):
         cdef Stream stream
-        cdef bytes method = b""
-        cdef bint has_length = False, grpc = False
+        cdef _Stream st
+        cdef bint head_request, connect, has_length, grpc = False
         cdef tuple field
         if self.closing:
             self.reset_stream(stream_id, E_REFUSED)
             return
-        for field in headers:
-            name = field[0]
-            if name == N_METHOD:
-                method = field[1]
-            elif name == N_CONTENT_LENGTH:
-                has_length = True
-            elif name == N_CONTENT_TYPE and (<bytes>field[1]).startswith(GRPC):
-                grpc = True
+        # The codec has read the method and content-length already (check_request).
+        st = self._get(stream_id)
+        if st is None:
+            return
+        head_request, connect, has_length = st.head, st.connect, st.content_length >= 0
+        if not end_stream:
+            for field in headers:
+                if (<bytes>field[0]) == N_CONTENT_TYPE and (<bytes>field[1]).startswith(GRPC):
+                    grpc = True
         stream = self._idle_stream() if self._idle else None
         fresh = stream is None
         if fresh:
@@ -592,8 +589,8 @@ cdef class Server(Connection):
             stream.left = stream.out_bytes = 0
             relay.buffer_limit = self._buffer_limit
         stream.stream_id = stream_id
-        stream.head_request = method == M_HEAD
-        stream.connect = method == M_CONNECT
+        stream.head_request = head_request
+        stream.connect = connect
         stream.state = R_HEAD
         head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
         stream.chunked_request = not end_stream and not stream.connect and not has_length
