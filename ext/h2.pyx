@@ -29,7 +29,7 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastproxy._hpack cimport Decoder, Encoder
-from fastproxy._http cimport Response
+from fastproxy._http cimport Request, Response
 from fastproxy._h2msg cimport *
 from fastproxy._h2frames cimport *
 
@@ -276,11 +276,43 @@ cdef class Connection(FrameWriter):
         """Open a stream with a request (client role); its id, or 0 if none may open now."""
         if not self.client:
             raise ValueError("send_request is for the client role")
-        if self.dead or self.goaway_received >= 0 or self._next_id > MAX_WINDOW \
-                or self.active_local >= self.peer_max_concurrent_streams:
-            return 0
         if type(headers) is not list:
             headers = list(headers)           # read twice below
+        cdef bytes method = b""
+        for name, value in headers:
+            if name == b":method":
+                method = value
+                break
+        cdef _Stream st = self._open_local(method)
+        if st is None:
+            return 0
+        self._write_headers_frames(st.id, headers, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return st.id
+
+    cdef int send_request_of(self, Request req, bytes scheme, bytes authority,
+                             bint end_stream) except -2:
+        """send_request(h2_request_fields(req, scheme, authority), end_stream), encoded
+        straight from the parsed head (h2msg.h2_encode_request)."""
+        if not self.client:
+            raise ValueError("send_request is for the client role")
+        cdef _Stream st = self._open_local(req.method)
+        if st is None:
+            return 0
+        PyByteArray_Resize(self._hscratch, 0)
+        h2_encode_request(self._encoder, self._hscratch, req, scheme, authority)
+        self._write_block_frames(st.id, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return st.id
+
+    cdef _Stream _open_local(self, bytes method):
+        """A new stream of ours for a request with this method, or None if none may
+        open now."""
+        if self.dead or self.goaway_received >= 0 or self._next_id > MAX_WINDOW \
+                or self.active_local >= self.peer_max_concurrent_streams:
+            return None
         cdef int sid = self._next_id
         self._next_id += 2
         cdef _Stream st = _Stream.__new__(_Stream)
@@ -289,17 +321,11 @@ cdef class Connection(FrameWriter):
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
         st.content_length = -1
-        for name, value in headers:
-            if name == b":method":
-                st.head = value == b"HEAD"
-                st.connect = value == b"CONNECT"
-                break
+        st.head = method == b"HEAD"
+        st.connect = method == b"CONNECT"
         self._streams[sid] = st
         self.active_local += 1
-        self._write_headers_frames(sid, headers, end_stream)
-        if end_stream:
-            self._close_local(st)
-        return sid
+        return st
 
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=False) except -2:
         """Send what the windows allow of data; returns the bytes taken, -1 if closed.

@@ -15,7 +15,7 @@ from fastproxy import _h2msg, _http
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL
-from fastproxy._h2msg cimport h2_request_fields, h2_response_head, h2_trailer_fields
+from fastproxy._h2msg cimport h2_response_head, h2_trailer_fields
 from fastproxy._http cimport ChunkedDecoder, Request, RequestParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -270,9 +270,8 @@ cdef class StreamLink:
         # `te: trailers` always: the relay passes every response's trailers on (as chunked
         # trailers, or HTTP/2 trailers to an HTTP/2 client) whatever the client said
         # (RFC 9113 8.2.2 allows it); gRPC servers refuse a request without it.
-        cdef list headers = h2_request_fields(req, origin.scheme, authority)
         kind = req.body
-        sid = origin.send_request(headers, kind == BODY_NONE)
+        sid = origin.send_request_of(req, origin.scheme, authority, kind == BODY_NONE)
         if sid <= 0:
             self._fail(ConnectionResetError("no HTTP/2 stream available"))
             return 0

@@ -556,6 +556,62 @@ cdef list h2_request_fields(Request req, bytes scheme, bytes authority):
     return out
 
 
+cdef int h2_encode_request(Encoder enc, bytearray out, Request req, bytes scheme,
+                           bytes authority) except -1:
+    """h2_request_fields(req, scheme, authority) HPACK-encoded into `out`; for a head
+    without a Connection field (the usual case) without the list: the same fields in
+    the same order, each name lowercased by the encoder, which makes no objects for a
+    field it sent at this place in the last block."""
+    cdef const uchar* h = req._h()
+    cdef Field* f
+    cdef int i
+    cdef Py_ssize_t k, n, at = 4
+    cdef char low[32]
+    cdef uchar c
+    for i in range(req._nf):
+        f = &req._fields[i]
+        if f.name_len == 10 and _ieq_raw(h + f.name_off, "connection", 10):
+            enc.encode_c(out, h2_request_fields(req, scheme, authority))
+            return 0
+    enc.begin_block(out)
+    enc.field_at(out, 0, b":method", req.method)
+    enc.field_at(out, 1, b":scheme", scheme)
+    enc.field_at(out, 2, b":authority", authority)
+    enc.field_at(out, 3, b":path", req.target)
+    for i in range(req._nf):
+        f = &req._fields[i]
+        n = f.name_len
+        if n <= 17:
+            # The names dropped here (connection-specific ones, te, host) are short.
+            for k in range(n):
+                c = h[f.name_off + k]
+                low[k] = <char>(c + 32 if 65 <= c <= 90 else c)
+            if connection_field(low, n) or _peq(low, n, "te", 2) or _peq(low, n, "host", 4):
+                continue
+        enc.field_raw(out, at, h + f.name_off, n, h + f.value_off, f.value_len)
+        at += 1
+    enc.field_at(out, at, b"te", b"trailers")
+    return 0
+
+
+def request_block(Encoder enc, Request req, bytes scheme, bytes authority):
+    """(the header block the upstream link sends for a parsed request, the header list
+    h2_request_fields makes of it): what a test compares."""
+    cdef bytearray out = bytearray()
+    h2_encode_request(enc, out, req, scheme, authority)
+    return bytes(out), h2_request_fields(req, scheme, authority)
+
+
+cdef inline bint _ieq_raw(const uchar* p, const char* lower, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t k
+    cdef uchar c
+    for k in range(n):
+        c = p[k]
+        if (c + 32 if 65 <= c <= 90 else c) != <uchar>lower[k]:
+            return False
+    return True
+
+
 def request_headers(bytes method, bytes scheme, bytes authority, bytes path, fields):
     """An HTTP/2 header list for an HTTP/1.1 request sent to an HTTP/2 upstream.
 

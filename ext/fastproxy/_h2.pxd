@@ -5,7 +5,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from fastproxy._hpack cimport Decoder, Encoder
 from fastproxy._h2msg cimport MsgInfo, N_KINDS
 from fastproxy._h2frames cimport FrameWriter
-from fastproxy._http cimport Response
+from fastproxy._http cimport Request, Response
 
 ctypedef unsigned char uchar
 
@@ -103,6 +103,8 @@ cdef class Connection(FrameWriter):
     cpdef int send_headers(self, int stream_id, object headers, bint end_stream=*) except -2
     cpdef int send_request(self, object headers, bint end_stream=*) except -2
     cdef int send_forward_head(self, int stream_id, Response resp, bytes extra, bint end_stream) except -2
+    cdef int send_request_of(self, Request req, bytes scheme, bytes authority, bint end_stream) except -2
+    cdef _Stream _open_local(self, bytes method)
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=*) except -2
     cpdef int reset_stream(self, int stream_id, int error_code=*) except -2
     cpdef int acknowledge_received(self, int stream_id, long long n) except -1

@@ -54,6 +54,7 @@ cdef int h2_encode_forward(Encoder enc, bytearray out, Response resp, bytes extr
 cdef bytes h2_request_head(list headers, bint body, bint absolute)
 cdef bytes h2_response_head(list headers, bint body)
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority)
+cdef int h2_encode_request(Encoder enc, bytearray out, Request req, bytes scheme, bytes authority) except -1
 cdef list h2_trailer_fields(bytes raw)
 cdef int check_request(list headers, MsgInfo* info) except -1
 cdef int check_response(list headers, MsgInfo* info) except -1
