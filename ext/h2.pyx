@@ -707,6 +707,7 @@ cdef class Connection(FrameWriter):
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
         self._streams[sid] = st
+        self._last = st                       # the hook and its replies look it up
         self.active_peer += 1
         self.on_headers(sid, headers, end_stream)
         return 0

@@ -81,6 +81,7 @@ cdef class Stream:
     cdef object trailers           # response trailers, sent after `out`
     cdef bint released             # queued for release (once)
     cdef object kept               # finished and idle: its relay, kept for a next stream
+    cdef bint own_limit            # its relay's request buffering was set for a gRPC call
 
     @property
     def http_version(self):
@@ -587,7 +588,9 @@ cdef class Server(Connection):
             stream.blocked = stream.paused = stream.out_end = stream.released = False
             stream.buf = stream.chunks = stream.held = stream.trailers = None
             stream.left = stream.out_bytes = 0
-            relay.buffer_limit = self._buffer_limit
+            if stream.own_limit:
+                stream.own_limit = False
+                relay.buffer_limit = self._buffer_limit
         stream.stream_id = stream_id
         stream.head_request = head_request
         stream.connect = connect
@@ -599,6 +602,7 @@ cdef class Server(Connection):
             # A gRPC call's messages answer each other (streaming RPCs): buffering the
             # body before the upstream is taken would hold a bidirectional call forever.
             relay.buffer_limit = 0
+            stream.own_limit = True
         stream.protocol = relay
         self.streams[stream_id] = stream
         self.deadline = 0.0
