@@ -258,16 +258,16 @@ cdef class Connection(FrameWriter):
             self._close_local(st)
         return 0
 
-    cdef int send_forward_head(self, int stream_id, Response resp, bytes extra,
+    cdef int send_forward_head(self, _Stream st, Response resp, bytes extra,
                                bint end_stream) except -2:
         """Send the HEADERS of the head the relay forwards (h2msg.h2_encode_forward),
-        encoded straight from the parsed head; -1 if it cannot send."""
-        cdef _Stream st = self._get(stream_id)
+        encoded straight from the parsed head, on a stream the caller holds; -1 if it
+        cannot send."""
         if self.dead or st is None or not st.local_open:
             return -1
         PyByteArray_Resize(self._hscratch, 0)
         h2_encode_forward(self._encoder, self._hscratch, resp, extra)
-        self._write_block_frames(stream_id, end_stream)
+        self._write_block_frames(st.id, end_stream)
         if end_stream:
             self._close_local(st)
         return 0
@@ -323,7 +323,8 @@ cdef class Connection(FrameWriter):
         st.content_length = -1
         st.head = method == b"HEAD"
         st.connect = method == b"CONNECT"
-        self._streams[sid] = st
+        st.key = sid
+        self._streams[st.key] = st
         self.active_local += 1
         return st
 
@@ -333,7 +334,10 @@ cdef class Connection(FrameWriter):
         END_STREAM goes out only if all of data was taken.  When less was taken the
         caller keeps the rest and resumes at on_window_open(stream_id).
         """
-        cdef _Stream st = self._get(stream_id)
+        return self.send_data_to(self._get(stream_id), data, end_stream)
+
+    cdef long long send_data_to(self, _Stream st, object data, bint end_stream) except -2:
+        """send_data to a stream the caller holds (no lookup by id); -1 if closed."""
         if self.dead or st is None or not st.local_open:
             return -1
         cdef Py_buffer view
@@ -351,7 +355,7 @@ cdef class Connection(FrameWriter):
                 end = False
                 st.blocked = True
             if allowed or end:
-                self._write_data(stream_id, <const uchar*>view.buf, allowed, end)
+                self._write_data(st.id, <const uchar*>view.buf, allowed, end)
         finally:
             PyBuffer_Release(&view)
         st.send_window -= allowed
@@ -706,7 +710,8 @@ cdef class Connection(FrameWriter):
         st.content_length = info.content_length
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
-        self._streams[sid] = st
+        st.key = sid
+        self._streams[st.key] = st
         self._last = st                       # the hook and its replies look it up
         self.active_peer += 1
         self.on_headers(sid, headers, end_stream)
@@ -989,7 +994,7 @@ cdef class Connection(FrameWriter):
         return 0
 
     cdef int _forget(self, _Stream st) except -1:
-        if self._streams.pop(st.id, None) is not None:
+        if self._streams.pop(st.key, None) is not None:
             if st.peer_initiated:
                 self.active_peer -= 1
             else:

@@ -60,6 +60,7 @@ cdef class Stream:
 
     cdef readonly Server conn
     cdef readonly int stream_id
+    cdef _Stream cst               # the codec's stream: sends need no lookup by id
     cdef bint head_request
     cdef public object protocol    # the relay ClientConnection; after a CONNECT's 2xx, the tunnel's end
     cdef bint connect              # a CONNECT stream (RFC 9113 8.5): DATA is the tunnel
@@ -126,11 +127,11 @@ cdef class Stream:
             return False
         cdef Server conn = self.conn
         if length == 0:
-            conn.send_forward_head(self.stream_id, resp, extra, True)
+            conn.send_forward_head(self.cst, resp, extra, True)
             self.state = R_DONE
             conn.stream_finished(self)
         else:
-            conn.send_forward_head(self.stream_id, resp, extra, False)
+            conn.send_forward_head(self.cst, resp, extra, False)
             if length > 0:
                 self.state = R_LENGTH
                 self.left = length
@@ -296,7 +297,7 @@ cdef class Stream:
             # Nothing waits before it: straight to the codec, kept only if the windows
             # do not take it all (as _flush_out would do with a queue of one).
             conn = self.conn
-            took = conn.send_data(self.stream_id, data, end)
+            took = conn.send_data_to(self.cst, data, end)
             if took < 0:
                 self._discard()
                 return 0
@@ -340,7 +341,7 @@ cdef class Stream:
         while out:
             data = out[0]
             last = len(out) == 1 and self.out_end and self.trailers is None
-            n = conn.send_data(sid, data, last)
+            n = conn.send_data_to(self.cst, data, last)
             if n < 0:
                 self._discard()
                 return 0
@@ -359,7 +360,7 @@ cdef class Stream:
                 conn.send_headers(sid, self.trailers, True)
                 self.trailers = None
             else:
-                conn.send_data(sid, b"", True)
+                conn.send_data_to(self.cst, b"", True)
         if self.blocked or conn.over:
             conn.check_buffered(self)
         conn.flush_soon()
@@ -592,6 +593,7 @@ cdef class Server(Connection):
                 stream.own_limit = False
                 relay.buffer_limit = self._buffer_limit
         stream.stream_id = stream_id
+        stream.cst = st
         stream.head_request = head_request
         stream.connect = connect
         stream.state = R_HEAD
@@ -604,7 +606,7 @@ cdef class Server(Connection):
             relay.buffer_limit = 0
             stream.own_limit = True
         stream.protocol = relay
-        self.streams[stream_id] = stream
+        self.streams[st.key] = stream       # the codec's int object: none made per request
         self.deadline = 0.0
         if fresh:
             relay.connection_made(stream)
@@ -776,9 +778,10 @@ cdef class Server(Connection):
 
     cdef int _drop(self, Stream stream) except -1:
         cdef Stream other
-        if self.streams.get(stream.stream_id) is not stream:
+        key = stream.cst.key
+        if self.streams.get(key) is not stream:
             return 0
-        del self.streams[stream.stream_id]
+        del self.streams[key]
         self.stalled.discard(stream)
         stream._discard()
         if self.over:

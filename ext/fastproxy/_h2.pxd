@@ -24,6 +24,7 @@ cdef class _Stream:
     cdef long long unacked          # consumed by the caller, not yet given back
     cdef long long content_length   # expected DATA bytes, -1 unknown
     cdef long long received
+    cdef object key                 # the id as the int object the connection's dict holds
 
 
 cdef class Connection(FrameWriter):
@@ -102,7 +103,8 @@ cdef class Connection(FrameWriter):
     cpdef feed(self, data)
     cpdef int send_headers(self, int stream_id, object headers, bint end_stream=*) except -2
     cpdef int send_request(self, object headers, bint end_stream=*) except -2
-    cdef int send_forward_head(self, int stream_id, Response resp, bytes extra, bint end_stream) except -2
+    cdef int send_forward_head(self, _Stream st, Response resp, bytes extra, bint end_stream) except -2
+    cdef long long send_data_to(self, _Stream st, object data, bint end_stream) except -2
     cdef int send_request_of(self, Request req, bytes scheme, bytes authority, bint end_stream) except -2
     cdef _Stream _open_local(self, bytes method)
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=*) except -2
