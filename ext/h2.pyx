@@ -29,6 +29,7 @@ from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastproxy._hpack cimport Decoder, Encoder
+from fastproxy._http cimport Request, Response
 from fastproxy._h2msg cimport *
 from fastproxy._h2frames cimport *
 
@@ -257,15 +258,61 @@ cdef class Connection(FrameWriter):
             self._close_local(st)
         return 0
 
+    cdef int send_forward_head(self, _Stream st, Response resp, bytes extra,
+                               bint end_stream) except -2:
+        """Send the HEADERS of the head the relay forwards (h2msg.h2_encode_forward),
+        encoded straight from the parsed head, on a stream the caller holds; -1 if it
+        cannot send."""
+        if self.dead or st is None or not st.local_open:
+            return -1
+        PyByteArray_Resize(self._hscratch, 0)
+        h2_encode_forward(self._encoder, self._hscratch, resp, extra)
+        self._write_block_frames(st.id, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return 0
+
     cpdef int send_request(self, object headers, bint end_stream=False) except -2:
         """Open a stream with a request (client role); its id, or 0 if none may open now."""
         if not self.client:
             raise ValueError("send_request is for the client role")
-        if self.dead or self.goaway_received >= 0 or self._next_id > MAX_WINDOW \
-                or self.active_local >= self.peer_max_concurrent_streams:
-            return 0
         if type(headers) is not list:
             headers = list(headers)           # read twice below
+        cdef bytes method = b""
+        for name, value in headers:
+            if name == b":method":
+                method = value
+                break
+        cdef _Stream st = self._open_local(method)
+        if st is None:
+            return 0
+        self._write_headers_frames(st.id, headers, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return st.id
+
+    cdef int send_request_of(self, Request req, bytes scheme, bytes authority,
+                             bint end_stream) except -2:
+        """send_request(h2_request_fields(req, scheme, authority), end_stream), encoded
+        straight from the parsed head (h2msg.h2_encode_request)."""
+        if not self.client:
+            raise ValueError("send_request is for the client role")
+        cdef _Stream st = self._open_local(req.method)
+        if st is None:
+            return 0
+        PyByteArray_Resize(self._hscratch, 0)
+        h2_encode_request(self._encoder, self._hscratch, req, scheme, authority)
+        self._write_block_frames(st.id, end_stream)
+        if end_stream:
+            self._close_local(st)
+        return st.id
+
+    cdef _Stream _open_local(self, bytes method):
+        """A new stream of ours for a request with this method, or None if none may
+        open now."""
+        if self.dead or self.goaway_received >= 0 or self._next_id > MAX_WINDOW \
+                or self.active_local >= self.peer_max_concurrent_streams:
+            return None
         cdef int sid = self._next_id
         self._next_id += 2
         cdef _Stream st = _Stream.__new__(_Stream)
@@ -274,17 +321,12 @@ cdef class Connection(FrameWriter):
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
         st.content_length = -1
-        for name, value in headers:
-            if name == b":method":
-                st.head = value == b"HEAD"
-                st.connect = value == b"CONNECT"
-                break
-        self._streams[sid] = st
+        st.head = method == b"HEAD"
+        st.connect = method == b"CONNECT"
+        st.key = sid
+        self._streams[st.key] = st
         self.active_local += 1
-        self._write_headers_frames(sid, headers, end_stream)
-        if end_stream:
-            self._close_local(st)
-        return sid
+        return st
 
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=False) except -2:
         """Send what the windows allow of data; returns the bytes taken, -1 if closed.
@@ -292,7 +334,10 @@ cdef class Connection(FrameWriter):
         END_STREAM goes out only if all of data was taken.  When less was taken the
         caller keeps the rest and resumes at on_window_open(stream_id).
         """
-        cdef _Stream st = self._get(stream_id)
+        return self.send_data_to(self._get(stream_id), data, end_stream)
+
+    cdef long long send_data_to(self, _Stream st, object data, bint end_stream) except -2:
+        """send_data to a stream the caller holds (no lookup by id); -1 if closed."""
         if self.dead or st is None or not st.local_open:
             return -1
         cdef Py_buffer view
@@ -310,7 +355,7 @@ cdef class Connection(FrameWriter):
                 end = False
                 st.blocked = True
             if allowed or end:
-                self._write_data(stream_id, <const uchar*>view.buf, allowed, end)
+                self._write_data(st.id, <const uchar*>view.buf, allowed, end)
         finally:
             PyBuffer_Release(&view)
         st.send_window -= allowed
@@ -665,7 +710,9 @@ cdef class Connection(FrameWriter):
         st.content_length = info.content_length
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
-        self._streams[sid] = st
+        st.key = sid
+        self._streams[st.key] = st
+        self._last = st                       # the hook and its replies look it up
         self.active_peer += 1
         self.on_headers(sid, headers, end_stream)
         return 0
@@ -947,7 +994,7 @@ cdef class Connection(FrameWriter):
         return 0
 
     cdef int _forget(self, _Stream st) except -1:
-        if self._streams.pop(st.id, None) is not None:
+        if self._streams.pop(st.key, None) is not None:
             if st.peer_initiated:
                 self.active_peer -= 1
             else:

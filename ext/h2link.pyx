@@ -15,7 +15,7 @@ from fastproxy import _h2msg, _http
 
 from fastproxy._h2 cimport Connection
 from fastproxy._h2frames cimport E_CANCEL
-from fastproxy._h2msg cimport h2_request_fields, h2_trailer_fields
+from fastproxy._h2msg cimport h2_response_head, h2_trailer_fields
 from fastproxy._http cimport ChunkedDecoder, Request, RequestParser
 from cpython.bytes cimport PyBytes_GET_SIZE
 
@@ -35,7 +35,6 @@ cdef tuple CONTENT_LENGTH_0 = (b"content-length", b"0")
 cdef object ParseError = _http.ParseError
 cdef object chunk_header = _http.chunk_header
 cdef bytes LAST_CHUNK = _http.LAST_CHUNK
-cdef object response_head = _h2msg.response_head
 cdef object validate = _h2msg.validate
 cdef int BODY_NONE = _http.BODY_NONE
 cdef int BODY_LENGTH = _http.BODY_LENGTH
@@ -271,9 +270,8 @@ cdef class StreamLink:
         # `te: trailers` always: the relay passes every response's trailers on (as chunked
         # trailers, or HTTP/2 trailers to an HTTP/2 client) whatever the client said
         # (RFC 9113 8.2.2 allows it); gRPC servers refuse a request without it.
-        cdef list headers = h2_request_fields(req, origin.scheme, authority)
         kind = req.body
-        sid = origin.send_request(headers, kind == BODY_NONE)
+        sid = origin.send_request_of(req, origin.scheme, authority, kind == BODY_NONE)
         if sid <= 0:
             self._fail(ConnectionResetError("no HTTP/2 stream available"))
             return 0
@@ -385,7 +383,7 @@ cdef class StreamLink:
                 # HEADERS that end the stream (a gRPC trailers-only answer): without a
                 # length the HTTP/1.1 relay would read this response until the close.
                 headers = headers + [CONTENT_LENGTH_0]
-        head = response_head(headers, body)
+        head = h2_response_head(headers, body)
         if end_stream:
             self.up.data_received(head)
             self._done()

@@ -14,9 +14,11 @@ reverse ones for an HTTP/2 upstream.  The surface is documented in
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
 from fastproxy._http cimport Field, Request, Response
+from fastproxy._hpack cimport Encoder
 
 ctypedef unsigned char uchar
 
@@ -269,6 +271,10 @@ def request_head(list headers, bint body, bint absolute=False):
     return h2_request_head(headers, body, absolute)
 
 
+cdef const char* _TE_CHUNKED = "transfer-encoding: chunked\r\n"
+cdef Py_ssize_t _TE_CHUNKED_LEN = 28
+
+
 cdef inline char* _put(char* o, bytes b) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
     memcpy(o, PyBytes_AS_STRING(b), n)
@@ -487,17 +493,42 @@ cdef list _extra_fields(bytes extra):
     return out
 
 
-cdef list h2_forward_fields(Response resp, bytes extra):
-    """The HTTP/2 header list of the head the relay forwards to an HTTP/1.1 client,
-    resp.forward_c(None, extra, (), False), without making that head: the same fields
-    (Response.forward_fields, one definition of what is dropped) and `extra`'s lines
-    (Via, Date, the cache's fields), lowercase, less the connection-specific ones
-    (RFC 9113 8.2.2: the relay's Transfer-Encoding and Connection lines)."""
-    cdef list out = [(b":status", _status_value(resp.status))]
-    out += resp.forward_fields((), False)
+cdef int h2_encode_forward(Encoder enc, bytearray out, Response resp, bytes extra) except -1:
+    """The HTTP/2 header block of the head the relay forwards to an HTTP/1.1 client,
+    resp.forward_c(None, extra, (), False), HPACK-encoded into `out` without making
+    that head or a header list: :status, the same fields (Response._skips, one
+    definition of what is dropped; names lowercased by the encoder, which makes no
+    objects for a field it sent at this place in the last block) and `extra`'s lines
+    (Via, Date, the cache's fields), less the connection-specific ones (RFC 9113 8.2.2:
+    the relay's Transfer-Encoding and Connection lines)."""
+    cdef const uchar* h = resp._h()
+    cdef uint8_t stackmask[128]
+    cdef uint8_t* skip = stackmask
+    cdef Field* f
+    cdef int i
+    cdef Py_ssize_t at = 1
+    if resp._nf > 128:
+        skip = <uint8_t*>malloc(resp._nf)
+        if skip == NULL:
+            raise MemoryError()
+    try:
+        resp._skips(skip, (), False)
+        enc.begin_block(out)
+        enc.field_at(out, 0, b":status", _status_value(resp.status))
+        for i in range(resp._nf):
+            if not skip[i]:
+                f = &resp._fields[i]
+                enc.field_raw(out, at, h + f.name_off, f.name_len, h + f.value_off,
+                              f.value_len)
+                at += 1
+    finally:
+        if skip != stackmask:
+            free(skip)
     if extra:
-        out += _extra_fields(extra)
-    return out
+        for field in _extra_fields(extra):
+            enc.field_at(out, at, <bytes>(<tuple>field)[0], <bytes>(<tuple>field)[1])
+            at += 1
+    return 0
 
 
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority):
@@ -525,6 +556,62 @@ cdef list h2_request_fields(Request req, bytes scheme, bytes authority):
                                                     f.value_len)))
     out.append((b"te", b"trailers"))
     return out
+
+
+cdef int h2_encode_request(Encoder enc, bytearray out, Request req, bytes scheme,
+                           bytes authority) except -1:
+    """h2_request_fields(req, scheme, authority) HPACK-encoded into `out`; for a head
+    without a Connection field (the usual case) without the list: the same fields in
+    the same order, each name lowercased by the encoder, which makes no objects for a
+    field it sent at this place in the last block."""
+    cdef const uchar* h = req._h()
+    cdef Field* f
+    cdef int i
+    cdef Py_ssize_t k, n, at = 4
+    cdef char low[32]
+    cdef uchar c
+    for i in range(req._nf):
+        f = &req._fields[i]
+        if f.name_len == 10 and _ieq_raw(h + f.name_off, "connection", 10):
+            enc.encode_c(out, h2_request_fields(req, scheme, authority))
+            return 0
+    enc.begin_block(out)
+    enc.field_at(out, 0, b":method", req.method)
+    enc.field_at(out, 1, b":scheme", scheme)
+    enc.field_at(out, 2, b":authority", authority)
+    enc.field_at(out, 3, b":path", req.target)
+    for i in range(req._nf):
+        f = &req._fields[i]
+        n = f.name_len
+        if n <= 17:
+            # The names dropped here (connection-specific ones, te, host) are short.
+            for k in range(n):
+                c = h[f.name_off + k]
+                low[k] = <char>(c + 32 if 65 <= c <= 90 else c)
+            if connection_field(low, n) or _peq(low, n, "te", 2) or _peq(low, n, "host", 4):
+                continue
+        enc.field_raw(out, at, h + f.name_off, n, h + f.value_off, f.value_len)
+        at += 1
+    enc.field_at(out, at, b"te", b"trailers")
+    return 0
+
+
+def request_block(Encoder enc, Request req, bytes scheme, bytes authority):
+    """(the header block the upstream link sends for a parsed request, the header list
+    h2_request_fields makes of it): what a test compares."""
+    cdef bytearray out = bytearray()
+    h2_encode_request(enc, out, req, scheme, authority)
+    return bytes(out), h2_request_fields(req, scheme, authority)
+
+
+cdef inline bint _ieq_raw(const uchar* p, const char* lower, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t k
+    cdef uchar c
+    for k in range(n):
+        c = p[k]
+        if (c + 32 if 65 <= c <= 90 else c) != <uchar>lower[k]:
+            return False
+    return True
 
 
 def request_headers(bytes method, bytes scheme, bytes authority, bytes path, fields):
@@ -565,30 +652,57 @@ def response_head(list headers, bint body):
     `body`: DATA follows; without a content-length the head then says
     `Transfer-Encoding: chunked` (not for 1xx, 204 and 304, which have no content).
     """
+    return h2_response_head(headers, body)
+
+
+cdef bytes h2_response_head(list headers, bint body):
+    """response_head, a C call for the upstream links (ext/h2link.pyx): the head is
+    measured, then written once."""
     cdef int status = 0
-    cdef list head = [None]    # the status line, then name, ": ", value, CRLF: one join
-    cdef bint has_cl = False
-    cdef bytes name, value
+    cdef bint has_cl = False, chunked
+    cdef bytes name, value, line
+    cdef Py_ssize_t size = 2, k, nl, vl
+    cdef const char* v
     for field in headers:
-        name = (<tuple>field)[0]
-        value = (<tuple>field)[1]
-        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+        name = <bytes>(<tuple>field)[0]
+        value = <bytes>(<tuple>field)[1]
+        nl = PyBytes_GET_SIZE(name)
+        if nl and PyBytes_AS_STRING(name)[0] == b':':
             if _eq(name, ":status", 7):
-                status = int(value)
+                # Three digits: the codec checked :status (RFC 9113 8.3.2).
+                v = PyBytes_AS_STRING(value)
+                vl = PyBytes_GET_SIZE(value)
+                status = 0
+                for k in range(vl):
+                    if not 48 <= v[k] <= 57 or k >= 3:
+                        raise ValueError(f"bad :status {value!r}")
+                    status = status * 10 + (v[k] - 48)
         else:
             if _eq(name, "content-length", 14):
                 has_cl = True
-            head += (name, b": ", value, b"\r\n")
+            size += nl + 4 + PyBytes_GET_SIZE(value)
     line = _STATUS_LINES.get(status)
     if line is None:
         line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
         if 100 <= status <= 999:
             _STATUS_LINES[status] = line
-    head[0] = line
-    if body and not has_cl and status >= 200 and status not in (204, 304):
-        head.append(b"transfer-encoding: chunked\r\n")
-    head.append(b"\r\n")
-    return b"".join(head)
+    chunked = body and not has_cl and status >= 200 and status != 204 and status != 304
+    size += PyBytes_GET_SIZE(line) + (_TE_CHUNKED_LEN if chunked else 0)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* o = PyBytes_AS_STRING(out)
+    o = _put(o, line)
+    for field in headers:
+        name = <bytes>(<tuple>field)[0]
+        if PyBytes_GET_SIZE(name) and PyBytes_AS_STRING(name)[0] == b':':
+            continue
+        o = _put(o, name)
+        o = _putc(o, ": ", 2)
+        o = _put(o, <bytes>(<tuple>field)[1])
+        o = _putc(o, "\r\n", 2)
+    if chunked:
+        o = _putc(o, _TE_CHUNKED, _TE_CHUNKED_LEN)
+    _putc(o, "\r\n", 2)
+    return out
 
 
 cdef list h2_trailer_fields(bytes raw):

@@ -22,9 +22,9 @@ import time
 from fastproxy import _h2msg, _http
 from fastproxy._relay import STATE_HEAD, ClientConnection
 
-from fastproxy._h2 cimport Connection
+from fastproxy._h2 cimport Connection, _Stream
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
-from fastproxy._h2msg cimport (h2_forward_fields, h2_request_head, h2_response_fields,
+from fastproxy._h2msg cimport (h2_request_head, h2_response_fields,
                                h2_trailer_fields)
 from fastproxy._http cimport ChunkedDecoder, Response, ResponseParser
 from cpython.bytes cimport PyBytes_GET_SIZE
@@ -43,10 +43,6 @@ cdef enum:
     R_CLOSE = 4      # the body ends when the relay closes (or a CONNECT tunnel)
 
 cdef bytes CRLF = b"\r\n"
-cdef bytes M_HEAD = b"HEAD"
-cdef bytes M_CONNECT = b"CONNECT"
-cdef bytes N_METHOD = b":method"
-cdef bytes N_CONTENT_LENGTH = b"content-length"
 cdef bytes N_CONTENT_TYPE = b"content-type"
 cdef bytes GRPC = b"application/grpc"
 cdef object ParseError = _http.ParseError
@@ -64,6 +60,7 @@ cdef class Stream:
 
     cdef readonly Server conn
     cdef readonly int stream_id
+    cdef _Stream cst               # the codec's stream: sends need no lookup by id
     cdef bint head_request
     cdef public object protocol    # the relay ClientConnection; after a CONNECT's 2xx, the tunnel's end
     cdef bint connect              # a CONNECT stream (RFC 9113 8.5): DATA is the tunnel
@@ -84,6 +81,8 @@ cdef class Stream:
     cdef bint request_ended
     cdef object trailers           # response trailers, sent after `out`
     cdef bint released             # queued for release (once)
+    cdef object kept               # finished and idle: its relay, kept for a next stream
+    cdef bint own_limit            # its relay's request buffering was set for a gRPC call
 
     @property
     def http_version(self):
@@ -113,12 +112,13 @@ cdef class Stream:
         elif state == R_CHUNKED:
             self._body_chunked(data)
         else:
-            self._send(bytes(data), False)
+            self._send(data, False)
         self.conn.flush_soon()
 
     def relay_head(self, Response resp, bytes extra, long long length):
         """The relay's response head, handed over parsed instead of written: the fields
-        it would forward to an HTTP/1.1 client (h2_forward_fields) go out as HEADERS,
+        it would forward to an HTTP/1.1 client (encoded straight from `resp`:
+        h2_encode_forward) go out as HEADERS,
         and what the relay writes next is the body in its framing (`length` > 0: that
         many bytes; 0: none, the stream ends here; -1: chunked). False: the stream
         cannot take it now (a CONNECT, bytes of a head already written, a closed
@@ -126,13 +126,12 @@ cdef class Stream:
         if self.closing or self.state != R_HEAD or self.buf or self.connect:
             return False
         cdef Server conn = self.conn
-        cdef list headers = h2_forward_fields(resp, extra)
         if length == 0:
-            conn.send_headers(self.stream_id, headers, True)
+            conn.send_forward_head(self.cst, resp, extra, True)
             self.state = R_DONE
             conn.stream_finished(self)
         else:
-            conn.send_headers(self.stream_id, headers, False)
+            conn.send_forward_head(self.cst, resp, extra, False)
             if length > 0:
                 self.state = R_LENGTH
                 self.left = length
@@ -256,8 +255,7 @@ cdef class Stream:
         cdef Py_ssize_t size = len(data)
         cdef long long n = size if size < self.left else self.left
         self.left -= n
-        piece = bytes(data) if n == size else bytes(data[:n])
-        self._send(piece, self.left == 0)
+        self._send(data if n == size else data[:n], self.left == 0)
         if self.left == 0:
             self.state = R_DONE
             self.conn.stream_finished(self)
@@ -289,8 +287,37 @@ cdef class Stream:
         self._flush_out()
         return 0
 
-    cdef int _send(self, bytes data, bint end) except -1:
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int _send(self, object data, bint end) except -1:
+        """Body bytes for DATA: any bytes-like object (a relay may hand a view of its
+        read); what waits for a window is kept as bytes of its own."""
+        cdef Py_ssize_t n = len(data)
+        cdef Server conn
+        cdef long long took
+        if not self.out and not self.out_end and self.trailers is None:
+            # Nothing waits before it: straight to the codec, kept only if the windows
+            # do not take it all (as _flush_out would do with a queue of one).
+            conn = self.conn
+            took = conn.send_data_to(self.cst, data, end)
+            if took < 0:
+                self._discard()
+                return 0
+            if took < n:
+                rest = bytes(data[took:])
+                if self.out is None:
+                    self.out = [rest]
+                else:
+                    self.out.append(rest)
+                self.out_bytes += n - took
+                conn.buffered += n - took
+                self.out_end = end
+                conn.stall(self)
+                conn.check_buffered(self)
+            elif self.blocked or conn.over or conn.write_paused:
+                conn.check_buffered(self)
+            conn.flush_soon()
+            return 0
+        if type(data) is not bytes:
+            data = bytes(data)
         if n:
             if self.out is None:
                 self.out = [data]
@@ -314,7 +341,7 @@ cdef class Stream:
         while out:
             data = out[0]
             last = len(out) == 1 and self.out_end and self.trailers is None
-            n = conn.send_data(sid, data, last)
+            n = conn.send_data_to(self.cst, data, last)
             if n < 0:
                 self._discard()
                 return 0
@@ -333,7 +360,7 @@ cdef class Stream:
                 conn.send_headers(sid, self.trailers, True)
                 self.trailers = None
             else:
-                conn.send_data(sid, b"", True)
+                conn.send_data_to(self.cst, b"", True)
         if self.blocked or conn.over:
             conn.check_buffered(self)
         conn.flush_soon()
@@ -395,7 +422,7 @@ cdef class Server(Connection):
     cdef bint _flush_scheduled
     cdef list _finished              # streams whose relay may be let go at the next flush
     cdef object _flush_cb
-    cdef list _idle                  # relays of finished streams, kept for new streams
+    cdef list _idle                  # finished streams with their relays, kept for new streams
     cdef bint _reuse                 # no per-connection hooks: a relay may serve many streams
     cdef object _buffer_limit        # a new relay's request buffering (gRPC streams set 0)
 
@@ -530,50 +557,59 @@ cdef class Server(Connection):
 
     cpdef on_headers(self, int stream_id, list headers, bint end_stream):
         cdef Stream stream
-        cdef bytes method = b""
-        cdef bint has_length = False, grpc = False
+        cdef _Stream st
+        cdef bint head_request, connect, has_length, grpc = False
         cdef tuple field
         if self.closing:
             self.reset_stream(stream_id, E_REFUSED)
             return
-        for field in headers:
-            name = field[0]
-            if name == N_METHOD:
-                method = field[1]
-            elif name == N_CONTENT_LENGTH:
-                has_length = True
-            elif name == N_CONTENT_TYPE and (<bytes>field[1]).startswith(GRPC):
-                grpc = True
-        stream = Stream.__new__(Stream)
-        stream.conn = self
-        stream.stream_id = stream_id
-        stream.head_request = method == M_HEAD
-        stream.connect = method == M_CONNECT
-        stream.state = R_HEAD
-        head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
-        stream.chunked_request = not end_stream and not stream.connect and not has_length
-        stream.request_ended = end_stream
-        relay = self._idle_relay() if self._idle else None
-        fresh = relay is None
+        # The codec has read the method and content-length already (check_request).
+        st = self._get(stream_id)
+        if st is None:
+            return
+        head_request, connect, has_length = st.head, st.connect, st.content_length >= 0
+        if not end_stream:
+            for field in headers:
+                if (<bytes>field[0]) == N_CONTENT_TYPE and (<bytes>field[1]).startswith(GRPC):
+                    grpc = True
+        stream = self._idle_stream() if self._idle else None
+        fresh = stream is None
         if fresh:
+            stream = Stream.__new__(Stream)
+            stream.conn = self
             relay = ClientConnection(self.rt)
             relay.received_version = 20
             if self._buffer_limit is None:
                 self._buffer_limit = relay.buffer_limit
         else:
-            relay.buffer_limit = self._buffer_limit
+            # A kept pair: the relay's transport is this stream already (no new Stream,
+            # no new bound write method); the stream starts again from a clean state.
+            relay, stream.kept = stream.kept, None
+            stream.tunneling = stream.client_eof = stream.closing = False
+            stream.blocked = stream.paused = stream.out_end = stream.released = False
+            stream.buf = stream.chunks = stream.held = stream.trailers = None
+            stream.left = stream.out_bytes = 0
+            if stream.own_limit:
+                stream.own_limit = False
+                relay.buffer_limit = self._buffer_limit
+        stream.stream_id = stream_id
+        stream.cst = st
+        stream.head_request = head_request
+        stream.connect = connect
+        stream.state = R_HEAD
+        head = h2_request_head(headers, not end_stream and not stream.connect, self.forward)
+        stream.chunked_request = not end_stream and not stream.connect and not has_length
+        stream.request_ended = end_stream
         if not end_stream and grpc:
             # A gRPC call's messages answer each other (streaming RPCs): buffering the
             # body before the upstream is taken would hold a bidirectional call forever.
             relay.buffer_limit = 0
+            stream.own_limit = True
         stream.protocol = relay
-        self.streams[stream_id] = stream
+        self.streams[st.key] = stream       # the codec's int object: none made per request
         self.deadline = 0.0
         if fresh:
             relay.connection_made(stream)
-        else:
-            relay.transport = stream
-            relay.twrite = stream.write
         if self.write_paused:
             stream.hold_upstream(True)
         relay.data_received(head)
@@ -701,41 +737,51 @@ cdef class Server(Connection):
             self.flush_soon()
         return 0
 
-    cdef object _idle_relay(self):
-        """A kept relay still waiting for a request head, or None."""
+    cdef Stream _idle_stream(self):
+        """A kept stream whose relay still waits for a request head, or None."""
+        cdef Stream stream
         while self._idle:
-            relay = self._idle.pop()
-            if (relay.state == STATE_HEAD and not relay.closing and not relay.paused
-                    and not relay.write_paused and relay.buf is None):
-                return relay
+            stream = self._idle.pop()
+            relay = stream.kept
+            # Kept only when clean (_relay_done); nothing drives an idle relay but a
+            # worker drain or a close, which these two show.
+            if relay.state == STATE_HEAD and not relay.closing:
+                return stream
+            stream.kept = None
             relay.connection_lost(None)
         return None
 
-    cdef int _relay_done(self, relay, bint complete) except -1:
-        """A stream is over: keep its relay for the next stream when its exchange ended
-        as a kept-alive HTTP/1.1 one would (waiting for the next head, nothing held),
-        else end it. Kept relays have no deadline; they end with the connection."""
+    cdef int _relay_done(self, Stream stream, relay, bint complete) except -1:
+        """A stream is over: keep it with its relay for the next stream when its
+        exchange ended as a kept-alive HTTP/1.1 one would (waiting for the next head,
+        nothing held), else end the relay. Kept relays have no deadline; they end with
+        the connection."""
         if (complete and self._reuse and not self.closing and self.transport is not None
                 and len(self._idle) < IDLE_RELAYS and relay.state == STATE_HEAD
                 and relay.req is None and relay.upstream is None and relay.buf is None
-                and not relay.paused and not relay.write_paused and not relay.closing):
+                and not relay.paused and not relay.write_paused and not relay.closing
+                and relay.transport is stream):
             relay.deadline = 0.0
-            self._idle.append(relay)
+            stream.kept = relay
+            self._idle.append(stream)
         else:
             relay.connection_lost(None)
         return 0
 
     cdef int _release_idle(self) except -1:
+        cdef Stream stream
         idle, self._idle = self._idle, []
-        for relay in idle:
+        for stream in idle:
+            relay, stream.kept = stream.kept, None
             relay.connection_lost(None)
         return 0
 
     cdef int _drop(self, Stream stream) except -1:
         cdef Stream other
-        if self.streams.get(stream.stream_id) is not stream:
+        key = stream.cst.key
+        if self.streams.get(key) is not stream:
             return 0
-        del self.streams[stream.stream_id]
+        del self.streams[key]
         self.stalled.discard(stream)
         stream._discard()
         if self.over:
@@ -746,7 +792,7 @@ cdef class Server(Connection):
         if stream.state != R_DONE:
             self.reset_stream(stream.stream_id, E_CANCEL)
         if protocol is not None:
-            self._relay_done(protocol, stream.state == R_DONE and not stream.tunneling)
+            self._relay_done(stream, protocol, stream.state == R_DONE and not stream.tunneling)
         if not self.streams:
             self.deadline = _monotonic() + self.idle
             if self.closing:

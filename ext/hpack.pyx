@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 
 class HPACKError(ValueError):
@@ -354,6 +354,10 @@ cdef class _Table:
 cdef class Decoder(_Table):
     """Decodes header blocks of one connection; keeps the peer encoder's dynamic table."""
 
+    def __cinit__(self, *args, **kwargs):
+        self._mraw = [b""] * MEMO_FIELDS
+        self._mentry = [None] * MEMO_FIELDS
+
     def __init__(self, Py_ssize_t max_table_size=4096):
         self.settings_max_size = max_table_size
         self._hbuf = NULL
@@ -408,13 +412,36 @@ cdef class Decoder(_Table):
 
     cdef list decode_c(self, const uchar* p, Py_ssize_t n, Py_ssize_t max_list_size):
         cdef list out = []
-        cdef Py_ssize_t pos = 0, idx, total = 0, size
+        cdef Py_ssize_t pos = 0, idx, total = 0, size, i = 0, start, k
         cdef uchar b
         cdef bint fields_seen = False, keep = True
         cdef tuple entry
-        cdef bytes name, value
+        cdef bytes name, value, raw
         while pos < n:
             b = p[pos]
+            start = pos
+            if i < MEMO_FIELDS and not b & 0x80 and b & 0xe0 != 0x20:
+                # A literal whose bytes are those of the last block's field here decodes
+                # to the same field (its name is not in the dynamic table): no Huffman
+                # decoding, no new objects. Servers send their changing fields (date,
+                # etag) as literals without indexing, block after block.
+                raw = <bytes>self._mraw[i]
+                k = PyBytes_GET_SIZE(raw)
+                if k and k <= n - pos and memcmp(PyBytes_AS_STRING(raw), p + pos, k) == 0:
+                    entry = <tuple>self._mentry[i]
+                    pos += k
+                    if b & 0x40:
+                        self.add(entry, PyBytes_GET_SIZE(<bytes>entry[0])
+                                 + PyBytes_GET_SIZE(<bytes>entry[1]) + 32)
+                    i += 1
+                    fields_seen = True
+                    total += PyBytes_GET_SIZE(<bytes>entry[0]) + PyBytes_GET_SIZE(<bytes>entry[1]) + 32
+                    if total > max_list_size:
+                        keep = False
+                        out = None
+                    if keep:
+                        out.append(entry)
+                    continue
             if b & 0x80:                           # indexed field (6.1)
                 idx = _int(p, n, &pos, 7)
                 entry = self._index(idx)
@@ -438,6 +465,16 @@ cdef class Decoder(_Table):
                 entry = (name, value)
                 if b & 0x40:
                     self.add(entry, PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 32)
+                if i < MEMO_FIELDS:
+                    # Remembered only when the name is not from the dynamic table (the
+                    # bytes alone then say what the field is).
+                    if idx <= _NSTATIC:
+                        self._mraw[i] = PyBytes_FromStringAndSize(<const char*>p + start,
+                                                                  pos - start)
+                        self._mentry[i] = entry
+                    else:
+                        self._mraw[i] = b""
+            i += 1
             fields_seen = True
             total += PyBytes_GET_SIZE(<bytes>entry[0]) + PyBytes_GET_SIZE(<bytes>entry[1]) + 32
             if total > max_list_size:
@@ -470,6 +507,11 @@ cdef frozenset _SENSITIVE = frozenset((b"authorization", b"proxy-authorization")
 @cython.final
 cdef class Encoder(_Table):
     """Encodes header lists for one connection, keeping our dynamic table."""
+
+    def __cinit__(self, *args, **kwargs):
+        self._mname = [None] * MEMO_FIELDS
+        self._mvalue = [None] * MEMO_FIELDS
+        memset(self._mcode, 0, sizeof(self._mcode))
 
     def __init__(self, Py_ssize_t max_table_size=4096, Py_ssize_t huffman_min=1):
         self._full = {}
@@ -505,17 +547,94 @@ cdef class Encoder(_Table):
         return 0
 
     cdef int encode_c(self, bytearray out, object headers) except -1:
+        cdef Py_ssize_t i = 0
+        self.begin_block(out)
+        for name, value in headers:
+            self.field_at(out, i, <bytes?>name, <bytes?>value)
+            i += 1
+        return 0
+
+    cdef int begin_block(self, bytearray out) except -1:
+        """Start a header block: a table size change not yet announced goes first."""
         if self._pending_min >= 0:
             # The smallest size reached since the last block first, then the current one.
             if self._pending_min < self.max_size:
                 _put_int(out, self._pending_min, 5, 0x20)
             _put_int(out, self.max_size, 5, 0x20)
             self._pending_min = -1
-        for name, value in headers:
-            self._field(out, <bytes?>name, <bytes?>value)
         return 0
 
-    cdef int _field(self, bytearray out, bytes name, bytes value) except -1:
+    cdef bint _memo_emit(self, bytearray out, Py_ssize_t i) except -1:
+        """Emit position i's last representation again if it is still an index (the
+        dynamic entry is still in the table): what _field would find by hashing."""
+        cdef Py_ssize_t code = self._mcode[i]
+        if code < -1:
+            _put_int(out, -code - 1, 7, 0x80)
+            return True
+        if code > 0 and code > self._inserted - self._count:
+            _put_int(out, _NSTATIC + self._inserted - code + 1, 7, 0x80)
+            return True
+        return False
+
+    cdef int field_at(self, bytearray out, Py_ssize_t i, bytes name, bytes value) except -1:
+        """Encode the i-th field of a block. A connection's header lists repeat (the
+        same origin's responses, the same client's requests): when position i holds
+        the same field as in the last block, its index is emitted without hashing."""
+        cdef bytes mn, mv
+        if i >= MEMO_FIELDS:
+            self._field(out, name, value)
+            return 0
+        if self._mcode[i]:
+            mn = <bytes>self._mname[i]
+            mv = <bytes>self._mvalue[i]
+            if (mn is name or mn == name) and (mv is value or mv == value) \
+                    and self._memo_emit(out, i):
+                return 0
+        return self._field_store(out, i, name, value)
+
+    cdef int field_raw(self, bytearray out, Py_ssize_t i, const uchar* name, Py_ssize_t nlen,
+                       const uchar* value, Py_ssize_t vlen) except -1:
+        """field_at for a field still in a parsed head: the name is lowercased here,
+        and no bytes objects are made when position i holds the same field as in the
+        last block."""
+        cdef bytes mn, mv
+        cdef const uchar* q
+        cdef Py_ssize_t k
+        cdef uchar c
+        if i < MEMO_FIELDS and self._mcode[i]:
+            mn = <bytes>self._mname[i]
+            mv = <bytes>self._mvalue[i]
+            if PyBytes_GET_SIZE(mn) == nlen and PyBytes_GET_SIZE(mv) == vlen \
+                    and memcmp(PyBytes_AS_STRING(mv), value, vlen) == 0:
+                q = <const uchar*>PyBytes_AS_STRING(mn)
+                for k in range(nlen):
+                    c = name[k]
+                    if q[k] != (c + 32 if 65 <= c <= 90 else c):
+                        break
+                else:
+                    if self._memo_emit(out, i):
+                        return 0
+        cdef bytes n = PyBytes_FromStringAndSize(NULL, nlen)
+        cdef char* w = PyBytes_AS_STRING(n)
+        for k in range(nlen):
+            c = name[k]
+            w[k] = <char>(c + 32 if 65 <= c <= 90 else c)
+        cdef bytes v = PyBytes_FromStringAndSize(<const char*>value, vlen)
+        if i < MEMO_FIELDS:
+            return self._field_store(out, i, n, v)
+        self._field(out, n, v)
+        return 0
+
+    cdef int _field_store(self, bytearray out, Py_ssize_t i, bytes name, bytes value) except -1:
+        self._mcode[i] = self._field(out, name, value)
+        self._mname[i] = name
+        self._mvalue[i] = value
+        return 0
+
+    cdef Py_ssize_t _field(self, bytearray out, bytes name, bytes value) except -1:
+        """Encode one field; returns how: -(static index) - 1 for a static-table index,
+        the dynamic entry's insertion number when it is indexed (found, or added
+        now), 0 for a literal that stays one."""
         cdef tuple key = (name, value)
         cdef Py_ssize_t nlen = PyBytes_GET_SIZE(name), vlen = PyBytes_GET_SIZE(value)
         cdef object hit
@@ -523,11 +642,11 @@ cdef class Encoder(_Table):
             hit = _STATIC_FULL.get(key)
             if hit is not None:
                 _put_int(out, <Py_ssize_t>hit, 7, 0x80)
-                return 0
+                return -<Py_ssize_t>hit - 1
         hit = self._full.get(key)
         if hit is not None:
             _put_int(out, _NSTATIC + self._inserted - <Py_ssize_t>hit + 1, 7, 0x80)
-            return 0
+            return <Py_ssize_t>hit
         cdef Py_ssize_t esize = nlen + vlen + 32
         cdef bint never = name in _SENSITIVE or (vlen < 20 and name == b"cookie")
         # Index what fits in a quarter of the table; big or sensitive values go literal.
@@ -550,6 +669,7 @@ cdef class Encoder(_Table):
             self._inserted += 1
             self._full[key] = self._inserted
             self._names[name] = self._inserted
+            return self._inserted
         return 0
 
     cdef int _put_string(self, bytearray out, bytes s) except -1:

@@ -37,3 +37,7 @@ def request_headers(method: bytes, scheme: bytes | None, authority: bytes | None
 
 def response_head(headers: list[Header], body: bool) -> bytes:
     """HTTP/1.1 response head from a validated HTTP/2 response."""
+
+def request_block(enc: object, req: object, scheme: bytes, authority: bytes) -> tuple[bytes, list[Header]]:
+    """(the block the upstream link sends for a parsed Request, the header list it
+    stands for): for tests."""

@@ -5,6 +5,7 @@ from libc.stdint cimport uint8_t, uint32_t
 from fastproxy._hpack cimport Decoder, Encoder
 from fastproxy._h2msg cimport MsgInfo, N_KINDS
 from fastproxy._h2frames cimport FrameWriter
+from fastproxy._http cimport Request, Response
 
 ctypedef unsigned char uchar
 
@@ -23,6 +24,7 @@ cdef class _Stream:
     cdef long long unacked          # consumed by the caller, not yet given back
     cdef long long content_length   # expected DATA bytes, -1 unknown
     cdef long long received
+    cdef object key                 # the id as the int object the connection's dict holds
 
 
 cdef class Connection(FrameWriter):
@@ -101,6 +103,10 @@ cdef class Connection(FrameWriter):
     cpdef feed(self, data)
     cpdef int send_headers(self, int stream_id, object headers, bint end_stream=*) except -2
     cpdef int send_request(self, object headers, bint end_stream=*) except -2
+    cdef int send_forward_head(self, _Stream st, Response resp, bytes extra, bint end_stream) except -2
+    cdef long long send_data_to(self, _Stream st, object data, bint end_stream) except -2
+    cdef int send_request_of(self, Request req, bytes scheme, bytes authority, bint end_stream) except -2
+    cdef _Stream _open_local(self, bytes method)
     cpdef long long send_data(self, int stream_id, object data, bint end_stream=*) except -2
     cpdef int reset_stream(self, int stream_id, int error_code=*) except -2
     cpdef int acknowledge_received(self, int stream_id, long long n) except -1

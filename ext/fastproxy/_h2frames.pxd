@@ -1,6 +1,7 @@
 # Declarations of fastproxy._h2frames (implementation in ext/h2frames.pyx): the frame
 # constants of RFC 9113 and the sending half of an HTTP/2 connection, which
 # fastproxy._h2.Connection extends with the receiving half.
+from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t
 from fastproxy._hpack cimport Encoder
 
@@ -39,8 +40,10 @@ cdef enum:
 
 
 cdef class FrameWriter:
-    cdef uchar* _obuf                       # frames not yet taken by data_to_send
+    cdef PyObject* _obytes                  # the bytes object data_to_send hands over (owned)
+    cdef uchar* _obuf                       # its buffer: frames not yet taken
     cdef Py_ssize_t _olen, _ocap
+    cdef Py_ssize_t _ohint                  # the size of the last take: the next buffer's start
     cdef Encoder _encoder
     cdef bytearray _hscratch                # one encoded header block
     cdef readonly int peer_max_frame_size
@@ -52,4 +55,5 @@ cdef class FrameWriter:
     cdef int _write_u32_frame(self, int ftype, uint32_t sid, uint32_t value) except -1
     cdef int _write_goaway(self, uint32_t last, uint32_t code, bytes debug) except -1
     cdef int _write_headers_frames(self, uint32_t sid, object headers, bint end_stream) except -1
+    cdef int _write_block_frames(self, uint32_t sid, bint end_stream) except -1
     cdef int _write_data(self, uint32_t sid, const uchar* p, Py_ssize_t n, bint end) except -1

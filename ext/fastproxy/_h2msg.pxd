@@ -46,12 +46,15 @@ cdef struct MsgInfo:
 
 
 from fastproxy._http cimport Request, Response
+from fastproxy._hpack cimport Encoder
 
 cdef bint connection_field(const char* p, Py_ssize_t n) noexcept
 cdef list h2_response_fields(Response resp)
-cdef list h2_forward_fields(Response resp, bytes extra)
+cdef int h2_encode_forward(Encoder enc, bytearray out, Response resp, bytes extra) except -1
 cdef bytes h2_request_head(list headers, bint body, bint absolute)
+cdef bytes h2_response_head(list headers, bint body)
 cdef list h2_request_fields(Request req, bytes scheme, bytes authority)
+cdef int h2_encode_request(Encoder enc, bytearray out, Request req, bytes scheme, bytes authority) except -1
 cdef list h2_trailer_fields(bytes raw)
 cdef int check_request(list headers, MsgInfo* info) except -1
 cdef int check_response(list headers, MsgInfo* info) except -1

@@ -204,3 +204,89 @@ def test_full_static_entries_are_one_byte_indexes_rfc7541_appendix_a():
               (b":path", b"/index.html"), (b"accept-encoding", b"gzip, deflate"),
               (b"age", b""), (b"www-authenticate", b"")]
     assert enc.encode(fields) == bytes([0x88, 0x8d, 0x83, 0x85, 0x90, 0x95, 0xbd])
+
+
+RESPONSE_HEAD = [(b":status", b"200"), (b"server", b"nginx"), (b"date", b"Mon, 08 Jan 2024 10:00:00 GMT"),
+                 (b"content-type", b"application/octet-stream"), (b"content-length", b"4096"),
+                 (b"etag", b'"6597c5a0-1000"'), (b"accept-ranges", b"bytes"),
+                 (b"authorization", b"kept literal"), (b"via", b"2 fastproxy")]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, len(RESPONSE_HEAD) - 1), st.binary(max_size=60),
+                          st.sampled_from([None, 0, 64, 200, 4096])), min_size=1, max_size=12))
+def test_repeated_lists_decode_the_same_rfc7541(edits):
+    """A connection's lists repeat with a field changed now and then (the encoder
+    remembers each position's last field and emits its index without hashing): every
+    block still decodes to the list (hpack and ours), through evictions and table size
+    changes that drop the remembered entries."""
+    enc, dec, ours = H.Encoder(4096), hpack.Decoder(), H.Decoder(4096)
+    dec.max_allowed_table_size = 4096
+    hl = list(RESPONSE_HEAD)
+    for at, value, size in edits:
+        if size is not None:
+            enc.set_table_size(size)
+        for _ in range(2):                      # the second time: the remembered path
+            block = enc.encode(hl)
+            assert dec.decode(block, raw=True) == hl
+            assert ours.decode(block) == hl
+            assert ours.entries() == enc.entries()
+        hl[at] = (hl[at][0], value)
+
+
+def test_a_repeated_list_is_all_indexes_rfc7541_6_1():
+    """The same list again on a table big enough: one index byte per field, except the
+    never-indexed credential (RFC 7541 7.1.3), which is a literal every time."""
+    enc = H.Encoder(4096)
+    first = enc.encode(RESPONSE_HEAD)
+    again = enc.encode(RESPONSE_HEAD)
+    cred = len(first) - len(H.Encoder(4096).encode(
+        [f for f in RESPONSE_HEAD if f[0] != b"authorization"]))
+    assert len(again) == len(RESPONSE_HEAD) - 1 + cred
+    assert H.Decoder(4096).decode(first + again) == RESPONSE_HEAD * 2
+
+
+def _literal(first: int, prefix: int, name_index: int, name: bytes, value: bytes, huff: bool) -> bytes:
+    """One literal field representation (RFC 7541 6.2), written by hand."""
+    def integer(v: int, bits: int, flags: int) -> bytes:
+        mask = (1 << bits) - 1
+        if v < mask:
+            return bytes([flags | v])
+        out, v = [flags | mask], v - mask
+        while v >= 128:
+            out.append((v & 0x7f) | 0x80)
+            v >>= 7
+        return bytes(out + [v])
+
+    def string(s: bytes) -> bytes:
+        if huff:
+            h = H.huffman_encode(s)
+            return integer(len(h), 7, 0x80) + h
+        return integer(len(s), 7, 0) + s
+
+    rep = integer(name_index, prefix, first)
+    return rep + (b"" if name_index else string(name)) + string(value)
+
+
+NAMES = [(b"date", 33), (b"etag", 34), (b"x-trace", 0), (b"content-length", 28)]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.lists(st.tuples(st.integers(0, len(NAMES) - 1), st.sampled_from([b"a", b"Mon", b""]) | st.binary(max_size=40),
+                                   st.sampled_from([(0x00, 4), (0x10, 4), (0x40, 6)]),
+                                   st.booleans(), st.booleans()), max_size=6),
+                min_size=1, max_size=8))
+def test_repeated_literals_decode_as_hpack_does_rfc7541_6_2(blocks):
+    """Servers repeat literals block after block (nginx sends date and etag without
+    indexing); the decoder remembers each position's literal bytes and its field. The
+    same bytes again, or changed, with indexing or not, by static name index or a
+    literal name: every block decodes as hpack decodes it, tables in step."""
+    ours, oracle = H.Decoder(4096), hpack.Decoder()
+    for block in blocks:
+        for _ in range(2):
+            data = b"".join(_literal(first, prefix, idx if by_index else 0, name, value, huff)
+                            for n, value, (first, prefix), by_index, huff in block
+                            for name, idx in [NAMES[n]])
+            assert ours.decode(data) == oracle.decode(data, raw=True)
+            assert [tuple(e) for e in ours.entries()] == \
+                [tuple(e) for e in oracle.header_table.dynamic_entries]

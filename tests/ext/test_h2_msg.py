@@ -205,3 +205,31 @@ def test_compiled_request_head_is_the_reference_byte_for_byte(method, authority,
             return
         raise AssertionError("request_head made a head without an authority")
     assert _h2msg.request_head(headers, body, absolute) == want
+
+
+_NAMES = st.sampled_from([b"Accept", b"accept", b"Connection", b"Keep-Alive", b"TE", b"te", b"Host",
+                          b"Transfer-Encoding", b"Proxy-Connection", b"Upgrade", b"Cookie",
+                          b"X-Forwarded-For", b"Via", b"X-A-Rather-Long-Header-Name-Here", b"User-Agent"])
+_VALUES = st.sampled_from([b"trailers", b"close", b"x-a, te", b"gzip", b"", b"1.2.3.4", b"a=b"])
+
+
+@settings(max_examples=150)
+@given(st.lists(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), min_size=1, max_size=5))
+def test_upstream_request_block_is_the_request_fields_rfc9113_8_2(heads):
+    """The upstream link encodes a parsed request straight into HPACK (no header list
+    for the usual head): block after block on one encoder, it decodes to the list
+    h2_request_fields makes (connection-specific fields, te and host dropped, names
+    lowercased, `te: trailers` added; a head with Connection takes the list path)."""
+    from fastproxy import _hpack, _http
+    enc, dec = _hpack.Encoder(4096), _hpack.Decoder(4096)
+    parser = _http.RequestParser()
+    for fields in heads:
+        lines = b"".join(n + b": " + v + b"\r\n" for n, v in fields if v)
+        parser.reset()
+        try:
+            req = parser.feed(b"GET /p?q=1 HTTP/1.1\r\nHost: h.example\r\n" + lines + b"\r\n")
+        except _http.ParseError:
+            continue                    # a head the relay would have refused
+        for _ in range(2):
+            block, expected = _h2msg.request_block(enc, req, b"http", b"h.example:80")
+            assert dec.decode(block) == expected
