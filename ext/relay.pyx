@@ -89,7 +89,7 @@ from fastproxy._hashing cimport Core
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
 
-from cpython.set cimport PySet_Discard
+from cpython.set cimport PySet_Add, PySet_Discard
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from fastproxy._hitpath cimport FreshHits
 

@@ -18,8 +18,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
-from operator import attrgetter
 from typing import Any
 
 from fastproxy import errorlog
@@ -274,9 +272,7 @@ class Worker:
         Raises StartError when the cache cannot be allocated."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        # The limit is read at every accept (reloadable): a C-level getter, not a lambda's frame.
-        self.gate = listening.AcceptGate(self.loop,
-                                         partial(attrgetter("config.limits.max_connections"), self))
+        self.gate = listening.AcceptGate(self.loop, self.config.limits.max_connections)
         self.connections = self.gate.connections
         try:
             self.cache = self._cache_for(self.config)
@@ -376,6 +372,7 @@ class Worker:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        self.gate.set_limit(config.limits.max_connections)
         # The start-up generation frozen in run() may now become garbage (its cycles:
         # runtime <-> listeners <-> handlers, maybe a retired cache): collectable again.
         gc.unfreeze()
