@@ -19,6 +19,7 @@ cdef class ListenerSettings:
     cdef Admission admission        # the gate's compiled half, or None (no gate)
     cdef public object h2_switch    # (conn, data) -> None: takes over on the HTTP/2 preface
     cdef public bint hooks
+    cdef public bint draining       # the worker drains (ListenerRuntime.draining)
     cdef public long open           # connections accepted and not gone yet
     cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py), None = bodies pass as read.
@@ -66,6 +67,7 @@ cdef class ListenerSettings:
         self.client_body = t.client_body
         self.client_send = t.client_send
         self.parsers = []
+        self.draining = False
         self.open = 0
         self.on_idle = None
         self.filter_factory = None
@@ -389,7 +391,7 @@ cdef class ClientConnection:
         ls.open += 1
         self.counted = True
         self.deadline = _now() + self.client_header
-        if self.rt.draining:
+        if ls.draining:
             self.closing = True
         if ls.hooks:
             self.handler.connection_made(self)
@@ -828,7 +830,10 @@ cdef class ClientConnection:
         self.deadline = 0.0
         t = self.transport
         if t is not None:
-            t.close()
+            if type(t) is SockTransport:
+                (<SockTransport>t).close()      # the compiled accept path's: no lookup
+            else:
+                t.close()
 
     cpdef log(self):
         cdef Counters c = self.counters

@@ -97,6 +97,7 @@ class ListenerSettings:
     connections: Any
     deadlines: Any
     hooks: bool
+    draining: bool   # the worker drains (ListenerRuntime.draining reads and sets it)
     open: int
     on_idle: Callable[[], None] | None
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py): None = bodies pass untouched.

@@ -134,7 +134,6 @@ class ListenerRuntime:
             self.access_log = Recorder(rt.stats, lcfg.name or f"listener{index}",
                                        rt.access_log)
         self.connections = connections
-        self.draining = False
         self.fast_hits = None
         self.holder: _Holder | None = None
         self.handler: Any = None    # ReverseHandler or ForwardHandler
@@ -185,6 +184,16 @@ class ListenerRuntime:
         self.relay.filter_factory = self.filter_factory
         if self.cache is not None:
             self.cache.use(self.relay)
+
+    @property
+    def draining(self) -> bool:
+        """The worker is draining: a connection made now closes after its first exchange."""
+        return self.relay.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        # Kept in the relay settings: the compiled accept path reads it per connection.
+        self.relay.draining = value
 
     # The generation's values, for the handlers and the relay (ConnectionPool reads them).
     @property
