@@ -362,3 +362,41 @@ def test_the_socket_changes_hands_h2_preface_and_upgrade_tunnel(run_proxy, origi
         assert bytes(got) == msg
         s.shutdown(socket.SHUT_WR)
         assert _read_all(s) == b""      # the half-close travelled and the tunnel ended
+
+
+def test_a_last_response_streamed_in_pieces_arrives_as_it_comes(run_proxy, origin, accept,
+                                                                  tmp_path):
+    """Connection: close makes the response the connection's last: the compiled path holds
+    its write for the close, and a write that no close follows (the body still coming)
+    must still go out in the same loop turn, not with the next write or the close."""
+    proxy = _proxy(run_proxy, origin, accept, tmp_path)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"GET /slowbody/5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.settimeout(5)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        # The origin sends the head, then a byte every 0.2 s: the head comes alone (held
+        # until the next write, it would come with the first byte), the rest over ~1 s.
+        assert got.endswith(b"\r\n\r\n"), got
+        rest = _read_all(s)
+    assert rest == b"xxxxx"
+
+
+def test_the_last_response_and_the_fin_leave_in_one_segment(run_proxy, origin, tmp_path):
+    """The compiled path sends a connection's last response corked and closes, so the FIN
+    rides on the response's segment (one segment fewer per connection than a FIN of its
+    own, which uvloop's transport and nginx send). Counted at the client with TCP_INFO:
+    what it received without data is the SYN-ACK and the ACK of its request (the origin
+    answers after 0.5 s, so that ACK cannot ride on the response), and no bare FIN."""
+    env = {k: v for k, v in os.environ.items() if k != KILL_SWITCH}
+    proxy = _proxy(run_proxy, origin, ("compiled", env), tmp_path)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(b"GET /slow/0.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = _read_all(s)
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"slow\n"), data
+    # struct tcp_info (linux/tcp.h): tcpi_segs_in at byte 140, tcpi_data_segs_in at 152.
+    segs_in, = struct.unpack_from("I", info, 140)
+    data_segs_in, = struct.unpack_from("I", info, 152)
+    assert segs_in - data_segs_in == 2, (segs_in, data_segs_in)
