@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -400,3 +401,41 @@ def test_the_last_response_and_the_fin_leave_in_one_segment(run_proxy, origin, t
     segs_in, = struct.unpack_from("I", info, 140)
     data_segs_in, = struct.unpack_from("I", info, 152)
     assert segs_in - data_segs_in == 2, (segs_in, data_segs_in)
+
+
+def test_a_reload_changes_max_connections_for_the_next_accepts(run_proxy, origin, accept,
+                                                                tmp_path):
+    """The limit is read at every accept from what the worker set at start and on reload
+    (it was a getter on the configuration): raised by a SIGHUP reload, a connection that
+    waited at the old limit is let in once one closes, and the new one applies."""
+    proxy = _proxy(run_proxy, origin, accept, tmp_path, limits={"max_connections": 1})
+    get = b"GET /size/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    first = socket.create_connection(("127.0.0.1", proxy.port))
+    first.sendall(get)
+    first.settimeout(5)
+    assert first.recv(65536).startswith(b"HTTP/1.1 200")
+    second = socket.create_connection(("127.0.0.1", proxy.port))
+    second.sendall(get)
+    second.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        second.recv(65536)      # the limit of 1 holds it
+    path = Path(proxy.config_path)
+    path.write_text(path.read_text().replace("max_connections = 1", "max_connections = 3"))
+    proxy.signal(signal.SIGHUP)
+    assert _wait(lambda: any("reloaded configuration" in x for x in proxy.stderr_lines), 10)
+    first.close()           # the gate looks again at the next close
+    second.settimeout(5)
+    assert second.recv(65536).startswith(b"HTTP/1.1 200")
+    # Three at once now: two more open beside `second`, all answered.
+    more = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(2)]
+    for s in more:
+        s.sendall(get)
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    fourth = socket.create_connection(("127.0.0.1", proxy.port))
+    fourth.sendall(get)
+    fourth.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        fourth.recv(65536)      # ... and the new limit holds the fourth
+    for s in (second, *more, fourth):
+        s.close()
