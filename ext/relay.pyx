@@ -25,7 +25,8 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
     relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
-    relay_accept.pxi     Acceptor, SockTransport, Poller (plain HTTP listeners' accept path)
+    relay_accept.pxi     Acceptor, SockTransport (plain HTTP listeners' accept path); it includes
+    relay_poller.pxi     Poller (their epoll set) and the peer address text
 
 Why includes and not one module per role: the upstream side calls the client side's cdef
 methods and C fields on every read (sent, observer, twrite, the sink below), and the
@@ -89,7 +90,7 @@ from fastproxy._hashing cimport Core
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
 
-from cpython.set cimport PySet_Discard
+from cpython.set cimport PySet_Add, PySet_Discard
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from fastproxy._hitpath cimport FreshHits
 

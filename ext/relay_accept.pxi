@@ -1,6 +1,7 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # The accept path of plain HTTP/1.1 listeners: Acceptor (accept4 in a batch), SockTransport
-# (the client socket's transport) and Poller (one edge-triggered epoll set per worker).
+# (the client socket's transport) and Poller (one edge-triggered epoll set per worker, in
+# relay_poller.pxi).
 #
 # Why: with a connection per request, uvloop's server spends per connection what the
 # request itself does not need: getsockname, getpeername and TCP_NODELAY (three syscalls),
@@ -19,6 +20,15 @@
 # get_extra_info (peername, sockname), write buffer size and limits with
 # pause_writing/resume_writing to the protocol. connection_lost comes on a later loop turn,
 # as asyncio does it. TLS and TCP listeners keep uvloop's server (listeners.AcceptGate).
+#
+# The last response of a connection (the request said Connection: close, or HTTP/1.0):
+# its write is held until the close that follows it in the same loop turn, then sent with
+# MSG_MORE, so the FIN that close(2) queues leaves in the same segment as the response
+# (tcp_send_fin sets FIN on the unsent tail). nginx sends the FIN as a segment of its
+# own; with a connection per request that segment (its transmit, and the loopback
+# receive processing charged to the sender) was a measurable share of the worker's
+# kernel time. A held write that no close follows goes out at the end of the turn
+# (Poller.release_held), or before the next write: the order of bytes never changes.
 #
 # TCP_NODELAY: set before a socket's second write, or when a write has to wait. A response
 # written in one send and followed by close (a connection per request) never meets Nagle
@@ -42,6 +52,12 @@ DEF ACCEPT_BATCH = 64
 DEF EVENT_BATCH = 256
 DEF WRITE_HIGH = 65536      # asyncio's default write buffer limits
 DEF ACCEPT_RETRY = 0.5      # after EMFILE and the like
+# A connection whose request is complete and is its last (Connection: close, HTTP/1.0) has
+# nothing more to read: its socket joins the epoll set only if it is still open this long
+# after the request (a late client close is noticed that much later). With a connection
+# per request the response usually comes first, and the EPOLL_CTL_ADD (~3% of a
+# worker's CPU time then) and the set's bookkeeping are saved.
+DEF REGISTER_DELAY = 0.005
 
 cdef char _rbuf[READ_SIZE]
 
@@ -51,110 +67,7 @@ cdef object _oserror(int err):
     return OSError(err, _os.strerror(err))
 
 
-cdef object _addr_tuple(sockaddr_storage *ss):
-    """A socket address as Python's socket module gives it: (host, port[, flow, scope])."""
-    cdef char text[64]
-    cdef sockaddr_in *a4
-    cdef sockaddr_in6 *a6
-    if ss.ss_family == AF_INET:
-        a4 = <sockaddr_in*>ss
-        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(a4.sin_port))
-    if ss.ss_family == AF_INET6:
-        a6 = <sockaddr_in6*>ss
-        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
-        return (text.decode("ascii"), ntohs(a6.sin6_port), ntohl(a6.sin6_flowinfo),
-                a6.sin6_scope_id)
-    return None
-
-
-cdef class Poller:
-    """One edge-triggered epoll set for a worker's accepted sockets, itself polled by the
-    loop (add_reader on the epoll fd): one registration per socket that has to wait
-    (EPOLLIN|EPOLLRDHUP|EPOLLET), EPOLLOUT added the first time a write has to wait (and
-    kept: edge-triggered, it reports only when a full send buffer drains), removal by
-    close(2). Not EPOLLOUT from the start: a fresh socket is writable, so it would wake
-    the loop once per connection for nothing."""
-
-    cdef int epfd
-    cdef dict conns         # fd -> SockTransport, for the sockets in the set
-    cdef public object loop
-    # Closed transports whose connection_lost is due: one call_soon per loop turn for all
-    # of them, not a Handle per connection.
-    cdef list dead
-    cdef bint burying
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.conns = {}
-        self.dead = []
-        self.burying = False
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise _oserror(errno)
-        loop.add_reader(self.epfd, self.ready)
-
-    cdef int add(self, SockTransport t, bint out) except -1:
-        """Put t's socket in the set (out: EPOLLOUT too), or add EPOLLOUT to it."""
-        cdef epoll_event ev
-        ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET
-        if out:
-            ev.events |= EPOLLOUT
-        ev.data.u64 = 0
-        ev.data.fd = t.fd
-        if epoll_ctl(self.epfd, EPOLL_CTL_MOD if t.registered else EPOLL_CTL_ADD, t.fd,
-                     &ev) < 0:
-            raise _oserror(errno)
-        if not t.registered:
-            self.conns[t.fd] = t
-            t.registered = True
-        t.out = out
-        return 0
-
-    cdef void forget(self, int fd, SockTransport t):
-        if self.conns.get(fd) is t:
-            del self.conns[fd]
-
-    cdef void bury(self, SockTransport t, exc) except *:
-        self.dead.append(t)
-        t.lost_exc = exc
-        if not self.burying:
-            self.burying = True
-            self.loop.call_soon(self.bury_all)
-
-    def bury_all(self):
-        """connection_lost for the transports closed since the last turn."""
-        cdef SockTransport t
-        dead = self.dead
-        self.dead = []
-        self.burying = False
-        for t in dead:
-            t._lost()
-
-    def ready(self):
-        """The epoll fd is readable: run the sockets' events (a batch per loop turn)."""
-        cdef epoll_event evs[EVENT_BATCH]
-        cdef int n, i
-        if self.epfd < 0:
-            return
-        n = epoll_wait(self.epfd, evs, EVENT_BATCH, 0)
-        for i in range(n):
-            # A socket closed earlier in this batch is gone from conns; its fd number may
-            # only come back through accept, which does not run inside this loop.
-            t = self.conns.get(evs[i].data.fd)
-            if t is not None:
-                (<SockTransport>t).on_events(evs[i].events)
-
-    def open_count(self):
-        """Sockets in the epoll set (for tests and the admin)."""
-        return len(self.conns)
-
-    def close(self):
-        """Stop polling and close the epoll fd (the worker is done)."""
-        if self.epfd >= 0:
-            self.loop.remove_reader(self.epfd)
-            _close_fd(self.epfd)
-            self.epfd = -1
+include "relay_poller.pxi"
 
 
 @cython.freelist(64)
@@ -163,9 +76,16 @@ cdef class SockTransport:
 
     cdef public int fd
     cdef object protocol, loop, peer, sockname
+    # The protocol when it is the relay's ClientConnection: its calls then go straight to
+    # the compiled methods, not through attribute lookups and Python calls.
+    cdef ClientConnection cc
+    cdef str ip               # the peer's address as text, bytes and port (_peer)
+    cdef bytes ip_b
+    cdef int port
     cdef object lost_exc      # for connection_lost (Poller.bury)
     cdef Poller poller
     cdef list wbuf            # pending output: bytes, memoryviews (a pinned cache view)
+    cdef bytes held           # a last response's write, held for the close (note at the top)
     cdef Py_ssize_t woff      # bytes of wbuf[0] already sent
     cdef Py_ssize_t wsize, high, low
     cdef bint registered      # in the poller's epoll set
@@ -186,6 +106,7 @@ cdef class SockTransport:
         self.poller = poller
         self.loop = poller.loop
         self.wbuf = []
+        self.held = None
         self.woff = 0
         self.wsize = 0
         self.high = WRITE_HIGH
@@ -204,21 +125,67 @@ cdef class SockTransport:
         self.peer = None
         self.sockname = None
         self.lost_exc = None
+        self.cc = None
+        self.ip = None
+        self.ip_b = None
+        self.port = 0
         if alen > sizeof(sockaddr_storage):
             alen = sizeof(sockaddr_storage)
         memcpy(&self.addr, addr, alen)
 
     cdef int start(self, protocol) except -1:
         """connection_made, the first read, then the epoll set if the socket stays open."""
+        cdef ClientConnection cc
         self.protocol = protocol
         try:
-            protocol.connection_made(self)
+            if type(protocol) is ClientConnection:
+                cc = <ClientConnection>protocol
+                self.cc = cc
+                self._peer()
+                cc.made(self, self.ip, self.ip_b, self.port)
+            else:
+                protocol.connection_made(self)
             if not self.read_paused:
                 self._read()
             if self.fd >= 0 and not self.registered:
-                self.poller.add(self, False)
+                cc = self.cc
+                if cc is not None and cc.state == S_WAIT and not cc.keep_alive:
+                    self.poller.later(self)
+                else:
+                    self.poller.add(self, False)
         except Exception as exc:
             self._protocol_error(exc)
+        return 0
+
+    cdef int _peer(self) except -1:
+        """ip, ip_b and port from the address accept4 gave."""
+        global _last_ip4, _last_ip4_text, _last_ip4_bytes
+        cdef char text[64]
+        cdef sockaddr_in *a4
+        cdef sockaddr_in6 *a6
+        cdef unsigned int raw
+        cdef Py_ssize_t n
+        if self.addr.ss_family == AF_INET:
+            a4 = <sockaddr_in*>&self.addr
+            self.port = ntohs(a4.sin_port)
+            memcpy(&raw, &a4.sin_addr, 4)
+            if _last_ip4_text is None or raw != _last_ip4:
+                n = _format_ip4(<const unsigned char*>&a4.sin_addr, text)
+                _last_ip4_bytes = PyBytes_FromStringAndSize(text, n)
+                _last_ip4_text = text[:n].decode("ascii")
+                _last_ip4 = raw
+            self.ip = _last_ip4_text
+            self.ip_b = _last_ip4_bytes
+        elif self.addr.ss_family == AF_INET6:
+            a6 = <sockaddr_in6*>&self.addr
+            self.port = ntohs(a6.sin6_port)
+            inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+            self.ip_b = text
+            self.ip = self.ip_b.decode("ascii")
+        else:
+            self.ip = "-"
+            self.ip_b = b"-"
+            self.port = 0
         return 0
 
     # -- events -------------------------------------------------------------------
@@ -249,13 +216,17 @@ cdef class SockTransport:
                 if n < READ_SIZE and not self.hup:
                     # Drained (edge-triggered: new bytes bring a new event).
                     self.readable = False
-                self.protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+                if self.cc is not None:
+                    self.cc.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+                else:
+                    self.protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
                 if not self.readable:
                     return 0
             elif n == 0:
                 self.readable = False
                 self.eof = True
-                if not self.protocol.eof_received():
+                if not (self.cc.eof_received() if self.cc is not None
+                        else self.protocol.eof_received()):
                     self.close()
                 return 0
             else:
@@ -291,23 +262,42 @@ cdef class SockTransport:
 
     def write(self, data):
         """Send data now as far as the socket takes it; queue the rest."""
-        cdef Py_buffer view
-        cdef Py_ssize_t n, done = 0
-        cdef int err
         if self.closing or self.eof_out or self.fd < 0:
             return
         if not PyObject_CheckBuffer(data):
             raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}")
+        if self.held is not None:
+            self._release()
+        elif not self.wsize and type(data) is bytes and self.cc is not None \
+                and not self.cc.keep_alive:
+            # The connection's last response: the close normally follows in this turn.
+            self.held = data
+            self.poller.hold(self)
+            return
+        self._write(data, MSG_NOSIGNAL)
+
+    cdef int _release(self) except -1:
+        """Send the held write (no close came for it in time)."""
+        data = self.held
+        self.held = None
+        if self.fd >= 0:
+            self._write(data, MSG_NOSIGNAL)
+        return 0
+
+    cdef int _write(self, data, int flags) except -1:
+        cdef Py_buffer view
+        cdef Py_ssize_t n, done = 0
+        cdef int err
         if self.wsize:
             self._queue(data, 0)
-            return
+            return 0
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if view.len == 0:
-                return
+                return 0
             self._before_send()
             while done < view.len:
-                n = send(self.fd, <char*>view.buf + done, view.len - done, MSG_NOSIGNAL)
+                n = send(self.fd, <char*>view.buf + done, view.len - done, flags)
                 if n >= 0:
                     done += n
                     continue
@@ -317,17 +307,20 @@ cdef class SockTransport:
                 if err == EAGAIN:
                     break
                 self._force_close(_oserror(err))
-                return
+                return 0
             if done == view.len:
-                return
+                return 0
         finally:
             PyBuffer_Release(&view)
         self._queue(data, done)
+        return 0
 
     def writelines(self, list_of_data):
         """write() for several pieces: one writev."""
         if self.closing or self.eof_out or self.fd < 0:
             return
+        if self.held is not None:
+            self._release()
         was = self.wsize
         for data in list_of_data:
             if not PyObject_CheckBuffer(data):
@@ -438,7 +431,7 @@ cdef class SockTransport:
 
     def get_write_buffer_size(self):
         """Bytes queued, not yet taken by the socket."""
-        return self.wsize
+        return self.wsize + (len(self.held) if self.held is not None else 0)
 
     def get_write_buffer_limits(self):
         """(low, high) water marks."""
@@ -464,6 +457,8 @@ cdef class SockTransport:
         """Shut the sending side down once the queued bytes are out."""
         if self.closing or self.eof_out:
             return
+        if self.held is not None:
+            self._release()
         self.eof_out = True
         if not self.wsize and self.fd >= 0:
             shutdown(self.fd, SHUT_WR)
@@ -492,11 +487,17 @@ cdef class SockTransport:
         """True once close()/abort() was called or the connection failed."""
         return self.closing
 
-    def close(self):
+    cpdef close(self):
         """Close once the queued bytes are out; connection_lost(None) follows."""
         if self.closing:
             return
         self.closing = True
+        if self.held is not None:
+            data = self.held
+            self.held = None
+            if self.fd >= 0:
+                # Corked: the FIN of the close below leaves in the same segment.
+                self._write(data, MSG_NOSIGNAL | MSG_MORE)
         if not self.wsize:
             self._close_now(None)
 
@@ -506,6 +507,7 @@ cdef class SockTransport:
 
     cdef void _force_close(self, exc) except *:
         self.closing = True
+        self.held = None
         self.wbuf = []
         self.wsize = 0
         self.woff = 0
@@ -525,10 +527,15 @@ cdef class SockTransport:
         exc = self.lost_exc
         self.lost_exc = None
         protocol = self.protocol
+        cc = self.cc
         self.protocol = None      # no cycle through the protocol's `transport`
+        self.cc = None
         if protocol is not None:
             try:
-                protocol.connection_lost(exc)
+                if cc is not None:
+                    cc.connection_lost(exc)
+                else:
+                    protocol.connection_lost(exc)
             except Exception as err:
                 self._report(err, "protocol.connection_lost() failed")
 
@@ -545,6 +552,7 @@ cdef class SockTransport:
     def set_protocol(self, protocol):
         """Hand the socket's events to another protocol (HTTP/2, a tunnel, ...)."""
         self.protocol = protocol
+        self.cc = protocol if type(protocol) is ClientConnection else None
 
     def get_protocol(self):
         """The protocol the events go to."""
@@ -554,7 +562,12 @@ cdef class SockTransport:
         """peername (from accept4) and sockname (asked once, on demand)."""
         if name == "peername":
             if self.peer is None:
-                self.peer = _addr_tuple(&self.addr)
+                if self.addr.ss_family == AF_INET:
+                    if self.ip is None:
+                        self._peer()
+                    self.peer = (self.ip, self.port)
+                else:
+                    self.peer = _addr_tuple(&self.addr)
             return self.peer
         if name == "sockname":
             if self.sockname is None and self.fd >= 0:
@@ -653,7 +666,11 @@ cdef class Acceptor:
             t.setup(cfd, &addr, alen, self.poller)
             try:
                 held = adm.admit(self.make)
-                proto = ClientConnection(self.holder.current) if held is None else held
+                if held is None:
+                    proto = ClientConnection.__new__(ClientConnection)
+                    (<ClientConnection>proto)._init(self.holder.current)
+                else:
+                    proto = held
             except Exception as exc:
                 t._force_close(exc)     # the socket is not left open behind a failure
                 self.loop.call_exception_handler({"message": "accept: no protocol",

@@ -19,6 +19,7 @@ cdef class ListenerSettings:
     cdef Admission admission        # the gate's compiled half, or None (no gate)
     cdef public object h2_switch    # (conn, data) -> None: takes over on the HTTP/2 preface
     cdef public bint hooks
+    cdef public bint draining       # the worker drains (ListenerRuntime.draining)
     cdef public long open           # connections accepted and not gone yet
     cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py), None = bodies pass as read.
@@ -66,6 +67,7 @@ cdef class ListenerSettings:
         self.client_body = t.client_body
         self.client_send = t.client_send
         self.parsers = []
+        self.draining = False
         self.open = 0
         self.on_idle = None
         self.filter_factory = None
@@ -105,19 +107,22 @@ cdef class Admission:
     and, on a close, only while it is paused or holds waiting connections (`alert`).
 
     `pending` counts connections whose protocol was made at accept but which are not in
-    `connections` yet (see AcceptGate); it is cleared once per loop turn.
+    `connections` yet (see AcceptGate); it is cleared once per loop turn. `limit` is the
+    current max_connections, set by the gate (at start and on reload): a getter called
+    per accept was ~800 instructions of a ~31k-instruction connection.
     """
 
     cdef public object connections   # the gate's ConnectionSet (a set)
     cdef public long pending
+    cdef public long limit
     cdef public bint alert           # the gate is paused or holds waiting connections
     cdef bint scheduled
-    cdef object gate, limit_of, call_soon, reset_cb
+    cdef object gate, call_soon, reset_cb
 
-    def __init__(self, gate, connections, limit_of, loop):
+    def __init__(self, gate, connections, long limit, loop):
         self.gate = gate
         self.connections = connections
-        self.limit_of = limit_of       # callable: the current max_connections (reloadable)
+        self.limit = limit
         self.call_soon = loop.call_soon
         self.reset_cb = self.reset
         self.pending = 0
@@ -142,7 +147,7 @@ cdef class Admission:
             self.scheduled = True
             self.call_soon(self.reset_cb)
         count = len(self.connections) + self.pending
-        limit = self.limit_of()
+        limit = self.limit
         if count >= limit:
             return self.gate.over(make)
         self.pending += 1
@@ -239,6 +244,11 @@ cdef class ClientConnection:
     cdef bint filter_chunked        # the filtered body goes out chunked (else close-delimited)
 
     def __init__(self, rt):
+        self._init(rt)
+
+    cdef int _init(self, rt) except -1:
+        """__init__'s body: the compiled accept path (relay_accept.pxi) makes connections
+        with __new__ and this, without the constructor call's argument handling."""
         cdef ListenerSettings ls = rt.relay
         self.rt = rt
         self.ls = ls
@@ -274,6 +284,7 @@ cdef class ClientConnection:
         self.deferred = None
         self.buffering = False
         self._reset_exchange()
+        return 0
 
     cdef void _reset_exchange(self):
         self.req = None
@@ -352,31 +363,42 @@ cdef class ClientConnection:
     # -- asyncio protocol -------------------------------------------------------
 
     def connection_made(self, transport):
-        self.transport = transport
-        self.twrite = transport.write
         peer = transport.get_extra_info("peername")
         if peer:
-            self.client_ip = peer[0]
-            self.client_port = peer[1]
+            ip = peer[0]
+            self.made(transport, ip, ip.encode(), peer[1])
         else:  # a UNIX socket, or a socket that died before we asked
-            self.client_ip = "-"
-            self.client_port = 0
-        self.client_ip_b = self.client_ip.encode()
+            self.made(transport, "-", b"-", 0)
+
+    cdef int made(self, transport, str ip, bytes ip_b, int port) except -1:
+        """connection_made with the peer address given (the compiled accept path has it
+        from accept4, as text and bytes, without a tuple or a method call)."""
+        self.transport = transport
+        self.twrite = transport.write
+        self.client_ip = ip
+        self.client_ip_b = ip_b
+        self.client_port = port
         cdef ListenerSettings ls = self.ls
         if self.received_version != 20:
             # An HTTP/2 stream's relay is not a client connection: its Server is the one
             # counted against max_connections (and drained).
-            ls.connections.add(self)
+            conns = ls.connections
+            if ls.admission is not None or type(conns) is set:
+                # The gate's ConnectionSet keeps set.add: no method lookup and call.
+                PySet_Add(conns, self)
+            else:
+                conns.add(self)
         ls.deadline_set.add(self)
         ls.open += 1
         self.counted = True
         self.deadline = _now() + self.client_header
-        if self.rt.draining:
+        if ls.draining:
             self.closing = True
         if ls.hooks:
             self.handler.connection_made(self)
+        return 0
 
-    def connection_lost(self, exc):
+    cpdef connection_lost(self, exc):
         self.state = S_CLOSED
         cdef ListenerSettings ls = self.ls
         if ls.admission is not None:
@@ -432,7 +454,7 @@ cdef class ClientConnection:
             if ls.open == 0 and ls.on_idle is not None:
                 ls.on_idle()
 
-    def data_received(self, data):
+    cpdef data_received(self, data):
         cdef int state = self.state
         cdef Py_ssize_t n
         if state == S_HEAD:
@@ -449,7 +471,7 @@ cdef class ClientConnection:
         elif state == S_WAIT:
             self._stash(data, 0)
 
-    def eof_received(self):
+    cpdef eof_received(self):
         # A client that half-closes after its request still gets its response
         # (RFC 9112 9.6), and so do the complete requests it pipelined before the FIN;
         # close once the last of them is answered.
@@ -809,7 +831,10 @@ cdef class ClientConnection:
         self.deadline = 0.0
         t = self.transport
         if t is not None:
-            t.close()
+            if type(t) is SockTransport:
+                (<SockTransport>t).close()      # the compiled accept path's: no lookup
+            else:
+                t.close()
 
     cpdef log(self):
         cdef Counters c = self.counters

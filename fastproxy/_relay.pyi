@@ -37,8 +37,9 @@ class Admission:
 
     connections: Any
     pending: int
+    limit: int      # the current max_connections (the gate sets it)
     alert: bool
-    def __init__(self, gate: Any, connections: Any, limit_of: Callable[[], int], loop: Any) -> None: ...
+    def __init__(self, gate: Any, connections: Any, limit: int, loop: Any) -> None: ...
     def reset(self) -> None: ...
     def factory(self, make: Callable[[], Any]) -> Callable[[], Any]: ...
 
@@ -99,6 +100,7 @@ class ListenerSettings:
     connections: Any
     deadlines: Any
     hooks: bool
+    draining: bool   # the worker drains (ListenerRuntime.draining reads and sets it)
     open: int
     on_idle: Callable[[], None] | None
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py): None = bodies pass untouched.

@@ -176,10 +176,10 @@ class AcceptGate:
     and `pause` at the limit, and `below_limit` on a close while `alert` is set.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self.loop = loop
-        self.limit = limit            # callable: the current max_connections (reloadable)
         self.connections = ConnectionSet()
+        # The limit lives in `admission` (read at every accept); set_limit on reload.
         self.admission = Admission(self, self.connections, limit, loop)
         self.connections.gate = self
         self.connections.admission = self.admission
@@ -210,6 +210,14 @@ class AcceptGate:
             return await self.loop.create_server(factory, sock=sock.dup(), backlog=BACKLOG)
         return await self.loop.create_server(factory, sock=sock.dup(), ssl=ssl, backlog=BACKLOG,
                                              ssl_handshake_timeout=handshake_timeout)
+
+    def limit(self) -> int:
+        """The current max_connections."""
+        return self.admission.limit
+
+    def set_limit(self, limit: int) -> None:
+        """A reload changed max_connections: a close below the new limit lets the next in."""
+        self.admission.limit = limit
 
     @property
     def pending(self) -> int:

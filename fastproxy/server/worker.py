@@ -18,8 +18,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
-from operator import attrgetter
 from typing import Any
 
 from fastproxy import errorlog
@@ -137,7 +135,6 @@ class ListenerRuntime:
             self.access_log = Recorder(rt.stats, listener_label(lcfg.name, index),
                                        rt.access_log)
         self.connections = connections
-        self.draining = False
         self.fast_hits = None
         self.holder: _Holder | None = None
         self.handler: Any = None    # ReverseHandler or ForwardHandler
@@ -188,6 +185,16 @@ class ListenerRuntime:
         self.relay.filter_factory = self.filter_factory
         if self.cache is not None:
             self.cache.use(self.relay)
+
+    @property
+    def draining(self) -> bool:
+        """The worker is draining: a connection made now closes after its first exchange."""
+        return self.relay.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        # Kept in the relay settings: the compiled accept path reads it per connection.
+        self.relay.draining = value
 
     # The generation's values, for the handlers and the relay (ConnectionPool reads them).
     @property
@@ -275,9 +282,7 @@ class Worker:
         Raises StartError when the cache cannot be allocated."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        # The limit is read at every accept (reloadable): a C-level getter, not a lambda's frame.
-        self.gate = listening.AcceptGate(self.loop,
-                                         partial(attrgetter("config.limits.max_connections"), self))
+        self.gate = listening.AcceptGate(self.loop, self.config.limits.max_connections)
         self.connections = self.gate.connections
         try:
             self.cache = self._cache_for(self.config)
@@ -377,6 +382,7 @@ class Worker:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
         self.config = config
+        self.gate.set_limit(config.limits.max_connections)
         # The start-up generation frozen in run() may now become garbage (its cycles:
         # runtime <-> listeners <-> handlers, maybe a retired cache): collectable again.
         gc.unfreeze()

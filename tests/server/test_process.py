@@ -172,7 +172,7 @@ def test_an_accept_burst_past_the_limit_waits_unread():
     async def main():
         global gate
         loop = asyncio.get_running_loop()
-        gate = AcceptGate(loop, lambda: 2)
+        gate = AcceptGate(loop, 2)
         factory = gate.admission.factory(Echo)
         pairs = [socket.socketpair() for _ in range(5)]
         # Five accepts in one turn: every factory call before any connection_made.
