@@ -1,0 +1,149 @@
+"""How relayed responses reach the client socket, over real sockets.
+
+The relay writes a response head together with the body bytes read with it in one writev
+on the compiled accept path (SockTransport.send_parts), with no copy of the body; what
+the socket does not take is queued as views of the bytes read from the origin. These
+tests use an origin that sends every response (head and body) in one write, bodies whose
+every byte depends on its offset (a piece sent twice, skipped or out of place shows),
+and a client that does not read until all of its pipelined answers are due: the writes
+meet a full socket and partial writevs, at every boundary (inside the head, inside the
+body), on both accept paths.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import reverse_config
+
+KILL_SWITCH = "FASTPROXY_UVLOOP_ACCEPT"
+SIZES = [100, 4096, 65536, 300_000, 3_000_000, 7]
+
+
+def _body(size: int, salt: int) -> bytes:
+    """size bytes in which no 4-byte window repeats within 2**24 offsets."""
+    words = (((i * 2654435761) ^ salt) & 0xFFFFFFFF for i in range((size + 3) // 4))
+    return b"".join(w.to_bytes(4, "little") for w in words)[:size]
+
+
+class OneWriteOrigin:
+    """Answers GET /N with N offset-dependent bytes, head and body in one sendall."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.bodies = {n: _body(n, n) for n in SIZES}
+        self.threads: list[threading.Thread] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+
+    def _serve(self, c: socket.socket) -> None:
+        buf = b""
+        with c:
+            c.settimeout(30)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = c.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                n = int(head.split(b" ", 2)[1][1:])
+                body = self.bodies[n]
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def one_write_origin():
+    o = OneWriteOrigin()
+    yield o
+    o.close()
+
+
+@pytest.fixture(params=["compiled", "uvloop"])
+def accept_env(request):
+    env = {k: v for k, v in os.environ.items() if k != KILL_SWITCH}
+    if request.param == "uvloop":
+        env[KILL_SWITCH] = "1"
+    return env
+
+
+def _read_responses(s: socket.socket, count: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
+    """count Content-Length framed responses: [(head, body)]."""
+    s.settimeout(timeout)
+    data = bytearray()
+    out = []
+    pos = 0
+    while len(out) < count:
+        end = data.find(b"\r\n\r\n", pos)
+        if end >= 0:
+            head = bytes(data[pos:end])
+            length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n")[1:]
+                          if x.lower().startswith(b"content-length:"))
+            if len(data) >= end + 4 + length:
+                out.append((head, bytes(data[end + 4:end + 4 + length])))
+                pos = end + 4 + length
+                continue
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            raise AssertionError(f"closed after {len(out)} responses")
+        data += chunk
+    assert len(data) == pos, "bytes after the last response"
+    return out
+
+
+def test_pipelined_answers_to_a_client_that_reads_late_arrive_exact(
+        run_proxy, one_write_origin, accept_env):
+    """Every size, pipelined on one connection to a client with a small receive buffer
+    that reads nothing for a second: each body is exactly the origin's, in order."""
+    proxy = run_proxy(reverse_config(f"http://127.0.0.1:{one_write_origin.port}"),
+                      env=accept_env)
+    s = socket.socket()
+    with s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", proxy.port))
+        s.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % n for n in SIZES))
+        time.sleep(1.0)
+        # Now read briskly: a 4 KiB window would take minutes over the larger bodies.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        got = _read_responses(s, len(SIZES))
+    for n, (head, body) in zip(SIZES, got):
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert len(body) == n and body == one_write_origin.bodies[n], n
+
+
+def test_keep_alive_answers_read_at_once_are_exact(run_proxy, one_write_origin, accept_env):
+    """The common case (head and body in one writev that the socket takes whole), many
+    times over one connection: each answer complete and nothing more."""
+    proxy = run_proxy(reverse_config(f"http://127.0.0.1:{one_write_origin.port}"),
+                      env=accept_env)
+    s = socket.create_connection(("127.0.0.1", proxy.port))
+    with s:
+        for i in range(40):
+            n = SIZES[i % len(SIZES)]
+            s.sendall(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % n)
+            (head, body), = _read_responses(s, 1)
+            assert head.startswith(b"HTTP/1.1 200") and b"\r\nVia: " in head
+            assert body == one_write_origin.bodies[n], n
