@@ -163,3 +163,84 @@ def test_keep_alive_answers_read_at_once_are_exact(run_proxy, one_write_origin, 
             (head, body), = _read_responses(s, 1)
             assert head.startswith(b"HTTP/1.1 200") and b"\r\nVia: " in head
             assert body == one_write_origin.bodies[n], n
+
+
+class SlowDigestOrigin:
+    """Reads a request body slowly (small reads, pauses) and answers with its sha256."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        # A small receive buffer (inherited by accepted sockets): the proxy's sends fill it.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        import hashlib
+        with c:
+            c.settimeout(30)
+            buf = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = c.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n")[1:]
+                                  if x.lower().startswith(b"content-length:"))
+                    h = hashlib.sha256()
+                    take = buf[:length]
+                    h.update(take)
+                    got = len(take)
+                    buf = buf[length:]
+                    while got < length:
+                        time.sleep(0.0005)
+                        data = c.recv(min(8192, length - got))
+                        if not data:
+                            return
+                        h.update(data)
+                        got += len(data)
+                    digest = h.hexdigest().encode()
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(digest), digest))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_request_bodies_to_an_upstream_that_reads_slowly_arrive_exact(run_proxy, accept_env):
+    """Request bodies streamed to an origin that reads slowly (the proxy's sends to it
+    meet a full socket, the rest waits in the transport, later sends must not overtake
+    it), twice on one kept-alive upstream connection: the origin's digest of each body
+    is the digest of what the client sent."""
+    import hashlib
+    origin = SlowDigestOrigin()
+    try:
+        proxy = run_proxy(reverse_config(f"http://127.0.0.1:{origin.port}",
+                                         limits={"request_buffering": "0"}), env=accept_env)
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            for salt in (1, 2):
+                body = _body(24_000_000, salt)
+                s.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                          % len(body))
+                for i in range(0, len(body), 100_000):
+                    s.sendall(body[i:i + 100_000])
+                (head, digest), = _read_responses(s, 1)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert digest == hashlib.sha256(body).hexdigest().encode(), salt
+    finally:
+        origin.close()
