@@ -58,6 +58,7 @@ DEF ACCEPT_RETRY = 0.5      # after EMFILE and the like
 # per request the response usually comes first, and the EPOLL_CTL_ADD (~3% of a
 # worker's CPU time then) and the set's bookkeeping are saved.
 DEF REGISTER_DELAY = 0.005
+DEF HOLD_MAX = 65536        # a last response held for its FIN is copied: small ones only
 
 cdef char _rbuf[READ_SIZE]
 
@@ -68,6 +69,17 @@ cdef object _oserror(int err):
 
 
 include "relay_poller.pxi"
+
+
+cdef inline object _part(object data, Py_ssize_t off, Py_ssize_t n):
+    """data[off:off + n] (n < 0: to its end) to keep in a write queue: data itself when it
+    is all of it, else a view (the queue copies a bytearray)."""
+    if type(data) is bytearray:
+        return bytes(data[off:] if n < 0 else data[off:off + n])   # the caller may reuse it
+    if off == 0 and (n < 0 or n == len(data)):
+        return data
+    mv = memoryview(data).cast("B")
+    return mv[off:] if n < 0 else mv[off:off + n]
 
 
 @cython.freelist(64)
@@ -330,6 +342,74 @@ cdef class SockTransport:
             self._flush()
         else:
             self._check_high()
+
+    cdef int send_parts(self, object head, object body, Py_ssize_t off, Py_ssize_t n) \
+            except -1:
+        """head (bytes or None) then body[off:off + n] (n < 0: to its end) in one writev,
+        from C: the relay's response path writes a response head with the body bytes it
+        read (or a cache hit's view of the arena) without joining them into a new bytes
+        object. What the socket does not take is queued as write() queues it (bytes are
+        kept as views, a bytearray is copied)."""
+        cdef iovec iov[2]
+        cdef Py_buffer view
+        cdef Py_ssize_t hlen = 0, total
+        cdef ssize_t r
+        cdef int cnt = 0, err = 0
+        if self.closing or self.eof_out or self.fd < 0:
+            return 0
+        if self.held is not None:
+            self._release()      # the order of bytes never changes
+        elif not self.wsize and self.cc is not None and not self.cc.keep_alive:
+            # The connection's last response, as in write(): held so that its FIN leaves
+            # in the same segment (the note at the top).
+            part = _part(body, off, n)
+            if len(part) + (PyBytes_GET_SIZE(head) if head is not None else 0) <= HOLD_MAX:
+                self.held = b"".join((head, part)) if head is not None else bytes(part)
+                self.poller.hold(self)
+                return 0
+        if self.wsize:
+            if head is not None:
+                self._queue(head, 0)
+            self._queue(_part(body, off, n), 0)
+            return 0
+        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+        try:
+            if n < 0:
+                n = view.len - off
+            if head is not None:
+                hlen = PyBytes_GET_SIZE(head)
+                iov[0].iov_base = PyBytes_AS_STRING(head)
+                iov[0].iov_len = hlen
+                cnt = 1
+            iov[cnt].iov_base = <char*>view.buf + off
+            iov[cnt].iov_len = n
+            cnt += 1
+            total = hlen + n
+            if total == 0:
+                return 0
+            self._before_send()
+            while True:
+                r = writev(self.fd, iov, cnt)
+                if r >= 0:
+                    break
+                err = errno
+                if err != EINTR:
+                    break
+        finally:
+            PyBuffer_Release(&view)
+        if r == total:
+            return 0
+        if r < 0:
+            if err != EAGAIN:
+                self._force_close(_oserror(err))
+                return 0
+            r = 0
+        if r < hlen:
+            self._queue(head, r)
+            self._queue(_part(body, off, n), 0)
+        else:
+            self._queue(_part(body, off + r - hlen, n - (r - hlen)), 0)
+        return 0
 
     cdef void _append(self, data):
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data) if type(data) is bytes \

@@ -317,13 +317,35 @@ cdef class ClientConnection:
 
     cdef int send_head(self, bytes head) except -1:
         """The response head (with any body bytes that follow it), serialised for this client."""
-        self.twrite(head)
+        t = self.transport
+        if type(t) is SockTransport:
+            (<SockTransport>t).send_parts(None, head, 0, -1)
+        else:
+            self.twrite(head)
+        return 0
+
+    cdef int send_head_body(self, bytes head, data, Py_ssize_t pos, Py_ssize_t n) except -1:
+        """head (None: no head) and the body bytes data[pos:pos + n] in this client's
+        framing, in one write: on the compiled accept path's sockets one writev with no
+        copy of the body (a profile of 4 KiB responses showed the slice and the join
+        as the largest user-space copies of a relayed request)."""
+        t = self.transport
+        if type(t) is SockTransport:
+            (<SockTransport>t).send_parts(head, data, pos, n)
+        elif head is None:
+            self.twrite(_piece(data, pos, n))
+        else:
+            self.twrite(head + data[pos:pos + n])
         return 0
 
     cdef int send_data(self, data) except -1:
         """Body bytes already in this client's framing (the HTTP/1.1 pass-through
         specialisation: Content-Length copy, validated chunked copy, 1xx heads)."""
-        self.twrite(data)
+        t = self.transport
+        if type(t) is SockTransport:
+            (<SockTransport>t).send_parts(None, data, 0, -1)
+        else:
+            self.twrite(data)
         return 0
 
     cdef int send_datav(self, parts) except -1:

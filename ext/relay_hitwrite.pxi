@@ -1,5 +1,6 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
-# Cache hits written to the client's socket with one writev from C.
+# Cache hits written to the client's socket with one writev from C: on the compiled accept
+# path through SockTransport.send_parts (relay_accept.pxi), on uvloop's TCP transport here.
 #
 # Why: a fresh hit is already one or two buffers (hitpath.pyx: the whole answer, or the
 # head and a pinned view of the arena). Through uvloop, writelines wraps the view in a
@@ -38,6 +39,15 @@ cdef bint write_hit(ClientConnection c, object out) except -1:
     cdef Py_buffer view
     cdef Py_ssize_t n, total, head_len
     cdef bint two = type(out) is not bytes
+    t = c.transport
+    if type(t) is SockTransport:
+        # The compiled accept path's socket: one writev from C, the rest queued by the
+        # transport (a view of the pinned segment stays pinned while queued).
+        if two:
+            (<SockTransport>t).send_parts((<list>out)[0], (<list>out)[1], 0, -1)
+        else:
+            (<SockTransport>t).send_parts(None, out, 0, -1)
+        return True
     if fd == -2:
         fd = c.direct_fd = _plain_fd(c)
     if fd < 0 or c.state == S_CLOSED or c.t_pending() or c.transport.is_closing():

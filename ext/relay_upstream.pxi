@@ -359,13 +359,9 @@ cdef class UpstreamConnection:
                 self.reusable = False
             client.sent += n
             if n:
-                piece = data[pos:pos + n]
-                if head is None:
-                    client.send_data(piece)
-                else:
-                    client.send_head(head + piece)
+                client.send_head_body(head, data, pos, n)
                 if observer is not None:
-                    observer.response_body(piece)
+                    observer.response_body(data[pos:pos + n])
             elif head is not None:
                 client.send_head(head)
             self._finish()
@@ -377,19 +373,19 @@ cdef class UpstreamConnection:
                 client.send_head(head)
             self._finish()
             return
+        self.deadline = now + self.upstream_idle
+        if rest and mode == M_LENGTH:
+            # The head and the body bytes read with it go out in one write.
+            self.left -= rest
+            client.sent += rest
+            client.send_head_body(head, data, pos, rest)
+            if observer is not None:
+                observer.response_body(_piece(data, pos, rest))
+            return
         if head is not None:
             client.send_head(head)
-        self.deadline = now + self.upstream_idle
         if rest:
-            if mode == M_LENGTH:
-                piece = _piece(data, pos, rest)
-                self.left -= rest
-                client.sent += rest
-                client.send_data(piece)
-                if observer is not None:
-                    observer.response_body(piece)
-            else:
-                self._body(data, pos)
+            self._body(data, pos)
 
     cdef _body(self, data, Py_ssize_t pos):
         """Relay body bytes for the chunked and close-delimited modes."""
