@@ -240,10 +240,10 @@ def _origin_form(req) -> bytes:
     which a server MUST accept, RFC 9112 3.2.2) loses its scheme and authority."""
     if req.target_form != _http.TARGET_ABSOLUTE:
         return req.target
-    rest = req.target.partition(b"://")[2]
-    ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
-    target = rest[min(ends):] if ends else b""
-    return target if target.startswith(b"/") else b"/" + target
+    try:
+        return _http.split_absolute(req.target)[3]
+    except _http.ParseError:
+        return req.target   # not a URL we route (ftp://...): no path matches, a 404
 
 
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bool:

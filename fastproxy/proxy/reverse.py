@@ -28,7 +28,6 @@ split_absolute = _http.split_absolute
 CRLF = b"\r\n"
 # The schemes an absolute-form target may name, and the port each leaves implicit.
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
-# Client-supplied forwarding fields (and their underscore spellings): see relay_fastpath.pxi.
 # Retries on a stale keep-alive connection use a fresh connection to the same server.
 MAX_STALE_RETRIES = 2
 
