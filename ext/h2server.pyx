@@ -33,7 +33,9 @@ STREAM_BUFFER = 65536        # response bytes held per stream before its upstrea
 CONNECTION_BUFFER = 1 << 20  # ... and per connection, before every stream holding some pauses
 DEF C_STREAM_BUFFER = 65536
 DEF C_CONNECTION_BUFFER = 1048576
-DEF IDLE_RELAYS = 32         # finished streams' relays kept per connection for the next ones
+DEF IDLE_RELAYS = 32
+DRAIN_PING = b"drain\x00\x00\x00"   # the opaque data of the graceful stop's PING
+DRAIN_ROUND_TRIP = 1.0      # seconds the first GOAWAY's PING may take (Go's server: 1 s)         # finished streams' relays kept per connection for the next ones
 
 cdef enum:
     R_DONE = 0       # the response is complete (or reset)
@@ -425,6 +427,7 @@ cdef class Server(Connection):
     cdef list _idle                  # finished streams with their relays, kept for new streams
     cdef bint _reuse                 # no per-connection hooks: a relay may serve many streams
     cdef object _buffer_limit        # a new relay's request buffering (gRPC streams set 0)
+    cdef object _drain_timer         # the first GOAWAY's round trip, bounded (drain)
 
     def __init__(self, lrt):
         limits = lrt.limits
@@ -453,6 +456,7 @@ cdef class Server(Connection):
         # would hold a slot, so with them on every stream gets a fresh relay.
         self._reuse = not lrt.relay.hooks
         self._buffer_limit = None
+        self._drain_timer = None
 
     # -- the socket --------------------------------------------------------------------
 
@@ -482,6 +486,9 @@ cdef class Server(Connection):
 
     def connection_lost(self, exc):
         self.transport = None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         self.rt.connections.discard(self)
         self.rt.deadlines.discard(self)
         for stream in list(self.streams.values()):
@@ -546,12 +553,36 @@ cdef class Server(Connection):
             self.transport.close()
 
     def drain(self):
-        """Graceful stop: GOAWAY, finish the streams in flight, then close."""
-        if not self.closing:
+        """Graceful stop (RFC 9113 6.8): GOAWAY in two steps, finish the streams, close.
+
+        The first GOAWAY names no stream (2^31-1) and goes with a PING: a stream the
+        client opened before it saw the GOAWAY is still on its way, and a GOAWAY naming
+        the last stream we had seen would drop it unprocessed (the client may retry it,
+        but it cannot tell that from a lost one for non-idempotent requests). The PING's
+        answer comes after every such stream; then the final GOAWAY names the last one.
+        """
+        if self.closing or self._drain_timer is not None:
+            return
+        self.goaway(E_NO, 0x7fffffff)
+        self.ping(DRAIN_PING)
+        # A client that never answers PINGs gets the final GOAWAY after this bound.
+        self._drain_timer = self.loop.call_later(DRAIN_ROUND_TRIP, self._drain_final)
+        self._release_idle()
+        self.flush()
+
+    def _drain_final(self):
+        """The second GOAWAY: streams the client opens from now on are not processed."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if not self.closing and not self.dead:
             self.closing = True
             self.goaway(E_NO)
-            self._release_idle()
             self.flush()
+
+    cpdef on_ping_ack(self, bytes opaque):
+        if opaque == DRAIN_PING and self._drain_timer is not None:
+            self._drain_final()
 
     # -- codec hooks -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -16,7 +17,9 @@ from h2_client import Client
 from h2_helpers import (
     END_HEADERS,
     END_STREAM,
+    GOAWAY,
     HEADERS,
+    PING,
     PREFACE,
     RST_STREAM,
     frame,
@@ -228,6 +231,19 @@ def test_client_reset_mid_response_frees_the_stream(reverse_proxy, origin):
         c.close()
 
 
+def _goaways(buf: bytes) -> list[tuple[int, int]]:
+    return [struct.unpack(">II", p[:8]) for t, _f, _s, p in parse_frames(buf) if t == GOAWAY]
+
+
+def _read_to_close(s: socket.socket) -> bytes:
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def test_goaway_on_graceful_stop(start_proxy, origin):
     p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
                     "--upstream", origin.url)
@@ -239,18 +255,50 @@ def test_goaway_on_graceful_stop(start_proxy, origin):
         s.sendall(PREFACE + settings() + frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
         time.sleep(0.3)
         p.signal(signal.SIGTERM)
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        # This client never answers PINGs: the final GOAWAY comes after the bound.
+        got = _read_to_close(s)
     finally:
         s.close()
     frames = parse_frames(got)
-    # GOAWAY NO_ERROR naming stream 1 as processed, then its response completes.
-    assert goaway_of(got) == (1, 0)
+    # RFC 9113 6.8: first a GOAWAY naming no stream, then NO_ERROR naming stream 1 as
+    # processed; its response completes.
+    assert _goaways(got) == [(0x7fffffff, 0), (1, 0)]
     assert any(f[0] == HEADERS and f[2] == 1 for f in frames)
+    assert any(f[0] == 0 and f[2] == 1 and f[1] & END_STREAM for f in frames)
+    assert p.stop() == 0
+
+
+def test_a_stream_opened_before_the_client_saw_the_goaway_is_served(start_proxy, origin):
+    # The race the two-step GOAWAY exists for: a stream on its way when the stop began.
+    # With one GOAWAY naming stream 1, stream 3 (sent before the client could know) was
+    # dropped unprocessed.
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url)
+    enc = _hpack.Encoder()
+
+    def get(sid: int, path: bytes) -> bytes:
+        return frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                     enc.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                 (b":path", path), (b":authority", b"localhost")]))
+
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        s.sendall(PREFACE + settings() + get(1, b"/slow/1"))
+        time.sleep(0.3)
+        p.signal(signal.SIGTERM)
+        got = b""
+        while not any(f[0] == PING for f in parse_frames(got)):
+            chunk = s.recv(65536)
+            assert chunk, "closed before the graceful stop's PING"
+            got += chunk
+        opaque = next(f[3] for f in parse_frames(got) if f[0] == PING)
+        s.sendall(get(3, b"/size/7") + frame(PING, 1, 0, opaque))   # then the PING's ACK
+        got += _read_to_close(s)
+    finally:
+        s.close()
+    frames = parse_frames(got)
+    assert _goaways(got) == [(0x7fffffff, 0), (3, 0)]
+    assert b"".join(f[3] for f in frames if f[0] == 0 and f[2] == 3) == b"0123456"
     assert any(f[0] == 0 and f[2] == 1 and f[1] & END_STREAM for f in frames)
     assert p.stop() == 0
 
