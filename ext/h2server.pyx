@@ -20,7 +20,7 @@ in that same flush (no callback per stream).
 import time
 
 from fastproxy import _h2msg, _http
-from fastproxy._relay import STATE_HEAD, ClientConnection
+from fastproxy._relay import STATE_HEAD, ClientConnection, date_line
 
 from fastproxy._h2 cimport Connection, _Stream
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
@@ -428,7 +428,10 @@ cdef class Server(Connection):
 
     def __init__(self, lrt):
         limits = lrt.limits
+        # The wire block may be several times the list we take (a 431 needs the block
+        # decoded in full); past that it is a CONTINUATION flood (GOAWAY).
         super().__init__(False, max_header_list_size=limits.max_header_size,
+                         max_header_block=max(4 * limits.max_header_size, 1 << 19),
                          max_concurrent_streams=128)
         self.rt = lrt
         self.loop = lrt.loop
@@ -613,6 +616,23 @@ cdef class Server(Connection):
         if self.write_paused:
             stream.hold_upstream(True)
         relay.data_received(head)
+
+    cpdef on_headers_too_large(self, int stream_id, bint end_stream):
+        # 431 on the stream, as an HTTP/1.1 client gets for a head over max_header_size
+        # (RFC 9113 8.1, 10.5.1): the block was decoded, so the connection goes on.
+        cdef bytes body = b"431 Request Header Fields Too Large: header list over the limit\n"
+        cdef list fields = [(b":status", b"431"),
+                            (b"date", (<bytes>date_line())[6:-2]),
+                            (b"cache-control", b"no-store")]
+        cdef bint with_body = self.stream_send_window(stream_id) >= len(body)
+        if with_body:
+            fields.append((b"content-type", b"text/plain; charset=utf-8"))
+        fields.append((b"content-length", str(len(body) if with_body else 0).encode()))
+        self.send_headers(stream_id, fields, not with_body)
+        if with_body:
+            self.send_data(stream_id, body, True)
+        if not end_stream:
+            self.reset_stream(stream_id, E_NO)   # the rest of the request is not wanted
 
     cpdef on_data(self, int stream_id, bytes data, bint end_stream):
         cdef Stream stream = self.streams.get(stream_id)
