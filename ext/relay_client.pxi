@@ -364,14 +364,15 @@ cdef class ClientConnection:
         self._framed(self.body_filter.flush())
         return 0
 
-    cdef int send_end(self) except -1:
-        """The body is complete: the filter's tail and the closing frame."""
+    cdef int send_end(self, bytes trailers=None) except -1:
+        """The body is complete: the filter's tail and the closing frame, with the
+        origin's trailer section (kept_trailers(): fields, then CRLF) when it had one."""
         f = self.body_filter
         if f is not None:
             self.body_filter = None
             self._framed(f.finish())
             if self.filter_chunked:
-                self.twrite(LAST_CHUNK)
+                self.twrite(LAST_CHUNK if trailers is None else b"0\r\n" + trailers)
         return 0
 
     cdef _framed(self, out):

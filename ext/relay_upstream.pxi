@@ -495,6 +495,7 @@ cdef class UpstreamConnection:
         cdef int mode = self.mode
         cdef Py_ssize_t n
         cdef bint done = False
+        cdef bytes trailers = None
         observer = client.observer
         self.deadline = _now() + self.upstream_idle
         try:
@@ -526,6 +527,8 @@ cdef class UpstreamConnection:
                     if pos + n < len(data):
                         self.reusable = False
                     done = True
+                    # The origin's trailers go on after the filtered body (RFC 9110 6.5).
+                    trailers = self.chunks.kept_trailers()
             else:  # M_CLOSE_RAW: the end is the upstream's close (connection_lost)
                 n = len(data) - pos
                 if n:
@@ -534,7 +537,7 @@ cdef class UpstreamConnection:
                         observer.response_body(piece)
                     client.send_body(piece)
             if done:
-                client.send_end()
+                client.send_end(trailers)
             else:
                 client.send_flush()
         except Exception as exc:

@@ -90,7 +90,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                # trailers=1: a field that may be a trailer and one that may not (6.5.1).
+                end = (b"0\r\nX-Checksum: c0ffee\r\nSet-Cookie: a=b\r\n\r\n"
+                       if q.get("trailers") else b"0\r\n\r\n")
+                self.wfile.write(b"%x\r\n%s\r\n%s" % (len(body), body, end))
             return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -205,6 +208,36 @@ def test_each_encoding_over_the_wire(proxy, coding):
     assert f["vary"] == "Accept-Encoding" and f["etag"] == 'W/"v1"'
     assert decode(coding, body) == text(20000)
     assert len(body) < 20000 * 0.8      # 5 bits a letter: about 0.63 at best
+
+
+def test_origin_trailers_follow_a_compressed_body(proxy):
+    # RFC 9110 6.5: the origin's trailer fields go on after the encoded body (chunked to
+    # an HTTP/1.1 client, trailing HEADERS to an HTTP/2 one); those 6.5.1 keeps out of
+    # trailers (Set-Cookie) are dropped, as on the uncompressed path.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET /t?size=5000&chunked=1&trailers=1 HTTP/1.1\r\nHost: x\r\n"
+                  b"Accept-Encoding: gzip\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and b"Transfer-Encoding: chunked" in head
+    body, pos = b"", 0
+    while True:
+        eol = rest.index(b"\r\n", pos)
+        n = int(rest[pos:eol], 16)
+        if n == 0:
+            break
+        body += rest[eol + 2:eol + 2 + n]
+        pos = eol + 2 + n + 2
+    assert gzip.decompress(body) == text(5000)
+    assert rest[eol + 2:] == b"X-Checksum: c0ffee\r\n\r\n"
+    # HTTP/2: curl prints the trailing HEADERS after the body.
+    out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", "-H",
+                          "Accept-Encoding: gzip", f"http://127.0.0.1:{proxy.port}"
+                          "/t?size=5000&chunked=1&trailers=1"],
+                         capture_output=True, timeout=20).stdout
+    assert b"content-encoding: gzip" in out and out.endswith(b"x-checksum: c0ffee\r\n")
 
 
 def test_http10_client_gets_a_close_delimited_body(proxy):
