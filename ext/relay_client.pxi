@@ -685,7 +685,8 @@ cdef class ClientConnection:
                 return avail
             if n:
                 self.received += n
-                if self.max_body and self.received > self.max_body:
+                # The limit is on the body (RFC 9112 7.1's chunk-data), not its framing.
+                if self.max_body and dec.content > self.max_body:
                     self._body_error(413, f"request body is over the {self.max_body}-byte "
                                           "limit")
                     return avail

@@ -386,6 +386,17 @@ def test_body_over_limit_is_413(run_proxy, origin):
     assert r.status == 413
 
 
+def test_chunked_body_under_the_limit_passes_whatever_its_framing(run_proxy, origin):
+    # max_body counts the body, not the chunk framing: 1000 bytes in 250 chunks of 4
+    # (2,500 bytes on the wire) are under a 1 KiB limit; 1,028 such bytes are over it.
+    p = run_proxy(reverse_config(origin.url, limits={"max_body": "1KiB"}))
+    head = crlf("POST /echo HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n")
+    r = request(p.port, head + b"4\r\nabcd\r\n" * 250 + b"0\r\n\r\n")
+    assert r.status == 200 and echo(r)["body_len"] == 1000
+    r = request(p.port, head + b"4\r\nabcd\r\n" * 257 + b"0\r\n\r\n")
+    assert r.status == 413
+
+
 def test_slow_head_gets_408(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, timeouts={"client_header": "0.6s"}))
     with Conn(p.port) as c:
