@@ -340,6 +340,14 @@ cdef class UpstreamConnection:
             except Exception as exc:
                 self._broken(f"response filter failed: {exc!r}")
                 return
+        elif client.ls.filter_factory is not None and status == 304:
+            # A 304 stands for the 200 (RFC 9110 15.4.5): its ETag and Vary as the filter
+            # would send them (a weak ETag for an encoded 200); no body, framing kept.
+            try:
+                head = self._filter_start(client, status, head, http11, False)
+            except Exception as exc:
+                self._broken(f"response filter failed: {exc!r}")
+                return
         if client.ls.filter_factory is not None and mode != M_NONE and not client.head_request:
             try:
                 head = self._filter_start(client, status, head, http11, True)

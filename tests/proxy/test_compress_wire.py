@@ -77,6 +77,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status = int(q.get("status", "200"))
         body = text(int(q.get("size", "5000")))
+        if "etag" in q and self.headers.get("If-None-Match"):
+            # The origin compares weakly (RFC 9110 13.1.2) and answers 304 with its own
+            # strong tag; notype=1: a 304 without Content-Type, as many origins send.
+            self.send_response(304)
+            self.send_header("ETag", q["etag"])
+            if not q.get("notype"):
+                self.send_header("Content-Type", q.get("ctype", "text/html; charset=utf-8"))
+            self.end_headers()
+            return
         self.send_response(status)
         self.send_header("Content-Type", q.get("ctype", "text/html; charset=utf-8"))
         for name in ("Cache-Control", "Content-Encoding", "ETag", "Vary", "Content-Range",
@@ -238,6 +247,29 @@ def test_origin_trailers_follow_a_compressed_body(proxy):
                           "/t?size=5000&chunked=1&trailers=1"],
                          capture_output=True, timeout=20).stdout
     assert b"content-encoding: gzip" in out and out.endswith(b"x-checksum: c0ffee\r\n")
+
+
+@pytest.mark.parametrize("notype", ["", "&notype=1"], ids=["with type", "without type"])
+def test_304_carries_the_validator_and_vary_of_the_encoded_200(proxy, notype):
+    # RFC 9110 15.4.5: a 304 carries the ETag and Vary the 200 would have; that 200 went
+    # gzip with a weak tag (8.8.3), so the origin's strong "v1" must not come back.
+    target = "/t?size=3000&etag=%22v1%22" + notype
+    status, f, _ = request(proxy.port, target, {"Accept-Encoding": "gzip"})
+    assert status == 200 and f["etag"] == 'W/"v1"' and f["vary"] == "Accept-Encoding"
+    status, f, _ = request(proxy.port, target, {"Accept-Encoding": "gzip",
+                                                "If-None-Match": 'W/"v1"'})
+    assert status == 304
+    assert f["etag"] == 'W/"v1"' and f["vary"] == "Accept-Encoding", f
+    assert "transfer-encoding" not in f and "content-encoding" not in f
+    # An identity client keeps the strong tag; the 304 still says what it varies on
+    # when its type tells (without a type there is nothing to go by).
+    status, f, _ = request(proxy.port, target, {"If-None-Match": '"v1"'})
+    assert status == 304 and f["etag"] == '"v1"'
+    assert f.get("vary") == (None if notype else "Accept-Encoding")
+    # A type never encoded: the 304 passes as the origin sent it.
+    status, f, _ = request(proxy.port, target + "&ctype=image/png",
+                           {"Accept-Encoding": "gzip", "If-None-Match": '"v1"'})
+    assert status == 304 and f["etag"] == '"v1"' and "vary" not in f
 
 
 def test_http10_client_gets_a_close_delimited_body(proxy):
