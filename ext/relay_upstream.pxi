@@ -1,6 +1,10 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Upstream side: UpstreamConnection; writes to the client only through the sink.
 
+# RFC 9110 8.6: no Content-Length in a 1xx or 204 (whatever the origin sent; HTTP/2
+# clients reset such a stream).
+cdef tuple NO_LENGTH = (b"content-length",)
+
 cdef class UpstreamConnection:
     """One connection to an upstream server, reused across exchanges."""
 
@@ -259,7 +263,7 @@ cdef class UpstreamConnection:
             # RFC 9110 15.2: forward interim responses to HTTP/1.1 clients; the 100
             # we already sent ourselves for Expect is not repeated.
             if client.req.version >= 11 and not (status == 100 and self.sent_continue):
-                client.send_data(resp.forward_c(None, self.via, (), False))
+                client.send_data(resp.forward_c(None, self.via, NO_LENGTH, False))
             if pos >= len(data):
                 return
         if status == 101:
@@ -322,7 +326,7 @@ cdef class UpstreamConnection:
         elif not http11:
             extra += CONNECTION_KEEP_ALIVE
         if client.received_version == 20 and client.ls.filter_factory is None and \
-                client.transport.relay_head(resp, extra, self.left if mode == M_LENGTH
+                status != 204 and client.transport.relay_head(resp, extra, self.left if mode == M_LENGTH
                                             else (0 if mode == M_NONE else -1)):
             # An HTTP/2 stream takes the head as parsed (ext/h2server.pyx relay_head): the
             # same fields, no HTTP/1.1 head made for it to parse again; the body follows
@@ -330,7 +334,8 @@ cdef class UpstreamConnection:
             head = None
         else:
             head = resp.forward_c(None if resp.version == 11 else
-                                  b"HTTP/1.1 %d %s" % (status, resp.reason), extra, (), False)
+                                  b"HTTP/1.1 %d %s" % (status, resp.reason), extra,
+                                  NO_LENGTH if status == 204 else (), False)
         if client.ls.filter_factory is not None and mode == M_NONE and client.head_request \
                 and status != 204 and status != 304:
             # HEAD: the filter sees the head so it is the one the GET would get (RFC 9110

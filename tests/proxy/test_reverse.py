@@ -453,6 +453,61 @@ def test_mid_body_upstream_failure_cuts_client(start_proxy):
     srv.close()
 
 
+def test_no_content_length_in_a_204_or_1xx_whatever_the_origin_sent(start_proxy):
+    # RFC 9110 8.6: a sender MUST NOT send Content-Length in a 1xx or 204. The origin's
+    # was passed on; HTTP/2 clients (curl, nghttp) then reset the stream.
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    answers = {b"/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+               b"/103": b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 5\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+
+    def conn(s):
+        with s:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = s.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                s.sendall(answers[head.split(b" ")[1]])
+
+    def serve():
+        while True:
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn, args=(s,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = start_proxy("serve", "--listen", "127.0.0.1:0", "--upstream",
+                    f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        with Conn(p.port) as c:
+            c.send(crlf("GET /204 HTTP/1.1\nHost: x\n\nGET /103 HTTP/1.1\nHost: x\n\n"))
+            data = b""
+            while not data.endswith(b"\r\n\r\nok"):
+                data += c.sock.recv(65536)
+        heads = data.split(b"\r\n\r\n")
+        assert heads[0].startswith(b"HTTP/1.1 204") and b"Content-Length" not in heads[0]
+        assert heads[1].startswith(b"HTTP/1.1 103") and b"Content-Length" not in heads[1]
+        assert heads[2].startswith(b"HTTP/1.1 200") and b"Content-Length: 2" in heads[2]
+        if shutil.which("curl"):
+            for path in ("/204", "/103"):
+                out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o",
+                                      "/dev/null", "-w", "%{http_code}",
+                                      f"http://127.0.0.1:{p.port}{path}"],
+                                     capture_output=True, timeout=10)
+                assert out.returncode == 0 and out.stdout in (b"204", b"200"), out
+    finally:
+        srv.close()
+
+
 # -- upgrade ------------------------------------------------------------------
 
 
