@@ -511,6 +511,18 @@ def test_no_content_length_in_a_204_or_1xx_whatever_the_origin_sent(start_proxy)
 # -- upgrade ------------------------------------------------------------------
 
 
+def test_upgrade_in_an_http10_request_is_ignored(reverse_proxy, origin):
+    # RFC 9110 7.8: "A server MUST ignore an Upgrade header field that is received in an
+    # HTTP/1.0 request." It was offered upstream and a 101 tunnel opened.
+    with Conn(reverse_proxy.port) as c:
+        c.send(crlf("GET /echo HTTP/1.0\nHost: x\nConnection: Upgrade\n"
+                    "Upgrade: websocket\n\n"))
+        r = c.response()
+        assert r.status == 200
+        names = [k.lower() for k, _ in echo(r)["headers"]]
+        assert "upgrade" not in names and "connection" not in names
+
+
 def test_websocket_upgrade_becomes_tunnel(reverse_proxy, origin):
     with Conn(reverse_proxy.port) as c:
         c.send(crlf("GET /ws HTTP/1.1\nHost: x\nConnection: Upgrade\nUpgrade: websocket\n"
