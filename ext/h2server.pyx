@@ -20,7 +20,7 @@ in that same flush (no callback per stream).
 import time
 
 from fastproxy import _h2msg, _http
-from fastproxy._relay import STATE_HEAD, ClientConnection, date_line
+from fastproxy._relay import STATE_HEAD, ClientConnection
 
 from fastproxy._h2 cimport Connection, _Stream
 from fastproxy._h2frames cimport E_CANCEL, E_INTERNAL, E_NO, E_REFUSED, E_CALM
@@ -618,21 +618,17 @@ cdef class Server(Connection):
         relay.data_received(head)
 
     cpdef on_headers_too_large(self, int stream_id, bint end_stream):
-        # 431 on the stream, as an HTTP/1.1 client gets for a head over max_header_size
-        # (RFC 9113 8.1, 10.5.1): the block was decoded, so the connection goes on.
-        cdef bytes body = b"431 Request Header Fields Too Large: header list over the limit\n"
-        cdef list fields = [(b":status", b"431"),
-                            (b"date", (<bytes>date_line())[6:-2]),
-                            (b"cache-control", b"no-store")]
-        cdef bint with_body = self.stream_send_window(stream_id) >= len(body)
-        if with_body:
-            fields.append((b"content-type", b"text/plain; charset=utf-8"))
-        fields.append((b"content-length", str(len(body) if with_body else 0).encode()))
-        self.send_headers(stream_id, fields, not with_body)
-        if with_body:
-            self.send_data(stream_id, body, True)
-        if not end_stream:
-            self.reset_stream(stream_id, E_NO)   # the rest of the request is not wanted
+        # 431 on the stream (RFC 9113 8.1, 10.5.1): the block was decoded, so the
+        # connection goes on. The stream's relay gets a head over max_header_size, so
+        # the answer, the access log line and the counters are an HTTP/1.1 client's.
+        cdef Py_ssize_t size = self.rt.limits.max_header_size
+        cdef _Stream st
+        self.on_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"http"),
+                                    (b":authority", b"-"), (b":path", b"/"),
+                                    (b"x-header-list-too-large", b"x" * size)], end_stream)
+        st = self._get(stream_id)
+        if st is not None and st.remote_open and not st.local_open:
+            self.reset_stream(stream_id, E_NO)   # answered: the request body is not wanted
 
     cpdef on_data(self, int stream_id, bytes data, bint end_stream):
         cdef Stream stream = self.streams.get(stream_id)

@@ -314,3 +314,22 @@ def test_header_list_over_the_limit_is_a_431_on_its_stream(port, end_stream):
     if not end_stream:
         assert rst_code(frames, 1) == 0    # NO_ERROR: the request body is not wanted
     assert heads[3][b":status"] == b"200"
+
+
+def test_a_431_for_a_large_header_list_is_logged_and_counted(run_proxy, origin):
+    # The stream's 431 goes through its relay as an HTTP/1.1 head over the limit would:
+    # one access log line and the 4xx count, as for an HTTP/1.1 client.
+    import json
+    import urllib.request
+    p = run_proxy({"listeners": [{"upstream": "app"}], "admin": "127.0.0.1:0",
+                   "upstreams": {"app": {"servers": [origin.url]}},
+                   "access_log": {"path": "-", "format": "json"}})
+    frames = exchange(p.port, _big_request(1, _hpack.Encoder(), True),
+                      lambda fs: any(t == DATA and f & END_STREAM for t, f, _, _ in fs))
+    assert status(frames, 1) == b"431"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not p.stdout_lines:
+        time.sleep(0.05)
+    assert [json.loads(line)["status"] for line in p.stdout_lines] == [431]
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port()}/status") as r:
+        assert json.load(r)["requests"]["4xx"] == 1
