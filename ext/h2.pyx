@@ -190,6 +190,11 @@ cdef class Connection(FrameWriter):
     cpdef on_headers(self, int stream_id, list headers, bint end_stream):
         """A request (server role) or a final response (client role) arrived."""
 
+    cpdef on_headers_too_large(self, int stream_id, bint end_stream):
+        """A request's header list was over max_header_list_size (server role); the
+        stream is open for an answer. By default it is reset (PROTOCOL_ERROR)."""
+        self._stream_error(stream_id, E_PROTOCOL, K_OK, False)
+
     cpdef on_informational(self, int stream_id, list headers):
         """A 1xx response arrived (client role)."""
 
@@ -691,7 +696,15 @@ cdef class Connection(FrameWriter):
         if self.active_peer >= self.max_concurrent_streams:
             return self._stream_error(sid, E_REFUSED, K_REFUSED, False)
         if headers is None:
-            return self._stream_error(sid, E_PROTOCOL, K_HEADER_LIST, False)
+            # Over our SETTINGS_MAX_HEADER_LIST_SIZE, but decoded in full (the table is
+            # in step): a stream the hook may answer (431, RFC 9113 8.1 / 10.5.1) while
+            # the connection carries on.
+            self._count(K_HEADER_LIST)
+            st = self._new_peer_stream(sid, end_stream)
+            st.head = st.connect = False
+            st.content_length = -1
+            self.on_headers_too_large(sid, end_stream)
+            return 0
         if self_dep:
             return self._stream_error(sid, E_PROTOCOL, K_PRIORITY, False)
         k = check_request(headers, &info)
@@ -699,23 +712,27 @@ cdef class Connection(FrameWriter):
             k = K_CONTENT_LENGTH
         if k:
             return self._stream_error(sid, E_PROTOCOL, k, False)
-        st = _Stream.__new__(_Stream)
+        st = self._new_peer_stream(sid, end_stream)
+        st.connect = info.connect
+        st.head = info.head
+        st.content_length = info.content_length
+        self.on_headers(sid, headers, end_stream)
+        return 0
+
+    cdef _Stream _new_peer_stream(self, uint32_t sid, bint end_stream):
+        cdef _Stream st = _Stream.__new__(_Stream)
         st.id = sid
         st.peer_initiated = True
         st.remote_open = not end_stream
         st.local_open = True
         st.phase = 2
-        st.connect = info.connect
-        st.head = info.head
-        st.content_length = info.content_length
         st.send_window = self.peer_initial_window_size
         st.recv_window = self._local_initial
         st.key = sid
         self._streams[st.key] = st
         self._last = st                       # the hook and its replies look it up
         self.active_peer += 1
-        self.on_headers(sid, headers, end_stream)
-        return 0
+        return st
 
     cdef int _peer_headers(self, _Stream st, uint32_t sid, list headers, bint end_stream) except -1:
         cdef MsgInfo info

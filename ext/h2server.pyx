@@ -431,7 +431,10 @@ cdef class Server(Connection):
 
     def __init__(self, lrt):
         limits = lrt.limits
+        # The wire block may be several times the list we take (a 431 needs the block
+        # decoded in full); past that it is a CONTINUATION flood (GOAWAY).
         super().__init__(False, max_header_list_size=limits.max_header_size,
+                         max_header_block=max(4 * limits.max_header_size, 1 << 19),
                          max_concurrent_streams=128)
         self.rt = lrt
         self.loop = lrt.loop
@@ -644,6 +647,19 @@ cdef class Server(Connection):
         if self.write_paused:
             stream.hold_upstream(True)
         relay.data_received(head)
+
+    cpdef on_headers_too_large(self, int stream_id, bint end_stream):
+        # 431 on the stream (RFC 9113 8.1, 10.5.1): the block was decoded, so the
+        # connection goes on. The stream's relay gets a head over max_header_size, so
+        # the answer, the access log line and the counters are an HTTP/1.1 client's.
+        cdef Py_ssize_t size = self.rt.limits.max_header_size
+        cdef _Stream st
+        self.on_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"http"),
+                                    (b":authority", b"-"), (b":path", b"/"),
+                                    (b"x-header-list-too-large", b"x" * size)], end_stream)
+        st = self._get(stream_id)
+        if st is not None and st.remote_open and not st.local_open:
+            self.reset_stream(stream_id, E_NO)   # answered: the request body is not wanted
 
     cpdef on_data(self, int stream_id, bytes data, bint end_stream):
         cdef Stream stream = self.streams.get(stream_id)

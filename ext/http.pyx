@@ -1544,6 +1544,7 @@ cdef class ChunkedDecoder:
         self._trailers = bytearray()
         self._has_trailers = False
         self.passed = 0
+        self.content = 0
 
     @property
     def done(self):
@@ -1606,6 +1607,7 @@ cdef class ChunkedDecoder:
                         out.append(mv[start + i:start + i + take])
                     i += take
                     self._size -= take
+                    self.content += take
                     if self._size == 0:
                         st = S_DATA_CR
                     continue

@@ -364,14 +364,15 @@ cdef class ClientConnection:
         self._framed(self.body_filter.flush())
         return 0
 
-    cdef int send_end(self) except -1:
-        """The body is complete: the filter's tail and the closing frame."""
+    cdef int send_end(self, bytes trailers=None) except -1:
+        """The body is complete: the filter's tail and the closing frame, with the
+        origin's trailer section (kept_trailers(): fields, then CRLF) when it had one."""
         f = self.body_filter
         if f is not None:
             self.body_filter = None
             self._framed(f.finish())
             if self.filter_chunked:
-                self.twrite(LAST_CHUNK)
+                self.twrite(LAST_CHUNK if trailers is None else b"0\r\n" + trailers)
         return 0
 
     cdef _framed(self, out):
@@ -684,7 +685,8 @@ cdef class ClientConnection:
                 return avail
             if n:
                 self.received += n
-                if self.max_body and self.received > self.max_body:
+                # The limit is on the body (RFC 9112 7.1's chunk-data), not its framing.
+                if self.max_body and dec.content > self.max_body:
                     self._body_error(413, f"request body is over the {self.max_body}-byte "
                                           "limit")
                     return avail

@@ -2,7 +2,9 @@
 # Tunnels and holding: splice(), splice_held(), Tunnel, TunnelEnd, Holding; CONNECT setup
 # (TunnelSetup).
 
-cdef bytes CONNECT_OK = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+# The proxy's own 2xx carries a Date (RFC 9110 6.6.1) and no Content-Length or
+# Transfer-Encoding (9.3.6).
+cdef bytes CONNECT_OK = b"HTTP/1.1 200 Connection Established\r\n"
 
 cdef class Tunnel:
     """Two ends, the shared idle deadline and the byte counts.
@@ -277,7 +279,7 @@ cdef class TunnelSetup:
         conn.resp_started = True
         conn.server = TunnelPeer(f"{self.host}:{self.port}" if ":" not in addr
                                  else f"[{addr}]:{self.port}")
-        conn.twrite(CONNECT_OK)
+        conn.twrite(CONNECT_OK + _date_line() + CRLF)
         early = conn.take_buffered()
         conn.tunnel(held, early, b"", self.idle, self._closed)
 

@@ -1,6 +1,10 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Upstream side: UpstreamConnection; writes to the client only through the sink.
 
+# RFC 9110 8.6: no Content-Length in a 1xx or 204 (whatever the origin sent; HTTP/2
+# clients reset such a stream).
+cdef tuple NO_LENGTH = (b"content-length",)
+
 cdef class UpstreamConnection:
     """One connection to an upstream server, reused across exchanges."""
 
@@ -259,7 +263,7 @@ cdef class UpstreamConnection:
             # RFC 9110 15.2: forward interim responses to HTTP/1.1 clients; the 100
             # we already sent ourselves for Expect is not repeated.
             if client.req.version >= 11 and not (status == 100 and self.sent_continue):
-                client.send_data(resp.forward_c(None, self.via, (), False))
+                client.send_data(resp.forward_c(None, self.via, NO_LENGTH, False))
             if pos >= len(data):
                 return
         if status == 101:
@@ -322,7 +326,7 @@ cdef class UpstreamConnection:
         elif not http11:
             extra += CONNECTION_KEEP_ALIVE
         if client.received_version == 20 and client.ls.filter_factory is None and \
-                client.transport.relay_head(resp, extra, self.left if mode == M_LENGTH
+                status != 204 and client.transport.relay_head(resp, extra, self.left if mode == M_LENGTH
                                             else (0 if mode == M_NONE else -1)):
             # An HTTP/2 stream takes the head as parsed (ext/h2server.pyx relay_head): the
             # same fields, no HTTP/1.1 head made for it to parse again; the body follows
@@ -330,11 +334,20 @@ cdef class UpstreamConnection:
             head = None
         else:
             head = resp.forward_c(None if resp.version == 11 else
-                                  b"HTTP/1.1 %d %s" % (status, resp.reason), extra, (), False)
+                                  b"HTTP/1.1 %d %s" % (status, resp.reason), extra,
+                                  NO_LENGTH if status == 204 else (), False)
         if client.ls.filter_factory is not None and mode == M_NONE and client.head_request \
                 and status != 204 and status != 304:
             # HEAD: the filter sees the head so it is the one the GET would get (RFC 9110
             # 9.3.2); no body follows, so the filter is dropped after start().
+            try:
+                head = self._filter_start(client, status, head, http11, False)
+            except Exception as exc:
+                self._broken(f"response filter failed: {exc!r}")
+                return
+        elif client.ls.filter_factory is not None and status == 304:
+            # A 304 stands for the 200 (RFC 9110 15.4.5): its ETag and Vary as the filter
+            # would send them (a weak ETag for an encoded 200); no body, framing kept.
             try:
                 head = self._filter_start(client, status, head, http11, False)
             except Exception as exc:
@@ -495,6 +508,7 @@ cdef class UpstreamConnection:
         cdef int mode = self.mode
         cdef Py_ssize_t n
         cdef bint done = False
+        cdef bytes trailers = None
         observer = client.observer
         self.deadline = _now() + self.upstream_idle
         try:
@@ -526,6 +540,8 @@ cdef class UpstreamConnection:
                     if pos + n < len(data):
                         self.reusable = False
                     done = True
+                    # The origin's trailers go on after the filtered body (RFC 9110 6.5).
+                    trailers = self.chunks.kept_trailers()
             else:  # M_CLOSE_RAW: the end is the upstream's close (connection_lost)
                 n = len(data) - pos
                 if n:
@@ -534,7 +550,7 @@ cdef class UpstreamConnection:
                         observer.response_body(piece)
                     client.send_body(piece)
             if done:
-                client.send_end()
+                client.send_end(trailers)
             else:
                 client.send_flush()
         except Exception as exc:

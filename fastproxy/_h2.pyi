@@ -31,8 +31,8 @@ is ignored: write data_to_send() and close.  `errors` counts each kind on this
 connection, error_totals() in the process.
 
 Limits (options, strict defaults): max_concurrent_streams 128 (REFUSED_STREAM beyond,
-RFC 9113 5.1.2); max_header_list_size 64 KiB (decoded, 6.5.2: larger lists are a stream
-error; HPACK bombs cost no memory); max_header_block (default = max_header_list_size:
+RFC 9113 5.1.2); max_header_list_size 64 KiB (decoded, 6.5.2: a larger list is decoded in full and
+handed to on_headers_too_large, by default a stream error; HPACK bombs cost no memory); max_header_block (default = max_header_list_size:
 the header block's bytes on the wire, frame headers included, so an endless run of
 CONTINUATION frames, even empty ones, ends in GOAWAY ENHANCE_YOUR_CALM,
 CVE-2024-27316); max_frame_size 16 KiB; reset_rate 100/s with reset_burst 1000 (peer
@@ -107,6 +107,9 @@ class Connection(FrameWriter):
     # hooks, in the order a stream meets them
     def on_headers(self, stream_id: int, headers: list[Header], end_stream: bool) -> None:
         """A request (server role) or a final response (client role) arrived, checked."""
+    def on_headers_too_large(self, stream_id: int, end_stream: bool) -> None:
+        """A request's header list was over max_header_list_size (server role); the
+        stream is open for an answer. By default it is reset (PROTOCOL_ERROR)."""
     def on_informational(self, stream_id: int, headers: list[Header]) -> None:
         """A 1xx response arrived (client role)."""
     def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:

@@ -177,6 +177,8 @@ class ChunkedDecoder:
     @property
     def trailers(self) -> bytes:
         """Raw trailer lines with their CRLF; b"" if none."""
+    content: int
+    """Chunk-data bytes consumed so far: the body's size, without its framing."""
     passed: int
     """Of the bytes the last feed consumed, how many precede the trailer fields (a proxy
     passes those on unchanged and holds the rest)."""

@@ -90,6 +90,7 @@ cdef class Connection(FrameWriter):
 
     # hooks
     cpdef on_headers(self, int stream_id, list headers, bint end_stream)
+    cpdef on_headers_too_large(self, int stream_id, bint end_stream)
     cpdef on_informational(self, int stream_id, list headers)
     cpdef on_trailers(self, int stream_id, list headers)
     cpdef on_data(self, int stream_id, bytes data, bint end_stream)
@@ -123,6 +124,7 @@ cdef class Connection(FrameWriter):
     cdef int _block(self, uint32_t sid, bint end_stream, bint self_dep,
                     const uchar* p, Py_ssize_t n) except -1
     cdef int _peer_headers(self, _Stream st, uint32_t sid, list headers, bint end_stream) except -1
+    cdef _Stream _new_peer_stream(self, uint32_t sid, bint end_stream)
     cdef int _settings(self, const uchar* p, Py_ssize_t n) except -1
     cdef int _window_update(self, const uchar* p, Py_ssize_t n) except -1
     cdef int _rst_stream(self, const uchar* p, Py_ssize_t n) except -1

@@ -141,6 +141,7 @@ cdef class ChunkedDecoder:
     cdef bytearray _trailers
     cdef bint _has_trailers
     cdef readonly Py_ssize_t passed   # of the last feed's bytes, those before the trailers
+    cdef readonly long long content   # chunk-data bytes so far (the body, without framing)
 
     cpdef bytes kept_trailers(self)
     cdef Py_ssize_t feed_c(self, object data, Py_ssize_t start, list out) except -1

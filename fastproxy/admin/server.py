@@ -7,6 +7,8 @@ A small HTTP/1.1 server on each worker's event loop, apart from the data path:
                                      its pauses, requests, per upstream group/server
                                      counters, cache counters
     GET  /metrics                    the same numbers in the Prometheus text format (0.0.4)
+    GET  /healthz                    liveness for load balancers: 200 "ok" while serving,
+                                     503 "draining" once the worker stops (SIGTERM)
     POST /reload                     check the configuration file, then reload it (400 and
                                      the problems when it is not valid)
     POST /cache/purge?url=URL        drop one URL (all its Vary variants) from the cache
@@ -153,6 +155,14 @@ class AdminServer:
             if path == "/metrics":
                 return 200, render_metrics(snap), "text/plain; version=0.0.4; charset=utf-8"
             return 200, status_document(snap), "application/json"
+        if path == "/healthz":
+            # Cheap (no snapshot, no siblings): balancers ask often. A draining worker
+            # says 503 so that they stop sending before the listeners go.
+            if method not in (b"GET", b"HEAD"):
+                return 405, {"error": "/healthz answers GET"}, "application/json"
+            if self.view.draining:
+                return 503, "draining\n", "text/plain; charset=utf-8"
+            return 200, "ok\n", "text/plain; charset=utf-8"
         if path == "/":
             if method not in (b"GET", b"HEAD"):
                 return 405, {"error": "/ answers GET"}, "application/json"
@@ -169,7 +179,8 @@ class AdminServer:
                 return 405, {"error": "/cache/purge answers POST"}, "application/json"
             return await self.purge(query, local)
         return 404, {"error": f"no such admin endpoint: {path}",
-                     "endpoints": ["GET /", "GET /status", "GET /metrics", "POST /reload",
+                     "endpoints": ["GET /", "GET /status", "GET /metrics", "GET /healthz",
+                                   "POST /reload",
                                    "POST /cache/purge?url=URL", "POST /cache/purge?prefix=URL"]}, \
             "application/json"
 
@@ -437,12 +448,14 @@ def render_metrics(snap: dict) -> str:
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             408: b"Request Timeout", 411: b"Length Required", 413: b"Content Too Large",
             414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
+            501: b"Not Implemented", 503: b"Service Unavailable",
+            505: b"HTTP Version Not Supported"}
 
 
 # RFC 9110 15.5.6: a 405 lists the methods the resource answers.
 _ALLOW = {b"/": b"GET, HEAD", b"/reload": b"POST",
           b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
+          b"/healthz": b"GET, HEAD",
           b"/cache/purge": b"POST"}
 
 

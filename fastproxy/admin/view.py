@@ -15,6 +15,10 @@ class WorkerView(Protocol):
     def timeouts(self) -> Any:
         """[timeouts] of the running configuration (client_header, client_idle, ...)."""
 
+    @property
+    def draining(self) -> bool:
+        """The worker is stopping (SIGTERM/SIGINT): in-flight requests finish, no new ones."""
+
     def snapshot(self) -> dict:
         """This worker's numbers (the /status document before merging)."""
 

@@ -183,12 +183,15 @@ class _Encoder:
 class CompressFilter:
     """The filter of one exchange (the contract's start/feed/flush/finish)."""
 
-    __slots__ = ("settings", "coding", "head", "encoder", "pending", "body_unchanged")
+    __slots__ = ("settings", "coding", "head", "encoder", "pending", "body_unchanged",
+                 "if_none_match")
 
-    def __init__(self, settings: "Compression", coding: bytes | None, head: bool) -> None:
+    def __init__(self, settings: "Compression", coding: bytes | None, head: bool,
+                 if_none_match: bytes | None = None) -> None:
         self.settings = settings
         self.coding = coding        # None: identity for this client
         self.head = head
+        self.if_none_match = if_none_match
         self.encoder: _Encoder | None = None
         self.pending = False        # bytes went in since the last flush
         # start() changed only fields (identity: Vary added): the relay keeps the body
@@ -198,6 +201,8 @@ class CompressFilter:
     def start(self, status: int, headers: list) -> list | None:
         """The head to send instead of headers, or None to let the response pass untouched."""
         s = self.settings
+        if status == 304:
+            return self._not_modified(headers)
         seen = s.inspect(status, headers)
         if seen is None:
             return None
@@ -208,6 +213,35 @@ class CompressFilter:
             self.body_unchanged = True
         elif not self.head:
             self.encoder = _Encoder(self.coding, s.level(self.coding))
+        return out
+
+    def _not_modified(self, headers: list) -> list | None:
+        """A 304's fields: the ETag and Vary of the 200 it stands for (RFC 9110 15.4.5),
+        so weak when that 200 goes encoded; None when nothing changes."""
+        fields = headers
+        if _header(headers, b"content-type") is None:
+            # 304s seldom say their type. The client's If-None-Match holding the weak form
+            # of this strong tag says its copy came encoded by us.
+            etag = _header(headers, b"etag")
+            if self.coding is None or etag is None or etag.startswith(b"W/") or \
+                    b"W/" + etag not in _tags(self.if_none_match):
+                return None
+            fields = [*headers, (b"Content-Type", b"text/plain")]   # the rules but type
+        seen = self.settings.inspect(200, fields)
+        if seen is None:
+            return None
+        etag, vary_line, _ = seen
+        weaken = self.coding is not None and etag is not None and not etag.startswith(b"W/")
+        if vary_line is None and not weaken:
+            return None
+        out = [(k, v) for k, v in headers
+               if not (vary_line is not None and k.lower() == b"vary")
+               and not (weaken and k.lower() == b"etag")]
+        if vary_line is not None:
+            out.append((b"Vary", vary_line))
+        if weaken:
+            out.append((b"ETag", weak(etag)))
+        self.body_unchanged = True      # no body: the relay keeps the 304's framing
         return out
 
     def feed(self, data: bytes) -> bytes:
@@ -270,6 +304,11 @@ def _rewrite(headers: list, coding: bytes | None, etag: bytes | None,
         # identity bytes cannot stand for them; a weak one still revalidates.
         out.append((b"ETag", weak(etag)))
     return out
+
+
+def _tags(value: bytes | None) -> list[bytes]:
+    """The entity tags of an If-None-Match value."""
+    return [t.strip() for t in value.split(b",")] if value else []
 
 
 def weak(etag: bytes) -> bytes:
@@ -385,7 +424,8 @@ class Compression:
             return None
         coding = negotiate(parse_accept_encoding(_header(headers, b"accept-encoding")),
                            self.offered)
-        return CompressFilter(self, coding, method == b"HEAD")
+        return CompressFilter(self, coding, method == b"HEAD",
+                              _header(headers, b"if-none-match") if coding else None)
 
 
 def compression_factory(config, listener) -> Compression | None:

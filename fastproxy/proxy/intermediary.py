@@ -89,8 +89,8 @@ def upgrade_plan(req, allowed: frozenset[bytes]) -> tuple[bool, bytes]:
     any other answer forwards an offer of `allowed` protocols only (names compared
     case-insensitively, versions kept: "WebSocket/13" is "websocket")."""
     offer = req.upgrade
-    if offer is None:
-        return NO_UPGRADE
+    if offer is None or req.version == 10:
+        return NO_UPGRADE    # 7.8: Upgrade in an HTTP/1.0 request MUST be ignored
     protocols = [p.strip() for p in offer.split(b",")]
     protocols = [p for p in protocols if p]
     kept = [p for p in protocols if p.split(b"/", 1)[0].rstrip().lower() in allowed]

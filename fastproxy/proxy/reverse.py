@@ -10,6 +10,7 @@ that is safe (`upstream_failed`).
 from __future__ import annotations
 
 import os
+from http import HTTPStatus
 
 from fastproxy import _http
 from fastproxy._relay import (CLIENT_CLAIMS, CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP,
@@ -55,21 +56,33 @@ class _Fixed(Exception):
         self.body_bytes = body_bytes
 
 
+def _phrase(status: int) -> str:
+    """The standard reason phrase of a status the relay's table lacks ("" if none)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _fixed_answer(conn, req, route, host: bytes | None, path: bytes, proto: bytes) -> _Fixed:
     """The response of a route's `return` table, variables filled in."""
     status, location, body = route.answer
     values = {"host": host or b"", "hostname": normalise_host(host) or b"",
               "method": req.method, "path": path, "scheme": proto}
-    content = render(body, values) if body != [b""] else b""
+    # 204 and 304 have no content, and no Content-Length (RFC 9110 8.6, 15.4.5).
+    bodiless = status == 204 or status == 304
+    content = render(body, values) if body != [b""] and not bodiless else b""
     if content and not content.endswith(b"\n"):
         content += b"\n"
     keep = conn.keep_alive and conn.body_done
-    head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode()) + date_line()
+    reason = REASONS.get(status) or _phrase(status)
+    head = b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) + date_line()
     if location is not None:
         head += b"Location: " + render(location, values) + CRLF
     if content:
         head += b"Content-Type: text/plain; charset=utf-8\r\n"
-    head += b"Content-Length: %d\r\n" % len(content)
+    if not bodiless:
+        head += b"Content-Length: %d\r\n" % len(content)
     if not keep:
         head += b"Connection: close\r\n"
     data = head + CRLF if req.method == b"HEAD" else head + CRLF + content

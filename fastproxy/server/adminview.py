@@ -35,6 +35,12 @@ class AdminView:
         """[timeouts] of the running configuration (reloads change them)."""
         return self.worker.config.timeouts
 
+    @property
+    def draining(self) -> bool:
+        """The worker is stopping: in-flight requests finish, no new ones."""
+        stopping = self.worker.stopping
+        return stopping is not None and stopping.is_set()
+
     def snapshot(self) -> dict:
         """This worker's numbers."""
         w = self.worker

@@ -422,8 +422,6 @@ class Worker:
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout)."""
         self.gate.close()
-        if self.admin is not None:
-            self.admin.close()
         if self.cache is not None:
             self.cache.close()
         for lrt in self.listener_rts:
@@ -433,6 +431,9 @@ class Worker:
         deadline = time.monotonic() + self.config.timeouts.drain
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # The admin listener stays for the drain: /healthz says 503 to balancers meanwhile.
+        if self.admin is not None:
+            self.admin.close()
         cut = [conn for conn in self.connections if conn.transport is not None]
         if cut:
             # Said, so that an operator knows the stop cut requests short (their clients

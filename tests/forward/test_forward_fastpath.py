@@ -164,6 +164,7 @@ def test_connect_through_memoised_route(pair, origin):
             with Conn(port) as c:
                 c.send(crlf(f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\nHost: x\n\n"))
                 assert c.fh.readline().startswith(b"HTTP/1.1 200"), (port, i)
+                assert c.fh.readline().startswith(b"Date: ")
                 assert c.fh.readline() == b"\r\n"
                 c.send(crlf(f"GET /size/{i + 1} HTTP/1.1\nHost: x\n\n"))
                 assert c.response().body == b"0123456789"[:i + 1]

@@ -181,7 +181,6 @@ def test_identity_client_gets_vary_and_the_bytes_as_they_are():
     (200, {"Content-Encoding": b"gzip"}, b"text/html", 5000),
     (200, {"Content-Encoding": b"br"}, b"application/json", 5000),
     (204, {}, b"text/html", None),
-    (304, {}, b"text/html", None),
     (206, {"Content-Range": b"bytes 0-99/5000"}, b"text/html", 100),
     (200, {"Content-Range": b"bytes */5000"}, b"text/html", 5000),
     (200, {}, b"image/png", 5000),
@@ -194,6 +193,14 @@ def test_never_compressed(status, extra, ctype, length):
     h = head(ctype, length)
     h += [(k.encode(), v) for k, v in extra.items()]
     assert flt.start(status, h) is None
+
+
+def test_a_304_gets_the_etag_and_vary_of_the_200_and_no_coding():
+    # RFC 9110 15.4.5: the fields of the 200 it stands for, not an encoding of nothing.
+    flt = factory()(b"GET", {b"accept-encoding": b"gzip, br"})
+    f = fields(flt.start(304, head(b"text/html", None) + [(b"ETag", b'"abc"')]))
+    assert f[b"etag"] == [b'W/"abc"'] and f[b"vary"] == [b"Accept-Encoding"]
+    assert b"content-encoding" not in f and flt.body_unchanged
 
 
 def test_missing_content_type_is_not_compressed():

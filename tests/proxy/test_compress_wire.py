@@ -77,6 +77,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status = int(q.get("status", "200"))
         body = text(int(q.get("size", "5000")))
+        if "etag" in q and self.headers.get("If-None-Match"):
+            # The origin compares weakly (RFC 9110 13.1.2) and answers 304 with its own
+            # strong tag; notype=1: a 304 without Content-Type, as many origins send.
+            self.send_response(304)
+            self.send_header("ETag", q["etag"])
+            if not q.get("notype"):
+                self.send_header("Content-Type", q.get("ctype", "text/html; charset=utf-8"))
+            self.end_headers()
+            return
         self.send_response(status)
         self.send_header("Content-Type", q.get("ctype", "text/html; charset=utf-8"))
         for name in ("Cache-Control", "Content-Encoding", "ETag", "Vary", "Content-Range",
@@ -90,7 +99,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                # trailers=1: a field that may be a trailer and one that may not (6.5.1).
+                end = (b"0\r\nX-Checksum: c0ffee\r\nSet-Cookie: a=b\r\n\r\n"
+                       if q.get("trailers") else b"0\r\n\r\n")
+                self.wfile.write(b"%x\r\n%s\r\n%s" % (len(body), body, end))
             return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -205,6 +217,59 @@ def test_each_encoding_over_the_wire(proxy, coding):
     assert f["vary"] == "Accept-Encoding" and f["etag"] == 'W/"v1"'
     assert decode(coding, body) == text(20000)
     assert len(body) < 20000 * 0.8      # 5 bits a letter: about 0.63 at best
+
+
+def test_origin_trailers_follow_a_compressed_body(proxy):
+    # RFC 9110 6.5: the origin's trailer fields go on after the encoded body (chunked to
+    # an HTTP/1.1 client, trailing HEADERS to an HTTP/2 one); those 6.5.1 keeps out of
+    # trailers (Set-Cookie) are dropped, as on the uncompressed path.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET /t?size=5000&chunked=1&trailers=1 HTTP/1.1\r\nHost: x\r\n"
+                  b"Accept-Encoding: gzip\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and b"Transfer-Encoding: chunked" in head
+    body, pos = b"", 0
+    while True:
+        eol = rest.index(b"\r\n", pos)
+        n = int(rest[pos:eol], 16)
+        if n == 0:
+            break
+        body += rest[eol + 2:eol + 2 + n]
+        pos = eol + 2 + n + 2
+    assert gzip.decompress(body) == text(5000)
+    assert rest[eol + 2:] == b"X-Checksum: c0ffee\r\n\r\n"
+    # HTTP/2: curl prints the trailing HEADERS after the body.
+    out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", "-H",
+                          "Accept-Encoding: gzip", f"http://127.0.0.1:{proxy.port}"
+                          "/t?size=5000&chunked=1&trailers=1"],
+                         capture_output=True, timeout=20).stdout
+    assert b"content-encoding: gzip" in out and out.endswith(b"x-checksum: c0ffee\r\n")
+
+
+@pytest.mark.parametrize("notype", ["", "&notype=1"], ids=["with type", "without type"])
+def test_304_carries_the_validator_and_vary_of_the_encoded_200(proxy, notype):
+    # RFC 9110 15.4.5: a 304 carries the ETag and Vary the 200 would have; that 200 went
+    # gzip with a weak tag (8.8.3), so the origin's strong "v1" must not come back.
+    target = "/t?size=3000&etag=%22v1%22" + notype
+    status, f, _ = request(proxy.port, target, {"Accept-Encoding": "gzip"})
+    assert status == 200 and f["etag"] == 'W/"v1"' and f["vary"] == "Accept-Encoding"
+    status, f, _ = request(proxy.port, target, {"Accept-Encoding": "gzip",
+                                                "If-None-Match": 'W/"v1"'})
+    assert status == 304
+    assert f["etag"] == 'W/"v1"' and f["vary"] == "Accept-Encoding", f
+    assert "transfer-encoding" not in f and "content-encoding" not in f
+    # An identity client keeps the strong tag; the 304 still says what it varies on
+    # when its type tells (without a type there is nothing to go by).
+    status, f, _ = request(proxy.port, target, {"If-None-Match": '"v1"'})
+    assert status == 304 and f["etag"] == '"v1"'
+    assert f.get("vary") == (None if notype else "Accept-Encoding")
+    # A type never encoded: the 304 passes as the origin sent it.
+    status, f, _ = request(proxy.port, target + "&ctype=image/png",
+                           {"Accept-Encoding": "gzip", "If-None-Match": '"v1"'})
+    assert status == 304 and f["etag"] == '"v1"' and "vary" not in f
 
 
 def test_http10_client_gets_a_close_delimited_body(proxy):

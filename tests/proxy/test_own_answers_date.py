@@ -80,3 +80,24 @@ def test_every_answer_of_the_proxy_has_a_date(run_proxy, origin):
         assert status == 308 and b"date" in headers, headers
     finally:
         c.close()
+
+
+def test_connect_200_has_a_date_and_no_framing(run_proxy, origin):
+    # The forward proxy's `200 Connection Established` had no Date; RFC 9110 9.3.6 also
+    # forbids Content-Length and Transfer-Encoding in it. The tunnel works after it.
+    port = int(origin.url.rsplit(":", 1)[1])
+    p = run_proxy({"listeners": [{"mode": "forward", "allow_private": True,
+                                  "connect_ports": [port]}]})
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (port, port))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert abs(_date_of(head) - time.time()) < 5, head
+        assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
+        s.sendall(b"GET /size/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while chunk := s.recv(65536):
+            rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\n012"), rest

@@ -386,6 +386,17 @@ def test_body_over_limit_is_413(run_proxy, origin):
     assert r.status == 413
 
 
+def test_chunked_body_under_the_limit_passes_whatever_its_framing(run_proxy, origin):
+    # max_body counts the body, not the chunk framing: 1000 bytes in 250 chunks of 4
+    # (2,500 bytes on the wire) are under a 1 KiB limit; 1,028 such bytes are over it.
+    p = run_proxy(reverse_config(origin.url, limits={"max_body": "1KiB"}))
+    head = crlf("POST /echo HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n")
+    r = request(p.port, head + b"4\r\nabcd\r\n" * 250 + b"0\r\n\r\n")
+    assert r.status == 200 and echo(r)["body_len"] == 1000
+    r = request(p.port, head + b"4\r\nabcd\r\n" * 257 + b"0\r\n\r\n")
+    assert r.status == 413
+
+
 def test_slow_head_gets_408(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, timeouts={"client_header": "0.6s"}))
     with Conn(p.port) as c:
@@ -442,7 +453,74 @@ def test_mid_body_upstream_failure_cuts_client(start_proxy):
     srv.close()
 
 
+def test_no_content_length_in_a_204_or_1xx_whatever_the_origin_sent(start_proxy):
+    # RFC 9110 8.6: a sender MUST NOT send Content-Length in a 1xx or 204. The origin's
+    # was passed on; HTTP/2 clients (curl, nghttp) then reset the stream.
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    answers = {b"/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+               b"/103": b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 5\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+
+    def conn(s):
+        with s:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = s.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                s.sendall(answers[head.split(b" ")[1]])
+
+    def serve():
+        while True:
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn, args=(s,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = start_proxy("serve", "--listen", "127.0.0.1:0", "--upstream",
+                    f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        with Conn(p.port) as c:
+            c.send(crlf("GET /204 HTTP/1.1\nHost: x\n\nGET /103 HTTP/1.1\nHost: x\n\n"))
+            data = b""
+            while not data.endswith(b"\r\n\r\nok"):
+                data += c.sock.recv(65536)
+        heads = data.split(b"\r\n\r\n")
+        assert heads[0].startswith(b"HTTP/1.1 204") and b"Content-Length" not in heads[0]
+        assert heads[1].startswith(b"HTTP/1.1 103") and b"Content-Length" not in heads[1]
+        assert heads[2].startswith(b"HTTP/1.1 200") and b"Content-Length: 2" in heads[2]
+        if shutil.which("curl"):
+            for path in ("/204", "/103"):
+                out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o",
+                                      "/dev/null", "-w", "%{http_code}",
+                                      f"http://127.0.0.1:{p.port}{path}"],
+                                     capture_output=True, timeout=10)
+                assert out.returncode == 0 and out.stdout in (b"204", b"200"), out
+    finally:
+        srv.close()
+
+
 # -- upgrade ------------------------------------------------------------------
+
+
+def test_upgrade_in_an_http10_request_is_ignored(reverse_proxy, origin):
+    # RFC 9110 7.8: "A server MUST ignore an Upgrade header field that is received in an
+    # HTTP/1.0 request." It was offered upstream and a 101 tunnel opened.
+    with Conn(reverse_proxy.port) as c:
+        c.send(crlf("GET /echo HTTP/1.0\nHost: x\nConnection: Upgrade\n"
+                    "Upgrade: websocket\n\n"))
+        r = c.response()
+        assert r.status == 200
+        names = [k.lower() for k, _ in echo(r)["headers"]]
+        assert "upgrade" not in names and "connection" not in names
 
 
 def test_websocket_upgrade_becomes_tunnel(reverse_proxy, origin):

@@ -256,6 +256,7 @@ return = { status = 204 }
     assert (r1.status, r1.body) == (410, b"/gone went away\n")
     assert (r2.status, r2.body, r2.getheader("Content-Length")) == (410, b"", "16")
     assert (r3.status, r3.body) == (204, b"")
+    assert r3.getheader("Content-Length") is None    # RFC 9110 8.6: never in a 204
     assert (r4.status, r4.body) == (200, b"01")                # the default upstream
     assert all(s.requests == [] or all(t[1] != b"/gone" for t in s.requests) for s in three)
     # POST /empty: the route's method condition fails, so the default upstream answers

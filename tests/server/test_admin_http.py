@@ -57,3 +57,35 @@ def test_status_lines_name_their_status(run_proxy, origin):
         with Conn(p.admin_port()) as c:
             c.send(request)
             assert c.read_all().startswith(line)
+
+
+def test_healthz_is_200_while_serving_and_503_while_draining(run_proxy, origin):
+    # A cheap liveness URL for load balancers (nginx/HAProxy setups probe one): 200 while
+    # serving, 503 once SIGTERM starts the drain, so traffic moves before the port goes.
+    import signal
+    import socket
+    import time
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0",
+                                 timeouts={"drain": "5s"}))
+    with Conn(p.admin_port()) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.body == b"ok\n" and r.getheader("Date")
+        c.send(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.response("HEAD")
+        assert r.status == 200 and r.body == b""
+        c.send(b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        r = c.response()
+        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+    # A request in flight keeps the worker draining; meanwhile a new admin connection
+    # is answered 503.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"GET /slow/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        p.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with Conn(p.admin_port()) as c:
+            c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = c.response()
+            assert r.status == 503 and r.body == b"draining\n"
+        assert s.recv(100).startswith(b"HTTP/1.1 200 ")   # the request in flight finished

@@ -276,3 +276,60 @@ def test_zero_initial_window_holds_data_until_a_window_update(port):
     time.sleep(0.3)
     assert status(frames) == b"200"
     assert not any(t == DATA and s == 1 and p for t, _, s, p in frames)
+
+
+def _big_request(sid: int, enc, end_stream: bool) -> bytes:
+    """A GET whose header list is ~160 KB (over the 64 KiB limit), in HEADERS and
+    CONTINUATION frames; `enc` keeps the connection's HPACK state."""
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x.test"),
+              (b":path", b"/echo")] + [(b"x-big-%d" % i, b"%04d" % i * 250) for i in range(160)]
+    b = enc.encode(fields)
+    parts = [b[i:i + 16384] for i in range(0, len(b), 16384)]
+    out = frame(HEADERS, END_STREAM if end_stream else 0, sid, parts[0])
+    for k, part in enumerate(parts[1:], 1):
+        out += frame(CONTINUATION, END_HEADERS if k == len(parts) - 1 else 0, sid, part)
+    return out
+
+
+@pytest.mark.parametrize("end_stream", [True, False], ids=["GET", "with body to come"])
+def test_header_list_over_the_limit_is_a_431_on_its_stream(port, end_stream):
+    # RFC 9113 8.1 / 10.5.1: a field block larger than we take is decoded in full (HPACK
+    # state) and answered 431 on its stream; the connection serves the next stream.
+    enc = _hpack.Encoder()
+    payload = _big_request(1, enc, end_stream)
+    if not end_stream:
+        payload += frame(DATA, END_STREAM, 1, b"body")
+    payload += frame(HEADERS, EH_ES, 3, enc.encode([
+        (b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x.test"),
+        (b":path", b"/size/5")]))
+    frames = exchange(port, payload, lambda fs: any(
+        t == DATA and s == 3 and f & END_STREAM for t, f, s, _ in fs))
+    assert goaway_code(frames) is None, frames
+    dec = _hpack.Decoder()       # one decoder for the connection: the answers index its table
+    heads = {s: dict(dec.decode(p)) for t, _, s, p in frames if t == HEADERS}
+    assert heads[1][b":status"] == b"431" and b"date" in heads[1]
+    body = b"".join(p for t, _, s, p in frames if t == DATA and s == 1)
+    assert body.startswith(b"431 Request Header Fields Too Large")
+    assert any(t == DATA and s == 1 and f & END_STREAM for t, f, s, _ in frames)
+    if not end_stream:
+        assert rst_code(frames, 1) == 0    # NO_ERROR: the request body is not wanted
+    assert heads[3][b":status"] == b"200"
+
+
+def test_a_431_for_a_large_header_list_is_logged_and_counted(run_proxy, origin):
+    # The stream's 431 goes through its relay as an HTTP/1.1 head over the limit would:
+    # one access log line and the 4xx count, as for an HTTP/1.1 client.
+    import json
+    import urllib.request
+    p = run_proxy({"listeners": [{"upstream": "app"}], "admin": "127.0.0.1:0",
+                   "upstreams": {"app": {"servers": [origin.url]}},
+                   "access_log": {"path": "-", "format": "json"}})
+    frames = exchange(p.port, _big_request(1, _hpack.Encoder(), True),
+                      lambda fs: any(t == DATA and f & END_STREAM for t, f, _, _ in fs))
+    assert status(frames, 1) == b"431"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not p.stdout_lines:
+        time.sleep(0.05)
+    assert [json.loads(line)["status"] for line in p.stdout_lines] == [431]
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.admin_port()}/status") as r:
+        assert json.load(r)["requests"]["4xx"] == 1
