@@ -28,7 +28,7 @@
 # own; with a connection per request that segment (its transmit, and the loopback
 # receive processing charged to the sender) was a measurable share of the worker's
 # kernel time. A held write that no close follows goes out at the end of the turn
-# (Poller.release_held), or before the next write: the order of bytes never changes.
+# (Poller.end_turn), or before the next write: the order of bytes never changes.
 #
 # TCP_NODELAY: set before a socket's second write, or when a write has to wait. A response
 # written in one send and followed by close (a connection per request) never meets Nagle
