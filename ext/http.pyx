@@ -1041,6 +1041,9 @@ cdef class _HeadParser:
 
     def reset(self):
         """Forget any partially parsed head."""
+        self._clear()
+
+    cdef void _clear(self) noexcept:
         self._nf = 0
         self._skip = 0
         self._pos = 0
@@ -1242,7 +1245,10 @@ cdef class RequestParser(_HeadParser):
 
     def reset(self):
         """Forget any partially parsed head."""
-        _HeadParser.reset(self)
+        self.clear_c()
+
+    cdef void clear_c(self) noexcept:
+        self._clear()
         self._pv = 0
         self._pt0 = 0
         self._pphase = 0
@@ -1359,7 +1365,7 @@ cdef class RequestParser(_HeadParser):
             try:
                 end = self._scan_head(buf + start, n - start)
             except ParseError:
-                self.reset()
+                self.clear_c()
                 raise
             if end < 0:
                 return None

@@ -80,7 +80,7 @@ cdef class ListenerSettings:
 
     cdef void give_back(self, RequestParser parser):
         if len(self.parsers) < 256:
-            parser.reset()
+            parser.clear_c()
             self.parsers.append(parser)
 
 

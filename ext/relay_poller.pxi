@@ -63,24 +63,23 @@ cdef class Poller:
     cdef int epfd
     cdef dict conns         # fd -> SockTransport, for the sockets in the set
     cdef public object loop
-    # Closed transports whose connection_lost is due: one call_soon per loop turn for all
-    # of them, not a Handle per connection.
+    # Closed transports whose connection_lost is due, and transports holding a last write:
+    # one call_soon per loop turn for all of them (`end_turn`), not a Handle per connection
+    # nor one for each list (with a connection per request both fill in every turn).
     cdef list dead
-    cdef bint burying
+    cdef bint soon
     cdef list later_list    # transports to add at the next register_later (REGISTER_DELAY)
     cdef bint later_set
     cdef list held_list     # transports holding a last write (see the note at the top)
-    cdef bint holding
 
     def __init__(self, loop):
         self.loop = loop
         self.conns = {}
         self.dead = []
-        self.burying = False
+        self.soon = False
         self.later_list = []
         self.later_set = False
         self.held_list = []
-        self.holding = False
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise _oserror(errno)
@@ -127,16 +126,26 @@ cdef class Poller:
     cdef void hold(self, SockTransport t) except *:
         """t holds a last write: send it at the end of this turn if no close took it."""
         self.held_list.append(t)
-        if not self.holding:
-            self.holding = True
-            self.loop.call_soon(self.release_held)
+        self._soon()
 
-    def release_held(self):
+    cdef inline void _soon(self) except *:
+        if not self.soon:
+            self.soon = True
+            self.loop.call_soon(self.end_turn)
+
+    def end_turn(self):
+        """After this loop turn's events: release_held, then bury_all."""
+        self.soon = False
+        if self.held_list:
+            self.release_held()
+        if self.dead:
+            self.bury_all()
+
+    cdef void release_held(self) except *:
         """Send the held writes no close took (their responses go on, or wait for more)."""
         cdef SockTransport t
         todo = self.held_list
         self.held_list = []
-        self.holding = False
         for t in todo:
             if t.held is not None:
                 try:
@@ -151,16 +160,13 @@ cdef class Poller:
     cdef void bury(self, SockTransport t, exc) except *:
         self.dead.append(t)
         t.lost_exc = exc
-        if not self.burying:
-            self.burying = True
-            self.loop.call_soon(self.bury_all)
+        self._soon()
 
-    def bury_all(self):
+    cdef void bury_all(self) except *:
         """connection_lost for the transports closed since the last turn."""
         cdef SockTransport t
         dead = self.dead
         self.dead = []
-        self.burying = False
         for t in dead:
             t._lost()
 

@@ -3,7 +3,7 @@
 # parser and read parsed fields as C, without a Python call per access.
 #
 # C entry points for cimporting modules (the Python API in _http.pyi wraps them):
-#   RequestParser.feed_c(data, start) -> Request or None
+#   RequestParser.feed_c(data, start) -> Request or None; RequestParser.clear_c() = reset()
 #   ResponseParser.feed_c(data, start, head_request, connect_request) -> Response or None
 #   ChunkedDecoder.feed_c(data, start, out) -> bytes consumed
 #   _Message.forward_c(start_line or None, extra, drop, keep_upgrade) -> bytes
@@ -91,6 +91,7 @@ cdef class _HeadParser:
     cdef bint _response
 
     cdef int _alloc(self, Py_ssize_t max_head, int max_fields) except -1
+    cdef void _clear(self) noexcept
     cdef int _start_line(self, const uchar* h, Py_ssize_t e) except -1
     cdef int _field_line(self, const uchar* p, Py_ssize_t ls, Py_ssize_t le) except -1
     cdef Py_ssize_t _scan_head(self, const uchar* p, Py_ssize_t n) except -2
@@ -114,6 +115,7 @@ cdef class RequestParser(_HeadParser):
     cdef Py_ssize_t _sl
 
     cdef int _target_form(self, const uchar* t, Py_ssize_t n) except -1
+    cdef void clear_c(self) noexcept   # reset() without a Python call
     cdef Request feed_c(self, object data, Py_ssize_t start)
 
 

@@ -439,3 +439,18 @@ def test_a_reload_changes_max_connections_for_the_next_accepts(run_proxy, origin
         fourth.recv(65536)      # ... and the new limit holds the fourth
     for s in (second, *more, fourth):
         s.close()
+
+
+def test_a_parser_given_back_mid_head_serves_the_next_connection_clean(
+        run_proxy, origin, accept, tmp_path):
+    """A client that leaves in the middle of a field section gives its parser back to the
+    listener's pool (RequestParser.clear_c): the next connections, which take that parser,
+    are parsed from a clean state (no start line seen, no leftover fields or offsets)."""
+    proxy = _proxy(run_proxy, origin, accept, tmp_path)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            s.sendall(b"GET /size/3 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B")
+            time.sleep(0.1)     # read and parsed as far as it goes, then the client leaves
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            s.sendall(b"GET /size/5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _responses(_read_all(s)) == [(200, b"01234")]
