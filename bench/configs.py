@@ -76,8 +76,10 @@ def nginx_origin(tmp: Path, port: int, docroot: Path) -> str:
 """)
 
 
-def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool, workers: int = 1) -> str:
-    """nginx reverse proxy (upstream keepalive 64), optionally with proxy_cache."""
+def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool, workers: int = 1,
+                sendfile: bool = False) -> str:
+    """nginx reverse proxy (upstream keepalive 64), optionally with proxy_cache (and its
+    hits sent with sendfile: off is nginx's default, on is Debian's packaged nginx.conf)."""
     cache_decl = ""
     cache_use = ""
     if cache:
@@ -86,6 +88,8 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int, cache: bool, workers: in
             proxy_cache bench;
             proxy_cache_lock on;
             add_header X-Cache-Status $upstream_cache_status;"""
+        if sendfile:
+            cache_decl += "    sendfile on;\n    tcp_nopush on;\n"
     return _nginx_main(tmp, f"""{cache_decl}
     upstream origin {{
         server 127.0.0.1:{origin_port};

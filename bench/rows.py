@@ -117,6 +117,12 @@ def start_nginx_cache(ctx: Context, name: str) -> Endpoint:
     return _nginx(ctx, name, lambda tmp, port: configs.nginx_proxy(tmp, port, ctx.origin_port, cache=True))
 
 
+def start_nginx_cache_sendfile(ctx: Context, name: str) -> Endpoint:
+    """nginx with proxy_cache, hits sent by sendfile(2) from the cache files."""
+    return _nginx(ctx, name, lambda tmp, port: configs.nginx_proxy(tmp, port, ctx.origin_port, cache=True,
+                                                                   sendfile=True))
+
+
 def start_haproxy(ctx: Context, name: str) -> Endpoint:
     """HAProxy, nbthread 1, http-reuse always."""
     port = free_port()
@@ -259,6 +265,8 @@ ROWS: tuple[Row, ...] = (
         "fastproxy-2w with --reuseport-balance hash (the kernel's spread)"),
     Row("fastproxy-admin", "reverse", (), start_fastproxy_admin, "fastproxy reverse with --admin"),
     Row("nginx-cache", "cache", ("nginx",), start_nginx_cache, "nginx proxy_cache"),
+    Row("nginx-cache-sendfile", "cache", ("nginx",), start_nginx_cache_sendfile,
+        "nginx proxy_cache with sendfile on (as in Debian's nginx.conf) and tcp_nopush on"),
     Row("varnish", "cache", ("varnishd",), start_varnish, "Varnish -s malloc,64m, thread_pools=1"),
     Row("fastproxy-cache", "cache", (), start_fastproxy_cache, "fastproxy --cache 64MiB"),
     Row("fastproxy-cache-admin", "cache", (), start_fastproxy_cache_admin, "fastproxy --cache 64MiB --admin"),
