@@ -43,8 +43,6 @@ from posix.unistd cimport close as _close_fd
 
 import os as _os
 
-include "relay_syscalls.pxi"
-
 DEF READ_SIZE = 262144      # as uvloop reads
 DEF READS_PER_TURN = 16     # then the rest of the loop gets a turn
 DEF IOV_BATCH = 64
@@ -91,6 +89,9 @@ cdef class SockTransport:
     # The protocol when it is the relay's ClientConnection: its calls then go straight to
     # the compiled methods, not through attribute lookups and Python calls.
     cdef ClientConnection cc
+    # ... and when it is an UpstreamConnection (an upstream socket, relay_dial.pxi).
+    cdef UpstreamConnection uc
+    cdef object connecting    # an upstream socket's connect: the future its dial awaits
     cdef str ip               # the peer's address as text, bytes and port (_peer)
     cdef bytes ip_b
     cdef int port
@@ -138,6 +139,8 @@ cdef class SockTransport:
         self.sockname = None
         self.lost_exc = None
         self.cc = None
+        self.uc = None
+        self.connecting = None
         self.ip = None
         self.ip_b = None
         self.port = 0
@@ -207,6 +210,16 @@ cdef class SockTransport:
             self.hup = True
         if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable = True
+        if self.protocol is None:
+            # An upstream socket still connecting, or connected and not yet handed to its
+            # protocol (the flags above keep what came meanwhile: relay_dial.pxi).
+            if self.connecting is not None and ev & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                try:
+                    _dial_done(self)
+                except Exception as exc:
+                    self._report(exc, "upstream connect failed")
+                    self._force_close(exc)
+            return
         try:
             if self.readable and not self.read_paused and not self.closing and not self.eof:
                 self._read()
@@ -230,6 +243,8 @@ cdef class SockTransport:
                     self.readable = False
                 if self.cc is not None:
                     self.cc.data_received(PyBytes_FromStringAndSize(_rbuf, n))
+                elif self.uc is not None:
+                    self.uc.data_received(PyBytes_FromStringAndSize(_rbuf, n))
                 else:
                     self.protocol.data_received(PyBytes_FromStringAndSize(_rbuf, n))
                 if not self.readable:
@@ -238,6 +253,7 @@ cdef class SockTransport:
                 self.readable = False
                 self.eof = True
                 if not (self.cc.eof_received() if self.cc is not None
+                        else self.uc.eof_received() if self.uc is not None
                         else self.protocol.eof_received()):
                     self.close()
                 return 0
@@ -608,12 +624,16 @@ cdef class SockTransport:
         self.lost_exc = None
         protocol = self.protocol
         cc = self.cc
+        uc = self.uc
         self.protocol = None      # no cycle through the protocol's `transport`
         self.cc = None
+        self.uc = None
         if protocol is not None:
             try:
                 if cc is not None:
                     cc.connection_lost(exc)
+                elif uc is not None:
+                    (<UpstreamConnection>uc).connection_lost(exc)
                 else:
                     protocol.connection_lost(exc)
             except Exception as err:
@@ -633,6 +653,7 @@ cdef class SockTransport:
         """Hand the socket's events to another protocol (HTTP/2, a tunnel, ...)."""
         self.protocol = protocol
         self.cc = protocol if type(protocol) is ClientConnection else None
+        self.uc = protocol if type(protocol) is UpstreamConnection else None
 
     def get_protocol(self):
         """The protocol the events go to."""

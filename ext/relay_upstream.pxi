@@ -19,6 +19,7 @@ cdef class UpstreamConnection:
     cdef public bytes via       # the response's Via line (names the protocol received)
     cdef double upstream_idle
     cdef object twrite
+    cdef SockTransport sock     # the transport when it is ours (relay_dial.pxi): C calls
 
     def __init__(self, ConnectionPool pool, server):
         self.pool = pool
@@ -27,6 +28,7 @@ cdef class UpstreamConnection:
         self.upstream_idle = pool.timeouts.upstream_idle
         self.via = pool.via
         self.transport = None
+        self.sock = None
         self.pending = None
         self.client = None
         self.parser = ResponseParser(max_head=pool.max_head, max_fields=pool.max_fields)
@@ -68,7 +70,9 @@ cdef class UpstreamConnection:
 
     cpdef write(self, data):
         """Send request bytes now, or queue them until the connection is up."""
-        if self.transport is not None:
+        if self.sock is not None:
+            self.sock.send_parts(None, data, 0, -1)
+        elif self.transport is not None:
             self.twrite(data)
         elif self.pending is None:
             self.pending = [data]
@@ -136,6 +140,8 @@ cdef class UpstreamConnection:
         try:
             if pool.opener is not None:
                 await pool.opener(self)
+            elif pool.direct and pool.ssl is None:
+                await _dial(self, pool)
             else:
                 await self.loop.create_connection(
                     lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
@@ -158,6 +164,7 @@ cdef class UpstreamConnection:
     def connection_made(self, transport):
         self.transport = transport
         self.twrite = transport.write
+        self.sock = transport if type(transport) is SockTransport else None
         self.pool.opened(self)
         self.deadline = 0.0
         if self.state == U_CONNECTING:
@@ -182,7 +189,7 @@ cdef class UpstreamConnection:
 
     # -- receiving the response -------------------------------------------------
 
-    def data_received(self, data):
+    cpdef data_received(self, data):
         cdef int state = self.state
         cdef Py_ssize_t n
         cdef long long left
@@ -561,6 +568,7 @@ cdef class UpstreamConnection:
         to_upstream = client.take_buffered()
         pool = self.pool
         self.pool.forget(self)
+        self.sock = None      # the transport is the tunnel's now
         self.state = U_CLOSED
         self.deadline = 0.0
         self.client = None
@@ -639,13 +647,14 @@ cdef class UpstreamConnection:
             client.handler.upstream_failed(client, self, status, detail, replayable,
                                            pending if connect else None)
 
-    def connection_lost(self, exc):
+    cpdef connection_lost(self, exc):
         cdef int state = self.state
         cdef ClientConnection client
         self.state = U_CLOSED
         self.deadline = 0.0
         self.pool.forget(self)
         self.transport = None
+        self.sock = None
         if state == U_BODY and self.client is not None:
             client = self.client
             if self.mode == M_CLOSE_CHUNK:
@@ -674,7 +683,7 @@ cdef class UpstreamConnection:
         self.pool.release_server()
         client.exchange_done(client.keep_alive)
 
-    def eof_received(self):
+    cpdef eof_received(self):
         return False  # close our side too; connection_lost does the bookkeeping
 
     cpdef on_timeout(self):

@@ -31,7 +31,7 @@ import socket
 from collections import deque
 from typing import Any
 
-from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller
+from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller, loop_poller
 
 BACKLOG = 2048
 
@@ -203,7 +203,7 @@ class AcceptGate:
         sock, factory, ssl, _, handshake_timeout = entry
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
-                self.poller = Poller(self.loop)
+                self.poller = loop_poller(self.loop)
             return Acceptor(sock, factory, self.poller).start()
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
         if ssl is None:
