@@ -20,7 +20,7 @@
 # awaits, so a connect timeout (the task cancelled) and a refused connect (OSError with the
 # errno's text, as uvloop raises it) reach UpstreamConnection._open as before.
 
-from libc.string cimport memset
+
 
 cdef Poller _poller = None
 

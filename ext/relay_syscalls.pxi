@@ -30,8 +30,19 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLL_CTL_MOD
         EPOLL_CLOEXEC
 
+from posix.uio cimport iovec
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     cdef struct sockaddr:
         unsigned short sa_family
     cdef struct sockaddr_storage:

@@ -80,10 +80,11 @@ cdef class UpstreamConnection:
             self.pending.append(data)
 
     cpdef request_sent(self):
-        """The whole request went out (or is queued): the response head clock starts."""
-        if self.state == U_SENDING or self.state == U_CONNECTING:
-            if self.state == U_SENDING:
-                self.state = U_HEAD
+        """The whole request went out: the response head clock starts. While connecting
+        the request is only queued: the connect timeout keeps running, and connection_made
+        starts this clock once the queued request is written."""
+        if self.state == U_SENDING:
+            self.state = U_HEAD
             self.t_sent = _now()
             self.deadline = self.t_sent + self.pool.read_timeout
 
