@@ -21,7 +21,8 @@ Accept path. Plain HTTP/1.1 listeners accept through the relay's compiled Accept
 (ext/relay_accept.pxi: accept4 in a batch, the request read at once, the socket polled only
 if it has to wait); TLS and TCP listeners through uvloop's server. FASTPROXY_UVLOOP_ACCEPT=1
 in the environment sends plain HTTP listeners through uvloop's server too (debugging, the
-differential tests).
+differential tests). The Acceptors' epoll set is the worker's (`loop_poller`): plain-TCP
+upstream connections are polled in it too (ext/relay_dial.pxi).
 """
 from __future__ import annotations
 
