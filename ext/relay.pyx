@@ -26,7 +26,9 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
     relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
     relay_accept.pxi     Acceptor, SockTransport (plain HTTP listeners' accept path); it includes
-    relay_poller.pxi     Poller (their epoll set) and the peer address text
+    relay_poller.pxi     Poller (the worker's epoll set) and the peer address text
+    relay_dial.pxi       plain-TCP upstream sockets as SockTransports in the same Poller
+    relay_syscalls.pxi   the Linux socket and epoll declarations (first: fields use its types)
 
 Why includes and not one module per role: the upstream side calls the client side's cdef
 methods and C fields on every read (sent, observer, twrite, the sink below), and the
@@ -279,8 +281,11 @@ cdef class Counters:
                 "5xx": self.s5xx}
 cdef class Tunnel
 cdef class TunnelEnd
+cdef class SockTransport
+cdef class Poller
 
 
+include "relay_syscalls.pxi"
 include "relay_errors.pxi"
 include "relay_client.pxi"
 include "relay_upstream.pxi"
@@ -291,3 +296,4 @@ include "relay_tunnel.pxi"
 include "relay_stats.pxi"
 include "relay_forward.pxi"
 include "relay_accept.pxi"
+include "relay_dial.pxi"

@@ -34,6 +34,11 @@ cdef class ConnectionPool:
     cdef public list idle
     cdef public long open, opened_total
     cdef public bint closed
+    # connect_host is a numeric address and FASTPROXY_UVLOOP_UPSTREAM is unset: plain-TCP
+    # connections are dialled into the worker's Poller (relay_dial.pxi), not uvloop's.
+    cdef public bint direct
+    cdef sockaddr_storage dial_addr
+    cdef socklen_t dial_len
 
     def __init__(self, rt, group_cfg, server, connect_host=None):
         self.loop = rt.loop
@@ -62,6 +67,8 @@ cdef class ConnectionPool:
         self.group = None        # the UpstreamGroup (pending count), set by the group
         self.on_failure = None   # passive health: fn(server, connect_failure)
         self.on_response = None  # passive health: fn(server, status)
+        self.direct = not _os.environ.get("FASTPROXY_UVLOOP_UPSTREAM") and \
+            _dial_address(self.connect_host, server.port, &self.dial_addr, &self.dial_len)
 
     cpdef UpstreamConnection acquire(self):
         """A connection for one exchange: a live idle one, or a new one connecting."""

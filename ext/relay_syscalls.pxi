@@ -1,4 +1,4 @@
-# Included by ext/relay_accept.pxi: the Linux socket and epoll declarations it calls
+# Included by ext/relay.pyx (before the classes whose fields use its types): the Linux socket and epoll declarations it calls
 # (Cython ships no posix/socket.pxd).
 
 cdef extern from "<errno.h>" nogil:
@@ -6,6 +6,7 @@ cdef extern from "<errno.h>" nogil:
         ECONNABORTED
         EPROTO
         EPERM
+        EINPROGRESS
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
         void *ptr
@@ -29,13 +30,27 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLL_CTL_MOD
         EPOLL_CLOEXEC
 
+from posix.uio cimport iovec
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     cdef struct sockaddr:
         unsigned short sa_family
     cdef struct sockaddr_storage:
         unsigned short ss_family
     int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr *addr, socklen_t addrlen)
+    int getsockopt(int fd, int level, int name, void *value, socklen_t *size)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     int shutdown(int fd, int how)
@@ -43,6 +58,9 @@ cdef extern from "<sys/socket.h>" nogil:
     int getsockname(int fd, sockaddr *addr, socklen_t *addrlen)
     enum:
         SOCK_NONBLOCK
+        SOCK_STREAM
+        SOL_SOCKET
+        SO_ERROR
         SOCK_CLOEXEC
         MSG_NOSIGNAL
         MSG_MORE
@@ -56,14 +74,17 @@ cdef extern from "<netinet/in.h>" nogil:
     cdef struct in6_addr:
         pass
     cdef struct sockaddr_in:
+        unsigned short sin_family
         unsigned short sin_port
         in_addr sin_addr
     cdef struct sockaddr_in6:
+        unsigned short sin6_family
         unsigned short sin6_port
         unsigned int sin6_flowinfo
         in6_addr sin6_addr
         unsigned int sin6_scope_id
     unsigned short ntohs(unsigned short)
+    unsigned short htons(unsigned short)
     unsigned int ntohl(unsigned int)
     enum:
         IPPROTO_TCP
@@ -74,3 +95,4 @@ cdef extern from "<netinet/tcp.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    int inet_pton(int af, const char *src, void *dst)

@@ -23,6 +23,7 @@ cdef class UpstreamConnection:
     cdef public bytes via       # the response's Via line (names the protocol received)
     cdef double upstream_idle
     cdef object twrite
+    cdef SockTransport sock     # the transport when it is ours (relay_dial.pxi): C calls
 
     def __init__(self, ConnectionPool pool, server):
         self.pool = pool
@@ -31,6 +32,7 @@ cdef class UpstreamConnection:
         self.upstream_idle = pool.timeouts.upstream_idle
         self.via = pool.via
         self.transport = None
+        self.sock = None
         self.pending = None
         self.client = None
         self.parser = ResponseParser(max_head=pool.max_head, max_fields=pool.max_fields)
@@ -72,7 +74,9 @@ cdef class UpstreamConnection:
 
     cpdef write(self, data):
         """Send request bytes now, or queue them until the connection is up."""
-        if self.transport is not None:
+        if self.sock is not None:
+            self.sock.send_parts(None, data, 0, -1)
+        elif self.transport is not None:
             self.twrite(data)
         elif self.pending is None:
             self.pending = [data]
@@ -80,10 +84,11 @@ cdef class UpstreamConnection:
             self.pending.append(data)
 
     cpdef request_sent(self):
-        """The whole request went out (or is queued): the response head clock starts."""
-        if self.state == U_SENDING or self.state == U_CONNECTING:
-            if self.state == U_SENDING:
-                self.state = U_HEAD
+        """The whole request went out: the response head clock starts. While connecting
+        the request is only queued: the connect timeout keeps running, and connection_made
+        starts this clock once the queued request is written."""
+        if self.state == U_SENDING:
+            self.state = U_HEAD
             self.t_sent = _now()
             self.deadline = self.t_sent + self.pool.read_timeout
 
@@ -140,6 +145,8 @@ cdef class UpstreamConnection:
         try:
             if pool.opener is not None:
                 await pool.opener(self)
+            elif pool.direct and pool.ssl is None:
+                await _dial(self, pool)
             else:
                 await self.loop.create_connection(
                     lambda: self, pool.connect_host, server.port, ssl=pool.ssl,
@@ -162,6 +169,7 @@ cdef class UpstreamConnection:
     def connection_made(self, transport):
         self.transport = transport
         self.twrite = transport.write
+        self.sock = transport if type(transport) is SockTransport else None
         self.pool.opened(self)
         self.deadline = 0.0
         if self.state == U_CONNECTING:
@@ -186,7 +194,7 @@ cdef class UpstreamConnection:
 
     # -- receiving the response -------------------------------------------------
 
-    def data_received(self, data):
+    cpdef data_received(self, data):
         cdef int state = self.state
         cdef Py_ssize_t n
         cdef long long left
@@ -577,6 +585,7 @@ cdef class UpstreamConnection:
         to_upstream = client.take_buffered()
         pool = self.pool
         self.pool.forget(self)
+        self.sock = None      # the transport is the tunnel's now
         self.state = U_CLOSED
         self.deadline = 0.0
         self.client = None
@@ -655,13 +664,14 @@ cdef class UpstreamConnection:
             client.handler.upstream_failed(client, self, status, detail, replayable,
                                            pending if connect else None)
 
-    def connection_lost(self, exc):
+    cpdef connection_lost(self, exc):
         cdef int state = self.state
         cdef ClientConnection client
         self.state = U_CLOSED
         self.deadline = 0.0
         self.pool.forget(self)
         self.transport = None
+        self.sock = None
         if state == U_BODY and self.client is not None:
             client = self.client
             if self.mode == M_CLOSE_CHUNK:
@@ -690,7 +700,7 @@ cdef class UpstreamConnection:
         self.pool.release_server()
         client.exchange_done(client.keep_alive)
 
-    def eof_received(self):
+    cpdef eof_received(self):
         return False  # close our side too; connection_lost does the bookkeeping
 
     cpdef on_timeout(self):

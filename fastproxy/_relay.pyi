@@ -50,13 +50,18 @@ class GatedAccepting:
     def __call__(self) -> Any: ...
 
 class Poller:
-    """The worker's edge-triggered epoll set for accepted plain HTTP sockets."""
+    """The worker's edge-triggered epoll set for accepted plain HTTP sockets and plain-TCP
+    upstream sockets (relay_dial.pxi)."""
 
     loop: Any
     def __init__(self, loop: Any) -> None: ...
     def ready(self) -> None: ...
     def open_count(self) -> int: ...
     def close(self) -> None: ...
+
+def loop_poller(loop: Any) -> Poller:
+    """The worker's epoll set for loop (accepted sockets and dialled upstream sockets)."""
+    ...
 
 class SockTransport:
     """An accepted client socket's asyncio-style transport (relay_accept.pxi)."""
@@ -174,6 +179,7 @@ class ConnectionPool:
     on_failure: Callable[[Any, bool], None] | None
     on_response: Callable[[Any, int], None] | None
     opener: Callable[[UpstreamConnection], Any] | None   # async: a virtual transport (h2c)
+    direct: bool   # dialled into the worker's Poller (numeric address, FASTPROXY_UVLOOP_UPSTREAM unset)
     max_head: int
     max_fields: int
     def __init__(self, rt: Any, group_cfg: Any, server: Any,

@@ -21,7 +21,8 @@ Accept path. Plain HTTP/1.1 listeners accept through the relay's compiled Accept
 (ext/relay_accept.pxi: accept4 in a batch, the request read at once, the socket polled only
 if it has to wait); TLS and TCP listeners through uvloop's server. FASTPROXY_UVLOOP_ACCEPT=1
 in the environment sends plain HTTP listeners through uvloop's server too (debugging, the
-differential tests).
+differential tests). The Acceptors' epoll set is the worker's (`loop_poller`): plain-TCP
+upstream connections are polled in it too (ext/relay_dial.pxi).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import socket
 from collections import deque
 from typing import Any
 
-from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller
+from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller, loop_poller
 
 BACKLOG = 2048
 
@@ -203,7 +204,7 @@ class AcceptGate:
         sock, factory, ssl, _, handshake_timeout = entry
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
-                self.poller = Poller(self.loop)
+                self.poller = loop_poller(self.loop)
             return Acceptor(sock, factory, self.poller).start()
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
         if ssl is None:
