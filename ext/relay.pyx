@@ -25,8 +25,9 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
     relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
-    relay_accept.pxi     Acceptor, SockTransport (plain HTTP listeners' accept path); it includes
-    relay_poller.pxi     Poller (the worker's epoll set) and the peer address text
+    relay_accept.pxi     SockTransport (plain HTTP listeners' accept path); it includes
+    relay_poller.pxi     Poller (the worker's epoll set) and the peer address text, and
+    relay_acceptor.pxi   Acceptor (accept4 in a batch on a listening socket)
     relay_dial.pxi       plain-TCP upstream sockets as SockTransports in the same Poller
     relay_syscalls.pxi   the Linux socket and epoll declarations (first: fields use its types)
 
