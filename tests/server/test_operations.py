@@ -685,7 +685,8 @@ def test_a_client_that_stops_reading_is_logged_as_slow_not_the_origin(run_proxy,
     assert record["detail"] == "client stalled: did not read the response for 2s", record
     # Above 1.5 s: cut by client_send (2 s), not by upstream_idle (1 s, the paused origin);
     # below 6 s: cut at all (without the client_send check it would hang until the 10 s wait).
-    assert 1.5 < waited < 6, waited
+    assert waited > 1.5, f"cut after {waited:.2f}s: by upstream_idle (1 s), not client_send"
+    assert waited < 6, f"cut after {waited:.2f}s: client_send (2 s) did not cut it"
     assert 0 < record["bytes_sent"] < 200000000
     # The origin was not blamed: the next request through the same group works at once.
     assert _get(proxy.port, "/size/10")[0] == 200
