@@ -42,9 +42,12 @@ from .directives import (
     parse_cache_control,
     parse_etags,
     parse_http_date,
+    private_all,
     split_list,
     strong_match,
+    validate_always,
     weak_match,
+    withheld_fields,
 )
 from .keys import CODING, origin_of, resolve_ref, variant_key
 from .targeted import response_cache_control
@@ -401,12 +404,13 @@ class HttpCache:
                 return Decision(False, "must-understand")
         elif b"no-store" in cc:                                # 5.2.2.5
             return Decision(False, "no-store")
-        if b"private" in cc:                                   # 5.2.2.7, qualified or not
+        if private_all(cc):                                    # 5.2.2.7 (qualified: see store)
             return Decision(False, "private")
         if (request.get(b"authorization") is not None          # 3.5
                 and not (b"public" in cc or b"s-maxage" in cc or b"must-revalidate" in cc)):
             return Decision(False, "authorization")
-        if response.get(b"set-cookie") is not None and not self.config.store_set_cookie:
+        if (response.get(b"set-cookie") is not None and not self.config.store_set_cookie
+                and b"set-cookie" not in withheld_fields(cc)):
             return Decision(False, "set-cookie")
         vary_values = response.get_all(b"vary")
         vary = tuple(sorted({v.lower() for v in split_list(vary_values)})) if vary_values else ()
@@ -429,7 +433,7 @@ class HttpCache:
 
     def _may_serve_stale_on_error(self, cc: dict) -> bool:
         # What store() and _may_serve_on_error() will allow, read from the directives.
-        if (b"no-cache" in cc or b"must-revalidate" in cc or b"proxy-revalidate" in cc
+        if (validate_always(cc) or b"must-revalidate" in cc or b"proxy-revalidate" in cc
                 or b"s-maxage" in cc):
             return False
         return _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
@@ -438,7 +442,7 @@ class HttpCache:
     def _may_be_fresh(response, cc: CacheControl) -> bool:
         # Some freshness lifetime above zero is possible (RFC 9111 4.2.1); heuristic
         # freshness needs Last-Modified, checked by the caller.
-        if b"no-cache" in cc:
+        if validate_always(cc):
             return False
         for name in (b"s-maxage", b"max-age"):
             if name in cc:
@@ -481,7 +485,7 @@ class HttpCache:
         flags = entry.CODED if codings else 0
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
             flags |= entry.MUST_REVALIDATE
-        if b"no-cache" in cc:
+        if validate_always(cc):
             flags |= entry.NO_CACHE
         swr = sie = 0.0
         if not flags & entry.MUST_REVALIDATE:
@@ -499,7 +503,7 @@ class HttpCache:
             vary = tuple(n for n in vary if n != b"accept-encoding") + (CODING,)
             if b"accept-encoding" not in decision.vary:
                 fields = fields + [(b"Vary", b"Accept-Encoding")]
-        head = self._stored_head(response, fields, len(body), date_value)
+        head = self._stored_head(response, fields, len(body), date_value, withheld_fields(cc))
         ims_basis = last_modified if last_modified is not None else date_value
         parts = entry.encode(response.status, flags, head, body, etag, lm_raw, response_time,
                              corrected_initial_age, lifetime, swr, sie, ims_basis, origin)
@@ -553,8 +557,10 @@ class HttpCache:
                        max(0.0, (date_value - last_modified) * self.config.heuristic_fraction))
         return 0.0
 
-    def _stored_head(self, response, fields, body_len: int, date_value: float) -> bytes:
-        drop = entry.HOP_BY_HOP | entry.connection_listed(fields) | {b"age", b"content-length"}
+    def _stored_head(self, response, fields, body_len: int, date_value: float,
+                     withheld: frozenset[bytes]) -> bytes:
+        drop = (entry.HOP_BY_HOP | entry.connection_listed(fields) | withheld
+                | {b"age", b"content-length"})
         if self.config.store_set_cookie:
             drop = drop | {b"set-cookie", b"set-cookie2"}
         kept = [(n, v) for n, v in fields if n.lower() not in drop]
@@ -609,7 +615,7 @@ class HttpCache:
             merged.append((b"Vary", b"Accept-Encoding"))   # the listener's, whatever the 304 says
         view = entry.Fields(merged, st.status)
         cc = response_cache_control(view, self._targeted)
-        if cc.malformed or b"no-store" in cc or b"private" in cc:
+        if cc.malformed or b"no-store" in cc or private_all(cc):
             # The updated response may no longer be stored (RFC 9111 3, 4.3.4): drop the
             # entry rather than keep serving it; the relay then fetches a full response.
             self.ring.delete(lookup.key)
@@ -625,7 +631,7 @@ class HttpCache:
         flags = 0
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
             flags |= entry.MUST_REVALIDATE
-        if b"no-cache" in cc:
+        if validate_always(cc):
             flags |= entry.NO_CACHE
         flags |= st.flags & (entry.ENCODED | entry.CODED)
         swr = sie = 0.0
@@ -633,6 +639,9 @@ class HttpCache:
             swr = _directive_seconds(cc, b"stale-while-revalidate",
                                      self.config.default_stale_while_revalidate)
             sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
+        withheld = withheld_fields(cc)
+        if withheld:
+            merged = [(n, v) for n, v in merged if n.lower() not in withheld]
         head = entry.build_head(status_line, merged)
         etag = view.get(b"etag") or b""
         parts = entry.encode(st.status, flags, head, st.body, etag, lm_raw, response_time,

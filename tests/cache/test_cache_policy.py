@@ -96,7 +96,7 @@ def test_missing_date_is_added_when_stored(cache):
 @pytest.mark.parametrize("headers,detail", [
     ("Cache-Control: no-store, max-age=60", "no-store"),
     ("Cache-Control: private, max-age=60", "private"),
-    ('Cache-Control: private="Set-Cookie", max-age=60', "private"),
+    ('Cache-Control: private="X A", max-age=60', "private"),   # not field names: unqualified
     ("Cache-Control: max-age=60\nSet-Cookie: sid=1", "set-cookie"),
     ("Cache-Control: max-age=60\nVary: *", "vary-star"),
     ("Cache-Control: max-age=60\nVary: Accept, *", "vary-star"),

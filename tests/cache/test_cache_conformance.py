@@ -1,0 +1,129 @@
+"""RFC 9111 behaviour found missing by an outside conformance probe (probe4), over real sockets.
+
+The proxy runs as a subprocess (reverse mode, a cache) in front of a scripted origin:
+each path answers from a list of raw responses, the last one repeating, and counts the
+requests that reached it, so "reused" means the origin saw one request.
+"""
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+
+import pytest
+
+from conftest import reverse_config
+from wire import Conn, RawServer
+
+
+def http_date(offset: float = 0.0) -> str:
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
+
+
+class Script:
+    """A scripted origin: `answers[path]` is a list of responses (head lines, body)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[tuple[list[str], bytes]]] = {}
+        self.seen: dict[str, list[bytes]] = {}
+        self._lock = threading.Lock()
+        self.server = RawServer(self._serve)
+        self.url = self.server.url
+
+    def _serve(self, server, s) -> None:
+        rest = b""
+        while True:
+            head, rest = server.read_until(s, b"\r\n\r\n", rest)
+            target = head.split(b" ", 2)[1].decode()
+            with self._lock:
+                seen = self.seen.setdefault(target, [])
+                seen.append(head)
+                answers = self.answers[target]
+                lines, body = answers[min(len(seen), len(answers)) - 1]
+            status = lines[0]
+            out = status + "\r\nDate: " + http_date() + "\r\n"
+            out += "".join(line + "\r\n" for line in lines[1:])
+            if not status.endswith("304 Not Modified"):
+                out += "Content-Length: %d\r\n" % len(body)
+            s.sendall(out.encode("latin-1") + b"\r\n" + (b"" if head.startswith(b"HEAD") else body))
+
+    def count(self, target: str) -> int:
+        return len(self.seen.get(target, ()))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def script():
+    s = Script()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cached(run_proxy, script):
+    """The proxy with a 16 MiB cache in front of the scripted origin."""
+    return run_proxy(reverse_config(script.url, cache={"size": "16MiB"}))
+
+
+def fetch(proxy, target: str, *headers: str, method: str = "GET"):
+    with Conn(proxy.port) as c:
+        c.send(("%s %s HTTP/1.1\r\nHost: h\r\n%s\r\n" % (
+            method, target, "".join(h + "\r\n" for h in headers))).encode("latin-1"))
+        return c.response(method)
+
+
+# -- Qualified private / no-cache: the listed fields are withheld, the rest is shared ------
+
+@pytest.mark.parametrize("cc", ['max-age=3600, private="X-User, X-Other"',
+                                'max-age=3600, no-cache="X-User"',
+                                "max-age=3600, no-cache=X-User"])
+def test_fields_named_by_private_or_no_cache_are_withheld_and_the_rest_reused(cached, script, cc):
+    """RFC 9111 5.2.2.7: a shared cache MUST NOT store the fields a qualified `private`
+    lists and MAY store the rest; 5.2.2.4: the fields a qualified `no-cache` lists MUST NOT
+    be sent without validation (the token form is accepted too: 5.2). Both were read as
+    their unqualified forms: not stored at all, or revalidated on every request."""
+    script.answers["/q"] = [(["HTTP/1.1 200 OK", "Cache-Control: " + cc, "X-User: alice",
+                              "X-Shared: yes"], b"page")]
+    first = fetch(cached, "/q")
+    assert first.getheader("X-User") == "alice", "the miss is the origin's own answer"
+    again = fetch(cached, "/q")
+    assert script.count("/q") == 1, "the response was not reused (stored or validated anyway)"
+    assert again.body == b"page" and again.getheader("X-Shared") == "yes"
+    assert again.getheader("X-User") is None, "a withheld field went out of the cache"
+
+
+def test_no_cache_naming_set_cookie_stores_the_response_without_the_cookie(cached, script):
+    """RFC 9111 5.2.2.4: `no-cache="Set-Cookie"` is the origin's way to share a response
+    whose cookie belongs to one client: the rest is stored and reused, the cookie is not."""
+    script.answers["/c"] = [(["HTTP/1.1 200 OK", 'Cache-Control: max-age=3600, no-cache="Set-Cookie"',
+                              "Set-Cookie: sid=alice"], b"page")]
+    assert fetch(cached, "/c").getheader("Set-Cookie") == "sid=alice"
+    again = fetch(cached, "/c")
+    assert script.count("/c") == 1 and again.getheader("Set-Cookie") is None
+
+
+def test_a_304_does_not_bring_back_a_withheld_field(cached, script):
+    """RFC 9111 5.2.2.7 and 4.3.4: the stored response updated by a 304 still withholds
+    the fields its (updated) `private` lists."""
+    cc = 'Cache-Control: max-age=1, private="X-User"'
+    script.answers["/r"] = [(["HTTP/1.1 200 OK", cc, 'ETag: "v1"', "X-User: alice"], b"page"),
+                            (["HTTP/1.1 304 Not Modified", cc, 'ETag: "v1"', "X-User: bob"], b"")]
+    fetch(cached, "/r")
+    time.sleep(1.5)
+    fetch(cached, "/r")           # stale: validated, the 304 refreshes the entry
+    assert script.count("/r") == 2
+    again = fetch(cached, "/r")
+    assert script.count("/r") == 2, "the refreshed entry was not reused"
+    assert again.getheader("X-User") is None, "the 304's withheld field was stored"
+
+
+@pytest.mark.parametrize("cc", ['max-age=3600, private="X User"', 'max-age=3600, private=""'])
+def test_private_whose_argument_is_not_field_names_is_unqualified(cached, script, cc):
+    """RFC 9111 5.2.2.7: an argument that is not a list of field names cannot say what to
+    withhold; the directive is read as unqualified private (not stored), the safe reading."""
+    script.answers["/p"] = [(["HTTP/1.1 200 OK", "Cache-Control: " + cc, "X-User: alice"], b"page")]
+    fetch(cached, "/p")
+    fetch(cached, "/p")
+    assert script.count("/p") == 2
