@@ -229,8 +229,11 @@ def test_expiry_turns_a_hit_into_a_revalidation(cache):
 
 
 def test_stale_entry_without_validator_is_a_miss_and_expires_from_the_store(cache):
+    # Kept keep_stale (60 s) past its lifetime for a request's max-stale, then dropped.
     put(cache, "Cache-Control: max-age=10")
     assert cache.lookup(get(), KEY, T + 11).kind == MISS
+    assert cache.lookup(get("Cache-Control: max-stale=5"), KEY, T + 11).kind == HIT
+    assert cache.lookup(get("Cache-Control: max-stale"), KEY, T + 71).kind == MISS
     assert KEY not in cache.ring
 
 
