@@ -127,3 +127,35 @@ def test_private_whose_argument_is_not_field_names_is_unqualified(cached, script
     fetch(cached, "/p")
     fetch(cached, "/p")
     assert script.count("/p") == 2
+
+
+# -- max-stale ----------------------------------------------------------------------------
+
+def test_max_stale_is_served_from_an_entry_without_validators(cached, script):
+    """RFC 9111 5.2.1.2: max-stale lets a request take a stale response. An entry without
+    ETag or Last-Modified left the store the moment it went stale (keep_stale defaulted to
+    0), so max-stale could only ever reach entries that had validators."""
+    script.answers["/m"] = [(["HTTP/1.1 200 OK", "Cache-Control: max-age=1"], b"old")]
+    fetch(cached, "/m")
+    time.sleep(2.2)
+    r = fetch(cached, "/m", "Cache-Control: max-stale=100")
+    assert script.count("/m") == 1, "the stale entry was gone"
+    assert r.body == b"old" and "max-stale" in r.getheader("Cache-Status"), r.getheaders()
+    assert int(r.getheader("Age")) >= 2, "a stale answer must carry its age"
+    fetch(cached, "/m")
+    assert script.count("/m") == 2, "without max-stale a stale entry was served"
+
+
+# -- Trailer is end-to-end ----------------------------------------------------------------
+
+def test_trailer_field_is_relayed_and_stored(cached, script):
+    """RFC 9110 6.6.2 and 7.6.1: Trailer is not a hop-by-hop field (RFC 2616 13.5.1 listed
+    it; RFC 7230 and 9110 do not), so a proxy passes it on and RFC 9111 3.1 lets a cache
+    store it. It was dropped from relayed and stored responses alike."""
+    script.answers["/t"] = [(["HTTP/1.1 200 OK", "Cache-Control: max-age=3600",
+                              "Trailer: Server-Timing"], b"page")]
+    first = fetch(cached, "/t")
+    assert first.getheader("Trailer") == "Server-Timing", first.getheaders()
+    hit = fetch(cached, "/t")
+    assert script.count("/t") == 1
+    assert hit.getheader("Trailer") == "Server-Timing", hit.getheaders()
