@@ -67,9 +67,12 @@ _NOT_MODIFIED_FIELDS = frozenset({
     b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"})
 
 # RFC 9111 3.2: never replaced by a 304's fields. Content-Length by the rule,
-# the others because the stored body depends on them.
+# Content-Encoding and Content-Range because the stored bytes depend on them, Age and
+# Set-Cookie because a shared entry never keeps them. Content-Type is updated (the
+# stored bytes do not depend on it) except on entries the listener encodes by it.
 _NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"content-range",
-                                   b"content-type", b"age", b"set-cookie"}
+                                   b"age", b"set-cookie"}
+_NOT_UPDATED_CODED = _NOT_UPDATED | {b"content-type"}
 
 _unpack_meta = entry.META.unpack_from
 _META_SIZE = entry.META.size
@@ -603,7 +606,8 @@ class HttpCache:
             # does; else the entry kept its first Date and the fresh 304 aged from it.
             new_fields = new_fields + [(b"Date", format_http_date(response_time))]
         conn = entry.connection_listed(new_fields)
-        replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
+        fixed = _NOT_UPDATED_CODED if st.flags & (entry.ENCODED | entry.CODED) else _NOT_UPDATED
+        replace = {n.lower() for n, _ in new_fields} - fixed - conn
         merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
         merged += [(n, v) for n, v in new_fields if n.lower() in replace]
         if st.flags & entry.ENCODED:

@@ -159,3 +159,24 @@ def test_trailer_field_is_relayed_and_stored(cached, script):
     hit = fetch(cached, "/t")
     assert script.count("/t") == 1
     assert hit.getheader("Trailer") == "Server-Timing", hit.getheaders()
+
+
+# -- 304 updates the stored fields ----------------------------------------------------------
+
+def test_a_304_updates_content_type_but_not_content_length(cached, script):
+    """RFC 9111 3.2 / 4.3.4: the cache MUST replace stored fields with the 304's, except
+    Content-Length and the fields its stored bytes depend on. This cache stores the bytes
+    as received, so Content-Type is not such a field; it was kept as first stored."""
+    script.answers["/u"] = [
+        (["HTTP/1.1 200 OK", "Cache-Control: max-age=1", 'ETag: "v1"', "Content-Type: text/plain",
+          "X-Version: 1"], b"page"),
+        (["HTTP/1.1 304 Not Modified", "Cache-Control: max-age=3600", 'ETag: "v1"',
+          "Content-Type: text/plain; charset=utf-8", "X-Version: 2", "Content-Length: 99"], b"")]
+    fetch(cached, "/u")
+    time.sleep(1.5)
+    fetch(cached, "/u")
+    r = fetch(cached, "/u")
+    assert script.count("/u") == 2
+    assert r.getheader("X-Version") == "2"
+    assert r.getheader("Content-Type") == "text/plain; charset=utf-8", r.getheaders()
+    assert r.getheader("Content-Length") == "4" and r.body == b"page"
