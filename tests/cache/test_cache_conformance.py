@@ -21,7 +21,8 @@ def http_date(offset: float = 0.0) -> str:
 
 
 class Script:
-    """A scripted origin: `answers[path]` is a list of responses (head lines, body)."""
+    """A scripted origin: `answers[path]` is a list of responses (head lines, body), or of
+    functions of the request head that return one."""
 
     def __init__(self) -> None:
         self.answers: dict[str, list[tuple[list[str], bytes]]] = {}
@@ -39,7 +40,8 @@ class Script:
                 seen = self.seen.setdefault(target, [])
                 seen.append(head)
                 answers = self.answers[target]
-                lines, body = answers[min(len(seen), len(answers)) - 1]
+                answer = answers[min(len(seen), len(answers)) - 1]
+            lines, body = answer(head) if callable(answer) else answer
             status = lines[0]
             out = status + "\r\nDate: " + http_date() + "\r\n"
             out += "".join(line + "\r\n" for line in lines[1:])
@@ -180,3 +182,92 @@ def test_a_304_updates_content_type_but_not_content_length(cached, script):
     assert r.getheader("X-Version") == "2"
     assert r.getheader("Content-Type") == "text/plain; charset=utf-8", r.getheaders()
     assert r.getheader("Content-Length") == "4" and r.body == b"page"
+
+
+# -- a fleet peer's hop keeps what the asking node wrote about the client -------------------
+
+def _send_from(source: str, port: int, raw: bytes):
+    import socket
+    import http.client
+    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    try:
+        s.sendall(raw)
+        r = http.client.HTTPResponse(s)
+        r.begin()
+        r.read()
+        return r
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("forwarded", ["x-forwarded", "forwarded"])
+def test_a_peer_hop_passes_the_client_and_scheme_the_asking_node_saw(run_proxy, script,
+                                                                      forwarded):
+    """RFC 7239 4 / X-Forwarded-*: the owner of a key fetched it for the asking node's
+    client, so the origin must see that client and its scheme. The owner replaced them
+    with its own view (the asking node's address, `proto=http` from its plain peer
+    listener): an https request reached the origin as http. Trusted only from a configured
+    peer's address with the hop field; anyone else's claims are still replaced."""
+    from redis_server import free_port
+    port = free_port()
+    me, other = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
+    proxy = run_proxy({"listeners": [{"listen": f"127.0.0.1:{port}", "upstream": "app"}],
+                       "upstreams": {"app": {"servers": [script.url]}},
+                       "cache": {"size": "16MiB"}, "headers": {"forwarded": forwarded},
+                       "cluster": {"peers": [me, other], "self": me}})
+    claims = (b"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+              b"X-Forwarded-Host: www.example\r\n" if forwarded == "x-forwarded" else
+              b'Forwarded: for=203.0.113.7;proto=https;host="www.example"\r\n')
+    script.answers["/f"] = [(["HTTP/1.1 200 OK", "Cache-Control: no-store"], b"ok")]
+    hop = b"Fastproxy-Hop: " + other.encode() + b"\r\n"
+    for source, extra, trusted in (("127.0.0.1", hop, True), ("127.0.0.2", hop, False),
+                                   ("127.0.0.1", b"", False)):
+        r = _send_from(source, proxy.port, b"GET /f HTTP/1.1\r\nHost: www.example\r\n"
+                       + claims + extra + b"\r\n")
+        assert r.status == 200
+        seen = script.seen["/f"][-1].lower()
+        assert b"fastproxy-hop" not in seen
+        if forwarded == "x-forwarded":
+            if trusted:
+                assert b"\r\nx-forwarded-for: 203.0.113.7\r\n" in seen, seen
+                assert b"\r\nx-forwarded-proto: https\r\n" in seen, seen
+            else:
+                assert b"\r\nx-forwarded-proto: http\r\n" in seen, (source, seen)
+                assert b"x-forwarded-for: 203.0.113.7, " + source.encode() in seen, seen
+        else:
+            elements = [line for line in seen.split(b"\r\n") if line.startswith(b"forwarded:")]
+            if trusted:
+                assert elements == [b'forwarded: for=203.0.113.7;proto=https;host="www.example"'], seen
+            else:
+                assert b"for=" + source.encode() + b";proto=http" in elements[-1], (source, seen)
+
+
+def test_a_peer_hop_is_keyed_by_the_scheme_its_client_used(run_proxy, script):
+    """RFC 9111 2 with RFC 9110 4.2: the cache key is the target URI, scheme included. The
+    owner of a key keyed every peer's request with its own plain listener's scheme, so an
+    https client's request asked through a peer was answered with the http entry (here the
+    origin's redirect to https: a loop for the https client), and the reverse."""
+    from redis_server import free_port
+    port = free_port()
+    me, other = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
+    proxy = run_proxy({"listeners": [{"listen": f"127.0.0.1:{port}", "upstream": "app"}],
+                       "upstreams": {"app": {"servers": [script.url]}},
+                       "cache": {"size": "16MiB"},
+                       "cluster": {"peers": [me, other], "self": me}})
+
+    def by_scheme(head):
+        if b"\r\nx-forwarded-proto: https\r\n" in head.lower():
+            return ["HTTP/1.1 200 OK", "Cache-Control: max-age=3600"], b"secure page"
+        return (["HTTP/1.1 301 Moved Permanently", "Cache-Control: max-age=3600",
+                 "Location: https://www.example/s"], b"")
+    script.answers["/s"] = [by_scheme]
+    plain = b"GET /s HTTP/1.1\r\nHost: www.example\r\n\r\n"
+    hop = (b"GET /s HTTP/1.1\r\nHost: www.example\r\nX-Forwarded-For: 203.0.113.7\r\n"
+           b"X-Forwarded-Proto: https\r\nFastproxy-Hop: " + other.encode()
+           + b"; proto=https\r\n\r\n")
+    assert _send_from("127.0.0.1", proxy.port, plain).status == 301
+    for _ in range(2):   # a miss, then a hit (answered by Python: the hop is never compiled)
+        r = _send_from("127.0.0.1", proxy.port, hop)
+        assert r.status == 200, "the https client got the http entry"
+    assert _send_from("127.0.0.1", proxy.port, plain).status == 301
+    assert script.count("/s") == 2, "each scheme's entry fetched once, then reused"
