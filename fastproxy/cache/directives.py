@@ -132,6 +132,14 @@ def delta_seconds(arg: bytes | None) -> int | None:
     return DELTA_MAX if n > DELTA_MAX else n
 
 
+def directive_seconds(cc: dict, name: bytes, default: float) -> float:
+    """A delta-seconds directive's value (0 when invalid), or `default` when absent."""
+    if name in cc:
+        v = delta_seconds(cc[name])
+        return float(v) if v is not None else 0.0
+    return default
+
+
 def age_value(values: list[bytes]) -> int:
     """Age in seconds (RFC 9111 5.1): the first member of a list-valued field; 0 when the
     field is absent or that member is not a non-negative integer (then it is ignored)."""

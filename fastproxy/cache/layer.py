@@ -580,6 +580,8 @@ class _Exchange:
                     # an unconditional request: ask again without the validators.
                     self.replayed = True
                     return False
+            elif status == 200 and req.method == HEAD:
+                cache.freshen(lk, req, resp, self.t_request, now)
             elif status >= 500 and lk.stale_if_error:
                 hit = cache.serve_stale(lk, req, now, status, layer.extra(conn, req))
                 if hit is not None:

@@ -271,3 +271,35 @@ def test_a_peer_hop_is_keyed_by_the_scheme_its_client_used(run_proxy, script):
         assert r.status == 200, "the https client got the http entry"
     assert _send_from("127.0.0.1", proxy.port, plain).status == 301
     assert script.count("/s") == 2, "each scheme's entry fetched once, then reused"
+
+
+# -- a HEAD's 200 freshens or drops the stored GET response ---------------------------------
+
+def test_a_head_response_freshens_the_stored_get_response(cached, script):
+    """RFC 9111 4.3.5: a 200 to a HEAD the cache sent for a stored GET response, with
+    matching validators and Content-Length, updates the stored response's fields. The
+    stored response stayed stale: the next GET went to the origin again."""
+    script.answers["/h"] = [
+        (["HTTP/1.1 200 OK", "Cache-Control: max-age=1", 'ETag: "v1"', "X-Version: 1"], b"body"),
+        (["HTTP/1.1 200 OK", "Cache-Control: max-age=3600", 'ETag: "v1"', "X-Version: 2"], b"body")]
+    fetch(cached, "/h")
+    time.sleep(1.5)
+    head = fetch(cached, "/h", method="HEAD")
+    assert head.status == 200 and script.count("/h") == 2
+    assert script.seen["/h"][-1].startswith(b"HEAD ")
+    r = fetch(cached, "/h")
+    assert script.count("/h") == 2, "the GET after a matching HEAD went upstream"
+    assert r.body == b"body" and r.getheader("X-Version") == "2", r.getheaders()
+
+
+def test_a_head_response_with_other_validators_drops_the_stored_response(cached, script):
+    """RFC 9111 4.3.5: when the HEAD's validators differ from the stored response's, that
+    response is out of date (SHOULD be considered stale). It went on being served fresh."""
+    script.answers["/d"] = [
+        (["HTTP/1.1 200 OK", "Cache-Control: max-age=3600", 'ETag: "v1"'], b"old!"),
+        (["HTTP/1.1 200 OK", "Cache-Control: max-age=3600", 'ETag: "v2"'], b"new!")]
+    fetch(cached, "/d")
+    assert fetch(cached, "/d", "Cache-Control: no-cache", method="HEAD").getheader("ETag") == '"v2"'
+    r = fetch(cached, "/d")
+    assert r.body == b"new!", "the GET after the HEAD got the outdated stored response"
+    assert script.count("/d") == 3
