@@ -7,8 +7,12 @@ settings and freshness rules (`_lifetime`, `_hit`), which policy.py defines.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+
+from fastproxy._ringcache import RingCache
 
 from . import entry
+from .config import CacheConfig
 from .directives import (
     age_value,
     directive_seconds,
@@ -37,6 +41,13 @@ _NOT_UPDATED_CODED = _NOT_UPDATED | {b"content-type"}
 class Revalidation:
     """Updating stored responses from 304s and HEAD responses (mixed into HttpCache)."""
 
+    # HttpCache's, which this part uses.
+    ring: RingCache
+    config: CacheConfig
+    _targeted: tuple[bytes, ...]
+    _lifetime: Callable[..., float]
+    _hit: Callable[..., Lookup]
+
     def refresh(self, lookup: Lookup, request, response, request_time: float,
                 response_time: float, extra: bytes = b"") -> Lookup | None:
         """Apply a 304 to the entry lookup revalidated (RFC 9111 4.3.3, 4.3.4).
@@ -47,9 +58,10 @@ class Revalidation:
         relay then passes the 304 on if the client's request was conditional,
         else repeats the request without the conditional fields.
         """
-        if lookup.stored is None or response.status != 304:
+        st = lookup.stored
+        if st is None or response.status != 304:
             return None
-        return self._update(lookup, request, response, request_time, response_time, extra)
+        return self._update(st, lookup, request, response, request_time, response_time, extra)
 
     def freshen(self, lookup: Lookup, request, response, request_time: float,
                 response_time: float) -> bool:
@@ -67,17 +79,16 @@ class Revalidation:
         length = response.get(b"content-length")
         if ((etag is not None or lm is not None)
                 and (length is None or length.strip() == b"%d" % len(st.body))
-                and self._update(lookup, request, response, request_time,
+                and self._update(st, lookup, request, response, request_time,
                                  response_time, b"") is not None):
             return True
         self.ring.delete(lookup.key)
         return False
 
-    def _update(self, lookup: Lookup, request, response, request_time: float,
+    def _update(self, st: entry.Stored, lookup: Lookup, request, response, request_time: float,
                 response_time: float, extra: bytes) -> Lookup | None:
         # RFC 9111 4.3.4 for a 304 and 4.3.5 for a HEAD's 200: the response selects the
-        # stored one by its validators, and its fields replace the stored ones.
-        st = lookup.stored
+        # stored one (st, lookup's) by its validators, and its fields replace the stored ones.
         new_etag = response.get(b"etag")
         new_lm = response.get(b"last-modified")
         if new_etag is not None:
