@@ -498,6 +498,12 @@ cdef class ClientConnection:
         # A client that half-closes after its request still gets its response
         # (RFC 9112 9.6), and so do the complete requests it pipelined before the FIN;
         # close once the last of them is answered.
+        if (self.state == S_BODY and self.req is not None and not self.buf
+                and not self.resp_started):
+            # The body is cut short: no byte can complete it now (RFC 9112 8). Close,
+            # as connection_lost then logs 499 and frees the upstream; held open, the
+            # connection would wait for the body timeout and hold up a drain.
+            return False
         if (self.state == S_WAIT or self.state == S_BODY) and self.req is not None:
             if self.buf:
                 self.client_eof = True

@@ -147,6 +147,34 @@ def test_client_leaving_while_buffering_costs_nothing_upstream(run_proxy, origin
         assert c.response().body == b"012"
 
 
+@pytest.mark.parametrize("buffering", ["64KiB", False])
+def test_a_body_cut_short_by_the_client_closes_the_connection_at_once(run_proxy, origin,
+                                                                     tmp_path, buffering):
+    """A client that shuts its side in the middle of a body: no byte can complete the body,
+    so the proxy closes (499 in the log), not after client_body (60 s) of waiting, which
+    also held up a SIGTERM drain (test teardowns took their 10 s kill timeout)."""
+    config = cfg(origin, listener={"request_buffering": buffering})
+    config["access_log"] = {"path": str(tmp_path / "access.log"), "format": "json"}
+    p = run_proxy(config)
+    with socket.create_connection(("127.0.0.1", p.port)) as s:
+        s.sendall(crlf("POST /echo HTTP/1.1\nHost: h\nContent-Length: 10\n\n")
+                  + b"abc")
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        try:
+            answer = s.recv(65536)
+        except TimeoutError:
+            answer = None
+    assert answer == b"", f"the proxy kept the connection open (got {answer!r})"
+    deadline = time.monotonic() + 5
+    log = tmp_path / "access.log"
+    while time.monotonic() < deadline and not (log.exists() and log.read_text()):
+        time.sleep(0.02)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["target"], r["status"]) for r in records] == [("/echo", 499)], records
+    assert origin.completed == [], "a request with a cut body reached the origin whole"
+
+
 @pytest.mark.parametrize("value", ["lots", -1, ["64KiB"]])
 def test_bad_value_names_the_key(start_proxy, origin, tmp_path, value):
     import subprocess
