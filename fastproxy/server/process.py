@@ -26,7 +26,11 @@ from fastproxy.server import reuseport
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+# Signals that drain and stop: SIGQUIT is nginx's graceful stop, and its default action (a
+# core dump) would cut requests in flight and leave a master's workers running as orphans.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Held by a starting worker until its handlers are in place.
+HELD_SIGNALS = {*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1}
 # Signals the master passes on to every worker (it holds no log file itself).
 FORWARDED = (signal.SIGUSR1,)
 
@@ -56,7 +60,7 @@ def _how(code: int) -> str:
 
 
 class Master:
-    """Forks `config.workers` workers and supervises them until SIGTERM/SIGINT."""
+    """Forks `config.workers` workers and supervises them until a stop signal."""
 
     def __init__(self, config, reload_fn, run_worker, log) -> None:
         self.config = config
@@ -170,7 +174,7 @@ class Master:
         self._close_socks(slot)     # the worker holds them now
 
     def _in_child(self, me: _Slot) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
+        for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.sel.close()
@@ -276,7 +280,7 @@ class Master:
                 pass
 
     def _on_signal(self, signum, frame) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in STOP_SIGNALS:
             self._stop()
         elif signum == signal.SIGHUP:
             self.hup = True
@@ -346,7 +350,7 @@ class Master:
         os.set_blocking(self.wake_r, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
+        for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, self._on_signal)
         try:
             for slot in self.slots:

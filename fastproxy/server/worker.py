@@ -4,7 +4,7 @@ One worker = one process = one uvloop event loop with its own listeners, pools,
 and caches. With `workers > 1` the master (fastproxy.server.process) binds the addresses
 and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
 kernel spreads connections among them.
-SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, then exit 0);
+SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) drain (stop accepting, finish in-flight requests, then exit 0);
 SIGHUP reloads the configuration: new connections use the new configuration,
 connections already open finish on the old one.
 """
@@ -449,7 +449,7 @@ class Worker:
         self.gate.release()
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
+        """Serve until a stop signal (SIGTERM, SIGINT, SIGQUIT); reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
         # The ports are bound: privileges can go.
         became = process.drop_privileges(self.config.user, self.config.group)
@@ -469,14 +469,14 @@ class Worker:
             os.write(fd, b"ready\n")
             os.close(fd)
         loop = self.loop
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        for sig in process.STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # Held since run_worker began (a SIGHUP from the master while starting would
         # otherwise kill this worker): delivered now, to the handlers above.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, process.HELD_SIGNALS)
         await self.stopping.wait()
         if alone:
             process.sd_notify("STOPPING=1")
@@ -559,9 +559,6 @@ class _Holder:
         self.current = lrt
 
 
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
-
-
 def _install_loop() -> None:
     import uvloop
 
@@ -583,7 +580,7 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
     """
     # Signals wait until the worker has its handlers (Worker.run); a worker that cannot
     # start exits with them still pending, which is what they asked for anyway.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, process.HELD_SIGNALS)
     _install_loop()
     worker = Worker(config, reload_fn)
     worker.index = index
