@@ -49,7 +49,7 @@ class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
-                 counters=None, stats=None) -> None:
+                 counters=None, stats=None, previous: Runtime | None = None) -> None:
         self.config = config
         self.stats = stats if stats is not None else Stats()   # the worker's, across reloads
         self.loop = loop
@@ -80,6 +80,13 @@ class Runtime:
             pcfg = UpstreamGroupConfig(name="cluster", servers=others, balance="round_robin",
                                        retry=PEER_RETRY, outlier=PEER_OUTLIER)
             self.peer_group = UpstreamGroup(pcfg, self._pool_factory(pcfg), loop)
+        if previous is not None:
+            # A reload: servers keep their verdicts and counts (UpstreamGroup.carry_over).
+            for name, group in self.groups.items():
+                if name in previous.groups:
+                    group.carry_over(previous.groups[name])
+            if self.peer_group is not None and previous.peer_group is not None:
+                self.peer_group.carry_over(previous.peer_group)
         for group in self.all_groups():
             group.start()  # active health checks
 
@@ -351,7 +358,7 @@ class Worker:
         False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
         cache = self._cache_for(config)
-        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats)
+        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats, old)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
