@@ -384,6 +384,11 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
     text = text.rstrip("/")
     if "/" in text:
         raise ValueError(f"an upstream URL has no path: {value!r}")
+    if "?" in text:
+        raise ValueError(f"an upstream URL has no query: {value!r}")
+    if "@" in text:
+        # Credentials for the upstream go in a header (a route's request_headers).
+        raise ValueError(f"an upstream URL has no user info (user:password@): {value!r}")
     bracketed = text.startswith("[") and text.endswith("]")
     has_port = not bracketed and ":" in text
     if not has_scheme and not has_port:
