@@ -154,11 +154,13 @@ class Master:
         # The child holds these until its handlers are in place (Worker.run); a SIGHUP
         # forwarded to a worker still starting would otherwise kill it.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(r)
+                follow_master(master)    # SIGTERM, held until the worker can drain
                 self._in_child(slot)
                 code = self.run_worker(self.config, self.reload_fn, slot.index, self.peers_dir,
                                        slot.socks, w)
@@ -450,6 +452,24 @@ def remove_pidfile(path: str) -> None:
     if _pidfile_fd is not None:
         os.close(_pidfile_fd)
         _pidfile_fd = None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_master(master: int) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when its master `master` dies.
+
+    A master killed outright (SIGKILL, the OOM killer) otherwise leaves its workers serving
+    on as orphans, out of reach of stop, reload and the pidfile. The setting is cleared by
+    a change of user or group, so a worker calls this again after drop_privileges."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):   # not Linux: no parent-death signal
+        return
+    if os.getppid() != master:          # it died before the kernel watched for it
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def drop_privileges(user: str | None, group: str | None) -> str | None:

@@ -462,6 +462,8 @@ class Worker:
         became = process.drop_privileges(self.config.user, self.config.group)
         if became:
             log(became)
+            if self.master_pid is not None:
+                process.follow_master(self.master_pid)   # the switch cleared it
         # What starting made (modules, configuration, listeners) lives as long as the
         # worker: frozen out of the collector's reach, a full collection under load scans
         # only what requests made, not the ~23k start-up objects (a ~5 ms pause each time,

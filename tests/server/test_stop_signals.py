@@ -72,3 +72,44 @@ servers = ["{origin.url}"]
         for pid in workers_pids:     # orphans of a failed run: ours, so ours to end
             if pid != proxy.pid and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_stop_when_their_master_is_killed(start_proxy, origin, tmp_path):
+    # A master killed outright (SIGKILL, the OOM killer) left its workers serving on as
+    # orphans: the old configuration answering on the port, beyond reach of `fastproxy
+    # stop`, reload and the pidfile, and a new instance sharing the port with them
+    # (SO_REUSEPORT). They now drain and exit, as HAProxy's workers do.
+    conf = tmp_path / "k.toml"
+    conf.write_text(f"""
+pidfile = false
+workers = 2
+[timeouts]
+drain = "10s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+""")
+    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+    workers_pids = {int(m.group(1)) for line in proxy.stderr_lines
+                    if (m := re.match(r"fastproxy\[(\d+)\]: listening on", line))}
+    assert len(workers_pids) == 2, proxy.stderr_lines
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /slow/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(0.3)
+            proxy.signal(signal.SIGKILL)
+            answer = _read_response(s)
+        assert answer.startswith(b"HTTP/1.1 200 "), "the request in flight was not finished"
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in workers_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers_pids), \
+            f"workers {workers_pids} outlived their master"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
+    finally:
+        for pid in workers_pids:     # orphans of a failed run: ours, so ours to end
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
