@@ -135,7 +135,8 @@ class AccessLog:
         duration = now - conn.t_start
         server = conn.server
         tried = conn.tried
-        upstream = _attempts(tried, server) if tried else \
+        # A forward request's `tried` holds the addresses still to try, not servers tried.
+        upstream = _attempts(tried, server) if tried and hasattr(tried[0], "name") else \
             server.name if server is not None else "-"
         if req is not None:
             method = req.method.decode("latin-1")
