@@ -323,16 +323,16 @@ class Master:
                 or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
             self.log("reload refused: listener addresses or modes changed; restart to apply them")
             return
-        # Workers started later must start from the reloaded file too (the workers
-        # themselves log whether the reload took).
         self._tell_workers(signal.SIGHUP)
-        if (new.admin is None) != (old.admin is None) or (
-                new.admin is not None and (new.admin[0] != old.admin[0]
-                                           or new.admin[1] not in (0, old.admin[1]))):
-            return
-        self.config = replace(new, workers=old.workers, admin=old.admin,
-                              reuseport_balance=old.reuseport_balance, listeners=tuple(
-            replace(b, port=a.port) for a, b in zip(old.listeners, new.listeners)))
+        note = restart_note(old, new)
+        if note is not None:
+            self.log(note)
+        # Workers started later must start from the reloaded file too (the workers
+        # themselves log whether the reload took), with what only a restart changes
+        # (the sockets the master bound, the account, how many) as it is.
+        self.config = replace(new, **{k: getattr(old, k) for k in RESTART_ONLY},
+                              listeners=tuple(replace(b, port=a.port)
+                                              for a, b in zip(old.listeners, new.listeners)))
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -452,6 +452,28 @@ def remove_pidfile(path: str) -> None:
     if _pidfile_fd is not None:
         os.close(_pidfile_fd)
         _pidfile_fd = None
+
+
+# Settings a reload cannot change: the workers, their account, the admin sockets and the
+# pidfile are made once, at start.
+RESTART_ONLY = ("workers", "reuseport_balance", "admin", "user", "group", "pidfile")
+
+
+def restart_note(old, new) -> str | None:
+    """The line that names the RESTART_ONLY settings `new` (a reloaded configuration)
+    changes from `old`, or None when it changes none."""
+    changed = []
+    for key in RESTART_ONLY:
+        a, b = getattr(old, key), getattr(new, key)
+        if key == "admin" and a is not None and b is not None and b[0] == a[0] \
+                and b[1] in (0, a[1]):
+            continue    # port 0: "whatever it is now"
+        if a != b:
+            changed.append(key)
+    if not changed:
+        return None
+    return (f"reload: {', '.join(changed)} changed; restart to apply "
+            f"{'it' if len(changed) == 1 else 'them'} (the rest is applied)")
 
 
 _PR_SET_PDEATHSIG = 1

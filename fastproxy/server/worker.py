@@ -271,6 +271,7 @@ class Worker:
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
         self.master_pid: int | None = None  # the master that forked this worker, if any
+        self.restart_note: str | None = None  # what the last reload could not apply
         self.reload_lock = asyncio.Lock()   # reloads (SIGHUP, POST /reload) apply in order
         self._reload_tasks: set[asyncio.Task] = set()
 
@@ -388,6 +389,8 @@ class Worker:
                 except (ssl.SSLError, OSError) as exc:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
+        # With a master, the master says it.
+        note = process.restart_note(self.config, config) if self.master_pid is None else None
         self.config = config
         self.gate.set_limit(config.limits.max_connections)
         # The start-up generation frozen in run() may now become garbage (its cycles:
@@ -404,6 +407,9 @@ class Worker:
             self.loop.create_task(old.stop_checks())
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
+        if note is not None:
+            log(note)
+        self.restart_note = note
         return True
 
     def _retire(self, rt: Runtime) -> None:
