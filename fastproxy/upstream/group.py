@@ -177,6 +177,9 @@ class UpstreamGroup:
     def _changed(self, server: Server, eligible: bool) -> None:
         """Health or ejection changed: rebuild the eligible set (Maglev keeps each key's
         owner among the survivors)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         self.balancer.update(eligible_servers(self.servers, self.loop.time()))
 
     def carry_over(self, old: UpstreamGroup) -> None:
@@ -198,7 +201,7 @@ class UpstreamGroup:
             pool, old_pool = self.pools[server], old.pools.get(was)
             if old_pool is not None:
                 pool.opened_total = old_pool.opened_total
-        self._changed(None, True)
+        self._rebuild()
 
     # -- life cycle ---------------------------------------------------------------
 
