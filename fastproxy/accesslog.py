@@ -65,6 +65,14 @@ def parse_template(text: str) -> list[tuple[str, str]]:
     return parts
 
 
+def _attempts(tried: list, server) -> str:
+    """Every server a retried request went to, in order, as nginx's $upstream_addr."""
+    names = [s.name for s in tried]
+    if server is not None and tried[-1] is not server:
+        names.append(server.name)
+    return ", ".join(names)
+
+
 class AccessLog:
     """Formats finished exchanges and writes them to a file or stdout."""
 
@@ -126,7 +134,10 @@ class AccessLog:
         now = time.time()
         duration = now - conn.t_start
         server = conn.server
-        upstream = server.name if server is not None else "-"
+        tried = conn.tried
+        # A forward request's `tried` holds the addresses still to try, not servers tried.
+        upstream = _attempts(tried, server) if tried and hasattr(tried[0], "name") else \
+            server.name if server is not None else "-"
         if req is not None:
             method = req.method.decode("latin-1")
             target = req.target.decode("latin-1")
@@ -162,7 +173,7 @@ class AccessLog:
             ut = f"{conn.upstream_time:.3f}" if conn.upstream_time >= 0 else "-"
             line = (f'{conn.client_ip} - - [{self._timestamp(now)}] "{method} {escape(target)} '
                     f'{version}" {conn.status} {conn.sent} "{referer}" "{ua}" '
-                    f'rt={duration:.3f} ua={upstream} ut={ut}')
+                    f'rt={duration:.3f} ua={upstream.replace(", ", ",")} ut={ut}')
             if extra:
                 line += "".join(f" {k}={escape(str(v))}" for k, v in extra.items())
             if conn.detail:

@@ -303,12 +303,14 @@ def _url_key(raw: str) -> bytes | None:
 
 
 _FINE = (None, "UP", "ok", "closed", "off")
+# Numbers that are verdicts (1 or 0), not counts: the workers' worst, as the state words.
+_VERDICTS = ("healthy",)
 
 
 def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        if k == "started":
+        if k == "started" or (k in _VERDICTS and k in out):
             out[k] = min(out.get(k, v), v)
         elif isinstance(v, dict):
             out[k] = _merge(out.get(k, {}), v)

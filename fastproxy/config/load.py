@@ -18,7 +18,7 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
     binds_overlap,
     tomllib, ConfigError, MAX_COUNT, MAX_DURATION, MAX_NUMBER, MAX_SIZE,
     ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile,
-    explain_unknown, format_address, unknown_key,
+    explain_problems, format_address, unknown_key,
     duration_range, int_range, log_path, pidfile_path, read_cluster,
     number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
     resolves, show_size, size_range,
@@ -681,7 +681,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
                                  f"({listeners[other][1].address})")
 
     if problems:
-        raise ConfigError([explain_unknown(p) for p in problems])
+        raise ConfigError(explain_problems(problems))
     return Config(
         listeners=tuple(listener for _, listener in listeners),
         upstreams=upstreams,

@@ -68,6 +68,28 @@ def explain_unknown(problem: str) -> str:
     return f"{path}: {unknown_key(key, known)}"
 
 
+_MEANT = re.compile(r"^(?P<path>[^ ]+?): unknown key; did you mean '(?P<near>[^']+)'\?")
+
+
+def explain_problems(problems: list[str]) -> list[str]:
+    """The problem lines a user reads: unknown keys explained (explain_unknown), and a
+    "required" line left out when a misspelt key of the same table names it: one typo is
+    one line, not a second one asking for a key that is there, misspelt."""
+    lines = [explain_unknown(p) for p in problems]
+    meant = set()
+    for line in lines:
+        m = _MEANT.match(line)
+        if m:
+            parent = m.group("path").rpartition(".")[0]
+            meant.add(f"{parent}.{m.group('near')}" if parent else m.group("near"))
+    kept = []
+    for line in lines:
+        key, _, text = line.partition(": ")
+        if not (key in meant and text.startswith("required")):
+            kept.append(line)
+    return kept
+
+
 # ---------------------------------------------------------------------------
 # Value parsers. Each takes the raw value and returns the parsed one or raises
 # ValueError with the text that follows "key: ".
@@ -362,6 +384,11 @@ def parse_server_url(value: Any, default_scheme: str = "http") -> ServerSpec:
     text = text.rstrip("/")
     if "/" in text:
         raise ValueError(f"an upstream URL has no path: {value!r}")
+    if "?" in text:
+        raise ValueError(f"an upstream URL has no query: {value!r}")
+    if "@" in text:
+        # Credentials for the upstream go in a header (a route's request_headers).
+        raise ValueError(f"an upstream URL has no user info (user:password@): {value!r}")
     bracketed = text.startswith("[") and text.endswith("]")
     has_port = not bracketed and ":" in text
     if not has_scheme and not has_port:

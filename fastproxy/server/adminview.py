@@ -126,4 +126,5 @@ class AdminView:
                            f"(pid {self.master_pid})")]
         if not w.reload(config):
             return False, ["listener addresses or modes changed; restart to apply them"]
-        return True, [f"reloaded configuration from {config.source}"]
+        done = [f"reloaded configuration from {config.source}"]
+        return True, done + [w.restart_note] if w.restart_note is not None else done

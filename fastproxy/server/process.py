@@ -26,7 +26,11 @@ from fastproxy.server import reuseport
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 STABLE = 10.0        # seconds a worker must run before its exit counts as a one-off
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+# Signals that drain and stop: SIGQUIT is nginx's graceful stop, and its default action (a
+# core dump) would cut requests in flight and leave a master's workers running as orphans.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Held by a starting worker until its handlers are in place.
+HELD_SIGNALS = {*STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1}
 # Signals the master passes on to every worker (it holds no log file itself).
 FORWARDED = (signal.SIGUSR1,)
 
@@ -56,7 +60,7 @@ def _how(code: int) -> str:
 
 
 class Master:
-    """Forks `config.workers` workers and supervises them until SIGTERM/SIGINT."""
+    """Forks `config.workers` workers and supervises them until a stop signal."""
 
     def __init__(self, config, reload_fn, run_worker, log) -> None:
         self.config = config
@@ -150,11 +154,13 @@ class Master:
         # The child holds these until its handlers are in place (Worker.run); a SIGHUP
         # forwarded to a worker still starting would otherwise kill it.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(r)
+                follow_master(master)    # SIGTERM, held until the worker can drain
                 self._in_child(slot)
                 code = self.run_worker(self.config, self.reload_fn, slot.index, self.peers_dir,
                                        slot.socks, w)
@@ -170,7 +176,7 @@ class Master:
         self._close_socks(slot)     # the worker holds them now
 
     def _in_child(self, me: _Slot) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
+        for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.sel.close()
@@ -276,7 +282,7 @@ class Master:
                 pass
 
     def _on_signal(self, signum, frame) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in STOP_SIGNALS:
             self._stop()
         elif signum == signal.SIGHUP:
             self.hup = True
@@ -317,16 +323,16 @@ class Master:
                 or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
             self.log("reload refused: listener addresses or modes changed; restart to apply them")
             return
-        # Workers started later must start from the reloaded file too (the workers
-        # themselves log whether the reload took).
         self._tell_workers(signal.SIGHUP)
-        if (new.admin is None) != (old.admin is None) or (
-                new.admin is not None and (new.admin[0] != old.admin[0]
-                                           or new.admin[1] not in (0, old.admin[1]))):
-            return
-        self.config = replace(new, workers=old.workers, admin=old.admin,
-                              reuseport_balance=old.reuseport_balance, listeners=tuple(
-            replace(b, port=a.port) for a, b in zip(old.listeners, new.listeners)))
+        note = restart_note(old, new)
+        if note is not None:
+            self.log(note)
+        # Workers started later must start from the reloaded file too (the workers
+        # themselves log whether the reload took), with what only a restart changes
+        # (the sockets the master bound, the account, how many) as it is.
+        self.config = replace(new, **{k: getattr(old, k) for k in RESTART_ONLY},
+                              listeners=tuple(replace(b, port=a.port)
+                                              for a, b in zip(old.listeners, new.listeners)))
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -346,7 +352,7 @@ class Master:
         os.set_blocking(self.wake_r, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
+        for sig in (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, *FORWARDED):
             signal.signal(sig, self._on_signal)
         try:
             for slot in self.slots:
@@ -446,6 +452,46 @@ def remove_pidfile(path: str) -> None:
     if _pidfile_fd is not None:
         os.close(_pidfile_fd)
         _pidfile_fd = None
+
+
+# Settings a reload cannot change: the workers, their account, the admin sockets and the
+# pidfile are made once, at start.
+RESTART_ONLY = ("workers", "reuseport_balance", "admin", "user", "group", "pidfile")
+
+
+def restart_note(old, new) -> str | None:
+    """The line that names the RESTART_ONLY settings `new` (a reloaded configuration)
+    changes from `old`, or None when it changes none."""
+    changed = []
+    for key in RESTART_ONLY:
+        a, b = getattr(old, key), getattr(new, key)
+        if key == "admin" and a is not None and b is not None and b[0] == a[0] \
+                and b[1] in (0, a[1]):
+            continue    # port 0: "whatever it is now"
+        if a != b:
+            changed.append(key)
+    if not changed:
+        return None
+    return (f"reload: {', '.join(changed)} changed; restart to apply "
+            f"{'it' if len(changed) == 1 else 'them'} (the rest is applied)")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_master(master: int) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when its master `master` dies.
+
+    A master killed outright (SIGKILL, the OOM killer) otherwise leaves its workers serving
+    on as orphans, out of reach of stop, reload and the pidfile. The setting is cleared by
+    a change of user or group, so a worker calls this again after drop_privileges."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):   # not Linux: no parent-death signal
+        return
+    if os.getppid() != master:          # it died before the kernel watched for it
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def drop_privileges(user: str | None, group: str | None) -> str | None:

@@ -4,7 +4,7 @@ One worker = one process = one uvloop event loop with its own listeners, pools,
 and caches. With `workers > 1` the master (fastproxy.server.process) binds the addresses
 and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
 kernel spreads connections among them.
-SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, then exit 0);
+SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) drain (stop accepting, finish in-flight requests, then exit 0);
 SIGHUP reloads the configuration: new connections use the new configuration,
 connections already open finish on the old one.
 """
@@ -49,7 +49,7 @@ class Runtime:
     """One configuration generation inside one worker: groups, pools, logs, deadlines."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache=None,
-                 counters=None, stats=None) -> None:
+                 counters=None, stats=None, previous: Runtime | None = None) -> None:
         self.config = config
         self.stats = stats if stats is not None else Stats()   # the worker's, across reloads
         self.loop = loop
@@ -80,6 +80,13 @@ class Runtime:
             pcfg = UpstreamGroupConfig(name="cluster", servers=others, balance="round_robin",
                                        retry=PEER_RETRY, outlier=PEER_OUTLIER)
             self.peer_group = UpstreamGroup(pcfg, self._pool_factory(pcfg), loop)
+        if previous is not None:
+            # A reload: servers keep their verdicts and counts (UpstreamGroup.carry_over).
+            for name, group in self.groups.items():
+                if name in previous.groups:
+                    group.carry_over(previous.groups[name])
+            if self.peer_group is not None and previous.peer_group is not None:
+                self.peer_group.carry_over(previous.peer_group)
         for group in self.all_groups():
             group.start()  # active health checks
 
@@ -265,6 +272,7 @@ class Worker:
         self.sockets: dict | None = None    # listening sockets bound by the master, if any
         self.ready_fd: int | None = None    # the master's pipe: "ready" or "failed REASON"
         self.master_pid: int | None = None  # the master that forked this worker, if any
+        self.restart_note: str | None = None  # what the last reload could not apply
         self.reload_lock = asyncio.Lock()   # reloads (SIGHUP, POST /reload) apply in order
         self._reload_tasks: set[asyncio.Task] = set()
 
@@ -352,7 +360,7 @@ class Worker:
         False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
         cache = self._cache_for(config)
-        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats)
+        new_rt = Runtime(config, self.loop, cache, self.counters, self.stats, old)
         # Listening sockets stay as they are: a listener matches when its host, mode and
         # TLS are the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
@@ -382,6 +390,8 @@ class Worker:
                 except (ssl.SSLError, OSError) as exc:
                     log(f"reload: {lcfg.address}: keeping the old certificates: {exc}")
         self.listener_rts = [lrt.holder.current for lrt in self.listener_rts]
+        # With a master, the master says it.
+        note = process.restart_note(self.config, config) if self.master_pid is None else None
         self.config = config
         self.gate.set_limit(config.limits.max_connections)
         # The start-up generation frozen in run() may now become garbage (its cycles:
@@ -398,6 +408,9 @@ class Worker:
             self.loop.create_task(old.stop_checks())
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
+        if note is not None:
+            log(note)
+        self.restart_note = note
         return True
 
     def _retire(self, rt: Runtime) -> None:
@@ -450,12 +463,14 @@ class Worker:
         self.gate.release()
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; reload on SIGHUP. self.ready_fd hears "ready"."""
+        """Serve until a stop signal (SIGTERM, SIGINT, SIGQUIT); reload on SIGHUP. self.ready_fd hears "ready"."""
         await self.start()
         # The ports are bound: privileges can go.
         became = process.drop_privileges(self.config.user, self.config.group)
         if became:
             log(became)
+            if self.master_pid is not None:
+                process.follow_master(self.master_pid)   # the switch cleared it
         # What starting made (modules, configuration, listeners) lives as long as the
         # worker: frozen out of the collector's reach, a full collection under load scans
         # only what requests made, not the ~23k start-up objects (a ~5 ms pause each time,
@@ -470,14 +485,14 @@ class Worker:
             os.write(fd, b"ready\n")
             os.close(fd)
         loop = self.loop
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        for sig in process.STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.stopping.set)
         if self.reload_fn is not None:
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # Held since run_worker began (a SIGHUP from the master while starting would
         # otherwise kill this worker): delivered now, to the handlers above.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, process.HELD_SIGNALS)
         await self.stopping.wait()
         if alone:
             process.sd_notify("STOPPING=1")
@@ -560,9 +575,6 @@ class _Holder:
         self.current = lrt
 
 
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
-
-
 def _install_loop() -> None:
     import uvloop
 
@@ -584,7 +596,7 @@ def run_worker(config: Config, reload_fn=None, index: int = 0,
     """
     # Signals wait until the worker has its handlers (Worker.run); a worker that cannot
     # start exits with them still pending, which is what they asked for anyway.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, process.HELD_SIGNALS)
     _install_loop()
     worker = Worker(config, reload_fn)
     worker.index = index

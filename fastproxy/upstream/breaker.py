@@ -190,15 +190,38 @@ class OutlierDetector:
                     extra={"event": "outlier.ejected", "fields": {
                         "group": self.group, "server": server.name,
                         "seconds": duration, "failures": server.failures}})
-        if self._loop is not None:
-            self._timers[server] = self._loop.call_at(server.ejected_until, self._on_timer, server)
-            interval = self.config.probe_interval
-            if self._probe is not None and interval > 0 and (connect or self._probe_answers):
-                interval = min(interval * 2 ** min(server.ejections - 1, 30), duration)
-                self._probes[server] = self._loop.create_task(
-                    self._probing(server, interval, self._probe), name=f"probe {server.name}")
+        self._arm(server, duration, connect or self._probe_answers)
         self._notify(server, False)
         return True
+
+    def _arm(self, server: Any, duration: float, probe: bool) -> None:
+        """The timer that returns an ejected server, and its probes when `probe` may tell."""
+        if self._loop is None:
+            return
+        self._timers[server] = self._loop.call_at(server.ejected_until, self._on_timer, server)
+        interval = self.config.probe_interval
+        if self._probe is not None and interval > 0 and probe:
+            interval = min(interval * 2 ** min(server.ejections - 1, 30), duration)
+            self._probes[server] = self._loop.create_task(
+                self._probing(server, interval, self._probe), name=f"probe {server.name}")
+
+    def carry_over(self, server: Any, old: OutlierDetector, was: Any,
+                   now: float | None = None) -> None:
+        """Give `server` what `old` (the previous configuration's detector) knew of `was`,
+        the same server: its counts, its back-off, and an ejection still running."""
+        server.failures = was.failures
+        server.failures_total = was.failures_total
+        server.ejections = was.ejections
+        server.ejections_total = was.ejections_total
+        returned = old._returned_at.get(was)
+        if returned is not None:
+            self._returned_at[server] = returned
+        now = self._now(now)
+        until = was.ejected_until
+        if until > now and server not in self._ejected and \
+                len(self._ejected) < self.max_ejected():
+            server.ejected_until = self._ejected[server] = until
+            self._arm(server, until - now, was in old._probes)
 
     async def _probing(self, server: Any, interval: float, probe: Probe) -> None:
         """Probe an ejected server until a probe passes (it returns now) or it is back."""

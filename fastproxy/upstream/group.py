@@ -177,7 +177,31 @@ class UpstreamGroup:
     def _changed(self, server: Server, eligible: bool) -> None:
         """Health or ejection changed: rebuild the eligible set (Maglev keeps each key's
         owner among the survivors)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         self.balancer.update(eligible_servers(self.servers, self.loop.time()))
+
+    def carry_over(self, old: UpstreamGroup) -> None:
+        """Take over what `old` (this group in the previous configuration) learned of the
+        servers both have: health verdicts, ejections and the monotonic counts.
+
+        A reload must not put a server found dead back in the balancer until checks or
+        probes of the new generation find it again (seconds of errors, or of failing
+        over, on each reload), nor restart the counters /metrics exports."""
+        previous = {(s.host, s.port, s.scheme): s for s in old.servers}
+        now = self.loop.time()
+        for server in self.servers:
+            was = previous.get((server.host, server.port, server.scheme))
+            if was is None:
+                continue
+            if self.health is not None and old.health is not None:
+                server.healthy = was.healthy   # a down server needs `rise` passes again
+            self.outliers.carry_over(server, old.outliers, was, now)
+            pool, old_pool = self.pools[server], old.pools.get(was)
+            if old_pool is not None:
+                pool.opened_total = old_pool.opened_total
+        self._rebuild()
 
     # -- life cycle ---------------------------------------------------------------
 

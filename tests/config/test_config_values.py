@@ -156,6 +156,19 @@ def test_upstream_flag_needs_a_scheme_or_port_and_a_resolvable_host(value):
         one_line_naming(r, f"--upstream {value}:")
 
 
+@pytest.mark.parametrize("value,says", [
+    ("http://user:pw@127.0.0.1:9", "user info"),
+    ("http://127.0.0.1:9?x=1", "query"),
+])
+def test_upstream_url_parts_it_cannot_have_are_named(value, says):
+    # "http://u:p@host:9" was told "IPv6 addresses need brackets" and "http://host:9?x=1"
+    # "expected a port number": wrong leads for a user who pasted a URL.
+    r = run("check", "--listen", "127.0.0.1:0", "--upstream", value)
+    one_line_naming(r, f"--upstream {value}:")
+    assert says in r.stderr, r.stderr
+    assert "IPv6" not in r.stderr and "port number" not in r.stderr, r.stderr
+
+
 def test_upstream_in_a_file_that_does_not_resolve_names_the_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(BASE.replace("http://127.0.0.1:9", "http://no-such-host.invalid:9"))

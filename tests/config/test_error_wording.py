@@ -162,3 +162,28 @@ def test_names_with_control_characters_are_refused_on_one_line(tmp_path):
         "got 'b\\tx'",
         "fastproxy: listeners[0].name: a name cannot hold control characters, "
         "got 'a\\nfake line'"], r.stderr
+
+
+@pytest.mark.parametrize("text,line", [
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nupstream = "a"\n[upstreams.a]\n'
+     'servrs = ["http://127.0.0.1:9"]\n',
+     "upstreams.a.servrs: unknown key; did you mean 'servers'?"),
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nupstrem = "a"\n[upstreams.a]\n'
+     'servers = ["http://127.0.0.1:9"]\n',
+     "listeners[0].upstrem: unknown key; did you mean 'upstream'?"),
+    ('[[listeners]]\nlistn = "127.0.0.1:0"\nmode = "forward"\n',
+     "listeners[0].listn: unknown key; did you mean 'listen'?"),
+    ('[[listener]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n',
+     "listener: unknown key; did you mean 'listeners'?"),
+])
+def test_a_misspelt_required_key_is_one_line_not_two(tmp_path, text, line):
+    # The typo also left the key it meant unset, and that was a second line
+    # ("upstreams.a.servers: required: ..."): one mistake, two problems to read, the
+    # second sending the reader to add a key that is already there, misspelt.
+    conf = tmp_path / "t.toml"
+    conf.write_text(text)
+    r = run("check", "--config", str(conf))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("fastproxy: " + line), lines

@@ -388,6 +388,60 @@ servers = ["{origin.url}"]
     assert vias == {b"after"}, vias
 
 
+def test_a_reload_that_also_changes_restart_only_settings_is_kept_and_says_so(
+        start_proxy, origin, tmp_path):
+    # A reload that also changed the admin address was applied by the workers, but the
+    # master kept the file from before it: a worker it started later (after a crash) ran
+    # the old configuration, silently undoing the reload. And a changed `workers` or
+    # `admin` was ignored without a word, the reload reported as done.
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    conf = tmp_path / "r.toml"
+    text = f"""
+pidfile = false
+workers = %d
+admin = "127.0.0.1:%d"
+[headers]
+via_name = "%s"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+"""
+    conf.write_text(text % (2, free_port(), "before"))
+    proxy = start_proxy("serve", "--config", str(conf), listeners=4)   # 2 workers x 2
+    workers = _pids(proxy, "listening on")
+    conf.write_text((text % (3, free_port(), "after")).replace(
+        "127.0.0.1:0", f"127.0.0.1:{proxy.port}"))
+    proxy.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while len(_pids(proxy, "reloaded configuration")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while len(_pids(proxy, "listening on") - workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_pids(proxy, "listening on") - workers) == 2, proxy.stderr_lines[-5:]
+    vias = set()
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            s.sendall(b"GET /size/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.settimeout(5)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        vias.update(re.findall(rb"(?im)^via: 1\.1 (\w+)", data))
+    assert vias == {b"after"}, vias
+    said = [x for x in proxy.stderr_lines if "restart" in x]
+    assert len(said) == 1, proxy.stderr_lines
+    assert "workers" in said[0], said
+    assert "admin" in said[0], said
+
+
 def test_a_broken_file_on_reload_is_one_line_from_the_master(start_proxy, origin, tmp_path):
     # Each worker loaded the file and said "reload refused" itself: N identical lines for
     # N workers. The master checks first and says it once; the workers are left alone.
@@ -426,3 +480,34 @@ servers = ["{origin.url}"]
         s.sendall(b"GET /size/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         s.settimeout(5)
         assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_a_single_process_reload_names_what_it_could_not_apply(start_proxy, origin, tmp_path):
+    # `workers = 2` in the reloaded file of a single-process proxy was dropped without a
+    # word; POST /reload answered {"reloaded": true} and nothing else.
+    import urllib.request
+    conf = tmp_path / "r.toml"
+    text = f"""
+pidfile = false
+workers = %d
+admin = "127.0.0.1:0"
+[[listeners]]
+listen = "127.0.0.1:0"
+upstream = "app"
+[upstreams.app]
+servers = ["{origin.url}"]
+"""
+    conf.write_text(text % 1)
+    proxy = start_proxy("serve", "--config", str(conf), listeners=2)
+    admin = proxy.admin_port()
+    conf.write_text((text % 2).replace('listen = "127.0.0.1:0"',
+                                       f'listen = "127.0.0.1:{proxy.port}"'))
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        doc = json.load(r)
+    assert doc["reloaded"] is True, doc
+    assert any("workers changed; restart to apply it" in d for d in doc["detail"]), doc
+    deadline = time.monotonic() + 5
+    while not any("workers changed; restart" in x for x in proxy.stderr_lines):
+        assert time.monotonic() < deadline, proxy.stderr_lines
+        time.sleep(0.05)
