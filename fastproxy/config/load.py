@@ -634,7 +634,11 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     # Cross references: every listener's and route's upstream must exist.
     for lt, listener in listeners:
         if listener.mode in ("reverse", "tcp"):
-            if listener.upstream is None and not listener.routes:
+            if listener.mode == "tcp" and listener.routes:
+                # Routes match HTTP requests: a tcp listener has none, so it would
+                # have no group to connect to.
+                lt.problem("routes", "routes apply to HTTP listeners only; give upstream")
+            elif listener.upstream is None and not listener.routes:
                 lt.problem("upstream", f"required for a {listener.mode} listener "
                                        "(or give routes)")
             names = [("upstream", listener.upstream)] + [
@@ -648,11 +652,15 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
                     p.startswith(f"upstreams.{name}.") for p in problems
                 ):
                     lt.problem(key, f"no upstream group named {name!r}")
-            if listener.mode == "tcp":
-                for key, name in names:
-                    g = upstreams.get(name or "")
-                    if g and any(s.scheme != "tcp" for s in g.servers):
-                        lt.problem(key, f"a tcp listener needs tcp:// servers in {name!r}")
+            for key, name in names:
+                g = upstreams.get(name or "")
+                if g is None:
+                    continue
+                if listener.mode == "tcp" and any(s.scheme != "tcp" for s in g.servers):
+                    lt.problem(key, f"a tcp listener needs tcp:// servers in {name!r}")
+                elif listener.mode == "reverse" and any(s.scheme == "tcp" for s in g.servers):
+                    lt.problem(key, f"a reverse listener needs http:// or https:// servers "
+                                    f"in {name!r}")
         elif listener.mode == "forward" and listener.routes:
             lt.problem("routes", "routes apply to reverse listeners only")
     # Caught here, not at bind time (exit 1 after the first listener came up, and check

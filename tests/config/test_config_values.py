@@ -344,3 +344,22 @@ def test_two_listeners_with_one_name(tmp_path, first, second, key):
     path.write_text(text)
     for command in ("check", "serve"):
         one_line_naming(run(command, "--config", str(path)), key)
+
+
+@pytest.mark.parametrize("listener, servers, key, says", [
+    # Passed check, then serve died at start with a KeyError traceback: routes match HTTP
+    # requests, so a tcp listener given only routes had no group to connect to.
+    ('mode = "tcp"\nroutes = [{path = "/", upstream = "a"}]', '["tcp://127.0.0.1:9"]',
+     "listeners[0].routes:", "HTTP listeners only"),
+    # Passed check: the reverse listener then spoke HTTP to a server declared as raw TCP.
+    ('mode = "reverse"\nupstream = "a"', '["tcp://127.0.0.1:9", "http://127.0.0.1:10"]',
+     "listeners[0].upstream:", "http:// or https://"),
+])
+def test_a_listener_and_its_servers_must_speak_alike(tmp_path, listener, servers, key, says):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[listeners]]\nlisten = "127.0.0.1:0"\n{listener}\n'
+                    f'[upstreams.a]\nservers = {servers}\n')
+    for command in ("check", "serve"):
+        r = run(command, "--config", str(path))
+        one_line_naming(r, key)
+        assert says in r.stderr, r.stderr
