@@ -34,7 +34,7 @@ Safe defaults (the guards), applied whatever the rules say unless lifted as desc
 * destinations: loopback, private, link-local (169.254.0.0/16 holds cloud metadata
   endpoints such as 169.254.169.254), unspecified, this-network 0.0.0.0/8, CGNAT
   100.64.0.0/10, multicast, reserved/broadcast, and the same addresses embedded in IPv6
-  (IPv4-mapped, NAT64, 6to4) are refused unless `allow_private` is set or the allowing rule
+  (IPv4-mapped and -translated, NAT64, 6to4) are refused unless `allow_private` is set or the allowing rule
   has a `dest` network lying entirely inside such a range (`dest = ["10.1.0.0/16"]` opens
   that network; `dest = ["0.0.0.0/0"]` does not open the metadata endpoint).
 * ports: CONNECT only to `connect_ports` (443 by default: a tunnel to port 25 would make

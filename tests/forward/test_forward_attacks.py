@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fastproxy.addresses import special_range
 from fastproxy.forward.auth import hash_password
 
 
@@ -58,3 +59,17 @@ def test_407_does_not_tell_an_unknown_user_from_a_wrong_password(run_proxy, orig
     reasons = [line.get("auth") for line in log_lines(log, 2)]
     assert reasons == ["wrong password for 'alice'", "unknown user 'mallory'"], reasons
     assert origin.requests == []
+
+
+def test_ipv4_translated_destinations_are_refused_without_a_connect(run_proxy, origin):
+    # A SIIT translator delivers ::ffff:0:a.b.c.d to a.b.c.d (RFC 2765 2.1): the guard must
+    # see a.b.c.d, as it does for IPv4-mapped and NAT64 addresses. A 502 would mean a
+    # connect was tried (this machine has no route for it: nothing leaves it).
+    proxy = run_proxy({"listeners": [{"mode": "forward"}]})
+    port = origin.url.rsplit(":", 1)[1]
+    answer = exchange(proxy.port, (f"GET http://[::ffff:0:7f00:1]:{port}/echo HTTP/1.1\r\n"
+                                   "Host: x\r\nConnection: close\r\n\r\n").encode())
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    assert b"loopback" in answer, answer
+    # The metadata endpoint spelled the same way is link-local (no request: no route here).
+    assert "link-local" in special_range("::ffff:0:169.254.169.254")
