@@ -53,12 +53,27 @@ def _segments(path: bytes) -> bytes:
     return b"/" + b"/".join(out)
 
 
+# What can make a path differ from its decision path (one C-level scan).
+_NEEDS = re.compile(rb"%|/\.|//").search
+
+# Paths already read (bounded in count and key length): most traffic asks for a few paths,
+# and one dict probe is cheaper than any scan (routing runs it on every request).
+_seen: dict = {}
+_SEEN_MAX = 4096
+_SEEN_LEN = 256
+
+
 def decision_path(path: bytes) -> bytes:
     """The path (no query) that rules and routes match: see the module doc."""
-    if b"%" not in path and b"/." not in path and b"//" not in path:
-        return path                 # nearly every request: nothing to normalise
-    if not path.startswith(b"/"):
-        return path                 # "*" and the like: no segments
-    if b"%" in path:
-        path = _ESCAPE.sub(_unescape, path)
-    return _segments(path)
+    found = _seen.get(path)
+    if found is not None:
+        return found
+    result = path
+    # Nearly every path has nothing to normalise; "*" and the like have no segments.
+    if _NEEDS(path) is not None and path.startswith(b"/"):
+        result = _segments(_ESCAPE.sub(_unescape, path) if b"%" in path else path)
+    if len(path) <= _SEEN_LEN:
+        if len(_seen) >= _SEEN_MAX:
+            _seen.clear()
+        _seen[path] = result
+    return result
