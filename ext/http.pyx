@@ -22,6 +22,8 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
@@ -644,25 +646,39 @@ cdef class _Message:
         hop-by-hop (RFC 9110 7.6.1), a repeated Content-Length, Upgrade unless kept, and
         the lowercase names in `drop`. forward_c and forward_fields both use it."""
         cdef const uchar* h = self._h()
-        cdef const uchar* nm
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, j, nd = len(drop)
         cdef Field* f
         cdef int i
-        cdef object d
+        cdef PyObject* d
+        cdef uchar c
+        # The first letters of the names in drop: a field starting with none of them is
+        # compared with no name, so a long drop list costs about one test per field.
+        cdef uint64_t firsts[4]
+        firsts[0] = firsts[1] = firsts[2] = firsts[3] = 0
+        for j in range(nd):
+            d = PyTuple_GET_ITEM(drop, j)
+            if not PyBytes_CheckExact(<object>d):
+                raise TypeError("drop must hold lowercase bytes field names")
+            if PyBytes_GET_SIZE(<object>d):
+                c = LOWER[<uchar>PyBytes_AS_STRING(<object>d)[0]]
+                firsts[c >> 6] |= (<uint64_t>1) << (c & 63)
         for i in range(self._nf):
             f = &self._fields[i]
             skip[i] = (f.flags & (F_HOP | F_DUP_CL)) != 0
             if f.flags & F_UPGRADE and not keep_upgrade:
                 skip[i] = 1
-        for d in drop:
-            if not PyBytes_CheckExact(d):
-                raise TypeError("drop must hold lowercase bytes field names")
-            nm = <const uchar*>PyBytes_AS_STRING(d)
-            k = PyBytes_GET_SIZE(d)
-            for i in range(self._nf):
-                f = &self._fields[i]
-                if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+            if skip[i] or f.name_len == 0:
+                continue
+            c = LOWER[h[f.name_off]]
+            if not (firsts[c >> 6] >> (c & 63)) & 1:
+                continue
+            for j in range(nd):
+                d = PyTuple_GET_ITEM(drop, j)
+                k = PyBytes_GET_SIZE(<object>d)
+                if f.name_len == k and _ieq2(h + f.name_off,
+                                             <const uchar*>PyBytes_AS_STRING(<object>d), k):
                     skip[i] = 1
+                    break
         return 0
 
     cdef list forward_fields(self, tuple drop, bint keep_upgrade):

@@ -14,10 +14,20 @@ cdef tuple X_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarde
 # standard but many frameworks read it first. `none` passes all of them: that listener sits
 # behind another proxy whose fields must arrive. The one definition: proxy/reverse.py and
 # FastForward both take their drop lists from here.
+# The scheme, port and path prefix the client used, and the URL it asked for, as the
+# frameworks behind a trusted proxy read them (Rails, Django, Spring, Werkzeug, ASP.NET;
+# Symfony, Zend and IIS route by X-Original-URL / X-Rewrite-URL): from a client they would
+# pick the scheme the application believes, the links it builds (which a cache then keeps
+# for everyone) or a page past a route that refuses it. This hop writes none of them.
+cdef tuple URL_CLAIMS = (
+    b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-scheme", b"x-forwarded-ssl",
+    b"front-end-https", b"x-url-scheme", b"x-original-url", b"x-rewrite-url",
+    b"x_forwarded_port", b"x_forwarded_prefix", b"x_forwarded_scheme", b"x_forwarded_ssl",
+    b"front_end_https", b"x_url_scheme", b"x_original_url", b"x_rewrite_url")
 CLIENT_CLAIMS = {
-    "x-forwarded": X_FORWARDED + (b"forwarded", b"x-real-ip"),
-    "forwarded": X_FORWARDED + (b"x-real-ip",),
-    "both": X_FORWARDED + (b"x-real-ip",),
+    "x-forwarded": X_FORWARDED + URL_CLAIMS + (b"forwarded", b"x-real-ip"),
+    "forwarded": X_FORWARDED + URL_CLAIMS + (b"x-real-ip",),
+    "both": X_FORWARDED + URL_CLAIMS + (b"x-real-ip",),
     "none": (),
 }
 cdef bytes XFF = b"x-forwarded-for"

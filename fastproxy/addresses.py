@@ -1,8 +1,8 @@
 """IP addresses as integer keys and sorted CIDR sets: the address arithmetic the forward ACL,
 the cache's client rules and the rate limits share (a leaf: imports nothing of fastproxy).
 
-IPv6 forms that embed an IPv4 address (IPv4-mapped, NAT64, 6to4) are keyed as that IPv4
-address, so one rule covers both spellings; `special_range` names the ranges a proxy must not
+IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-translated, NAT64, 6to4) are keyed
+as that IPv4 address, so one rule covers both spellings; `special_range` names the ranges a proxy must not
 reach by accident (loopback, private, link-local, ...).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ __all__ = ["address_key", "client_key", "CidrSet", "special_range", "within_spec
 # ---------------------------------------------------------------------------------------
 
 _MAPPED = 0xFFFF << 32                         # ::ffff:0:0/96, RFC 4291 2.5.5.2
+_TRANSLATED = 0xFFFF0000 << 32                 # ::ffff:0:0:0/96, RFC 2765 2.1 (SIIT)
 _NAT64 = 0x0064FF9B << 96                      # 64:ff9b::/96, RFC 6052
 _6TO4 = 0x2002                                 # 2002::/16, RFC 3056
 
@@ -30,7 +31,8 @@ _KEY_CACHE_MAX = 8192
 def address_key(addr) -> tuple[int | None, int | None]:
     """(IPv4 int or None, IPv6 int or None) for an address; IPv6 that embeds IPv4 gives both.
 
-    The IPv4 inside IPv4-mapped (::ffff:a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
+    The IPv4 inside IPv4-mapped (::ffff:a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d, which
+    a SIIT translator delivers to a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
     addresses is what the packets finally reach, so rules and guards see it too.
     """
     key = _key_cache.get(addr)
@@ -44,7 +46,7 @@ def address_key(addr) -> tuple[int | None, int | None]:
             x = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
             v4 = None
             top = x >> 32
-            if top == 0xFFFF or top == (_NAT64 >> 32):
+            if top == 0xFFFF or top == (_NAT64 >> 32) or top == (_TRANSLATED >> 32):
                 v4 = x & 0xFFFFFFFF
             elif x >> 112 == _6TO4:
                 v4 = (x >> 80) & 0xFFFFFFFF

@@ -43,6 +43,24 @@ MAX_BODY = 65536
 INTERNAL = b"x-fastproxy-internal"   # a sibling's request: answer for this worker only
 
 
+def _cross_site(req) -> str | None:
+    """Why a state-changing request a web page had a browser send is refused, else None.
+
+    The admin port has no authentication, and a browser on the operator's machine reaches a
+    loopback port too: any page could make it POST /reload or purge the cache (CSRF).
+    Browsers say where such a request comes from (Fetch Metadata, Origin); curl, scripts
+    and the status page itself (same origin) are not refused."""
+    if req.method in (b"GET", b"HEAD"):
+        return None
+    site = req.get(b"sec-fetch-site")
+    if site is not None and site not in (b"same-origin", b"none"):
+        return "refused: a request from another site (Sec-Fetch-Site)"
+    origin = req.get(b"origin")
+    if origin is not None and origin.partition(b"://")[2] != (req.host or b""):
+        return "refused: a request from another origin (Origin)"
+    return None
+
+
 def _sock_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"worker-{index}.sock")
 
@@ -126,7 +144,11 @@ class AdminServer:
                         writer.write(_response(408, {"error": "request body timed out"},
                                                False))
                         break
-                status, payload, ctype = await self.route(req)
+                refusal = _cross_site(req)
+                if refusal is not None:
+                    status, payload, ctype = 403, {"error": refusal}, "application/json"
+                else:
+                    status, payload, ctype = await self.route(req)
                 keep = req.keep_alive
                 allow = (_ALLOW.get(_origin_form(req).partition(b"?")[0], _ALLOW_SERVER)
                          if status == 405 or req.method == b"OPTIONS" else None)

@@ -63,6 +63,15 @@ MISS = "miss"
 GATEWAY_TIMEOUT = "gateway-timeout"   # only-if-cached and nothing usable (RFC 9111 5.2.1.7)
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})   # RFC 9110 9.2.1
+# Fields by which common frameworks take another method or URL than the request line's
+# (method override; Symfony, Zend and IIS's X-Original-URL / X-Rewrite-URL), with their
+# underscore spellings (CGI reads both alike). The cache cannot know what such a request
+# asked for (RFC 9111 3: the method must be understood), and storing the answer under its
+# URL would hand one client's chosen page, or the 404/405 an overridden method earns
+# (the CPDoS "HMO" attack), to everyone.
+OVERRIDES = (b"x-http-method-override", b"x-http-method", b"x-method-override",
+             b"x-original-url", b"x-rewrite-url", b"x_http_method_override", b"x_http_method",
+             b"x_method_override", b"x_original_url", b"x_rewrite_url")
 _INF = math.inf
 
 # RFC 9110 15.4.5: the fields a 304 carries from the selected representation.
@@ -364,6 +373,8 @@ class HttpCache(Revalidation):
         """Decide whether response (to request) may be stored (RFC 9111 3)."""
         if request.method != b"GET":
             return Decision(False, "method")
+        if any(request.get(name) is not None for name in OVERRIDES):
+            return Decision(False, "override")
         status = response.status
         if status < 200 or status in (206, 304):
             return Decision(False, "status")

@@ -8,9 +8,11 @@ bisect, sets, one combined wildcard regex per rule) and matched through per-dime
 bitmasks of rules, cached per client, host, port and method, so a request costs about a
 microsecond however many rules there are.
 
-The URL regex sees the target as the client sent it (`re.search`, no percent-decoding,
-scheme and host in the client's case): block by host where possible, and write `(?i)`
-and encoded forms into URL deny rules, as with Squid's url_regex.
+The URL regex (`re.search`) sees the target normalised as the origin will read it
+(`decision_url`): scheme and host in lowercase, the scheme's default port left out (RFC
+9110 4.2.3), and the path as `targets.decision_path` gives it, so `/%61dmin`, `//admin`
+and `/x/../admin` meet a rule written for `/admin`. The path keeps its case: write
+`(?i)` into rules for case-insensitive origins. Block by host where possible.
 
 Evaluation has two phases, because the destination address is known only after DNS:
 
@@ -32,7 +34,7 @@ Safe defaults (the guards), applied whatever the rules say unless lifted as desc
 * destinations: loopback, private, link-local (169.254.0.0/16 holds cloud metadata
   endpoints such as 169.254.169.254), unspecified, this-network 0.0.0.0/8, CGNAT
   100.64.0.0/10, multicast, reserved/broadcast, and the same addresses embedded in IPv6
-  (IPv4-mapped, NAT64, 6to4) are refused unless `allow_private` is set or the allowing rule
+  (IPv4-mapped and -translated, NAT64, 6to4) are refused unless `allow_private` is set or the allowing rule
   has a `dest` network lying entirely inside such a range (`dest = ["10.1.0.0/16"]` opens
   that network; `dest = ["0.0.0.0/0"]` does not open the metadata endpoint).
 * ports: CONNECT only to `connect_ports` (443 by default: a tunnel to port 25 would make
@@ -69,13 +71,15 @@ import re
 from dataclasses import dataclass, fields
 from typing import Iterable
 
+from fastproxy import _http
 from fastproxy.addresses import (
     DEFAULT_CLIENT_NETS, SPECIAL_SET, CidrSet, address_key, client_key, special_range, within_special)
 from fastproxy.forward.resolver import HostError, is_ip_literal, normalize_host
 from fastproxy.config.schema import dataclass_from_table, is_ascii_number
+from fastproxy.targets import decision_path
 
 __all__ = [
-    "AclRule", "AclConfig", "Acl", "Decision", "HostPatterns", "CidrSet", "PortSet",
+    "AclRule", "AclConfig", "Acl", "Decision", "HostPatterns", "CidrSet", "PortSet", "decision_url",
     "special_range", "address_key", "client_key",
     "DEFAULT", "DEFAULT_CLIENTS", "DEFAULT_PRIVATE", "DEFAULT_CONNECT_PORTS", "DEFAULT_HTTP_PORTS",
 ]
@@ -180,6 +184,23 @@ def _port_range(item, where: str) -> tuple[int, int]:
     if not 1 <= lo <= hi <= 65535:
         raise ValueError(f"{where}: ports must be within 1-65535 with low <= high, got {item!r}")
     return lo, hi
+
+
+def decision_url(url) -> str:
+    """The target as URL rules read it (see the module doc); a CONNECT authority as sent."""
+    raw = url.encode("latin-1") if isinstance(url, str) else bytes(url)
+    if b"://" not in raw:
+        return raw.decode("latin-1")
+    try:
+        scheme, host, port, path = _http.split_absolute(raw)
+    except _http.ParseError:
+        return raw.decode("latin-1")    # the handler answers 400 before any rule runs
+    path, q, query = path.partition(b"?")
+    if b":" in host:
+        host = b"[" + host + b"]"
+    if port != (443 if scheme == b"https" else 80):
+        host += b":%d" % port
+    return (scheme + b"://" + host + decision_path(path) + q + query).decode("latin-1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,7 +504,7 @@ class Acl:
             rule = rules[low.bit_length() - 1]
             if rule.url is not None:
                 if text_url is None:
-                    text_url = url if isinstance(url, str) else bytes(url).decode("latin-1")
+                    text_url = decision_url(url)
                 if rule.url.search(text_url) is None:
                     continue
             if rule.dest is None:

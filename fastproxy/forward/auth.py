@@ -155,14 +155,16 @@ def challenge_header(realm: str) -> bytes:
 
 
 class AuthResult:
-    """Outcome of a credential check: `ok`, the `user` name, and a `reason` for the log."""
+    """Outcome of a credential check: `ok`, the `user` name, a `reason` for the log and
+    `public`, what the client may read (never whether the user name exists)."""
 
-    __slots__ = ("ok", "user", "reason")
+    __slots__ = ("ok", "user", "reason", "public")
 
-    def __init__(self, ok: bool, user: str | None, reason: str) -> None:
+    def __init__(self, ok: bool, user: str | None, reason: str, public: str | None = None) -> None:
         self.ok = ok
         self.user = user
         self.reason = reason
+        self.public = reason if public is None else public
 
     def __repr__(self) -> str:
         return f"AuthResult(ok={self.ok}, user={self.user!r}, reason={self.reason!r})"
@@ -171,6 +173,9 @@ class AuthResult:
 MISSING = AuthResult(False, None, "no Proxy-Authorization")
 BAD_SCHEME = AuthResult(False, None, "authentication scheme is not Basic")
 MALFORMED = AuthResult(False, None, "malformed Basic credentials")
+# One answer for an unknown user and a wrong password: telling them apart would let anyone
+# list the accounts (the dummy scrypt below keeps the timing equal for the same reason).
+REJECTED = "invalid user name or password"
 
 _TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*\Z")  # RFC 9110 11.2
 
@@ -339,10 +344,10 @@ class Authenticator:
         self.verifications += 1
         if entry is None:
             self._dummy.matches(_prep(password))
-            return AuthResult(False, None, f"unknown user {user!r}")
+            return AuthResult(False, None, f"unknown user {user!r}", REJECTED)
         if entry[1].matches(_prep(password)):
             return AuthResult(True, entry[0], "ok")
-        return AuthResult(False, None, f"wrong password for {entry[0]!r}")
+        return AuthResult(False, None, f"wrong password for {entry[0]!r}", REJECTED)
 
     def _remember(self, key: bytes, result: AuthResult) -> None:
         cache, ttl = (self._ok, self.config.cache_ttl) if result.ok else \

@@ -133,7 +133,7 @@ class ForwardHandler:
                 self.rt.loop.create_task(self._verify_then(conn, req, value))
                 return STOP
             if not result.ok:
-                self._challenge(conn, result.reason)
+                self._challenge(conn, result)
                 return STOP
             conn.log_extra = {"user": result.user}
         self._admitted(conn, req)
@@ -146,15 +146,17 @@ class ForwardHandler:
             return
         conn.resume_reading(PAUSE_CONNECTING)
         if not result.ok:
-            self._challenge(conn, result.reason)
+            self._challenge(conn, result)
             return
         conn.log_extra = {"user": result.user}
         self._admitted(conn, req)
 
-    def _challenge(self, conn, reason: str) -> None:
-        # RFC 9110 11.7.1: 407 with Proxy-Authenticate. The body says why, not who exists.
+    def _challenge(self, conn, result) -> None:
+        # RFC 9110 11.7.1: 407 with Proxy-Authenticate. The body says why, not who exists;
+        # the access log keeps the full reason.
         assert self.auth is not None   # only called when the listener authenticates
-        conn.respond_error(407, reason or "proxy authentication required",
+        conn.log_extra = {**(conn.log_extra or {}), "auth": result.reason}
+        conn.respond_error(407, result.public or "proxy authentication required",
                            self.auth.challenge)
 
     def _admitted(self, conn, req) -> None:

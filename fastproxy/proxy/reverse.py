@@ -20,6 +20,7 @@ from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_p
 from fastproxy.proxy.router import normalise_host, render
 from fastproxy.cache.peers import HOP
 from fastproxy.limits import RateLimits
+from fastproxy.targets import decision_path
 
 TARGET_ORIGIN = _http.TARGET_ORIGIN
 TARGET_ABSOLUTE = _http.TARGET_ABSOLUTE
@@ -259,9 +260,10 @@ class ReverseHandler:
                 raise _fixed_answer(conn, req, route, host, path, self.proto)
             group = route.choose(req, conn.client_ip) if route.canary is not None else route.group
             if route.strip or route.rewrite is not None:
+                # The rewrite applies to the path the route matched (router.match).
                 q = path.find(b"?")
-                path = route.rewrite_path(path) if q < 0 else \
-                    route.rewrite_path(path[:q]) + path[q:]
+                path = route.rewrite_path(decision_path(path)) if q < 0 else \
+                    route.rewrite_path(decision_path(path[:q])) + path[q:]
                 start_line = req.method + b" " + path + b" HTTP/1.1"
             key = group.key_fn(req, conn.client_ip) if group.key_fn is not None else 0
             server = group.pick(key)

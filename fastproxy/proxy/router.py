@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastproxy.proxy.shadow import Shadow
+from fastproxy.targets import decision_path
 from fastproxy.upstream.balance import make_key_fn
 
 _VAR_RE = re.compile(rb"\{([a-z_]+)\}")
@@ -377,7 +378,7 @@ class Router:
         if not target.startswith(b"/"):
             return True      # absolute-form: not worth splitting; say it may
         host = normalise_host(host)
-        path = target.partition(b"?")[0]
+        path = decision_path(target.partition(b"?")[0])
         return any(r.matches(host, path) for r in self.unkeyed)
 
     def match(self, host: bytes | None, target: bytes, req=None) -> Route | None:
@@ -389,7 +390,8 @@ class Router:
             return self.only
         host = normalise_host(host)
         q = target.find(b"?")
-        path = target if q < 0 else target[:q]
+        # `/%61dmin` and `/./admin` are `/admin` to the origin: so to the routes too.
+        path = decision_path(target if q < 0 else target[:q])
         for level in self.levels:
             r = level.find(host, path, target, req)
             if r is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from conftest import reverse_config
 from wire import Conn
 
@@ -123,4 +125,26 @@ def test_purge_refuses_urls_no_request_could_name(run_proxy, origin):
             assert "absolute" in json.loads(r.body)["error"], r.body
         c.send(b"POST /cache/purge?url=http://h:8080/x HTTP/1.1\r\nHost: a\r\n"
                b"Content-Length: 0\r\n\r\n")
+        assert c.response().status == 200
+
+
+@pytest.mark.parametrize("field", ["Origin: http://evil.example", "Origin: null",
+                                   "Sec-Fetch-Site: cross-site", "Sec-Fetch-Site: same-site"])
+def test_a_web_page_cannot_make_a_browser_purge_or_reload(run_proxy, origin, field):
+    # CSRF: the admin port has no authentication and a local browser reaches loopback.
+    proxy = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0", cache={"size": "32MiB"}))
+    port = proxy.admin_port()
+    for target in (b"/cache/purge?prefix=http://a/", b"/reload"):
+        with Conn(port) as c:
+            c.send(b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                   b"Content-Length: 0\r\n\r\n" % (port, field.encode()))
+            r = c.response()
+            assert r.status == 403, (target, r.status, r.body)
+    with Conn(port) as c:
+        # The status page's own requests (same origin) and non-browser clients still work.
+        c.send(b"POST /cache/purge?prefix=http://a/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+               b"Origin: http://127.0.0.1:%d\r\nSec-Fetch-Site: same-origin\r\n"
+               b"Content-Length: 0\r\n\r\n" % (port, port))
+        assert c.response().status == 200
+        c.send(b"POST /cache/purge?prefix=http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
         assert c.response().status == 200
