@@ -12,6 +12,9 @@ def is_prime(m: int) -> bool: ...
 def next_prime(m: int) -> int: ...
 def table_size_for(weights: Iterable[int], minimum: int = 0) -> int: ...
 
+class Counted:
+    active: int       # requests in flight (a C field: the balancer updates it per request)
+
 class Core:
     servers: list[Any]
     uses_key: bool    # the policy reads the request's hash key (maglev)

@@ -3,6 +3,10 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
+cdef class Counted:
+    cdef public int64_t active
+
+
 cdef class Core:
     cdef readonly list servers
     cdef dict _index

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fastproxy._hashing import Counted
 from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
 from fastproxy.upstream.breaker import (OutlierDetector, RetryBudget, describe_limit,
                                         limit_reached, retry_methods)
@@ -23,12 +24,12 @@ from fastproxy.upstream.tls import client_context
 PROBE_TIMEOUT = 1.0
 
 
-class Server:
-    """One upstream server and its live state."""
+class Server(Counted):
+    """One upstream server and its live state (`active`, the requests in flight to it that
+    balancers read, is a C field of the compiled base)."""
 
     __slots__ = (
         "host", "port", "weight", "name", "scheme",
-        "active",          # requests in flight to this server (balancers read it)
         "healthy",         # verdict of the active health check
         "ejected_until",   # loop time until which passive detection keeps it out
         "ejections",       # consecutive ejections, for the growing back-off
