@@ -183,7 +183,7 @@ cdef inline uint64_t _has_byte(uint64_t x, uint64_t b) noexcept:
 cdef inline Py_ssize_t _bad_value_byte(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
     """Index of the first byte of p[i:e] not allowed in a field value, else e."""
     cdef uint64_t x
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, start = i
     while i + 8 <= e:
         memcpy(&x, p + i, 8)
         if _has_less(x, 0x20) | _has_byte(x, 0x7f):
@@ -191,6 +191,12 @@ cdef inline Py_ssize_t _bad_value_byte(const uchar* p, Py_ssize_t i, Py_ssize_t 
                 if not (CLS[p[k]] & C_VALUE):
                     return k
         i += 8
+    if i < e and e - start >= 8:
+        # The last 1-7 bytes: one word ending at e (it overlaps checked bytes) instead of
+        # a loop per byte; only a flagged word needs the loop below to find the index.
+        memcpy(&x, p + e - 8, 8)
+        if not (_has_less(x, 0x20) | _has_byte(x, 0x7f)):
+            return e
     while i < e:
         if not (CLS[p[i]] & C_VALUE):
             return i
@@ -646,7 +652,6 @@ cdef class _Message:
         hop-by-hop (RFC 9110 7.6.1), a repeated Content-Length, Upgrade unless kept, and
         the lowercase names in `drop`. forward_c and forward_fields both use it."""
         cdef const uchar* h = self._h()
-        cdef const uchar* nm
         cdef Py_ssize_t k
         cdef Field* f
         cdef int i
@@ -656,15 +661,33 @@ cdef class _Message:
             skip[i] = (f.flags & (F_HOP | F_DUP_CL)) != 0
             if f.flags & F_UPGRADE and not keep_upgrade:
                 skip[i] = 1
+        # The lengths of the dropped names as a bit set: a field whose name length is
+        # not in it (most of them) is passed by one test, not one per dropped name.
+        cdef uint64_t lens = 0
+        cdef bint long_names = False
         for d in drop:
             if not PyBytes_CheckExact(d):
                 raise TypeError("drop must hold lowercase bytes field names")
-            nm = <const uchar*>PyBytes_AS_STRING(d)
             k = PyBytes_GET_SIZE(d)
-            for i in range(self._nf):
-                f = &self._fields[i]
-                if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+            if k < 64:
+                lens |= (<uint64_t>1) << k
+            else:
+                long_names = True
+        if lens == 0 and not long_names:
+            return 0
+        for i in range(self._nf):
+            f = &self._fields[i]
+            if f.name_len < 64:
+                if not ((lens >> f.name_len) & 1):
+                    continue
+            elif not long_names:
+                continue
+            for d in drop:
+                k = PyBytes_GET_SIZE(d)
+                if f.name_len == k and _ieq2(h + f.name_off,
+                                             <const uchar*>PyBytes_AS_STRING(d), k):
                     skip[i] = 1
+                    break
         return 0
 
     cdef list forward_fields(self, tuple drop, bint keep_upgrade):
@@ -1069,6 +1092,11 @@ cdef class _HeadParser:
                 _fail(_BadSyntax, st, "ws_after_start_line", "whitespace before the first field")
             # RFC 9112 5.2: obs-fold is refused; a proxy must not pass it on.
             _fail(_BadSyntax, st, "obs_fold", "obsolete line folding")
+        # Four bytes a step (the field name is the longest per-byte loop of a head);
+        # the last step finds the byte that ends the name.
+        while i + 4 <= e and (CLS[p[i]] & CLS[p[i + 1]] & CLS[p[i + 2]] & CLS[p[i + 3]]
+                              & C_TCHAR):
+            i += 4
         while i < e and CLS[p[i]] & C_TCHAR:
             i += 1
         ne = i
