@@ -91,11 +91,13 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL:
 
 
 cdef class Counted:
-    """Base of upstream servers: `active`, the requests in flight, as a C field.
+    """Base of upstream servers: `active` (requests in flight) and `failures` (the
+    passive health count) as C fields.
 
-    acquire/release run on every proxied request; on a Python object with __slots__ each
-    of their reads and writes of `active` was a descriptor lookup and a new int (about a
-    thousand instructions per request in callgrind). Other duck-typed servers still work.
+    acquire/release run on every proxied request, and the relay reads `failures` after
+    every response; on a Python object with __slots__ each read and write was a
+    descriptor lookup and a new int (about a thousand instructions per request in
+    callgrind). Other duck-typed servers still work.
     """
 
 

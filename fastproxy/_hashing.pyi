@@ -14,6 +14,7 @@ def table_size_for(weights: Iterable[int], minimum: int = 0) -> int: ...
 
 class Counted:
     active: int       # requests in flight (a C field: the balancer updates it per request)
+    failures: int     # consecutive failures (passive health), read after every response
 
 class Core:
     servers: list[Any]

@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 cdef class Counted:
     cdef public int64_t active
+    cdef public int64_t failures
 
 
 cdef class Core:

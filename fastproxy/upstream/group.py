@@ -25,15 +25,15 @@ PROBE_TIMEOUT = 1.0
 
 
 class Server(Counted):
-    """One upstream server and its live state (`active`, the requests in flight to it that
-    balancers read, is a C field of the compiled base)."""
+    """One upstream server and its live state. Two counters are C fields of the compiled
+    base, read on every request: `active` (requests in flight, the balancers' input) and
+    `failures` (consecutive connect failures / 5xx seen, passive health)."""
 
     __slots__ = (
         "host", "port", "weight", "name", "scheme",
         "healthy",         # verdict of the active health check
         "ejected_until",   # loop time until which passive detection keeps it out
         "ejections",       # consecutive ejections, for the growing back-off
-        "failures",        # consecutive connect failures / 5xx seen
         "failures_total", "ejections_total",   # monotonic counts, for /metrics
         "conns",           # open upstream connections (breaker limit)
         "pending",         # requests waiting for a connection to it (breaker limit)
