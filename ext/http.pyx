@@ -729,7 +729,7 @@ cdef class _Message:
         cdef Field* f
         cdef uchar* o
         cdef bytes out
-        cdef Py_ssize_t add_sp = 0
+        cdef Py_ssize_t add_sp = 0, run_s, run_e, ls, ve
         if start_line is None:
             sl = h
             sl_len = self._sl_len
@@ -771,10 +771,28 @@ cdef class _Message:
             o[0] = 13
             o[1] = 10
             o += 2
+            # A field line already written as we write it ("Name: value" CRLF) is copied
+            # as it is, and a run of such lines that follow each other in the head as one
+            # block: most heads are mostly such runs, one memcpy instead of two per field.
+            run_s = run_e = 0
             for i in range(self._nf):
                 if skip[i]:
                     continue
                 f = &self._fields[i]
+                ls = f.name_off
+                ve = f.value_off + f.value_len
+                if (f.value_len and f.value_off == ls + f.name_len + 2
+                        and h[ls + f.name_len] == b':' and h[ls + f.name_len + 1] == 32
+                        and h[ve] == 13 and h[ve + 1] == 10):
+                    if ls != run_e:
+                        memcpy(o, h + run_s, run_e - run_s)
+                        o += run_e - run_s
+                        run_s = ls
+                    run_e = ve + 2
+                    continue
+                memcpy(o, h + run_s, run_e - run_s)
+                o += run_e - run_s
+                run_s = run_e = 0
                 memcpy(o, h + f.name_off, f.name_len)
                 o += f.name_len
                 o[0] = b':'
@@ -786,6 +804,8 @@ cdef class _Message:
                 o[0] = 13
                 o[1] = 10
                 o += 2
+            memcpy(o, h + run_s, run_e - run_s)
+            o += run_e - run_s
             memcpy(o, ex, ex_len)
             o += ex_len
             o[0] = 13
