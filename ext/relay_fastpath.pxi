@@ -116,7 +116,8 @@ cdef class FastForward:
             return X_CONTINUE
         if req._conn_upgrade and req._upgrade_i >= 0:
             return X_CONTINUE    # an Upgrade offer: the handler's upgrade_plan decides
-        if req.method in MAX_FORWARDS_METHODS and req.has_c(MAX_FORWARDS):
+        # The field test first: a frozenset lookup of the method was ~130 instructions.
+        if req.has_c(MAX_FORWARDS) and req.method in MAX_FORWARDS_METHODS:
             return X_CONTINUE
         host = req.get_c(b"host") if req._host_i >= 0 else None
         if host is None:

@@ -77,7 +77,8 @@ cdef class ConnectionPool:
         while idle:
             up = idle.pop()
             t = up.transport
-            if t is not None and not t.is_closing():
+            if t is not None and not (
+                    (<SockTransport>t).closing if type(t) is SockTransport else t.is_closing()):
                 up.reused = True
                 up.deadline = 0.0
                 return up
