@@ -168,7 +168,7 @@ cdef class FastForward:
             extra += TE_CHUNKED
         start_line = None if version != 10 else req.method + b" " + req.target + b" HTTP/1.1"
         head = req.forward_c(start_line, extra, drop, False)
-        group.requests_seen += 1
+        balancer.requests_seen += 1     # the group's retry budget (UpstreamGroup._fold)
         conn.group = group
         conn.hash_key = key
         conn.replay = head

@@ -19,6 +19,9 @@ cdef class Core:
     cdef uint32_t exclude_gen
     cdef readonly int64_t total_active
     cdef readonly int64_t total_weight
+    # First attempts sent since the group's last retry-budget tick (UpstreamGroup._fold):
+    # counted here, a C store per request, not as a Python attribute of the group.
+    cdef public int64_t requests_seen
 
     cdef int _rebuild(self) except -1
     cpdef acquire(self, server)

@@ -123,8 +123,8 @@ class UpstreamGroup:
             pool.on_response = self._on_response
             self.pools[server] = pool
         self.pending = 0  # requests of this group waiting for a new connection
-        # First attempts since the last tick, folded into the retry budget once a tick.
-        self.requests_seen = 0
+        # First attempts since the last tick are counted in self.balancer.requests_seen
+        # (a C field: one store per request) and folded into the retry budget once a tick.
         self._tick: asyncio.TimerHandle | None = None
 
     # -- picking ----------------------------------------------------------------
@@ -162,9 +162,9 @@ class UpstreamGroup:
         return self.retry_budget.try_retry()
 
     def _fold(self) -> None:
-        n = self.requests_seen
+        n = self.balancer.requests_seen
         if n:
-            self.requests_seen = 0
+            self.balancer.requests_seen = 0
             self.retry_budget.record_requests(n)
 
     def _on_tick(self) -> None:
