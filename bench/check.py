@@ -77,15 +77,6 @@ def resolve_options(a: argparse.Namespace) -> tuple[dict, dict[str, float]]:
     return opts, needed
 
 
-def _paired(doc: dict, ours: str, ref: str, size: str) -> list[float]:
-    """Ratios of the two rows' efficiency repeat by repeat (interleaved, so each pair shared a moment)."""
-    def by_repeat(name):
-        return {r["repeat"]: r["req_per_cpu_s"] for r in doc["rows"][name]["runs"]
-                if r.get("size") == size and "failed" not in r and r.get("req_per_cpu_s")}
-    a, b = by_repeat(ours), by_repeat(ref)
-    return [a[k] / b[k] for k in sorted(a.keys() & b.keys())]
-
-
 def verdicts(doc: dict, needed: dict[str, float]) -> list[dict]:
     """One entry per threshold and size: both efficiencies, the ratio, and whether it passes."""
     out = []
@@ -95,7 +86,7 @@ def verdicts(doc: dict, needed: dict[str, float]) -> list[dict]:
             theirs = next((e for e in doc["summary"] if e["row"] == t.reference and e["size"] == size), None)
             a = mine and mine["req_per_cpu_s"]
             b = theirs and theirs["req_per_cpu_s"]
-            paired = _paired(doc, t.ours, t.reference, size)
+            paired = report.paired_ratios(doc, t.ours, t.reference, size)
             # The median of the repeat-by-repeat ratios: a slow moment of the machine hits
             # both rows of a pair, so it moves this less than the ratio of the two medians.
             ratio = statistics.median(paired) if paired else None

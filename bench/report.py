@@ -93,11 +93,25 @@ def summarize(doc: dict) -> None:
         e["ratio_rps"] = e["rps"] / ref["rps"] if ref and ref["rps"] and e["rps"] else None
         e["ratio_eff"] = (e["req_per_cpu_s"] / ref["req_per_cpu_s"]
                           if ref and ref["req_per_cpu_s"] and e["req_per_cpu_s"] else None)
+        # A slow moment of the machine hits both rows of an interleaved pair, so the median of
+        # the repeat-by-repeat ratios moves less than the ratio of the two medians.
+        paired = paired_ratios(doc, e["row"], ref_name, e["size"]) if ref else []
+        e["ratio_eff_paired"] = statistics.median(paired) if paired else None
         for key in ("new_conn_rps", "new_conn_req_per_cpu_s"):
             mine, theirs = e.get(key), ref.get(key) if ref else None
             e["ratio_" + key] = mine / theirs if mine and theirs else None
     doc["summary"] = summary
     doc["busy"] = {"other_cores_median": _median(others), "other_cores_max": max(others, default=None)}
+
+
+def paired_ratios(doc: dict, ours: str, ref: str, size: str) -> list[float]:
+    """Ratios of the two rows' efficiency repeat by repeat (interleaved, so each pair shared a moment)."""
+    def by_repeat(name):
+        return {r["repeat"]: r["req_per_cpu_s"] for r in doc["rows"][name]["runs"]
+                if r.get("size") == size and r.get("connections") in (None, doc["options"]["connections"])
+                and r.get("tool", "wrk") == "wrk" and "failed" not in r and r.get("req_per_cpu_s")}
+    a, b = by_repeat(ours), by_repeat(ref)
+    return [a[k] / b[k] for k in sorted(a.keys() & b.keys())]
 
 
 def imbalance(counts: list[int]) -> float:
@@ -177,6 +191,11 @@ def _ratio(x):
     return "–" if x is None else f"{x:.2f}x"
 
 
+def _paired_note(e: dict) -> str:
+    p = e.get("ratio_eff_paired")
+    return "" if p is None or e.get("ratio_eff") is None or e["samples"] < 2 else f" ({p:.2f}x paired)"
+
+
 def markdown(doc: dict) -> str:
     """Render the results as markdown: a header, one table per group, then the notes."""
     o = doc["options"]
@@ -193,7 +212,8 @@ def markdown(doc: dict) -> str:
         + (f" and `wrk -t1 -c1 -d{o['duration']}s`" if o["c1"] else "")
         + (f" (connections kept alive), and `hey -z {o['duration']}s -c {o['connections']} -disable-keepalive`"
            " (a new connection per request, \"new conn\"; hey reports latency to 0.1 ms)" if new_cols else "")
-        + f", {o['repeats']} interleaved repeat(s), median ± half the min–max range.",
+        + f", {o['repeats']} interleaved repeat(s), median ± half the min–max range; a ratio is of the two "
+        "medians, with the median of the repeat-by-repeat ratios beside it (\"paired\").",
         f"Command: `{doc['command']}`",
     ]
     busy = doc.get("busy", {}).get("other_cores_median")
@@ -227,7 +247,7 @@ def markdown(doc: dict) -> str:
                          _lat(e["p50_ms"], e["p99_ms"]), _num(e["rps_c1"]), _lat(e["p50_c1_ms"], e["p99_c1_ms"]),
                          "–" if e["proxy_cpu_s"] is None else f"{e['proxy_cpu_s']:.2f}",
                          _pm(e["req_per_cpu_s"], e["req_per_cpu_s_spread_pct"]),
-                         _ratio(e["ratio_rps"]), _ratio(e["ratio_eff"])]
+                         _ratio(e["ratio_rps"]), _ratio(e["ratio_eff"]) + _paired_note(e)]
                 if new_cols:
                     warn = " ⚠" if (e.get("new_conn_error_share") or 0) > ERROR_SHARE_FLAG else ""
                     bound = " *" if _hey_bound(e) else ""

@@ -11,7 +11,8 @@ branch would, or returns None and the request goes the Python way
 * the method is GET or HEAD, the target is origin-form, and there is no body, no
   Upgrade, no Cache-Control or Pragma (request directives, RFC 9111 5.2.1, 5.4) and no
   conditional field (If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since,
-  If-Range, nor Range: 304s, preconditions and 206s are Python's);
+  If-Range, nor Range: 304s, preconditions and 206s are Python's), and no Fastproxy-Hop
+  (a fleet peer's request, keyed by its client's scheme);
 * the key namespace + scheme://host/target (as `CacheLayer.key` builds it) holds a
   response that has not expired in the store, or a Vary stub naming only `:coding` (a
   response the listener compresses, issue 13) whose variant for the coding the request
@@ -102,6 +103,9 @@ cdef inline bint defers_to_python(const unsigned char* p, Py_ssize_t n) noexcept
         return name_is(p, n, "pragma", 6)
     if c == b'r':
         return name_is(p, n, "range", 5)     # a 206 from the stored response is Python's
+    if c == b'f':
+        # A fleet peer's hop may be keyed by its client's scheme (cache/peers.py).
+        return name_is(p, n, "fastproxy-hop", 13)
     return False
 
 

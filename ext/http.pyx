@@ -240,7 +240,6 @@ cdef enum:
     K_KEEP_ALIVE
     K_PROXY_CONNECTION
     K_TE
-    K_TRAILER
     K_LOOKALIKE      # Content_Length / Transfer_Encoding: refused, see _analyze
 
 cdef enum:
@@ -284,8 +283,7 @@ cdef uint8_t _classify(const uchar* n, Py_ssize_t k) noexcept:
     elif k == 7:
         if _ieq(n, b"upgrade", 7):
             return K_UPGRADE
-        if _ieq(n, b"trailer", 7):
-            return K_TRAILER
+        # Trailer is end-to-end (RFC 9110 6.6.2, absent from 7.6.1's list): K_OTHER.
     elif k == 6:
         if _ieq(n, b"expect", 6):
             return K_EXPECT
@@ -965,7 +963,7 @@ cdef class _Message:
                 _fail(_BadFraming, 502 if response else 400, "framing_field_lookalike",
                       "Content_Length or Transfer_Encoding field name")
             else:
-                # Keep-Alive, Proxy-Connection, TE, Trailer (RFC 9110 7.6.1).
+                # Keep-Alive, Proxy-Connection, TE (RFC 9110 7.6.1).
                 f.flags |= F_HOP
 
         self.content_length = cl

@@ -128,8 +128,8 @@ class AdminServer:
                         break
                 status, payload, ctype = await self.route(req)
                 keep = req.keep_alive
-                allow = _ALLOW.get(_origin_form(req).partition(b"?")[0]) if status == 405 \
-                    else None
+                allow = (_ALLOW.get(_origin_form(req).partition(b"?")[0], _ALLOW_SERVER)
+                         if status == 405 or req.method == b"OPTIONS" else None)
                 writer.write(_response(status, payload, keep, ctype, req.method == b"HEAD",
                                        allow))
                 await _within(writer.drain(), t.client_send)
@@ -146,6 +146,10 @@ class AdminServer:
         path, _, query = _origin_form(req).decode("latin-1").partition("?")
         method = req.method
         local = req.get(INTERNAL) is not None
+        if method == b"OPTIONS" and (path == "*" or path in _ALLOW_TEXT):
+            # RFC 9110 9.3.7: `OPTIONS *` asks about the server, `OPTIONS /path` about one
+            # endpoint; the answer is the Allow field, with no content.
+            return 200, "", "text/plain; charset=utf-8"
         if path == "/status" or path == "/metrics" or path == "/snapshot":
             if method not in (b"GET", b"HEAD"):
                 return 405, {"error": f"{path} answers GET"}, "application/json"
@@ -285,9 +289,13 @@ def _url_key(raw: str) -> bytes | None:
     """The cache key of an absolute URL given to the admin interface."""
     try:
         p = urlsplit(raw.strip())
+        port = p.port          # ValueError unless digits within 0-65535
     except ValueError:
         return None
-    if p.scheme.lower() not in ("http", "https") or not p.netloc or "@" in p.netloc:
+    if (p.scheme.lower() not in ("http", "https") or not p.hostname or "@" in p.netloc
+            or port == 0):
+        # RFC 3986 3.2.3 / RFC 9110 4.2: no URL names port 0, 99999 or an empty host, and
+        # a purge of one would silently match nothing.
         return None
     target = (p.path or "") + ("?" + p.query if p.query else "")
     return cache_key(p.scheme.encode("latin-1"), p.netloc.encode("latin-1"),
@@ -452,11 +460,13 @@ _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method No
             505: b"HTTP Version Not Supported"}
 
 
-# RFC 9110 15.5.6: a 405 lists the methods the resource answers.
-_ALLOW = {b"/": b"GET, HEAD", b"/reload": b"POST",
-          b"/status": b"GET, HEAD", b"/metrics": b"GET, HEAD", b"/snapshot": b"GET, HEAD",
-          b"/healthz": b"GET, HEAD",
-          b"/cache/purge": b"POST"}
+# RFC 9110 15.5.6: a 405 lists the methods the resource answers (so does an OPTIONS).
+_ALLOW = {b"/": b"GET, HEAD, OPTIONS", b"/reload": b"POST, OPTIONS",
+          b"/status": b"GET, HEAD, OPTIONS", b"/metrics": b"GET, HEAD, OPTIONS",
+          b"/snapshot": b"GET, HEAD, OPTIONS", b"/healthz": b"GET, HEAD, OPTIONS",
+          b"/cache/purge": b"POST, OPTIONS"}
+_ALLOW_TEXT = frozenset(p.decode() for p in _ALLOW)
+_ALLOW_SERVER = b"GET, HEAD, POST, OPTIONS"   # `OPTIONS *`: every method some endpoint takes
 
 
 def _response(status: int, payload, keep: bool, ctype: str = "application/json",

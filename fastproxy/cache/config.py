@@ -30,7 +30,9 @@ class CacheConfig:
     heuristic_max: float = 86400.0       # cap on a heuristic lifetime, seconds
     default_stale_while_revalidate: float = 0.0
     default_stale_if_error: float = 0.0
-    keep_stale: float = 0.0              # keep stale entries without validators this long
+    # Stale entries without validators are kept this long past their lifetime: only a
+    # request's max-stale or stale-if-error can use them (RFC 9111 5.2.1.2, RFC 5861 4).
+    keep_stale: float = 60.0
     cache_name: str = "fastproxy"        # the Cache-Status member name (RFC 9211 2)
     coalesce_timeout: float = 5.0        # waiters give up and go upstream after this
     zero_copy_min: int = 64 << 10        # values this large are served from pinned views

@@ -81,6 +81,43 @@ def parse_cache_control(value: bytes | None) -> CacheControl:
     return out
 
 
+def listed_fields(cc: dict, name: bytes) -> frozenset[bytes] | None:
+    """The field names a qualified `no-cache` or `private` lists (RFC 9111 5.2.2.4, 5.2.2.7).
+
+    None when the directive is absent or unqualified, and when its argument is not a clean
+    list of field names: such a directive is read in its unqualified form, which is the
+    stricter one (the whole response rather than some fields).
+    """
+    arg = cc.get(name)
+    if not arg or not isinstance(arg, bytes):
+        return None
+    names = frozenset(n.lower() for n in split_list([arg]))
+    if not names or not all(_TOKEN.fullmatch(n) for n in names):
+        return None
+    return names
+
+
+def validate_always(cc: dict) -> bool:
+    """Response `no-cache` in its unqualified form: validate before every reuse (5.2.2.4)."""
+    return b"no-cache" in cc and listed_fields(cc, b"no-cache") is None
+
+
+def private_all(cc: dict) -> bool:
+    """Response `private` in its unqualified form: a shared cache stores nothing (5.2.2.7)."""
+    return b"private" in cc and listed_fields(cc, b"private") is None
+
+
+def withheld_fields(cc: dict) -> frozenset[bytes]:
+    """Fields a shared cache stores without: those a qualified `private` or `no-cache` lists.
+
+    RFC 9111 5.2.2.7: a shared cache MUST NOT store the fields `private` names and MAY
+    store the rest; 5.2.2.4: the fields `no-cache` names MUST NOT be sent without
+    validation. Leaving both out of the stored response lets the rest be reused as fresh.
+    """
+    return ((listed_fields(cc, b"private") or frozenset())
+            | (listed_fields(cc, b"no-cache") or frozenset()))
+
+
 def _skip_empty(value: bytes, pos: int) -> int:
     # Past whitespace and empty list members (the pattern always matches, maybe empty).
     m = _LEAD.match(value, pos)
@@ -93,6 +130,14 @@ def delta_seconds(arg: bytes | None) -> int | None:
         return None
     n = int(arg)
     return DELTA_MAX if n > DELTA_MAX else n
+
+
+def directive_seconds(cc: dict, name: bytes, default: float) -> float:
+    """A delta-seconds directive's value (0 when invalid), or `default` when absent."""
+    if name in cc:
+        v = delta_seconds(cc[name])
+        return float(v) if v is not None else 0.0
+    return default
 
 
 def age_value(values: list[bytes]) -> int:

@@ -37,9 +37,9 @@ META = struct.Struct("<BBHIHHddddddH")
 STUB = struct.Struct("<BBHIQ")   # kind, 0, 0, names length, epoch
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus Proxy-Connection (RFC 9112 9.6 notes
-# its use); none may be stored (RFC 9111 3.1).
+# its use); none may be stored (RFC 9111 3.1). Trailer is end-to-end (RFC 9110 6.6.2).
 HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"connection", b"keep-alive", b"proxy-connection", b"te",
     b"transfer-encoding", b"upgrade"})
 
 

@@ -193,10 +193,14 @@ class CacheLayer:
 
     # -- keys -------------------------------------------------------------------
 
-    def key(self, req) -> bytes | None:
-        """The store key of req: namespace + scheme://host/target, normalised (None: unusable)."""
+    def key(self, req, scheme: bytes | None = None) -> bytes | None:
+        """The store key of req: namespace + scheme://host/target, normalised (None: unusable).
+
+        `scheme`: of a fleet peer's hop, when its client used another than this listener's."""
         if req.target_form == TARGET_ORIGIN:
             host = req.host
+            if scheme is not None and scheme != self.scheme:
+                return self.ns + cache_key(scheme, host or b"", req.target)
             prefix = self._prefixes.get(host)
             if prefix is None:
                 # Host is the client's to choose: the memo is bounded.
@@ -241,7 +245,10 @@ class CacheLayer:
         if method == PURGE:
             self.purge(conn, req)
             return
-        key = self.key(req)
+        scheme = None
+        if self.peers is not None and self.peers.trusts(conn, req):
+            scheme = self.peers.hop_scheme(req)   # the asking node's client's scheme
+        key = self.key(req, scheme)
         is_get = method == GET
         if key is None or req.upgrade is not None or (
                 conn.body_kind != BODY_NONE and (is_get or method == HEAD)):
@@ -573,6 +580,8 @@ class _Exchange:
                     # an unconditional request: ask again without the validators.
                     self.replayed = True
                     return False
+            elif status == 200 and req.method == HEAD:
+                cache.freshen(lk, req, resp, self.t_request, now)
             elif status >= 500 and lk.stale_if_error:
                 hit = cache.serve_stale(lk, req, now, status, layer.extra(conn, req))
                 if hit is not None:

@@ -10,7 +10,8 @@ The relay calls, per request and response (duck-typed on the parser's
   upstream), MISS, or GATEWAY_TIMEOUT (only-if-cached, buffers of a 504);
 * `storable(request, response, now)` when the response head arrives, then
   `store(...)` with the whole dechunked body;
-* `refresh(lookup, response, ...)` when a revalidation answers 304;
+* `refresh(lookup, response, ...)` when a revalidation answers 304, `freshen(...)` when
+  a HEAD sent for a stored response answers 200 (both in revalidation.py);
 * `serve_stale(lookup, now, fwd_status)` when upstream fails and the lookup
   allowed stale-if-error;
 * `invalidate(request, status, key_base, location, content_location)` after
@@ -38,15 +39,20 @@ from .directives import (
     CacheControl,
     age_value,
     delta_seconds,
+    directive_seconds,
     format_http_date,
     parse_cache_control,
     parse_etags,
     parse_http_date,
+    private_all,
     split_list,
-    strong_match,
+    validate_always,
     weak_match,
+    withheld_fields,
 )
 from .keys import CODING, origin_of, resolve_ref, variant_key
+from .lookup import Lookup
+from .revalidation import Revalidation
 from .targeted import response_cache_control
 
 # Lookup kinds
@@ -63,36 +69,8 @@ _INF = math.inf
 _NOT_MODIFIED_FIELDS = frozenset({
     b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"})
 
-# RFC 9111 3.2: never replaced by a 304's fields. Content-Length by the rule,
-# the others because the stored body depends on them.
-_NOT_UPDATED = entry.HOP_BY_HOP | {b"content-length", b"content-encoding", b"content-range",
-                                   b"content-type", b"age", b"set-cookie"}
-
 _unpack_meta = entry.META.unpack_from
 _META_SIZE = entry.META.size
-
-
-class Lookup:
-    """What the cache can do for one request."""
-
-    # Class-level defaults: the hit path sets only what differs.
-    buffers: list = []                  # HIT / STALE / GATEWAY_TIMEOUT: write these (in order)
-    status = 200                        # status code of the response in buffers
-    conditional = b""                   # REVALIDATE / STALE: field lines to add upstream
-    key = b""                           # store key of the entry found (refresh target)
-    ttl = 0                             # seconds of freshness left (negative: stale)
-    stale_if_error = False              # serve_stale() allowed if upstream fails
-    stored: entry.Stored | None = None  # the entry (non-HIT kinds)
-    client_304 = False                  # buffers are a 304 for the client's conditional
-    coding: bytes | None = None         # vary-miss: the missing encoded copy's coding
-
-    def __init__(self, kind: str, fwd: str = "", detail: str = "") -> None:
-        self.kind = kind
-        self.fwd = fwd                     # Cache-Status fwd= when going upstream
-        self.detail = detail
-
-    def __repr__(self) -> str:
-        return f"Lookup({self.kind}, fwd={self.fwd!r}, detail={self.detail!r}, ttl={self.ttl})"
 
 
 class Decision:
@@ -147,7 +125,7 @@ def _fail_safe_request(cc) -> dict:
     return strict
 
 
-class HttpCache:
+class HttpCache(Revalidation):
     """The shared HTTP cache of one worker: policy decisions over one RingCache."""
 
     def __init__(self, config: CacheConfig | None = None) -> None:
@@ -401,12 +379,13 @@ class HttpCache:
                 return Decision(False, "must-understand")
         elif b"no-store" in cc:                                # 5.2.2.5
             return Decision(False, "no-store")
-        if b"private" in cc:                                   # 5.2.2.7, qualified or not
+        if private_all(cc):                                    # 5.2.2.7 (qualified: see store)
             return Decision(False, "private")
         if (request.get(b"authorization") is not None          # 3.5
                 and not (b"public" in cc or b"s-maxage" in cc or b"must-revalidate" in cc)):
             return Decision(False, "authorization")
-        if response.get(b"set-cookie") is not None and not self.config.store_set_cookie:
+        if (response.get(b"set-cookie") is not None and not self.config.store_set_cookie
+                and b"set-cookie" not in withheld_fields(cc)):
             return Decision(False, "set-cookie")
         vary_values = response.get_all(b"vary")
         vary = tuple(sorted({v.lower() for v in split_list(vary_values)})) if vary_values else ()
@@ -429,16 +408,16 @@ class HttpCache:
 
     def _may_serve_stale_on_error(self, cc: dict) -> bool:
         # What store() and _may_serve_on_error() will allow, read from the directives.
-        if (b"no-cache" in cc or b"must-revalidate" in cc or b"proxy-revalidate" in cc
+        if (validate_always(cc) or b"must-revalidate" in cc or b"proxy-revalidate" in cc
                 or b"s-maxage" in cc):
             return False
-        return _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
+        return directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error) > 0
 
     @staticmethod
     def _may_be_fresh(response, cc: CacheControl) -> bool:
         # Some freshness lifetime above zero is possible (RFC 9111 4.2.1); heuristic
         # freshness needs Last-Modified, checked by the caller.
-        if b"no-cache" in cc:
+        if validate_always(cc):
             return False
         for name in (b"s-maxage", b"max-age"):
             if name in cc:
@@ -481,13 +460,13 @@ class HttpCache:
         flags = entry.CODED if codings else 0
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
             flags |= entry.MUST_REVALIDATE
-        if b"no-cache" in cc:
+        if validate_always(cc):
             flags |= entry.NO_CACHE
         swr = sie = 0.0
         if not flags & entry.MUST_REVALIDATE:
-            swr = _directive_seconds(cc, b"stale-while-revalidate",
+            swr = directive_seconds(cc, b"stale-while-revalidate",
                                      self.config.default_stale_while_revalidate)
-            sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
+            sie = directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
         if (not (etag or lm_raw) and (lifetime <= 0 or flags & entry.NO_CACHE)
                 and not (sie and not flags & entry.NO_CACHE)):
             return False     # it could never be reused
@@ -499,7 +478,7 @@ class HttpCache:
             vary = tuple(n for n in vary if n != b"accept-encoding") + (CODING,)
             if b"accept-encoding" not in decision.vary:
                 fields = fields + [(b"Vary", b"Accept-Encoding")]
-        head = self._stored_head(response, fields, len(body), date_value)
+        head = self._stored_head(response, fields, len(body), date_value, withheld_fields(cc))
         ims_basis = last_modified if last_modified is not None else date_value
         parts = entry.encode(response.status, flags, head, body, etag, lm_raw, response_time,
                              corrected_initial_age, lifetime, swr, sie, ims_basis, origin)
@@ -553,8 +532,10 @@ class HttpCache:
                        max(0.0, (date_value - last_modified) * self.config.heuristic_fraction))
         return 0.0
 
-    def _stored_head(self, response, fields, body_len: int, date_value: float) -> bytes:
-        drop = entry.HOP_BY_HOP | entry.connection_listed(fields) | {b"age", b"content-length"}
+    def _stored_head(self, response, fields, body_len: int, date_value: float,
+                     withheld: frozenset[bytes]) -> bytes:
+        drop = (entry.HOP_BY_HOP | entry.connection_listed(fields) | withheld
+                | {b"age", b"content-length"})
         if self.config.store_set_cookie:
             drop = drop | {b"set-cookie", b"set-cookie2"}
         kept = [(n, v) for n, v in fields if n.lower() not in drop]
@@ -564,91 +545,7 @@ class HttpCache:
         reason = getattr(response, "reason", b"") or b""
         return entry.build_head(b"HTTP/1.1 %d %s" % (response.status, reason), kept)
 
-    # ------------------------------------------------------------------ revalidation
-
-    def refresh(self, lookup: Lookup, request, response, request_time: float,
-                response_time: float, extra: bytes = b"") -> Lookup | None:
-        """Apply a 304 to the entry lookup revalidated (RFC 9111 4.3.3, 4.3.4).
-
-        Returns a HIT lookup to serve (Cache-Status fwd=stale; fwd-status=304;
-        a 304 again if the client's own conditional matches the refreshed
-        entry), or None when the 304 does not select the stored response: the
-        relay then passes the 304 on if the client's request was conditional,
-        else repeats the request without the conditional fields.
-        """
-        st = lookup.stored
-        if st is None or response.status != 304:
-            return None
-        new_etag = response.get(b"etag")
-        new_lm = response.get(b"last-modified")
-        if new_etag is not None:
-            if new_etag.startswith(b"W/") or st.etag.startswith(b"W/"):
-                if not (st.etag and weak_match(new_etag, st.etag)):
-                    return None
-            elif not strong_match(new_etag, st.etag):
-                return None
-        elif new_lm is not None:
-            if new_lm != st.last_modified:
-                return None
-        status_line, old_fields = entry.parse_head(st.head)
-        new_fields = response.headers()
-        if response.get(b"date") is None:
-            # RFC 9110 6.6.1: a response without Date is dated when received, as store
-            # does; else the entry kept its first Date and the fresh 304 aged from it.
-            new_fields = new_fields + [(b"Date", format_http_date(response_time))]
-        conn = entry.connection_listed(new_fields)
-        replace = {n.lower() for n, _ in new_fields} - _NOT_UPDATED - conn
-        merged = [(n, v) for n, v in old_fields if n.lower() not in replace]
-        merged += [(n, v) for n, v in new_fields if n.lower() in replace]
-        if st.flags & entry.ENCODED:
-            # An encoded copy keeps the weak ETag (the 304 names the identity bytes).
-            merged = [(n, b"W/" + v if n.lower() == b"etag" and not v.startswith(b"W/")
-                       else v) for n, v in merged]
-        if st.flags & entry.CODED and b"vary" in replace and not any(
-                b"accept-encoding" in v.lower() for n, v in merged if n.lower() == b"vary"):
-            merged.append((b"Vary", b"Accept-Encoding"))   # the listener's, whatever the 304 says
-        view = entry.Fields(merged, st.status)
-        cc = response_cache_control(view, self._targeted)
-        if cc.malformed or b"no-store" in cc or b"private" in cc:
-            # The updated response may no longer be stored (RFC 9111 3, 4.3.4): drop the
-            # entry rather than keep serving it; the relay then fetches a full response.
-            self.ring.delete(lookup.key)
-            return None
-
-        date_value = parse_http_date(view.get(b"date")) or response_time
-        corrected_initial_age = max(max(0.0, response_time - date_value),
-                                    age_value(response.get_all(b"age"))
-                                    + max(0.0, response_time - request_time))
-        lm_raw = view.get(b"last-modified") or b""
-        last_modified = parse_http_date(lm_raw) if lm_raw else None
-        lifetime = self._lifetime(view, cc, date_value, last_modified)
-        flags = 0
-        if b"must-revalidate" in cc or b"proxy-revalidate" in cc or b"s-maxage" in cc:
-            flags |= entry.MUST_REVALIDATE
-        if b"no-cache" in cc:
-            flags |= entry.NO_CACHE
-        flags |= st.flags & (entry.ENCODED | entry.CODED)
-        swr = sie = 0.0
-        if not flags & entry.MUST_REVALIDATE:
-            swr = _directive_seconds(cc, b"stale-while-revalidate",
-                                     self.config.default_stale_while_revalidate)
-            sie = _directive_seconds(cc, b"stale-if-error", self.config.default_stale_if_error)
-        head = entry.build_head(status_line, merged)
-        etag = view.get(b"etag") or b""
-        parts = entry.encode(st.status, flags, head, st.body, etag, lm_raw, response_time,
-                             corrected_initial_age, lifetime, swr, sie,
-                             last_modified if last_modified is not None else date_value,
-                             st.origin)
-        value = b"".join(parts)
-        self.ring.set(lookup.key, value, expires=_INF if (etag or lm_raw) else
-                       response_time - corrected_initial_age + lifetime
-                       + max(swr, sie, self.config.keep_stale), now=response_time)
-        fresh = entry.Stored(value)
-        age = fresh.age(response_time)
-        # RFC 9211 2.2: fwd says why it went forward (stale, or the request's directives).
-        fwd = b"request" if lookup.fwd == "request" else b"stale"
-        return self._hit(fresh, lookup.key, request, age, lifetime - age, extra,
-                         status=b"; fwd=" + fwd + b"; fwd-status=304; ttl=%d")
+    # ------------------------------------------------------------------ stale on error
 
     def serve_stale(self, lookup: Lookup, request, now: float, fwd_status: int = 0,
                     extra: bytes = b"") -> Lookup | None:
@@ -727,9 +624,3 @@ class HttpCache:
         """Store counters (hits, misses, inserts, evictions, bytes, ...)."""
         return self.ring.stats()
 
-
-def _directive_seconds(cc: dict, name: bytes, default: float) -> float:
-    if name in cc:
-        v = delta_seconds(cc[name])
-        return float(v) if v is not None else 0.0
-    return default

@@ -64,6 +64,21 @@ def _phrase(status: int) -> str:
         return ""
 
 
+def _peer_claims(req, host: bytes | None) -> bytes:
+    """The X-Forwarded-* lines of a fleet peer's hop (cache/peers.py), passed on as the
+    asking node wrote them: it saw the client and the scheme; this node only sees it."""
+    out = b""
+    xff = req.get(b"x-forwarded-for")
+    if xff:
+        out += b"X-Forwarded-For: " + xff + CRLF
+    proto = (req.get(b"x-forwarded-proto") or b"").lower()
+    out += b"X-Forwarded-Proto: " + (proto if proto in (b"http", b"https") else b"http") + CRLF
+    xfh = req.get(b"x-forwarded-host") or host
+    if xfh:
+        out += b"X-Forwarded-Host: " + xfh + CRLF
+    return out
+
+
 def _fixed_answer(conn, req, route, host: bytes | None, path: bytes, proto: bytes) -> _Fixed:
     """The response of a route's `return` table, variables filled in."""
     status, location, body = route.answer
@@ -265,15 +280,22 @@ class ReverseHandler:
             set_host = host if (host is not None and (self.preserve_host or peer)) else \
                 server.name.encode()
         expect = req.expect_continue
+        peers = self.cache.peers if peer is None and self.cache is not None else None
+        hop = peers is not None and peers.trusts(conn, req)
         if self.xf:
-            ip = conn.client_ip_b
-            xff = req.get(b"x-forwarded-for")
-            extra += b"X-Forwarded-For: " + (xff + b", " + ip if xff else ip) + \
-                b"\r\nX-Forwarded-Proto: " + self.proto + CRLF
-            if host is not None:
-                extra += b"X-Forwarded-Host: " + host + CRLF
+            if hop:
+                extra += _peer_claims(req, host)
+            else:
+                ip = conn.client_ip_b
+                xff = req.get(b"x-forwarded-for")
+                extra += b"X-Forwarded-For: " + (xff + b", " + ip if xff else ip) + \
+                    b"\r\nX-Forwarded-Proto: " + self.proto + CRLF
+                if host is not None:
+                    extra += b"X-Forwarded-Host: " + host + CRLF
         drop = self._drops[(set_host is not None) * 2 + expect]
-        if self.fwd:
+        if self.fwd and not hop:
+            # A peer's hop keeps the Forwarded element the asking node wrote: the fleet
+            # is one proxy to the origin.
             extra += self._forwarded(conn, host)
         if set_host is not None:
             extra += b"Host: " + set_host + CRLF
@@ -290,8 +312,7 @@ class ReverseHandler:
             extra += edits.render({
                 "client_ip": conn.client_ip_b, "host": host or b"", "method": req.method,
                 "path": client_path, "scheme": self.proto} if edits.dynamic else {})
-        if peer is None and self.cache is not None and self.cache.peers is not None \
-                and req.get(HOP) is not None:
+        if peers is not None and req.get(HOP) is not None:
             drop += (HOP,)     # a fleet-internal field: the origin does not see it
         if more:
             extra += more

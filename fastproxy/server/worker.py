@@ -153,7 +153,8 @@ class ListenerRuntime:
                 layer.handler = self.handler
                 me = rt.config.cluster_self
                 if rt.peer_group is not None and me is not None:
-                    layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop)
+                    layer.peers = PeerRing(Server(me.host, me.port).name, rt.peer_group, rt.loop,
+                                           layer.scheme)
                 layer.edits = edits
                 if not self.handler.limit_rate and layer.edits is None \
                         and not os.environ.get("FASTPROXY_NO_FASTPATH"):

@@ -123,6 +123,7 @@ class _Peer:
     def __init__(self, name):
         self.name, self.weight, self.active = name, 1, 0
         self.healthy, self.ejected_until = True, 0.0
+        self.host = "192.0.2.1"     # the address PeerRing trusts hops from (TEST-NET-1)
 
 
 class _Loop:

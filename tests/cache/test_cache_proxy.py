@@ -595,7 +595,7 @@ def test_admin_status_metrics_and_purge(start_proxy, origin):
     r, body = admin(port, "POST", "/cache/purge?url=/relative")
     assert r.status == 400 and "absolute" in json.loads(body)["error"]
     r, _ = admin(port, "GET", "/cache/purge?url=x")
-    assert r.status == 405 and r.getheader("Allow") == "POST"
+    assert r.status == 405 and r.getheader("Allow") == "POST, OPTIONS"
     r, _ = admin(port, "GET", "/nope")
     assert r.status == 404
 

@@ -28,12 +28,13 @@ def node(start_proxy, origin, tmp_path):
     """Factory: a reverse proxy with a local cache and the shared tier on `url`."""
     count = [0]
 
-    def start(url: str, shared: str = "", admin: bool = False):
+    def start(url: str, shared: str = "", admin: bool = False, cache: str = ""):
         count[0] += 1
         path = tmp_path / f"node{count[0]}.toml"
         path.write_text(f"""
 [cache]
 size = "16MiB"
+{cache}
 
 [cache.shared]
 url = "{url}"
@@ -85,7 +86,7 @@ def test_a_second_node_answers_from_the_shared_tier(node, origin, redis_server):
 
 
 def test_the_redis_ttl_follows_freshness(node, origin, redis_server):
-    a = node(redis_server.url)
+    a = node(redis_server.url, cache='keep_stale = "0s"')   # else 60 s more, for max-stale
     get(a, u("shared2", cc="max-age=30"))
     wait_for_key(redis_server, b"fastproxy:*shared2*")
     keys = subprocess.run(["redis-cli", "-p", str(redis_server.port), "--raw", "KEYS", "*shared2*"],

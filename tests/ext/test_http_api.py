@@ -133,10 +133,10 @@ def test_forward_head_drops_hop_by_hop():
            b"Upgrade: h2c\r\nContent-Length: 3\r\nContent-Length: 3\r\nX-Keep:  v \r\n\r\n")
     r = h.RequestParser().feed(raw)
     assert r.forward_head(extra=b"Via: 1.1 fastproxy\r\n") == (
-        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-Keep: v\r\n"
-        b"Via: 1.1 fastproxy\r\n\r\n")
+        b"GET / HTTP/1.1\r\nHost: a\r\nTrailer: X\r\nContent-Length: 3\r\nX-Keep: v\r\n"
+        b"Via: 1.1 fastproxy\r\n\r\n")   # Trailer is end-to-end (RFC 9110 6.6.2)
     assert r.forward_head(b"GET /x HTTP/1.1", drop=(b"x-keep",), keep_upgrade=True) == (
-        b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n")
+        b"GET /x HTTP/1.1\r\nHost: a\r\nTrailer: X\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n")
 
 
 def test_connection_cannot_strip_framing():

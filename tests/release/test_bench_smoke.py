@@ -307,3 +307,24 @@ def test_without_matplotlib_the_run_says_there_is_no_chart(tmp_path):
     assert "bench: no chart: matplotlib is not installed" in res.stderr
     assert "Note: no chart: matplotlib is not installed" in (out / "results.md").read_text()
     assert not (out / "chart.png").exists()
+
+
+def test_paired_ratio_is_the_median_of_repeat_by_repeat_ratios():
+    """Three interleaved repeats, the third a slow moment for fastproxy alone: the paired ratio
+    stays 1.1x where the ratio of the medians says 0.78x; the c1 runs are not paired in."""
+    from bench import report
+
+    def run(rep, eff, **kw):
+        return {"repeat": rep, "size": "100b", "connections": 64, "tool": "wrk", "rps": eff,
+                "req_per_cpu_s": eff, "p50_us": 1, "p99_us": 2, "proxy_cpu_s": 1, "requests": 1,
+                "errors": 0, "closes": 0, "origin_requests": 1, "other_cpu_s": 0,
+                "duration_us": 1e6, **kw}
+    doc = {"options": {"connections": 64, "sizes": ["100b"]},
+           "rows": {"nginx": {"group": "reverse", "runs": [run(0, 100.0), run(1, 50.0), run(2, 90.0),
+                                                            run(0, 2.0, connections=1)]},
+                    "fastproxy": {"group": "reverse", "runs": [run(0, 110.0), run(1, 55.0), run(2, 70.0),
+                                                               run(0, 1.0, connections=1)]}}}
+    report.summarize(doc)
+    ours = next(e for e in doc["summary"] if e["row"] == "fastproxy")
+    assert ours["ratio_eff_paired"] == pytest.approx(1.1), ours
+    assert ours["ratio_eff"] == pytest.approx(70.0 / 90.0), ours

@@ -22,7 +22,7 @@ def test_absolute_form_targets(run_proxy, origin):
         # The 405's Allow is the endpoint's, whatever the target's form.
         c.send(b"POST http://admin.test/metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
         r = c.response()
-        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD, OPTIONS"
 
 
 def test_chunked_request_bodies(run_proxy, origin):
@@ -76,7 +76,7 @@ def test_healthz_is_200_while_serving_and_503_while_draining(run_proxy, origin):
         assert r.status == 200 and r.body == b""
         c.send(b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
         r = c.response()
-        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+        assert r.status == 405 and r.getheader("Allow") == "GET, HEAD, OPTIONS"
     # A request in flight keeps the worker draining; meanwhile a new admin connection
     # is answered 503.
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
@@ -89,3 +89,38 @@ def test_healthz_is_200_while_serving_and_503_while_draining(run_proxy, origin):
             r = c.response()
             assert r.status == 503 and r.body == b"draining\n"
         assert s.recv(100).startswith(b"HTTP/1.1 200 ")   # the request in flight finished
+
+
+def test_options_asks_the_server_or_one_endpoint(run_proxy, origin):
+    """RFC 9110 9.3.7: `OPTIONS *` is about the server in general, `OPTIONS /path` about one
+    resource; a successful answer carries Allow and, with no content, Content-Length 0.
+    `OPTIONS *` was a 404 ("no such admin endpoint: *"), OPTIONS /status a 405."""
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
+    with Conn(p.admin_port()) as c:
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.getheader("Allow") == "GET, HEAD, POST, OPTIONS"
+        assert r.getheader("Content-Length") == "0" and r.body == b""
+        c.send(b"OPTIONS /cache/purge HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.getheader("Allow") == "POST, OPTIONS"
+        c.send(b"OPTIONS /nothing HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert c.response().status == 404
+
+
+def test_purge_refuses_urls_no_request_could_name(run_proxy, origin):
+    """RFC 9110 4.2.1 with RFC 3986 3.2.3: a port is a TCP port, 1-65535. A purge of
+    http://h:99999/ was answered 200 `purged: 0` as if it were a real URL that had nothing
+    stored, hiding the typo from the operator."""
+    import json
+    p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0", cache={"size": "16MiB"}))
+    with Conn(p.admin_port()) as c:
+        for url in ("http://h:99999/x", "http://h:0/x", "http://h:8o/x", "http://:80/x"):
+            c.send(b"POST /cache/purge?url=" + url.encode() + b" HTTP/1.1\r\nHost: a\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+            r = c.response()
+            assert r.status == 400, (url, r.status, r.body)
+            assert "absolute" in json.loads(r.body)["error"], r.body
+        c.send(b"POST /cache/purge?url=http://h:8080/x HTTP/1.1\r\nHost: a\r\n"
+               b"Content-Length: 0\r\n\r\n")
+        assert c.response().status == 200
