@@ -89,7 +89,7 @@ import time
 from functools import partial
 
 from fastproxy import _http
-from fastproxy._hashing cimport Core
+from fastproxy._hashing cimport Core, Counted
 from fastproxy._http cimport (ChunkedDecoder, Request, RequestParser, Response,
                               ResponseParser)
 

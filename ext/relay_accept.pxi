@@ -104,6 +104,18 @@ cdef inline object _part(object data, Py_ssize_t off, Py_ssize_t n):
     return mv[off:] if n < 0 else mv[off:off + n]
 
 
+cdef inline int _body_view(object body, Py_buffer* view) except -1:
+    """A read-only view of body's bytes; 1 when it is a buffer export to release. For a
+    bytes object (the relay's common case, a read from the upstream) its own storage:
+    the export and its release were about 150 instructions per response."""
+    if type(body) is bytes:
+        view.buf = PyBytes_AS_STRING(body)
+        view.len = PyBytes_GET_SIZE(body)
+        return 0
+    PyObject_GetBuffer(body, view, PyBUF_SIMPLE)
+    return 1
+
+
 @cython.freelist(64)
 cdef class SockTransport:
     """An accepted client socket's transport (see the note at the top of this file)."""
@@ -339,11 +351,11 @@ cdef class SockTransport:
     cdef int _write(self, data, int flags) except -1:
         cdef Py_buffer view
         cdef Py_ssize_t n, done = 0
-        cdef int err
+        cdef int err, exported
         if self.wsize:
             self._queue(data, 0)
             return 0
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        exported = _body_view(data, &view)
         try:
             if view.len == 0:
                 return 0
@@ -363,7 +375,8 @@ cdef class SockTransport:
             if done == view.len:
                 return 0
         finally:
-            PyBuffer_Release(&view)
+            if exported:
+                PyBuffer_Release(&view)
         self._queue(data, done)
         return 0
 
@@ -394,7 +407,7 @@ cdef class SockTransport:
         cdef Py_buffer view
         cdef Py_ssize_t hlen = 0, total
         cdef ssize_t r
-        cdef int cnt = 0, err = 0
+        cdef int cnt = 0, err = 0, exported
         cdef char* dst
         if self.closing or self.eof_out or self.fd < 0:
             return 0
@@ -405,7 +418,7 @@ cdef class SockTransport:
             # in the same segment (the note at the top). Copied from the buffers into one
             # new bytes object: a memoryview, its cast and slice and a join were ~2,400
             # instructions of a connection per request.
-            PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+            exported = _body_view(body, &view)
             try:
                 if n < 0 or n > view.len - off:
                     n = view.len - off
@@ -421,13 +434,14 @@ cdef class SockTransport:
                     return 0
                 hlen = 0
             finally:
-                PyBuffer_Release(&view)
+                if exported:
+                    PyBuffer_Release(&view)
         if self.wsize:
             if head is not None:
                 self._queue(head, 0)
             self._queue(_part(body, off, n), 0)
             return 0
-        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+        exported = _body_view(body, &view)
         try:
             if n < 0:
                 n = view.len - off
@@ -451,7 +465,8 @@ cdef class SockTransport:
                 if err != EINTR:
                     break
         finally:
-            PyBuffer_Release(&view)
+            if exported:
+                PyBuffer_Release(&view)
         if r == total:
             return 0
         if r < 0:

@@ -1,6 +1,9 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Fast path: FastForward, ReverseHandler.forward for the common request in C.
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
 # Client-supplied forwarding fields are replaced, never trusted: otherwise a client could
 # claim any address or scheme to the upstream. Their underscore spellings go too: CGI and
 # WSGI servers map "_" and "-" to one name, so X_Forwarded_Proto: https would reach the
@@ -33,6 +36,43 @@ CLIENT_CLAIMS = {
 cdef bytes XFF = b"x-forwarded-for"
 cdef bytes MAX_FORWARDS = b"max-forwards"
 cdef frozenset MAX_FORWARDS_METHODS = frozenset((b"TRACE", b"OPTIONS"))
+
+
+cdef bytes _xf_fields(bytes via, bytes ip, object xff, bytes xfp, bytes host):
+    """via + X-Forwarded-For (appended to the client's) + xfp + X-Forwarded-Host, in one
+    copy: b"".join of these seven parts took a buffer view of each (about 750
+    instructions per request in callgrind, the most of any one call in forward)."""
+    if via is None or ip is None or xfp is None or host is None:
+        raise TypeError("the forwarding fields are bytes")
+    cdef Py_ssize_t n_via = PyBytes_GET_SIZE(via), n_ip = PyBytes_GET_SIZE(ip)
+    cdef Py_ssize_t n_xfp = PyBytes_GET_SIZE(xfp), n_host = PyBytes_GET_SIZE(host)
+    cdef Py_ssize_t n_xff = 0
+    if xff is not None and PyBytes_GET_SIZE(<bytes>xff) > 0:
+        # An empty client list is no element to append to (as ReverseHandler._plan).
+        n_xff = PyBytes_GET_SIZE(<bytes>xff) + 2
+    cdef bytes out = PyBytes_FromStringAndSize(
+        NULL, n_via + 17 + n_xff + n_ip + n_xfp + 18 + n_host + 2)
+    cdef char* o = PyBytes_AS_STRING(out)
+    memcpy(o, PyBytes_AS_STRING(via), n_via)
+    o += n_via
+    memcpy(o, b"X-Forwarded-For: ", 17)
+    o += 17
+    if n_xff:
+        memcpy(o, PyBytes_AS_STRING(<bytes>xff), n_xff - 2)
+        o += n_xff - 2
+        memcpy(o, b", ", 2)
+        o += 2
+    memcpy(o, PyBytes_AS_STRING(ip), n_ip)
+    o += n_ip
+    memcpy(o, PyBytes_AS_STRING(xfp), n_xfp)
+    o += n_xfp
+    memcpy(o, b"X-Forwarded-Host: ", 18)
+    o += 18
+    memcpy(o, PyBytes_AS_STRING(host), n_host)
+    o += n_host
+    o[0] = 13
+    o[1] = 10
+    return out
 
 
 cdef class FastForward:
@@ -86,7 +126,8 @@ cdef class FastForward:
             return X_CONTINUE
         if req._conn_upgrade and req._upgrade_i >= 0:
             return X_CONTINUE    # an Upgrade offer: the handler's upgrade_plan decides
-        if req.method in MAX_FORWARDS_METHODS and req.has_c(MAX_FORWARDS):
+        # The field test first: a frozenset lookup of the method was ~130 instructions.
+        if req.has_c(MAX_FORWARDS) and req.method in MAX_FORWARDS_METHODS:
             return X_CONTINUE
         host = req.get_c(b"host") if req._host_i >= 0 else None
         if host is None:
@@ -131,15 +172,13 @@ cdef class FastForward:
         if self.xf:
             ip = conn.client_ip_b
             xff = req.get_c(XFF)
-            extra = b"".join((extra, b"X-Forwarded-For: ",
-                              ip if xff is None else xff + b", " + ip,
-                              self.xfp, b"X-Forwarded-Host: ", host, CRLF))
+            extra = _xf_fields(extra, ip, xff, self.xfp, host)
         drop = self.claims_expect if expect else self.claims
         if conn.body_kind == BODY_CHUNKED:
             extra += TE_CHUNKED
         start_line = None if version != 10 else req.method + b" " + req.target + b" HTTP/1.1"
         head = req.forward_c(start_line, extra, drop, False)
-        group.requests_seen += 1
+        balancer.requests_seen += 1     # the group's retry budget (UpstreamGroup._fold)
         conn.group = group
         conn.hash_key = key
         conn.replay = head

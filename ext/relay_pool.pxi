@@ -77,7 +77,8 @@ cdef class ConnectionPool:
         while idle:
             up = idle.pop()
             t = up.transport
-            if t is not None and not t.is_closing():
+            if t is not None and not (
+                    (<SockTransport>t).closing if type(t) is SockTransport else t.is_closing()):
                 up.reused = True
                 up.deadline = 0.0
                 return up
@@ -118,7 +119,8 @@ cdef class ConnectionPool:
         cdef Py_ssize_t n = len(self.idle)
         if (not self.closed and (n < self.keepalive or self.purge_delay > 0.0)
                 and up.requests < self.keepalive_requests
-                and t is not None and not t.is_closing()):
+                and t is not None and not (
+                    (<SockTransport>t).closing if type(t) is SockTransport else t.is_closing())):
             up.state = U_IDLE
             up.idle_since = _now()
             # Every idle connection is looked at again after the purge delay (idle_expired);

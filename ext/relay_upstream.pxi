@@ -5,6 +5,13 @@
 # clients reset such a stream).
 cdef tuple NO_LENGTH = (b"content-length",)
 
+cdef inline bint _failures(server) except -1:
+    """True when the server has consecutive failures on record (a C read for ours)."""
+    if isinstance(server, Counted):
+        return (<Counted>server).failures != 0
+    return bool(server.failures)
+
+
 cdef class UpstreamConnection:
     """One connection to an upstream server, reused across exchanges."""
 
@@ -629,7 +636,7 @@ cdef class UpstreamConnection:
             if self.transport is not None:
                 self.transport.resume_reading()
         if self.pool.on_response is not None and (client.status >= 500 or
-                                                  self.pool.server.failures):
+                                                  _failures(self.pool.server)):
             # Passive health: a 5xx counts against the server; a good answer clears its
             # count (only worth a call when there is one to clear).
             self.pool.on_response(self.pool.server, client.status)

@@ -3,6 +3,11 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
+cdef class Counted:
+    cdef public int64_t active
+    cdef public int64_t failures
+
+
 cdef class Core:
     cdef readonly list servers
     cdef dict _index
@@ -14,6 +19,9 @@ cdef class Core:
     cdef uint32_t exclude_gen
     cdef readonly int64_t total_active
     cdef readonly int64_t total_weight
+    # First attempts sent since the group's last retry-budget tick (UpstreamGroup._fold):
+    # counted here, a C store per request, not as a Python attribute of the group.
+    cdef public int64_t requests_seen
 
     cdef int _rebuild(self) except -1
     cpdef acquire(self, server)

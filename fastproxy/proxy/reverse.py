@@ -191,7 +191,7 @@ class ReverseHandler:
             extra = r.extra + observer.status_line() if observer is not None else r.extra
             conn.respond_error(r.status, r.detail, extra)
             return STOP
-        group.requests_seen += 1  # feeds the retry budget
+        group.balancer.requests_seen += 1  # feeds the retry budget
         conn.upgrade_sent = upgrading
         conn.group = group
         conn.hash_key = key

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fastproxy._hashing import Counted
 from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
 from fastproxy.upstream.breaker import (OutlierDetector, RetryBudget, describe_limit,
                                         limit_reached, retry_methods)
@@ -23,16 +24,16 @@ from fastproxy.upstream.tls import client_context
 PROBE_TIMEOUT = 1.0
 
 
-class Server:
-    """One upstream server and its live state."""
+class Server(Counted):
+    """One upstream server and its live state. Two counters are C fields of the compiled
+    base, read on every request: `active` (requests in flight, the balancers' input) and
+    `failures` (consecutive connect failures / 5xx seen, passive health)."""
 
     __slots__ = (
         "host", "port", "weight", "name", "scheme",
-        "active",          # requests in flight to this server (balancers read it)
         "healthy",         # verdict of the active health check
         "ejected_until",   # loop time until which passive detection keeps it out
         "ejections",       # consecutive ejections, for the growing back-off
-        "failures",        # consecutive connect failures / 5xx seen
         "failures_total", "ejections_total",   # monotonic counts, for /metrics
         "conns",           # open upstream connections (breaker limit)
         "pending",         # requests waiting for a connection to it (breaker limit)
@@ -122,8 +123,8 @@ class UpstreamGroup:
             pool.on_response = self._on_response
             self.pools[server] = pool
         self.pending = 0  # requests of this group waiting for a new connection
-        # First attempts since the last tick, folded into the retry budget once a tick.
-        self.requests_seen = 0
+        # First attempts since the last tick are counted in self.balancer.requests_seen
+        # (a C field: one store per request) and folded into the retry budget once a tick.
         self._tick: asyncio.TimerHandle | None = None
 
     # -- picking ----------------------------------------------------------------
@@ -161,9 +162,9 @@ class UpstreamGroup:
         return self.retry_budget.try_retry()
 
     def _fold(self) -> None:
-        n = self.requests_seen
+        n = self.balancer.requests_seen
         if n:
-            self.requests_seen = 0
+            self.balancer.requests_seen = 0
             self.retry_budget.record_requests(n)
 
     def _on_tick(self) -> None:

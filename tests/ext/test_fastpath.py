@@ -30,6 +30,10 @@ CASES = [
     "TRACE /x HTTP/1.1\nHost: h\n\n",
     "GET http://abs.example:8080/p HTTP/1.1\nHost: other\n\n",
     "DELETE /thing HTTP/1.1\nHost: h\nContent-Length: 0\n\n",
+    # The forwarding fields are built in one copy (relay_fastpath._xf_fields): the
+    # client's list, repeated or empty, is appended to like the handler does.
+    "GET / HTTP/1.1\nHost: h:8080\nX-Forwarded-For: 10.0.0.1\nx-forwarded-for: 10.0.0.2\n\n",
+    "GET / HTTP/1.1\nHost: h\nX-Forwarded-For:\n\n",
 ]
 
 

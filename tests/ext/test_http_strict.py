@@ -309,3 +309,39 @@ def test_split_absolute_default_ports():
     assert h.split_absolute(b"ws://a")[2] == 80
     assert h.split_absolute(b"wss://a")[2] == 443
     assert h.split_absolute(b"ftp://a/x") == (b"ftp", b"a", -1, b"/x")
+
+
+@pytest.mark.parametrize("bad", [b"(", b"\x00", b"\x80", b"\x7f", b'"'])
+def test_bad_name_byte_at_every_position(bad):
+    """The field-name scan steps four bytes at a time: a bad byte is found wherever it sits."""
+    for n in range(1, 14):
+        for k in range(n):
+            name = bytearray(b"abcdefghijklm"[:n])
+            name[k:k + 1] = bad
+            raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + bytes(name) + b": v\r\n\r\n"
+            with pytest.raises(h.ParseError) as info:
+                h.RequestParser().feed(raw)
+            assert info.value.code == "bad_field_name", (n, k, raw)
+
+
+@pytest.mark.parametrize("bad", [b"\x01", b"\x7f", b"\x1f"])
+def test_bad_value_byte_at_every_position(bad):
+    """The value scan checks words of eight bytes and the last 1-7 bytes as one word that
+    overlaps checked ones: a control byte is refused at any position of any length."""
+    for n in range(1, 26):
+        for k in range(n):
+            value = bytearray(b"0123456789abcdefghijklmnopq"[:n])
+            value[k:k + 1] = bad
+            raw = b"HTTP/1.1 200 OK\r\nX-V: " + bytes(value) + b"\r\nContent-Length: 0\r\n\r\n"
+            with pytest.raises(h.ParseError) as info:
+                h.ResponseParser().feed(raw)
+            assert info.value.code == "bad_field_value", (n, k, raw)
+
+
+def test_values_of_every_length_parse_whole():
+    """Values of 1 to 25 bytes (with an HTAB and obs-text inside) come back whole."""
+    for n in range(1, 26):
+        value = (b"a\tb\xe9" + b"0123456789abcdefghijklmnopq")[:n].strip(b"\t")
+        raw = b"HTTP/1.1 200 OK\r\nX-Long-Name-Here: " + value + b"\r\nContent-Length: 0\r\n\r\n"
+        resp = h.ResponseParser().feed(raw)
+        assert resp.get(b"x-long-name-here") == value, n
