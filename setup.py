@@ -12,6 +12,14 @@ HERE = Path(__file__).parent
 # Optimise for the machine we build on only when asked: release wheels must run anywhere.
 CFLAGS = ["-O3"] + (["-march=native"] if os.environ.get("FASTPROXY_NATIVE") else [])
 
+# A module's own declarations live in ext/fastproxy/_NAME.pxd, a name Cython's dependency
+# tree does not link to ext/NAME.pyx: after a change to that .pxd alone the generated C
+# stayed, and the import failed ("_hashing.Core size changed"). A stale C file goes.
+for pyx in (HERE / "ext").glob("*.pyx"):
+    generated, pxd = pyx.with_suffix(".c"), HERE / "ext" / "fastproxy" / f"_{pyx.stem}.pxd"
+    if generated.exists() and pxd.exists() and pxd.stat().st_mtime > generated.stat().st_mtime:
+        generated.unlink()
+
 extensions = [
     Extension(f"fastproxy._{pyx.stem}", [f"ext/{pyx.name}"], extra_compile_args=CFLAGS)
     for pyx in sorted((HERE / "ext").glob("*.pyx"))
