@@ -86,6 +86,18 @@ def request(port: int, data: bytes, method: str = "GET") -> http.client.HTTPResp
         return c.response(method)
 
 
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send data on a fresh connection and read until the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
 def crlf(text: str) -> bytes:
     """Readable test input: newlines become CRLF (httptools' test style)."""
     return text.replace("\n", "\r\n").encode("latin-1")

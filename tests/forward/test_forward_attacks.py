@@ -2,25 +2,12 @@
 trusted can learn from or do through a forward listener."""
 import base64
 import json
-import socket
 import time
 
-import pytest
 
 from fastproxy.addresses import special_range
 from fastproxy.forward.auth import hash_password
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send data on a fresh connection and read until the proxy closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
+from wire import exchange
 
 
 def basic(user: str, password: str) -> str:

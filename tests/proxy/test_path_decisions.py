@@ -2,27 +2,15 @@
 `/%61dmin`, `//admin`, `/./admin` and `/x/../admin` are `/admin` to an origin, so a proxy
 that matched the client's bytes would deny one and pass the others. Over real sockets:
 reverse routes over HTTP/1.1 and HTTP/2, and forward URL rules."""
-import socket
 
 import pytest
 
 from h2_client import Client
+from wire import exchange
 
 # What RFC 3986 6.2.2 (and, for `//`, nginx and the common routers) read as /echo.
 SPELLINGS = ["/%65cho", "/%65%63h%6F", "//echo", "/./echo", "/x/../echo", "/%2e/echo",
              "/x/%2E%2E/echo", "/x/y/../../echo"]
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send data on a fresh connection and read until the proxy closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
 
 
 @pytest.fixture

@@ -2,29 +2,17 @@
 by which a client could choose what the application believes (scheme, port, URL, method)
 or what the cache hands to everyone else."""
 import json
-import socket
 
 import pytest
 
 from h2_client import Client
+from wire import exchange
 
 # Fields a framework behind a trusted proxy reads as the proxy's word (relay_fastpath.pxi
 # URL_CLAIMS), in both spellings CGI maps to one name.
 URL_CLAIMS = ["X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Scheme", "X-Forwarded-Ssl",
               "Front-End-Https", "X-Url-Scheme", "X-Original-URL", "X-Rewrite-URL",
               "X_Forwarded_Port", "X_Original_URL"]
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send data on a fresh connection and read until the proxy closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
 
 
 def claims_head() -> str:
