@@ -5,8 +5,9 @@ and caches. With `workers > 1` the master (fastproxy.server.process) binds the a
 and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
 kernel spreads connections among them.
 SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) drain (stop accepting, finish in-flight requests, then exit 0);
-SIGHUP reloads the configuration: new connections use the new configuration,
-connections already open finish on the old one.
+SIGHUP reloads the configuration: new connections and the next request of every open
+HTTP/1.1 connection use the new configuration (exchanges in flight, tunnels and tcp
+connections finish on the old one; HTTP/2 connections get GOAWAY).
 """
 from __future__ import annotations
 
@@ -355,7 +356,7 @@ class Worker:
             await self.gate.serve(sock, factory, tls, self.config.timeouts.client_header)
 
     def reload(self, config: Config) -> bool:
-        """Switch new connections to config; open connections finish on the old one.
+        """Switch new connections and the next request of open ones to config.
 
         False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
@@ -381,6 +382,7 @@ class Worker:
                 new = TcpRuntime(new_rt, lcfg, self.connections)
             else:
                 new = ListenerRuntime(new_rt, lcfg, self.connections, index)
+                lrt_old.relay.successor = new.relay
             lrt_old.holder.current = new
             new.holder = lrt_old.holder
             selector = self.tls.get(new.holder)
@@ -406,6 +408,8 @@ class Worker:
         if old is not None:
             self.old_runtimes.append(old)
             self.loop.create_task(old.stop_checks())
+            self._move_connections()
+            self.loop.create_task(self._close_when_unused(old))
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
         if note is not None:
@@ -413,20 +417,30 @@ class Worker:
         self.restart_note = note
         return True
 
-    def _retire(self, rt: Runtime) -> None:
-        """`drain` seconds after a reload: the old generation's connections close once idle.
+    def _move_connections(self) -> None:
+        """A reload applies to the next request of every open connection, as it does in
+        nginx (old workers close idle connections at once): HTTP/1.1 connections move to the
+        new generation (idle ones now, busy ones once their exchange is done, in the relay),
+        HTTP/2 ones get GOAWAY (their settings went out in SETTINGS; the client reconnects).
+        Exchanges in flight, tunnels and tcp connections finish on the old generation."""
+        for conn in list(self.connections):
+            if type(conn) is ClientConnection:
+                conn.follow()
+            elif type(conn) is h2.H2Server and conn.rt.rt is not self.runtime:
+                conn.drain()
 
-        Its deadlines keep running until the last of them is gone (so none outlives its
-        timeouts, and a cache only it used is freed: WorkerCache.retire); then its
-        groups, deadlines and log close.
-        """
+    def _retire(self, rt: Runtime) -> None:
+        """`drain` seconds after a reload: what still runs on the old generation (a long
+        response, a tunnel, a tcp connection) closes once idle."""
         if rt not in self.old_runtimes:
             return
         for conn in [c for c in self.connections if c.rt.rt is rt]:
             conn.drain()
-        self.loop.create_task(self._close_when_unused(rt))
 
     async def _close_when_unused(self, rt: Runtime) -> None:
+        """Once no connection uses rt, close it. Its deadlines keep running until then (so
+        none outlives its timeouts, and a cache only it used is freed: WorkerCache.retire);
+        then its groups, deadlines and log close."""
         while rt in self.old_runtimes and any(c.rt.rt is rt for c in self.connections):
             await asyncio.sleep(0.5)
         if rt in self.old_runtimes:
