@@ -9,8 +9,10 @@ new upstream, a rate limit) for `timeouts.drain` (30 s by default).
 """
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
+import ssl
 import time
 
 import pytest
@@ -240,3 +242,33 @@ def test_with_two_workers_every_open_connection_moves(start_proxy, origin, secon
             c.close()
     assert vias == ["1.1 g1"] * 8, vias
     assert second_origin.count("/size/3") == 8
+
+
+def test_a_tls_keep_alive_connection_moves_too(start_proxy, origin, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("proxy.test")
+    crt, key = tmp_path / "p.pem", tmp_path / "p.key"
+    crt.write_bytes(b"".join(c.bytes() for c in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key))
+    tls = f'[listeners.tls]\ncert = "{crt}"\nkey = "{key}"\n'
+    cfg = tmp_path / "r.toml"
+    _write(cfg, "g0", origin.url, listener=tls)
+    p = start_proxy("serve", "--config", str(cfg))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.check_hostname = False
+    c = http.client.HTTPSConnection("127.0.0.1", p.port, context=ctx, timeout=10)
+    try:
+        c.request("GET", "/size/3")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"012"
+        sock = c.sock
+        _sighup(p, cfg, "g1", origin.url, listener=tls + DENY)
+        c.request("GET", "/size/3")
+        r = c.getresponse()
+        assert r.read() == b"denied\n" and r.status == 403, \
+            "the open TLS connection kept the old generation"
+        assert c.sock is sock, "the client had to reconnect"
+    finally:
+        c.close()
