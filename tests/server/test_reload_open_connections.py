@@ -72,8 +72,13 @@ def _get(conn: Conn, path: str = "/size/3"):
     return conn.response()
 
 
+@pytest.mark.parametrize("accept", ["compiled", "uvloop"])
 def test_the_next_request_on_an_open_connection_goes_to_the_new_upstream(
-        start_proxy, origin, second_origin, tmp_path):
+        start_proxy, origin, second_origin, tmp_path, monkeypatch, accept):
+    if accept == "uvloop":      # uvloop's server and transports instead of the relay's own
+        monkeypatch.setenv("FASTPROXY_UVLOOP_ACCEPT", "1")
+    else:
+        monkeypatch.delenv("FASTPROXY_UVLOOP_ACCEPT", raising=False)
     cfg = tmp_path / "r.toml"
     _write(cfg, "g0", origin.url)
     p = start_proxy("serve", "--config", str(cfg))
