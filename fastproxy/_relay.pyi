@@ -111,6 +111,8 @@ class ListenerSettings:
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py): None = bodies pass untouched.
     filter_factory: Callable[[bytes, list[tuple[bytes, bytes]], int], Any] | None
     h2_switch: Callable[[Any, bytes], None] | None   # takes a connection on the HTTP/2 preface
+    # The same listener's settings of the next generation (set on reload), or None.
+    successor: ListenerSettings | None
     def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...
 
 class ClientConnection:
@@ -157,6 +159,8 @@ class ClientConnection:
     def take_buffered(self) -> bytes: ...
     def pause_reading(self, why: int) -> None: ...
     def resume_reading(self, why: int) -> None: ...
+    def follow(self) -> None:
+        """A reload: move to the listener's newest generation (idle now, busy after the exchange)."""
     def drain(self) -> None: ...
 
 class UpstreamConnection:
