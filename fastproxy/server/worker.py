@@ -409,7 +409,6 @@ class Worker:
             self.old_runtimes.append(old)
             self.loop.create_task(old.stop_checks())
             self._move_connections()
-            self.loop.create_task(self._close_when_unused(old))
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
         if note is not None:
@@ -431,16 +430,21 @@ class Worker:
 
     def _retire(self, rt: Runtime) -> None:
         """`drain` seconds after a reload: what still runs on the old generation (a long
-        response, a tunnel, a tcp connection) closes once idle."""
+        response, a tunnel, a tcp connection) closes once idle.
+
+        Its deadlines keep running until the last of them is gone (so none outlives its
+        timeouts); then its groups, deadlines and log close. Not sooner, although open
+        connections have moved on at the reload: background work (shadow copies, cache
+        refreshes) may still use its pools and HTTP/2 upstream links. A cache only it used
+        goes with its last connection (WorkerCache.retire).
+        """
         if rt not in self.old_runtimes:
             return
         for conn in [c for c in self.connections if c.rt.rt is rt]:
             conn.drain()
+        self.loop.create_task(self._close_when_unused(rt))
 
     async def _close_when_unused(self, rt: Runtime) -> None:
-        """Once no connection uses rt, close it. Its deadlines keep running until then (so
-        none outlives its timeouts, and a cache only it used is freed: WorkerCache.retire);
-        then its groups, deadlines and log close."""
         while rt in self.old_runtimes and any(c.rt.rt is rt for c in self.connections):
             await asyncio.sleep(0.5)
         if rt in self.old_runtimes:
