@@ -181,6 +181,8 @@ RANGES: dict[str, Callable[[Any], Any]] = {
     # pool-purge-delay, 5s by default); 0 closes them at once (nginx).
     "pool_purge_delay": duration_range(0.0, 3600.0),
     "hash_balance_factor": number_range(1.0, 100.0),
+    # A returning server's ramp to its full weight (HAProxy's slowstart, nginx's slow_start).
+    "slow_start": duration_range(0.0, 3600.0),
 }
 
 
@@ -398,15 +400,24 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
                 table.problem(f"servers[{i}]", f"host {server.host!r} does not resolve "
                                                f'({reason}); or set resolve = "runtime"')
     tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
+    # TCP pools hash the client address by default (a client keeps its server).
+    balance = table.get("balance", _choice(BALANCE_POLICIES), "maglev" if tcp else "round_robin")
+    slow_start = table.get("slow_start", RANGES["slow_start"], 0.0)
+    if slow_start and balance == "maglev":
+        # Ramping a weight rebuilds the Maglev table at every step, and each rebuild moves
+        # keys between servers that never left: caches would churn for the whole window.
+        table.problem("slow_start", 'not applied by balance = "maglev": consistent hashing '
+                      "gives a returning server its own keys back at once (its bounded load, "
+                      "hash_balance_factor, caps its share); use round_robin, least_conn or "
+                      "random2, or remove slow_start")
     group = UpstreamGroupConfig(
         name=name,
         servers=tuple(servers),
-        # TCP pools hash the client address by default (a client keeps its server).
-        balance=table.get("balance", _choice(BALANCE_POLICIES),
-                          "maglev" if tcp else "round_robin"),
+        balance=balance,
         hash_key=table.get("hash_key", _hash_key, "client_ip" if tcp else "path"),
         hash_balance_factor=table.get("hash_balance_factor", RANGES["hash_balance_factor"],
                                       1.25),
+        slow_start=slow_start,
         keepalive=table.get("keepalive", RANGES["keepalive"], 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
         keepalive_requests=table.get("keepalive_requests", RANGES["keepalive_requests"], 10000),
