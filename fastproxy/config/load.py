@@ -82,6 +82,13 @@ class HeaderPolicy:
     via: bool = True
     via_name: str = "fastproxy"
     preserve_host: bool = True
+    # The field that carries each request's id upstream (nginx's $request_id, HAProxy's
+    # unique-id-header), e.g. "X-Request-ID"; "" sends none. The log's $request_id works
+    # either way.
+    request_id: str = ""
+    # Keep a well-formed id the client sent in that field (a balancer in front chose it)
+    # instead of replacing it.
+    request_id_trust: bool = False
 
 
 @dataclass(frozen=True)
@@ -624,10 +631,14 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
     limits = _read_dataclass(top.table("limits"), Limits,
                              {f.name: RANGES[f.name] for f in fields(Limits)})
-    headers = _read_dataclass(top.table("headers"), HeaderPolicy, {
+    headers_t = top.table("headers")
+    headers = _read_dataclass(headers_t, HeaderPolicy, {
         "forwarded": _choice(FORWARDED_MODES), "via": _BOOL, "via_name": _token,
-        "preserve_host": _BOOL,
+        "preserve_host": _BOOL, "request_id": _request_id_field, "request_id_trust": _BOOL,
     })
+    if headers.request_id_trust and not headers.request_id:
+        headers_t.problem("request_id_trust", "needs headers.request_id, the field whose "
+                                              'incoming id to keep (e.g. "X-Request-ID")')
     log_t = top.table("access_log")
     access_log = AccessLog(
         path=log_t.get("path", log_path, None),
@@ -732,6 +743,28 @@ def _label(value: Any) -> str:
     v = _STR(value)
     if _CONTROL_RE.search(v):
         raise ValueError(f"a name cannot hold control characters, got {value!r}")
+    return v
+
+
+# Fields the proxy itself frames, routes or writes: a request id in one of them would
+# break the request or forge what this hop says (RFC 9110 7.6.1, 7.6.3; RFC 9112 6).
+_OWN_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "te",
+                         "upgrade", "keep-alive", "proxy-connection", "trailer", "expect",
+                         "via", "forwarded", "x-forwarded-for", "x-forwarded-proto",
+                         "x-forwarded-host"))
+
+
+def _request_id_field(value: Any) -> str:
+    """headers.request_id: a field name (RFC 9110 5.1 token) the proxy does not own, or ""."""
+    v = _STR(value)
+    if v == "":
+        return v
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v):
+        raise ValueError(f'expected a field name such as "X-Request-ID" (an RFC 9110 '
+                         f'token), or "" for none, got {value!r}')
+    if v.lower() in _OWN_FIELDS:
+        raise ValueError(f"{v!r} is a field the proxy frames or writes itself; "
+                         'use a name of its own such as "X-Request-ID"')
     return v
 
 
