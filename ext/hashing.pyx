@@ -302,6 +302,23 @@ cdef class Core:
         cdef Py_ssize_t i = self._choose(key, has_excluded)
         if i < 0:
             return None
+        return <object>PyList_GET_ITEM(self.servers, i)
+
+    def pick_open(self, uint64_t key=0, exclude=()):
+        """pick(), passing over servers at `max_active` for the policy's next choice.
+
+        The proxy's pick (UpstreamGroup.pick). The relay's compiled fast path calls pick()
+        and, finding the server full, hands the request to the handler, which lands here:
+        so the per-request path of a pool without a cap has no test for it.
+        """
+        cdef bint has_excluded = False
+        if self.n == 0:
+            return None
+        if exclude:
+            has_excluded = self._mark_excluded(exclude)
+        cdef Py_ssize_t i = self._choose(key, has_excluded)
+        if i < 0:
+            return None
         if self.max_active and self.active[i] >= self.max_active:
             i = self._below_cap(key, has_excluded, i)
         return <object>PyList_GET_ITEM(self.servers, i)

@@ -208,12 +208,11 @@ cdef class FastForwardIds(FastForward):
         """Send req upstream with its id field, like the handler would."""
         # Chosen now and kept in the exchange (RequestIds.of), so a request the handler
         # takes over after all (X_CONTINUE) keeps this id.
-        line = self.ids.field(conn, req)
         cdef int version = req.version
         if version == 11:
-            self.via_11 = self.base_11 + line
+            self.via_11 = self.ids.field(conn, req, self.base_11)
         elif version == 20:
-            self.via_20 = self.base_20 + line
+            self.via_20 = self.ids.field(conn, req, self.base_20)
         else:
-            self.via_10 = self.base_10 + line
+            self.via_10 = self.ids.field(conn, req, self.base_10)
         return FastForward.forward(self, conn, req)

@@ -1,7 +1,9 @@
 # Included by ext/relay.pyx (one extension module: see the note there).
 # Request ids: nginx's $request_id, HAProxy's unique-id-format and unique-id-header.
 
+from cpython.unicode cimport PyUnicode_AsASCIIString, PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
 cdef const char* _HEX = b"0123456789abcdef"
 # A trusted incoming id is kept only when it is this short and made of visible ASCII
@@ -70,24 +72,41 @@ cdef class RequestIds:
                 return None
         return v
 
-    cpdef str of(self, conn, Request req):
-        """The id of the exchange `conn` is in (req: its request, or None), chosen now if
-        it has none yet."""
+    cdef bytes _id(self, ClientConnection conn, Request req):
+        """The exchange's id as bytes, chosen now (and kept in log_extra) if it has none."""
         extra = conn.log_extra
         if extra is not None:
             known = (<dict>extra).get("request_id")
             if known is not None:
-                return <str>known
-        rid_b = self._incoming(req)
-        if rid_b is None:
-            rid_b = self._new()
-        rid = (<bytes>rid_b).decode("ascii")
+                return PyUnicode_AsASCIIString(known)
+        rid = self._incoming(req)
+        if rid is None:
+            rid = self._new()
+        text = PyUnicode_DecodeASCII(PyBytes_AS_STRING(<bytes>rid), PyBytes_GET_SIZE(<bytes>rid),
+                                     NULL)
         # A new dict: log_extra may be shared by every request of a route (never mutated).
-        conn.log_extra = {"request_id": rid} if extra is None else \
-            {**<dict>extra, "request_id": rid}
-        return rid
+        conn.log_extra = {"request_id": text} if extra is None else \
+            {**<dict>extra, "request_id": text}
+        return <bytes>rid
 
-    cpdef bytes field(self, conn, Request req):
-        """The field line carrying the request's id upstream (the client's own field of
-        that name is dropped: the handler's drop list holds `lname`)."""
-        return self.line_start + self.of(conn, req).encode("ascii") + b"\r\n"
+    cpdef str of(self, ClientConnection conn, Request req):
+        """The id of the exchange `conn` is in (req: its request, or None), chosen now if
+        it has none yet."""
+        cdef bytes rid = self._id(conn, req)
+        return PyUnicode_DecodeASCII(PyBytes_AS_STRING(rid), PyBytes_GET_SIZE(rid), NULL)
+
+    cpdef bytes field(self, ClientConnection conn, Request req, bytes before=b""):
+        """`before` then the field line carrying the request's id upstream, in one copy
+        (the client's own field of that name is dropped: the handler's drop list holds
+        `lname`)."""
+        cdef bytes rid = self._id(conn, req)
+        cdef Py_ssize_t nb = PyBytes_GET_SIZE(before), ns = PyBytes_GET_SIZE(self.line_start)
+        cdef Py_ssize_t nr = PyBytes_GET_SIZE(rid)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, nb + ns + nr + 2)
+        cdef char* o = PyBytes_AS_STRING(out)
+        memcpy(o, PyBytes_AS_STRING(before), nb)
+        memcpy(o + nb, PyBytes_AS_STRING(self.line_start), ns)
+        memcpy(o + nb + ns, PyBytes_AS_STRING(rid), nr)
+        o[nb + ns + nr] = 13
+        o[nb + ns + nr + 1] = 10
+        return out

@@ -285,7 +285,7 @@ class ReverseHandler:
         extra = self.via_lines[req.version]
         if self.ids is not None:
             # Right after Via, where FastForwardIds puts it too (the same bytes).
-            extra += self.ids.field(conn, req)
+            extra = self.ids.field(conn, req, extra)
         set_host = None
         if route is not None and route.upstream_host is not None:
             set_host = route.upstream_host

@@ -143,8 +143,9 @@ class UpstreamGroup:
     # -- picking ----------------------------------------------------------------
 
     def pick(self, key: int = 0, exclude: Iterable[Server] = ()) -> Server | None:
-        """The server for the next request, or None when no server is eligible."""
-        return self.balancer.pick(key, exclude)
+        """The server for the next request, or None when no server is eligible; a server
+        at per_server_max_requests is passed over while another has room."""
+        return self.balancer.pick_open(key, exclude)
 
     def admit(self, server: Server) -> str | None:
         """The circuit-breaker limit a new request to server would exceed, else None."""
@@ -223,13 +224,6 @@ class UpstreamGroup:
         if self._ramps:
             self._ramp_timer = self.loop.call_later(max(window / RAMP_STEPS, RAMP_MIN_STEP),
                                                     self._ramp_step)
-
-    def ramp_share(self, server: Server) -> float:
-        """The share of its weight `server` gets now: below 1.0 while it slow-starts."""
-        began = self._ramps.get(server)
-        if began is None:
-            return 1.0
-        return min((self.loop.time() - began) / self.config.slow_start, 1.0)
 
     def carry_over(self, old: UpstreamGroup) -> None:
         """Take over what `old` (this group in the previous configuration) learned of the
