@@ -88,6 +88,40 @@ def test_server_back_from_a_failed_check_ramps_to_its_share(run_proxy, origins, 
         f"b has {share(late, b.port):.2f} after the window (more than its weight)"
 
 
+def test_server_back_from_an_ejection_ramps(run_proxy, origins):
+    a, b = origins
+    cfg = reverse_config(a.url, b.url)
+    cfg["upstreams"]["app"].update(
+        balance="round_robin", slow_start=f"{WINDOW}s",
+        outlier={"consecutive_failures": 1, "base_ejection": "60s", "max_ejection": "60s",
+                 "max_ejection_percent": 50, "probe_interval": "0.1s"})
+    p = run_proxy(cfg)
+    port_b = b.port
+    b.stop()
+    with Conn(p.port) as conn:
+        # b refuses connections: ejected at the first failure (the request retried on a).
+        assert share(answers(conn, 0.3), port_b) == 0
+        revived = Origin(port=port_b).start()
+        try:
+            # A probe finds it well and ends the ejection: it ramps from there.
+            samples = answers(conn, WINDOW + 2.5)
+        finally:
+            revived.stop()
+    back = [t for t, port in samples if port == port_b]
+    assert back, "b never came back after its ejection"
+    t0 = back[0]
+    early = [s for s in samples if t0 <= s[0] < t0 + WINDOW * 0.3]
+    late = [s for s in samples if s[0] >= t0 + WINDOW + 0.3]
+    assert len(early) >= 50, f"too few requests in the first part of the window: {len(early)}"
+    assert len(late) >= 50, f"too few requests after the window: {len(late)}"
+    assert share(early, port_b) < 0.3, \
+        f"b took {share(early, port_b):.2f} right after its ejection ended (no ramp)"
+    assert share(late, port_b) > 0.4, \
+        f"b has {share(late, port_b):.2f} after the window (ramp did not reach its share)"
+    assert share(late, port_b) < 0.6, \
+        f"b has {share(late, port_b):.2f} after the window (more than its weight)"
+
+
 def test_server_added_by_a_reload_ramps(run_proxy, origins):
     a, b = origins
     cfg = reverse_config(a.url)
