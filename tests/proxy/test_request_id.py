@@ -15,8 +15,6 @@ import pytest
 from conftest import reverse_config
 from wire import Conn, crlf
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 

@@ -14,8 +14,6 @@ from fastproxy.upstream.group import Server
 from origin import Origin
 from wire import Conn, crlf, request
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 class _Target:
     """What the balancer's key function reads from a request (the target, no fields)."""

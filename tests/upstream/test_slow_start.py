@@ -15,8 +15,6 @@ from fastproxy.testing import to_toml
 from origin import Origin
 from wire import Conn, crlf
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 WINDOW = 3.0       # slow_start of these tests, seconds
 
 
