@@ -205,11 +205,20 @@ cdef class Core:
 
     def ramp(self, server, double share):
         """Give `server` this share (0 to 1) of its weight while it slow-starts; 1 ends it."""
+        cdef bint scaled = bool(self._ramp)
+        cdef Py_ssize_t i
         if share >= 1.0:
             if self._ramp.pop(server, None) is None:
                 return
         else:
             self._ramp[server] = max(share, 0.0)
+        if scaled != bool(self._ramp):
+            # The weights change scale (_set_weights): the round-robin credits earned in
+            # the old one change with them, or the server ahead at the switch would get a
+            # run of turns while the credits in the old scale drain.
+            for i in range(self.n):
+                self.current[i] = self.current[i] // RAMP_UNIT if scaled else \
+                    self.current[i] * RAMP_UNIT
         self._set_weights()
         self._rebuild()
 

@@ -23,7 +23,8 @@ cdef class Core:
     # counted here, a C store per request, not as a Python attribute of the group.
     cdef public int64_t requests_seen
     # Requests in flight one server may hold (the breaker's per_server_max_requests; 0: no
-    # cap): pick passes over a full server instead of handing the proxy one it must refuse.
+    # cap): pick_open passes over a full server instead of handing the proxy one it must
+    # refuse (pick does not look: the relay's fast path checks the cap itself).
     cdef public int64_t max_active
     # Slow start: server -> share of its weight (0 to 1) while it ramps up after returning.
     cdef dict _ramp
