@@ -199,6 +199,19 @@ class FastForward:
     def __init__(self, handler: Any) -> None: ...
     def forward(self, conn: ClientConnection, req: Any) -> bool: ...
 
+class FastForwardIds(FastForward):
+    """FastForward that also sends each request's id upstream (headers.request_id)."""
+
+class RequestIds:
+    """Each request's id (32 hex digits, as nginx's $request_id), chosen once per request."""
+
+    name: bytes
+    lname: bytes
+    trust: bool
+    def __init__(self, name: str | bytes = ..., trust: bool = ...) -> None: ...
+    def of(self, conn: ClientConnection, req: Any | None) -> str: ...
+    def field(self, conn: ClientConnection, req: Any | None, before: bytes = ...) -> bytes: ...
+
 class ForwardRoute:
     """An admission the forward handler memoised (client, destination, method)."""
 

@@ -32,7 +32,7 @@ from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, listener_label, show_size)
 from fastproxy._relay import (Accepting, ClientConnection, ConnectionPool, ListenerSettings,
-                              Counters)
+                              Counters, RequestIds)
 from fastproxy._tls import Terminating
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
@@ -65,9 +65,12 @@ class Runtime:
             for v in (g.connect_timeout, g.read_timeout) if v is not None and v > 0]
         self.deadlines = Deadlines(loop, min(waits) if waits else 1.0)
         self.deadlines.start()
-        al = config.access_log
-        self.access_log = AccessLog(al.path, al.format, loop) if al.path else None
         hp = config.headers
+        # Each request's id ($request_id in the log, headers.request_id upstream).
+        self.request_ids = RequestIds(hp.request_id, hp.request_id_trust)
+        al = config.access_log
+        self.access_log = AccessLog(al.path, al.format, loop, self.request_ids) \
+            if al.path else None
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
         self._tls: dict = {}        # group name -> its upstream TLS context (one per group)
         self.groups = {name: UpstreamGroup(gcfg, self._pool_factory(gcfg), loop)
@@ -235,6 +238,11 @@ class ListenerRuntime:
     def response_via(self) -> bytes:
         """The Via line added to responses (empty when off)."""
         return self.rt.response_via
+
+    @property
+    def request_ids(self) -> RequestIds:
+        """The generation's request ids (headers.request_id, the log's $request_id)."""
+        return self.rt.request_ids
 
 
 def relay_settings(lrt: ListenerRuntime) -> ListenerSettings:
