@@ -1,0 +1,67 @@
+"""The request-target byte check against a Python model of RFC 3986 2 (differential).
+
+Every byte value at every position of a target long enough to cross the parser's
+eight-bytes-at-a-time reads (and their tail), in origin-form and absolute-form, with the
+line fed whole or cut right after the byte (the unfinished-line check must agree), and
+HTTP/2's :path through the codec's own check.
+"""
+from __future__ import annotations
+
+import pytest
+
+from fastproxy import _h2msg
+from fastproxy import _http as h
+
+ALPHANUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# RFC 3986 2.3 unreserved, 2.2 gen-delims except '#' (RFC 9112 3.2: no fragment),
+# 2.2 sub-delims, 2.1 '%'.
+MODEL = frozenset(ALPHANUM + b"-._~" + b":/?[]@" + b"!$&'()*+,;=" + b"%")
+BASE = b"/abcdefghijklmnopqrstu"      # 22 bytes: two full eight-byte reads and a tail
+LINE_ENDS = (10, 13, 32)               # they end the target or the line: other rules
+
+
+def _outcome(raw: bytes, split: int | None = None):
+    p = h.RequestParser()
+    try:
+        if split is None:
+            req = p.feed(raw)
+        else:
+            assert p.feed(raw[:split]) is None, "an unfinished head gave a request"
+            req = p.feed(raw)
+    except h.ParseError as exc:
+        return exc.status, exc.code
+    return 200, req.target
+
+
+@pytest.mark.parametrize("form", ["origin", "absolute"])
+def test_every_byte_at_every_position_matches_the_model(form):
+    prefix = b"" if form == "origin" else b"http://a.example"
+    wrong = []
+    for pos in range(1, len(BASE)):
+        for b in range(256):
+            if b in LINE_ENDS:
+                continue
+            target = prefix + BASE[:pos] + bytes((b,)) + BASE[pos + 1:]
+            raw = b"GET " + target + b" HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            cut = 4 + len(prefix) + pos + 1
+            for split in (None, cut):
+                got = _outcome(raw, split)
+                if b in MODEL:
+                    want = (200, target)
+                else:
+                    want = (400, "fragment_in_target" if b == ord("#") else "bad_target")
+                if got != want:
+                    wrong.append(f"{target!r} split={split}: {got}, expected {want}")
+    assert not wrong, "\n".join(wrong[:40])
+
+
+def test_h2_path_check_matches_the_model():
+    wrong = []
+    for pos in range(1, len(BASE)):
+        for b in range(256):
+            path = BASE[:pos] + bytes((b,)) + BASE[pos + 1:]
+            kind = _h2msg.validate([(b":method", b"GET"), (b":scheme", b"http"),
+                                    (b":path", path), (b":authority", b"a.example")])
+            if (kind is None) != (b in MODEL) or kind not in (None, "pseudo_header"):
+                wrong.append(f"{path!r}: {kind}")
+    assert not wrong, "\n".join(wrong[:40])
