@@ -112,8 +112,9 @@ cdef void _init_tables() noexcept:
     cdef int c
     cdef bytes tchar_extra = b"!#$%&'*+-.^_`|~"
     cdef bytes sub_delims = b"!$&'()*+,;=-._~%"
-    # RFC 3986 2.2 reserved (gen-delims without '#' and '?', sub-delims), 2.3 unreserved, '%'.
-    cdef bytes path_extra = b":/[]@!$&'()*+,;=-._~%"
+    # RFC 3986 2.2 reserved (gen-delims without '#' and '?', sub-delims), 2.3 unreserved;
+    # '%' is checked apart in the path (it must start %HH), a plain byte in the query.
+    cdef bytes path_extra = b":/[]@!$&'()*+,;=-._~"
     for c in range(256):
         CLS[c] = 0
         LOWER[c] = c
@@ -147,7 +148,7 @@ cdef void _init_tables() noexcept:
     # them would refuse real users; a query is not a path an origin resolves.
     for c in path_extra:
         CLS[c] |= C_PATH | C_QUERY
-    for c in b"?\\^`{|}":
+    for c in b"%?\\^`{|}":
         CLS[c] |= C_QUERY
     for c in b"+-.":
         CLS[c] |= C_SCHEME
@@ -241,10 +242,31 @@ cdef inline Py_ssize_t _target_end(const uchar* p, Py_ssize_t i, Py_ssize_t e,
     """Index of the first byte of p[i:e] that cannot be in a request-target, else e;
     `query`: p[i] is past the target's first '?'."""
     if not query:
-        i = _run(p, i, e, C_PATH)
-        if i == e or p[i] != b'?':
-            return i
+        while True:
+            i = _run(p, i, e, C_PATH)
+            # RFC 3986 2.1: '%' starts %HH. In the path only: a malformed escape is read
+            # differently by origins (IIS decodes "%u0061dmin" to "admin", past a route
+            # on /admin); in a query a stray '%' ("?off=100%") is common and harmless.
+            if (i + 2 < e and p[i] == b'%' and CLS[p[i + 1]] & C_HEX
+                    and CLS[p[i + 2]] & C_HEX):
+                i += 3
+                continue
+            if i == e or p[i] != b'?':
+                return i
+            break
     return _run(p, i, e, C_QUERY)
+
+
+cdef inline bint _escape_start(const uchar* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """p[i:n] is '%' and at most one hex digit: an escape whose digits are still to come."""
+    return p[i] == b'%' and (i + 1 == n or (i + 2 == n and CLS[p[i + 1]] & C_HEX))
+
+
+cdef int _bad_target_byte(uchar c) except -1:
+    """Raise the 400 for the first byte _target_end refused (not '#': see the callers)."""
+    if c == b'%':
+        _fail(_BadSyntax, 400, "bad_target", "'%' not followed by two hex digits in the path")
+    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
 
 
 cdef bint target_chars(const uchar* p, Py_ssize_t n) noexcept:
@@ -496,10 +518,11 @@ cdef int _absolute(const uchar* s, Py_ssize_t n, Py_ssize_t* scheme_len, Py_ssiz
             _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
         j += 1
     a1[0] = j
-    if _target_end(s, j, n, False) < n:
+    i = _target_end(s, j, n, False)
+    if i < n:
         if memchr(s + j, b'#', n - j) != NULL:
             _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
-        _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+        _bad_target_byte(s[i])
     if _authority(s + a0[0], j - a0[0], hs, hl, port) < 0:
         _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
     if port[0] == 0:
@@ -1360,13 +1383,14 @@ cdef class RequestParser(_HeadParser):
         if self._pphase == 1:
             # Resumed where the last piece ended: in the query if a '?' came before.
             i = _target_end(h, i, n, memchr(h + self._pt0, b'?', i - self._pt0) != NULL)
-            # A CR in the last byte may be the start of CRLF: wait for more.
-            if i < n and not (h[i] == 13 and i == n - 1):
+            # A CR in the last byte may be the start of CRLF, a '%' in the last two the
+            # start of %HH: wait for more.
+            if i < n and not (h[i] == 13 and i == n - 1) and not _escape_start(h, i, n):
                 if h[i] != 32 or i == self._pt0:
                     if h[i] == b'#':
                         _fail(_BadSyntax, 400, "fragment_in_target",
                               "a request-target has no fragment")
-                    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+                    _bad_target_byte(h[i])
                 self._pphase = 2
         self._pv = i
         return 0
@@ -1398,7 +1422,7 @@ cdef class RequestParser(_HeadParser):
                 _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
             if i >= e:
                 _fail(_BadSyntax, 400, "bad_request_line", "request line without an HTTP version")
-            _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+            _bad_target_byte(h[i])
         self._t_off = t0
         self._t_len = i - t0
         i += 1
