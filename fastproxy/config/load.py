@@ -138,6 +138,9 @@ class Config:
     # (fastproxy.server.reuseport): "round-robin" (an eBPF program) or "hash".
     reuseport_balance: str = "round-robin"
     admin: tuple[str, int] | None = None
+    # Host names the admin interface answers to besides IP literals, localhost and the
+    # admin address's own name (fastproxy.admin.server: DNS rebinding).
+    admin_hosts: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
@@ -494,6 +497,18 @@ def _listen_address(value: Any) -> tuple[str, int]:
     return host, port
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    """A list of DNS names (lowercase, no trailing dot), as a Host field carries them."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of host names, got {value!r}")
+    out = []
+    for item in value:
+        name = _STR(item).lower().rstrip(".")
+        check_host(name)
+        out.append(name)
+    return tuple(out)
+
+
 def _canary_key(value: Any) -> str:
     v = _STR(value)
     if v == "random":
@@ -627,6 +642,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     user = top.get("user", account_name("user"), None)
     group = top.get("group", account_name("group"), None)
     admin = top.get("admin", _listen_address, None)
+    admin_hosts = top.get("admin_hosts", _host_names, ())
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
     limits = _read_dataclass(top.table("limits"), Limits,
@@ -718,6 +734,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         workers=workers,
         reuseport_balance=reuseport_balance,
         admin=admin,
+        admin_hosts=admin_hosts,
         timeouts=timeouts,
         limits=limits,
         headers=headers,
