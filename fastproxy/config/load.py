@@ -589,7 +589,7 @@ def _proxy_protocol(table: _Table) -> tuple[bool, tuple[str, ...]]:
     if on and not nets and not table.has("proxy_protocol_from"):
         table.problem("proxy_protocol_from", "required with proxy_protocol = true: the "
                                              'networks of the balancers, like ["10.0.0.0/8"]')
-    elif not on and table.has("proxy_protocol_from"):
+    elif table.has("proxy_protocol_from") and table.raw("proxy_protocol") in (None, False):
         table.problem("proxy_protocol_from", "set proxy_protocol = true to use it")
     return on, nets
 
