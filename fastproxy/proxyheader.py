@@ -18,7 +18,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-__all__ = ["ProxyHeaderError", "ProxyHeader", "measure", "parse", "build", "V1_MAX", "V2_MAX"]
+__all__ = ["ProxyHeaderError", "ProxyHeader", "measure", "parse", "build", "local_header",
+           "V1_MAX", "V2_MAX"]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -185,6 +186,12 @@ def build(version: str, source: tuple | None, dest: tuple | None) -> bytes:
     fam = 0x11 if family == socket.AF_INET else 0x21     # TCP over IPv4 / IPv6
     body = sa + da + sp.to_bytes(2, "big") + dp.to_bytes(2, "big")
     return V2_SIGNATURE + bytes((0x21, fam)) + len(body).to_bytes(2, "big") + body
+
+
+def local_header(version: str) -> bytes:
+    """The header of a connection made for no client (a health check): v2 LOCAL, v1
+    UNKNOWN; the receiver keeps the socket's addresses."""
+    return b"PROXY UNKNOWN\r\n" if version == "v1" else V2_SIGNATURE + b"\x20\x00\x00\x00"
 
 
 def _packed(addr: tuple | None) -> tuple[int, bytes, int] | None:

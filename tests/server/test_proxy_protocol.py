@@ -449,6 +449,38 @@ def test_tcp_tls_listener_after_header(run_proxy, recording, tmp_path, certs):
     assert recording.got[0] == b"PROXY TCP4 203.0.113.30 127.0.0.1 3333 5000\r\nsecret END"
 
 
+@pytest.mark.parametrize("version, local", [
+    ("v1", b"PROXY UNKNOWN\r\n"), ("v2", V2_SIGNATURE + b"\x20\x00\x00\x00")])
+def test_health_checks_of_send_proxy_group_send_local_header(run_proxy, tmp_path, version,
+                                                              local):
+    """The servers of a send_proxy group expect a header on every connection: the health
+    check's says it speaks for no client (v2 LOCAL, v1 UNKNOWN), then comes its GET."""
+    seen: list[bytes] = []
+
+    def handler(server, s):
+        data = b""
+        while not (b"GET" in data and data.endswith(b"\r\n\r\n")):   # v2 has CRLFCRLF
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        seen.append(data)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    upstream = RawServer(handler)
+    try:
+        cfg = tcp_config(upstream.port, tmp_path, send_proxy=version)
+        cfg["upstreams"]["t"]["health"] = {"mode": "http", "interval": "1s"}
+        run_proxy(cfg)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        upstream.close()
+    assert seen, "no health check arrived"
+    assert seen[0].startswith(local + b"GET / HTTP/1.1\r\n"), seen[0][:80]
+
+
 # --- configuration --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("listener, group, line", [
