@@ -5,6 +5,7 @@ close anything else unanswered; tcp groups with `send_proxy` send one."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
 import struct
@@ -509,3 +510,79 @@ def test_config_errors_name_the_key(tmp_path, listener, group, line):
     problems = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(problems) == 1, r.stderr
     assert line in problems[0], r.stderr
+
+
+# --- interoperability with HAProxy ----------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def haproxy(tmp_path):
+    """Factory: a real HAProxy from a config body (global and defaults given), ready."""
+    exe = shutil.which("haproxy")
+    if exe is None:
+        pytest.skip("haproxy not installed")
+    procs = []
+
+    def start(body: str, port: int):
+        cfg = tmp_path / f"haproxy{len(procs)}.cfg"
+        cfg.write_text("global\n  maxconn 256\ndefaults\n  timeout connect 5s\n"
+                       "  timeout client 30s\n  timeout server 30s\n" + body)
+        proc = subprocess.Popen([exe, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.05)
+        raise AssertionError("haproxy did not listen")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2"])
+def test_haproxy_in_front(run_proxy, origin, tmp_path, haproxy, send):
+    """HAProxy's send-proxy / send-proxy-v2 (with the source it was told to use) is read."""
+    p = run_proxy(reverse(origin, tmp_path))
+    port = free_port()
+    haproxy(f"""frontend f
+  mode http
+  bind 127.0.0.1:{port}
+  http-request set-src req.hdr(x-client)
+  default_backend b
+backend b
+  mode http
+  server s1 127.0.0.1:{p.port} {send}
+""", port)
+    headers = echo(port, b"", extra=b"X-Client: 203.0.113.99\r\n")
+    assert headers["x-forwarded-for"] == "203.0.113.99"
+    headers = echo(port, b"", extra=b"X-Client: 2001:db8::99\r\n")
+    assert headers["x-forwarded-for"] == "2001:db8::99"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_haproxy_behind(run_proxy, tmp_path, haproxy, version):
+    """HAProxy's accept-proxy reads what a tcp group's send_proxy writes: the client our tcp
+    listener read from its own PROXY header."""
+    port = free_port()
+    haproxy(f"""frontend f
+  mode http
+  bind 127.0.0.1:{port} accept-proxy
+  http-request return status 200 content-type text/plain lf-string "%ci %cp"
+""", port)
+    p = run_proxy(tcp_config(port, tmp_path, send_proxy=version, receive=True))
+    out = talk(p.port, b"PROXY TCP4 203.0.113.5 127.0.0.1 4321 80\r\n"
+                       b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    assert out.partition(b"\r\n\r\n")[2] == b"203.0.113.5 4321"
