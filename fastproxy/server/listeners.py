@@ -33,7 +33,7 @@ from collections import deque
 from typing import Any
 
 from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller, loop_poller
-from fastproxy.server.proxied import ProxyAcceptor
+from fastproxy.server.proxied import ProxyAcceptor, Refusals
 
 BACKLOG = 2048
 
@@ -193,6 +193,7 @@ class AcceptGate:
         self.closed = False
         self.direct = not os.environ.get("FASTPROXY_UVLOOP_ACCEPT")
         self.poller: Poller | None = None    # the Acceptors' epoll set, made at first use
+        self.refusals = Refusals(loop)       # proxy_protocol listeners' refused connections
 
     async def serve(self, sock: socket.socket, make, ssl=None,
                     handshake_timeout: float = 60.0, proxied=None) -> None:
@@ -208,7 +209,7 @@ class AcceptGate:
         sock, factory, ssl, _, handshake_timeout, proxied = entry
         if proxied is not None:
             return ProxyAcceptor(self.loop, sock, factory, ssl, handshake_timeout,
-                                 proxied).start()
+                                 proxied, self.refusals).start()
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
                 self.poller = loop_poller(self.loop)
@@ -310,4 +311,5 @@ class AcceptGate:
     def stats(self) -> dict:
         """Numbers for the admin interface."""
         return {"max_connections": self.limit(), "accept_paused": int(self.paused),
-                "accept_pauses": self.pauses, "waiting": len(self.waiting)}
+                "accept_pauses": self.pauses, "waiting": len(self.waiting),
+                "proxy_refused": self.refusals.count}

@@ -20,7 +20,10 @@ accept path of every other listener is untouched. Per connection:
    header (a balancer's health check) or v1 UNKNOWN keeps the socket's own addresses.
 
 The header wait counts against no limit but its own timeout: connections that have not
-sent one are not yet in max_connections (only trusted peers get this far).
+sent one are not yet in max_connections (only trusted peers get this far). Refused
+connections are counted (the admin's `limits.proxy_refused`) and, at most once per
+REFUSAL_LOG_EVERY seconds, a warning says why: a balancer that sends no header or the wrong
+version is otherwise only silence.
 """
 from __future__ import annotations
 
@@ -30,10 +33,38 @@ import os
 import socket
 from typing import Any
 
+from fastproxy.errorlog import event
 from fastproxy.proxyheader import V2_MAX, ProxyHeaderError, measure, parse
 
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 0.5      # after EMFILE and the like, as the compiled Acceptor does
+REFUSAL_LOG_EVERY = 10.0
+
+
+class Refusals:
+    """A worker's count of connections refused on proxy_protocol listeners, and the
+    rate-limited warning that names the latest one."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.count = 0
+        self.logged_at = -REFUSAL_LOG_EVERY
+        self.unlogged = 0
+
+    def refuse(self, peer, reason: str) -> None:
+        """One connection closed unanswered: peer (host, port, ...) and why."""
+        self.count += 1
+        now = self.loop.time()
+        if now - self.logged_at < REFUSAL_LOG_EVERY:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more since the last such line)" if self.unlogged else ""
+        self.logged_at = now
+        self.unlogged = 0
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        event("warning", "proxy_protocol.refused",
+              f"PROXY protocol: closed a connection from {host}: {reason}{more}",
+              client=host, reason=reason)
 
 
 class Trusted:
@@ -113,7 +144,7 @@ class ProxyAcceptor:
     note); start/close as the gate's other servers (close stops accepting only)."""
 
     def __init__(self, loop, sock: socket.socket, factory, ssl, handshake_timeout: float,
-                 holder) -> None:
+                 holder, refusals: Refusals) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
@@ -125,7 +156,7 @@ class ProxyAcceptor:
         self.trusted_from: tuple = ()
         self.active = False
         self.retry = None
-        self.refused = 0              # connections closed: untrusted peer or bad header
+        self.refusals = refusals
 
     def start(self) -> "ProxyAcceptor":
         """Start accepting; returns self (what AcceptGate keeps as the listener's server)."""
@@ -171,8 +202,8 @@ class ProxyAcceptor:
                                f"again in {ACCEPT_RETRY:g}s", "exception": exc})
                 return
             if not (isinstance(addr, tuple) and addr[0] in trusted):
-                self.refused += 1
                 conn.close()
+                self.refusals.refuse(addr, "not in proxy_protocol_from")
                 continue
             conn.setblocking(False)
             _HeaderRead(self, conn, addr, timeout)
@@ -196,25 +227,34 @@ class ProxyAcceptor:
     async def _handed(self, task, conn: socket.socket) -> None:
         try:
             await task
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (OSError, asyncio.TimeoutError):
             conn.close()   # a TLS handshake that failed or timed out: the socket goes
+        except Exception as exc:   # the protocol factory failed: the socket is not left open
+            conn.close()
+            self.loop.call_exception_handler({"message": "accept: no protocol",
+                                              "exception": exc})
 
 
 class _HeaderRead:
     """One accepted connection whose PROXY header is being read."""
 
-    __slots__ = ("acceptor", "conn", "fd", "got", "timer")
+    __slots__ = ("acceptor", "conn", "peer", "fd", "got", "timer")
 
     def __init__(self, acceptor: ProxyAcceptor, conn: socket.socket, addr, timeout: float):
         self.acceptor = acceptor
         self.conn = conn
+        self.peer = addr
         self.fd = conn.fileno()
         self.got = b""
-        loop = acceptor.loop
-        self.timer = loop.call_later(timeout, self._fail)
-        loop.add_reader(self.fd, self._readable)
-        # The header is normally in the accept's first segment: read it now.
+        self.timer = None
+        # The header is normally in the accept's first segment (with TCP_DEFER_ACCEPT
+        # always): read it now, and poll only if it is not all there.
         self._readable()
+        if self.conn is not None:
+            loop = acceptor.loop
+            self.timer = loop.call_later(timeout, self._fail, "no complete header within "
+                                         "timeouts.client_header")
+            loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
         if self.conn is None:
@@ -223,35 +263,40 @@ class _HeaderRead:
             data = self.got + self.conn.recv(V2_MAX - len(self.got), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            self._fail()
+        except OSError as exc:
+            self._fail(exc.strerror or str(exc))
             return
-        if len(data) == len(self.got):   # end of stream before the header ended
-            self._fail()
+        if len(data) == len(self.got):
+            self._fail("closed before the header ended" if data else "closed without a header")
             return
         try:
             size, done = measure(data)
             # Take exactly the header's bytes; what follows is the next protocol's.
             self.got += self.conn.recv(size - len(self.got))
             header = parse(self.got) if done else None
-        except (ProxyHeaderError, OSError):
-            self._fail()
+        except ProxyHeaderError as exc:
+            self._fail(str(exc))
+            return
+        except OSError as exc:
+            self._fail(exc.strerror or str(exc))
             return
         if header is None:
             return
-        loop = self.acceptor.loop
-        loop.remove_reader(self.fd)
-        self.timer.cancel()
+        self._stop()
         conn, self.conn = self.conn, None
         self.acceptor.hand_over(conn, header.source, header.dest)
 
-    def _fail(self) -> None:
+    def _stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.acceptor.loop.remove_reader(self.fd)
+
+    def _fail(self, reason: str) -> None:
         """No valid header (or none in time): close without a word."""
         if self.conn is None:
             return
-        self.acceptor.refused += 1
-        self.acceptor.loop.remove_reader(self.fd)
-        self.timer.cancel()
+        self._stop()
+        self.acceptor.refusals.refuse(self.peer, reason)
         conn, self.conn = self.conn, None
         # RST rather than FIN: nothing was answered and nothing will be.
         try:

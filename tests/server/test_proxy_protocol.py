@@ -231,11 +231,24 @@ def test_bad_header_closes_unanswered(run_proxy, origin, tmp_path, data):
         == "203.0.113.8"
 
 
-def test_untrusted_peer_is_closed(run_proxy, origin, tmp_path):
-    p = run_proxy(reverse(origin, tmp_path, networks=["192.0.2.0/24"]))
-    assert talk(p.port, b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
-                        b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+def test_untrusted_peer_is_closed_counted_and_logged(run_proxy, origin, tmp_path):
+    cfg = reverse(origin, tmp_path, networks=["192.0.2.0/24"])
+    cfg["admin"] = "127.0.0.1:0"
+    p = run_proxy(cfg)
+    for _ in range(3):
+        assert talk(p.port, b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
+                            b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n") == b""
     assert origin.count("/echo") == 0
+    with socket.create_connection(("127.0.0.1", p.admin_port()), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        metrics = b""
+        while chunk := s.recv(65536):
+            metrics += chunk
+    assert b"\nfastproxy_proxy_protocol_refused_total 3\n" in metrics
+    # One warning line for the burst (rate-limited), naming the peer and the reason.
+    lines = [x for x in p.stderr_lines if "PROXY protocol" in x]
+    assert len(lines) == 1, lines
+    assert "127.0.0.1: not in proxy_protocol_from" in lines[0]
 
 
 def test_slow_header_times_out(run_proxy, origin, tmp_path):
