@@ -207,13 +207,16 @@ class AcceptGate:
 
     async def _open(self, entry) -> asyncio.AbstractServer | Acceptor | ProxyAcceptor:
         sock, factory, ssl, _, handshake_timeout, proxied = entry
-        if proxied is not None:
-            return ProxyAcceptor(self.loop, sock, factory, ssl, handshake_timeout,
-                                 proxied, self.refusals).start()
+        poller = None
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
                 self.poller = loop_poller(self.loop)
-            return Acceptor(sock, factory, self.poller).start()
+            poller = self.poller
+        if proxied is not None:
+            return ProxyAcceptor(self.loop, sock, factory, ssl, handshake_timeout,
+                                 proxied, self.refusals, poller).start()
+        if poller is not None:
+            return Acceptor(sock, factory, poller).start()
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
         if ssl is None:
             return await self.loop.create_server(factory, sock=sock.dup(), backlog=BACKLOG)

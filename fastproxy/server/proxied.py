@@ -12,12 +12,15 @@ accept path of every other listener is untouched. Per connection:
    protocol that comes next; a header that is missing, malformed, too long or not complete
    within timeouts.client_header closes the connection without an answer (the spec: a
    receiver must not guess);
-3. the socket goes to uvloop (`connect_accepted_socket`, with the listener's TLS context for
-   a TLS tcp listener) and the listener's protocol factory, exactly as uvloop's server would
-   have done it; the protocol's transport is a `PeerTransport` whose peername (and
-   sockname) are the header's, so the access log, X-Forwarded-For and Forwarded, the rate
-   limits, the forward ACL, client_ip hashing and TCP mode all see the client. A v2 LOCAL
-   header (a balancer's health check) or v1 UNKNOWN keeps the socket's own addresses.
+3. a plain HTTP/1.1 listener's socket goes to the relay's compiled accept path
+   (fastproxy._relay.adopt, as if its Acceptor had accepted it) with the header's client
+   as its peer; any other (TLS, tcp) goes to uvloop (`connect_accepted_socket`, with the
+   listener's TLS context for a TLS tcp listener) and the listener's protocol factory,
+   exactly as uvloop's server would have done it, the protocol's transport being a
+   `PeerTransport` whose peername and sockname are the header's. So the access log,
+   X-Forwarded-For and Forwarded, the rate limits, the forward ACL, client_ip hashing and
+   TCP mode all see the client. A v2 LOCAL header (a balancer's health check) or v1
+   UNKNOWN keeps the socket's own addresses.
 
 The header wait counts against no limit but its own timeout: connections that have not
 sent one are not yet in max_connections (only trusted peers get this far). Refused
@@ -33,6 +36,7 @@ import os
 import socket
 from typing import Any
 
+from fastproxy._relay import adopt
 from fastproxy.errorlog import event
 from fastproxy.proxyheader import V2_MAX, ProxyHeaderError, measure, parse
 
@@ -144,7 +148,7 @@ class ProxyAcceptor:
     note); start/close as the gate's other servers (close stops accepting only)."""
 
     def __init__(self, loop, sock: socket.socket, factory, ssl, handshake_timeout: float,
-                 holder, refusals: Refusals) -> None:
+                 holder, refusals: Refusals, poller=None) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
@@ -157,6 +161,7 @@ class ProxyAcceptor:
         self.active = False
         self.retry = None
         self.refusals = refusals
+        self.poller = poller          # the worker's epoll set: a plain HTTP/1.1 listener
 
     def start(self) -> "ProxyAcceptor":
         """Start accepting; returns self (what AcceptGate keeps as the listener's server)."""
@@ -216,6 +221,9 @@ class ProxyAcceptor:
     def hand_over(self, conn: socket.socket, peer: tuple | None, dest: tuple | None) -> None:
         """The header is read: the listener's protocol gets the socket, as if just accepted."""
         factory = self.factory
+        if self.poller is not None:
+            self._adopt(conn, peer)
+            return
         make = factory if peer is None else (lambda: _Renamed(factory(), peer, dest))
         if self.ssl is None:
             task = self.loop.connect_accepted_socket(make, conn)
@@ -223,6 +231,21 @@ class ProxyAcceptor:
             task = self.loop.connect_accepted_socket(
                 make, conn, ssl=self.ssl, ssl_handshake_timeout=self.handshake_timeout)
         self.loop.create_task(self._handed(task, conn))
+
+    def _adopt(self, conn: socket.socket, peer: tuple | None) -> None:
+        try:
+            if peer is None:
+                peer = conn.getpeername()
+            family = socket.AF_INET6 if len(peer) == 4 else socket.AF_INET
+            packed = socket.inet_pton(family, peer[0].split("%", 1)[0])
+        except OSError:     # reset meanwhile
+            conn.close()
+            return
+        try:
+            adopt(self.factory, self.poller, conn.detach(), family, packed, peer[1])
+        except Exception as exc:   # adopt closed the socket
+            self.loop.call_exception_handler({"message": "accept: no protocol",
+                                              "exception": exc})
 
     async def _handed(self, task, conn: socket.socket) -> None:
         try:
