@@ -5,6 +5,7 @@ close anything else unanswered; tcp groups with `send_proxy` send one."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -23,6 +24,11 @@ from h2_client import Client
 from wire import RawServer
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
+# Plain HTTP listeners hand the socket to the compiled accept path after the header; with
+# FASTPROXY_UVLOOP_ACCEPT to uvloop's transport (the path TLS and tcp listeners take).
+ACCEPT_PATHS = pytest.mark.parametrize("env", [None, {**os.environ,
+                                                      "FASTPROXY_UVLOOP_ACCEPT": "1"}],
+                                       ids=["compiled", "uvloop"])
 
 
 def v2(cmd: int, fam: int, body: bytes) -> bytes:
@@ -177,8 +183,9 @@ def log_entries(path, n: int) -> list[dict]:
     (b"PROXY UNKNOWN\r\n", "127.0.0.1"),
     (v2(0, 0x11, bytes(12)), "127.0.0.1"),
 ])
-def test_header_address_is_the_client(run_proxy, origin, tmp_path, header, client):
-    p = run_proxy(reverse(origin, tmp_path))
+@ACCEPT_PATHS
+def test_header_address_is_the_client(run_proxy, origin, tmp_path, header, client, env):
+    p = run_proxy(reverse(origin, tmp_path), env=env)
     assert echo(p.port, header)["x-forwarded-for"] == client
     assert log_entries(tmp_path / "access.log", 1)[0]["client"] == client
 
@@ -331,8 +338,9 @@ def test_tls_after_header_http1_and_h2(run_proxy, origin, tmp_path, certs):
     assert dict(json.loads(body)["headers"])["X-Forwarded-For"] == "203.0.113.22"
 
 
-def test_h2_prior_knowledge_after_header(run_proxy, origin, tmp_path):
-    p = run_proxy(reverse(origin, tmp_path))
+@ACCEPT_PATHS
+def test_h2_prior_knowledge_after_header(run_proxy, origin, tmp_path, env):
+    p = run_proxy(reverse(origin, tmp_path), env=env)
     c = Client(p.port, tls=HeaderFirst(None, b"PROXY TCP6 2001:db8::5 ::1 1 80\r\n"))
     status, _, body = c.get("/echo")
     assert status == 200
