@@ -37,6 +37,7 @@ import socket
 from typing import Any
 
 from fastproxy._relay import adopt
+from fastproxy.addresses import CidrSet, client_key
 from fastproxy.errorlog import event
 from fastproxy.proxyheader import V2_MAX, ProxyHeaderError, measure, parse
 
@@ -74,28 +75,18 @@ class Refusals:
 class Trusted:
     """The networks whose connections may carry a PROXY header (`proxy_protocol_from`).
 
-    Exact membership: an IPv4-mapped IPv6 peer is its IPv4 address, but no other IPv6 form
-    that embeds an IPv4 address (6to4, NAT64) counts as that address here: those prefixes
-    are routable from anywhere, and trust must not follow them."""
+    Membership as every client rule has it (addresses.client_key): an IPv4-mapped IPv6 peer
+    is its IPv4 address, a 6to4 or NAT64 one is not (those prefixes are routable from
+    anywhere, and trust must not follow them)."""
 
     def __init__(self, networks) -> None:
-        self.networks = tuple(ipaddress.ip_network(n) for n in networks)
-        self._seen: dict[str, bool] = {}
+        self.networks = CidrSet(ipaddress.ip_network(n) for n in networks)
 
     def __contains__(self, host: str) -> bool:
-        found = self._seen.get(host)
-        if found is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%", 1)[0])
-            except ValueError:
-                return False
-            if ip.version == 6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            found = any(ip in net for net in self.networks)
-            if len(self._seen) >= 4096:
-                self._seen.clear()
-            self._seen[host] = found
-        return found
+        try:
+            return self.networks.contains(client_key(host))
+        except ValueError:
+            return False
 
 
 class PeerTransport:
