@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -273,6 +274,35 @@ def test_slow_header_times_out(run_proxy, origin, tmp_path):
         waited = time.monotonic() - started
     assert got == b"", "an unfinished header must get no answer"
     assert waited < 8, "the header wait must end at timeouts.client_header, not hang"
+
+
+def test_reload_changes_trusted_networks_not_the_option(run_proxy, origin, tmp_path):
+    """proxy_protocol_from follows a reload; proxy_protocol (the accept path of a bound
+    socket) does not: that reload is refused."""
+    from fastproxy.testing import to_toml
+    cfg = reverse(origin, tmp_path, networks=["192.0.2.0/24"])
+    p = run_proxy(cfg)
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n"
+    assert talk(p.port, header + b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+
+    def reload(new: dict, said: str) -> None:
+        before = len(p.stderr_lines)
+        with open(p.config_path, "w") as fh:
+            fh.write(to_toml({**new, "listeners": [
+                {**new["listeners"][0], "listen": f"127.0.0.1:{p.port}"}]}))
+        p.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any(said in x for x in p.stderr_lines[before:]):
+            assert time.monotonic() < deadline, p.stderr_lines[before:]
+            time.sleep(0.05)
+
+    reload(reverse(origin, tmp_path), "reloaded configuration")
+    assert echo(p.port, header)["x-forwarded-for"] == "203.0.113.7"
+    off = reverse(origin, tmp_path)
+    del off["listeners"][0]["proxy_protocol_from"]
+    off["listeners"][0]["proxy_protocol"] = False
+    reload(off, "reload refused")
+    assert echo(p.port, header)["x-forwarded-for"] == "203.0.113.7"
 
 
 @pytest.fixture(scope="module")
