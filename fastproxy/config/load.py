@@ -568,9 +568,8 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
 
 
 def _networks(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f'expected a non-empty list of networks like ["10.0.0.0/8"], '
-                         f'got {value!r}')
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of networks like ["10.0.0.0/8"], got {value!r}')
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise ValueError(f'[{i}]: expected a network like "10.0.0.0/8", got {item!r}')
@@ -586,10 +585,10 @@ def _proxy_protocol(table: _Table) -> tuple[bool, tuple[str, ...]]:
     from anyone would let anyone claim any client address)."""
     on = table.get("proxy_protocol", _BOOL, False)
     nets = table.get("proxy_protocol_from", _networks, ())
-    if on and not nets and not table.has("proxy_protocol_from"):
+    if on and table.raw("proxy_protocol_from") in (None, []):   # (a bad value is reported)
         table.problem("proxy_protocol_from", "required with proxy_protocol = true: the "
                                              'networks of the balancers, like ["10.0.0.0/8"]')
-    elif table.has("proxy_protocol_from") and table.raw("proxy_protocol") in (None, False):
+    elif nets and table.raw("proxy_protocol") in (None, False):
         table.problem("proxy_protocol_from", "set proxy_protocol = true to use it")
     return on, nets
 

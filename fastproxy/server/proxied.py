@@ -34,6 +34,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import struct
 from typing import Any
 
 from fastproxy._relay import adopt
@@ -256,7 +257,7 @@ class _HeaderRead:
 
     def __init__(self, acceptor: ProxyAcceptor, conn: socket.socket, addr, timeout: float):
         self.acceptor = acceptor
-        self.conn = conn
+        self.conn: socket.socket | None = conn   # None once handed over or closed
         self.peer = addr
         self.fd = conn.fileno()
         self.got = b""
@@ -271,10 +272,11 @@ class _HeaderRead:
             loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        if self.conn is None:
+        conn = self.conn
+        if conn is None:
             return
         try:
-            data = self.got + self.conn.recv(V2_MAX - len(self.got), socket.MSG_PEEK)
+            data = self.got + conn.recv(V2_MAX - len(self.got), socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -286,7 +288,7 @@ class _HeaderRead:
         try:
             size, done = measure(data)
             # Take exactly the header's bytes; what follows is the next protocol's.
-            self.got += self.conn.recv(size - len(self.got))
+            self.got += conn.recv(size - len(self.got))
             header = parse(self.got) if done else None
         except ProxyHeaderError as exc:
             self._fail(str(exc))
@@ -297,7 +299,7 @@ class _HeaderRead:
         if header is None:
             return
         self._stop()
-        conn, self.conn = self.conn, None
+        self.conn = None
         self.acceptor.hand_over(conn, header.source, header.dest)
 
     def _stop(self) -> None:
@@ -307,14 +309,15 @@ class _HeaderRead:
 
     def _fail(self, reason: str) -> None:
         """No valid header (or none in time): close without a word."""
-        if self.conn is None:
+        conn = self.conn
+        if conn is None:
             return
         self._stop()
         self.acceptor.refusals.refuse(self.peer, reason)
-        conn, self.conn = self.conn, None
+        self.conn = None
         # RST rather than FIN: nothing was answered and nothing will be.
         try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
         conn.close()
