@@ -30,6 +30,7 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_poller.pxi     Poller (the worker's epoll set) and the peer address text, and
     relay_acceptor.pxi   Acceptor (accept4 in a batch on a listening socket)
     relay_dial.pxi       plain-TCP upstream sockets as SockTransports in the same Poller
+    relay_adopt.pxi      adopt(): a socket accepted elsewhere (PROXY header read) on that path
     relay_syscalls.pxi   the Linux socket and epoll declarations (first: fields use its types)
 
 Why includes and not one module per role: the upstream side calls the client side's cdef
@@ -302,3 +303,4 @@ include "relay_stats.pxi"
 include "relay_forward.pxi"
 include "relay_accept.pxi"
 include "relay_dial.pxi"
+include "relay_adopt.pxi"

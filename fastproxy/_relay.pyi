@@ -63,6 +63,11 @@ def loop_poller(loop: Any) -> Poller:
     """The worker's epoll set for loop (accepted sockets and dialled upstream sockets)."""
     ...
 
+def adopt(factory: GatedAccepting, poller: Poller, fd: int, family: int, packed: bytes,
+          port: int) -> None:
+    """Serve an accepted client socket on the compiled path with the given peer address."""
+    ...
+
 class SockTransport:
     """An accepted client socket's asyncio-style transport (relay_accept.pxi)."""
 

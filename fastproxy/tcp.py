@@ -1,7 +1,9 @@
 """TCP mode: accept a connection, pick a server, connect, and tunnel bytes both ways.
 
 No parsing: accept -> pick (hash of the client address by default) -> tunnel. A
-server that refuses the connection is skipped for the next one in the group.
+server that refuses the connection is skipped for the next one in the group. With the
+group's `send_proxy`, the tunnel's first bytes upstream are a PROXY protocol header naming
+the client and the address it connected to (the PROXY header's, when the listener read one).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import xxhash
 
 from fastproxy._relay import Holding, splice_held
+from fastproxy.proxyheader import build as proxy_header
 
 EARLY_LIMIT = 256 * 1024   # bytes a client may send before the upstream is connected
 
@@ -83,6 +86,10 @@ class TcpClient(asyncio.Protocol):
         early = b"".join(self.early)
         self.early = []
         group = self.rt.group
+        if group.config.send_proxy is not None:
+            early = proxy_header(group.config.send_proxy,
+                                 self.transport.get_extra_info("peername"),
+                                 self.transport.get_extra_info("sockname")) + early
         group.balancer.acquire(server)
         tunnel = splice_held(self.transport, upstream, early, self.rt.timeouts.tunnel_idle,
                              self.rt.deadlines, lambda a, b: self._ended(server, a, b))

@@ -438,6 +438,9 @@ def render_metrics(snap: dict) -> str:
                "max_connections.", [({}, limits["accept_pauses"])])
         metric("connections_waiting", "gauge", "Connections accepted past max_connections in "
                "one burst, held unread until a slot frees.", [({}, limits["waiting"])])
+        metric("proxy_protocol_refused_total", "counter", "Connections to proxy_protocol "
+               "listeners closed unanswered: a peer outside proxy_protocol_from, or no valid "
+               "PROXY header in time.", [({}, limits.get("proxy_refused", 0))])
     tls = snap.get("tls")
     if tls is not None:
         hs = tls["handshakes"]

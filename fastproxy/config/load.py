@@ -6,6 +6,7 @@ are collected before giving up, so a user fixes a file in one pass.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from fastproxy.config.routes import CanaryConfig, RouteConfig, ROUTE_SECTIONS, r
 BALANCE_POLICIES = ("round_robin", "maglev", "least_conn", "random2")
 RESOLVE_MODES = ("start", "runtime")
 UPSTREAM_PROTOCOLS = ("http1", "auto")   # auto: ALPN h2 to https:// servers
+SEND_PROXY_VERSIONS = ("v1", "v2")       # the PROXY protocol header's text / binary form
 FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
 LOG_FORMATS = ("combined", "json")
 MODES = ("reverse", "forward", "tcp")
@@ -120,6 +122,15 @@ class ListenerConfig:
     forward: ForwardSettings | None = None   # acl, auth, anonymity, resolver (forward mode)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)   # 0s: no limits
     cache: bool = True               # false: this listener does not use the worker's cache
+    # The PROXY protocol header comes first on every connection (fastproxy.server.proxied),
+    # from these networks only.
+    proxy_protocol: bool = False
+    proxy_protocol_from: tuple[str, ...] = ()
+
+    @property
+    def accept_path(self) -> tuple:
+        """What a reload cannot change on a bound socket: host, mode, TLS, PROXY header."""
+        return (self.host, self.mode, self.tls_cert, self.proxy_protocol)
 
     @property
     def address(self) -> str:
@@ -437,10 +448,24 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
         resolve=resolve,
         protocol=table.get("protocol", _choice(UPSTREAM_PROTOCOLS), "http1"),
         tls=_upstream_tls(table, servers),
+        send_proxy=_send_proxy(table, servers, tcp),
         **_group_sections(table, tcp),
     )
     table.finish()
     return group if servers else None
+
+
+def _send_proxy(table: _Table, servers: list, tcp: bool) -> str | None:
+    """`send_proxy`: a PROXY header before a tcp group's bytes. Not for HTTP groups: their
+    pooled connections carry many clients' requests, and a header names one client per
+    connection (see the README, "PROXY protocol")."""
+    value = table.get("send_proxy", _choice(SEND_PROXY_VERSIONS), None)
+    if value is not None and servers and not tcp:
+        table.problem("send_proxy", "only for groups of tcp:// servers (an HTTP group's "
+                                    "connections are shared by clients; X-Forwarded-For "
+                                    "names them there)")
+        return None
+    return value
 
 
 def _upstream_tls(table: _Table, servers: list) -> UpstreamTLS | None:
@@ -551,6 +576,7 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
     cache = True
     if mode != "tcp" and table.has("cache"):
         cache = table.get("cache", _BOOL, True)
+    proxy_protocol, proxy_from = _proxy_protocol(table)
     listener = ListenerConfig(
         host=addr[0] if addr else "127.0.0.1",
         port=addr[1] if addr else 0,
@@ -567,9 +593,37 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
         forward=forward,
         rate_limit=rate_limit,
         cache=cache,
+        proxy_protocol=proxy_protocol,
+        proxy_protocol_from=proxy_from,
     )
     table.finish()
     return listener if addr else None
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of networks like ["10.0.0.0/8"], got {value!r}')
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f'[{i}]: expected a network like "10.0.0.0/8", got {item!r}')
+        try:
+            ipaddress.ip_network(item)
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    return tuple(value)
+
+
+def _proxy_protocol(table: _Table) -> tuple[bool, tuple[str, ...]]:
+    """`proxy_protocol` and the networks it is trusted from (required with it: a header
+    from anyone would let anyone claim any client address)."""
+    on = table.get("proxy_protocol", _BOOL, False)
+    nets = table.get("proxy_protocol_from", _networks, ())
+    if on and table.raw("proxy_protocol_from") in (None, []):   # (a bad value is reported)
+        table.problem("proxy_protocol_from", "required with proxy_protocol = true: the "
+                                             'networks of the balancers, like ["10.0.0.0/8"]')
+    elif nets and table.raw("proxy_protocol") in (None, False):
+        table.problem("proxy_protocol_from", "set proxy_protocol = true to use it")
+    return on, nets
 
 
 def _http_only(table: _Table, mode: str, name: str, conv: Callable[[Any], Any],

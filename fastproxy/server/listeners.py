@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any
 
 from fastproxy._relay import Acceptor, Admission, GatedAccepting, Poller, loop_poller
+from fastproxy.server.proxied import ProxyAcceptor, Refusals
 
 BACKLOG = 2048
 
@@ -185,27 +186,37 @@ class AcceptGate:
         self.connections.gate = self
         self.connections.admission = self.admission
         self.waiting: deque[_Waiting] = deque()
-        self.listeners: list[list] = []   # [sock, factory, ssl, server or None, handshake timeout]
+        # [sock, factory, ssl, server or None, handshake timeout, holder if proxy_protocol]
+        self.listeners: list[list] = []
         self.paused = False
         self.pauses = 0               # times accepting stopped at the limit
         self.closed = False
         self.direct = not os.environ.get("FASTPROXY_UVLOOP_ACCEPT")
         self.poller: Poller | None = None    # the Acceptors' epoll set, made at first use
+        self.refusals = Refusals(loop)       # proxy_protocol listeners' refused connections
 
     async def serve(self, sock: socket.socket, make, ssl=None,
-                    handshake_timeout: float = 60.0) -> None:
+                    handshake_timeout: float = 60.0, proxied=None) -> None:
         """Accept on sock (a listening socket this gate now owns), protocols from make();
-        with ssl, a handshake not done within handshake_timeout seconds is closed."""
-        entry = [sock, self.admission.factory(make), ssl, None, handshake_timeout]
+        with ssl, a handshake not done within handshake_timeout seconds is closed; with
+        proxied (the listener's runtime holder), each connection's PROXY header is read
+        first (fastproxy.server.proxied)."""
+        entry = [sock, self.admission.factory(make), ssl, None, handshake_timeout, proxied]
         self.listeners.append(entry)
         entry[3] = await self._open(entry)
 
-    async def _open(self, entry) -> asyncio.AbstractServer | Acceptor:
-        sock, factory, ssl, _, handshake_timeout = entry
+    async def _open(self, entry) -> asyncio.AbstractServer | Acceptor | ProxyAcceptor:
+        sock, factory, ssl, _, handshake_timeout, proxied = entry
+        poller = None
         if ssl is None and self.direct and type(factory) is GatedAccepting:
             if self.poller is None:
                 self.poller = loop_poller(self.loop)
-            return Acceptor(sock, factory, self.poller).start()
+            poller = self.poller
+        if proxied is not None:
+            return ProxyAcceptor(self.loop, sock, factory, ssl, handshake_timeout,
+                                 proxied, self.refusals, poller).start()
+        if poller is not None:
+            return Acceptor(sock, factory, poller).start()
         # The server gets a duplicate: closing it (a pause) leaves sock listening.
         if ssl is None:
             return await self.loop.create_server(factory, sock=sock.dup(), backlog=BACKLOG)
@@ -303,4 +314,5 @@ class AcceptGate:
     def stats(self) -> dict:
         """Numbers for the admin interface."""
         return {"max_connections": self.limit(), "accept_paused": int(self.paused),
-                "accept_pauses": self.pauses, "waiting": len(self.waiting)}
+                "accept_pauses": self.pauses, "waiting": len(self.waiting),
+                "proxy_refused": self.refusals.count}

@@ -319,7 +319,7 @@ class Master:
             return
         old = self.config
         if len(new.listeners) != len(old.listeners) or any(
-                (a.host, a.mode, a.tls_cert) != (b.host, b.mode, b.tls_cert)
+                a.accept_path != b.accept_path
                 or b.port not in (0, a.port) for a, b in zip(old.listeners, new.listeners)):
             self.log("reload refused: listener addresses or modes changed; restart to apply them")
             return

@@ -361,7 +361,8 @@ class Worker:
             tls = None
         for sock in socks:
             # uvloop's TLS layer (tcp listeners) gets the same handshake bound as ours.
-            await self.gate.serve(sock, factory, tls, self.config.timeouts.client_header)
+            await self.gate.serve(sock, factory, tls, self.config.timeouts.client_header,
+                                  holder if lcfg.proxy_protocol else None)
 
     def reload(self, config: Config) -> bool:
         """Switch new connections and the next request of open ones to config.
@@ -370,10 +371,10 @@ class Worker:
         old = self.runtime
         cache = self._cache_for(config)
         new_rt = Runtime(config, self.loop, cache, self.counters, self.stats, old)
-        # Listening sockets stay as they are: a listener matches when its host, mode and
-        # TLS are the same and its port is the bound one (or 0, "whatever it is now").
+        # Listening sockets stay as they are: a listener matches when its accept path is
+        # the same and its port is the bound one (or 0, "whatever it is now").
         same = len(self.bound) == len(config.listeners) and all(
-            (b.host, b.mode, b.tls_cert) == (a.host, a.mode, a.tls_cert)
+            b.accept_path == a.accept_path
             and b.port in (0, port)
             for (a, port), b in zip(self.bound, config.listeners))
         if not same:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastproxy._hashing import Counted
+from fastproxy.proxyheader import local_header
 from fastproxy.upstream.balance import eligible_servers, make_balancer, make_key_fn
 from fastproxy.upstream.breaker import (OutlierDetector, RetryBudget, describe_limit,
                                         limit_reached, retry_methods)
@@ -96,14 +97,16 @@ class UpstreamGroup:
         # `sni`, client certificate), unless the check says tls_verify = false.
         tls = client_context(config.tls) if config.tls is not None and (
             config.health is None or config.health.tls_verify) else None
+        preamble = local_header(config.send_proxy) if config.send_proxy else b""
         self.health = HealthChecker(self.servers, config.health, self._changed,
-                                    ssl_context=tls) if config.health is not None else None
+                                    ssl_context=tls, preamble=preamble) \
+            if config.health is not None else None
         if self.health is not None:
             self.health.group = self.name
         # Ejected servers are probed with the health check's own request when there is
         # one, else with a connect (a checker that is never started, used for its probe).
         prober = self.health or HealthChecker(self.servers, HealthCheckConfig(
-            mode="tcp", timeout=PROBE_TIMEOUT), ssl_context=tls)
+            mode="tcp", timeout=PROBE_TIMEOUT), ssl_context=tls, preamble=preamble)
         self.outliers = OutlierDetector(
             self.servers, config.outlier, self._changed, loop, prober.probe,
             probe_checks_answers=prober.config.mode == "http")

@@ -100,8 +100,11 @@ class HealthChecker:
 
     def __init__(self, servers: Iterable[Any], config: HealthCheckConfig | None = None,
                  on_change: Callable[[Any, bool], None] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, preamble: bytes = b"") -> None:
         self.config = config or HealthCheckConfig()
+        # Sent first on every probe: a send_proxy group's servers expect a PROXY header
+        # on every connection (a LOCAL one: the check speaks for no client).
+        self.preamble = preamble
         self.on_change = on_change
         self._servers = list(servers)
         self._state: dict[Any, _State] = {s: _State() for s in self._servers}
@@ -245,6 +248,8 @@ class HealthChecker:
                     server_hostname=server.host if tls is not None else None,
                     limit=MAX_STATUS_LINE,
                 )
+                if self.preamble:
+                    writer.write(self.preamble)
                 if cfg.mode == "tcp":
                     return True, ""
                 writer.write(self._request(server))

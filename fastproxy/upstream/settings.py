@@ -35,6 +35,7 @@ class UpstreamGroupConfig:
     resolve: str = "start"           # start: every host must resolve at load | runtime
     protocol: str = "http1"          # http1 | auto: https:// servers offered h2 by ALPN
     tls: UpstreamTLS | None = None   # None: verify against the system CAs, default SNI
+    send_proxy: str | None = None    # "v1" | "v2": a PROXY header first (tcp groups only)
     health: HealthCheckConfig | None = None   # None: no active health checks
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

@@ -68,7 +68,7 @@ def test_max_connections_holds_extra_connections_in_the_backlog(run_proxy, origi
     snap = json.loads(_admin(proxy.admin_port(), "/status"))
     assert snap["connections"] == 3
     assert snap["limits"] == {"max_connections": 3, "accept_paused": 1, "accept_pauses": 1,
-                              "waiting": 0}
+                              "waiting": 0, "proxy_refused": 0}
     # Each close lets one waiting connection in; at most three are ever served at once.
     served = []
     waiting = list(extra)
