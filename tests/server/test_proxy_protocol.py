@@ -248,7 +248,7 @@ def test_untrusted_peer_is_closed_counted_and_logged(run_proxy, origin, tmp_path
                             b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n") == b""
     assert origin.count("/echo") == 0
     with socket.create_connection(("127.0.0.1", p.admin_port()), timeout=10) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         metrics = b""
         while chunk := s.recv(65536):
             metrics += chunk

@@ -108,7 +108,7 @@ def test_a_deny_rule_from_post_reload_applies_to_open_connections(start_proxy, o
         assert _get(c).status == 200
         _write(cfg, "g1", origin.url, port=p.port, top=top, listener=DENY)
         with Conn(p.admin_port()) as admin:
-            admin.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            admin.send(b"POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
             assert admin.response().status == 200
         r = _get(c, "/size/5")
         assert r.status == 403 and r.body == b"denied\n", \
