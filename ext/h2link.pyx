@@ -147,6 +147,13 @@ cdef class H2Origin(Connection):
         if link is not None:
             link.response(headers, end_stream)
 
+    cpdef on_informational(self, int stream_id, list headers):
+        # RFC 9110 15.2: a proxy forwards 1xx responses (103 Early Hints); the relay
+        # passes them on as it does an HTTP/1.1 server's. They were dropped here.
+        cdef StreamLink link = self.links.get(stream_id)
+        if link is not None and not link.closing:
+            link.up.data_received(h2_response_head(headers, False))
+
     cpdef on_data(self, int stream_id, bytes data, bint end_stream):
         cdef StreamLink link = self.links.get(stream_id)
         if link is None:

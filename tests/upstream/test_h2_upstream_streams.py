@@ -43,9 +43,10 @@ class LimitedOrigin:
     """An h2c server whose first SETTINGS allow `limit` concurrent streams; each answer
     (JSON: the request body's length) comes `pause` seconds after the request ended."""
 
-    def __init__(self, limit: int, pause: float) -> None:
+    def __init__(self, limit: int, pause: float, interim: bool = False) -> None:
         self.limit = limit
         self.pause = pause
+        self.interim = interim      # a 103 Early Hints before each answer
         self.most_open = 0          # the most streams open at once, on any connection
         self.connections = 0
         self.errors: list[str] = []
@@ -85,6 +86,9 @@ class LimitedOrigin:
                             bodies[ev.stream_id] += len(ev.data)
                             c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                         elif isinstance(ev, h2.events.StreamEnded):
+                            if self.interim:
+                                c.send_headers(ev.stream_id, [(b":status", b"103"),
+                                                              (b"link", b"</s.css>; rel=preload")])
                             threading.Timer(self.pause, self._answer,
                                             (s, c, lock, ev.stream_id, bodies.pop(ev.stream_id))
                                             ).start()
@@ -109,8 +113,8 @@ class LimitedOrigin:
         self.lst.close()
 
 
-def ask(port: int, body: bytes | None = None) -> tuple[bytes, bytes]:
-    """One HTTP/1.1 request on its own connection: (status line, body)."""
+def exchange(port: int, body: bytes | None = None) -> bytes:
+    """One HTTP/1.1 request on its own connection: every byte of the answer."""
     head = (b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n" % len(body)
             if body is not None else b"GET /x HTTP/1.1\r\nHost: a.test\r\n")
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
@@ -118,7 +122,12 @@ def ask(port: int, body: bytes | None = None) -> tuple[bytes, bytes]:
         out = b""
         while chunk := s.recv(65536):
             out += chunk
-    head, _, rest = out.partition(b"\r\n\r\n")
+    return out
+
+
+def ask(port: int, body: bytes | None = None) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request on its own connection: (status line, body)."""
+    head, _, rest = exchange(port, body).partition(b"\r\n\r\n")
     return head.split(b"\r\n")[0], rest
 
 
@@ -148,5 +157,21 @@ def test_requests_over_the_servers_stream_limit_wait_for_a_stream(start_proxy, l
             assert status == b"HTTP/1.1 200 OK", (i, status, origin.errors, origin.refused, origin.connections)
             assert json.loads(body) == {"n": 0}, (i, body)
         assert origin.errors == [] and origin.most_open <= limit, (origin.errors, origin.most_open)
+    finally:
+        origin.close()
+
+
+def test_an_interim_response_from_an_http2_server_is_forwarded(start_proxy):
+    # RFC 9110 15.2: a proxy MUST forward 1xx responses. A 103 Early Hints an h2c server
+    # sent was dropped; the same from an HTTP/1.1 server was passed on.
+    origin = LimitedOrigin(100, pause=0.0, interim=True)
+    try:
+        proxy = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                            "--upstream", f"h2c://127.0.0.1:{origin.port}")
+        out = exchange(proxy.port)
+        interim, _, final = out.partition(b"\r\n\r\n")
+        assert interim.split(b"\r\n")[0] == b"HTTP/1.1 103 Early Hints", out
+        assert b"\r\nlink: </s.css>; rel=preload" in interim.lower(), out
+        assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.endswith(b'{"n": 0}'), out
     finally:
         origin.close()
