@@ -18,6 +18,7 @@ import brotli
 import httpx
 import pytest
 import zstandard
+from h2_client import Client
 
 import fastproxy._relay
 
@@ -311,7 +312,6 @@ def test_a_field_on_several_lines_is_read_as_one_list(proxy, lines, want):
 
 @pytest.mark.parametrize("lines, want", SPLIT_FIELDS, ids=["ae-joined", "ae-refused", "no-transform"])
 def test_a_field_in_several_h2_fields_is_read_as_one_list(proxy, lines, want):
-    from h2_client import Client
     c = Client(proxy.port)
     try:
         status, h, body = c.get("/t?size=5000", extra=[(k.lower(), v) for k, v in lines])
