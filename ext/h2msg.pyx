@@ -5,10 +5,11 @@ The checks return an error kind (0 for a valid list); fastproxy._h2 turns a non-
 kind into a stream error, so a malformed message is never handed on.  They are
 strict where a lax reading would let an HTTP/2 message become an ambiguous HTTP/1.1
 one (downgrade smuggling): every field name must be a lowercase token, every value
-field-vchar/SP/HTAB without edge whitespace, :path and :authority plain printable
-ASCII.  The mappings are pure byte work for the proxy: an HTTP/2 request to an
-HTTP/1.1 request head, an HTTP/1.1 response to an HTTP/2 header list, and the two
-reverse ones for an HTTP/2 upstream.  The surface is documented in
+field-vchar/SP/HTAB without edge whitespace, :path the HTTP/1.1 request-target bytes
+(RFC 3986 characters, no '#') and :authority the RFC 3986 authority characters.  The
+mappings are pure byte work for the proxy: an HTTP/2 request to an HTTP/1.1 request
+head, an HTTP/1.1 response to an HTTP/2 header list, and the two reverse ones for an
+HTTP/2 upstream.  The surface is documented in
 `fastproxy/_h2msg.pyi`.
 """
 
@@ -17,7 +18,7 @@ from libc.stdint cimport uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
-from fastproxy._http cimport Field, Request, Response
+from fastproxy._http cimport Field, Request, Response, target_chars
 from fastproxy._hpack cimport Encoder
 
 ctypedef unsigned char uchar
@@ -35,7 +36,6 @@ assert len(ERROR_KINDS) == N_KINDS
 cdef enum:
     C_NAME = 1      # lowercase token characters (RFC 9110 5.6.2, RFC 9113 8.2.1)
     C_VALUE = 2     # field-vchar, SP, HTAB (RFC 9110 5.5)
-    C_PATH = 4      # VCHAR except '#': becomes an HTTP/1.1 request-target
     C_AUTH = 8      # authority characters (RFC 3986 3.2): no '@' (8.3.1), '/', '?', '#'
     C_TOKEN = 16    # token, any case (methods)
     C_DIGIT = 32
@@ -53,8 +53,6 @@ cdef void _init() noexcept:
             CLS[c] |= C_TOKEN
         if c == 9 or 32 <= c <= 126 or c >= 128:
             CLS[c] |= C_VALUE
-        if 33 <= c <= 126 and c != 35:
-            CLS[c] |= C_PATH
         if 33 <= c <= 126 and c not in b"@/?#\\\"<>^`{|}":
             CLS[c] |= C_AUTH
         if 48 <= c <= 57:
@@ -151,7 +149,10 @@ cdef int check_request(list headers, MsgInfo* info) except -1:
                     return K_PSEUDO
                 scheme = value
             elif _eq(name, ":path", 5):
-                if path is not None or not value or not _all(value, C_PATH):
+                # 8.3.1: the path and query of a URI, so the HTTP/1.1 request-target
+                # bytes (one definition, in _http).
+                if path is not None or not value or not target_chars(
+                        <const uchar*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)):
                     return K_PSEUDO
                 path = value
             elif _eq(name, ":authority", 10):

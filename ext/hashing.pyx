@@ -43,6 +43,8 @@ DEFAULT_TABLE_SIZE = 65537
 MAX_TABLE_SIZE = 4194301
 # Each server (the lightest one included) should own at least this many entries.
 MIN_ENTRIES_PER_SERVER = 100
+# Weight resolution while a server slow-starts: it begins at 1/RAMP_UNIT of its weight.
+cdef int64_t RAMP_UNIT = 100
 
 cdef slot_t EMPTY = <slot_t>0xFFFF
 # Looked up once: the per-request key hash is a C-level call to this object.
@@ -121,6 +123,8 @@ cdef class Core:
         self.servers = []
         self._index = {}
         self.n = 0
+        self.max_active = 0
+        self._ramp = {}
 
     def __dealloc__(self):
         PyMem_Free(self.active)
@@ -157,13 +161,11 @@ cdef class Core:
             server = ordered[i]
             old = self._index.get(server)
             active[i] = max(<int64_t>server.active, 0)
-            weight[i] = server.weight
             # Smooth round robin state survives an update, so a health flap of one server
             # does not reset everybody's turn.
             current[i] = self.current[<Py_ssize_t>old] if old is not None else 0
             excluded[i] = 0
             total_active += active[i]
-            total_weight += weight[i]
             index[server] = i
         PyMem_Free(self.active)
         PyMem_Free(self.weight)
@@ -175,11 +177,50 @@ cdef class Core:
         self._index = index
         self.n = n
         self.total_active = total_active
-        self.total_weight = total_weight
+        self._set_weights()
         self._rebuild()
 
     cdef int _rebuild(self) except -1:
         return 0
+
+    cdef int _set_weights(self) except -1:
+        """Fill the weight array from the servers' weights and the slow-start ramps."""
+        # While a server ramps every weight counts in RAMP_UNIT parts, so a weight-1 server
+        # can hold 1% of its share; the policies compare weights only with each other, so
+        # the scale changes nobody else's share (and without ramps the arithmetic is as
+        # it always was).
+        cdef int64_t unit = RAMP_UNIT if self._ramp else 1, total = 0, w
+        cdef Py_ssize_t i
+        cdef PyObject *share
+        for i in range(self.n):
+            server = <object>PyList_GET_ITEM(self.servers, i)
+            w = <int64_t>server.weight * unit
+            share = PyDict_GetItem(self._ramp, server) if self._ramp else NULL
+            if share != NULL:
+                w = max(<int64_t>(w * <double><object>share), 1)
+            self.weight[i] = w
+            total += w
+        self.total_weight = total
+        return 0
+
+    def ramp(self, server, double share):
+        """Give `server` this share (0 to 1) of its weight while it slow-starts; 1 ends it."""
+        cdef bint scaled = bool(self._ramp)
+        cdef Py_ssize_t i
+        if share >= 1.0:
+            if self._ramp.pop(server, None) is None:
+                return
+        else:
+            self._ramp[server] = max(share, 0.0)
+        if scaled != bool(self._ramp):
+            # The weights change scale (_set_weights): the round-robin credits earned in
+            # the old one change with them, or the server ahead at the switch would get a
+            # run of turns while the credits in the old scale drain.
+            for i in range(self.n):
+                self.current[i] = self.current[i] // RAMP_UNIT if scaled else \
+                    self.current[i] * RAMP_UNIT
+        self._set_weights()
+        self._rebuild()
 
     cpdef acquire(self, server):
         """Count one more request in flight to `server` (call when it is sent)."""
@@ -217,11 +258,7 @@ cdef class Core:
         """Mark the eligible servers in `exclude`; True when at least one was marked."""
         cdef PyObject *found
         cdef bint marked = False
-        self.exclude_gen += 1
-        if self.exclude_gen == 0:
-            # The generation wrapped: clear the old marks once every 2**32 picks.
-            memset(self.excluded, 0, <size_t>(self.n if self.n > 0 else 1) * sizeof(uint32_t))
-            self.exclude_gen = 1
+        self._new_exclusion()
         for server in exclude:
             found = PyDict_GetItem(self._index, server)
             if found != NULL:
@@ -229,8 +266,36 @@ cdef class Core:
                 marked = True
         return marked
 
+    cdef void _new_exclusion(self) noexcept:
+        """Start a pick's exclusion marks afresh (earlier picks' marks no longer count)."""
+        self.exclude_gen += 1
+        if self.exclude_gen == 0:
+            # The generation wrapped: clear the old marks once every 2**32 picks.
+            memset(self.excluded, 0, <size_t>(self.n if self.n > 0 else 1) * sizeof(uint32_t))
+            self.exclude_gen = 1
+
     cdef Py_ssize_t _choose(self, uint64_t key, bint has_excluded) except -2:
         raise NotImplementedError
+
+    cdef Py_ssize_t _below_cap(self, uint64_t key, bint has_excluded, Py_ssize_t first) except -2:
+        """The policy's next choice with the full servers passed over; `first` if all are full.
+
+        As nginx's max_conns and HAProxy's maxconn: a full server is skipped, not answered
+        503 for while others have room. Under consistent hashing the key goes to the next
+        server of its own preference order, so other keys keep their servers.
+        """
+        cdef Py_ssize_t i = first, tries
+        if not has_excluded:
+            self._new_exclusion()
+        for tries in range(self.n):
+            self.excluded[i] = self.exclude_gen
+            i = self._choose(key, True)
+            if i < 0:
+                break
+            if self.active[i] < self.max_active:
+                return i
+        # Every allowed server is full: the first choice, which the breaker refuses by name.
+        return first
 
     cpdef pick(self, uint64_t key=0, exclude=()):
         """Return the server for this request, or None when no eligible server is left.
@@ -246,6 +311,25 @@ cdef class Core:
         cdef Py_ssize_t i = self._choose(key, has_excluded)
         if i < 0:
             return None
+        return <object>PyList_GET_ITEM(self.servers, i)
+
+    def pick_open(self, uint64_t key=0, exclude=()):
+        """pick(), passing over servers at `max_active` for the policy's next choice.
+
+        The proxy's pick (UpstreamGroup.pick). The relay's compiled fast path calls pick()
+        and, finding the server full, hands the request to the handler, which lands here:
+        so the per-request path of a pool without a cap has no test for it.
+        """
+        cdef bint has_excluded = False
+        if self.n == 0:
+            return None
+        if exclude:
+            has_excluded = self._mark_excluded(exclude)
+        cdef Py_ssize_t i = self._choose(key, has_excluded)
+        if i < 0:
+            return None
+        if self.max_active and self.active[i] >= self.max_active:
+            i = self._below_cap(key, has_excluded, i)
         return <object>PyList_GET_ITEM(self.servers, i)
 
     cdef Py_ssize_t _least_loaded(self, bint has_excluded) noexcept:
@@ -427,6 +511,10 @@ cdef class Maglev(Core):
         # the slack) or owns no entry (extreme weight ratios): take the least loaded one,
         # which is under the cap whenever any allowed server is.
         return self._least_loaded(has_excluded)
+
+    def ramp(self, server, double share):
+        """Consistent hashing does not slow-start (see fastproxy.upstream.balance.maglev)."""
+        raise ValueError("slow_start: maglev gives a returning server its keys back at once")
 
     def preference(self, uint64_t key, Py_ssize_t limit=0):
         """Return the key's servers in preference order (first = owner), ignoring load."""

@@ -96,11 +96,12 @@ cdef int _fail(object cls, int status, str code, str detail) except -1:
 cdef enum:
     C_TCHAR = 1     # token characters (RFC 9110 5.6.2)
     C_VALUE = 2     # field-vchar, SP, HTAB (RFC 9110 5.5); obs-text included
-    C_TARGET = 4    # VCHAR except '#': a request-target never carries a fragment
+    C_PATH = 4      # request-target bytes before the query (see _init_tables)
     C_HEX = 8
     C_DIGIT = 16
     C_REGNAME = 32  # unreserved / sub-delims / '%' (RFC 3986 3.2.2)
     C_SCHEME = 64   # ALPHA / DIGIT / "+" / "-" / "." (RFC 3986 3.1)
+    C_QUERY = 128   # request-target bytes after the first '?' (see _init_tables)
 
 cdef uint8_t CLS[256]
 cdef uchar LOWER[256]
@@ -111,16 +112,17 @@ cdef void _init_tables() noexcept:
     cdef int c
     cdef bytes tchar_extra = b"!#$%&'*+-.^_`|~"
     cdef bytes sub_delims = b"!$&'()*+,;=-._~%"
+    # RFC 3986 2.2 reserved (gen-delims without '#' and '?', sub-delims), 2.3 unreserved;
+    # '%' is checked apart in the path (it must start %HH), a plain byte in the query.
+    cdef bytes path_extra = b":/[]@!$&'()*+,;=-._~"
     for c in range(256):
         CLS[c] = 0
         LOWER[c] = c
         HEXVAL[c] = -1
         if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122):
-            CLS[c] |= C_TCHAR | C_REGNAME | C_SCHEME
+            CLS[c] |= C_TCHAR | C_REGNAME | C_SCHEME | C_PATH | C_QUERY
         if c == 9 or c == 32 or (33 <= c <= 126) or c >= 128:
             CLS[c] |= C_VALUE
-        if 33 <= c <= 126 and c != 35:
-            CLS[c] |= C_TARGET
         if 48 <= c <= 57:
             CLS[c] |= C_DIGIT | C_HEX
             HEXVAL[c] = c - 48
@@ -136,6 +138,18 @@ cdef void _init_tables() noexcept:
         CLS[c] |= C_TCHAR
     for c in sub_delims:
         CLS[c] |= C_REGNAME
+    # RFC 9112 3.2 / RFC 3986 2: a request-target is made of unreserved, reserved and
+    # '%' only. Not '#' (a target never carries a fragment), nor the VCHARs 3986 leaves
+    # out (" < > \ ^ ` { | }), nor obs-text: origins differ on what they mean (IIS and
+    # others read '\' as '/', so "/admin\..\x" passes a route on the raw path).
+    # One exception, in the query only: \ ^ ` { | }, which browsers send raw there
+    # (the WHATWG URL query percent-encode set leaves them out: Chromium sends
+    # "?q=a|b{c}" as is, while it encodes them, and " < >, in the path), so refusing
+    # them would refuse real users; a query is not a path an origin resolves.
+    for c in path_extra:
+        CLS[c] |= C_PATH | C_QUERY
+    for c in b"%?\\^`{|}":
+        CLS[c] |= C_QUERY
     for c in b"+-.":
         CLS[c] |= C_SCHEME
 
@@ -208,23 +222,56 @@ cdef inline Py_ssize_t _bad_value_byte(const uchar* p, Py_ssize_t i, Py_ssize_t 
     return e
 
 
-cdef inline Py_ssize_t _target_end(const uchar* p, Py_ssize_t i, Py_ssize_t e) noexcept:
-    """Index of the first byte of p[i:e] that cannot be in a request-target, else e."""
-    cdef uint64_t x
-    cdef Py_ssize_t k
+cdef inline Py_ssize_t _run(const uchar* p, Py_ssize_t i, Py_ssize_t e, uint8_t cls) noexcept:
+    """Index of the first byte of p[i:e] outside the class `cls`, else e."""
+    # Eight table reads and-ed together per step: the sets have holes all over the
+    # printable range (" < > \ ^ ` { | }), so the word-at-a-time range tests used for
+    # field values would need a test per hole, more work than the reads.
     while i + 8 <= e:
-        memcpy(&x, p + i, 8)
-        if (_has_less(x, 0x21) | _has_byte(x, 0x7f) | _has_byte(x, 0x23)
-                | (x & FP_HIGHS)):
-            for k in range(i, i + 8):
-                if not (CLS[p[k]] & C_TARGET):
-                    return k
+        if not (CLS[p[i]] & CLS[p[i + 1]] & CLS[p[i + 2]] & CLS[p[i + 3]]
+                & CLS[p[i + 4]] & CLS[p[i + 5]] & CLS[p[i + 6]] & CLS[p[i + 7]] & cls):
+            break
         i += 8
-    while i < e:
-        if not (CLS[p[i]] & C_TARGET):
-            return i
+    while i < e and CLS[p[i]] & cls:
         i += 1
-    return e
+    return i
+
+
+cdef inline Py_ssize_t _target_end(const uchar* p, Py_ssize_t i, Py_ssize_t e,
+                                   bint query) noexcept:
+    """Index of the first byte of p[i:e] that cannot be in a request-target, else e;
+    `query`: p[i] is past the target's first '?'."""
+    if not query:
+        while True:
+            i = _run(p, i, e, C_PATH)
+            # RFC 3986 2.1: '%' starts %HH. In the path only: a malformed escape is read
+            # differently by origins (IIS decodes "%u0061dmin" to "admin", past a route
+            # on /admin); in a query a stray '%' ("?off=100%") is common and harmless.
+            if (i + 2 < e and p[i] == b'%' and CLS[p[i + 1]] & C_HEX
+                    and CLS[p[i + 2]] & C_HEX):
+                i += 3
+                continue
+            if i == e or p[i] != b'?':
+                return i
+            break
+    return _run(p, i, e, C_QUERY)
+
+
+cdef inline bint _escape_start(const uchar* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """p[i:n] is '%' and at most one hex digit: an escape whose digits are still to come."""
+    return p[i] == b'%' and (i + 1 == n or (i + 2 == n and CLS[p[i + 1]] & C_HEX))
+
+
+cdef int _bad_target_byte(uchar c) except -1:
+    """Raise the 400 for the first byte _target_end refused (not '#': see the callers)."""
+    if c == b'%':
+        _fail(_BadSyntax, 400, "bad_target", "'%' not followed by two hex digits in the path")
+    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+
+
+cdef bint target_chars(const uchar* p, Py_ssize_t n) noexcept:
+    """Whether p[0:n] holds only request-target bytes (HTTP/2's :path uses this set too)."""
+    return _target_end(p, 0, n, False) == n
 
 
 # ---------------------------------------------------------------------------
@@ -471,10 +518,11 @@ cdef int _absolute(const uchar* s, Py_ssize_t n, Py_ssize_t* scheme_len, Py_ssiz
             _fail(_BadSyntax, 400, "userinfo_in_target", "user@host is not allowed")
         j += 1
     a1[0] = j
-    if _target_end(s, j, n) < n:
+    i = _target_end(s, j, n, False)
+    if i < n:
         if memchr(s + j, b'#', n - j) != NULL:
             _fail(_BadSyntax, 400, "fragment_in_target", "a request-target has no fragment")
-        _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+        _bad_target_byte(s[i])
     if _authority(s + a0[0], j - a0[0], hs, hl, port) < 0:
         _fail(_BadSyntax, 400, "bad_authority", "malformed host[:port] in target")
     if port[0] == 0:
@@ -1354,14 +1402,16 @@ cdef class RequestParser(_HeadParser):
                 self._pt0 = i
                 self._pphase = 1
         if self._pphase == 1:
-            i = _target_end(h, i, n)
-            # A CR in the last byte may be the start of CRLF: wait for more.
-            if i < n and not (h[i] == 13 and i == n - 1):
+            # Resumed where the last piece ended: in the query if a '?' came before.
+            i = _target_end(h, i, n, memchr(h + self._pt0, b'?', i - self._pt0) != NULL)
+            # A CR in the last byte may be the start of CRLF, a '%' in the last two the
+            # start of %HH: wait for more.
+            if i < n and not (h[i] == 13 and i == n - 1) and not _escape_start(h, i, n):
                 if h[i] != 32 or i == self._pt0:
                     if h[i] == b'#':
                         _fail(_BadSyntax, 400, "fragment_in_target",
                               "a request-target has no fragment")
-                    _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+                    _bad_target_byte(h[i])
                 self._pphase = 2
         self._pv = i
         return 0
@@ -1383,7 +1433,7 @@ cdef class RequestParser(_HeadParser):
         m_len = i
         i += 1
         t0 = i
-        i = _target_end(h, i, e)
+        i = _target_end(h, i, e, False)
         if i >= e or h[i] != 32 or i == t0:
             # Same order as _partial_start_line, so the code does not depend on
             # how the line arrived.
@@ -1393,7 +1443,7 @@ cdef class RequestParser(_HeadParser):
                 _fail(_BadSyntax, 400, "bad_target", "empty request-target or extra whitespace")
             if i >= e:
                 _fail(_BadSyntax, 400, "bad_request_line", "request line without an HTTP version")
-            _fail(_BadSyntax, 400, "bad_target", "invalid character in request-target")
+            _bad_target_byte(h[i])
         self._t_off = t0
         self._t_len = i - t0
         i += 1

@@ -23,6 +23,7 @@ Layout: one extension module built from files split by role, `include`d here:
     relay_upstream.pxi   UpstreamConnection (response head, body relay, the filter hook)
     relay_pool.pxi       ConnectionPool (idle keep-alive connections per server)
     relay_fastpath.pxi   FastForward (the reverse handler's common request in C)
+    relay_ids.pxi        RequestIds (each request's id: the log's $request_id, the upstream field)
     relay_tunnel.pxi     splice(), splice_held(), Tunnel, TunnelEnd, Holding, TunnelSetup
     relay_forward.pxi    RouteMemo, ForwardFast (the forward handler's common request in C)
     relay_accept.pxi     SockTransport (plain HTTP listeners' accept path); it includes
@@ -84,6 +85,7 @@ Timeouts: every connection has a `deadline` (monotonic time, 0 = none) that the 
 coarse sweep (`timers.Deadlines`) checks; arming a timeout is a float store.
 """
 import asyncio
+import os
 import ssl as _ssl
 import time
 from functools import partial
@@ -241,6 +243,7 @@ cdef inline object _chunked_out(ChunkedDecoder dec, object data, Py_ssize_t pos,
 cdef class UpstreamConnection
 cdef class ConnectionPool
 cdef class FastForward
+cdef class RequestIds
 cdef class ListenerSettings
 cdef class Admission
 cdef class Recorder
@@ -291,6 +294,7 @@ include "relay_errors.pxi"
 include "relay_client.pxi"
 include "relay_upstream.pxi"
 include "relay_pool.pxi"
+include "relay_ids.pxi"
 include "relay_fastpath.pxi"
 include "relay_hitwrite.pxi"
 include "relay_tunnel.pxi"

@@ -24,6 +24,9 @@ cdef class ListenerSettings:
     cdef public object on_idle      # called when `open` drops to 0 (caching.WorkerCache)
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py), None = bodies pass as read.
     cdef public object filter_factory
+    # The same listener's settings of the generation a reload made after this one (None
+    # while this is the newest): open connections move to it at their next request.
+    cdef public ListenerSettings successor
     cdef object __weakref__
     cdef Py_ssize_t max_line, max_head
     cdef int max_fields
@@ -71,6 +74,7 @@ cdef class ListenerSettings:
         self.open = 0
         self.on_idle = None
         self.filter_factory = None
+        self.successor = None
 
     cdef RequestParser take_parser(self):
         if self.parsers:
@@ -833,6 +837,8 @@ cdef class ClientConnection:
             self.resume_reading(P_UPSTREAM_FULL | P_CONNECTING | P_HANDLER)
         if self.client_eof and not self.buf:
             keep = False    # the half-closed client's last pipelined request is answered
+        if keep and self.ls.successor is not None:
+            self._follow()  # a reload came during this exchange: the next request is the new one's
         if not keep or self.closing:
             self.close()
             return
@@ -990,6 +996,70 @@ cdef class ClientConnection:
             self._body_error(408, "request body stalled")
         else:
             self.close()
+
+    def follow(self):
+        """A reload: an idle connection moves to the listener's newest generation now; one
+        with an exchange in flight finishes it on its own and moves after (exchange_done)."""
+        if self.ls.successor is None:
+            return
+        if self.state == S_HEAD:
+            self._follow()
+            if self.closing and not self.buf:
+                self.close()
+        elif self._newest() is None:
+            self.closing = True     # the response in flight says Connection: close
+
+    cdef ListenerSettings _newest(self):
+        """The listener's newest settings, or None when this connection cannot move there:
+        per-client connection counts live in each generation's handler, and the new one
+        may refuse the connection with a 429 no request asked for. Such a connection
+        closes after its exchange instead (idle: now), as nginx's old workers do."""
+        cdef ListenerSettings ls = self.ls
+        while ls.successor is not None:
+            ls = ls.successor
+        if self.ls.hooks or ls.hooks:
+            return None
+        return ls
+
+    cdef int _follow(self) except -1:
+        """Take the newest generation's settings (handler, limits, timeouts, log, cache
+        fast path) for the next request, as nginx's new workers serve every new request."""
+        cdef ListenerSettings old = self.ls
+        cdef ListenerSettings ls
+        if self.received_version == 20:
+            return 0        # an HTTP/2 stream's relay: its connection drains (GOAWAY)
+        ls = self._newest()
+        if ls is None:
+            self.closing = True
+            return 0
+        old.deadline_set.discard(self)
+        if self.state != S_CLOSED:
+            ls.deadline_set.add(self)
+        if self.parser is not None:
+            old.give_back(self.parser)
+            self.parser = ls.take_parser()
+        self.rt = ls.rt
+        self.ls = ls
+        self.max_body = ls.max_body
+        self.stash_limit = ls.stash_limit
+        self.buffer_limit = ls.buffer_limit
+        self.client_header = ls.client_header
+        self.client_idle = ls.client_idle
+        self.client_body = ls.client_body
+        self.client_send = ls.client_send
+        self.handler = ls.handler
+        self.counters = ls.counters
+        self.fast_hits = ls.fast_hits
+        self.fast = ls.fast
+        self.access_log = ls.access_log
+        if ls.draining:
+            self.closing = True
+        if self.counted:
+            ls.open += 1
+            old.open -= 1
+            if old.open == 0 and old.on_idle is not None:
+                old.on_idle()
+        return 0
 
     cpdef drain(self):
         """Graceful shutdown: finish the exchange in flight, then close."""

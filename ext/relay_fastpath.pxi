@@ -184,3 +184,35 @@ cdef class FastForward:
         conn.replay = head
         conn.send_upstream(pool, head, None, False)
         return X_STOP
+
+
+cdef class FastForwardIds(FastForward):
+    """FastForward on a listener that sends each request's id upstream (headers.request_id).
+
+    The id field rides in the Via slot of the forwarded head: the Via line of this
+    request's version is set to Via + id field just before FastForward.forward builds the
+    head, so the listeners without ids run FastForward unchanged, with no test per request
+    (a branch or a shared body behind a call cost the default path instructions). The
+    handler's _plan puts the field in the same place, so both paths send the same bytes.
+    """
+
+    cdef RequestIds ids
+    cdef bytes base_11, base_10, base_20
+
+    def __init__(self, handler):
+        FastForward.__init__(self, handler)
+        self.ids = handler.ids
+        self.base_11, self.base_10, self.base_20 = self.via_11, self.via_10, self.via_20
+
+    cpdef int forward(self, ClientConnection conn, Request req) except -1:
+        """Send req upstream with its id field, like the handler would."""
+        # Chosen now and kept in the exchange (RequestIds.of), so a request the handler
+        # takes over after all (X_CONTINUE) keeps this id.
+        cdef int version = req.version
+        if version == 11:
+            self.via_11 = self.ids.field(conn, req, self.base_11)
+        elif version == 20:
+            self.via_20 = self.ids.field(conn, req, self.base_20)
+        else:
+            self.via_10 = self.ids.field(conn, req, self.base_10)
+        return FastForward.forward(self, conn, req)

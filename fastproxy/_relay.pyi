@@ -111,6 +111,8 @@ class ListenerSettings:
     # Response-body filter factory (the contract: fastproxy/proxy/filters.py): None = bodies pass untouched.
     filter_factory: Callable[[bytes, list[tuple[bytes, bytes]], int], Any] | None
     h2_switch: Callable[[Any, bytes], None] | None   # takes a connection on the HTTP/2 preface
+    # The same listener's settings of the next generation (set on reload), or None.
+    successor: ListenerSettings | None
     def __init__(self, rt: Any, gen: Any, buffer_limit: int) -> None: ...
 
 class ClientConnection:
@@ -157,6 +159,8 @@ class ClientConnection:
     def take_buffered(self) -> bytes: ...
     def pause_reading(self, why: int) -> None: ...
     def resume_reading(self, why: int) -> None: ...
+    def follow(self) -> None:
+        """A reload: move to the listener's newest generation (idle now, busy after the exchange)."""
     def drain(self) -> None: ...
 
 class UpstreamConnection:
@@ -194,6 +198,19 @@ class FastForward:
 
     def __init__(self, handler: Any) -> None: ...
     def forward(self, conn: ClientConnection, req: Any) -> bool: ...
+
+class FastForwardIds(FastForward):
+    """FastForward that also sends each request's id upstream (headers.request_id)."""
+
+class RequestIds:
+    """Each request's id (32 hex digits, as nginx's $request_id), chosen once per request."""
+
+    name: bytes
+    lname: bytes
+    trust: bool
+    def __init__(self, name: str | bytes = ..., trust: bool = ...) -> None: ...
+    def of(self, conn: ClientConnection, req: Any | None) -> str: ...
+    def field(self, conn: ClientConnection, req: Any | None, before: bytes = ...) -> bytes: ...
 
 class ForwardRoute:
     """An admission the forward handler memoised (client, destination, method)."""

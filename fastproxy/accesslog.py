@@ -11,6 +11,7 @@ import re
 import sys
 import time
 
+from fastproxy._relay import RequestIds
 from fastproxy.errorlog import describe, event, iso_time
 
 FLUSH_INTERVAL = 0.2
@@ -20,7 +21,7 @@ FLUSH_BYTES = 65536
 # in it is copied as written. $cache, $user, $acl, ... are the exchange's extra fields.
 VARIABLES = ("remote_addr", "time_local", "time_iso8601", "request", "method", "target",
              "version", "status", "bytes_sent", "bytes_received", "referer", "user_agent",
-             "request_time", "upstream", "upstream_time", "detail", "host")
+             "request_time", "upstream", "upstream_time", "detail", "host", "request_id")
 EXTRA_VARIABLES = ("cache", "user", "acl")
 _VAR_RE = re.compile(r"\$(\{[a-z_0-9]+\}|[a-z_0-9]+)")
 
@@ -76,10 +77,13 @@ def _attempts(tried: list, server) -> str:
 class AccessLog:
     """Formats finished exchanges and writes them to a file or stdout."""
 
-    def __init__(self, path: str, fmt: str, loop) -> None:
+    def __init__(self, path: str, fmt: str, loop, ids: RequestIds | None = None) -> None:
         self.path = path
         self.json = fmt == "json"
         self.template = parse_template(fmt) if fmt not in ("json", "combined") else None
+        # $request_id: the id the exchange was forwarded with, else one chosen at logging
+        # (the same generator, so a trusted incoming id is logged as the upstream got it).
+        self.ids = ids if ids is not None else RequestIds()
         self.loop = loop
         if path == "-":
             self.fd = sys.stdout.fileno()
@@ -212,6 +216,8 @@ class AccessLog:
                 out.append(self._timestamp(now))
             elif name == "time_iso8601":
                 out.append(self._iso(now))
+            elif name == "request_id":
+                out.append(escape(self.ids.of(conn, req)))
             elif name in ("referer", "user_agent", "host"):
                 out.append(header(name.replace("_", "-").encode()))
             else:

@@ -16,6 +16,10 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 ctypedef unsigned char uchar
 
 
+# The request-target byte set (RFC 9112 3.2, RFC 3986 2), shared with HTTP/2's :path.
+cdef bint target_chars(const uchar* p, Py_ssize_t n) noexcept
+
+
 cdef struct Field:
     uint32_t name_off
     uint32_t name_len

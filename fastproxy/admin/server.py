@@ -21,11 +21,13 @@ With several workers every worker binds the admin port (SO_REUSEPORT), so a requ
 reaches one of them; that worker asks its siblings over per-worker UNIX sockets (in a
 directory the master creates) and answers for all: a purge reaches every worker's cache,
 and /status and /metrics are the sums. The admin port has no authentication: bind it to
-loopback or a management network.
+loopback or a management network. A request whose Host is a name other than localhost,
+the admin address's name or one of `admin_hosts` is refused with 421 (DNS rebinding).
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import platform
@@ -58,6 +60,39 @@ def _cross_site(req) -> str | None:
     origin = req.get(b"origin")
     if origin is not None and origin.partition(b"://")[2] != (req.host or b""):
         return "refused: a request from another origin (Origin)"
+    return None
+
+
+def _foreign_host(req, names: frozenset[bytes]) -> str | None:
+    """Why a request that names another server is refused, else None.
+
+    DNS rebinding: a page on evil.example makes its name resolve to 127.0.0.1, and the
+    browser then lets the page read what this port answers (the same origin, to it), with
+    `Host: evil.example:PORT`. A rebinding needs a name, so an IP literal is always
+    accepted, as are `localhost` and `names` (the admin address's name and `admin_hosts`);
+    a request without a Host (HTTP/1.0) came from no browser."""
+    if req.target_form == _http.TARGET_ABSOLUTE:
+        try:   # RFC 9112 3.2.2: the target's authority, not Host, names the server
+            host = _http.split_absolute(req.target)[1]
+        except _http.ParseError:
+            return None   # not an http(s) URL: no endpoint matches, a 404
+    else:
+        value = req.host
+        if not value:
+            return None
+        try:
+            host = _http.split_authority(value, 80)[0]
+        except _http.ParseError:
+            return "refused: a malformed Host"
+    host = host.rstrip(b".")
+    if host == b"localhost" or host in names:
+        return None
+    try:
+        ipaddress.ip_address(host.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        shown = host.decode("ascii", "replace")
+        return (f"refused: Host {shown!r} does not name this admin interface (an IP address, "
+                "localhost, the admin address's name or one of admin_hosts do)")
     return None
 
 
@@ -145,7 +180,13 @@ class AdminServer:
                                                False))
                         break
                 refusal = _cross_site(req)
-                if refusal is not None:
+                foreign = (_foreign_host(req, self.view.admin_hosts)
+                           if _origin_form(req).partition(b"?")[0] != b"/healthz" else None)
+                if foreign is not None:
+                    # 421 (RFC 9110 15.5.20): this server is not authoritative for the
+                    # name the request is for; nothing about the client's rights (403).
+                    status, payload, ctype = 421, {"error": foreign}, "application/json"
+                elif refusal is not None:
                     status, payload, ctype = 403, {"error": refusal}, "application/json"
                 else:
                     status, payload, ctype = await self.route(req)
@@ -261,7 +302,7 @@ class AdminServer:
         async def exchange():
             reader, writer = await asyncio.open_unix_connection(path)
             try:
-                writer.write(f"{method} {target} HTTP/1.1\r\nHost: admin\r\n"
+                writer.write(f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n"
                              f"X-Fastproxy-Internal: 1\r\nConnection: close\r\n"
                              f"Content-Length: 0\r\n\r\n".encode("latin-1"))
                 data = await reader.read()

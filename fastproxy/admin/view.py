@@ -16,6 +16,11 @@ class WorkerView(Protocol):
         """[timeouts] of the running configuration (client_header, client_idle, ...)."""
 
     @property
+    def admin_hosts(self) -> frozenset[bytes]:
+        """Host names (lowercase) the admin interface answers to besides IP literals and
+        localhost: the admin address's own name and the `admin_hosts` setting."""
+
+    @property
     def draining(self) -> bool:
         """The worker is stopping (SIGTERM/SIGINT): in-flight requests finish, no new ones."""
 

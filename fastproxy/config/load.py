@@ -82,6 +82,13 @@ class HeaderPolicy:
     via: bool = True
     via_name: str = "fastproxy"
     preserve_host: bool = True
+    # The field that carries each request's id upstream (nginx's $request_id, HAProxy's
+    # unique-id-header), e.g. "X-Request-ID"; "" sends none. The log's $request_id works
+    # either way.
+    request_id: str = ""
+    # Keep a well-formed id the client sent in that field (a balancer in front chose it)
+    # instead of replacing it.
+    request_id_trust: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,9 @@ class Config:
     # (fastproxy.server.reuseport): "round-robin" (an eBPF program) or "hash".
     reuseport_balance: str = "round-robin"
     admin: tuple[str, int] | None = None
+    # Host names the admin interface answers to besides IP literals, localhost and the
+    # admin address's own name (fastproxy.admin.server: DNS rebinding).
+    admin_hosts: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     headers: HeaderPolicy = field(default_factory=HeaderPolicy)
@@ -181,6 +191,8 @@ RANGES: dict[str, Callable[[Any], Any]] = {
     # pool-purge-delay, 5s by default); 0 closes them at once (nginx).
     "pool_purge_delay": duration_range(0.0, 3600.0),
     "hash_balance_factor": number_range(1.0, 100.0),
+    # A returning server's ramp to its full weight (HAProxy's slowstart, nginx's slow_start).
+    "slow_start": duration_range(0.0, 3600.0),
 }
 
 
@@ -398,15 +410,24 @@ def _read_upstream(name: str, table: _Table) -> UpstreamGroupConfig | None:
                 table.problem(f"servers[{i}]", f"host {server.host!r} does not resolve "
                                                f'({reason}); or set resolve = "runtime"')
     tcp = bool(servers) and all(s.scheme == "tcp" for s in servers)
+    # TCP pools hash the client address by default (a client keeps its server).
+    balance = table.get("balance", _choice(BALANCE_POLICIES), "maglev" if tcp else "round_robin")
+    slow_start = table.get("slow_start", RANGES["slow_start"], 0.0)
+    if slow_start and balance == "maglev":
+        # Ramping a weight rebuilds the Maglev table at every step, and each rebuild moves
+        # keys between servers that never left: caches would churn for the whole window.
+        table.problem("slow_start", 'not applied by balance = "maglev": consistent hashing '
+                      "gives a returning server its own keys back at once (its bounded load, "
+                      "hash_balance_factor, caps its share); use round_robin, least_conn or "
+                      "random2, or remove slow_start")
     group = UpstreamGroupConfig(
         name=name,
         servers=tuple(servers),
-        # TCP pools hash the client address by default (a client keeps its server).
-        balance=table.get("balance", _choice(BALANCE_POLICIES),
-                          "maglev" if tcp else "round_robin"),
+        balance=balance,
         hash_key=table.get("hash_key", _hash_key, "client_ip" if tcp else "path"),
         hash_balance_factor=table.get("hash_balance_factor", RANGES["hash_balance_factor"],
                                       1.25),
+        slow_start=slow_start,
         keepalive=table.get("keepalive", RANGES["keepalive"], 64),
         keepalive_timeout=table.get("keepalive_timeout", parse_duration, 60.0),
         keepalive_requests=table.get("keepalive_requests", RANGES["keepalive_requests"], 10000),
@@ -474,6 +495,18 @@ def _listen_address(value: Any) -> tuple[str, int]:
     if reason is not None:
         raise ValueError(f"host {host!r} does not resolve ({reason})")
     return host, port
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    """A list of DNS names (lowercase, no trailing dot), as a Host field carries them."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of host names, got {value!r}")
+    out = []
+    for item in value:
+        name = _STR(item).lower().rstrip(".")
+        check_host(name)
+        out.append(name)
+    return tuple(out)
 
 
 def _canary_key(value: Any) -> str:
@@ -609,14 +642,19 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
     user = top.get("user", account_name("user"), None)
     group = top.get("group", account_name("group"), None)
     admin = top.get("admin", _listen_address, None)
+    admin_hosts = top.get("admin_hosts", _host_names, ())
     timeouts = _read_dataclass(
         top.table("timeouts"), Timeouts, {f.name: parse_duration for f in fields(Timeouts)})
     limits = _read_dataclass(top.table("limits"), Limits,
                              {f.name: RANGES[f.name] for f in fields(Limits)})
-    headers = _read_dataclass(top.table("headers"), HeaderPolicy, {
+    headers_t = top.table("headers")
+    headers = _read_dataclass(headers_t, HeaderPolicy, {
         "forwarded": _choice(FORWARDED_MODES), "via": _BOOL, "via_name": _token,
-        "preserve_host": _BOOL,
+        "preserve_host": _BOOL, "request_id": _request_id_field, "request_id_trust": _BOOL,
     })
+    if headers.request_id_trust and not headers.request_id:
+        headers_t.problem("request_id_trust", "needs headers.request_id, the field whose "
+                                              'incoming id to keep (e.g. "X-Request-ID")')
     log_t = top.table("access_log")
     access_log = AccessLog(
         path=log_t.get("path", log_path, None),
@@ -696,6 +734,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
         workers=workers,
         reuseport_balance=reuseport_balance,
         admin=admin,
+        admin_hosts=admin_hosts,
         timeouts=timeouts,
         limits=limits,
         headers=headers,
@@ -721,6 +760,28 @@ def _label(value: Any) -> str:
     v = _STR(value)
     if _CONTROL_RE.search(v):
         raise ValueError(f"a name cannot hold control characters, got {value!r}")
+    return v
+
+
+# Fields the proxy itself frames, routes or writes: a request id in one of them would
+# break the request or forge what this hop says (RFC 9110 7.6.1, 7.6.3; RFC 9112 6).
+_OWN_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "te",
+                         "upgrade", "keep-alive", "proxy-connection", "trailer", "expect",
+                         "via", "forwarded", "x-forwarded-for", "x-forwarded-proto",
+                         "x-forwarded-host"))
+
+
+def _request_id_field(value: Any) -> str:
+    """headers.request_id: a field name (RFC 9110 5.1 token) the proxy does not own, or ""."""
+    v = _STR(value)
+    if v == "":
+        return v
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v):
+        raise ValueError(f'expected a field name such as "X-Request-ID" (an RFC 9110 '
+                         f'token), or "" for none, got {value!r}')
+    if v.lower() in _OWN_FIELDS:
+        raise ValueError(f"{v!r} is a field the proxy frames or writes itself; "
+                         'use a name of its own such as "X-Request-ID"')
     return v
 
 

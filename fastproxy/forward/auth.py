@@ -12,6 +12,14 @@ bad guesses cannot evict good entries), and concurrent verifications of one head
 share one computation. `verify_async` runs scrypt in the loop's thread pool (hashlib
 releases the GIL) with at most `max_concurrent` at a time, so the event loop never stalls.
 
+The checks waiting for scrypt are bounded too (`max_pending` distinct header values): a
+flood of made-up credentials would otherwise queue CPU work without limit, and everyone's
+first request behind it. Past the bound a new value is answered at once with BUSY (the
+proxy sends 503 and Retry-After: 407 would tell a client its password is wrong, and a
+browser would ask for it again). A value that was verified before is let in past the bound
+(it only waits its turn), so users already signed in keep working through a flood: their
+checks are cache hits until `cache_ttl`, then one renewal each.
+
 Use from the request path::
 
     result = auth.check_cached(value)          # value = request.get(b"proxy-authorization")
@@ -26,6 +34,7 @@ Configuration (`AuthConfig.from_table` reads it from TOML)::
     realm = "fastproxy"
     cache_ttl = "30s"         # how long a verified header value is trusted without scrypt
     fail_ttl = "5s"           # how long a failed one is answered without scrypt
+    max_pending = 32          # new header values waiting for scrypt; more get 503 at once
     [forward.auth.users]
     # from `fastproxy hash-password`; this one is the password "change me"
     alice = "scrypt$32768$8$1$eGfOCao6pbr20FIbcW9c5w==$1O2Au4u+8pN2Xr+AL/BzCpykTQ+A6PcUq3V7PZ01UkQ="
@@ -46,7 +55,7 @@ from typing import Any, Callable, Mapping, cast
 from fastproxy.config.schema import dataclass_from_table
 
 __all__ = [
-    "AuthConfig", "AuthResult", "Authenticator", "hash_password", "verify_password",
+    "AuthConfig", "AuthResult", "Authenticator", "BUSY", "hash_password", "verify_password",
     "parse_hash", "challenge_header", "parse_basic",
 ]
 
@@ -173,6 +182,9 @@ class AuthResult:
 MISSING = AuthResult(False, None, "no Proxy-Authorization")
 BAD_SCHEME = AuthResult(False, None, "authentication scheme is not Basic")
 MALFORMED = AuthResult(False, None, "malformed Basic credentials")
+# Not a verdict on the credentials: too many checks are waiting (max_pending). A 503.
+BUSY = AuthResult(False, None, "credential checks queue full (max_pending)",
+                  "too many credential checks in progress, try again")
 # One answer for an unknown user and a wrong password: telling them apart would let anyone
 # list the accounts (the dummy scrypt below keeps the timing equal for the same reason).
 REJECTED = "invalid user name or password"
@@ -225,6 +237,7 @@ class AuthConfig:
     fail_ttl: float = 5.0
     cache_max: int = 4096
     max_concurrent: int = 2
+    max_pending: int = 32
 
     def __post_init__(self) -> None:
         users: Any = self.users
@@ -252,7 +265,7 @@ class AuthConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name}: expected a number of seconds >= 0, got {value!r}")
-        for name in ("cache_max", "max_concurrent"):
+        for name in ("cache_max", "max_concurrent", "max_pending"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -286,6 +299,7 @@ class Authenticator:
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._sem: asyncio.Semaphore | None = None
         self.verifications = 0  # scrypt computations done (for metrics and tests)
+        self.refused = 0        # checks answered BUSY (max_pending reached)
 
     def check_cached(self, value) -> AuthResult | None:
         """The result for a header value without running scrypt, or None when it must be verified."""
@@ -297,7 +311,10 @@ class Authenticator:
             if entry is not None:
                 if entry[0] > self._clock():
                     return entry[1]
-                del cache[key]
+                if cache is self._bad:
+                    del cache[key]
+                # An expired success stays (until renewed or evicted): its renewal may
+                # pass the max_pending bound.
         parsed = parse_basic(key)
         if isinstance(parsed, AuthResult):
             return parsed  # cheap failures need no scrypt
@@ -321,6 +338,9 @@ class Authenticator:
         key = bytes(value)
         task = self._inflight.get(key)
         if task is None:
+            if len(self._inflight) >= self.config.max_pending and key not in self._ok:
+                self.refused += 1
+                return BUSY
             task = asyncio.get_running_loop().create_task(self._verify_in_thread(key))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))

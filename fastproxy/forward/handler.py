@@ -31,7 +31,7 @@ from fastproxy._relay import (IDEMPOTENT, PAUSE_CONNECTING, STATE_CLOSED, STOP, 
                               ForwardFast, ForwardRoute, RouteMemo, TunnelSetup)
 from fastproxy.forward.acl import Acl
 from fastproxy.forward.anonymity import Anonymizer
-from fastproxy.forward.auth import Authenticator
+from fastproxy.forward.auth import BUSY, Authenticator
 from fastproxy.upstream.settings import UpstreamGroupConfig
 from fastproxy.proxy.intermediary import (answer_failure, answer_options, max_forwards,
                                           max_forwards_plan, upgrade_plan)
@@ -156,6 +156,11 @@ class ForwardHandler:
         # the access log keeps the full reason.
         assert self.auth is not None   # only called when the listener authenticates
         conn.log_extra = {**(conn.log_extra or {}), "auth": result.reason}
+        if result is BUSY:
+            # Not checked (auth.max_pending): 503, so the client tries again rather than
+            # taking its password for wrong (RFC 9110 15.6.4, 10.2.3).
+            conn.respond_error(503, result.public, b"Retry-After: 1\r\n")
+            return
         conn.respond_error(407, result.public or "proxy authentication required",
                            self.auth.challenge)
 

@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 from fastproxy import _http
 from fastproxy._relay import (CLIENT_CLAIMS, CONTINUE, IDEMPOTENT, STATE_CLOSED, STOP,
-                              FastForward)
+                              FastForward, FastForwardIds)
 from fastproxy.proxy.errors import REASONS, date_line
 from fastproxy.proxy.intermediary import answer_failure, max_forwards, upgrade_plan, via_lines
 from fastproxy.proxy.router import normalise_host, render
@@ -118,7 +118,14 @@ class ReverseHandler:
         self.via_10, self.via_11, self.via_20 = (self.via_lines[v] for v in (10, 11, 20))
         self.xf = hp.forwarded in ("x-forwarded", "both")
         self.fwd = hp.forwarded in ("forwarded", "both")
-        self.claims = claims = CLIENT_CLAIMS[hp.forwarded]
+        claims = CLIENT_CLAIMS[hp.forwarded]
+        # headers.request_id: every request carries its id upstream in that field; the
+        # client's own field of that name is dropped (RequestIds keeps its value when
+        # trusted), so the upstream never sees two.
+        self.ids = rt.request_ids if hp.request_id else None
+        if self.ids is not None:
+            claims += (self.ids.lname,)
+        self.claims = claims
         # Indexed by (Host replaced) * 2 + (Expect present).
         self._drops = (claims, claims + (b"expect",), claims + (b"host",),
                        claims + (b"host", b"expect"))
@@ -135,7 +142,8 @@ class ReverseHandler:
             self.dispatch = self.forward
         # The compiled common path (relay.FastForward) where this listener's settings
         # allow it; None keeps every request on the Python path below.
-        self.fast = FastForward(self) if (
+        fast = FastForwardIds if self.ids is not None else FastForward
+        self.fast = fast(self) if (
             cache is None and not self.limit_rate and not self.fwd and self.preserve_host
             and router.simple   # rewrites, edits and conditions are decided here
             and not os.environ.get("FASTPROXY_NO_FASTPATH")  # debugging and differential tests
@@ -275,6 +283,9 @@ class ReverseHandler:
 
         # The forwarded head.
         extra = self.via_lines[req.version]
+        if self.ids is not None:
+            # Right after Via, where FastForwardIds puts it too (the same bytes).
+            extra = self.ids.field(conn, req, extra)
         set_host = None
         if route is not None and route.upstream_host is not None:
             set_host = route.upstream_host

@@ -36,6 +36,15 @@ class AdminView:
         return self.worker.config.timeouts
 
     @property
+    def admin_hosts(self) -> frozenset[bytes]:
+        """The admin address's name and `admin_hosts` (reloads change the latter)."""
+        config = self.worker.config
+        names = list(config.admin_hosts)
+        if config.admin is not None:
+            names.append(config.admin[0])
+        return frozenset(n.lower().rstrip(".").encode("ascii", "replace") for n in names)
+
+    @property
     def draining(self) -> bool:
         """The worker is stopping: in-flight requests finish, no new ones."""
         stopping = self.worker.stopping

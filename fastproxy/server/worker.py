@@ -5,8 +5,9 @@ and caches. With `workers > 1` the master (fastproxy.server.process) binds the a
 and forks that many workers, each with its own SO_REUSEPORT socket per address, so the
 kernel spreads connections among them.
 SIGTERM, SIGINT and SIGQUIT (nginx's graceful stop) drain (stop accepting, finish in-flight requests, then exit 0);
-SIGHUP reloads the configuration: new connections use the new configuration,
-connections already open finish on the old one.
+SIGHUP reloads the configuration: new connections and the next request of every open
+HTTP/1.1 connection use the new configuration (exchanges in flight, tunnels and tcp
+connections finish on the old one; HTTP/2 connections get GOAWAY).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from fastproxy.cache.peers import PEER_OUTLIER, PEER_RETRY, PeerRing
 from fastproxy.config.load import (Config, ConfigError, ListenerConfig, default_pidfile,
                                    format_address, listener_label, show_size)
 from fastproxy._relay import (Accepting, ClientConnection, ConnectionPool, ListenerSettings,
-                              Counters)
+                              Counters, RequestIds)
 from fastproxy._tls import Terminating
 from fastproxy.proxy.compress import compression_factory
 from fastproxy.proxy.filters import chain, edits_factory
@@ -64,9 +65,12 @@ class Runtime:
             for v in (g.connect_timeout, g.read_timeout) if v is not None and v > 0]
         self.deadlines = Deadlines(loop, min(waits) if waits else 1.0)
         self.deadlines.start()
-        al = config.access_log
-        self.access_log = AccessLog(al.path, al.format, loop) if al.path else None
         hp = config.headers
+        # Each request's id ($request_id in the log, headers.request_id upstream).
+        self.request_ids = RequestIds(hp.request_id, hp.request_id_trust)
+        al = config.access_log
+        self.access_log = AccessLog(al.path, al.format, loop, self.request_ids) \
+            if al.path else None
         self.response_via = f"Via: 1.1 {hp.via_name}\r\n".encode() if hp.via else b""
         self._tls: dict = {}        # group name -> its upstream TLS context (one per group)
         self.groups = {name: UpstreamGroup(gcfg, self._pool_factory(gcfg), loop)
@@ -235,6 +239,11 @@ class ListenerRuntime:
         """The Via line added to responses (empty when off)."""
         return self.rt.response_via
 
+    @property
+    def request_ids(self) -> RequestIds:
+        """The generation's request ids (headers.request_id, the log's $request_id)."""
+        return self.rt.request_ids
+
 
 def relay_settings(lrt: ListenerRuntime) -> ListenerSettings:
     """The relay's per-listener settings (relay.ListenerSettings), derived from the
@@ -355,7 +364,7 @@ class Worker:
             await self.gate.serve(sock, factory, tls, self.config.timeouts.client_header)
 
     def reload(self, config: Config) -> bool:
-        """Switch new connections to config; open connections finish on the old one.
+        """Switch new connections and the next request of open ones to config.
 
         False (and nothing changes) when listener addresses or modes differ."""
         old = self.runtime
@@ -381,6 +390,7 @@ class Worker:
                 new = TcpRuntime(new_rt, lcfg, self.connections)
             else:
                 new = ListenerRuntime(new_rt, lcfg, self.connections, index)
+                lrt_old.relay.successor = new.relay
             lrt_old.holder.current = new
             new.holder = lrt_old.holder
             selector = self.tls.get(new.holder)
@@ -406,6 +416,7 @@ class Worker:
         if old is not None:
             self.old_runtimes.append(old)
             self.loop.create_task(old.stop_checks())
+            self._move_connections()
             self.loop.call_later(config.timeouts.drain, self._retire, old)
         log(f"reloaded configuration from {config.source}")
         if note is not None:
@@ -413,12 +424,27 @@ class Worker:
         self.restart_note = note
         return True
 
+    def _move_connections(self) -> None:
+        """A reload applies to the next request of every open connection, as it does in
+        nginx (old workers close idle connections at once): HTTP/1.1 connections move to the
+        new generation (idle ones now, busy ones once their exchange is done, in the relay),
+        HTTP/2 ones get GOAWAY (their settings went out in SETTINGS; the client reconnects).
+        Exchanges in flight, tunnels and tcp connections finish on the old generation."""
+        for conn in list(self.connections):
+            if type(conn) is ClientConnection:
+                conn.follow()
+            elif type(conn) is h2.H2Server and conn.rt.rt is not self.runtime:
+                conn.drain()
+
     def _retire(self, rt: Runtime) -> None:
-        """`drain` seconds after a reload: the old generation's connections close once idle.
+        """`drain` seconds after a reload: what still runs on the old generation (a long
+        response, a tunnel, a tcp connection) closes once idle.
 
         Its deadlines keep running until the last of them is gone (so none outlives its
-        timeouts, and a cache only it used is freed: WorkerCache.retire); then its
-        groups, deadlines and log close.
+        timeouts); then its groups, deadlines and log close. Not sooner, although open
+        connections have moved on at the reload: background work (shadow copies, cache
+        refreshes) may still use its pools and HTTP/2 upstream links. A cache only it used
+        goes with its last connection (WorkerCache.retire).
         """
         if rt not in self.old_runtimes:
             return

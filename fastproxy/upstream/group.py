@@ -22,6 +22,10 @@ from fastproxy.upstream.tls import client_context
 # Seconds a connect probe of an ejected server may take (a live server answers in well
 # under a millisecond on a LAN; the probe only needs to tell "refused" from "accepted").
 PROBE_TIMEOUT = 1.0
+# Slow start updates the ramping weights this many times per window, at most every
+# RAMP_MIN_STEP seconds (HAProxy steps a twentieth of slowstart too).
+RAMP_STEPS = 20
+RAMP_MIN_STEP = 0.05
 
 
 class Server(Counted):
@@ -77,6 +81,9 @@ class UpstreamGroup:
         opts = {"balance_factor": config.hash_balance_factor} \
             if config.balance == "maglev" else {}
         self.balancer = make_balancer(config.balance, self.servers, **opts)
+        # A full server is passed over at pick time (the next in the key's preference order
+        # under maglev), so the breaker's 503 means every server is full.
+        self.balancer.max_active = config.breaker.per_server_max_requests
         # The key is computed per request only for policies that read it.
         self.key_fn = make_key_fn(config.hash_key) if self.balancer.uses_key else None
         self.limits = config.breaker   # the relay reads the request limits from here
@@ -123,6 +130,12 @@ class UpstreamGroup:
             pool.on_response = self._on_response
             self.pools[server] = pool
         self.pending = 0  # requests of this group waiting for a new connection
+        # Slow start: a server that returns (health check, end of an ejection, added by a
+        # reload) ramps from ~0 to its weight over config.slow_start seconds. Servers
+        # eligible at start do not ramp (as HAProxy: there is no traffic to protect yet).
+        self._eligible = set(eligible_servers(self.servers, loop.time()))
+        self._ramps: dict[Server, float] = {}     # server -> loop time its ramp began
+        self._ramp_timer: asyncio.TimerHandle | None = None
         # First attempts since the last tick are counted in self.balancer.requests_seen
         # (a C field: one store per request) and folded into the retry budget once a tick.
         self._tick: asyncio.TimerHandle | None = None
@@ -130,8 +143,9 @@ class UpstreamGroup:
     # -- picking ----------------------------------------------------------------
 
     def pick(self, key: int = 0, exclude: Iterable[Server] = ()) -> Server | None:
-        """The server for the next request, or None when no server is eligible."""
-        return self.balancer.pick(key, exclude)
+        """The server for the next request, or None when no server is eligible; a server
+        at per_server_max_requests is passed over while another has room."""
+        return self.balancer.pick_open(key, exclude)
 
     def admit(self, server: Server) -> str | None:
         """The circuit-breaker limit a new request to server would exceed, else None."""
@@ -181,7 +195,35 @@ class UpstreamGroup:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        self.balancer.update(eligible_servers(self.servers, self.loop.time()))
+        now = self.loop.time()
+        eligible = eligible_servers(self.servers, now)
+        self.balancer.update(eligible)
+        now_in = set(eligible)
+        if self.config.slow_start:
+            for server in now_in - self._eligible:
+                self._ramps[server] = now
+            for server in [s for s in self._ramps if s not in now_in]:
+                del self._ramps[server]
+                self.balancer.ramp(server, 1.0)
+            self._ramp_step()
+        self._eligible = now_in
+
+    def _ramp_step(self) -> None:
+        """Set each returning server's share of its weight: elapsed / slow_start (linear,
+        as HAProxy and nginx), then come back in a twentieth of the window while any ramps."""
+        if self._ramp_timer is not None:
+            self._ramp_timer.cancel()
+            self._ramp_timer = None
+        window = self.config.slow_start
+        now = self.loop.time()
+        for server, began in list(self._ramps.items()):
+            share = (now - began) / window
+            if share >= 1.0:
+                del self._ramps[server]
+            self.balancer.ramp(server, share)
+        if self._ramps:
+            self._ramp_timer = self.loop.call_later(max(window / RAMP_STEPS, RAMP_MIN_STEP),
+                                                    self._ramp_step)
 
     def carry_over(self, old: UpstreamGroup) -> None:
         """Take over what `old` (this group in the previous configuration) learned of the
@@ -202,6 +244,13 @@ class UpstreamGroup:
             pool, old_pool = self.pools[server], old.pools.get(was)
             if old_pool is not None:
                 pool.opened_total = old_pool.opened_total
+        # Slow start goes on across the reload: a server eligible before keeps its place
+        # (and a ramp under way continues), one the reload added starts its ramp now.
+        carried = {s: previous.get((s.host, s.port, s.scheme)) for s in self.servers}
+        self._eligible = {s for s, was in carried.items() if was in old._eligible}
+        if self.config.slow_start:
+            self._ramps = {s: old._ramps[was] for s, was in carried.items()
+                           if was in old._ramps}
         self._rebuild()
 
     # -- life cycle ---------------------------------------------------------------
@@ -220,6 +269,9 @@ class UpstreamGroup:
         self.outliers.close()
         if self._tick is not None:
             self._tick.cancel()
+        if self._ramp_timer is not None:
+            self._ramp_timer.cancel()
+            self._ramp_timer = None
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -25,6 +25,7 @@ class UpstreamGroupConfig:
     balance: str = "round_robin"
     hash_key: str = "path"
     hash_balance_factor: float = 1.25
+    slow_start: float = 0.0          # seconds a returning server ramps to its weight; 0: off
     keepalive: int = 64              # idle connections kept per server
     keepalive_timeout: float = 60.0  # idle connection lifetime
     keepalive_requests: int = 10000  # requests per upstream connection before it is retired

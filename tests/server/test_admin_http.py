@@ -16,13 +16,13 @@ from wire import Conn
 def test_absolute_form_targets(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
     with Conn(p.admin_port()) as c:
-        for target in (b"http://admin.test/status", b"http://admin.test:9/metrics?x=1",
-                       b"HTTP://ADMIN.TEST/status"):
-            c.send(b"GET " + target + b" HTTP/1.1\r\nHost: admin.test\r\n\r\n")
+        for target in (b"http://localhost/status", b"http://127.0.0.1:9/metrics?x=1",
+                       b"HTTP://LOCALHOST/status"):
+            c.send(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
             r = c.response()
             assert r.status == 200, (target, r.body[:200])
         # The 405's Allow is the endpoint's, whatever the target's form.
-        c.send(b"POST http://admin.test/metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        c.send(b"POST http://localhost/metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
         r = c.response()
         assert r.status == 405 and r.getheader("Allow") == "GET, HEAD, OPTIONS"
 
@@ -31,16 +31,16 @@ def test_chunked_request_bodies(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
     with Conn(p.admin_port()) as c:
         # Read to its end (trailers too), and the pipelined request after it is answered.
-        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        c.send(b"POST /reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"3\r\n{}\n\r\n0\r\nX-T: 1\r\n\r\n"
-               b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+               b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert c.response().status in (200, 400)   # the reload's own answer
         assert c.response().status == 200
     with Conn(p.admin_port()) as c:
-        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        c.send(b"POST /reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         assert c.response().status == 400
     with Conn(p.admin_port()) as c:
-        c.send(b"POST /reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        c.send(b"POST /reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                + b"10000\r\n" + b"x" * 65536 + b"\r\n0\r\n\r\n")
         assert c.response().status == 413
     # What curl sends for -T - (a body of unknown length): chunked.
@@ -54,7 +54,7 @@ def test_status_lines_name_their_status(run_proxy, origin):
     # A 505 (and a 408) said "505 Error".
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
     for request, line in ((b"GET /status HTTP/2.0\r\n\r\n", b"HTTP/1.1 505 HTTP Version Not Supported\r\n"),
-                          (b"GET /status HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+                          (b"GET /status HTTP/1.1\r\nHost: localhost\r\n" + b"X: y\r\n" * 200 + b"\r\n",
                            b"HTTP/1.1 431 Request Header Fields Too Large\r\n")):
         with Conn(p.admin_port()) as c:
             c.send(request)
@@ -70,13 +70,13 @@ def test_healthz_is_200_while_serving_and_503_while_draining(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0",
                                  timeouts={"drain": "5s"}))
     with Conn(p.admin_port()) as c:
-        c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         r = c.response()
         assert r.status == 200 and r.body == b"ok\n" and r.getheader("Date")
-        c.send(b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         r = c.response("HEAD")
         assert r.status == 200 and r.body == b""
-        c.send(b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        c.send(b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
         r = c.response()
         assert r.status == 405 and r.getheader("Allow") == "GET, HEAD, OPTIONS"
     # A request in flight keeps the worker draining; meanwhile a new admin connection
@@ -87,7 +87,7 @@ def test_healthz_is_200_while_serving_and_503_while_draining(run_proxy, origin):
         p.signal(signal.SIGTERM)
         time.sleep(0.3)
         with Conn(p.admin_port()) as c:
-            c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            c.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             r = c.response()
             assert r.status == 503 and r.body == b"draining\n"
         assert s.recv(100).startswith(b"HTTP/1.1 200 ")   # the request in flight finished
@@ -99,14 +99,14 @@ def test_options_asks_the_server_or_one_endpoint(run_proxy, origin):
     `OPTIONS *` was a 404 ("no such admin endpoint: *"), OPTIONS /status a 405."""
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0"))
     with Conn(p.admin_port()) as c:
-        c.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
         r = c.response()
         assert r.status == 200 and r.getheader("Allow") == "GET, HEAD, POST, OPTIONS"
         assert r.getheader("Content-Length") == "0" and r.body == b""
-        c.send(b"OPTIONS /cache/purge HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(b"OPTIONS /cache/purge HTTP/1.1\r\nHost: localhost\r\n\r\n")
         r = c.response()
         assert r.status == 200 and r.getheader("Allow") == "POST, OPTIONS"
-        c.send(b"OPTIONS /nothing HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(b"OPTIONS /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert c.response().status == 404
 
 
@@ -118,12 +118,12 @@ def test_purge_refuses_urls_no_request_could_name(run_proxy, origin):
     p = run_proxy(reverse_config(origin.url, admin="127.0.0.1:0", cache={"size": "16MiB"}))
     with Conn(p.admin_port()) as c:
         for url in ("http://h:99999/x", "http://h:0/x", "http://h:8o/x", "http://:80/x"):
-            c.send(b"POST /cache/purge?url=" + url.encode() + b" HTTP/1.1\r\nHost: a\r\n"
+            c.send(b"POST /cache/purge?url=" + url.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
                    b"Content-Length: 0\r\n\r\n")
             r = c.response()
             assert r.status == 400, (url, r.status, r.body)
             assert "absolute" in json.loads(r.body)["error"], r.body
-        c.send(b"POST /cache/purge?url=http://h:8080/x HTTP/1.1\r\nHost: a\r\n"
+        c.send(b"POST /cache/purge?url=http://h:8080/x HTTP/1.1\r\nHost: localhost\r\n"
                b"Content-Length: 0\r\n\r\n")
         assert c.response().status == 200
 
@@ -146,5 +146,5 @@ def test_a_web_page_cannot_make_a_browser_purge_or_reload(run_proxy, origin, fie
                b"Origin: http://127.0.0.1:%d\r\nSec-Fetch-Site: same-origin\r\n"
                b"Content-Length: 0\r\n\r\n" % (port, port))
         assert c.response().status == 200
-        c.send(b"POST /cache/purge?prefix=http://a/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        c.send(b"POST /cache/purge?prefix=http://a/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
         assert c.response().status == 200

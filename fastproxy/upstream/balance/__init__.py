@@ -9,6 +9,12 @@ Policies: `maglev` (consistent hashing with bounded load, the default), `round_r
 - `acquire(server)` / `release(server)`: one request sent to / finished at `server`. They keep
   `server.active` and the pool's total in step (bounded load, least_conn and random2 read
   them), so use them instead of changing `server.active` directly.
+- `max_active`: a per-server cap on requests in flight (0: none). `pick_open(key, exclude)`
+  is pick() passing over a server at the cap for the policy's next choice (the next server
+  in the key's preference order for maglev); it returns the capped first choice only when
+  every server is full. pick() itself ignores the cap (the relay's fast path checks it).
+- `ramp(server, share)`: slow start, the server gets `share` (0 to 1) of its weight; 1 ends
+  it. Maglev refuses (see maglev.py).
 - `update(servers)`: the eligible set changed (health verdict, ejection, membership). Pass
   the servers that may take traffic (see `eligible_servers`); state of survivors is kept.
 - `servers` (eligible, sorted by name), `len(b)`, `in_flight()`, `total_active`.

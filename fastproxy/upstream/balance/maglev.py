@@ -7,6 +7,11 @@ factor c (default 1.25, as HAProxy's hash-balance-factor and Envoy's hash_balanc
 server holding more than c times its weighted share of the in-flight requests is passed over
 for the next server in the key's preference order, so one hot key cannot melt one server.
 The table and the pick are compiled (fastproxy._hashing.Maglev).
+
+Slow start does not apply: ramping a weight would rebuild the table at each step, and a
+rebuild moves some keys between servers that never left, so their caches would churn for
+the whole window; a returning server gets its own keys back at once, and bounded load caps
+its share of the requests in flight (the config refuses slow_start with maglev).
 """
 from __future__ import annotations
 
