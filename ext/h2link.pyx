@@ -14,7 +14,7 @@ send methods are C calls.
 from fastproxy import _h2msg, _http
 
 from fastproxy._h2 cimport Connection
-from fastproxy._h2frames cimport E_CANCEL
+from fastproxy._h2frames cimport E_CANCEL, E_REFUSED
 from fastproxy._h2msg cimport h2_response_head, h2_trailer_fields
 from fastproxy._http cimport ChunkedDecoder, Request, RequestParser
 from cpython.bytes cimport PyBytes_GET_SIZE
@@ -26,6 +26,7 @@ cdef enum:
     L_IDLE = 0       # no stream: the next request head starts one
     L_BODY = 1       # sending the request body
     L_WAIT = 2       # the request is sent; the response is coming
+    L_QUEUED = 3     # the request waits for a stream (the server's concurrency limit)
 
 cdef bytes CRLF = b"\r\n"
 cdef bytes M_HEAD = b"HEAD"
@@ -51,6 +52,7 @@ cdef class H2Origin(Connection):
     cdef public bint closed
     cdef object _flush_cb
     cdef list _heads                 # links holding a response head for the DATA after it
+    cdef list waiting                # links whose request waits for a stream, in order
 
     def __init__(self, loop, bytes authority, int max_header_list_size,
                  bytes scheme=b"http"):
@@ -65,6 +67,7 @@ cdef class H2Origin(Connection):
         self.closed = False
         self._flush_cb = self.flush
         self._heads = []
+        self.waiting = []
 
     def connection_made(self, transport):
         self.transport = transport
@@ -112,12 +115,25 @@ cdef class H2Origin(Connection):
     cpdef flush(self):
         """Write the queued frames now."""
         self._flush_scheduled = False
+        if self.waiting:
+            self._start_waiting()
         data = self.data_to_send()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
         if self.dead and transport is not None:
             transport.close()
+
+    cdef int _start_waiting(self) except -1:
+        """Requests that waited for a stream go, in order, as streams free up (an ended or
+        reset stream, a larger SETTINGS_MAX_CONCURRENT_STREAMS: all reach us here)."""
+        cdef StreamLink link
+        while self.waiting and self.streams_available > 0:
+            link = self.waiting.pop(0)
+            if not link.closing:
+                link.state = L_IDLE
+                link._head()
+        return 0
 
     @property
     def usable(self):
@@ -130,6 +146,13 @@ cdef class H2Origin(Connection):
         cdef StreamLink link = self.links.get(stream_id)
         if link is not None:
             link.response(headers, end_stream)
+
+    cpdef on_informational(self, int stream_id, list headers):
+        # RFC 9110 15.2: a proxy forwards 1xx responses (103 Early Hints); the relay
+        # passes them on as it does an HTTP/1.1 server's. They were dropped here.
+        cdef StreamLink link = self.links.get(stream_id)
+        if link is not None and not link.closing:
+            link.up.data_received(h2_response_head(headers, False))
 
     cpdef on_data(self, int stream_id, bytes data, bint end_stream):
         cdef StreamLink link = self.links.get(stream_id)
@@ -147,12 +170,27 @@ cdef class H2Origin(Connection):
     cpdef on_reset(self, int stream_id, int error_code, bint remote):
         cdef StreamLink link = self.links.pop(stream_id, None)
         if link is not None:
+            if remote and error_code == E_REFUSED and link.replay is not None \
+                    and link.refusals < 3 and self.usable:
+                # RFC 9113 8.7: refused before any processing, so safe to send again. A
+                # request without a body waits for a stream of this connection (the
+                # streams of new links may go out before the server's SETTINGS say how
+                # many it takes, 3.4); one with a body is the relay's to retry or answer.
+                link.refusals += 1
+                link.sid = 0
+                link.buf = link.replay
+                link.state = L_QUEUED
+                self.waiting.append(link)
+                return
             link.lost(ConnectionResetError(f"HTTP/2 stream reset by the server ({error_code})"))
 
     cpdef on_goaway(self, int last_stream_id, int error_code, bytes debug):
         for sid in [s for s in self.links if s > last_stream_id]:
             (<StreamLink>self.links.pop(sid)).lost(
                 ConnectionResetError("HTTP/2 server sent GOAWAY"))
+        waiting, self.waiting = self.waiting, []
+        for link in waiting:
+            (<StreamLink>link).lost(ConnectionResetError("HTTP/2 server sent GOAWAY"))
 
     cpdef on_window_open(self, int stream_id):
         cdef StreamLink link = self.links.get(stream_id)
@@ -185,6 +223,8 @@ cdef class StreamLink:
     cdef bint resp_chunked
     cdef bint head_request
     cdef bytes resp_head             # the response head, given with the first DATA
+    cdef bytes replay                # a request without a body, until its response starts
+    cdef int refusals                # REFUSED_STREAM answers to it so far
 
     def __init__(self, H2Origin origin, up, Py_ssize_t max_head, int max_fields):
         self.origin = origin
@@ -216,7 +256,8 @@ cdef class StreamLink:
             self._body(data)
         else:
             # The relay saw the whole response (its content-length) before the server's
-            # END_STREAM: the next request waits for the stream to end (_done).
+            # END_STREAM: the next request waits for the stream to end (_done). Or the
+            # request waits for a stream (L_QUEUED): its body waits with it.
             self.buf = self.buf + data if self.buf else data
         self.origin.flush_soon()
 
@@ -263,8 +304,6 @@ cdef class StreamLink:
             return 0
         if req is None:
             return 0
-        rest = self.buf[req.head_length:]
-        self.buf = b""
         self.head_request = req.method == M_HEAD
         authority = req.host or origin.authority
         # `te: trailers` always: the relay passes every response's trailers on (as chunked
@@ -273,13 +312,25 @@ cdef class StreamLink:
         kind = req.body
         sid = origin.send_request_of(req, origin.scheme, authority, kind == BODY_NONE)
         if sid <= 0:
-            self._fail(ConnectionResetError("no HTTP/2 stream available"))
+            if origin.usable:
+                # RFC 9113 5.1.2: the server's MAX_CONCURRENT_STREAMS are all open (links
+                # were handed this connection before its SETTINGS said so). The request
+                # and any body after it wait here for a stream; the relay's response
+                # timeout bounds the wait.
+                self.state = L_QUEUED
+                origin.waiting.append(self)
+            else:
+                self._fail(ConnectionResetError("no HTTP/2 stream available"))
             return 0
+        rest = self.buf[req.head_length:]
         self.sid = sid
         origin.links[sid] = self
         if kind == BODY_NONE:
+            self.replay = self.buf
+            self.buf = b""
             self.state = L_WAIT
             return 0
+        self.buf = b""
         self.state = L_BODY
         if kind == BODY_LENGTH:
             self.left = req.content_length
@@ -371,6 +422,8 @@ cdef class StreamLink:
         cdef bint body = not end_stream
         cdef bint has_length = False
         cdef bytes status = b""
+        self.replay = None
+        self.refusals = 0
         for field in headers:
             name = (<tuple>field)[0]
             if name == N_CONTENT_LENGTH:
@@ -459,9 +512,17 @@ cdef class StreamLink:
         return 0
 
     cdef int _fail(self, exc) except -1:
+        """The request cannot go (called from write): the relay learns it on the next
+        loop turn, as from close(). Told inside its own write (connection_made writing
+        the queued request), it took the loss for an idle connection's and then waited
+        for a response for ever."""
         if self.sid:
             self.origin.links.pop(self.sid, None)
             self.origin.reset_stream(self.sid, E_CANCEL)
             self.sid = 0
-        self.lost(exc)
+        self.resp_head = None
+        self.origin.all_links.discard(self)
+        if not self.closing:
+            self.closing = True
+            self.origin.loop.call_soon(self.up.connection_lost, exc)
         return 0

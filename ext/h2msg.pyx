@@ -75,16 +75,17 @@ cdef inline bint _eq(bytes a, const char* b, Py_ssize_t n) noexcept:
     return PyBytes_GET_SIZE(a) == n and memcmp(PyBytes_AS_STRING(a), b, n) == 0
 
 
-cdef inline bint _ieq(bytes a, bytes b) noexcept:
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(a)
-    cdef const uchar* p = <const uchar*>PyBytes_AS_STRING(a)
-    cdef const uchar* q = <const uchar*>PyBytes_AS_STRING(b)
-    if PyBytes_GET_SIZE(b) != n:
-        return False
+cdef inline bint _ieq_mem(const uchar* p, const uchar* q, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
     for i in range(n):
         if (p[i] | 0x20 if 65 <= p[i] <= 90 else p[i]) != (q[i] | 0x20 if 65 <= q[i] <= 90 else q[i]):
             return False
     return True
+
+
+cdef inline bint _ieq(bytes a, bytes b) noexcept:
+    return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b) and _ieq_mem(
+        <const uchar*>PyBytes_AS_STRING(a), <const uchar*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(a))
 
 
 cdef inline bint _peq(const char* p, Py_ssize_t n, const char* s, Py_ssize_t k) noexcept:
@@ -187,9 +188,31 @@ cdef int check_request(list headers, MsgInfo* info) except -1:
         if authority is None and host is None:
             return K_PSEUDO
         info.head = _eq(method, "HEAD", 4)
-    if authority is not None and host is not None and not _ieq(authority, host):
+    if authority is not None and host is not None and not _ieq(authority, host) \
+            and not _same_authority(scheme, authority, host):
         return K_AUTHORITY_HOST
     return K_OK
+
+
+cdef Py_ssize_t _without_port(bytes scheme, bytes a) noexcept:
+    """The length of a without an empty port or its scheme's default one (RFC 3986 6.2.3)."""
+    cdef const char* p = PyBytes_AS_STRING(a)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(a)
+    if n and p[n - 1] == b":":
+        return n - 1
+    if scheme is not None and _eq(scheme, "http", 4) and n > 3 and _peq(p + n - 3, 3, ":80", 3):
+        return n - 3
+    if scheme is not None and _eq(scheme, "https", 5) and n > 4 and _peq(p + n - 4, 4, ":443", 4):
+        return n - 4
+    return n
+
+
+cdef bint _same_authority(bytes scheme, bytes a, bytes b) noexcept:
+    """Whether a and b name the same host and port once normalised (RFC 9113 8.3.1 compares
+    :authority and Host that way): "x.test" and "X.test:80" for http are one entity."""
+    cdef Py_ssize_t n = _without_port(scheme, a)
+    return n == _without_port(scheme, b) and _ieq_mem(
+        <const uchar*>PyBytes_AS_STRING(a), <const uchar*>PyBytes_AS_STRING(b), n)
 
 
 cdef int check_response(list headers, MsgInfo* info) except -1:

@@ -328,9 +328,10 @@ cdef class FreshHits:
                 or memcmp(v + STUB_SIZE, b":coding", 7) != 0:
             return -1
         # The coding as compression.coding_for chooses it (one definition), remembered per
-        # Accept-Encoding value: the fast path takes no request with Cache-Control, so
-        # no-transform is not in play and the value alone decides.
-        ae = req.get_c(b"accept-encoding")
+        # Accept-Encoding value (its lines joined, as coding_for reads them): the fast path
+        # takes no request with Cache-Control, so no-transform is not in play and the value
+        # alone decides.
+        ae = req.get_list_c(b"accept-encoding")
         if ae is None:
             coding = b"identity"
         else:

@@ -618,6 +618,27 @@ cdef class _Message:
                 return self._value(i)
         return None
 
+    cdef object get_list_c(self, bytes name):
+        """get_c for a list field: the values of every line called `name` joined with ", "
+        (RFC 9110 5.3: one list), the value itself when there is one line, or None."""
+        cdef const uchar* h = self._h()
+        cdef const uchar* nm = <const uchar*>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t k = PyBytes_GET_SIZE(name)
+        cdef Field* f
+        cdef object first = None
+        cdef list values = None
+        cdef int i
+        for i in range(self._nf):
+            f = &self._fields[i]
+            if f.name_len == k and _ieq2(h + f.name_off, nm, k):
+                if first is None:
+                    first = self._value(i)
+                elif values is None:
+                    values = [first, self._value(i)]
+                else:
+                    values.append(self._value(i))
+        return first if values is None else b", ".join(values)
+
     def get(self, bytes name not None, default=None):
         """Value of the first field called `name` (case-insensitive), else default."""
         cdef const uchar* h = self._h()

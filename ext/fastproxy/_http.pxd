@@ -58,6 +58,7 @@ cdef class _Message:
 
     cdef bint has_c(self, bytes name)
     cdef object get_c(self, bytes name)
+    cdef object get_list_c(self, bytes name)
     cdef bytes _value(self, int i)
     cdef bytes _join(self, uint8_t kind, int first)
     cdef bytes forward_c(self, bytes start_line, bytes extra, tuple drop, bint keep_upgrade)

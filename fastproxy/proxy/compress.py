@@ -108,14 +108,19 @@ def negotiate(accept: dict[bytes, float] | None, offered: tuple[bytes, ...]) -> 
 
 
 def _header(headers, name: bytes) -> bytes | None:
-    """A request header from whatever the relay hands over (its Request, a dict or pairs)."""
-    get = getattr(headers, "get", None)
-    if get is not None:
-        return get(name)
-    for k, v in headers:
-        if k.lower() == name:
-            return v
-    return None
+    """A request list field from whatever the relay hands over (its Request, a dict or
+    pairs), its lines joined with ", " (RFC 9110 5.3: a later "Accept-Encoding: br;q=0"
+    or "Cache-Control: no-transform" line counts as much as the first); None when absent."""
+    get_all = getattr(headers, "get_all", None)
+    if get_all is not None:
+        values = get_all(name)
+    elif hasattr(headers, "get"):
+        return headers.get(name)
+    else:
+        values = [v for k, v in headers if k.lower() == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b", ".join(values)
 
 
 def _has_no_transform(value: bytes | None) -> bool:
@@ -372,9 +377,9 @@ class Compression:
 
     def coding_for(self, req) -> bytes | None:
         """The coding req negotiates (None: identity), as the filter would choose it."""
-        if _has_no_transform(req.get(b"cache-control")):
+        if _has_no_transform(_header(req, b"cache-control")):
             return None
-        value = req.get(b"accept-encoding")
+        value = _header(req, b"accept-encoding")
         if value is None:
             return None
         memo = self._memo

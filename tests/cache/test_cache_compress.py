@@ -280,3 +280,30 @@ def test_encoded_hits_are_compiled_and_the_same_as_the_python_way(start_proxy, o
     sf, ss = stats(fast), stats(slow)
     assert sf["hits"] == ss["hits"] > 0 and ss["compiled_hits"] == 0
     assert sf["compiled_hits"] >= sf["hits"] - 2 * sf["encoded"], sf
+
+
+def test_accept_encoding_on_several_lines_is_one_list_on_hits(cproxy, origin):
+    # RFC 9110 5.3, 12.5.3: "Accept-Encoding: *" then "Accept-Encoding: br;q=0" is one list
+    # that refuses br. The compiled hit path remembered the coding per first line, so after
+    # a hit for "*" alone (br) this client got br too.
+    t = u("ce-split", cc="max-age=60", ctype=TEXT, size="6000")
+
+    def ask(*ae):
+        raw = _raw(cproxy.port, [f"GET {t} HTTP/1.1", "Host: a.example"]
+                   + [f"Accept-Encoding: {v}" for v in ae])
+        head, _, body = raw.partition(b"\r\n\r\n")
+        fields = dict(ln.lower().split(b": ", 1) for ln in head.split(b"\r\n")[1:])
+        return fields, body
+
+    fields, _ = ask("gzip")                       # the miss, stored as identity
+    assert b"stored" in fields[b"cache-status"]
+    for _ in range(2):                            # the br copy, then a compiled hit on it
+        fields, body = ask("*")
+        assert fields.get(b"content-encoding") == b"br"
+        original = decode("br", body)
+    for _ in range(2):
+        fields, body = ask("*", "br;q=0")
+        assert fields[b"cache-status"].startswith(b"fastproxy; hit"), fields
+        assert fields.get(b"content-encoding") == b"zstd", fields
+        assert decode("zstd", body) == original
+    assert origin.count(t) == 1

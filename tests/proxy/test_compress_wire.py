@@ -18,6 +18,7 @@ import brotli
 import httpx
 import pytest
 import zstandard
+from h2_client import Client
 
 import fastproxy._relay
 
@@ -127,11 +128,12 @@ def proxy(start_proxy, text_origin):
                        "--upstream", text_origin, "--compress")
 
 
-def request(port: int, target: str, headers: dict, method: str = "GET",
+def request(port: int, target: str, headers: dict | list, method: str = "GET",
             version: str = "1.1", timeout: float = 10.0):
-    """(status, {name: value}, body bytes) over a plain socket, chunked decoded."""
+    """(status, {name: value}, body bytes) over a plain socket, chunked decoded; headers
+    as a list of pairs sends a name on several lines."""
     lines = [f"{method} {target} HTTP/{version}", "Host: example.test"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"{k}: {v}" for k, v in (headers.items() if isinstance(headers, dict) else headers)]
     if version == "1.0":
         lines.append("Connection: close")
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -286,6 +288,37 @@ def test_q_values_and_identity_vary(proxy):
     _, f, body = request(proxy.port, "/t?size=5000", {"Accept-Encoding": "gzip;q=0, *;q=0"})
     assert "content-encoding" not in f and body == text(5000)
     assert f["vary"] == "Accept-Encoding"          # the identity variant too
+
+
+# RFC 9110 5.3: a list field sent on several lines is the one list of their values joined;
+# only the first line was read.
+SPLIT_FIELDS = [
+    # (field lines, the coding the joined list negotiates: None for identity)
+    ([("Accept-Encoding", "identity;q=0.5"), ("Accept-Encoding", "gzip")], "gzip"),
+    # 12.5.3: "br;q=0" refuses br even though "*" (first line) would take it.
+    ([("Accept-Encoding", "*"), ("Accept-Encoding", "br;q=0")], "zstd"),
+    # 5.2.2.6 (RFC 9111): no-transform in a second Cache-Control line still forbids it.
+    ([("Accept-Encoding", "gzip"), ("Cache-Control", "max-age=0"),
+      ("Cache-Control", "no-transform")], None),
+]
+
+
+@pytest.mark.parametrize("lines, want", SPLIT_FIELDS, ids=["ae-joined", "ae-refused", "no-transform"])
+def test_a_field_on_several_lines_is_read_as_one_list(proxy, lines, want):
+    _, f, body = request(proxy.port, "/t?size=5000", lines)
+    assert f.get("content-encoding") == want, f
+    assert decode(want, body) == text(5000) if want else body == text(5000)
+
+
+@pytest.mark.parametrize("lines, want", SPLIT_FIELDS, ids=["ae-joined", "ae-refused", "no-transform"])
+def test_a_field_in_several_h2_fields_is_read_as_one_list(proxy, lines, want):
+    c = Client(proxy.port)
+    try:
+        status, h, body = c.get("/t?size=5000", extra=[(k.lower(), v) for k, v in lines])
+    finally:
+        c.close()
+    assert status == 200 and h.get(b"content-encoding") == (want.encode() if want else None), h
+    assert decode(want, body) == text(5000) if want else body == text(5000)
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])

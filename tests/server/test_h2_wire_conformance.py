@@ -250,6 +250,31 @@ def test_stream_error(port, payload, code):
     assert rst_code(frames) == code and goaway_code(frames) is None, frames
 
 
+@pytest.mark.parametrize("scheme, authority, host, served", [
+    (b"http", b"x.test", b"X.Test", True),
+    (b"http", b"x.test", b"x.test:80", True),
+    (b"http", b"x.test:80", b"x.test", True),
+    (b"http", b"x.test", b"x.test:", True),
+    (b"https", b"x.test:443", b"x.test", True),
+    (b"http", b"x.test", b"x.test:443", False),
+    (b"https", b"x.test", b"x.test:80", False),
+    (b"http", b"x.test", b"x.test:8080", False),
+    (b"http", b"x.test:8", b"x.test:80", False),
+])
+def test_host_and_authority_compared_once_normalised(port, scheme, authority, host, served):
+    # 8.3.1: a Host naming another entity than :authority is malformed, compared after
+    # RFC 3986 6.2 normalisation: case, and an empty or the scheme's default port. A
+    # client that wrote "Host: x.test:80" beside ":authority: x.test" was reset.
+    pseudo = [(b":method", b"GET"), (b":scheme", scheme), (b":authority", authority),
+              (b":path", b"/size/1")]
+    frames = exchange(port, frame(HEADERS, EH_ES, 1, block(pseudo=pseudo, extra=[(b"host", host)])),
+                      lambda fs: status(fs) is not None or rst_code(fs) is not None)
+    if served:
+        assert status(frames) == b"200", frames
+    else:
+        assert rst_code(frames) == PROTOCOL and status(frames) is None, frames
+
+
 def test_what_must_be_ignored_or_answered(port):
     # 5.5 / 6.5.2: unknown frame types and settings are ignored; 6.7: PING is answered.
     frames = exchange(port, frame(0x20, 0, 0, b"abc") + setting(0xFF, 1) + PING8,
