@@ -730,7 +730,8 @@ def from_dict(data: dict, source: str = "<dict>") -> Config:
                 # Routes match HTTP requests: a tcp listener has none, so it would
                 # have no group to connect to.
                 lt.problem("routes", "routes apply to HTTP listeners only; give upstream")
-            elif listener.upstream is None and not listener.routes:
+            # An empty name as well as a missing key: serve died on "" (KeyError).
+            elif not listener.upstream and not listener.routes:
                 lt.problem("upstream", f"required for a {listener.mode} listener "
                                        "(or give routes)")
             names = [("upstream", listener.upstream)] + [

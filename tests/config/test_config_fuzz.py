@@ -110,22 +110,29 @@ servers = st.one_of(
 GROUPS = ["app", "api", "db"]
 
 
+# Strategies are built once, at import or once per test, and only drawn from inside the
+# composites: hypothesis validates a strategy the first time it is drawn, and rebuilding
+# these tables on every draw spent most of the fuzz tests' time there (the same documents,
+# the same distribution, a fraction of the time).
+GROUP_TABLE = st.fixed_dictionaries({"servers": servers}, optional={
+    "balance": st.one_of(st.sampled_from(cfg.BALANCE_POLICIES), anything),
+    "hash_key": st.one_of(st.sampled_from(["path", "uri", "client_ip", "header:x-user",
+                                           "cookie:sid", "header:"]), anything),
+    "hash_balance_factor": value_for(1.25),
+    "keepalive": value_for(64), "keepalive_timeout": value_for(60.0),
+    "keepalive_requests": value_for(10000), "connect_timeout": value_for(5.0),
+    "pool_purge_delay": value_for(5.0),
+    "read_timeout": value_for(60.0),
+    "resolve": st.one_of(st.sampled_from(cfg.RESOLVE_MODES), anything),
+    "health": table_of(HealthCheckConfig), "outlier": table_of(OutlierConfig),
+    "breaker": table_of(BreakerConfig), "retry": table_of(RetryConfig),
+    "bogus": anything,
+})
+
+
 @st.composite
 def group(draw):
-    g = draw(st.fixed_dictionaries({"servers": servers}, optional={
-        "balance": st.one_of(st.sampled_from(cfg.BALANCE_POLICIES), anything),
-        "hash_key": st.one_of(st.sampled_from(["path", "uri", "client_ip", "header:x-user",
-                                               "cookie:sid", "header:"]), anything),
-        "hash_balance_factor": value_for(1.25),
-        "keepalive": value_for(64), "keepalive_timeout": value_for(60.0),
-        "keepalive_requests": value_for(10000), "connect_timeout": value_for(5.0),
-        "pool_purge_delay": value_for(5.0),
-        "read_timeout": value_for(60.0),
-        "resolve": st.one_of(st.sampled_from(cfg.RESOLVE_MODES), anything),
-        "health": table_of(HealthCheckConfig), "outlier": table_of(OutlierConfig),
-        "breaker": table_of(BreakerConfig), "retry": table_of(RetryConfig),
-        "bogus": anything,
-    }))
+    g = draw(GROUP_TABLE)
     # No DNS traffic from the fuzzer: names resolve at run time, or are localhost.
     if isinstance(g.get("servers"), list) and any("invalid" in str(s) for s in g["servers"]):
         g["resolve"] = "runtime"
@@ -142,10 +149,12 @@ route = st.fixed_dictionaries({"upstream": st.one_of(st.sampled_from(GROUPS), an
 })
 
 
-@st.composite
-def listener(draw, tls_pair):
-    mode = draw(st.one_of(st.sampled_from(cfg.MODES), anything))
-    lst = draw(st.fixed_dictionaries(
+MODE = st.one_of(st.sampled_from(cfg.MODES), anything)
+
+
+def listener(tls_pair):
+    """Listener tables (a mode always set), with tls naming tls_pair's files."""
+    table = st.fixed_dictionaries(
         {"listen": st.one_of(st.sampled_from(["127.0.0.1:0", "[::1]:0", "localhost:0",
                                               "0.0.0.0:0", "nope", "127.0.0.1:70000"]),
                              anything)},
@@ -165,16 +174,23 @@ def listener(draw, tls_pair):
             "allow_private": value_for(False),
             "header_rules": anything,
             "bogus": anything,
-        }))
-    lst["mode"] = mode
-    return lst
+        })
+
+    @st.composite
+    def draw_listener(draw):
+        mode = draw(MODE)
+        lst = draw(table)
+        lst["mode"] = mode
+        return lst
+
+    return draw_listener()
 
 
-@st.composite
-def documents(draw, tmp_dir, tls_pair):
+def documents(tmp_dir, tls_pair):
+    """Whole configuration documents (log paths under tmp_dir, TLS files tls_pair)."""
     log_paths = ["-", os.path.join(tmp_dir, "a.log"), os.path.join(tmp_dir, "no", "a.log"),
                  tmp_dir, ""]
-    doc = draw(st.fixed_dictionaries({}, optional={
+    top = st.fixed_dictionaries({}, optional={
         "workers": st.one_of(st.sampled_from([1, "auto", 0, 300]), anything),
         "admin": st.one_of(st.sampled_from(["127.0.0.1:0", "nope"]), anything),
         "timeouts": table_of(cfg.Timeouts),
@@ -190,10 +206,16 @@ def documents(draw, tmp_dir, tls_pair):
         "upstreams": st.one_of(st.dictionaries(st.sampled_from(GROUPS), group(), max_size=3),
                                anything),
         "bogus": anything,
-    }))
-    doc["listeners"] = draw(st.one_of(st.lists(listener(tls_pair), min_size=1, max_size=3),
-                                      anything))
-    return doc
+    })
+    listeners = st.one_of(st.lists(listener(tls_pair), min_size=1, max_size=3), anything)
+
+    @st.composite
+    def document(draw):
+        doc = draw(top)
+        doc["listeners"] = draw(listeners)
+        return doc
+
+    return document()
 
 
 KEY_LINE = re.compile(r"^(<top>|[A-Za-z_][\w-]*(\[\d+\])?(\.[\w-]+(\[\d+\])?)*): \S")

@@ -93,6 +93,9 @@ DOCS = list(_documents()) + [
     # Found by the fuzzer: a list of numbers for the users table (TypeError in AuthConfig).
     ('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "forward"\n[listeners.auth]\n'
      'users = [0]\n', "listeners[0].auth.users:"),
+    # Found by the fuzzer: an empty group name passed check; serve died (KeyError: '').
+    ('[[listeners]]\nlisten = "127.0.0.1:0"\nmode = "tcp"\nupstream = ""\n',
+     "listeners[0].upstream:"),
 ]
 
 
