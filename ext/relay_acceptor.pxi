@@ -56,6 +56,13 @@ cdef class Acceptor:
 
     def ready(self):
         """The listening socket is readable: accept what is pending."""
+        _batch_start()
+        try:
+            self._accept_batch()
+        finally:
+            _batch_end()
+
+    cdef void _accept_batch(self) except *:
         cdef sockaddr_storage addr
         cdef socklen_t alen
         cdef int cfd, err, i

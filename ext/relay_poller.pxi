@@ -177,12 +177,18 @@ cdef class Poller:
         if self.epfd < 0:
             return
         n = epoll_wait(self.epfd, evs, EVENT_BATCH, 0)
-        for i in range(n):
-            # A socket closed earlier in this batch is gone from conns; its fd number may
-            # only come back through accept, which does not run inside this loop.
-            t = self.conns.get(evs[i].data.fd)
-            if t is not None:
-                (<SockTransport>t).on_events(evs[i].events)
+        if n <= 0:
+            return
+        _batch_start()
+        try:
+            for i in range(n):
+                # A socket closed earlier in this batch is gone from conns; its fd number
+                # may only come back through accept, which does not run inside this loop.
+                t = self.conns.get(evs[i].data.fd)
+                if t is not None:
+                    (<SockTransport>t).on_events(evs[i].events)
+        finally:
+            _batch_end()
 
     def open_count(self):
         """Sockets in the epoll set (for tests and the admin)."""

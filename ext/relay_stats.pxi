@@ -25,7 +25,8 @@ for _i, _b in enumerate(BUCKETS):
 assert len(BUCKETS) == NBUCKETS
 
 
-# _wall() (relay.pyx) is the clock of ClientConnection.t_start and of the latency here.
+# _wall() (relay.pyx) is the clock of ClientConnection.t_start; the latency here ends at
+# _wall_clock() (read now, not once per batch: a hit's start and end share a batch).
 
 
 cdef class Histogram:
@@ -195,7 +196,7 @@ cdef class Recorder:
         log = self.log
         if log is not None:
             log.write(conn)     # first: a counting bug must not cost the log line
-        self.hist.add(_wall() - conn.t_start)
+        self.hist.add(_wall_clock() - conn.t_start)
         group = conn.group
         if group is not None and conn.upstream_time >= 0:
             if group is not self.last_group:

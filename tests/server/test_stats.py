@@ -94,3 +94,34 @@ def test_every_answer_is_counted_once_with_its_hits(start_proxy, origin):
     assert top["t/c/large"] == {"requests": 5, "hits": 4}
     assert top["t/echo"] == {"requests": 5, "hits": 0}
     assert top["t/size/10"] == {"requests": 1, "hits": 0}
+
+
+def test_a_cache_hit_latency_is_measured_to_its_answer(start_proxy, origin):
+    # The relay reads its clocks once per batch of socket events; a compiled hit starts and
+    # ends in one batch, so its latency must end on a fresh clock read, or every hit would
+    # count 0 s (the histogram's sum would not move).
+    origin.override["/c/hit"] = {"cc": "max-age=600", "size": "100"}
+    p = start_proxy("serve", "--mode", "reverse", "--listen", "127.0.0.1:0",
+                    "--upstream", origin.url, "--cache", "16MiB", "--admin", "127.0.0.1:0",
+                    listeners=2)
+    admin = p.admin_port()
+
+    def latency():
+        ac = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        ac.request("GET", "/snapshot")
+        snap = json.loads(ac.getresponse().read())
+        ac.close()
+        return snap["latency"]["listeners"]["listener0"]
+
+    c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+    for n in range(21):
+        c.request("GET", "/c/hit", headers={"Host": "t"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+        if n == 0:
+            before = latency()       # the miss (through the origin) is counted by now
+    after = latency()
+    c.close()
+    assert after["count"] - before["count"] == 20, "a hit was not counted once"
+    assert after["sum"] > before["sum"], "cache hits were counted with zero latency"
