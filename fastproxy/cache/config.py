@@ -5,6 +5,8 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fastproxy.config.schema import parse_networks
+
 from .shared import SharedConfig
 
 # RFC 9110 15.1: status codes heuristically cacheable by default. 206 is left
@@ -171,16 +173,7 @@ def _name(value, _size, _duration) -> str:
 
 
 def _cidrs(value, _size, _duration) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ValueError(f'expected a list of networks like ["127.0.0.0/8"], got {value!r}')
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ValueError(f'[{i}]: expected a network like "127.0.0.0/8", got {item!r}')
-        try:
-            ipaddress.ip_network(item)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"[{i}]: {exc}") from None
-    return tuple(value)
+    return parse_networks(value)
 
 
 def _field_names(value, _size, _duration) -> tuple[str, ...]:

@@ -6,7 +6,6 @@ are collected before giving up, so a user fixes a file in one pass.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -21,7 +20,8 @@ from fastproxy.config.schema import (  # noqa: F401 (re-exported: feature module
     ServerSpec, account_name, check_host, dataclass_from_table, default_pidfile,
     explain_problems, format_address, unknown_key,
     duration_range, int_range, log_path, pidfile_path, read_cluster,
-    number_range, parse_address, parse_duration, parse_server_url, parse_size, read_document,
+    number_range, parse_address, parse_duration, parse_networks, parse_server_url, parse_size,
+    read_document,
     resolves, show_size, size_range,
 )
 
@@ -600,24 +600,11 @@ def _read_listener(table: _Table) -> ListenerConfig | None:
     return listener if addr else None
 
 
-def _networks(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ValueError(f'expected a list of networks like ["10.0.0.0/8"], got {value!r}')
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ValueError(f'[{i}]: expected a network like "10.0.0.0/8", got {item!r}')
-        try:
-            ipaddress.ip_network(item)
-        except ValueError as exc:
-            raise ValueError(f"[{i}]: {exc}") from None
-    return tuple(value)
-
-
 def _proxy_protocol(table: _Table) -> tuple[bool, tuple[str, ...]]:
     """`proxy_protocol` and the networks it is trusted from (required with it: a header
     from anyone would let anyone claim any client address)."""
     on = table.get("proxy_protocol", _BOOL, False)
-    nets = table.get("proxy_protocol_from", _networks, ())
+    nets = table.get("proxy_protocol_from", parse_networks, ())
     if on and table.raw("proxy_protocol_from") in (None, []):   # (a bad value is reported)
         table.problem("proxy_protocol_from", "required with proxy_protocol = true: the "
                                              'networks of the balancers, like ["10.0.0.0/8"]')

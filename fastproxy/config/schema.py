@@ -206,6 +206,31 @@ def number_range(low: float, high: float) -> Callable[[Any], float]:
     return conv
 
 
+def parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One CIDR network ("10.0.0.0/8", "::1"); host bits set are refused with the network meant."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected a network like "10.0.0.0/8", got {value!r}')
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as exc:
+        hint = ""
+        if "host bits set" in str(exc):
+            hint = f" (did you mean {ipaddress.ip_network(value.strip(), strict=False)}?)"
+        raise ValueError(f"{exc}{hint}") from None
+
+
+def parse_networks(value: Any) -> tuple[str, ...]:
+    """A list of CIDR networks, each checked by parse_network; kept as written."""
+    if not isinstance(value, list):
+        raise ValueError(f'expected a list of networks like ["10.0.0.0/8"], got {value!r}')
+    for i, item in enumerate(value):
+        try:
+            parse_network(item)
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    return tuple(value)
+
+
 def binds_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
     """True when the kernel would not bind both addresses: the same port and the same
     address, or a wildcard (0.0.0.0, ::) of the same family (IPv6 listeners are V6ONLY)."""

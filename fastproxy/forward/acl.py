@@ -66,7 +66,6 @@ Configuration (`AclConfig.from_table` reads it from TOML)::
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import re
 from dataclasses import dataclass, fields
 from typing import Iterable
@@ -75,7 +74,7 @@ from fastproxy import _http
 from fastproxy.addresses import (
     DEFAULT_CLIENT_NETS, SPECIAL_SET, CidrSet, address_key, client_key, special_range, within_special)
 from fastproxy.forward.resolver import HostError, is_ip_literal, normalize_host
-from fastproxy.config.schema import dataclass_from_table, is_ascii_number
+from fastproxy.config.schema import dataclass_from_table, is_ascii_number, parse_network
 from fastproxy.targets import decision_path
 
 __all__ = [
@@ -213,15 +212,10 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 5.6.2
 def _networks(values, where: str) -> tuple:
     nets = []
     for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise ValueError(f"{where}[{i}]: expected a CIDR string, got {value!r}")
         try:
-            nets.append(ipaddress.ip_network(value.strip()))
+            nets.append(parse_network(value))
         except ValueError as exc:
-            hint = ""
-            if "host bits set" in str(exc):
-                hint = f" (did you mean {ipaddress.ip_network(value.strip(), strict=False)}?)"
-            raise ValueError(f"{where}[{i}]: {exc}{hint}") from None
+            raise ValueError(f"{where}[{i}]: {exc}") from None
     return tuple(nets)
 
 
